@@ -1,0 +1,160 @@
+// Package app runs a whole proxy from its Config: it binds the listeners,
+// builds the inbound and outbound stacks, serves the admin endpoints and
+// drains gracefully on shutdown.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/admin"
+	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/proxy/inbound"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/outbound"
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+)
+
+// Proxy is a running proxy.
+type Proxy struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	reg       *metrics.Registry
+	srv       *transport.Server
+	ready     atomic.Bool
+	shutdownC chan struct{}
+	once      sync.Once
+
+	// Addresses the listeners are bound to (useful when configured with port 0).
+	InboundAddr, OutboundAddr, AdminAddr net.Addr
+	UpstreamAddrs                        map[string]net.Addr
+
+	listeners []boundListener
+	adminLn   net.Listener
+	closers   []interface{ CloseIdle() }
+}
+
+type boundListener struct {
+	ln  net.Listener
+	dir transport.Direction
+	h   transport.Handler
+}
+
+// New binds every listener; an address that cannot be bound is an error
+// naming the setting.
+func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
+	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{}}
+	dialer := &transport.Dialer{Timeout: cfg.ConnectTimeout, Registry: p.reg}
+	in, inFwd := inbound.Stack(cfg, p.reg, dialer, log)
+	out := outbound.New(cfg, p.reg, dialer, log)
+	p.closers = append(p.closers, inFwd, out.Forwarder)
+
+	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", setting, addr, err)
+		}
+		p.listeners = append(p.listeners, boundListener{ln, dir, h})
+		return ln.Addr(), nil
+	}
+	var err error
+	defer func() {
+		if err != nil {
+			p.closeListeners()
+		}
+	}()
+	if p.InboundAddr, err = bind("inbound-addr", cfg.InboundAddr, transport.Inbound, in); err != nil {
+		return nil, err
+	}
+	if p.OutboundAddr, err = bind("outbound-addr", cfg.OutboundAddr, transport.Outbound, out.Main()); err != nil {
+		return nil, err
+	}
+	for _, u := range cfg.Upstreams {
+		var a net.Addr
+		if a, err = bind("upstream "+u.Name, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(u.LocalPort))), transport.Outbound, out.Upstream(u)); err != nil {
+			return nil, err
+		}
+		p.UpstreamAddrs[u.Name] = a
+	}
+	if p.adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+		err = fmt.Errorf("admin-addr %s: %w", cfg.AdminAddr, err)
+		return nil, err
+	}
+	p.AdminAddr = p.adminLn.Addr()
+	return p, nil
+}
+
+func (p *Proxy) closeListeners() {
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+	if p.adminLn != nil {
+		p.adminLn.Close()
+	}
+}
+
+// Registry is the proxy's metrics registry.
+func (p *Proxy) Registry() *metrics.Registry { return p.reg }
+
+// Ready reports whether the proxy is serving and not draining.
+func (p *Proxy) Ready() bool { return p.ready.Load() }
+
+// Shutdown asks the proxy to drain and stop (as SIGTERM does).
+func (p *Proxy) Shutdown() { p.once.Do(func() { close(p.shutdownC) }) }
+
+// Run serves until ctx is done or Shutdown is called, then drains: the
+// listeners close (new connections are refused), in-flight requests and
+// streams get up to the grace period to finish, idle connections close.
+func (p *Proxy) Run(ctx context.Context) error {
+	hard, stopAll := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAll()
+	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, len(p.listeners)+1)
+	go func() {
+		if err := adminSrv.Serve(p.adminLn); !errors.Is(err, http.ErrServerClosed) {
+			serveErr <- fmt.Errorf("admin server: %w", err)
+		}
+	}()
+	for _, l := range p.listeners {
+		go func() {
+			if err := p.srv.Serve(hard, l.ln, l.dir, l.h); err != nil {
+				serveErr <- fmt.Errorf("%s listener %s: %w", l.dir, l.ln.Addr(), err)
+			}
+		}()
+	}
+	p.ready.Store(true)
+	p.log.Info("proxy ready", "inbound", p.InboundAddr.String(), "outbound", p.OutboundAddr.String(), "admin", p.AdminAddr.String(), "upstreams", len(p.UpstreamAddrs))
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-p.shutdownC:
+	case runErr = <-serveErr:
+	}
+	p.ready.Store(false)
+	p.log.Info("draining", "grace_period", p.cfg.ShutdownGracePeriod.String())
+	p.srv.Drain()
+	for _, c := range p.closers {
+		c.CloseIdle()
+	}
+	grace, cancel := context.WithTimeout(context.Background(), p.cfg.ShutdownGracePeriod)
+	defer cancel()
+	if !p.srv.Wait(grace) {
+		p.log.Warn("grace period over; closing remaining connections")
+		stopAll()
+		wait, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p.srv.Wait(wait)
+	}
+	adminSrv.Close()
+	p.log.Info("proxy stopped")
+	return runErr
+}

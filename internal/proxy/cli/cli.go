@@ -1,0 +1,83 @@
+// Package cli is the trellis-proxy command line: the proxy itself (the root
+// command) and its helpers (init, version).
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trellis-mesh/trellis/internal/buildinfo"
+	"github.com/trellis-mesh/trellis/internal/proxy/app"
+	"github.com/trellis-mesh/trellis/internal/proxy/config"
+)
+
+// New returns the root command.
+func New() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "trellis-proxy",
+		Short: "The Trellis data-plane proxy: one next to every service instance",
+		Long: `trellis-proxy sits next to one service instance. Its inbound listener
+receives traffic for the instance; its outbound listener receives the
+instance's own outgoing traffic. Both detect the protocol (HTTP/1, HTTP/2,
+TLS, else opaque TCP), forward it, and record metrics served on the admin
+address.
+
+Traffic arrives transparently (iptables REDIRECT, see 'trellis-proxy init')
+or explicitly: --upstream ports, the outbound port as an HTTP proxy
+(HTTP_PROXY=http://127.0.0.1:4140), and --app-addr for inbound.
+
+Every flag can also be set with an environment variable: --detect-timeout
+is TRELLIS_PROXY_DETECT_TIMEOUT. Flags win over the environment.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+	}
+	finish := config.Flags(root.Flags())
+	root.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := finish()
+		if err != nil {
+			return fmt.Errorf("invalid configuration: %w", err)
+		}
+		return run(cmd.Context(), cfg)
+	}
+	root.AddCommand(versionCmd())
+	return root
+}
+
+func run(ctx context.Context, cfg *config.Config) error {
+	log := newLogger(cfg)
+	p, err := app.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return p.Run(ctx)
+}
+
+func newLogger(cfg *config.Config) *slog.Logger {
+	var level slog.Level
+	level.UnmarshalText([]byte(cfg.LogLevel)) // validated already
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the proxy version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), buildinfo.String())
+		},
+	}
+}

@@ -1,0 +1,328 @@
+// Package config defines the proxy's typed configuration: every setting has a
+// flag and a TRELLIS_PROXY_* environment variable, both parsed exactly once at
+// start and validated before anything listens.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix is prepended to a flag's upper-cased, underscore-separated name to
+// form its environment variable: --detect-timeout is TRELLIS_PROXY_DETECT_TIMEOUT.
+const EnvPrefix = "TRELLIS_PROXY_"
+
+// DefaultOpaquePorts are ports whose protocols are known not to be HTTP, or to
+// be server-speaks-first: SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch, Memcached.
+var DefaultOpaquePorts = []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}
+
+// Upstream is one explicit outbound route: the proxy listens on 127.0.0.1:LocalPort
+// and sends every connection to Target.
+type Upstream struct {
+	Name      string
+	LocalPort uint16
+	Target    string // host:port
+}
+
+// String renders the upstream in its flag form NAME=LOCALPORT:TARGET.
+func (u Upstream) String() string { return fmt.Sprintf("%s=%d:%s", u.Name, u.LocalPort, u.Target) }
+
+// Config is every setting of the proxy.
+type Config struct {
+	// InboundAddr is where connections to the local application arrive (redirected
+	// by iptables in transparent mode).
+	InboundAddr string
+	// OutboundAddr is where the application's outgoing connections arrive
+	// (redirected by iptables) and where HTTP_PROXY-aware clients connect.
+	OutboundAddr string
+	// AdminAddr serves /metrics, /ready, /live and POST /shutdown.
+	AdminAddr string
+	// AppAddr is the local application for explicitly addressed inbound
+	// connections. Redirected connections go to their original destination.
+	AppAddr string
+	// Upstreams are explicit outbound routes, one local listener each.
+	Upstreams []Upstream
+	// OpaquePorts skip protocol detection: traffic to them is proxied as TCP.
+	OpaquePorts map[uint16]bool
+	// DetectTimeout bounds how long the proxy waits for a client's first bytes
+	// before treating the connection as opaque TCP.
+	DetectTimeout time.Duration
+	// ServerFirstDelay is how long a silent client may stay silent before the
+	// proxy dials the target to learn whether the server speaks first.
+	ServerFirstDelay time.Duration
+	// ConnectTimeout bounds establishing a connection to a target.
+	ConnectTimeout time.Duration
+	// HeaderReadTimeout bounds reading one HTTP/1 request head (slowloris defence).
+	HeaderReadTimeout time.Duration
+	// MaxHeaderBytes bounds the size of one HTTP/1 request head.
+	MaxHeaderBytes int
+	// IdleTimeout closes client connections idle for this long between requests.
+	IdleTimeout time.Duration
+	// PoolIdleTimeout closes pooled upstream connections idle for this long.
+	PoolIdleTimeout time.Duration
+	// ShutdownGracePeriod bounds draining in-flight requests on SIGTERM.
+	ShutdownGracePeriod time.Duration
+	// LogLevel is one of debug, info, warn, error.
+	LogLevel string
+	// LogFormat is json or text.
+	LogFormat string
+}
+
+// Flags binds every setting to fs with its default and documentation and
+// returns a function that finishes parsing once fs has been parsed: it fills
+// settings not given as flags from the environment and validates the result.
+func Flags(fs *pflag.FlagSet) func() (*Config, error) {
+	c := &Config{}
+	var upstreams []string
+	var upstreamsFile string
+	opaque := portsFlag{ports: DefaultOpaquePorts}
+	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
+	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
+	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live, POST /shutdown (loopback only)")
+	fs.StringVar(&c.AppAddr, "app-addr", "", "local application address for inbound connections that were not redirected (explicit mode), e.g. 127.0.0.1:8080")
+	fs.StringArrayVar(&upstreams, "upstream", nil, "explicit outbound route NAME=LOCALPORT:HOST:PORT; listens on 127.0.0.1:LOCALPORT (repeatable; env: comma-separated)")
+	fs.StringVar(&upstreamsFile, "upstreams-file", "", "file of explicit outbound routes, one NAME=LOCALPORT:HOST:PORT per line ('#' starts a comment)")
+	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
+	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
+	fs.DurationVar(&c.ServerFirstDelay, "server-first-delay", 100*time.Millisecond, "how long a silent client may wait before the proxy dials the target to see if the server speaks first (0 disables)")
+	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", time.Second, "timeout for connecting to a target")
+	fs.DurationVar(&c.HeaderReadTimeout, "header-read-timeout", 10*time.Second, "maximum time to read one HTTP/1 request head")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 64<<10, "maximum size of one HTTP/1 request head in bytes")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 120*time.Second, "close client connections idle this long between requests")
+	fs.DurationVar(&c.PoolIdleTimeout, "pool-idle-timeout", 10*time.Second, "close pooled upstream connections idle this long")
+	fs.DurationVar(&c.ShutdownGracePeriod, "shutdown-grace-period", 120*time.Second, "on SIGTERM, how long in-flight requests and streams may take to finish")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
+
+	return func() (*Config, error) {
+		if err := applyEnv(fs, os.LookupEnv); err != nil {
+			return nil, err
+		}
+		if upstreamsFile != "" {
+			b, err := os.ReadFile(upstreamsFile)
+			if err != nil {
+				return nil, fmt.Errorf("upstreams-file: %w", err)
+			}
+			for i, line := range strings.Split(string(b), "\n") {
+				if j := strings.IndexByte(line, '#'); j >= 0 {
+					line = line[:j]
+				}
+				if line = strings.TrimSpace(line); line == "" {
+					continue
+				}
+				u, err := ParseUpstream(line)
+				if err != nil {
+					return nil, fmt.Errorf("upstreams-file %s line %d: %w", upstreamsFile, i+1, err)
+				}
+				c.Upstreams = append(c.Upstreams, u)
+			}
+		}
+		for _, s := range upstreams {
+			u, err := ParseUpstream(s)
+			if err != nil {
+				return nil, fmt.Errorf("upstream: %w", err)
+			}
+			c.Upstreams = append(c.Upstreams, u)
+		}
+		c.OpaquePorts = make(map[uint16]bool, len(opaque.ports))
+		for _, p := range opaque.ports {
+			c.OpaquePorts[p] = true
+		}
+		if err := c.Validate(); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+}
+
+// applyEnv sets every flag not given on the command line from its environment
+// variable, if present. StringArray flags take a comma-separated list.
+func applyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		name := EnvName(f.Name)
+		v, ok := lookup(name)
+		if !ok {
+			return
+		}
+		if f.Value.Type() == "stringArray" {
+			for _, item := range strings.Split(v, ",") {
+				if item = strings.TrimSpace(item); item != "" {
+					if e := fs.Set(f.Name, item); e != nil {
+						err = fmt.Errorf("%s: %w", name, e)
+						return
+					}
+				}
+			}
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("%s=%q: %w", name, v, e)
+		}
+	})
+	return err
+}
+
+// EnvName is the environment variable that sets the flag named flag.
+func EnvName(flag string) string {
+	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// ParseUpstream parses NAME=LOCALPORT:HOST:PORT.
+func ParseUpstream(s string) (Upstream, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" {
+		return Upstream{}, fmt.Errorf("%q: want NAME=LOCALPORT:HOST:PORT", s)
+	}
+	portStr, target, ok := strings.Cut(rest, ":")
+	if !ok {
+		return Upstream{}, fmt.Errorf("%q: want NAME=LOCALPORT:HOST:PORT", s)
+	}
+	port, err := parsePort(portStr)
+	if err != nil {
+		return Upstream{}, fmt.Errorf("%q: local port: %w", s, err)
+	}
+	if err := checkHostPort(target); err != nil {
+		return Upstream{}, fmt.Errorf("%q: target: %w", s, err)
+	}
+	return Upstream{Name: name, LocalPort: port, Target: target}, nil
+}
+
+// Validate checks every setting and names the first bad one.
+func (c *Config) Validate() error {
+	for _, a := range []struct{ name, v string }{
+		{"inbound-addr", c.InboundAddr}, {"outbound-addr", c.OutboundAddr}, {"admin-addr", c.AdminAddr},
+	} {
+		if err := checkHostPort(a.v); err != nil {
+			return fmt.Errorf("%s %q: %w", a.name, a.v, err)
+		}
+	}
+	if c.AppAddr != "" {
+		if err := checkHostPort(c.AppAddr); err != nil {
+			return fmt.Errorf("app-addr %q: %w", c.AppAddr, err)
+		}
+	}
+	seen := map[uint16]string{}
+	names := map[string]bool{}
+	for _, u := range c.Upstreams {
+		if other, dup := seen[u.LocalPort]; dup {
+			return fmt.Errorf("upstream %s: local port %d already used by upstream %s", u.Name, u.LocalPort, other)
+		}
+		if names[u.Name] {
+			return fmt.Errorf("upstream %s: name used twice", u.Name)
+		}
+		seen[u.LocalPort], names[u.Name] = u.Name, true
+	}
+	for _, d := range []struct {
+		name   string
+		v      time.Duration
+		zeroOK bool
+	}{
+		{"detect-timeout", c.DetectTimeout, false},
+		{"server-first-delay", c.ServerFirstDelay, true},
+		{"connect-timeout", c.ConnectTimeout, false},
+		{"header-read-timeout", c.HeaderReadTimeout, false},
+		{"idle-timeout", c.IdleTimeout, false},
+		{"pool-idle-timeout", c.PoolIdleTimeout, false},
+		{"shutdown-grace-period", c.ShutdownGracePeriod, true},
+	} {
+		if d.v < 0 || (d.v == 0 && !d.zeroOK) {
+			return fmt.Errorf("%s %v: must be positive", d.name, d.v)
+		}
+	}
+	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
+		return fmt.Errorf("max-header-bytes %d: must be between 1024 and 1048576", c.MaxHeaderBytes)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log-level %q: must be debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return fmt.Errorf("log-format %q: must be json or text", c.LogFormat)
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if host != "" {
+		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
+			return fmt.Errorf("invalid host %q", host)
+		}
+	}
+	_, err = parsePort(port)
+	return err
+}
+
+func validHostname(h string) bool {
+	if len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("invalid port %q", s)
+	}
+	return uint16(n), nil
+}
+
+// portsFlag is a comma-separated port list flag.
+type portsFlag struct{ ports []uint16 }
+
+func (p *portsFlag) String() string {
+	s := make([]string, len(p.ports))
+	for i, v := range p.ports {
+		s[i] = strconv.Itoa(int(v))
+	}
+	return strings.Join(s, ",")
+}
+
+func (p *portsFlag) Set(v string) error {
+	p.ports = nil
+	for _, f := range strings.Split(v, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		n, err := parsePort(f)
+		if err != nil {
+			return err
+		}
+		p.ports = append(p.ports, n)
+	}
+	if len(p.ports) == 0 && strings.TrimSpace(v) != "" {
+		return errors.New("no ports")
+	}
+	return nil
+}
+
+func (p *portsFlag) Type() string { return "ports" }

@@ -1,0 +1,70 @@
+package httpproxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// ErrorHeader names, on a response the proxy generated itself, what went
+// wrong; the name follows Linkerd so existing tooling recognises it.
+const ErrorHeader = "l5d-proxy-error"
+
+// UpstreamError maps a failure to reach or hear from the upstream to the
+// status a client can act on and a short reason.
+func UpstreamError(err error) (status int, reason string) {
+	var oe *net.OpError
+	dial := errors.As(err, &oe) && oe.Op == "dial"
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return http.StatusBadGateway, "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return http.StatusServiceUnavailable, "host unreachable"
+	case dial && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)):
+		return http.StatusGatewayTimeout, "connect timed out"
+	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "response timed out"
+	case errors.Is(err, syscall.ECONNRESET):
+		return http.StatusBadGateway, "connection reset by upstream"
+	case dial:
+		return http.StatusBadGateway, "connect failed"
+	}
+	return http.StatusBadGateway, "upstream failed"
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// WriteError answers a request the proxy could not forward. gRPC clients get
+// a gRPC status (UNAVAILABLE, or DEADLINE_EXCEEDED for timeouts) so their
+// libraries report it properly; everyone else gets the HTTP status.
+func WriteError(w http.ResponseWriter, r *http.Request, status int, reason string) {
+	h := w.Header()
+	h.Set(ErrorHeader, reason)
+	if isGRPC(r) {
+		code := 14 // UNAVAILABLE
+		if status == http.StatusGatewayTimeout {
+			code = 4 // DEADLINE_EXCEEDED
+		}
+		h.Set("Content-Type", "application/grpc")
+		h.Set("Grpc-Status", strconv.Itoa(code))
+		h.Set("Grpc-Message", "proxy: "+reason)
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("Content-Length", strconv.Itoa(len(reason)+1))
+	w.WriteHeader(status)
+	w.Write([]byte(reason + "\n"))
+}
+
+func isGRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
+}

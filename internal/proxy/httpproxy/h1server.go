@@ -1,0 +1,267 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+)
+
+// H1Config bounds what one HTTP/1 client may cost.
+type H1Config struct {
+	MaxHeaderBytes    int
+	HeaderReadTimeout time.Duration
+	IdleTimeout       time.Duration
+}
+
+// maxDiscard is how much of an unread request body is drained to keep the
+// connection reusable; beyond it the connection is closed instead.
+const maxDiscard = 256 << 10
+
+// lingerTimeout is how long a closing connection waits for the client to
+// read the final response before the socket is closed (avoiding an RST that
+// could destroy the response, RFC 9112 §9.6).
+const lingerTimeout = 500 * time.Millisecond
+
+// h1Conn is one HTTP/1 client connection.
+type h1Conn struct {
+	cfg      H1Config
+	log      *slog.Logger
+	handler  http.Handler
+	c        net.Conn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	idle     atomic.Bool
+	hijacked bool
+	bgDone   chan struct{} // non-nil while a background read runs
+}
+
+// serveH1 serves requests on c one after another (pipelined requests are
+// answered in order) until the client or the proxy ends the connection.
+func serveH1(ctx context.Context, cfg H1Config, log *slog.Logger, h http.Handler, c net.Conn) {
+	hc := &h1Conn{cfg: cfg, log: log, handler: h, c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	m := transport.MetaFrom(ctx)
+	stop := context.AfterFunc(m.Drain, func() {
+		if hc.idle.Load() {
+			c.SetReadDeadline(time.Now()) // wake the idle wait; the loop sees the drain
+		}
+	})
+	defer stop()
+	defer func() {
+		if !hc.hijacked {
+			c.Close()
+		}
+	}()
+	for {
+		if !hc.awaitRequest(m.Drain) {
+			return
+		}
+		if !hc.serveOne(ctx, m) {
+			if !hc.hijacked {
+				hc.lingerClose()
+			}
+			return
+		}
+		if m.Drain.Err() != nil {
+			return
+		}
+	}
+}
+
+// awaitRequest waits, up to the idle timeout, for the next request's first byte.
+func (hc *h1Conn) awaitRequest(drain context.Context) bool {
+	if hc.br.Buffered() > 0 {
+		return true
+	}
+	hc.idle.Store(true)
+	defer hc.idle.Store(false)
+	if drain.Err() != nil {
+		return false
+	}
+	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.IdleTimeout))
+	_, err := hc.br.Peek(1)
+	return err == nil
+}
+
+// serveOne reads and answers one request and reports whether the
+// connection may carry another.
+func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
+	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.HeaderReadTimeout))
+	head, br, err := peekHead(hc.br, hc.c, hc.cfg.MaxHeaderBytes)
+	hc.br = br
+	if err == nil {
+		err = checkFraming(head)
+	}
+	var req *http.Request
+	if err == nil {
+		req, err = http.ReadRequest(hc.br)
+	}
+	if err != nil {
+		hc.rejectRequest(m, err)
+		return false
+	}
+	hc.c.SetReadDeadline(time.Time{})
+
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req = req.WithContext(rctx)
+	// The client's address travels in the connection metadata; leaving
+	// RemoteAddr empty keeps forwarding from inventing X-Forwarded-For.
+	req.RemoteAddr = ""
+	w := newH1Writer(hc, req)
+	if m.Drain.Err() != nil {
+		w.closeAfter = true
+	}
+	body := &requestBody{r: req.Body, w: w}
+	if req.Body != http.NoBody {
+		if !strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
+			if req.Header.Get("Expect") != "" {
+				w.header.Set(ErrorHeader, "unsupported Expect")
+				w.header.Set("Connection", "close")
+				w.WriteHeader(http.StatusExpectationFailed)
+				w.finish()
+				return false
+			}
+			body.continued = true
+		} else if !req.ProtoAtLeast(1, 1) {
+			body.continued = true
+		}
+		req.Body = body
+	} else if hc.br.Buffered() == 0 {
+		hc.startBackgroundRead(cancel)
+	}
+
+	if !hc.runHandler(w, req) {
+		return false
+	}
+	if hc.hijacked {
+		return false
+	}
+	hc.stopBackgroundRead()
+	if !w.finish() {
+		return false
+	}
+	if req.Body != http.NoBody && !body.eof {
+		if !body.continued {
+			return false // the client still waits for 100 Continue: it must not send the body now
+		}
+		n, err := io.CopyN(io.Discard, body.r, maxDiscard)
+		if err != io.EOF && !(err == nil && n == 0) {
+			return false
+		}
+	}
+	return !w.closeAfter && !req.Close
+}
+
+// runHandler calls the handler, turning a panic into a closed connection.
+// http.ErrAbortHandler is how a handler says "the response is broken, cut
+// the connection"; anything else is a bug worth a log line.
+func (hc *h1Conn) runHandler(w *h1Writer, req *http.Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				hc.log.Error("HTTP handler panicked", "panic", p)
+			}
+			hc.stopBackgroundRead()
+			ok = false
+		}
+	}()
+	hc.handler.ServeHTTP(w, req)
+	return true
+}
+
+// rejectRequest answers a request that could not be read, then the
+// connection closes.
+func (hc *h1Conn) rejectRequest(m *transport.Meta, err error) {
+	status, reason := http.StatusBadRequest, "malformed HTTP request"
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, io.ErrUnexpectedEOF) && hc.br.Buffered() == 0:
+		return // the client went away between requests
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		status, reason = http.StatusRequestTimeout, "request head not received in time"
+	case errors.Is(err, errHeadTooLarge):
+		status, reason = http.StatusRequestHeaderFieldsTooLarge, "request head too large"
+	case errors.Is(err, errSmuggling):
+		reason = "both Content-Length and Transfer-Encoding"
+	case strings.Contains(err.Error(), "unsupported transfer encoding"):
+		status, reason = http.StatusNotImplemented, "unsupported Transfer-Encoding"
+	}
+	hc.log.Info("rejected HTTP/1 request", "direction", m.Direction, "client", m.Client.String(), "status", status, "reason", reason, "error", err)
+	hc.c.SetWriteDeadline(time.Now().Add(time.Second))
+	hc.bw.WriteString("HTTP/1.1 " + statusLine(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" +
+		ErrorHeader + ": " + reason + "\r\nContent-Length: " + itoa(len(reason)+1) + "\r\n\r\n" + reason + "\n")
+	hc.bw.Flush()
+	hc.lingerClose()
+}
+
+// lingerClose half-closes the connection and gives the client a moment to
+// read what was sent before the socket goes away.
+func (hc *h1Conn) lingerClose() {
+	hc.bw.Flush()
+	if cw, ok := hc.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else if u, ok := hc.c.(interface{ Unwrap() net.Conn }); ok {
+		if cw, ok := u.Unwrap().(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}
+	hc.c.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(hc.c, maxDiscard))
+}
+
+// startBackgroundRead watches for the client hanging up while the handler
+// runs, so the request is cancelled upstream too. Only used when the request
+// has no body, so nothing else reads the connection meanwhile.
+func (hc *h1Conn) startBackgroundRead(cancel context.CancelFunc) {
+	done := make(chan struct{})
+	hc.bgDone = done
+	go func() {
+		defer close(done)
+		if _, err := hc.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			cancel()
+		}
+	}()
+}
+
+// stopBackgroundRead ends a background read, keeping any bytes it read.
+func (hc *h1Conn) stopBackgroundRead() {
+	if hc.bgDone == nil {
+		return
+	}
+	hc.c.SetReadDeadline(time.Unix(1, 0))
+	<-hc.bgDone
+	hc.bgDone = nil
+	hc.c.SetReadDeadline(time.Time{})
+}
+
+// requestBody sends "100 Continue" before the first read when the client
+// asked for it, and notes when the body has been read to its end.
+type requestBody struct {
+	r         io.ReadCloser
+	w         *h1Writer
+	continued bool
+	eof       bool
+}
+
+func (b *requestBody) Read(p []byte) (int, error) {
+	if !b.continued {
+		b.continued = true
+		b.w.sendContinue()
+	}
+	n, err := b.r.Read(p)
+	if err == io.EOF {
+		b.eof = true
+	}
+	return n, err
+}
+
+func (b *requestBody) Close() error { return nil }

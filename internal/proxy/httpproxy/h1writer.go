@@ -1,0 +1,231 @@
+package httpproxy
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// h1Writer is the http.ResponseWriter of the HTTP/1 server. It frames the
+// body with Content-Length when the handler declared one, with chunked
+// encoding (and trailers) for HTTP/1.1 clients otherwise, and by closing the
+// connection for HTTP/1.0 clients.
+type h1Writer struct {
+	hc          *h1Conn
+	req         *http.Request
+	header      http.Header
+	status      int
+	wroteHeader bool
+	sent100     bool
+	bodyless    bool
+	chunked     bool
+	length      int64 // declared Content-Length, -1 if none
+	written     int64
+	closeAfter  bool
+}
+
+func newH1Writer(hc *h1Conn, req *http.Request) *h1Writer {
+	return &h1Writer{hc: hc, req: req, header: make(http.Header), length: -1}
+}
+
+func (w *h1Writer) Header() http.Header { return w.header }
+
+// WriteHeader sends the response head. Informational (1xx) heads other
+// than 101 are sent at once and the final one may follow.
+func (w *h1Writer) WriteHeader(code int) {
+	if w.wroteHeader {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic("httpproxy: invalid status code " + strconv.Itoa(code))
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		if code == http.StatusContinue {
+			if w.sent100 {
+				return
+			}
+			w.sent100 = true
+		}
+		w.writeHead(code)
+		w.hc.bw.Flush()
+		return
+	}
+	w.wroteHeader = true
+	w.status = code
+	w.bodyless = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	if cl := w.header.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.length = n
+		} else {
+			w.header.Del("Content-Length")
+		}
+	}
+	w.header.Del("Transfer-Encoding")
+	switch {
+	case w.bodyless || w.length >= 0:
+	case w.req.ProtoAtLeast(1, 1):
+		w.chunked = true
+		w.header.Set("Transfer-Encoding", "chunked")
+	default:
+		w.closeAfter = true // the body ends when the connection does
+	}
+	if w.req.Close {
+		w.closeAfter = true
+	}
+	if w.closeAfter {
+		w.header.Set("Connection", "close")
+	} else if !w.req.ProtoAtLeast(1, 1) {
+		w.header.Set("Connection", "keep-alive")
+	}
+	w.writeHead(code)
+}
+
+// writeHead writes a status line and the header fields, never trailers.
+func (w *h1Writer) writeHead(code int) {
+	bw := w.hc.bw
+	bw.WriteString("HTTP/1.1 ")
+	bw.WriteString(statusLine(code))
+	bw.WriteString("\r\n")
+	for k, vs := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			continue
+		}
+		for _, v := range vs {
+			writeField(bw, k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeField writes one header field, replacing any CR or LF in the value
+// with a space so a value can never split the response.
+func writeField(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+func (w *h1Writer) Write(p []byte) (int, error) {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	if w.bodyless || len(p) == 0 {
+		return len(p), nil
+	}
+	if w.length >= 0 && w.written+int64(len(p)) > w.length {
+		p = p[:w.length-w.written]
+		n, _ := w.writeBody(p)
+		return n, http.ErrContentLength
+	}
+	return w.writeBody(p)
+}
+
+func (w *h1Writer) writeBody(p []byte) (int, error) {
+	bw := w.hc.bw
+	if w.chunked {
+		bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+		bw.WriteString("\r\n")
+	}
+	n, err := bw.Write(p)
+	w.written += int64(n)
+	if w.chunked {
+		bw.WriteString("\r\n")
+	}
+	return n, err
+}
+
+// sendContinue tells a client waiting on "Expect: 100-continue" to send its
+// body, unless a final response already went out.
+func (w *h1Writer) sendContinue() {
+	if !w.wroteHeader && !w.sent100 {
+		w.sent100 = true
+		w.hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
+		w.hc.bw.Flush()
+	}
+}
+
+// Flush sends everything buffered so far to the client.
+func (w *h1Writer) Flush() { w.FlushError() }
+
+// FlushError is Flush reporting the write error.
+func (w *h1Writer) FlushError() error {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.hc.bw.Flush()
+}
+
+// Hijack hands the connection to the handler (protocol upgrades, CONNECT).
+func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hc := w.hc
+	hc.stopBackgroundRead()
+	if err := hc.bw.Flush(); err != nil {
+		return nil, nil, err
+	}
+	hc.hijacked = true
+	hc.c.SetDeadline(time.Time{})
+	return hc.c, bufio.NewReadWriter(hc.br, hc.bw), nil
+}
+
+// finish completes the response: the last chunk and trailers, or a note that
+// a body shorter than declared leaves the connection unusable. It reports
+// whether the connection is still in a clean state.
+func (w *h1Writer) finish() bool {
+	if !w.wroteHeader {
+		w.WriteHeader(http.StatusOK)
+	}
+	bw := w.hc.bw
+	if w.chunked {
+		bw.WriteString("0\r\n")
+		for _, k := range w.trailerKeys() {
+			for _, v := range w.header[k] {
+				writeField(bw, strings.TrimPrefix(k, http.TrailerPrefix), v)
+			}
+		}
+		bw.WriteString("\r\n")
+	}
+	if err := bw.Flush(); err != nil {
+		return false
+	}
+	if w.length >= 0 && w.written < w.length && !w.bodyless {
+		return false
+	}
+	return true
+}
+
+// trailerKeys lists the header keys that are trailers: those announced in
+// the Trailer field and those set with http.TrailerPrefix.
+func (w *h1Writer) trailerKeys() []string {
+	var keys []string
+	for _, announced := range w.header["Trailer"] {
+		for _, k := range strings.Split(announced, ",") {
+			if k = http.CanonicalHeaderKey(strings.TrimSpace(k)); k != "" {
+				keys = append(keys, k)
+			}
+		}
+	}
+	for k := range w.header {
+		if strings.HasPrefix(k, http.TrailerPrefix) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// statusLine is "CODE Reason-Phrase".
+func statusLine(code int) string {
+	text := http.StatusText(code)
+	if text == "" {
+		text = "status code " + strconv.Itoa(code)
+	}
+	return strconv.Itoa(code) + " " + text
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -1,0 +1,83 @@
+package httpproxy
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+)
+
+// Metrics counts every request and response in request_total,
+// response_total and response_latency_ms (time to the response head).
+// Responses are failures when the status is 5xx or the gRPC status is not OK,
+// or when the response broke off.
+func Metrics(reg *metrics.Registry) Layer {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			m := transport.MetaFrom(r.Context())
+			l := metrics.Labels{Direction: string(m.Direction), TargetAddr: Target(r.Context()), TLS: m.TLS}
+			if m.Direction == transport.Outbound {
+				l.Authority = r.Host
+			}
+			series := reg.HTTP(l)
+			series.Request()
+			rec := &recorder{ResponseWriter: w, start: time.Now()}
+			completed := false
+			defer func() {
+				if rec.status == 0 {
+					rec.latency = time.Since(rec.start)
+				}
+				grpc := grpcStatus(w.Header())
+				failure := !completed || rec.status >= 500 || grpc > 0
+				series.Response(rec.status, grpc, failure, rec.latency)
+			}()
+			next.ServeHTTP(rec, r)
+			completed = true
+		})
+	}
+}
+
+// recorder notes the final status and when the response head went out.
+type recorder struct {
+	http.ResponseWriter
+	start   time.Time
+	status  int
+	latency time.Duration
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		r.status = code
+		r.latency = time.Since(r.start)
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.WriteHeader(http.StatusOK)
+	}
+	return r.ResponseWriter.Write(p)
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack.
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// grpcStatus is the response's grpc-status (from trailers, or the head of a
+// trailers-only response), or -1 if it has none.
+func grpcStatus(h http.Header) int {
+	v := h.Get("Grpc-Status")
+	if v == "" {
+		v = h.Get(http.TrailerPrefix + "Grpc-Status")
+	}
+	if v == "" {
+		return -1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return -1
+	}
+	return n
+}

@@ -1,0 +1,10 @@
+// Package metrics records the proxy's traffic metrics under Linkerd's proxy
+// metric names and labels (request_total, response_total, response_latency_ms,
+// tcp_*), so existing dashboards and queries work unchanged, and renders them
+// in the Prometheus text exposition format.
+//
+// Recording is on the hot path of every request, so it is a handful of atomic
+// adds on series looked up once per connection or target, never a lock or an
+// allocation per request. Rendering, which happens once per scrape, does the
+// sorting and formatting.
+package metrics

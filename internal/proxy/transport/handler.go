@@ -1,0 +1,29 @@
+package transport
+
+import (
+	"context"
+	"net"
+)
+
+// Handler serves one accepted connection. It owns c and must close it.
+type Handler interface {
+	ServeConn(ctx context.Context, c net.Conn)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, c net.Conn)
+
+// ServeConn calls f.
+func (f HandlerFunc) ServeConn(ctx context.Context, c net.Conn) { f(ctx, c) }
+
+// Layer is one stage of a connection stack: it wraps the stages below it.
+type Layer func(next Handler) Handler
+
+// Stack composes layers top to bottom around the innermost handler:
+// Stack(h, a, b) serves a connection with a, then b, then h.
+func Stack(h Handler, layers ...Layer) Handler {
+	for i := len(layers) - 1; i >= 0; i-- {
+		h = layers[i](h)
+	}
+	return h
+}

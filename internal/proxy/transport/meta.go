@@ -1,0 +1,57 @@
+package transport
+
+import (
+	"context"
+	"net"
+	"net/netip"
+)
+
+// Direction is which side of the application a connection is on.
+type Direction string
+
+// The two stacks of the proxy.
+const (
+	Inbound  Direction = "inbound"
+	Outbound Direction = "outbound"
+)
+
+// Meta describes one accepted connection. The accept stage creates it; each
+// later stage may fill in what it learns (target, protocol, TLS) before
+// handing the connection on, and never changes it afterwards.
+type Meta struct {
+	Direction Direction
+	Client    netip.AddrPort // the peer that connected to the proxy
+	Local     netip.AddrPort // the proxy's address the peer connected to
+	// OrigDst is where the client was connecting before an iptables REDIRECT,
+	// valid when Redirected.
+	OrigDst    netip.AddrPort
+	Redirected bool
+	// Target is the host:port this connection is forwarded to; empty when it
+	// is decided per request (the HTTP forward proxy).
+	Target string
+	// Protocol is what detection found ("http/1", "h2", "tls", "opaque").
+	Protocol string
+	// SNI is the server name of an opaque TLS ClientHello.
+	SNI string
+	// TLS is the tls metric label of the accepted connection.
+	TLS string
+	// Early is an upstream connection opened during detection (server-speaks-
+	// first probing); the stage that uses the connection owns it.
+	Early net.Conn
+	// Drain is done when the proxy stops accepting and starts draining:
+	// protocol servers finish in-flight work and close idle connections.
+	Drain context.Context
+}
+
+type metaKey struct{}
+
+// WithMeta returns ctx carrying m.
+func WithMeta(ctx context.Context, m *Meta) context.Context {
+	return context.WithValue(ctx, metaKey{}, m)
+}
+
+// MetaFrom returns the connection metadata in ctx, or nil.
+func MetaFrom(ctx context.Context) *Meta {
+	m, _ := ctx.Value(metaKey{}).(*Meta)
+	return m
+}
