@@ -46,7 +46,7 @@ is TRELLIS_PROXY_DETECT_TIMEOUT. Flags win over the environment.`,
 		}
 		return run(cmd.Context(), cfg)
 	}
-	root.AddCommand(versionCmd())
+	root.AddCommand(versionCmd(), initCmd())
 	return root
 }
 

@@ -204,7 +204,7 @@ func (c *Config) Validate() error {
 	for _, a := range []struct{ name, v string }{
 		{"inbound-addr", c.InboundAddr}, {"outbound-addr", c.OutboundAddr}, {"admin-addr", c.AdminAddr},
 	} {
-		if err := checkHostPort(a.v); err != nil {
+		if err := checkListenAddr(a.v); err != nil {
 			return fmt.Errorf("%s %q: %w", a.name, a.v, err)
 		}
 	}
@@ -255,6 +255,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("log-format %q: must be json or text", c.LogFormat)
 	}
 	return nil
+}
+
+// checkListenAddr accepts host:port where port 0 picks a free port.
+func checkListenAddr(s string) error {
+	if host, port, err := net.SplitHostPort(s); err == nil && port == "0" {
+		return checkHostPort(net.JoinHostPort(host, "1"))
+	}
+	return checkHostPort(s)
 }
 
 func checkHostPort(s string) error {

@@ -58,12 +58,15 @@ func (d Detector) Detect(ctx context.Context, client net.Conn, dial DialFunc) (R
 				return Result{}, clientErr(err)
 			}
 			// The client is silent: does the server speak first?
-			res, err := d.race(ctx, client, dial, deadline)
-			if err != nil || res.ServerFirst || res.Client == nil {
+			res, final, err := d.race(ctx, client, dial, deadline)
+			if err != nil || final {
 				return res, err
 			}
-			early, serverBytes = res.Upstream.Conn, res.Upstream.prefix
+			// The client spoke after all: classify what it said.
 			buf = res.Client.prefix
+			if res.Upstream != nil {
+				early, serverBytes = res.Upstream.Conn, res.Upstream.prefix
+			}
 		}
 	}
 
@@ -95,13 +98,15 @@ func (d Detector) classify(client net.Conn, buf []byte, deadline time.Time) Resu
 	}
 }
 
-// race dials the target and waits for whichever side sends first.
-func (d Detector) race(ctx context.Context, client net.Conn, dial DialFunc, deadline time.Time) (Result, error) {
+// race dials the target and waits for whichever side sends first. final
+// reports that the result is the answer; otherwise the client spoke first and
+// its bytes still need classifying.
+func (d Detector) race(ctx context.Context, client net.Conn, dial DialFunc, deadline time.Time) (res Result, final bool, err error) {
 	up, err := dial(ctx)
 	if err != nil {
 		// The target is unreachable; detection carries on without it and the
 		// later stages report the failure.
-		return d.classify(client, nil, deadline), nil
+		return d.classify(client, nil, deadline), true, nil
 	}
 	type read struct {
 		b   []byte
@@ -127,9 +132,9 @@ func (d Detector) race(ctx context.Context, client net.Conn, dial DialFunc, dead
 		up.SetReadDeadline(time.Time{})
 		if len(s.b) == 0 && !isTimeout(s.err) {
 			up.Close() // the server hung up; later stages dial again
-			return Result{Client: NewConn(client, cb[:cn])}, nil
+			return Result{Client: NewConn(client, cb[:cn])}, false, nil
 		}
-		return Result{Client: NewConn(client, cb[:cn]), Upstream: NewConn(up, s.b)}, nil
+		return Result{Client: NewConn(client, cb[:cn]), Upstream: NewConn(up, s.b)}, false, nil
 	}
 	// The client read ended without data: the server spoke (and woke it),
 	// the deadline passed, or the client went away.
@@ -139,13 +144,13 @@ func (d Detector) race(ctx context.Context, client net.Conn, dial DialFunc, dead
 	s := <-fromServer
 	up.SetReadDeadline(time.Time{})
 	if len(s.b) > 0 {
-		return Result{Protocol: Opaque, Client: NewConn(client, nil), Upstream: NewConn(up, s.b), ServerFirst: true}, nil
+		return Result{Protocol: Opaque, Client: NewConn(client, nil), Upstream: NewConn(up, s.b), ServerFirst: true}, true, nil
 	}
 	up.Close()
 	if isTimeout(cerr) {
-		return Result{Protocol: Opaque, Client: NewConn(client, nil), TimedOut: true}, nil
+		return Result{Protocol: Opaque, Client: NewConn(client, nil), TimedOut: true}, true, nil
 	}
-	return Result{}, clientErr(cerr)
+	return Result{}, true, clientErr(cerr)
 }
 
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

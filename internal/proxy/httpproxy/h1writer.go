@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -13,7 +14,12 @@ import (
 // body with Content-Length when the handler declared one, with chunked
 // encoding (and trailers) for HTTP/1.1 clients otherwise, and by closing the
 // connection for HTTP/1.0 clients.
+//
+// Its methods may be called from several goroutines at once: the handler
+// writes the response while the upstream transport reads the request body
+// (which may send 100 Continue) and relays 1xx responses; mu serialises them.
 type h1Writer struct {
+	mu          sync.Mutex
 	hc          *h1Conn
 	req         *http.Request
 	header      http.Header
@@ -36,6 +42,12 @@ func (w *h1Writer) Header() http.Header { return w.header }
 // WriteHeader sends the response head. Informational (1xx) heads other
 // than 101 are sent at once and the final one may follow.
 func (w *h1Writer) WriteHeader(code int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.writeHeader(code)
+}
+
+func (w *h1Writer) writeHeader(code int) {
 	if w.wroteHeader {
 		return
 	}
@@ -113,8 +125,10 @@ func writeField(bw *bufio.Writer, k, v string) {
 }
 
 func (w *h1Writer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	if w.bodyless || len(p) == 0 {
 		return len(p), nil
@@ -144,6 +158,8 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 // sendContinue tells a client waiting on "Expect: 100-continue" to send its
 // body, unless a final response already went out.
 func (w *h1Writer) sendContinue() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.wroteHeader && !w.sent100 {
 		w.sent100 = true
 		w.hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
@@ -156,14 +172,18 @@ func (w *h1Writer) Flush() { w.FlushError() }
 
 // FlushError is Flush reporting the write error.
 func (w *h1Writer) FlushError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	return w.hc.bw.Flush()
 }
 
 // Hijack hands the connection to the handler (protocol upgrades, CONNECT).
 func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	hc := w.hc
 	hc.stopBackgroundRead()
 	if err := hc.bw.Flush(); err != nil {
@@ -178,8 +198,10 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // a body shorter than declared leaves the connection unusable. It reports
 // whether the connection is still in a clean state.
 func (w *h1Writer) finish() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if !w.wroteHeader {
-		w.WriteHeader(http.StatusOK)
+		w.writeHeader(http.StatusOK)
 	}
 	bw := w.hc.bw
 	if w.chunked {

@@ -1,0 +1,325 @@
+package app_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
+)
+
+// backend is an application server that counts and echoes what it receives.
+type backend struct {
+	*httptest.Server
+	requests atomic.Int64
+	mu       sync.Mutex
+	last     *http.Request
+}
+
+func newBackend(t *testing.T) *backend {
+	b := &backend{}
+	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.requests.Add(1)
+		b.mu.Lock()
+		b.last = r
+		b.mu.Unlock()
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Add("X-Multi", "one")
+		w.Header().Add("X-Multi", "two")
+		w.Header().Set("X-Path", r.URL.RequestURI())
+		switch r.URL.Path {
+		case "/status/503":
+			w.WriteHeader(http.StatusServiceUnavailable)
+		case "/slow":
+			time.Sleep(500 * time.Millisecond)
+		case "/http10":
+			// A response with no length: HTTP/1.0 clients get it ended by close.
+			w.(http.Flusher).Flush()
+		}
+		w.Write(body)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+func (b *backend) lastRequest() *http.Request {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last
+}
+
+// inboundProxy starts a proxy forwarding inbound connections to b.
+func inboundProxy(t *testing.T, b *backend, mutate ...func(*config.Config)) *proxytest.Proxy {
+	cfg := proxytest.Config(t)
+	cfg.AppAddr = b.Listener.Addr().String()
+	for _, m := range mutate {
+		m(cfg)
+	}
+	return proxytest.Start(t, cfg)
+}
+
+// raw sends s on a new connection to addr and returns the connection and a
+// reader over what comes back.
+func raw(t *testing.T, addr, s string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, s); err != nil {
+		t.Fatal(err)
+	}
+	return c, bufio.NewReader(c)
+}
+
+func readResponse(t *testing.T, br *bufio.Reader, method string) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, &http.Request{Method: method})
+	if err != nil {
+		t.Fatalf("reading response: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	return resp, string(body)
+}
+
+// assertClosed checks that the proxy closed the connection.
+func assertClosed(t *testing.T, br *bufio.Reader) {
+	t.Helper()
+	if b, err := br.ReadByte(); err == nil {
+		t.Fatalf("connection still open: read %q", b)
+	}
+}
+
+func TestPipelinedRequestsAnsweredInOrder(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	var req strings.Builder
+	for i := 0; i < 5; i++ {
+		fmt.Fprintf(&req, "POST /n/%d HTTP/1.1\r\nHost: app\r\nContent-Length: 1\r\n\r\n%d", i, i)
+	}
+	_, br := raw(t, p.InboundAddr.String(), req.String())
+	for i := 0; i < 5; i++ {
+		resp, body := readResponse(t, br, "POST")
+		if got := resp.Header.Get("X-Path"); got != fmt.Sprintf("/n/%d", i) || body != fmt.Sprint(i) {
+			t.Fatalf("response %d: path %q body %q", i, got, body)
+		}
+	}
+}
+
+func TestHeadersPassThrough(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	_, br := raw(t, p.InboundAddr.String(), "GET /a%2Fb?x=1;y=2&x=3 HTTP/1.1\r\nHost: app.example\r\n"+
+		"X-Forwarded-For: 192.0.2.1\r\nX-Rep: a\r\nX-Rep: b\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\n"+
+		"Proxy-Connection: keep-alive\r\n\r\n")
+	resp, _ := readResponse(t, br, "GET")
+	if got := resp.Header.Values("X-Multi"); len(got) != 2 || got[0] != "one" || got[1] != "two" {
+		t.Errorf("repeated response header = %q", got)
+	}
+	if got := resp.Header.Get("X-Path"); got != "/a%2Fb?x=1;y=2&x=3" {
+		t.Errorf("request target reached the app as %q", got)
+	}
+	r := b.lastRequest()
+	if r.Host != "app.example" {
+		t.Errorf("Host = %q", r.Host)
+	}
+	if got := r.Header.Values("X-Forwarded-For"); len(got) != 1 || got[0] != "192.0.2.1" {
+		t.Errorf("X-Forwarded-For changed to %q", got)
+	}
+	if got := r.Header.Values("X-Rep"); len(got) != 2 {
+		t.Errorf("repeated request header = %q", got)
+	}
+	for _, h := range []string{"X-Hop", "Keep-Alive", "Proxy-Connection"} {
+		if v := r.Header.Get(h); v != "" {
+			t.Errorf("hop-by-hop header %s forwarded: %q", h, v)
+		}
+	}
+	if ua, ok := r.Header["User-Agent"]; ok {
+		t.Errorf("proxy added User-Agent %q", ua)
+	}
+}
+
+func TestRequestSmugglingRefused(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	_, br := raw(t, p.InboundAddr.String(), "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n")
+	resp, _ := readResponse(t, br, "POST")
+	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("l5d-proxy-error") == "" {
+		t.Fatalf("status %d, error header %q; want 400 with a reason", resp.StatusCode, resp.Header.Get("l5d-proxy-error"))
+	}
+	assertClosed(t, br)
+	if n := b.requests.Load(); n != 0 {
+		t.Fatalf("the application received %d requests; want none", n)
+	}
+}
+
+func TestOversizeHeaderRefused(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	_, br := raw(t, p.InboundAddr.String(), "GET / HTTP/1.1\r\nHost: app\r\nX-Big: "+strings.Repeat("a", 70<<10)+"\r\n\r\n")
+	resp, _ := readResponse(t, br, "GET")
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d; want 431", resp.StatusCode)
+	}
+	assertClosed(t, br)
+}
+
+func TestSlowlorisClientsAreCutOffWithBoundedMemory(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b, func(c *config.Config) { c.HeaderReadTimeout = 300 * time.Millisecond })
+	runtime.GC()
+	goroutines := runtime.NumGoroutine()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	const clients = 200
+	var wg sync.WaitGroup
+	statuses := make(chan int, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.Dial("tcp", p.InboundAddr.String())
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			// A head trickling in a few bytes at a time, never finishing.
+			go func() {
+				io.WriteString(c, "GET / HTTP/1.1\r\n")
+				for j := 0; j < 20; j++ {
+					if _, err := io.WriteString(c, "X: y\r\n"); err != nil {
+						return
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}()
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				statuses <- 0
+				return
+			}
+			statuses <- resp.StatusCode
+		}()
+	}
+	wg.Wait()
+	close(statuses)
+	for s := range statuses {
+		if s != http.StatusRequestTimeout {
+			t.Fatalf("slow client got %d; want 408", s)
+		}
+	}
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 16<<20 {
+		t.Errorf("heap grew by %d MiB for %d slow clients", grew>>20, clients)
+	}
+	waitGoroutines(t, goroutines)
+	if n := b.requests.Load(); n != 0 {
+		t.Fatalf("the application received %d requests", n)
+	}
+}
+
+// waitGoroutines waits for the goroutine count to fall back to n (plus a
+// little slack for runtime helpers) and fails if it does not.
+func waitGoroutines(t *testing.T, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := runtime.NumGoroutine()
+		if got <= n+5 {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("goroutines leaked: %d, want <= %d\n%s", got, n+5, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestExpectContinue(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	c, br := raw(t, p.InboundAddr.String(), "PUT /up HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Fatalf("want 100 Continue before sending the body, got %q, %v", line, err)
+	}
+	if blank, _ := br.ReadString('\n'); blank != "\r\n" {
+		t.Fatalf("100 response not terminated: %q", blank)
+	}
+	io.WriteString(c, "hello")
+	resp, body := readResponse(t, br, "PUT")
+	if resp.StatusCode != 200 || body != "hello" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestChunkedRequestAndResponse(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	_, br := raw(t, p.InboundAddr.String(), "POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+	resp, body := readResponse(t, br, "POST")
+	if resp.StatusCode != 200 || body != "hello world" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestHTTP10ClientGetsCloseDelimitedBody(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	_, br := raw(t, p.InboundAddr.String(), "POST /http10 HTTP/1.0\r\nHost: app\r\nContent-Length: 3\r\n\r\nabc")
+	resp, body := readResponse(t, br, "POST")
+	if resp.StatusCode != 200 || body != "abc" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	assertClosed(t, br)
+}
+
+func TestHEADHasNoBody(t *testing.T) {
+	b := newBackend(t)
+	p := inboundProxy(t, b)
+	_, br := raw(t, p.InboundAddr.String(), "HEAD / HTTP/1.1\r\nHost: app\r\n\r\nGET /second HTTP/1.1\r\nHost: app\r\n\r\n")
+	resp, _ := readResponse(t, br, "HEAD")
+	if resp.StatusCode != 200 {
+		t.Fatalf("HEAD got %d", resp.StatusCode)
+	}
+	// If the proxy had sent a body for HEAD, this response would be garbage.
+	resp, _ = readResponse(t, br, "GET")
+	if resp.Header.Get("X-Path") != "/second" {
+		t.Fatalf("second response after HEAD is for %q", resp.Header.Get("X-Path"))
+	}
+}
+
+func TestUpstreamRefusedIs502WithReason(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens here now
+	cfg := proxytest.Config(t)
+	cfg.AppAddr = addr
+	p := proxytest.Start(t, cfg)
+	_, br := raw(t, p.InboundAddr.String(), "GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+	resp, _ := readResponse(t, br, "GET")
+	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("l5d-proxy-error") != "connection refused" {
+		t.Fatalf("got %d %q; want 502 connection refused", resp.StatusCode, resp.Header.Get("l5d-proxy-error"))
+	}
+}
