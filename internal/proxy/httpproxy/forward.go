@@ -2,15 +2,12 @@ package httpproxy
 
 import (
 	"context"
-	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"sync"
 	"time"
-
-	"golang.org/x/net/http2"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
@@ -29,7 +26,7 @@ type ForwardConfig struct {
 type Forwarder struct {
 	proxy *httputil.ReverseProxy
 	h1    *http.Transport
-	h2    *http2.Transport
+	h2    *http.Transport
 	log   *slog.Logger
 }
 
@@ -39,29 +36,25 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 		return d.DialContext(ctx, cfg.Direction, addr)
 	}
 	f := &Forwarder{log: log}
-	f.h1 = &http.Transport{
-		Proxy:                  nil, // never honour HTTP_PROXY: the proxy is the proxy
-		DialContext:            dial,
-		DisableCompression:     true, // pass content encodings through untouched
-		MaxIdleConns:           0,
-		MaxIdleConnsPerHost:    1024,
-		IdleConnTimeout:        cfg.PoolIdleTimeout,
-		ExpectContinueTimeout:  time.Second,
-		MaxResponseHeaderBytes: 1 << 20,
-		ForceAttemptHTTP2:      false,
+	pool := func(protos *http.Protocols) *http.Transport {
+		return &http.Transport{
+			Proxy:                  nil, // never honour HTTP_PROXY: the proxy is the proxy
+			DialContext:            dial,
+			Protocols:              protos,
+			DisableCompression:     true, // pass content encodings through untouched
+			MaxIdleConnsPerHost:    1024,
+			IdleConnTimeout:        cfg.PoolIdleTimeout,
+			ExpectContinueTimeout:  time.Second,
+			MaxResponseHeaderBytes: 1 << 20,
+			HTTP2:                  &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		}
 	}
-	f.h2 = &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return dial(ctx, network, addr)
-		},
-		DisableCompression: true,
-		ReadIdleTimeout:    30 * time.Second,
-		PingTimeout:        15 * time.Second,
-		IdleConnTimeout:    cfg.PoolIdleTimeout,
-	}
+	var h1, h2c http.Protocols
+	h1.SetHTTP1(true)
+	h2c.SetUnencryptedHTTP2(true)
+	f.h1, f.h2 = pool(&h1), pool(&h2c)
 	f.proxy = &httputil.ReverseProxy{
-		Director:     direct,
+		Rewrite:      rewrite,
 		Transport:    roundTripper{f},
 		BufferPool:   bufferPool{},
 		ErrorHandler: f.fail,
@@ -70,13 +63,22 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 	return f
 }
 
-// direct points the outgoing request at its target, keeping the client's
-// Host, path and query exactly as they were.
-func direct(r *http.Request) {
-	r.URL.Scheme = "http"
-	r.URL.Host = Target(r.Context())
-	if _, ok := r.Header["User-Agent"]; !ok {
-		r.Header["User-Agent"] = []string{""} // don't let net/http add its own
+// rewrite points the outgoing request at its target and keeps everything
+// the client sent that ReverseProxy would otherwise normalise: the query
+// string byte for byte and the forwarding headers (a transparent proxy
+// neither adds nor removes X-Forwarded-*).
+func rewrite(pr *httputil.ProxyRequest) {
+	out, in := pr.Out, pr.In
+	out.URL.Scheme = "http"
+	out.URL.Host = Target(in.Context())
+	out.URL.RawQuery = in.URL.RawQuery
+	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		if v, ok := in.Header[h]; ok {
+			out.Header[h] = v
+		}
+	}
+	if _, ok := in.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = []string{""} // don't let net/http add its own
 	}
 }
 
@@ -85,10 +87,6 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, http.StatusBadGateway, "no target for request")
 		return
 	}
-	// The client's address is in the connection metadata; an empty
-	// RemoteAddr stops ReverseProxy from appending it to X-Forwarded-For,
-	// which a transparent proxy must leave as the client sent it.
-	r.RemoteAddr = ""
 	f.proxy.ServeHTTP(w, r)
 }
 

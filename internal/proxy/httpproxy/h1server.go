@@ -114,9 +114,7 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req = req.WithContext(rctx)
-	// The client's address travels in the connection metadata; leaving
-	// RemoteAddr empty keeps forwarding from inventing X-Forwarded-For.
-	req.RemoteAddr = ""
+	req.RemoteAddr = m.Client.String()
 	w := newH1Writer(hc, req)
 	if m.Drain.Err() != nil {
 		w.closeAfter = true

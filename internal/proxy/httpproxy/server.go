@@ -7,30 +7,43 @@ import (
 	"net/http"
 	"sync"
 
-	"golang.org/x/net/http2"
-
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
-// Server serves HTTP on connections detection classified as HTTP: HTTP/1 with
-// the server in this package, h2c with golang.org/x/net/http2.
+// Server serves HTTP on connections detection classified as HTTP: HTTP/1
+// with the server in this package, h2c (prior knowledge) with net/http's
+// HTTP/2 server.
 type Server struct {
-	handler  http.Handler
-	h1       H1Config
-	log      *slog.Logger
-	h2       *http2.Server
-	base     *http.Server
-	shutdown func()
+	handler http.Handler
+	h1      H1Config
+	log     *slog.Logger
+	h2      *http.Server
+	h2ln    *connListener
+	drain   func()
 }
 
 // NewServer returns a server handing every request to h.
 func NewServer(h http.Handler, cfg H1Config, log *slog.Logger) *Server {
-	s := &Server{handler: h, h1: cfg, log: log}
-	s.h2 = &http2.Server{IdleTimeout: cfg.IdleTimeout, MaxConcurrentStreams: 1000}
-	s.base = &http.Server{Handler: h, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	http2.ConfigureServer(s.base, s.h2)
-	// Shutting the base server down sends GOAWAY on every h2c connection.
-	s.shutdown = sync.OnceFunc(func() { go s.base.Shutdown(context.Background()) })
+	s := &Server{handler: h, h1: cfg, log: log, h2ln: newConnListener()}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	s.h2 = &http.Server{
+		Handler:     h,
+		Protocols:   &protos,
+		IdleTimeout: cfg.IdleTimeout,
+		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext: func(_ context.Context, c net.Conn) context.Context { return c.(*trackedConn).ctx },
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateClosed || st == http.StateHijacked {
+				c.(*trackedConn).finish()
+			}
+		},
+	}
+	go s.h2.Serve(s.h2ln)
+	// Shutting the h2c server down sends GOAWAY on every connection and
+	// lets in-flight streams finish.
+	s.drain = sync.OnceFunc(func() { go s.h2.Shutdown(context.Background()) })
 	return s
 }
 
@@ -45,7 +58,61 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		serveH1(ctx, s.h1, s.log, s.handler, c)
 		return
 	}
-	stop := context.AfterFunc(m.Drain, s.shutdown)
+	stop := context.AfterFunc(m.Drain, s.drain)
 	defer stop()
-	s.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: s.base, Handler: s.handler})
+	tc := &trackedConn{Conn: c, ctx: ctx, done: make(chan struct{})}
+	if !s.h2ln.hand(tc) {
+		c.Close()
+		return
+	}
+	<-tc.done
 }
+
+// trackedConn carries a connection's context into net/http and reports
+// when net/http is done with it.
+type trackedConn struct {
+	net.Conn
+	ctx  context.Context
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *trackedConn) finish() { c.once.Do(func() { close(c.done) }) }
+
+// connListener is a net.Listener fed with connections that were accepted
+// and classified elsewhere.
+type connListener struct {
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newConnListener() *connListener {
+	return &connListener{conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+// hand gives c to the server; false if the listener is closed.
+func (l *connListener) hand(c net.Conn) bool {
+	select {
+	case l.conns <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }

@@ -1,7 +1,6 @@
 package metrics
 
 import (
-	"strconv"
 	"strings"
 )
 
@@ -68,5 +67,3 @@ func join(parts ...string) string {
 }
 
 func kv(k, v string) string { return k + `="` + escape(v) + `"` }
-
-func itoa(n int) string { return strconv.Itoa(n) }
