@@ -1,0 +1,130 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+func parse(t *testing.T, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	for k, v := range env {
+		t.Setenv(k, v)
+	}
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	finish := Flags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return finish()
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := parse(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.InboundAddr != "0.0.0.0:4143" || c.OutboundAddr != "127.0.0.1:4140" || c.AdminAddr != "0.0.0.0:4191" {
+		t.Errorf("listeners %s %s %s", c.InboundAddr, c.OutboundAddr, c.AdminAddr)
+	}
+	if c.DetectTimeout != 10*time.Second || c.ShutdownGracePeriod != 120*time.Second {
+		t.Errorf("detect %v grace %v", c.DetectTimeout, c.ShutdownGracePeriod)
+	}
+	for _, p := range []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211} {
+		if !c.OpaquePorts[p] {
+			t.Errorf("port %d not opaque by default", p)
+		}
+	}
+	if len(c.OpaquePorts) != 8 {
+		t.Errorf("%d opaque ports by default", len(c.OpaquePorts))
+	}
+}
+
+func TestEnvironmentAndFlagPrecedence(t *testing.T) {
+	c, err := parse(t, []string{"--detect-timeout=3s"}, map[string]string{
+		"TRELLIS_PROXY_DETECT_TIMEOUT": "7s",
+		"TRELLIS_PROXY_CONNECT_TIMEOUT": "250ms",
+		"TRELLIS_PROXY_UPSTREAM":        "a=9001:127.0.0.1:80, b=9002:db.internal:5432",
+		"TRELLIS_PROXY_OPAQUE_PORTS":    "1234,5678",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DetectTimeout != 3*time.Second {
+		t.Errorf("flag should win over env: %v", c.DetectTimeout)
+	}
+	if c.ConnectTimeout != 250*time.Millisecond {
+		t.Errorf("env not applied: %v", c.ConnectTimeout)
+	}
+	if len(c.Upstreams) != 2 || c.Upstreams[1] != (Upstream{"b", 9002, "db.internal:5432"}) {
+		t.Errorf("upstreams %v", c.Upstreams)
+	}
+	if !c.OpaquePorts[1234] || c.OpaquePorts[3306] {
+		t.Errorf("opaque ports replace the default list: %v", c.OpaquePorts)
+	}
+}
+
+func TestUpstreamsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "upstreams")
+	os.WriteFile(path, []byte("# routes\nweb=9001:10.0.0.1:8080\n\n db=9002:10.0.0.2:5432 # postgres\n"), 0o600)
+	c, err := parse(t, []string{"--upstreams-file", path}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Upstreams) != 2 || c.Upstreams[0].Name != "web" || c.Upstreams[1].Target != "10.0.0.2:5432" {
+		t.Fatalf("upstreams %v", c.Upstreams)
+	}
+}
+
+func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
+	tests := []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{args: []string{"--inbound-addr=nope"}, want: "inbound-addr"},
+		{args: []string{"--admin-addr=1.2.3.4:99999"}, want: "admin-addr"},
+		{args: []string{"--app-addr=:x"}, want: "app-addr"},
+		{args: []string{"--detect-timeout=0s"}, want: "detect-timeout"},
+		{args: []string{"--shutdown-grace-period=-1s"}, want: "shutdown-grace-period"},
+		{args: []string{"--max-header-bytes=10"}, want: "max-header-bytes"},
+		{args: []string{"--log-level=loud"}, want: "log-level"},
+		{args: []string{"--log-format=xml"}, want: "log-format"},
+		{args: []string{"--upstream=web"}, want: "upstream"},
+		{args: []string{"--upstream=web=0:a:1"}, want: "local port"},
+		{args: []string{"--upstream=a=9000:h:1", "--upstream=b=9000:h:2"}, want: "already used"},
+		{args: []string{"--upstreams-file=/does/not/exist"}, want: "upstreams-file"},
+		{env: map[string]string{"TRELLIS_PROXY_IDLE_TIMEOUT": "soon"}, want: "TRELLIS_PROXY_IDLE_TIMEOUT"},
+		{env: map[string]string{"TRELLIS_PROXY_OPAQUE_PORTS": "80,http"}, want: "TRELLIS_PROXY_OPAQUE_PORTS"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			_, err := parse(t, tt.args, tt.env)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %v; want one naming %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseUpstream(f *testing.F) {
+	f.Add("web=9000:127.0.0.1:8080")
+	f.Add("x=1:[::1]:80")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := ParseUpstream(s)
+		if err != nil {
+			return
+		}
+		if u.LocalPort == 0 || u.Name == "" {
+			t.Fatalf("accepted %q as %+v", s, u)
+		}
+		again, err := ParseUpstream(u.String())
+		if err != nil || again != u {
+			t.Fatalf("round trip of %q: %+v, %v", s, again, err)
+		}
+	})
+}
