@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// proxyBin is the trellis-proxy binary under test.
+var proxyBin string
+
+// initMissing, when not empty, says why `trellis-proxy init` cannot be used.
+var initMissing string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if bin := os.Getenv("TRELLIS_E2E_PROXY_BIN"); bin != "" {
+		proxyBin = bin
+	} else {
+		dir, err := os.MkdirTemp("", "trellis-e2e-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		// The transparent proxies run as UID 2102: it must reach the binary.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		proxyBin = filepath.Join(dir, "trellis-proxy")
+		if err := buildProxy(proxyBin); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+	}
+	initMissing = probeInit(proxyBin)
+	return m.Run()
+}
+
+// buildProxy builds cmd/trellis-proxy of the repository holding the working
+// directory into out.
+func buildProxy(out string) error {
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/trellis-proxy")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/trellis-proxy: %w\n%s", err, b)
+	}
+	return nil
+}
+
+// repoRoot walks up from the working directory to the module root.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.Contains(b, []byte("module github.com/trellis-mesh/trellis\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod of github.com/trellis-mesh/trellis above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// probeInit reports why the binary has no usable init subcommand, or "".
+// An unknown subcommand given --help makes cobra print the root's help and
+// succeed, so the usage line is what tells them apart.
+func probeInit(bin string) string {
+	out, err := exec.Command(bin, "init", "--help").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "trellis-proxy init") || !strings.Contains(string(out), "--cleanup") {
+		return fmt.Sprintf("`trellis-proxy init --help` shows no init subcommand with --cleanup (err=%v)", err)
+	}
+	return ""
+}
