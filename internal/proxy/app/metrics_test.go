@@ -142,4 +142,3 @@ func with(base map[string]string, kv ...string) map[string]string {
 	}
 	return m
 }
-

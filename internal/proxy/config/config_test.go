@@ -46,7 +46,7 @@ func TestDefaults(t *testing.T) {
 
 func TestEnvironmentAndFlagPrecedence(t *testing.T) {
 	c, err := parse(t, []string{"--detect-timeout=3s"}, map[string]string{
-		"TRELLIS_PROXY_DETECT_TIMEOUT": "7s",
+		"TRELLIS_PROXY_DETECT_TIMEOUT":  "7s",
 		"TRELLIS_PROXY_CONNECT_TIMEOUT": "250ms",
 		"TRELLIS_PROXY_UPSTREAM":        "a=9001:127.0.0.1:80, b=9002:db.internal:5432",
 		"TRELLIS_PROXY_OPAQUE_PORTS":    "1234,5678",

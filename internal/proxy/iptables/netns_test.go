@@ -11,12 +11,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"os/exec"
 	"strconv"
@@ -25,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
 const helperEnv = "TRELLIS_IPTABLES_TEST_HELPER" // "listen" or "dial"
@@ -54,10 +54,14 @@ func listenHelper(network, addr string) int {
 			fmt.Println("error:", err)
 			return 1
 		}
-		orig, err := originalDst(c.(*net.TCPConn))
-		if err != nil {
+		// The proxy's own SO_ORIGINAL_DST reader, so this also tests it.
+		orig, redirected, err := transport.OriginalDst(c)
+		switch {
+		case err != nil:
 			fmt.Println("error:", err)
-		} else {
+		case !redirected:
+			fmt.Println("error: not redirected")
+		default:
 			fmt.Println("accepted", orig)
 		}
 		c.Close()
@@ -85,38 +89,6 @@ func dialHelper(addr, uid string) int {
 		fmt.Println("error:", err)
 	}
 	return 0
-}
-
-// originalDst reads the pre-REDIRECT destination of c from conntrack.
-func originalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	const soOriginalDst = 80 // SO_ORIGINAL_DST and IP6T_SO_ORIGINAL_DST
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	var ap netip.AddrPort
-	var serr error
-	be16 := func(native uint16) uint16 { // the port is in network byte order
-		var b [2]byte
-		binary.NativeEndian.PutUint16(b[:], native)
-		return binary.BigEndian.Uint16(b[:])
-	}
-	err = raw.Control(func(fd uintptr) {
-		if netip.MustParseAddrPort(c.LocalAddr().String()).Addr().Is4() {
-			// sockaddr_in fits in the 16-byte Multiaddr of an IPv6Mreq.
-			var m *syscall.IPv6Mreq
-			if m, serr = syscall.GetsockoptIPv6Mreq(int(fd), syscall.IPPROTO_IP, soOriginalDst); serr == nil {
-				sa := m.Multiaddr
-				ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte(sa[4:8])), binary.BigEndian.Uint16(sa[2:4]))
-			}
-			return
-		}
-		var mi *syscall.IPv6MTUInfo // starts with a sockaddr_in6
-		if mi, serr = syscall.GetsockoptIPv6MTUInfo(int(fd), syscall.IPPROTO_IPV6, soOriginalDst); serr == nil {
-			ap = netip.AddrPortFrom(netip.AddrFrom16(mi.Addr.Addr), be16(mi.Addr.Port))
-		}
-	})
-	return ap, errors.Join(err, serr)
 }
 
 func TestRealNetNS(t *testing.T) {
