@@ -1,10 +1,12 @@
 // Package admin serves the proxy's admin endpoints: /metrics (Prometheus
-// text format), /ready, /live, and POST /shutdown from loopback clients.
+// text format), /ready, /live, and — to loopback clients only — POST
+// /shutdown and Go profiles under /debug/pprof/.
 package admin
 
 import (
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"net/netip"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -35,6 +37,9 @@ func Handler(reg *metrics.Registry, st State) http.Handler {
 		}
 		w.Write([]byte("ready\n"))
 	})
+	// Profiles, like shutdown, are for operators on the same host only.
+	mux.HandleFunc("/debug/pprof/", loopbackOnly(pprof.Index))
+	mux.HandleFunc("/debug/pprof/profile", loopbackOnly(pprof.Profile))
 	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
 		if !fromLoopback(r) {
 			http.Error(w, "shutdown is only allowed from localhost", http.StatusForbidden)
@@ -44,6 +49,16 @@ func Handler(reg *metrics.Registry, st State) http.Handler {
 		st.Shutdown()
 	})
 	return mux
+}
+
+func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r) {
+			http.Error(w, "profiles are only served to localhost", http.StatusForbidden)
+			return
+		}
+		h(w, r)
+	}
 }
 
 func fromLoopback(r *http.Request) bool {
