@@ -323,3 +323,26 @@ func TestUpstreamRefusedIs502WithReason(t *testing.T) {
 		t.Fatalf("got %d %q; want 502 connection refused", resp.StatusCode, resp.Header.Get("l5d-proxy-error"))
 	}
 }
+
+func TestClientHangupCancelsUpstreamRequest(t *testing.T) {
+	cancelled := make(chan struct{})
+	started := make(chan struct{})
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-r.Context().Done() // a long poll: answers only when it must
+		close(cancelled)
+	}))
+	defer app.Close()
+	cfg := proxytest.Config(t)
+	cfg.AppAddr = app.Listener.Addr().String()
+	p := proxytest.Start(t, cfg)
+	c, _ := raw(t, p.InboundAddr.String(), "GET /poll HTTP/1.1\r\nHost: app\r\n\r\n")
+	<-started
+	time.Sleep(50 * time.Millisecond) // past the point where the proxy starts watching
+	c.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the application's request was not cancelled after the client hung up")
+	}
+}

@@ -19,43 +19,42 @@ type ForwardConfig struct {
 }
 
 // Forwarder is the innermost HTTP stage: it sends each request to its target
-// over a pooled connection of the request's own protocol (HTTP/1.1 or h2c)
-// and streams the response back. Hop-by-hop fields are removed, everything
-// else — status, repeated fields, bodies, trailers, 1xx responses, upgrades —
-// passes through unchanged.
+// over a pooled connection of the request's own protocol and streams the
+// response back. Hop-by-hop fields are removed; everything else — status,
+// repeated fields, bodies, trailers, 1xx responses, upgrades — passes
+// through unchanged.
+//
+// HTTP/1 requests take a path written for the purpose (h1forward.go): the
+// exchange runs in the handler's goroutine on a connection from h1Pool,
+// which halved the proxy's CPU per request compared with
+// httputil.ReverseProxy over http.Transport (docs/benchmarks.md). HTTP/2
+// requests go through ReverseProxy over an h2c http.Transport.
 type Forwarder struct {
+	pool  *h1Pool
 	proxy *httputil.ReverseProxy
-	h1    *http.Transport
 	h2    *http.Transport
 	log   *slog.Logger
 }
 
 // NewForwarder returns a forwarder dialing with d.
 func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *Forwarder {
-	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
+	dial := func(ctx context.Context, addr string) (net.Conn, error) {
 		return d.DialContext(ctx, cfg.Direction, addr)
 	}
-	f := &Forwarder{log: log}
-	pool := func(protos *http.Protocols) *http.Transport {
-		return &http.Transport{
-			Proxy:                  nil, // never honour HTTP_PROXY: the proxy is the proxy
-			DialContext:            dial,
-			Protocols:              protos,
-			DisableCompression:     true, // pass content encodings through untouched
-			MaxIdleConnsPerHost:    1024,
-			IdleConnTimeout:        cfg.PoolIdleTimeout,
-			ExpectContinueTimeout:  time.Second,
-			MaxResponseHeaderBytes: 1 << 20,
-			HTTP2:                  &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-		}
-	}
-	var h1, h2c http.Protocols
-	h1.SetHTTP1(true)
+	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
-	f.h1, f.h2 = pool(&h1), pool(&h2c)
+	f := &Forwarder{log: log, pool: newH1Pool(dial, cfg.PoolIdleTimeout)}
+	f.h2 = &http.Transport{
+		Proxy:              nil, // never honour HTTP_PROXY: the proxy is the proxy
+		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
+		Protocols:          &h2c,
+		DisableCompression: true, // pass content encodings through untouched
+		IdleConnTimeout:    cfg.PoolIdleTimeout,
+		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+	}
 	f.proxy = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
-		Transport:    roundTripper{f},
+		Transport:    f.h2,
 		BufferPool:   bufferPool{},
 		ErrorHandler: f.fail,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
@@ -87,6 +86,10 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, http.StatusBadGateway, "no target for request")
 		return
 	}
+	if r.ProtoMajor == 1 {
+		f.forwardH1(w, r, Target(r.Context()))
+		return
+	}
 	f.proxy.ServeHTTP(w, r)
 }
 
@@ -105,18 +108,8 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 // CloseIdle closes idle pooled connections (used when draining).
 func (f *Forwarder) CloseIdle() {
-	f.h1.CloseIdleConnections()
+	f.pool.closeIdle(true)
 	f.h2.CloseIdleConnections()
-}
-
-// roundTripper sends HTTP/2 requests over h2c and the rest over HTTP/1.1.
-type roundTripper struct{ f *Forwarder }
-
-func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.ProtoMajor == 2 {
-		return rt.f.h2.RoundTrip(r)
-	}
-	return rt.f.h1.RoundTrip(r)
 }
 
 // bufferPool recycles the 32 KiB copy buffers of response bodies.

@@ -42,13 +42,14 @@ type h1Conn struct {
 	bw       *bufio.Writer
 	idle     atomic.Bool
 	hijacked bool
-	bgDone   chan struct{} // non-nil while a background read runs
+	hangup   hangupWatch
 }
 
 // serveH1 serves requests on c one after another (pipelined requests are
 // answered in order) until the client or the proxy ends the connection.
 func serveH1(ctx context.Context, cfg H1Config, log *slog.Logger, h http.Handler, c net.Conn) {
 	hc := &h1Conn{cfg: cfg, log: log, handler: h, c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	hc.hangup.c = c
 	m := transport.MetaFrom(ctx)
 	stop := context.AfterFunc(m.Drain, func() {
 		if hc.idle.Load() {
@@ -135,7 +136,7 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 		}
 		req.Body = body
 	} else if hc.br.Buffered() == 0 {
-		hc.startBackgroundRead(cancel)
+		hc.hangup.arm(hc.br, cancel)
 	}
 
 	if !hc.runHandler(w, req) {
@@ -144,7 +145,7 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	if hc.hijacked {
 		return false
 	}
-	hc.stopBackgroundRead()
+	hc.hangup.disarm()
 	if !w.finish() {
 		return false
 	}
@@ -169,7 +170,7 @@ func (hc *h1Conn) runHandler(w *h1Writer, req *http.Request) (ok bool) {
 			if p != http.ErrAbortHandler {
 				hc.log.Error("HTTP handler panicked", "panic", p)
 			}
-			hc.stopBackgroundRead()
+			hc.hangup.disarm()
 			ok = false
 		}
 	}()
@@ -214,31 +215,6 @@ func (hc *h1Conn) lingerClose() {
 	}
 	hc.c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.Copy(io.Discard, io.LimitReader(hc.c, maxDiscard))
-}
-
-// startBackgroundRead watches for the client hanging up while the handler
-// runs, so the request is cancelled upstream too. Only used when the request
-// has no body, so nothing else reads the connection meanwhile.
-func (hc *h1Conn) startBackgroundRead(cancel context.CancelFunc) {
-	done := make(chan struct{})
-	hc.bgDone = done
-	go func() {
-		defer close(done)
-		if _, err := hc.br.Peek(1); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			cancel()
-		}
-	}()
-}
-
-// stopBackgroundRead ends a background read, keeping any bytes it read.
-func (hc *h1Conn) stopBackgroundRead() {
-	if hc.bgDone == nil {
-		return
-	}
-	hc.c.SetReadDeadline(time.Unix(1, 0))
-	<-hc.bgDone
-	hc.bgDone = nil
-	hc.c.SetReadDeadline(time.Time{})
 }
 
 // requestBody sends "100 Continue" before the first read when the client

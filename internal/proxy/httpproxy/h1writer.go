@@ -144,14 +144,14 @@ func (w *h1Writer) Write(p []byte) (int, error) {
 func (w *h1Writer) writeBody(p []byte) (int, error) {
 	bw := w.hc.bw
 	if w.chunked {
-		bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
-		bw.WriteString("\r\n")
+		if err := writeChunk(bw, p); err != nil {
+			return 0, err
+		}
+		w.written += int64(len(p))
+		return len(p), nil
 	}
 	n, err := bw.Write(p)
 	w.written += int64(n)
-	if w.chunked {
-		bw.WriteString("\r\n")
-	}
 	return n, err
 }
 
@@ -185,7 +185,7 @@ func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	hc := w.hc
-	hc.stopBackgroundRead()
+	hc.hangup.disarm()
 	if err := hc.bw.Flush(); err != nil {
 		return nil, nil, err
 	}
@@ -205,13 +205,13 @@ func (w *h1Writer) finish() bool {
 	}
 	bw := w.hc.bw
 	if w.chunked {
-		bw.WriteString("0\r\n")
+		trailer := http.Header{}
 		for _, k := range w.trailerKeys() {
-			for _, v := range w.header[k] {
-				writeField(bw, strings.TrimPrefix(k, http.TrailerPrefix), v)
+			if vs := w.header[k]; len(vs) > 0 {
+				trailer[k] = vs
 			}
 		}
-		bw.WriteString("\r\n")
+		writeLastChunk(bw, trailer)
 	}
 	if err := bw.Flush(); err != nil {
 		return false

@@ -1,0 +1,404 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/detect"
+	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
+)
+
+// expectContinueWait is how long the proxy waits for an upstream's
+// "100 Continue" before sending the request body anyway (RFC 9110 §10.1.1).
+const expectContinueWait = time.Second
+
+// forwardH1 relays an HTTP/1 request over a pooled HTTP/1.1 upstream
+// connection, in the handler's own goroutine (the request body, if any, is
+// streamed by a second one, so upstreams may answer before reading it all).
+// A request without a body that fails on a reused connection before any
+// response byte arrived — the upstream closed it while idle — is retried
+// once on a new connection.
+func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target string) {
+	bodyless := r.Body == nil || r.Body == http.NoBody
+	for attempt := 0; ; attempt++ {
+		uc, reused, err := f.pool.get(r.Context(), target)
+		if err != nil {
+			f.fail(w, r, err)
+			return
+		}
+		ex := h1Exchange{f: f, w: w, r: r, uc: uc}
+		err = ex.run()
+		if err == nil {
+			return
+		}
+		if reused && bodyless && attempt == 0 && !ex.received && staleConn(err) {
+			continue
+		}
+		f.fail(w, r, err)
+		return
+	}
+}
+
+// staleConn reports errors that mean the upstream closed an idle
+// connection before reading the request.
+func staleConn(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// h1Exchange is one request and its response on one upstream connection.
+type h1Exchange struct {
+	f        *Forwarder
+	w        http.ResponseWriter
+	r        *http.Request
+	uc       *upConn
+	received bool       // some response bytes arrived
+	bodyErr  chan error // the request body copy's result, when one runs
+}
+
+// run performs the exchange. An error means nothing was sent to the client
+// yet; failures after the response head went out abort the response.
+func (ex *h1Exchange) run() error {
+	r, uc := ex.r, ex.uc
+	stop := context.AfterFunc(r.Context(), func() { uc.Close() }) // the client left: abandon the upstream
+	reusable := false
+	defer func() {
+		if stop() && reusable {
+			ex.f.pool.put(uc)
+		} else {
+			uc.Close()
+		}
+	}()
+
+	writeRequestHead(uc.bw, r)
+	hasBody := r.Body != nil && r.Body != http.NoBody
+	expect := hasBody && strings.EqualFold(r.Header.Get("Expect"), "100-continue")
+	switch {
+	case !hasBody:
+	case expect:
+		// Let the upstream refuse the body before the client sends it.
+		if err := uc.bw.Flush(); err != nil {
+			return err
+		}
+		uc.SetReadDeadline(time.Now().Add(expectContinueWait))
+		_, err := uc.br.Peek(1)
+		uc.SetReadDeadline(time.Time{})
+		if err != nil && !isTimeout(err) {
+			return err
+		}
+		if isTimeout(err) {
+			ex.sendBody()
+		}
+	default:
+		ex.sendBody()
+	}
+	if !hasBody {
+		if err := uc.bw.Flush(); err != nil {
+			return err
+		}
+	}
+
+	resp, err := ex.readFinalResponse(expect)
+	if err != nil {
+		ex.abandonBody()
+		return err
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		ex.abandonBody()
+		ex.upgrade(resp)
+		return nil
+	}
+	ex.relay(resp)
+	bodySent := ex.bodyErr == nil && !hasBody || ex.bodyErr != nil && ex.waitBody()
+	reusable = bodySent && !resp.Close
+	return nil
+}
+
+// readFinalResponse reads responses until a final one, relaying 1xx
+// responses to the client; a 100 releases a body held back for Expect.
+func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
+	for {
+		resp, err := http.ReadResponse(ex.uc.br, ex.r)
+		if err != nil {
+			return nil, err
+		}
+		ex.received = true
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			return resp, nil
+		}
+		h := ex.w.Header()
+		for k, vs := range resp.Header {
+			h[k] = vs
+		}
+		ex.w.WriteHeader(resp.StatusCode)
+		for k := range resp.Header {
+			delete(h, k)
+		}
+		if resp.StatusCode == http.StatusContinue && expect && ex.bodyErr == nil {
+			ex.sendBody()
+		}
+	}
+}
+
+// relay sends the response head, body and trailers to the client. A body
+// that breaks off upstream aborts the client's response too.
+func (ex *h1Exchange) relay(resp *http.Response) {
+	w := ex.w
+	h := w.Header()
+	skip := connectionFields(resp.Header)
+	for k, vs := range resp.Header {
+		if !skip(k) {
+			h[k] = vs
+		}
+	}
+	if len(resp.Trailer) > 0 {
+		keys := make([]string, 0, len(resp.Trailer))
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		h["Trailer"] = []string{strings.Join(keys, ", ")}
+	}
+	w.WriteHeader(resp.StatusCode)
+	if err := copyBody(w, resp.Body, streaming(resp)); err != nil {
+		if errors.Is(err, errUpstreamBody) {
+			ex.uc.Close()
+			panic(http.ErrAbortHandler)
+		}
+		resp.Close = true // the client is gone; the upstream connection is not reusable
+		return
+	}
+	for k, vs := range resp.Trailer {
+		h[k] = vs
+	}
+}
+
+// streaming reports responses whose bytes must reach the client as they
+// arrive: no declared length (chunked streams, gRPC-Web) or server-sent events.
+func streaming(resp *http.Response) bool {
+	if resp.ContentLength < 0 {
+		return true
+	}
+	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	return ct == "text/event-stream"
+}
+
+// errUpstreamBody marks a failure reading the upstream's body, as opposed to
+// writing to the client.
+var errUpstreamBody = errors.New("upstream body broke off")
+
+// copyBody copies a body to the client, flushing after every read when the
+// body is a stream.
+func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
+	buf := buffers.Get().(*[]byte)
+	defer buffers.Put(buf)
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	for {
+		n, rerr := body.Read(*buf)
+		if n > 0 {
+			if _, err := w.Write((*buf)[:n]); err != nil {
+				return err
+			}
+			if flush {
+				if err := rc.Flush(); err != nil {
+					return err
+				}
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return errors.Join(errUpstreamBody, rerr)
+		}
+	}
+}
+
+// sendBody starts streaming the request body upstream.
+func (ex *h1Exchange) sendBody() {
+	ex.bodyErr = make(chan error, 1)
+	r, bw := ex.r, ex.uc.bw
+	go func() {
+		ex.bodyErr <- writeBody(bw, r)
+	}()
+}
+
+// bodyGrace is how long a finished exchange waits for its request body
+// copy to report; a copy still running then is stuck on an upstream that
+// answered without reading everything.
+const bodyGrace = 100 * time.Millisecond
+
+// waitBody waits for the request body copy and reports whether it
+// completed. A stuck copy is unstuck by closing the connection.
+func (ex *h1Exchange) waitBody() bool {
+	t := time.NewTimer(bodyGrace)
+	defer t.Stop()
+	select {
+	case err := <-ex.bodyErr:
+		return err == nil
+	case <-t.C:
+	}
+	ex.uc.Close()
+	<-ex.bodyErr
+	return false
+}
+
+// abandonBody stops a running body copy after a failed exchange.
+func (ex *h1Exchange) abandonBody() {
+	if ex.bodyErr != nil {
+		ex.waitBody()
+	}
+}
+
+// upgrade completes a protocol switch (101): the client connection is taken
+// over, the 101 response relayed, and bytes piped both ways until either
+// side closes.
+func (ex *h1Exchange) upgrade(resp *http.Response) {
+	conn, brw, err := http.NewResponseController(ex.w).Hijack()
+	if err != nil {
+		ex.uc.Close()
+		WriteError(ex.w, ex.r, http.StatusBadGateway, "cannot switch protocols: "+err.Error())
+		return
+	}
+	bw := brw.Writer
+	bw.WriteString("HTTP/1.1 " + statusLine(resp.StatusCode) + "\r\n")
+	for k, vs := range resp.Header {
+		for _, v := range vs {
+			writeField(bw, k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+	if err := bw.Flush(); err != nil {
+		conn.Close()
+		ex.uc.Close()
+		return
+	}
+	tcpproxy.Pipe(detect.NewConn(conn, buffered(brw.Reader)), detect.NewConn(ex.uc.Conn, buffered(ex.uc.br)))
+}
+
+func buffered(br *bufio.Reader) []byte {
+	b, _ := br.Peek(br.Buffered())
+	return append([]byte(nil), b...)
+}
+
+// writeRequestHead writes the request line and fields for the upstream:
+// the request target as the client sent it (origin form), hop-by-hop fields
+// removed, and the body framed anew.
+func writeRequestHead(bw *bufio.Writer, r *http.Request) {
+	target := r.RequestURI
+	if target == "" || r.URL.IsAbs() {
+		target = r.URL.RequestURI() // forward-proxy requests arrive in absolute form
+	}
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(target)
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	host := r.Host
+	if host == "" {
+		host = r.URL.Host
+	}
+	bw.WriteString(host)
+	bw.WriteString("\r\n")
+	skip := connectionFields(r.Header)
+	for k, vs := range r.Header {
+		if skip(k) || k == "Host" || k == "Content-Length" {
+			continue
+		}
+		for _, v := range vs {
+			writeField(bw, k, v)
+		}
+	}
+	if up := upgradeRequested(r.Header); up != "" {
+		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+		bw.WriteString(up)
+		bw.WriteString("\r\n")
+	}
+	for _, te := range r.Header["Te"] {
+		if strings.Contains(strings.ToLower(te), "trailers") {
+			bw.WriteString("Te: trailers\r\n")
+			break
+		}
+	}
+	hasBody := r.Body != nil && r.Body != http.NoBody
+	switch {
+	case r.ContentLength > 0 || r.ContentLength == 0 && r.Header["Content-Length"] != nil:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(r.ContentLength, 10))
+		bw.WriteString("\r\n")
+	case hasBody:
+		if len(r.Trailer) > 0 {
+			keys := make([]string, 0, len(r.Trailer))
+			for k := range r.Trailer {
+				keys = append(keys, k)
+			}
+			writeField(bw, "Trailer", strings.Join(keys, ", "))
+		}
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+	}
+	bw.WriteString("\r\n")
+}
+
+// writeBody copies the request body upstream with the framing announced by
+// writeRequestHead, flushing after every read so streams keep flowing.
+func writeBody(bw *bufio.Writer, r *http.Request) error {
+	buf := buffers.Get().(*[]byte)
+	defer buffers.Put(buf)
+	chunked := r.ContentLength < 0
+	var sent int64
+	for {
+		n, rerr := r.Body.Read(*buf)
+		if n > 0 {
+			if chunked {
+				writeChunk(bw, (*buf)[:n])
+			} else {
+				bw.Write((*buf)[:n])
+			}
+			sent += int64(n)
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	if chunked {
+		writeLastChunk(bw, r.Trailer)
+	} else if sent != r.ContentLength {
+		return io.ErrUnexpectedEOF
+	}
+	return bw.Flush()
+}
+
+// writeChunk writes p as one chunk of a chunked body. A bufio.Writer keeps
+// its first error, so the last write reports any.
+func writeChunk(bw *bufio.Writer, p []byte) error {
+	bw.WriteString(strconv.FormatInt(int64(len(p)), 16))
+	bw.WriteString("\r\n")
+	bw.Write(p)
+	_, err := bw.WriteString("\r\n")
+	return err
+}
+
+// writeLastChunk ends a chunked body, with its trailer fields.
+func writeLastChunk(bw *bufio.Writer, trailer http.Header) {
+	bw.WriteString("0\r\n")
+	for k, vs := range trailer {
+		for _, v := range vs {
+			writeField(bw, strings.TrimPrefix(k, http.TrailerPrefix), v)
+		}
+	}
+	bw.WriteString("\r\n")
+}
