@@ -176,3 +176,12 @@ func dnsSubdomain(s string) error {
 	}
 	return nil
 }
+
+// ControlPlaneNamespace is the namespace of the control plane's own identities.
+const ControlPlaneNamespace = "trellis"
+
+// IdentityServiceID is the identity the identity service presents to proxies
+// in trustDomain: spiffe://<trust-domain>/ns/trellis/sa/trellis-identity.
+func IdentityServiceID(trustDomain string) ID {
+	return ID{TrustDomain: trustDomain, Namespace: ControlPlaneNamespace, ServiceAccount: "trellis-identity"}
+}

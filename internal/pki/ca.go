@@ -139,11 +139,11 @@ func notSignedByAnchor(issuer *x509.Certificate, chain, anchors []*x509.Certific
 			sameName = true
 		}
 	}
-	msg := fmt.Sprintf("issuer %s is not signed by the trust anchor: ", describe(issuer))
+	msg := fmt.Sprintf("issuer %s is not signed by the trust anchor: it was issued by %q", describe(issuer), issuer.Issuer.String())
 	if len(chain) > 1 {
-		msg += fmt.Sprintf("its chain ends at %s, ", describe(top))
+		msg = fmt.Sprintf("issuer %s is not signed by the trust anchor: its chain ends at %s, which was issued by %q", describe(issuer), describe(top), top.Issuer.String())
 	}
-	msg += fmt.Sprintf("which was issued by %q, but the trust anchor is %s", top.Issuer.String(), strings.Join(names, ", "))
+	msg += fmt.Sprintf(", but the trust anchor is %s", strings.Join(names, " or "))
 	if sameName {
 		msg += " (same name, different key: the issuer was signed by another anchor with that name)"
 	}

@@ -346,3 +346,49 @@ func TestClientHangupCancelsUpstreamRequest(t *testing.T) {
 		t.Fatal("the application's request was not cancelled after the client hung up")
 	}
 }
+
+// TestUpstreamClosingIdleConnectionsIsInvisible: an upstream that closes
+// each keep-alive connection right after answering must not turn the next
+// request into an error, whether the proxy notices before reusing the
+// connection or only when using it.
+func TestUpstreamClosingIdleConnectionsIsInvisible(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				req, err := http.ReadRequest(bufio.NewReader(c))
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				// Keep-alive promised, then the connection closes anyway.
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}()
+		}
+	}()
+	cfg := proxytest.Config(t)
+	cfg.AppAddr = ln.Addr().String()
+	p := proxytest.Start(t, cfg)
+	client := &http.Client{}
+	for i, idle := range []time.Duration{0, 10 * time.Millisecond, 250 * time.Millisecond, 10 * time.Millisecond} {
+		time.Sleep(idle)
+		resp, err := client.Get("http://" + p.InboundAddr.String() + "/")
+		if err != nil {
+			t.Fatalf("request %d after %v idle: %v", i, idle, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("request %d after %v idle: %d %q (%s)", i, idle, resp.StatusCode, body, resp.Header.Get("l5d-proxy-error"))
+		}
+	}
+}

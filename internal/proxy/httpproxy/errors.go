@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -31,6 +32,8 @@ func UpstreamError(err error) (status int, reason string) {
 		return http.StatusGatewayTimeout, "response timed out"
 	case errors.Is(err, syscall.ECONNRESET):
 		return http.StatusBadGateway, "connection reset by upstream"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return http.StatusBadGateway, "connection closed by upstream"
 	case dial:
 		return http.StatusBadGateway, "connect failed"
 	}

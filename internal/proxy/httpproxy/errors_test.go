@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +27,7 @@ func TestUpstreamErrorMapping(t *testing.T) {
 		{fmt.Errorf("wrapped: %w", dial(context.DeadlineExceeded)), 504, "connect timed out"},
 		{&net.OpError{Op: "read", Err: syscall.ECONNRESET}, 502, "connection reset by upstream"},
 		{&net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, 504, "response timed out"},
+		{io.ErrUnexpectedEOF, 502, "connection closed by upstream"},
 		{errors.New("malformed response"), 502, "upstream failed"},
 	} {
 		status, reason := UpstreamError(tt.err)

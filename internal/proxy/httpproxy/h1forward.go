@@ -125,11 +125,17 @@ func (ex *h1Exchange) run() error {
 // responses to the client; a 100 releases a body held back for Expect.
 func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 	for {
+		// Peek first: ReadResponse reports a connection closed before any
+		// byte as io.ErrUnexpectedEOF, but a clean EOF here is what tells a
+		// stale pooled connection apart from a broken response.
+		if _, err := ex.uc.br.Peek(1); err != nil {
+			return nil, err
+		}
+		ex.received = true
 		resp, err := http.ReadResponse(ex.uc.br, ex.r)
 		if err != nil {
 			return nil, err
 		}
-		ex.received = true
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}

@@ -12,6 +12,13 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// trustIdle is how long a connection may sit idle and still be reused
+// without first checking that the upstream has not closed it. The check is
+// a syscall; skipping it for connections that just finished an exchange
+// keeps it off the busy path, and the retry in forwardH1 covers the rare
+// upstream that closes a connection within this window.
+const trustIdle = 100 * time.Millisecond
+
 // h1Pool keeps idle HTTP/1.1 connections to upstreams, per target address,
 // most recently used first.
 type h1Pool struct {
@@ -53,7 +60,8 @@ func (p *h1Pool) get(ctx context.Context, addr string) (uc *upConn, reused bool,
 		conns[len(conns)-1] = nil
 		p.idle[addr] = conns[:len(conns)-1]
 		p.mu.Unlock()
-		if now.Sub(uc.idleSince) < p.idleTimeout && stillOpen(uc.Conn) {
+		idle := now.Sub(uc.idleSince)
+		if idle < p.idleTimeout && (idle < trustIdle || stillOpen(uc.Conn)) {
 			return uc, true, nil
 		}
 		uc.Close()

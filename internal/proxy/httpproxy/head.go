@@ -63,9 +63,15 @@ func headEnd(buf []byte) int {
 // checkFraming refuses heads that frame the body two ways.
 func checkFraming(head []byte) error {
 	var cl, te bool
-	for _, line := range bytes.Split(head, []byte("\n")) {
+	for len(head) > 0 {
+		line := head
+		if i := bytes.IndexByte(head, '\n'); i >= 0 {
+			line, head = head[:i], head[i+1:]
+		} else {
+			head = nil
+		}
 		name, _, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
+		if !ok || len(name) != len("Content-Length") && len(name) != len("Transfer-Encoding") {
 			continue
 		}
 		switch {

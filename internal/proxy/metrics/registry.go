@@ -109,6 +109,7 @@ func (r *Registry) WriteText(out io.Writer) error {
 	for _, t := range tcps {
 		writeSample(w, "tcp_write_bytes_total", t.labels, t.written.Load())
 	}
+	r.writeFuncs(w)
 	return w.Flush()
 }
 
