@@ -35,38 +35,38 @@ var http2Preface = []byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
 
 // Classify decides the protocol of a connection whose first bytes are b.
 // more reports that b is too short to decide; once len(b) >= MaxPeek the
-// answer is final. sni is the server name of a TLS ClientHello, if any.
-func Classify(b []byte) (p Protocol, sni string, more bool) {
+// answer is final. hello describes a TLS ClientHello.
+func Classify(b []byte) (p Protocol, hello Hello, more bool) {
 	if len(b) == 0 {
-		return Opaque, "", true
+		return Opaque, Hello{}, true
 	}
 	// HTTP/2 preface.
 	n := min(len(b), len(http2Preface))
 	if bytes.Equal(b[:n], http2Preface[:n]) {
 		if n < len(http2Preface) {
-			return Opaque, "", true
+			return Opaque, Hello{}, true
 		}
-		return HTTP2, "", false
+		return HTTP2, Hello{}, false
 	}
 	// TLS record carrying a handshake.
 	if b[0] == 0x16 {
 		if len(b) < 3 {
-			return Opaque, "", true
+			return Opaque, Hello{}, true
 		}
 		if b[1] == 0x03 && b[2] <= 0x04 {
-			name, complete := ClientHelloSNI(b)
+			hello, complete := ParseClientHello(b)
 			if !complete && len(b) < MaxPeek {
-				return TLS, "", true
+				return TLS, Hello{}, true
 			}
-			return TLS, name, false
+			return TLS, hello, false
 		}
-		return Opaque, "", false
+		return Opaque, Hello{}, false
 	}
 	return classifyHTTP1(b)
 }
 
 // classifyHTTP1 recognises an HTTP/1.x request line: token SP target SP HTTP/1.x CRLF.
-func classifyHTTP1(b []byte) (Protocol, string, bool) {
+func classifyHTTP1(b []byte) (Protocol, Hello, bool) {
 	sp := -1
 	for i, c := range b {
 		if c == ' ' {
@@ -74,34 +74,34 @@ func classifyHTTP1(b []byte) (Protocol, string, bool) {
 			break
 		}
 		if !isTchar(c) || i >= maxMethodLen {
-			return Opaque, "", false
+			return Opaque, Hello{}, false
 		}
 	}
 	if sp == 0 {
-		return Opaque, "", false
+		return Opaque, Hello{}, false
 	}
 	if sp < 0 {
-		return Opaque, "", len(b) < MaxPeek
+		return Opaque, Hello{}, len(b) < MaxPeek
 	}
 	nl := bytes.IndexByte(b[sp:], '\n')
 	if nl < 0 {
 		if len(b) >= MaxPeek {
 			// A request line longer than we peek: let the HTTP/1 server
 			// answer it (414) rather than tunnel it blindly.
-			return HTTP1, "", false
+			return HTTP1, Hello{}, false
 		}
-		return Opaque, "", true
+		return Opaque, Hello{}, true
 	}
 	line := bytes.TrimSuffix(b[sp+1:sp+nl], []byte("\r"))
 	rsp := bytes.LastIndexByte(line, ' ')
 	if rsp <= 0 {
-		return Opaque, "", false
+		return Opaque, Hello{}, false
 	}
 	version := line[rsp+1:]
 	if len(version) == 8 && bytes.HasPrefix(version, []byte("HTTP/1.")) && version[7] >= '0' && version[7] <= '9' {
-		return HTTP1, "", false
+		return HTTP1, Hello{}, false
 	}
-	return Opaque, "", false
+	return Opaque, Hello{}, false
 }
 
 // isTchar reports whether c may appear in an RFC 9110 token.

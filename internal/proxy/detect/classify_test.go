@@ -37,9 +37,9 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, sni, more := Classify([]byte(tt.in))
-			if p != tt.want || sni != tt.sni || more != tt.more {
-				t.Fatalf("Classify(%q) = %v, %q, more=%v; want %v, %q, more=%v", tt.in, p, sni, more, tt.want, tt.sni, tt.more)
+			p, hello, more := Classify([]byte(tt.in))
+			if sni := hello.SNI; p != tt.want || sni != tt.sni || more != tt.more {
+				t.Fatalf("Classify(%q) = %v, %q, more=%v; want %v, %q, more=%v", tt.in, p, hello.SNI, more, tt.want, tt.sni, tt.more)
 			}
 		})
 	}
@@ -68,7 +68,7 @@ func clientHello(t testing.TB, serverName string) []byte {
 		tmp := make([]byte, 4096)
 		n, err := b.Read(tmp)
 		buf = append(buf, tmp[:n]...)
-		if _, complete := ClientHelloSNI(buf); complete || err != nil {
+		if _, complete := ParseClientHello(buf); complete || err != nil {
 			break
 		}
 	}
@@ -82,12 +82,12 @@ func FuzzClassify(f *testing.F) {
 	f.Add(clientHello(f, "a.b"))
 	f.Add([]byte("\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, sni, more := Classify(b)
+		p, hello, more := Classify(b)
 		if len(b) >= MaxPeek && more {
 			t.Fatalf("Classify wants more after %d bytes", len(b))
 		}
-		if sni != "" && p != TLS {
-			t.Fatalf("SNI %q on a %v connection", sni, p)
+		if (hello.SNI != "" || len(hello.ALPN) > 0) && p != TLS {
+			t.Fatalf("ClientHello %+v on a %v connection", hello, p)
 		}
 		// Deciding must be stable: more bytes never change a final answer
 		// for HTTP/2 or HTTP/1.
@@ -99,16 +99,41 @@ func FuzzClassify(f *testing.F) {
 	})
 }
 
-func FuzzClientHelloSNI(f *testing.F) {
+func TestParseClientHelloALPN(t *testing.T) {
+	a, b := net.Pipe()
+	go func() {
+		c := tls.Client(a, &tls.Config{ServerName: "svc.local", NextProtos: []string{"trellis.mesh/v1", "h2"}, InsecureSkipVerify: true})
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Handshake()
+		a.Close()
+	}()
+	defer b.Close()
+	buf := make([]byte, 0, 4096)
+	var hello Hello
+	for complete := false; !complete; {
+		tmp := make([]byte, 4096)
+		n, err := b.Read(tmp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		buf = append(buf, tmp[:n]...)
+		hello, complete = ParseClientHello(buf)
+	}
+	if hello.SNI != "svc.local" || len(hello.ALPN) != 2 || hello.ALPN[0] != "trellis.mesh/v1" || hello.ALPN[1] != "h2" {
+		t.Fatalf("parsed %+v", hello)
+	}
+}
+
+func FuzzParseClientHello(f *testing.F) {
 	f.Add(clientHello(f, "example.com"))
 	f.Add([]byte{0x16, 0x03, 0x01, 0x00, 0x00})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		name, complete := ClientHelloSNI(b)
-		if !complete && name != "" {
-			t.Fatal("name from an incomplete record")
+		hello, complete := ParseClientHello(b)
+		if !complete && (hello.SNI != "" || hello.ALPN != nil) {
+			t.Fatal("fields from an incomplete record")
 		}
-		if len(name) > len(b) {
-			t.Fatal("name longer than input")
+		if len(hello.SNI) > len(b) || len(hello.ALPN) > len(b) {
+			t.Fatal("more parsed than there was input")
 		}
 	})
 }

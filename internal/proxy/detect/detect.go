@@ -22,7 +22,7 @@ type Detector struct {
 // Result is the outcome of detection.
 type Result struct {
 	Protocol Protocol
-	SNI      string
+	Hello    Hello
 	// Client replays the bytes read during detection.
 	Client *Conn
 	// Upstream is the early connection to the target, if one was dialed; it
@@ -81,8 +81,8 @@ func (d Detector) Detect(ctx context.Context, client net.Conn, dial DialFunc) (R
 func (d Detector) classify(client net.Conn, buf []byte, deadline time.Time) Result {
 	client.SetReadDeadline(deadline)
 	for {
-		if p, sni, more := Classify(buf); !more {
-			return Result{Protocol: p, SNI: sni, Client: NewConn(client, buf)}
+		if p, hello, more := Classify(buf); !more {
+			return Result{Protocol: p, Hello: hello, Client: NewConn(client, buf)}
 		}
 		if len(buf) == cap(buf) {
 			grown := make([]byte, len(buf), min(2*cap(buf), MaxPeek))

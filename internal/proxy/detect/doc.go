@@ -1,7 +1,7 @@
 // Package detect decides what protocol a new connection speaks by peeking at
 // its first bytes, without consuming them: the HTTP/2 connection preface (h2c
-// prior knowledge), an HTTP/1.x request line, a TLS ClientHello (whose SNI is
-// recorded) or, failing those, opaque TCP.
+// prior knowledge), an HTTP/1.x request line, a TLS ClientHello (whose SNI
+// and ALPN protocols are recorded) or, failing those, opaque TCP.
 //
 // # Server-speaks-first protocols
 //

@@ -35,7 +35,7 @@ func Stage(d Detector, opaquePorts map[uint16]bool, dialer Dialer, log *slog.Log
 			c.Close()
 			return
 		}
-		m.Protocol, m.SNI = res.Protocol.String(), res.SNI
+		m.Protocol, m.SNI, m.ALPN = res.Protocol.String(), res.Hello.SNI, res.Hello.ALPN
 		if res.Upstream != nil {
 			m.Early = res.Upstream
 		}

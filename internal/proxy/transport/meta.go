@@ -31,8 +31,10 @@ type Meta struct {
 	Target string
 	// Protocol is what detection found ("http/1", "h2", "tls", "opaque").
 	Protocol string
-	// SNI is the server name of an opaque TLS ClientHello.
-	SNI string
+	// SNI and ALPN are the server name and application protocols of a TLS
+	// ClientHello.
+	SNI  string
+	ALPN []string
 	// TLS is the tls metric label of the accepted connection.
 	TLS string
 	// Early is an upstream connection opened during detection (server-speaks-
