@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/trellis-mesh/trellis/internal/identity"
 )
 
 // EnvPrefix is prepended to a flag's upper-cased, underscore-separated name to
@@ -30,10 +32,19 @@ type Upstream struct {
 	Name      string
 	LocalPort uint16
 	Target    string // host:port
+	// Identity, if set, is the SPIFFE ID of the Trellis proxy in front of
+	// Target: traffic goes to it over mutual TLS.
+	Identity string
 }
 
-// String renders the upstream in its flag form NAME=LOCALPORT:TARGET.
-func (u Upstream) String() string { return fmt.Sprintf("%s=%d:%s", u.Name, u.LocalPort, u.Target) }
+// String renders the upstream in its flag form NAME=LOCALPORT:TARGET[@IDENTITY].
+func (u Upstream) String() string {
+	s := fmt.Sprintf("%s=%d:%s", u.Name, u.LocalPort, u.Target)
+	if u.Identity != "" {
+		s += "@" + u.Identity
+	}
+	return s
+}
 
 // Config is every setting of the proxy.
 type Config struct {
@@ -50,6 +61,9 @@ type Config struct {
 	AppAddr string
 	// Upstreams are explicit outbound routes, one local listener each.
 	Upstreams []Upstream
+	// EndpointIdentities maps destinations ("IP" or "IP:PORT") that run a
+	// Trellis proxy to its SPIFFE ID, standing in for discovery.
+	EndpointIdentities map[string]string
 	// OpaquePorts skip protocol detection: traffic to them is proxied as TCP.
 	OpaquePorts map[uint16]bool
 	// DetectTimeout bounds how long the proxy waits for a client's first bytes
@@ -70,6 +84,18 @@ type Config struct {
 	PoolIdleTimeout time.Duration
 	// ShutdownGracePeriod bounds draining in-flight requests on SIGTERM.
 	ShutdownGracePeriod time.Duration
+	// Identity is this proxy's SPIFFE ID; empty runs without mTLS.
+	Identity string
+	// IdentityAddr is the identity service (host:port) that certifies it.
+	IdentityAddr string
+	// IdentityTokenFile holds the proof of identity (a join token or a
+	// ServiceAccount token), re-read before every request.
+	IdentityTokenFile string
+	// TrustAnchorsFile is the PEM bundle of trust anchors peers and the
+	// identity service are verified against.
+	TrustAnchorsFile string
+	// MeshPort is the inbound port of peer proxies, where mTLS connections go.
+	MeshPort uint16
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string
 	// LogFormat is json or text.
@@ -83,13 +109,21 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	c := &Config{}
 	var upstreams []string
 	var upstreamsFile string
+	var endpointIDs []string
+	var meshPort int
 	opaque := portsFlag{ports: DefaultOpaquePorts}
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live, POST /shutdown (loopback only)")
 	fs.StringVar(&c.AppAddr, "app-addr", "", "local application address for inbound connections that were not redirected (explicit mode), e.g. 127.0.0.1:8080")
-	fs.StringArrayVar(&upstreams, "upstream", nil, "explicit outbound route NAME=LOCALPORT:HOST:PORT; listens on 127.0.0.1:LOCALPORT (repeatable; env: comma-separated)")
-	fs.StringVar(&upstreamsFile, "upstreams-file", "", "file of explicit outbound routes, one NAME=LOCALPORT:HOST:PORT per line ('#' starts a comment)")
+	fs.StringArrayVar(&upstreams, "upstream", nil, "explicit outbound route NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID]; listens on 127.0.0.1:LOCALPORT; with @SPIFFE-ID, HOST runs a Trellis proxy with that identity and traffic goes over mTLS (repeatable; env: comma-separated)")
+	fs.StringVar(&upstreamsFile, "upstreams-file", "", "file of explicit outbound routes, one NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID] per line ('#' starts a comment)")
+	fs.StringArrayVar(&endpointIDs, "endpoint-identity", nil, "IP[:PORT]=SPIFFE-ID: destinations that run a Trellis proxy with that identity, reached over mTLS (repeatable; stands in for discovery)")
+	fs.StringVar(&c.Identity, "identity", "", "this proxy's SPIFFE ID, e.g. spiffe://cluster.local/ns/default/sa/web; empty: no mTLS")
+	fs.StringVar(&c.IdentityAddr, "identity-addr", "", "identity service address (host:port) that issues this proxy's certificate")
+	fs.StringVar(&c.IdentityTokenFile, "identity-token-file", "", "file holding the proof of identity (join token or ServiceAccount token)")
+	fs.StringVar(&c.TrustAnchorsFile, "trust-anchors", "", "PEM file of the mesh's trust anchors")
+	fs.IntVar(&meshPort, "mesh-port", 4143, "inbound port of peer proxies, where mTLS connections go")
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
 	fs.DurationVar(&c.ServerFirstDelay, "server-first-delay", 100*time.Millisecond, "how long a silent client may wait before the proxy dials the target to see if the server speaks first (0 disables)")
@@ -132,6 +166,24 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 			}
 			c.Upstreams = append(c.Upstreams, u)
 		}
+		c.EndpointIdentities = map[string]string{}
+		for _, e := range endpointIDs {
+			addr, id, ok := strings.Cut(e, "=")
+			if !ok || addr == "" {
+				return nil, fmt.Errorf("endpoint-identity %q: want IP[:PORT]=SPIFFE-ID", e)
+			}
+			if err := checkEndpoint(addr); err != nil {
+				return nil, fmt.Errorf("endpoint-identity %q: %w", e, err)
+			}
+			if err := checkIdentity(id); err != nil {
+				return nil, fmt.Errorf("endpoint-identity %q: %w", e, err)
+			}
+			c.EndpointIdentities[addr] = id
+		}
+		if meshPort < 1 || meshPort > 65535 {
+			return nil, fmt.Errorf("mesh-port %d: not a port", meshPort)
+		}
+		c.MeshPort = uint16(meshPort)
 		c.OpaquePorts = make(map[uint16]bool, len(opaque.ports))
 		for _, p := range opaque.ports {
 			c.OpaquePorts[p] = true
@@ -179,8 +231,15 @@ func EnvName(flag string) string {
 	return EnvPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// ParseUpstream parses NAME=LOCALPORT:HOST:PORT.
+// ParseUpstream parses NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID].
 func ParseUpstream(s string) (Upstream, error) {
+	var id string
+	if i := strings.Index(s, "@"); i >= 0 {
+		s, id = s[:i], s[i+1:]
+		if err := checkIdentity(id); err != nil {
+			return Upstream{}, fmt.Errorf("%q: %w", s+"@"+id, err)
+		}
+	}
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok || name == "" {
 		return Upstream{}, fmt.Errorf("%q: want NAME=LOCALPORT:HOST:PORT", s)
@@ -196,7 +255,25 @@ func ParseUpstream(s string) (Upstream, error) {
 	if err := checkHostPort(target); err != nil {
 		return Upstream{}, fmt.Errorf("%q: target: %w", s, err)
 	}
-	return Upstream{Name: name, LocalPort: port, Target: target}, nil
+	return Upstream{Name: name, LocalPort: port, Target: target, Identity: id}, nil
+}
+
+func checkIdentity(s string) error {
+	if _, err := identity.Parse(s); err != nil {
+		return fmt.Errorf("identity: %w", err)
+	}
+	return nil
+}
+
+// checkEndpoint accepts an IP address or IP:PORT.
+func checkEndpoint(s string) error {
+	if _, err := netip.ParseAddr(s); err == nil {
+		return nil
+	}
+	if _, err := netip.ParseAddrPort(s); err != nil {
+		return fmt.Errorf("%q is neither IP nor IP:PORT", s)
+	}
+	return nil
 }
 
 // Validate checks every setting and names the first bad one.
@@ -244,6 +321,9 @@ func (c *Config) Validate() error {
 	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("max-header-bytes %d: must be between 1024 and 1048576", c.MaxHeaderBytes)
 	}
+	if err := c.validateIdentity(); err != nil {
+		return err
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -258,6 +338,40 @@ func (c *Config) Validate() error {
 }
 
 // checkListenAddr accepts host:port where port 0 picks a free port.
+// validateIdentity checks that mTLS settings come complete: a proxy that
+// talks mTLS to peers needs its own certificate.
+func (c *Config) validateIdentity() error {
+	set := map[string]string{"identity": c.Identity, "identity-addr": c.IdentityAddr, "identity-token-file": c.IdentityTokenFile, "trust-anchors": c.TrustAnchorsFile}
+	if c.Identity == "" {
+		for name, v := range set {
+			if v != "" {
+				return fmt.Errorf("%s is set but identity is not: set identity to this proxy's SPIFFE ID", name)
+			}
+		}
+		for _, u := range c.Upstreams {
+			if u.Identity != "" {
+				return fmt.Errorf("upstream %s names a peer identity, but this proxy has none: set identity", u.Name)
+			}
+		}
+		if len(c.EndpointIdentities) > 0 {
+			return errors.New("endpoint-identity needs this proxy to have an identity: set identity")
+		}
+		return nil
+	}
+	if err := checkIdentity(c.Identity); err != nil {
+		return fmt.Errorf("identity %q: %w", c.Identity, err)
+	}
+	for _, name := range []string{"identity-addr", "identity-token-file", "trust-anchors"} {
+		if set[name] == "" {
+			return fmt.Errorf("%s is required with identity", name)
+		}
+	}
+	if err := checkHostPort(c.IdentityAddr); err != nil {
+		return fmt.Errorf("identity-addr %q: %w", c.IdentityAddr, err)
+	}
+	return nil
+}
+
 func checkListenAddr(s string) error {
 	if host, port, err := net.SplitHostPort(s); err == nil && port == "0" {
 		return checkHostPort(net.JoinHostPort(host, "1"))

@@ -60,11 +60,30 @@ func TestEnvironmentAndFlagPrecedence(t *testing.T) {
 	if c.ConnectTimeout != 250*time.Millisecond {
 		t.Errorf("env not applied: %v", c.ConnectTimeout)
 	}
-	if len(c.Upstreams) != 2 || c.Upstreams[1] != (Upstream{"b", 9002, "db.internal:5432"}) {
+	if len(c.Upstreams) != 2 || c.Upstreams[1] != (Upstream{Name: "b", LocalPort: 9002, Target: "db.internal:5432"}) {
 		t.Errorf("upstreams %v", c.Upstreams)
 	}
 	if !c.OpaquePorts[1234] || c.OpaquePorts[3306] {
 		t.Errorf("opaque ports replace the default list: %v", c.OpaquePorts)
+	}
+}
+
+func TestMeshSettings(t *testing.T) {
+	c, err := parse(t, []string{
+		"--identity=spiffe://cluster.local/ns/default/sa/web", "--identity-addr=127.0.0.1:8080",
+		"--identity-token-file=/run/token", "--trust-anchors=/run/anchors.pem",
+		"--upstream=api=9000:10.0.0.2:8080@spiffe://cluster.local/ns/default/sa/api",
+		"--endpoint-identity=10.0.0.3=spiffe://cluster.local/ns/db/sa/pg",
+		"--endpoint-identity=10.0.0.4:5432=spiffe://cluster.local/ns/db/sa/pg2",
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := c.Upstreams[0]; u.Identity != "spiffe://cluster.local/ns/default/sa/api" || u.Target != "10.0.0.2:8080" {
+		t.Errorf("upstream %+v", u)
+	}
+	if c.EndpointIdentities["10.0.0.3"] == "" || c.EndpointIdentities["10.0.0.4:5432"] == "" || c.MeshPort != 4143 {
+		t.Errorf("endpoints %v mesh port %d", c.EndpointIdentities, c.MeshPort)
 	}
 }
 
@@ -100,6 +119,13 @@ func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
 		{args: []string{"--upstreams-file=/does/not/exist"}, want: "upstreams-file"},
 		{env: map[string]string{"TRELLIS_PROXY_IDLE_TIMEOUT": "soon"}, want: "TRELLIS_PROXY_IDLE_TIMEOUT"},
 		{env: map[string]string{"TRELLIS_PROXY_OPAQUE_PORTS": "80,http"}, want: "TRELLIS_PROXY_OPAQUE_PORTS"},
+		{args: []string{"--upstream=web=9000:h:1@not-a-spiffe-id"}, want: "identity"},
+		{args: []string{"--upstream=web=9000:h:1@spiffe://cluster.local/ns/a/sa/b"}, want: "upstream web names a peer identity"},
+		{args: []string{"--identity=spiffe://cluster.local/ns/a/sa/b"}, want: "identity-addr is required"},
+		{args: []string{"--trust-anchors=/x"}, want: "trust-anchors is set but identity is not"},
+		{args: []string{"--endpoint-identity=10.0.0.1"}, want: "endpoint-identity"},
+		{args: []string{"--endpoint-identity=host:80=spiffe://cluster.local/ns/a/sa/b"}, want: "neither IP"},
+		{args: []string{"--mesh-port=70000"}, want: "mesh-port"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {
