@@ -5,19 +5,24 @@ package app
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	meshid "github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/admin"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/proxy/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/inbound"
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/outbound"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -40,6 +45,7 @@ type Proxy struct {
 	listeners []boundListener
 	adminLn   net.Listener
 	closers   []interface{ CloseIdle() }
+	identity  *identity.Manager // nil without an identity
 }
 
 type boundListener struct {
@@ -53,8 +59,17 @@ type boundListener struct {
 func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{}}
 	dialer := &transport.Dialer{Timeout: cfg.ConnectTimeout, Registry: p.reg}
-	in, inFwd := inbound.Stack(cfg, p.reg, dialer, log)
-	out := outbound.New(cfg, p.reg, dialer, log)
+	var creds mesh.Credentials
+	if cfg.Identity != "" {
+		m, err := newIdentity(cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		m.RegisterMetrics(p.reg)
+		p.identity, creds = m, m
+	}
+	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, log)
+	out := outbound.New(cfg, p.reg, dialer, creds, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
@@ -104,8 +119,41 @@ func (p *Proxy) closeListeners() {
 // Registry is the proxy's metrics registry.
 func (p *Proxy) Registry() *metrics.Registry { return p.reg }
 
-// Ready reports whether the proxy is serving and not draining.
-func (p *Proxy) Ready() bool { return p.ready.Load() }
+// Ready reports whether the proxy is serving, holds its certificate if it
+// has an identity, and is not draining.
+func (p *Proxy) Ready() bool {
+	if !p.ready.Load() {
+		return false
+	}
+	if p.identity == nil {
+		return true
+	}
+	select {
+	case <-p.identity.Ready():
+		return true
+	default:
+		return false
+	}
+}
+
+// newIdentity builds the certificate manager from the identity settings.
+func newIdentity(cfg *config.Config, log *slog.Logger) (*identity.Manager, error) {
+	id, err := meshid.Parse(cfg.Identity)
+	if err != nil {
+		return nil, fmt.Errorf("identity %q: %w", cfg.Identity, err)
+	}
+	pem, err := os.ReadFile(cfg.TrustAnchorsFile)
+	if err != nil {
+		return nil, fmt.Errorf("trust-anchors: %w", err)
+	}
+	anchors := x509.NewCertPool()
+	if !anchors.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("trust-anchors %s: no PEM certificates in it", cfg.TrustAnchorsFile)
+	}
+	return identity.New(identity.Config{
+		ID: id, TrustAnchors: anchors, Token: identity.TokenFile(cfg.IdentityTokenFile), Addr: cfg.IdentityAddr, Log: log,
+	})
+}
 
 // Shutdown asks the proxy to drain and stop (as SIGTERM does).
 func (p *Proxy) Shutdown() { p.once.Do(func() { close(p.shutdownC) }) }
@@ -117,7 +165,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	hard, stopAll := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAll()
 	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p), ReadHeaderTimeout: 10 * time.Second}
-	serveErr := make(chan error, len(p.listeners)+1)
+	serveErr := make(chan error, len(p.listeners)+2)
 	go func() {
 		if err := adminSrv.Serve(p.adminLn); !errors.Is(err, http.ErrServerClosed) {
 			serveErr <- fmt.Errorf("admin server: %w", err)
@@ -127,6 +175,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go func() {
 			if err := p.srv.Serve(hard, l.ln, l.dir, l.h); err != nil {
 				serveErr <- fmt.Errorf("%s listener %s: %w", l.dir, l.ln.Addr(), err)
+			}
+		}()
+	}
+	if p.identity != nil {
+		go func() {
+			if err := p.identity.Run(hard); err != nil {
+				serveErr <- err
 			}
 		}()
 	}

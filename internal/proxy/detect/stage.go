@@ -9,25 +9,27 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
-// Dialer opens a connection to a target for the early server-first probe.
-type Dialer interface {
-	DialContext(ctx context.Context, dir transport.Direction, addr string) (*transport.MeteredConn, error)
+// Routes are where the detect stage sends each kind of connection.
+type Routes struct {
+	HTTP   transport.Handler // HTTP/1 and h2c
+	TLS    transport.Handler // a TLS ClientHello; Meta.SNI and Meta.ALPN say what it asked for
+	Opaque transport.Handler // anything else
 }
 
 // Stage is the detect stage of a stack: connections to opaque ports go
-// straight to opaque; the rest are peeked at and go to http when they speak
-// HTTP/1 or h2c, to opaque otherwise.
-func Stage(d Detector, opaquePorts map[uint16]bool, dialer Dialer, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
+// straight to the opaque route; the rest are peeked at and routed by what
+// they speak. connect opens the early connection of server-first detection.
+func Stage(d Detector, opaquePorts map[uint16]bool, connect transport.ConnectFunc, log *slog.Logger, r Routes) transport.Handler {
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
 		if opaquePorts[targetPort(m.Target)] {
 			m.Protocol = Opaque.String()
-			opaque.ServeConn(ctx, c)
+			r.Opaque.ServeConn(ctx, c)
 			return
 		}
 		var dial DialFunc
 		if m.Target != "" {
-			dial = func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, m.Direction, m.Target) }
+			dial = func(ctx context.Context) (net.Conn, error) { return connect(ctx, m) }
 		}
 		res, err := d.Detect(ctx, c, dial)
 		if err != nil {
@@ -44,9 +46,11 @@ func Stage(d Detector, opaquePorts map[uint16]bool, dialer Dialer, log *slog.Log
 		}
 		switch res.Protocol {
 		case HTTP1, HTTP2:
-			http.ServeConn(ctx, res.Client)
+			r.HTTP.ServeConn(ctx, res.Client)
+		case TLS:
+			r.TLS.ServeConn(ctx, res.Client)
 		default:
-			opaque.ServeConn(ctx, res.Client)
+			r.Opaque.ServeConn(ctx, res.Client)
 		}
 	})
 }

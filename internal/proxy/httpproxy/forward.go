@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -16,7 +17,15 @@ import (
 type ForwardConfig struct {
 	Direction       transport.Direction
 	PoolIdleTimeout time.Duration
+	// MeshDial, when set, opens a mesh session of protocol proto to the
+	// proxy in front of target, which must prove it is peer. Requests whose
+	// target is meshed (Peer) use it.
+	MeshDial func(ctx context.Context, target, peer string, proto mesh.Protocol) (net.Conn, error)
 }
+
+// OrigProtoHeader carries an HTTP/1 request's version across a mesh
+// connection, which is always HTTP/2, so the receiving proxy can restore it.
+const OrigProtoHeader = "L5d-Orig-Proto"
 
 // Forwarder is the innermost HTTP stage: it sends each request to its target
 // over a pooled connection of the request's own protocol and streams the
@@ -26,14 +35,20 @@ type ForwardConfig struct {
 //
 // HTTP/1 requests take a path written for the purpose (h1forward.go): the
 // exchange runs in the handler's goroutine on a connection from h1Pool,
-// which halved the proxy's CPU per request compared with
-// httputil.ReverseProxy over http.Transport (docs/benchmarks.md). HTTP/2
-// requests go through ReverseProxy over an h2c http.Transport.
+// avoiding http.Transport's per-connection goroutines and hand-offs.
+// HTTP/2 requests go through ReverseProxy over an h2c http.Transport.
+//
+// Requests to a meshed target (one with a Peer) all travel as HTTP/2 over
+// one multiplexed mTLS connection per target — HTTP/1 ones marked with
+// OrigProtoHeader — except protocol upgrades, which need an HTTP/1
+// connection of their own.
 type Forwarder struct {
-	pool  *h1Pool
-	proxy *httputil.ReverseProxy
-	h2    *http.Transport
-	log   *slog.Logger
+	pool   *h1Pool
+	proxy  *httputil.ReverseProxy
+	h2     *http.Transport
+	meshH2 *http.Transport // nil without MeshDial
+	meshH1 *h1Pool
+	log    *slog.Logger
 }
 
 // NewForwarder returns a forwarder dialing with d.
@@ -52,9 +67,27 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 		IdleConnTimeout:    cfg.PoolIdleTimeout,
 		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
 	}
+	if cfg.MeshDial != nil {
+		meshDial := func(proto mesh.Protocol) func(ctx context.Context, addr string) (net.Conn, error) {
+			return func(ctx context.Context, addr string) (net.Conn, error) {
+				return cfg.MeshDial(ctx, addr, Peer(ctx), proto)
+			}
+		}
+		h2 := meshDial(mesh.HTTP2)
+		f.meshH2 = &http.Transport{
+			Proxy:                 nil,
+			DialContext:           func(ctx context.Context, _, addr string) (net.Conn, error) { return h2(ctx, addr) },
+			Protocols:             &h2c, // TLS is the mesh dialer's; HTTP/2 runs inside it
+			DisableCompression:    true,
+			IdleConnTimeout:       cfg.PoolIdleTimeout,
+			ExpectContinueTimeout: time.Second,
+			HTTP2:                 &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
+		}
+		f.meshH1 = newH1Pool(meshDial(mesh.HTTP1), cfg.PoolIdleTimeout)
+	}
 	f.proxy = &httputil.ReverseProxy{
 		Rewrite:      rewrite,
-		Transport:    f.h2,
+		Transport:    roundTripper{f},
 		BufferPool:   bufferPool{},
 		ErrorHandler: f.fail,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
@@ -79,6 +112,19 @@ func rewrite(pr *httputil.ProxyRequest) {
 	if _, ok := in.Header["User-Agent"]; !ok {
 		out.Header["User-Agent"] = []string{""} // don't let net/http add its own
 	}
+	if in.ProtoMajor == 1 && Peer(in.Context()) != "" {
+		out.Header.Set(OrigProtoHeader, in.Proto)
+	}
+}
+
+// roundTripper sends meshed requests over mesh HTTP/2 and the rest over h2c.
+type roundTripper struct{ f *Forwarder }
+
+func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
+	if Peer(r.Context()) != "" {
+		return rt.f.meshH2.RoundTrip(r)
+	}
+	return rt.f.h2.RoundTrip(r)
 }
 
 func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -86,11 +132,19 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, r, http.StatusBadGateway, "no target for request")
 		return
 	}
-	if r.ProtoMajor == 1 {
-		f.forwardH1(w, r, Target(r.Context()))
+	meshed := Peer(r.Context()) != ""
+	if meshed && f.meshH2 == nil {
+		WriteError(w, r, http.StatusBadGateway, "target is meshed but this proxy has no identity")
 		return
 	}
-	f.proxy.ServeHTTP(w, r)
+	switch {
+	case r.ProtoMajor == 1 && !meshed:
+		f.forwardH1(w, r, Target(r.Context()), f.pool)
+	case r.ProtoMajor == 1 && upgradeRequested(r.Header) != "":
+		f.forwardH1(w, r, Target(r.Context()), f.meshH1)
+	default:
+		f.proxy.ServeHTTP(w, r)
+	}
 }
 
 // fail answers a request whose upstream could not be reached or broke before
@@ -110,6 +164,10 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 func (f *Forwarder) CloseIdle() {
 	f.pool.closeIdle(true)
 	f.h2.CloseIdleConnections()
+	if f.meshH2 != nil {
+		f.meshH1.closeIdle(true)
+		f.meshH2.CloseIdleConnections()
+	}
 }
 
 // bufferPool recycles the 32 KiB copy buffers of response bodies.

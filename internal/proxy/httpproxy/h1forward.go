@@ -26,15 +26,15 @@ const expectContinueWait = time.Second
 // A request without a body that fails on a reused connection before any
 // response byte arrived — the upstream closed it while idle — is retried
 // once on a new connection.
-func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target string) {
+func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target string, pool *h1Pool) {
 	bodyless := r.Body == nil || r.Body == http.NoBody
 	for attempt := 0; ; attempt++ {
-		uc, reused, err := f.pool.get(r.Context(), target)
+		uc, reused, err := pool.get(r.Context(), target)
 		if err != nil {
 			f.fail(w, r, err)
 			return
 		}
-		ex := h1Exchange{f: f, w: w, r: r, uc: uc}
+		ex := h1Exchange{pool: pool, w: w, r: r, uc: uc}
 		err = ex.run()
 		if err == nil {
 			return
@@ -55,7 +55,7 @@ func staleConn(err error) bool {
 
 // h1Exchange is one request and its response on one upstream connection.
 type h1Exchange struct {
-	f        *Forwarder
+	pool     *h1Pool
 	w        http.ResponseWriter
 	r        *http.Request
 	uc       *upConn
@@ -71,7 +71,7 @@ func (ex *h1Exchange) run() error {
 	reusable := false
 	defer func() {
 		if stop() && reusable {
-			ex.f.pool.put(uc)
+			ex.pool.put(uc)
 		} else {
 			uc.Close()
 		}

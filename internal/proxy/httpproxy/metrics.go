@@ -17,9 +17,12 @@ func Metrics(reg *metrics.Registry) Layer {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			m := transport.MetaFrom(r.Context())
-			l := metrics.Labels{Direction: string(m.Direction), TargetAddr: Target(r.Context()), TLS: m.TLS}
+			l := metrics.Labels{Direction: string(m.Direction), TargetAddr: Target(r.Context()), TLS: m.TLS, NoTLSReason: m.NoTLSReason, ClientID: m.ClientID}
 			if m.Direction == transport.Outbound {
 				l.Authority = r.Host
+				if peer := Peer(r.Context()); peer != "" {
+					l.TLS, l.NoTLSReason, l.ServerID = "true", "", peer
+				}
 			}
 			series := reg.HTTP(l)
 			series.Request()

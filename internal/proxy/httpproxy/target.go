@@ -8,20 +8,35 @@ import (
 
 type targetKey struct{}
 
-// WithTarget sets the upstream for one request, overriding the connection's
-// target (the forward proxy decides per request).
-func WithTarget(ctx context.Context, addr string) context.Context {
-	return context.WithValue(ctx, targetKey{}, addr)
+type target struct{ addr, peer string }
+
+// WithTarget sets the upstream for one request, and the identity of the
+// proxy in front of it if it is meshed, overriding the connection's (the
+// forward proxy decides per request).
+func WithTarget(ctx context.Context, addr, peer string) context.Context {
+	return context.WithValue(ctx, targetKey{}, target{addr, peer})
 }
 
 // Target is where a request goes: its own target if one was set, else its
 // connection's.
 func Target(ctx context.Context) string {
-	if t, ok := ctx.Value(targetKey{}).(string); ok {
-		return t
+	if t, ok := ctx.Value(targetKey{}).(target); ok {
+		return t.addr
 	}
 	if m := transport.MetaFrom(ctx); m != nil {
 		return m.Target
+	}
+	return ""
+}
+
+// Peer is the identity of the proxy in front of the request's target, or ""
+// when the target is not meshed.
+func Peer(ctx context.Context) string {
+	if t, ok := ctx.Value(targetKey{}).(target); ok {
+		return t.peer
+	}
+	if m := transport.MetaFrom(ctx); m != nil {
+		return m.PeerIdentity
 	}
 	return ""
 }

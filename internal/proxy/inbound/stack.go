@@ -1,14 +1,17 @@
 // Package inbound assembles the proxy's inbound stack: connections arriving
-// for the local application, redirected by iptables or addressed to the
-// inbound port directly.
+// for the local application — redirected by iptables, addressed to the
+// inbound port directly, or sent by a peer proxy over mutual TLS.
 package inbound
 
 import (
+	"context"
 	"log/slog"
+	"net"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -16,22 +19,52 @@ import (
 
 // Stack is the inbound stack, read top to bottom:
 //
-//	accept → target (original destination, or the app address) → tcp metrics
-//	       → detect ─┬─ HTTP: http metrics → forward to the application
-//	                 └─ opaque: TCP forward to the application
-func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
+//	accept → target (original destination, or the app address)
+//	       → detect ─┬─ HTTP ───────────────────────────────┐
+//	                 ├─ TLS: mesh ALPN? terminate mTLS, read │
+//	                 │   the header (app port, protocol) ────┤
+//	                 │   else opaque ──────────────┐         │
+//	                 └─ opaque ────────────────────┤         │
+//	                   tcp metrics → TCP forward ◄─┘         │
+//	   tcp metrics → HTTP server → http metrics → client id ◄┘
+//	               → original protocol → forward to the application
+//
+// creds is nil when the proxy has no identity: peers cannot reach it over
+// mTLS, and plaintext is all there is.
+func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
 	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Inbound, PoolIdleTimeout: cfg.PoolIdleTimeout}, dialer, log)
 	http := httpproxy.Stack(fwd,
 		httpproxy.Metrics(reg),
+		clientID,
+		origProto,
 	)
-	httpServer := httpproxy.NewServer(http, httpproxy.H1Config{
+	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
-	}, log)
-	opaque := &tcpproxy.Forwarder{Dialer: dialer, Log: log}
+	}, log), transport.Meter(reg))
+	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
+		return dialer.DialContext(ctx, m.Direction, m.Target)
+	}
+	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay}
 	return transport.Stack(
-		detect.Stage(detector, cfg.OpaquePorts, dialer, log, httpServer, opaque),
-		target(cfg.AppAddr),
-		transport.Meter(reg),
+		detect.Stage(detector, cfg.OpaquePorts, connect, log, detect.Routes{
+			HTTP:   httpServer,
+			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), log, httpServer, opaque),
+			Opaque: opaque,
+		}),
+		target(cfg.AppAddr, creds != nil),
 	), fwd
+}
+
+// appHost is where the application listens for connections that arrive
+// without an original destination to go by: the app address's host, or
+// the address the connection came in on.
+func appHost(appAddr string) func(m *transport.Meta) string {
+	host, _, _ := net.SplitHostPort(appAddr)
+	return func(m *transport.Meta) string {
+		if host != "" {
+			return host
+		}
+		return m.Local.Addr().Unmap().String()
+	}
 }

@@ -9,7 +9,8 @@ import (
 
 // target sends a redirected connection to where it was going (the
 // application, on the original port) and anything else to the app address.
-func target(appAddr string) transport.Layer {
+// With an identity, plaintext connections are labelled as lacking one.
+func target(appAddr string, hasIdentity bool) transport.Layer {
 	return func(next transport.Handler) transport.Handler {
 		return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 			m := transport.MetaFrom(ctx)
@@ -17,6 +18,9 @@ func target(appAddr string) transport.Layer {
 				m.Target = m.OrigDst.String()
 			} else {
 				m.Target = appAddr
+			}
+			if hasIdentity {
+				m.TLS, m.NoTLSReason = "no_identity", "no_tls_from_remote"
 			}
 			next.ServeConn(ctx, c)
 		})

@@ -14,7 +14,7 @@ import (
 // forwardProxy serves clients that use the outbound port as their
 // HTTP_PROXY: absolute-form requests go to the host they name, and CONNECT
 // opens a TCP tunnel. Connections that already have a target pass through.
-func forwardProxy(dialer *transport.Dialer, log *slog.Logger) httpproxy.Layer {
+func forwardProxy(dialer *transport.Dialer, peers *peers, log *slog.Logger) httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if httpproxy.Target(r.Context()) != "" {
@@ -39,7 +39,7 @@ func forwardProxy(dialer *transport.Dialer, log *slog.Logger) httpproxy.Layer {
 				httpproxy.WriteError(w, r, http.StatusLoopDetected, "request addressed to the proxy itself")
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(httpproxy.WithTarget(r.Context(), target)))
+			next.ServeHTTP(w, r.WithContext(httpproxy.WithTarget(r.Context(), target, peers.Lookup(target))))
 		})
 	}
 }

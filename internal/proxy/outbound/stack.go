@@ -4,11 +4,15 @@
 package outbound
 
 import (
+	"context"
 	"log/slog"
+	"net"
 
+	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -18,38 +22,59 @@ import (
 // stage, which differs between the main listener and each upstream port.
 type Stacks struct {
 	detect    transport.Handler
+	peers     *peers
 	Forwarder *httpproxy.Forwarder
 }
 
 // New builds the outbound stack, read top to bottom:
 //
 //	accept → target (upstream table, original destination, or per request)
-//	       → tcp metrics → detect ─┬─ HTTP: forward-proxy addressing → http metrics → forward
-//	                               └─ opaque: TCP forward
-func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, log *slog.Logger) *Stacks {
-	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}, dialer, log)
-	http := httpproxy.Stack(fwd,
-		forwardProxy(dialer, log),
+//	       → detect ─┬─ HTTP: tcp metrics → HTTP server → forward-proxy addressing
+//	                 │        → http metrics → forward (meshed targets: HTTP/2 over mTLS)
+//	                 └─ TLS, opaque: tcp metrics → TCP forward (meshed targets: over mTLS)
+//
+// creds is nil when the proxy has no identity; then no target is meshed.
+func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, log *slog.Logger) *Stacks {
+	s := &Stacks{peers: newPeers(cfg)}
+	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
+	var md *mesh.Dialer
+	if creds != nil {
+		md = &mesh.Dialer{TCP: dialer, Creds: creds, Port: cfg.MeshPort}
+		fc.MeshDial = func(ctx context.Context, target, peer string, proto mesh.Protocol) (net.Conn, error) {
+			id, err := identity.Parse(peer)
+			if err != nil {
+				return nil, err
+			}
+			return md.Dial(ctx, transport.Outbound, target, id, proto)
+		}
+	}
+	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
+		if m.PeerIdentity != "" && fc.MeshDial != nil {
+			return fc.MeshDial(ctx, m.Target, m.PeerIdentity, mesh.Opaque)
+		}
+		return dialer.DialContext(ctx, m.Direction, m.Target)
+	}
+	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
+	http := httpproxy.Stack(s.Forwarder,
+		forwardProxy(dialer, s.peers, log),
 		httpproxy.Metrics(reg),
 	)
-	httpServer := httpproxy.NewServer(http, httpproxy.H1Config{
+	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
-	}, log)
-	opaque := &tcpproxy.Forwarder{Dialer: dialer, Log: log}
+	}, log), transport.Meter(reg))
+	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay}
-	return &Stacks{
-		detect:    transport.Stack(detect.Stage(detector, cfg.OpaquePorts, dialer, log, httpServer, opaque), transport.Meter(reg)),
-		Forwarder: fwd,
-	}
+	s.detect = detect.Stage(detector, cfg.OpaquePorts, connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
+	return s
 }
 
 // Main is the stack of the outbound listener: redirected connections go to
 // their original destination; direct ones are forward-proxy clients.
 func (s *Stacks) Main() transport.Handler {
-	return transport.Stack(s.detect, originalDst())
+	return transport.Stack(s.detect, originalDst(s.peers))
 }
 
 // Upstream is the stack of an explicit upstream port: everything goes to u.
 func (s *Stacks) Upstream(u config.Upstream) transport.Handler {
-	return transport.Stack(s.detect, fixedTarget(u.Target))
+	return transport.Stack(s.detect, fixedTarget(u.Target, u.Identity))
 }

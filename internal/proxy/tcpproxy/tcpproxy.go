@@ -19,8 +19,8 @@ import (
 // the connection's target (or adopts the connection detection opened early)
 // and pipes the two together.
 type Forwarder struct {
-	Dialer *transport.Dialer
-	Log    *slog.Logger
+	Connect transport.ConnectFunc
+	Log     *slog.Logger
 }
 
 // ServeConn forwards c to its target. A target that cannot be reached resets
@@ -34,7 +34,7 @@ func (f *Forwarder) ServeConn(ctx context.Context, c net.Conn) {
 			reset(c)
 			return
 		}
-		d, err := f.Dialer.DialContext(ctx, m.Direction, m.Target)
+		d, err := f.Connect(ctx, m)
 		if err != nil {
 			f.Log.Warn("connecting to target failed", "direction", m.Direction, "client", m.Client.String(), "target", m.Target, "error", err)
 			reset(c)

@@ -17,8 +17,14 @@ type Dialer struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
-// DialContext connects to addr within the dialer's timeout.
+// DialContext connects to addr within the dialer's timeout, for a plaintext
+// connection.
 func (d *Dialer) DialContext(ctx context.Context, dir Direction, addr string) (*MeteredConn, error) {
+	return d.DialLabeled(ctx, metrics.Labels{Direction: string(dir), TargetAddr: addr, TLS: "disabled"}, addr)
+}
+
+// DialLabeled connects to addr, counting the connection under labels.
+func (d *Dialer) DialLabeled(ctx context.Context, labels metrics.Labels, addr string) (*MeteredConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.Timeout)
 	defer cancel()
 	dial := d.Dial
@@ -30,6 +36,5 @@ func (d *Dialer) DialContext(ctx context.Context, dir Direction, addr string) (*
 	if err != nil {
 		return nil, err
 	}
-	t := d.Registry.TCP(metrics.Labels{Direction: string(dir), TargetAddr: addr, TLS: "disabled"}, "dst")
-	return NewMeteredConn(c, t), nil
+	return NewMeteredConn(c, d.Registry.TCP(labels, "dst")), nil
 }

@@ -27,3 +27,7 @@ func Stack(h Handler, layers ...Layer) Handler {
 	}
 	return h
 }
+
+// ConnectFunc opens a connection to the target of the connection m
+// describes: plain TCP, or mTLS to the proxy in front of it.
+type ConnectFunc func(ctx context.Context, m *Meta) (net.Conn, error)

@@ -35,8 +35,15 @@ type Meta struct {
 	// ClientHello.
 	SNI  string
 	ALPN []string
-	// TLS is the tls metric label of the accepted connection.
-	TLS string
+	// TLS is the tls metric label of the accepted connection, with
+	// NoTLSReason when it is "no_identity".
+	TLS         string
+	NoTLSReason string
+	// ClientID is the identity a peer proxy proved with its certificate.
+	ClientID string
+	// PeerIdentity is the identity of the proxy in front of Target, when
+	// Target is meshed: connections to it go over mTLS.
+	PeerIdentity string
 	// Early is an upstream connection opened during detection (server-speaks-
 	// first probing); the stage that uses the connection owns it.
 	Early net.Conn

@@ -14,7 +14,7 @@ func Meter(reg *metrics.Registry) Layer {
 	return func(next Handler) Handler {
 		return HandlerFunc(func(ctx context.Context, c net.Conn) {
 			m := MetaFrom(ctx)
-			t := reg.TCP(metrics.Labels{Direction: string(m.Direction), TargetAddr: m.Target, TLS: m.TLS}, "src")
+			t := reg.TCP(metrics.Labels{Direction: string(m.Direction), TargetAddr: m.Target, TLS: m.TLS, NoTLSReason: m.NoTLSReason, ClientID: m.ClientID}, "src")
 			next.ServeConn(ctx, NewMeteredConn(c, t))
 		})
 	}

@@ -1,0 +1,82 @@
+package inbound
+
+import (
+	"context"
+	"crypto/tls"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+)
+
+// terminateMesh ends mTLS from peer proxies — TLS whose ClientHello offers
+// the mesh ALPN — proving both identities, then reads the header that says
+// which application port and protocol follow. Other TLS (the application's
+// own) passes through untouched as opaque.
+func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
+	if creds == nil {
+		return opaque
+	}
+	cfg := creds.ServerConfig().Clone()
+	cfg.NextProtos = []string{mesh.ALPN}
+	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
+		m := transport.MetaFrom(ctx)
+		if !slices.Contains(m.ALPN, mesh.ALPN) {
+			opaque.ServeConn(ctx, c)
+			return
+		}
+		tc := tls.Server(c, cfg)
+		hctx, cancel := context.WithTimeout(ctx, mesh.HandshakeTimeout)
+		err := tc.HandshakeContext(hctx)
+		cancel()
+		if err != nil {
+			log.Warn("mesh TLS handshake failed", "client", m.Client.String(), "error", err)
+			c.Close()
+			return
+		}
+		peer, err := identity.PeerID(tc.ConnectionState())
+		if err != nil {
+			log.Warn("mesh peer has no usable identity", "client", m.Client.String(), "error", err)
+			tc.Close()
+			return
+		}
+		var b [8]byte
+		tc.SetReadDeadline(time.Now().Add(mesh.HandshakeTimeout))
+		_, err = io.ReadFull(tc, b[:])
+		tc.SetReadDeadline(time.Time{})
+		h, perr := mesh.ParseHeader(b[:])
+		if err != nil || perr != nil {
+			log.Warn("mesh connection without a valid header", "client", m.Client.String(), "peer", peer.String(), "error", firstErr(err, perr))
+			tc.Close()
+			return
+		}
+		m.TLS, m.NoTLSReason, m.ClientID = "true", "", peer.String()
+		m.Target = net.JoinHostPort(appHost(m), strconv.Itoa(int(h.Port)))
+		switch h.Protocol {
+		case mesh.HTTP2:
+			m.Protocol = "h2"
+			http.ServeConn(ctx, tc)
+		case mesh.HTTP1:
+			m.Protocol = "http/1"
+			http.ServeConn(ctx, tc)
+		default:
+			m.Protocol = "opaque"
+			opaque.ServeConn(ctx, tc)
+		}
+	})
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
