@@ -96,7 +96,7 @@ func checkSANs(csr *x509.CertificateRequest) error {
 			if !ok {
 				kind = fmt.Sprintf("tag %d", tag)
 			}
-			return fmt.Errorf("it asks for a %s name; only the identity's URI SAN is allowed", kind)
+			return fmt.Errorf("it asks for an extra name (%s); only the identity's URI SAN is allowed", kind)
 		}
 	}
 	if len(names) != 1 || len(csr.URIs) != 1 {

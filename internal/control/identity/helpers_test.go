@@ -7,7 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"log/slog"
 	"net/url"
 	"testing"
@@ -105,5 +104,3 @@ func token(t testing.TB, srv *Server, id meshid.ID, ttl time.Duration, now time.
 	}
 	return []byte(tok)
 }
-
-var _ = pkix.Name{}

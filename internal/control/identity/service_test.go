@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/asn1"
 	"errors"
 	"io"
 	"log/slog"
@@ -19,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -112,9 +113,9 @@ func TestCertifyRefusals(t *testing.T) {
 		{"empty CSR", web.String(), webToken, nil, codes.InvalidArgument, "no certificate signing request"},
 		{"CSR with a bad signature", web.String(), webToken, badSig, codes.InvalidArgument, "signature does not verify"},
 		{"CSR with an extra DNS SAN", web.String(), webToken, makeCSR(t, key, web, func(r *x509.CertificateRequest) { r.DNSNames = []string{"web.default.svc"} }),
-			codes.InvalidArgument, "asks for a DNS name"},
+			codes.InvalidArgument, "asks for an extra name (DNS)"},
 		{"CSR with an IP SAN", web.String(), webToken, makeCSR(t, key, web, func(r *x509.CertificateRequest) { r.IPAddresses = []net.IP{net.IPv4(10, 0, 0, 1)} }),
-			codes.InvalidArgument, "asks for a IP name"},
+			codes.InvalidArgument, "asks for an extra name (IP)"},
 		{"CSR with an email SAN", web.String(), webToken, makeCSR(t, key, web, func(r *x509.CertificateRequest) { r.EmailAddresses = []string{"a@b.c"} }),
 			codes.InvalidArgument, "email"},
 		{"CSR with two URI SANs", web.String(), webToken, makeCSR(t, key, web, func(r *x509.CertificateRequest) { r.URIs = append(r.URIs, api.URL()) }),
@@ -262,14 +263,26 @@ func TestAdminEndpointsAndGracefulStop(t *testing.T) {
 	client.Certify(context.Background(), &identityv1.CertifyRequest{Identity: web.String()})
 	waitFor(t, func() bool { code, _ := get("/ready"); return code == 200 })
 	_, body := get("/metrics")
-	want := "identity_issuer_expiration_timestamp_seconds " + floatText(srv.CA().NotAfter().Unix())
-	if !strings.Contains(body, want) {
-		t.Errorf("metrics lack %q", want)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("metrics do not parse: %v", err)
 	}
-	for _, s := range []string{"identity_trust_anchor_expiration_timestamp_seconds ", `identity_certify_total{code="Unauthenticated"} 1`, "go_goroutines "} {
-		if !strings.Contains(body, s) {
-			t.Errorf("metrics lack %q", s)
+	gauge := func(name string) float64 {
+		if f := fams[name]; f != nil && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
 		}
+		t.Errorf("no %s", name)
+		return 0
+	}
+	if got, want := gauge("identity_issuer_expiration_timestamp_seconds"), float64(srv.CA().NotAfter().Unix()); got != want {
+		t.Errorf("issuer expiry %v; want %v", got, want)
+	}
+	if got, want := gauge("identity_trust_anchor_expiration_timestamp_seconds"), float64(srv.CA().Anchor().NotAfter.Unix()); got != want {
+		t.Errorf("anchor expiry %v; want %v", got, want)
+	}
+	if !strings.Contains(body, `identity_certify_total{code="Unauthenticated"} 1`) {
+		t.Errorf("no count of the refused request in\n%s", body)
 	}
 }
 
@@ -319,10 +332,3 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
-
-func floatText(v int64) string {
-	// client_golang renders large integral floats in exponent form.
-	return strings.Replace(strconvFloat(float64(v)), "e+0", "e+", 1)
-}
-
-var _ = asn1.ObjectIdentifier{}
