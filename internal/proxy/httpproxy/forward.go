@@ -45,8 +45,8 @@ const OrigProtoHeader = "L5d-Orig-Proto"
 type Forwarder struct {
 	pool   *h1Pool
 	proxy  *httputil.ReverseProxy
-	h2     *http.Transport
-	meshH2 *http.Transport // nil without MeshDial
+	h2     *h2Pool
+	meshH2 *h2Pool // nil without MeshDial
 	meshH1 *h1Pool
 	log    *slog.Logger
 }
@@ -59,14 +59,14 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	f := &Forwarder{log: log, pool: newH1Pool(dial, cfg.PoolIdleTimeout)}
-	f.h2 = &http.Transport{
+	f.h2 = newH2Pool(&http.Transport{
 		Proxy:              nil, // never honour HTTP_PROXY: the proxy is the proxy
 		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
 		Protocols:          &h2c,
 		DisableCompression: true, // pass content encodings through untouched
 		IdleConnTimeout:    cfg.PoolIdleTimeout,
 		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-	}
+	})
 	if cfg.MeshDial != nil {
 		meshDial := func(proto mesh.Protocol) func(ctx context.Context, addr string) (net.Conn, error) {
 			return func(ctx context.Context, addr string) (net.Conn, error) {
@@ -74,7 +74,7 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 			}
 		}
 		h2 := meshDial(mesh.HTTP2)
-		f.meshH2 = &http.Transport{
+		f.meshH2 = newH2Pool(&http.Transport{
 			Proxy:                 nil,
 			DialContext:           func(ctx context.Context, _, addr string) (net.Conn, error) { return h2(ctx, addr) },
 			Protocols:             &h2c, // TLS is the mesh dialer's; HTTP/2 runs inside it
@@ -82,7 +82,7 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 			IdleConnTimeout:       cfg.PoolIdleTimeout,
 			ExpectContinueTimeout: time.Second,
 			HTTP2:                 &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-		}
+		})
 		f.meshH1 = newH1Pool(meshDial(mesh.HTTP1), cfg.PoolIdleTimeout)
 	}
 	f.proxy = &httputil.ReverseProxy{
@@ -163,10 +163,10 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 // CloseIdle closes idle pooled connections (used when draining).
 func (f *Forwarder) CloseIdle() {
 	f.pool.closeIdle(true)
-	f.h2.CloseIdleConnections()
+	f.h2.closeIdle()
 	if f.meshH2 != nil {
 		f.meshH1.closeIdle(true)
-		f.meshH2.CloseIdleConnections()
+		f.meshH2.closeIdle()
 	}
 }
 

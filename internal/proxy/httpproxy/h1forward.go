@@ -27,7 +27,7 @@ const expectContinueWait = time.Second
 // response byte arrived — the upstream closed it while idle — is retried
 // once on a new connection.
 func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target string, pool *h1Pool) {
-	bodyless := r.Body == nil || r.Body == http.NoBody
+	bodyless := !hasBody(r)
 	for attempt := 0; ; attempt++ {
 		uc, reused, err := pool.get(r.Context(), target)
 		if err != nil {
@@ -78,7 +78,7 @@ func (ex *h1Exchange) run() error {
 	}()
 
 	writeRequestHead(uc.bw, r)
-	hasBody := r.Body != nil && r.Body != http.NoBody
+	hasBody := hasBody(r)
 	expect := hasBody && strings.EqualFold(r.Header.Get("Expect"), "100-continue")
 	switch {
 	case !hasBody:
@@ -232,9 +232,15 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 // sendBody starts streaming the request body upstream.
 func (ex *h1Exchange) sendBody() {
 	ex.bodyErr = make(chan error, 1)
-	r, bw := ex.r, ex.uc.bw
+	r, uc := ex.r, ex.uc
 	go func() {
-		ex.bodyErr <- writeBody(bw, r)
+		err := writeBody(uc.bw, r)
+		if err != nil {
+			// The upstream waits for the rest of a body that will never
+			// come: end the exchange.
+			uc.Close()
+		}
+		ex.bodyErr <- err
 	}()
 }
 
@@ -334,13 +340,12 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 			break
 		}
 	}
-	hasBody := r.Body != nil && r.Body != http.NoBody
 	switch {
 	case r.ContentLength > 0 || r.ContentLength == 0 && r.Header["Content-Length"] != nil:
 		bw.WriteString("Content-Length: ")
 		bw.WriteString(strconv.FormatInt(r.ContentLength, 10))
 		bw.WriteString("\r\n")
-	case hasBody:
+	case hasBody(r):
 		if len(r.Trailer) > 0 {
 			keys := make([]string, 0, len(r.Trailer))
 			for k := range r.Trailer {
@@ -351,6 +356,14 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	bw.WriteString("\r\n")
+}
+
+// hasBody reports whether a request carries body bytes to send: a body
+// of unknown length (chunked, or HTTP/2 without content-length) or a
+// positive Content-Length. HTTP/2 servers hand over an empty, non-nil Body
+// for requests that ended with their headers, so the length decides.
+func hasBody(r *http.Request) bool {
+	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
 }
 
 // writeBody copies the request body upstream with the framing announced by

@@ -1,0 +1,256 @@
+package app_test
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/meshtest"
+	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
+)
+
+// wire sits between two proxies like the network does: it forwards bytes
+// and keeps a copy of everything, so a test can look for plaintext.
+type wire struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	seen  bytes.Buffer
+	conns atomic.Int64
+}
+
+func newWire(t *testing.T, to string) *wire {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &wire{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			w.conns.Add(1)
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", to)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { io.Copy(io.MultiWriter(up, w), c); up.(*net.TCPConn).CloseWrite() }()
+				io.Copy(io.MultiWriter(c, w), up)
+			}()
+		}
+	}()
+	return w
+}
+
+func (w *wire) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.seen.Write(p)
+}
+
+func (w *wire) contains(s string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return bytes.Contains(w.seen.Bytes(), []byte(s))
+}
+
+func (w *wire) port() uint16 { return port(w.ln.Addr().String()) }
+
+// meshPair starts a server-side proxy in front of app and a client-side
+// proxy whose upstream port leads to it over mTLS, through a recording
+// wire. It returns the upstream address and both identities.
+func meshPair(t *testing.T, ids *meshtest.Identity, app string) (entry string, w *wire, client, server string) {
+	in := proxytest.Config(t)
+	in.AppAddr = app
+	server = ids.Join(t, in, "shop", "api")
+	b := proxytest.Start(t, in)
+
+	w = newWire(t, b.InboundAddr.String())
+	out := proxytest.Config(t)
+	client = ids.Join(t, out, "shop", "web")
+	out.MeshPort = w.port()
+	free, _ := net.Listen("tcp", "127.0.0.1:0")
+	local := port(free.Addr().String())
+	free.Close()
+	out.Upstreams = []config.Upstream{{Name: "api", LocalPort: local, Target: app, Identity: server}}
+	a := proxytest.Start(t, out)
+	return a.UpstreamAddrs["api"].String(), w, client, server
+}
+
+// identityEcho answers with who the mesh said the client is and what it
+// sent.
+func identityEcho(t *testing.T) string {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Client-Id", strings.Join(r.Header.Values("L5d-Client-Id"), ";"))
+		w.Header().Set("X-Proto", r.Proto)
+		w.Header().Set("X-Orig-Proto", r.Header.Get("L5d-Orig-Proto"))
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "echo:%s", body)
+	})}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv.Protocols = &p
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
+func TestMeshCarriesHTTPEncryptedWithProvenIdentity(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	entry, w, client, _ := meshPair(t, ids, identityEcho(t))
+
+	const secret = "the-quick-brown-fox-secret-payload"
+	req, _ := http.NewRequest("POST", "http://"+entry+"/"+secret, strings.NewReader(secret))
+	req.Header.Set("L5d-Client-Id", "spiffe://cluster.local/ns/evil/sa/forged")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "echo:"+secret {
+		t.Fatalf("got %d %q (%s)", resp.StatusCode, body, resp.Header.Get("l5d-proxy-error"))
+	}
+	if got := resp.Header.Get("X-Client-Id"); got != client {
+		t.Errorf("the application saw l5d-client-id %q; want the proven %q and nothing forged", got, client)
+	}
+	if resp.Header.Get("X-Proto") != "HTTP/1.1" || resp.Header.Get("X-Orig-Proto") != "" {
+		t.Errorf("the application saw %s with l5d-orig-proto %q; want HTTP/1.1 restored and the field gone", resp.Header.Get("X-Proto"), resp.Header.Get("X-Orig-Proto"))
+	}
+
+	// h2c from the client stays HTTP/2 all the way.
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	h2client := &http.Client{Transport: &http.Transport{Protocols: &p}}
+	resp, err = h2client.Get("http://" + entry + "/h2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.Header.Get("X-Proto") != "HTTP/2.0" || resp.Header.Get("X-Client-Id") != client {
+		t.Errorf("h2c request reached the app as %s from %q", resp.Header.Get("X-Proto"), resp.Header.Get("X-Client-Id"))
+	}
+
+	if w.contains(secret) || w.contains("HTTP/1.1") || w.contains("L5d-Client-Id") {
+		t.Fatal("plaintext HTTP crossed the wire between the proxies")
+	}
+	if !w.contains("trellis.mesh/v1") {
+		t.Fatal("no mesh ClientHello seen on the wire: was this TLS at all?")
+	}
+}
+
+func TestMeshMultiplexesConcurrentHTTP1Requests(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	entry, w, _, _ := meshPair(t, ids, identityEcho(t))
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 50}}
+	var wg sync.WaitGroup
+	errs := make(chan error, 50)
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := client.Get("http://" + entry + "/")
+			if err != nil {
+				errs <- err
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				errs <- fmt.Errorf("status %d", resp.StatusCode)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := w.conns.Load(); n != 1 {
+		t.Fatalf("50 concurrent HTTP/1 requests used %d connections between the proxies; want 1", n)
+	}
+}
+
+func TestMeshCarriesOpaqueTCPEncrypted(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	entry, w, _, _ := meshPair(t, ids, ln.Addr().String())
+	c, err := net.Dial("tcp", entry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	const secret = "\x00binary-database-secret\x01"
+	c.Write([]byte(secret))
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != secret {
+		t.Fatalf("echo %q, %v", got, err)
+	}
+	if w.contains("binary-database-secret") {
+		t.Fatal("opaque payload crossed the wire in plaintext")
+	}
+}
+
+func TestMeshRefusesPeerFromAnotherTrustAnchor(t *testing.T) {
+	ours := meshtest.StartIdentity(t, time.Hour)
+	theirs := meshtest.StartIdentity(t, time.Hour)
+	app := identityEcho(t)
+
+	in := proxytest.Config(t)
+	in.AppAddr = app
+	server := ours.Join(t, in, "shop", "api")
+	b := proxytest.Start(t, in)
+
+	out := proxytest.Config(t)
+	theirs.Join(t, out, "shop", "web") // same name, other anchor
+	out.MeshPort = port(b.InboundAddr.String())
+	free, _ := net.Listen("tcp", "127.0.0.1:0")
+	local := port(free.Addr().String())
+	free.Close()
+	out.Upstreams = []config.Upstream{{Name: "api", LocalPort: local, Target: app, Identity: server}}
+	a := proxytest.Start(t, out)
+
+	resp, err := http.Get("http://" + a.UpstreamAddrs["api"].String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("a proxy from another trust anchor got %d; want the mesh to refuse it (502)", resp.StatusCode)
+	}
+}
