@@ -45,7 +45,7 @@ subcommand; today there is identity, the mesh's certificate authority.`,
 		}
 		return nil, fmt.Errorf("--log-format %q: want json or text", logFormat)
 	}
-	root.AddCommand(identityCmd(logger), versionCmd())
+	root.AddCommand(identityCmd(logger), joinTokenCmd(), versionCmd())
 	return root
 }
 
