@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"errors"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/pki"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // The test binary doubles as trellis-control: with this variable set it runs
@@ -22,31 +22,15 @@ import (
 const asControl = "TRELLIS_CONTROL_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(asControl) == "1" {
-		main()
-		os.Exit(0)
-	}
+	testkit.RunMainIf(asControl, main)
 	os.Exit(m.Run())
 }
 
 func controlCmd(t *testing.T, args ...string) *exec.Cmd {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), asControl+"=1", "GORACE=atexit_sleep_ms=0")
-	return cmd
+	return testkit.Command(t, asControl, args...)
 }
 
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freePort(t *testing.T) string { return testkit.FreeAddr(t) }
 
 func TestIdentityHelpExplains(t *testing.T) {
 	out, err := controlCmd(t, "identity", "--help").CombinedOutput()

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // The test binary doubles as the proxy binary: with this variable set it
@@ -24,31 +26,13 @@ import (
 const asProxy = "TRELLIS_PROXY_TEST_RUN_MAIN"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(asProxy) == "1" {
-		main()
-		os.Exit(0)
-	}
+	testkit.RunMainIf(asProxy, main)
 	os.Exit(m.Run())
 }
 
-func proxyCmd(t *testing.T, args ...string) *exec.Cmd {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), asProxy+"=1", "GORACE=atexit_sleep_ms=0")
-	return cmd
-}
+func proxyCmd(t *testing.T, args ...string) *exec.Cmd { return testkit.Command(t, asProxy, args...) }
 
-func freePort(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freePort(t *testing.T) string { return testkit.FreeAddr(t) }
 
 func TestBadConfigurationExitsNamingTheSetting(t *testing.T) {
 	for _, tc := range []struct {
@@ -98,7 +82,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	waitReady(t, admin)
+	testkit.WaitReady(t, "http://"+admin+"/ready")
 
 	var wg sync.WaitGroup
 	results := make(chan error, inFlight)
@@ -169,19 +153,4 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("proxy did not exit after its requests finished\n%s", logs.String())
 	}
-}
-
-func waitReady(t *testing.T, admin string) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get("http://" + admin + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatal("proxy not ready")
 }

@@ -23,7 +23,7 @@ func New() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(demoCmd(), versionCmd())
+	root.AddCommand(demoCmd(), buildinfo.Command())
 	return root
 }
 
@@ -61,15 +61,4 @@ Ctrl-C stops it all.`,
 	cmd.Flags().DurationVar(&o.Report, "report-every", 5*time.Second, "how often to print a summary")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log what the proxies do")
 	return cmd
-}
-
-func versionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), buildinfo.String())
-		},
-	}
 }

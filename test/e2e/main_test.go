@@ -10,8 +10,9 @@ import (
 	"testing"
 )
 
-// proxyBin is the trellis-proxy binary under test.
-var proxyBin string
+// proxyBin and controlBin are the trellis-proxy and trellis-control
+// binaries under test.
+var proxyBin, controlBin string
 
 // initMissing, when not empty, says why `trellis-proxy init` cannot be used.
 var initMissing string
@@ -21,22 +22,27 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
-	if bin := os.Getenv("TRELLIS_E2E_PROXY_BIN"); bin != "" {
-		proxyBin = bin
-	} else {
-		dir, err := os.MkdirTemp("", "trellis-e2e-")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "e2e:", err)
-			return 1
+	dir, err := os.MkdirTemp("", "trellis-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// The transparent proxies run as UID 2102: it must reach the binary.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	for _, b := range []struct {
+		bin *string
+		env string
+		pkg string
+	}{{&proxyBin, "TRELLIS_E2E_PROXY_BIN", "trellis-proxy"}, {&controlBin, "TRELLIS_E2E_CONTROL_BIN", "trellis-control"}} {
+		if *b.bin = os.Getenv(b.env); *b.bin != "" {
+			continue
 		}
-		defer os.RemoveAll(dir)
-		// The transparent proxies run as UID 2102: it must reach the binary.
-		if err := os.Chmod(dir, 0o755); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e:", err)
-			return 1
-		}
-		proxyBin = filepath.Join(dir, "trellis-proxy")
-		if err := buildProxy(proxyBin); err != nil {
+		*b.bin = filepath.Join(dir, b.pkg)
+		if err := build(*b.bin, "./cmd/"+b.pkg); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)
 			return 1
 		}
@@ -45,17 +51,16 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// buildProxy builds cmd/trellis-proxy of the repository holding the working
-// directory into out.
-func buildProxy(out string) error {
+// build builds pkg of the repository holding the working directory into out.
+func build(out, pkg string) error {
 	root, err := repoRoot()
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/trellis-proxy")
+	cmd := exec.Command("go", "build", "-o", out, pkg)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/trellis-proxy: %w\n%s", err, b)
+		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
 	return nil
 }

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -16,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/metricstest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // proxyUID is the user the transparent proxies run as (init's --proxy-uid).
@@ -33,29 +34,21 @@ type proxyProc struct {
 }
 
 // syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testkit.SyncBuffer
 
 // startProxy runs the proxy with args, inside netns as proxyUID when netns is
 // set, and waits until its admin server answers /ready with 200. The caller
 // stops it with stop.
 func startProxy(t *testing.T, name, netns, admin string, args ...string) *proxyProc {
 	t.Helper()
-	argv := append([]string{proxyBin}, args...)
+	return startBinary(t, proxyBin, name, netns, admin, args...)
+}
+
+// startBinary runs bin like startProxy runs the proxy: any Trellis binary
+// with an admin server answering /ready.
+func startBinary(t *testing.T, bin, name, netns, admin string, args ...string) *proxyProc {
+	t.Helper()
+	argv := append([]string{bin}, args...)
 	if netns != "" {
 		uid := strconv.Itoa(proxyUID)
 		argv = append([]string{"ip", "netns", "exec", netns, "setpriv", "--reuid=" + uid, "--regid=" + uid, "--clear-groups"}, argv...)
@@ -156,37 +149,18 @@ func (p *proxyProc) metrics(t *testing.T) string {
 }
 
 // sumSeries adds up the samples of metric whose labels include every one
-// of labels (each `name="value"`).
+// of labels (each `name="value"`), parsing text with Prometheus's parser.
 func sumSeries(text, metric string, labels ...string) float64 {
-	var sum float64
-	sc := bufio.NewScanner(strings.NewReader(text))
-	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, metric+"{")
-		if !ok {
-			continue
-		}
-		end := strings.LastIndex(rest, "} ")
-		if end < 0 {
-			continue
-		}
-		set := "," + rest[:end] + ","
-		match := true
-		for _, l := range labels {
-			if !strings.Contains(set, ","+l+",") {
-				match = false
-				break
-			}
-		}
-		if !match {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(rest[end+2:]), 64)
-		if err == nil {
-			sum += v
-		}
+	fams, err := metricstest.Parse(strings.NewReader(text))
+	if err != nil {
+		panic(fmt.Sprintf("/metrics does not parse: %v", err))
 	}
-	return sum
+	want := map[string]string{}
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		want[k] = strings.Trim(v, `"`)
+	}
+	return fams.Sum(metric, want)
 }
 
 // procStatusKB reads one "Name:   123 kB" field of /proc/<pid>/status.

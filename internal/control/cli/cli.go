@@ -5,7 +5,6 @@
 package cli
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -31,21 +30,8 @@ subcommand; today there is identity, the mesh's certificate authority.`,
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&logFormat, "log-format", "json", "log format: json or text")
-	logger := func() (*slog.Logger, error) {
-		var level slog.Level
-		if err := level.UnmarshalText([]byte(logLevel)); err != nil {
-			return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
-		}
-		opts := &slog.HandlerOptions{Level: level}
-		switch logFormat {
-		case "json":
-			return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-		case "text":
-			return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-		}
-		return nil, fmt.Errorf("--log-format %q: want json or text", logFormat)
-	}
-	root.AddCommand(identityCmd(logger), joinTokenCmd(), versionCmd())
+	logger := func() (*slog.Logger, error) { return buildinfo.NewLogger(os.Stderr, logLevel, logFormat) }
+	root.AddCommand(identityCmd(logger), joinTokenCmd(), buildinfo.Command())
 	return root
 }
 
@@ -115,15 +101,4 @@ SIGINT stops it gracefully.`,
 	}
 	o.Flags(cmd.Flags())
 	return cmd
-}
-
-func versionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), buildinfo.String())
-		},
-	}
 }

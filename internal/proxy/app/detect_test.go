@@ -10,6 +10,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // bannerServer greets every client first, like SMTP or MySQL, then echoes.
@@ -52,9 +53,7 @@ func proxyPair(t *testing.T, app string, opaque bool) string {
 	}
 	b := proxytest.Start(t, in)
 	out := proxytest.Config(t)
-	free, _ := net.Listen("tcp", "127.0.0.1:0")
-	local := port(free.Addr().String())
-	free.Close()
+	local := port(testkit.FreeAddr(t))
 	out.Upstreams = []config.Upstream{{Name: "app", LocalPort: local, Target: b.InboundAddr.String()}}
 	if opaque {
 		out.OpaquePorts = map[uint16]bool{port(b.InboundAddr.String()): true}
@@ -103,21 +102,7 @@ func TestServerSpeaksFirst(t *testing.T) {
 }
 
 func TestGarbageFallsBackToOpaque(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	entry := proxyPair(t, ln.Addr().String(), false)
+	entry := proxyPair(t, testkit.EchoServer(t), false)
 	c, err := net.Dial("tcp", entry)
 	if err != nil {
 		t.Fatal(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshtest"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // wire sits between two proxies like the network does: it forwards bytes
@@ -82,9 +83,7 @@ func meshPair(t *testing.T, ids *meshtest.Identity, app string) (entry string, w
 	out := proxytest.Config(t)
 	client = ids.Join(t, out, "shop", "web")
 	out.MeshPort = w.port()
-	free, _ := net.Listen("tcp", "127.0.0.1:0")
-	local := port(free.Addr().String())
-	free.Close()
+	local := port(testkit.FreeAddr(t))
 	out.Upstreams = []config.Upstream{{Name: "api", LocalPort: local, Target: app, Identity: server}}
 	a := proxytest.Start(t, out)
 	return a.UpstreamAddrs["api"].String(), w, client, server
@@ -192,21 +191,7 @@ func TestMeshMultiplexesConcurrentHTTP1Requests(t *testing.T) {
 
 func TestMeshCarriesOpaqueTCPEncrypted(t *testing.T) {
 	ids := meshtest.StartIdentity(t, time.Hour)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); io.Copy(c, c) }()
-		}
-	}()
-	entry, w, _, _ := meshPair(t, ids, ln.Addr().String())
+	entry, w, _, _ := meshPair(t, ids, testkit.EchoServer(t))
 	c, err := net.Dial("tcp", entry)
 	if err != nil {
 		t.Fatal(err)
@@ -238,9 +223,7 @@ func TestMeshRefusesPeerFromAnotherTrustAnchor(t *testing.T) {
 	out := proxytest.Config(t)
 	theirs.Join(t, out, "shop", "web") // same name, other anchor
 	out.MeshPort = port(b.InboundAddr.String())
-	free, _ := net.Listen("tcp", "127.0.0.1:0")
-	local := port(free.Addr().String())
-	free.Close()
+	local := port(testkit.FreeAddr(t))
 	out.Upstreams = []config.Upstream{{Name: "api", LocalPort: local, Target: app, Identity: server}}
 	a := proxytest.Start(t, out)
 

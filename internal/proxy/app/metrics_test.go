@@ -6,23 +6,19 @@ import (
 	"strings"
 	"testing"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/trellis-mesh/trellis/internal/metricstest"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 )
 
 // scrape fetches and parses a proxy's /metrics with Prometheus's own parser.
-func scrape(t *testing.T, adminAddr string) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, adminAddr string) metricstest.Families {
 	t.Helper()
 	resp, err := http.Get("http://" + adminAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	families, err := metricstest.Parse(resp.Body)
 	if err != nil {
 		t.Fatalf("/metrics does not parse: %v", err)
 	}
@@ -30,33 +26,8 @@ func scrape(t *testing.T, adminAddr string) map[string]*dto.MetricFamily {
 }
 
 // sum adds up the samples of family whose labels include want.
-func sum(fams map[string]*dto.MetricFamily, family string, want map[string]string) float64 {
-	var total float64
-	f, ok := fams[family]
-	if !ok {
-		return 0
-	}
-metric:
-	for _, m := range f.Metric {
-		labels := map[string]string{}
-		for _, l := range m.Label {
-			labels[l.GetName()] = l.GetValue()
-		}
-		for k, v := range want {
-			if labels[k] != v {
-				continue metric
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			total += m.Counter.GetValue()
-		case m.Gauge != nil:
-			total += m.Gauge.GetValue()
-		case m.Histogram != nil:
-			total += float64(m.Histogram.GetSampleCount())
-		}
-	}
-	return total
+func sum(fams metricstest.Families, family string, want map[string]string) float64 {
+	return fams.Sum(family, want)
 }
 
 func TestMetricsCountWhatWasSent(t *testing.T) {

@@ -5,7 +5,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -46,12 +45,15 @@ is TRELLIS_PROXY_DETECT_TIMEOUT. Flags win over the environment.`,
 		}
 		return run(cmd.Context(), cfg)
 	}
-	root.AddCommand(versionCmd(), initCmd())
+	root.AddCommand(buildinfo.Command(), initCmd())
 	return root
 }
 
 func run(ctx context.Context, cfg *config.Config) error {
-	log := newLogger(cfg)
+	log, err := buildinfo.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		return err
+	}
 	p, err := app.New(cfg, log)
 	if err != nil {
 		return err
@@ -59,25 +61,4 @@ func run(ctx context.Context, cfg *config.Config) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	return p.Run(ctx)
-}
-
-func newLogger(cfg *config.Config) *slog.Logger {
-	var level slog.Level
-	level.UnmarshalText([]byte(cfg.LogLevel)) // validated already
-	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "text" {
-		return slog.New(slog.NewTextHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-}
-
-func versionCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the proxy version",
-		Args:  cobra.NoArgs,
-		Run: func(cmd *cobra.Command, _ []string) {
-			fmt.Fprintln(cmd.OutOrStdout(), buildinfo.String())
-		},
-	}
 }

@@ -17,6 +17,12 @@ type Detector struct {
 	// target is dialed early to see whether the server speaks first. Zero
 	// disables the early dial.
 	ServerFirstDelay time.Duration
+	// MaxWait bounds waiting for either side to speak once the early dial
+	// showed the server silent too. Such a connection is not pushed to
+	// opaque at Timeout: nothing says it is not a client that dialed ahead
+	// of use (a connection pool) and will speak HTTP later. Zero means
+	// Timeout.
+	MaxWait time.Duration
 }
 
 // Result is the outcome of detection.
@@ -58,11 +64,12 @@ func (d Detector) Detect(ctx context.Context, client net.Conn, dial DialFunc) (R
 				return Result{}, clientErr(err)
 			}
 			// The client is silent: does the server speak first?
-			res, final, err := d.race(ctx, client, dial, deadline)
+			res, final, err := d.race(ctx, client, dial, time.Now().Add(max(d.Timeout, d.MaxWait)))
 			if err != nil || final {
 				return res, err
 			}
 			// The client spoke after all: classify what it said.
+			deadline = time.Now().Add(d.Timeout)
 			buf = res.Client.prefix
 			if res.Upstream != nil {
 				early, serverBytes = res.Upstream.Conn, res.Upstream.prefix
@@ -98,7 +105,8 @@ func (d Detector) classify(client net.Conn, buf []byte, deadline time.Time) Resu
 	}
 }
 
-// race dials the target and waits for whichever side sends first. final
+// race dials the target and waits, until deadline, for whichever side sends
+// first. final
 // reports that the result is the answer; otherwise the client spoke first and
 // its bytes still need classifying.
 func (d Detector) race(ctx context.Context, client net.Conn, dial DialFunc, deadline time.Time) (res Result, final bool, err error) {

@@ -142,3 +142,38 @@ func TestDetectClientClosesEarly(t *testing.T) {
 		t.Fatal("want an error for a client that closed without sending anything")
 	}
 }
+
+// A client that dials ahead of use and speaks HTTP long after the detect
+// timeout is still HTTP while the server stays silent too.
+func TestDetectSilentServerKeepsLateHTTPClientHTTP(t *testing.T) {
+	app, proxySide := pair(t)
+	var up upstream
+	d := Detector{Timeout: 200 * time.Millisecond, ServerFirstDelay: 20 * time.Millisecond, MaxWait: 5 * time.Second}
+	dial := up.dial(t)
+	go func() {
+		<-up.server
+		time.Sleep(600 * time.Millisecond) // three detect timeouts
+		app.Write([]byte("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+	}()
+	res, err := d.Detect(context.Background(), proxySide, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Protocol != HTTP1 || res.TimedOut {
+		t.Fatalf("got %v timedOut=%v; want HTTP1", res.Protocol, res.TimedOut)
+	}
+}
+
+// Without a probe (target unknown) the detect timeout still decides.
+func TestDetectTimeoutWithoutProbe(t *testing.T) {
+	_, proxySide := pair(t)
+	d := Detector{Timeout: 200 * time.Millisecond, ServerFirstDelay: 20 * time.Millisecond, MaxWait: 5 * time.Second}
+	start := time.Now()
+	res, err := d.Detect(context.Background(), proxySide, nil)
+	if err != nil || !res.TimedOut || res.Protocol != Opaque {
+		t.Fatalf("got %+v, %v; want an opaque timeout", res, err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("took %v", took)
+	}
+}

@@ -16,4 +16,11 @@
 // opaque traffic or closed for HTTP. Clients that speak first — nearly all of
 // them, HTTP included — never trigger the early dial, so it costs nothing on
 // the common path.
+//
+// The same probe removes a trap the detect timeout sets for HTTP clients
+// that open connections ahead of use (connection pools): while the server
+// is silent too, a silent client is not pushed to opaque at the detect
+// timeout but waited for (Detector.MaxWait, the idle timeout), so its
+// requests still get HTTP treatment — metrics, identity headers, routing.
+// The detect timeout still applies where the target cannot be probed.
 package detect

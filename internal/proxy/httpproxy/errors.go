@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 )
 
 // ErrorHeader names, on a response the proxy generated itself, what went
@@ -22,6 +24,8 @@ func UpstreamError(err error) (status int, reason string) {
 	var oe *net.OpError
 	dial := errors.As(err, &oe) && oe.Op == "dial"
 	switch {
+	case errors.Is(err, mesh.ErrHandshake):
+		return http.StatusBadGateway, "mTLS handshake with the peer proxy failed"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return http.StatusBadGateway, "connection refused"
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):

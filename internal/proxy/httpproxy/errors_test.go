@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"io"
 	"net"
 	"net/http"
@@ -28,6 +29,7 @@ func TestUpstreamErrorMapping(t *testing.T) {
 		{&net.OpError{Op: "read", Err: syscall.ECONNRESET}, 502, "connection reset by upstream"},
 		{&net.OpError{Op: "read", Err: os.ErrDeadlineExceeded}, 504, "response timed out"},
 		{io.ErrUnexpectedEOF, 502, "connection closed by upstream"},
+		{fmt.Errorf("%w: x509: certificate has expired", mesh.ErrHandshake), 502, "mTLS handshake with the peer proxy failed"},
 		{errors.New("malformed response"), 502, "upstream failed"},
 	} {
 		status, reason := UpstreamError(tt.err)

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -20,6 +21,10 @@ type Credentials interface {
 	ServerConfig() *tls.Config
 	ClientConfig(peer identity.ID) *tls.Config
 }
+
+// ErrHandshake marks a failed TLS handshake with a peer proxy: it refused
+// our certificate, or we refused its (wrong identity, expired, foreign anchor).
+var ErrHandshake = errors.New("mesh: TLS handshake failed")
 
 // HandshakeTimeout bounds a TLS handshake between proxies.
 const HandshakeTimeout = 10 * time.Second
@@ -58,7 +63,7 @@ func (d *Dialer) Dial(ctx context.Context, dir transport.Direction, target strin
 	defer cancel()
 	if err := c.HandshakeContext(hctx); err != nil {
 		raw.Close()
-		return nil, fmt.Errorf("mesh: TLS handshake with %s (%s): %w", addr, peer, err)
+		return nil, fmt.Errorf("%w with %s (%s): %w", ErrHandshake, addr, peer, err)
 	}
 	if got := c.ConnectionState().NegotiatedProtocol; got != ALPN {
 		c.Close()

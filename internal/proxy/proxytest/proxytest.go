@@ -4,9 +4,7 @@ package proxytest
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/app"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // Config returns the proxy's default configuration with every listener on
@@ -69,22 +68,7 @@ func Start(t testing.TB, cfg *config.Config) *Proxy {
 func (p *Proxy) Done() <-chan error { return p.done }
 
 // WaitReady polls adminURL/ready until it answers 200.
-func WaitReady(t testing.TB, adminURL string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		resp, err := http.Get(adminURL + "/ready")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("proxy at %s not ready within 10s", adminURL)
-}
+func WaitReady(t testing.TB, adminURL string) { testkit.WaitReady(t, adminURL+"/ready") }
 
 // testWriter sends log lines to the test log until the test is over;
 // lines from goroutines that outlive the test are dropped.

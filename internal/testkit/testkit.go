@@ -1,0 +1,113 @@
+// Package testkit holds the small pieces many tests need: a test binary
+// that doubles as the command under test, free loopback addresses, a TCP
+// echo server, a goroutine-safe buffer and readiness polling.
+package testkit
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sync"
+	"testing"
+	"time"
+)
+
+// RunMainIf runs main instead of the tests when env is set to "1": call it
+// first in TestMain, and Command re-executes the test binary as the real
+// command, with its flags, environment and signals.
+func RunMainIf(env string, main func()) {
+	if os.Getenv(env) == "1" {
+		main()
+		os.Exit(0)
+	}
+}
+
+// Command returns the test binary re-executed as the command under test
+// (see RunMainIf), with args.
+func Command(t testing.TB, env string, args ...string) *exec.Cmd {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), env+"=1", "GORACE=atexit_sleep_ms=0")
+	return cmd
+}
+
+// FreeAddr returns a loopback address with a port nobody listens on now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// EchoServer serves TCP connections by echoing every byte back and
+// half-closing when the client does; it stops when the test ends.
+func EchoServer(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				if tc, ok := c.(*net.TCPConn); ok {
+					tc.CloseWrite()
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// SyncBuffer is a bytes.Buffer safe for concurrent writers (a process's
+// output, a logger) and readers.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// WaitReady polls url until it answers 200, for at most 15 s.
+func WaitReady(t testing.TB, url string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // a poll interval, not a synchronisation
+	}
+	t.Fatalf("%s did not answer 200 within 15s", url)
+}
