@@ -274,25 +274,28 @@ func TestExpectContinue(t *testing.T) {
 	}
 }
 
-func TestChunkedRequestAndResponse(t *testing.T) {
+func TestBodyFramingBothWays(t *testing.T) {
 	b := newBackend(t)
 	p := inboundProxy(t, b)
-	_, br := raw(t, p.InboundAddr.String(), "POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-	resp, body := readResponse(t, br, "POST")
-	if resp.StatusCode != 200 || body != "hello world" {
-		t.Fatalf("got %d %q", resp.StatusCode, body)
+	for _, tc := range []struct {
+		name, request, body string
+		closes              bool
+	}{
+		{"chunked request and response", "POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world", false},
+		// A response with no length reaches an HTTP/1.0 client ended by close.
+		{"HTTP/1.0 client", "POST /http10 HTTP/1.0\r\nHost: app\r\nContent-Length: 3\r\n\r\nabc", "abc", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, br := raw(t, p.InboundAddr.String(), tc.request)
+			resp, body := readResponse(t, br, "POST")
+			if resp.StatusCode != 200 || body != tc.body {
+				t.Fatalf("got %d %q", resp.StatusCode, body)
+			}
+			if tc.closes {
+				assertClosed(t, br)
+			}
+		})
 	}
-}
-
-func TestHTTP10ClientGetsCloseDelimitedBody(t *testing.T) {
-	b := newBackend(t)
-	p := inboundProxy(t, b)
-	_, br := raw(t, p.InboundAddr.String(), "POST /http10 HTTP/1.0\r\nHost: app\r\nContent-Length: 3\r\n\r\nabc")
-	resp, body := readResponse(t, br, "POST")
-	if resp.StatusCode != 200 || body != "abc" {
-		t.Fatalf("got %d %q", resp.StatusCode, body)
-	}
-	assertClosed(t, br)
 }
 
 func TestHEADHasNoBody(t *testing.T) {
