@@ -78,16 +78,17 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 	}
 	cp := startIdentity(t, 30*time.Second)
 	var wrongID atomic.Int64
-	var clientID string
+	var clientID atomic.Value // set once the client proxy's identity is known
+	clientID.Store("")
 	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("L5d-Client-Id") != clientID {
+		if r.Header.Get("L5d-Client-Id") != clientID.Load().(string) {
 			wrongID.Add(1)
 		}
 		io.WriteString(w, "ok")
 	}))
 	defer app.Close()
 	entry, client, server, id := meshedPair(t, cp, app.Listener.Addr().String())
-	clientID = id
+	clientID.Store(id)
 
 	// The load comes from fortio, a real external client, at a constant
 	// 1,000 requests a second over 32 keep-alive connections.
