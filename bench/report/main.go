@@ -14,13 +14,20 @@
 //     present, latency percentiles are computed exactly from it instead of
 //     from fortio's histogram,
 //   - h2load.txt and h2load.log: h2load output and its --log-file,
+//   - connload.json: bench/connload output (new connections per second),
+//   - metrics.{before,after}: trellis-proxy A's /metrics (HTTP response),
+//     from which the connections A opened to B (and how many over mTLS)
+//     are counted,
 //   - proc/PID.stat.{before,after} and proc/PID.status.{idle,after}: copies of
 //     /proc/PID/stat and /proc/PID/status of every proxy process.
 //
 // For each load it prints one table: direct latency, then for every proxy
 // scenario the latency it adds over direct, throughput, proxy CPU time per
 // request, RSS idle (VmRSS) and under load (VmHWM), each with its ratio to
-// nginx with the same number of hops. It uses only the standard library.
+// nginx with the same number of hops; then the cost of mutual TLS between
+// trellis-proxy's two hops (target "trellis-mtls") against its plaintext 2
+// hops, and new connections per second (load "tcp-conn"). It uses only the
+// standard library.
 package main
 
 import (
@@ -56,7 +63,11 @@ var loads = []load{
 	{"h2-max-1024", "HTTP/2 (h2c), max rate, 1 KiB body", "h2load `-p h2c -c 4 -m 4` (16 streams in flight). HAProxy keeps h2 to the next hop (`proto h2`); nginx forwards as HTTP/1.1 keep-alive (its proxy_pass has no HTTP/2 upstream)"},
 	{"grpc-1k", "gRPC ping, 1,000 rps", "fortio `load -grpc -ping -qps 1000 -c 16` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
 	{"grpc-max", "gRPC ping, max rate", "fortio `load -grpc -ping -qps 0 -c 16` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
+	{connLoad, "New connections per second (TCP echo, one connection per request)", "`bench/connload -c 16`, max rate: 16 workers, each connects, sends 32 B, reads the echo from `fortio server`'s TCP echo and closes, so every request is a new connection through both proxies and, with mTLS, a new TLS handshake between them. Opaque TCP (`--opaque-ports`, no protocol detection). Latency is connect to echo received; ratios are to plaintext 2 hops"},
 }
+
+// connLoad is the new-connections load; its table has its own columns.
+const connLoad = "tcp-conn"
 
 // scenarios in the order they appear in each table.
 var scenarios = []struct {
@@ -65,14 +76,18 @@ var scenarios = []struct {
 }{
 	{"direct", 0},
 	{"nginx", 1}, {"haproxy", 1}, {"trellis", 1},
-	{"nginx", 2}, {"haproxy", 2}, {"trellis", 2},
+	{"nginx", 2}, {"haproxy", 2}, {"trellis", 2}, {mtls, 2},
 }
+
+// mtls is trellis-proxy with mutual TLS between its hops.
+const mtls = "trellis-mtls"
 
 var targetNames = map[string]string{
 	"direct":  "direct",
 	"nginx":   "nginx",
 	"haproxy": "HAProxy",
 	"trellis": "trellis-proxy",
+	mtls:      "trellis-proxy",
 }
 
 // run is one line of runs.tsv plus its parsed results.
@@ -93,6 +108,11 @@ type run struct {
 	cpuTicks  int64 // utime+stime delta summed over the proxy processes
 	rssIdleKB int64 // sum of VmRSS before any traffic
 	rssLoadKB int64 // sum of VmHWM during the run
+
+	// From trellis-proxy A's metrics, when scraped: connections A opened
+	// to the next hop during the run, and how many of them were mTLS.
+	hopConns, meshConns int64
+	hasMetrics          bool
 
 	// CPU time (%) taken on the proxies' and the generator's CPU by
 	// processes other than the benchmark's own, plus steal time; NaN if
@@ -199,6 +219,8 @@ func (r *run) parse(dir string) error {
 		err = r.parseFortio(dir)
 	case "h2load":
 		err = r.parseH2load(dir)
+	case "connload":
+		err = r.parseConnload(dir)
 	default:
 		err = fmt.Errorf("unknown tool %q", r.tool)
 	}
@@ -216,6 +238,90 @@ func (r *run) parse(dir string) error {
 	}
 	r.otherSUT, r.otherGen = math.NaN(), math.NaN()
 	r.parseHost(dir)
+	r.parseMetrics(dir)
+	return nil
+}
+
+// parseMetrics counts the connections trellis-proxy A opened to the next
+// hop (tcp_open_total, direction="outbound", peer="dst") between the
+// scrapes before and after the run, and those with tls="true".
+func (r *run) parseMetrics(dir string) {
+	b1, m1, err1 := openCounts(filepath.Join(dir, "metrics.before"))
+	b2, m2, err2 := openCounts(filepath.Join(dir, "metrics.after"))
+	if err1 != nil || err2 != nil {
+		return
+	}
+	r.hopConns, r.meshConns, r.hasMetrics = b2-b1, m2-m1, true
+}
+
+func openCounts(path string) (all, mesh int64, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	found := false
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "tcp_open_total{") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		labels := line[:i]
+		if !strings.Contains(labels, `direction="outbound"`) || !strings.Contains(labels, `peer="dst"`) {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		found = true
+		all += int64(v)
+		if strings.Contains(labels, `tls="true"`) {
+			mesh += int64(v)
+		}
+	}
+	if !found && !strings.Contains(string(data), "tcp_open_total") {
+		return 0, 0, fmt.Errorf("%s: no tcp_open_total", path)
+	}
+	return all, mesh, nil
+}
+
+// connloadResult is bench/connload's -json output.
+type connloadResult struct {
+	Connections, Errors int64
+	Seconds, Rate       float64
+	Percentiles         []struct {
+		Percentile float64
+		Value      float64 // ms
+	}
+}
+
+func (r *run) parseConnload(dir string) error {
+	data, err := os.ReadFile(filepath.Join(dir, "connload.json"))
+	if err != nil {
+		return err
+	}
+	var cr connloadResult
+	if err := json.Unmarshal(data, &cr); err != nil {
+		return fmt.Errorf("connload.json: %v", err)
+	}
+	// Like fortio: count every attempt, failed ones as errors.
+	r.count, r.errs = cr.Connections+cr.Errors, cr.Errors
+	if cr.Seconds > 0 {
+		r.rps = float64(r.count) / cr.Seconds
+	}
+	r.pct, r.pctSrc = make([]float64, len(percentiles)), "exact"
+	for i, p := range percentiles {
+		r.pct[i] = math.NaN()
+		for _, cp := range cr.Percentiles {
+			if cp.Percentile == p {
+				r.pct[i] = cp.Value
+			}
+		}
+	}
 	return nil
 }
 
@@ -548,13 +654,18 @@ func writeReport(w io.Writer, meta map[string]string, keys []string, runs map[st
 	fmt.Fprint(w, legend)
 
 	writeSummary(w, runs, clk)
+	writeMTLS(w, runs, clk)
 
 	for _, l := range loads {
 		if !hasLoad(runs, l.key) {
 			continue
 		}
 		fmt.Fprintf(w, "\n## %s\n\n%s.\n\n", l.title, l.how)
-		writeTable(w, runs, l, clk)
+		if l.key == connLoad {
+			writeConnTable(w, runs, l, clk)
+		} else {
+			writeTable(w, runs, l, clk)
+		}
 	}
 }
 
@@ -574,6 +685,20 @@ const legend = `## Setup
   outbound of process A → inbound of process B (` + "`--app-addr`" + ` = backend).
   nginx and HAProxy chains are one or two separate instances, all with
   upstream keep-alive.
+- **mTLS**: *trellis-proxy, 2 hops, mTLS* is the same two processes with
+  identities (` + "`--identity`" + `, certificates from ` + "`trellis-control identity`" + `
+  with join tokens; the identity service runs on the generator CPU and is
+  idle after issuing them). A's upstream names the backend's address and B's
+  identity (` + "`--upstream bench=PORT:127.0.0.1:BACKEND@spiffe://…/sa/server`" + `)
+  and reaches B's inbound port (` + "`--mesh-port`" + `) over TLS 1.3 with client
+  certificates; HTTP/1.1, h2c and gRPC all travel between A and B as HTTP/2
+  on one multiplexed connection (HTTP/1 restored by B), opaque TCP as one TLS
+  connection per client connection.
+- **New connections**: ` + "`bench/connload`" + ` opens a new TCP connection for every
+  request (connect, 32 B, read the echo, close) to ` + "`fortio server`" + `'s TCP echo,
+  forwarded as opaque TCP (` + "`--opaque-ports`" + `), so every request costs a
+  connection setup and teardown on each hop and, with mTLS, a TLS handshake
+  between A and B.
 - **Pinning**: load generator and backend on one CPU, all proxies under test
   on another (taskset); nginx ` + "`worker_processes 1`" + `, HAProxy ` + "`nbthread 1`" + `,
   trellis-proxy ` + "`GOMAXPROCS=1`" + `.
@@ -593,7 +718,25 @@ const legend = `## Setup
   **RSS load**: sum of VmHWM (peak RSS, reset before each run) during the run.
   Summing counts pages shared between nginx's master and worker twice.
 - **(N×)** is the ratio to nginx with the same number of hops in the same run
-  (lower is better for everything except rps).
+  (lower is better for everything except rps); in the new-connections table
+  it is the ratio to trellis-proxy's plaintext 2 hops.
+- **mTLS cost**: the *mTLS / plaintext CPU* column of the mTLS table (and the
+  line under the summary) divides trellis-proxy 2 hops with mTLS by the same
+  2 hops in plaintext, same load, same run; the target is at most 1.15× at
+  1,000 rps. ± is only the resolution of the CPU counters (1 clock tick,
+  usually 10 ms, per process), so short runs (` + "`--quick`" + `) cannot decide
+  the target; judge it from a full run on an idle machine. In HTTP and gRPC
+  loads A and B keep one TLS connection, so the ratio is the cost of
+  encrypting and of HTTP/2 between the proxies, not of handshakes.
+- **New connections**: *conns/s* is connections completed per second (16
+  workers, max rate), *CPU µs/conn* both proxies' CPU time per connection.
+  *A→B conns per conn* is how many connections proxy A opened to B per
+  client connection (from A's ` + "`tcp_open_total`" + `; 1.00 = a fresh one every
+  time) and *mesh TLS handshakes/s* how many of those per second were mTLS:
+  the new-connection handshake rate. A keeps a TLS session cache, so after
+  the first few these are TLS 1.3 resumptions (when this was written, ~99%:
+  a fresh key exchange, no certificates sent, both proxies still check the
+  peer's identity).
 - **other CPU %**: CPU time that processes other than the benchmark's own
   (plus hypervisor steal) took on the proxies' CPU / on the generator's CPU
   during the run, from ` + "`/proc/stat`" + `. Above a few percent the row is
@@ -637,6 +780,9 @@ func hasLoad(runs map[string]*run, key string) bool {
 func scenarioName(target string, hops int) string {
 	if target == "direct" {
 		return "direct"
+	}
+	if target == mtls {
+		return fmt.Sprintf("%s, %d hops, mTLS", targetNames[target], hops)
 	}
 	if hops == 1 {
 		return targetNames[target] + ", 1 hop"
@@ -727,10 +873,11 @@ func writeTable(w io.Writer, runs map[string]*run, l load, clk float64) {
 			continue
 		}
 		ref := runs[runKey(l.key, "nginx", sc.hops)]
+		// No ratios when nginx was not run at all (--proxies).
+		showRatio := sc.target != "nginx" && ref != nil
 		if ref != nil && !ref.ok {
 			ref = nil
 		}
-		showRatio := sc.target != "nginx"
 		refv := func(f func(*run) float64) float64 {
 			if ref == nil {
 				return math.NaN()
@@ -825,7 +972,7 @@ func writeSummary(w io.Writer, runs map[string]*run, clk float64) {
 		}
 		refL := runs[runKey(lat, "nginx", sc.hops)]
 		refT := runs[runKey(thr, "nginx", sc.hops)]
-		show := sc.target != "nginx"
+		show := sc.target != "nginx" && refL != nil && refT != nil
 		nan := math.NaN()
 		rv := func(ref *run, f func(*run) float64) float64 {
 			if ref == nil || !ref.ok {
@@ -842,5 +989,229 @@ func writeSummary(w io.Writer, runs map[string]*run, clk float64) {
 			cell("%.1f", rt.cpuPerReq(clk), rv(refT, func(x *run) float64 { return x.cpuPerReq(clk) }), show),
 			cell("%.1f", rt.mib(rt.rssLoadKB), rv(refT, func(x *run) float64 { return x.mib(x.rssLoadKB) }), show))
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+	}
+	if line := mtlsSummary(runs, clk); line != "" {
+		fmt.Fprintf(w, "\n%s\n", line)
+	}
+}
+
+// mtlsTarget is the most CPU per request that mTLS between trellis-proxy's
+// two hops may cost, relative to plaintext 2 hops, at 1,000 rps.
+const mtlsTarget = 1.15
+
+// mtlsPair returns the plaintext and mTLS trellis-proxy 2-hop runs of load
+// (nil when the load has no mTLS run).
+func mtlsPair(runs map[string]*run, load string) (plain, m *run) {
+	m = runs[runKey(load, mtls, 2)]
+	if m == nil {
+		return nil, nil
+	}
+	return runs[runKey(load, "trellis", 2)], m
+}
+
+// cpuRatio returns mTLS over plaintext CPU per request and its uncertainty
+// from the CPU counters' resolution: /proc reports clock ticks, so each
+// process's CPU time in a run is known to about ±1 tick.
+func cpuRatio(plain, m *run, clk float64) (ratio, unc float64) {
+	a, b := plain.cpuPerReq(clk), m.cpuPerReq(clk)
+	if math.IsNaN(a) || math.IsNaN(b) || a <= 0 || b <= 0 {
+		return math.NaN(), math.NaN()
+	}
+	ratio = b / a
+	rel := func(r *run) float64 { return float64(r.procs) / float64(max(r.cpuTicks, 1)) }
+	return ratio, ratio * (rel(plain) + rel(m))
+}
+
+// ratioCell formats an mTLS/plaintext CPU ratio with its uncertainty and,
+// for constant-rate loads, whether it meets the target.
+func ratioCell(plain, m *run, clk float64, target bool) string {
+	ratio, unc := cpuRatio(plain, m, clk)
+	if math.IsNaN(ratio) {
+		return "–"
+	}
+	s := fmt.Sprintf("%.2f×", ratio)
+	if unc >= 0.005 {
+		s += fmt.Sprintf(" ±%.2f", unc)
+	}
+	if target {
+		s = "**" + s + "**"
+		switch {
+		case ratio+unc <= mtlsTarget:
+			s += fmt.Sprintf(" (target ≤ %.2f×: met)", mtlsTarget)
+		case ratio-unc > mtlsTarget:
+			s += fmt.Sprintf(" (target ≤ %.2f×: missed)", mtlsTarget)
+		default:
+			s += fmt.Sprintf(" (target ≤ %.2f×: undecided at this resolution; run longer)", mtlsTarget)
+		}
+	}
+	return s
+}
+
+func bothOK(a, b *run) bool { return a != nil && a.ok && b != nil && b.ok }
+
+// mtlsSummary is the summary's line on the cost of mTLS: CPU per request
+// against plaintext 2 hops (HTTP/1.1, 64 B) and new connections per second.
+func mtlsSummary(runs map[string]*run, clk float64) string {
+	var parts []string
+	if p, m := mtlsPair(runs, "h1-1k-64"); bothOK(p, m) {
+		parts = append(parts, ratioCell(p, m, clk, true)+" at 1,000 rps")
+	}
+	if p, m := mtlsPair(runs, "h1-max-64"); bothOK(p, m) {
+		parts = append(parts, ratioCell(p, m, clk, false)+" at max rate")
+	}
+	var out []string
+	if len(parts) > 0 {
+		out = append(out, "- **mTLS CPU/req vs plaintext 2 hops** (trellis-proxy, HTTP/1.1, 64 B): "+strings.Join(parts, ", ")+".")
+	}
+	if p, m := mtlsPair(runs, connLoad); bothOK(p, m) {
+		out = append(out, fmt.Sprintf("- **New connections** (a mesh TLS handshake each with mTLS): %.0f/s mTLS vs %.0f/s plaintext (%.2f×), %.0f vs %.0f CPU µs per connection (%s).",
+			m.rps, p.rps, m.rps/p.rps, m.cpuPerReq(clk), p.cpuPerReq(clk), ratioCell(p, m, clk, false)))
+	}
+	return strings.Join(out, "\n")
+}
+
+// writeMTLS prints, for every load, trellis-proxy 2 hops with mTLS against
+// the same 2 hops in plaintext.
+func writeMTLS(w io.Writer, runs map[string]*run, clk float64) {
+	type pair struct {
+		l        load
+		plain, m *run
+	}
+	var pairs []pair
+	for _, l := range loads {
+		if p, m := mtlsPair(runs, l.key); m != nil && p != nil {
+			pairs = append(pairs, pair{l, p, m})
+		}
+	}
+	if len(pairs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\n## mTLS cost (trellis-proxy, 2 hops)")
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "Mutual TLS between the two trellis-proxy hops against the same two hops in plaintext, same load, same run.\n"+
+		"CPU is both proxies' CPU time per request (per connection for new connections). Target: mTLS costs at most\n"+
+		"%.2f× the plaintext CPU per request at 1,000 rps. ± is the resolution of the CPU counters (1 clock tick per\n"+
+		"process), not run-to-run noise. *New mesh TLS conns* are the mTLS connections proxy A opened during the\n"+
+		"measurement: HTTP and gRPC reuse one connection opened during warm-up, new connections need one each.\n\n", mtlsTarget)
+	fmt.Fprintln(w, "| load | plaintext CPU µs/req | mTLS CPU µs/req | mTLS / plaintext CPU | plaintext rps | mTLS rps | plaintext +p99 ms | mTLS +p99 ms | new mesh TLS conns |")
+	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|")
+	for _, pr := range pairs {
+		title := pr.l.title
+		if pr.l.key == connLoad {
+			title = "New connections (TCP echo), per connection"
+		}
+		if !bothOK(pr.plain, pr.m) {
+			fmt.Fprintf(w, "| %s | %s | %s | | | | | | |\n", title, statusWord(pr.plain), statusWord(pr.m))
+			continue
+		}
+		direct := runs[runKey(pr.l.key, "direct", 0)]
+		mesh := "–"
+		if pr.m.hasMetrics {
+			mesh = strconv.FormatInt(pr.m.meshConns, 10)
+		}
+		constRate := strings.Contains(pr.l.key, "-1k")
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", title,
+			cell("%.1f", pr.plain.cpuPerReq(clk), 0, false),
+			cell("%.1f", pr.m.cpuPerReq(clk), 0, false),
+			ratioCell(pr.plain, pr.m, clk, constRate),
+			cell("%.0f", pr.plain.rps, 0, false),
+			cell("%.0f", pr.m.rps, pr.plain.rps, true),
+			cell("%+.3f", added(pr.plain, direct, 2), 0, false),
+			cell("%+.3f", added(pr.m, direct, 2), 0, false),
+			mesh)
+	}
+}
+
+// statusWord is "ok", or the first word of why a run has no results.
+func statusWord(r *run) string {
+	if r == nil {
+		return "–"
+	}
+	if r.ok {
+		return "ok"
+	}
+	st := r.status
+	if r.err != "" {
+		st = "failed"
+	}
+	word, _, _ := strings.Cut(st, ":")
+	return word
+}
+
+// writeConnTable prints the new-connections load: direct, then trellis-proxy
+// 2 hops in plaintext and with mTLS (ratios to plaintext).
+func writeConnTable(w io.Writer, runs map[string]*run, l load, clk float64) {
+	direct := runs[runKey(l.key, "direct", 0)]
+	plain := runs[runKey(l.key, "trellis", 2)]
+	if plain != nil && !plain.ok {
+		plain = nil
+	}
+	fmt.Fprintln(w, "| scenario | p50 ms | p90 ms | p99 ms | p99.9 ms | conns/s | CPU µs/conn | proxy CPU % | A→B conns per conn | mesh TLS handshakes/s | RSS idle MiB | RSS load MiB | errors | other CPU % |")
+	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	var notes []string
+	for _, sc := range []struct {
+		target string
+		hops   int
+	}{{"direct", 0}, {"trellis", 2}, {mtls, 2}} {
+		r := runs[runKey(l.key, sc.target, sc.hops)]
+		if r == nil {
+			continue
+		}
+		name := scenarioName(sc.target, sc.hops)
+		if !r.ok {
+			why := r.status
+			if r.err != "" {
+				why = "failed: " + r.err
+			}
+			word, _, _ := strings.Cut(why, ":")
+			fmt.Fprintf(w, "| %s | %s | | | | | | | | | | | | |\n", name, word)
+			if word != "skipped" {
+				notes = append(notes, fmt.Sprintf("%s: %s", name, why))
+			}
+			continue
+		}
+		cells := []string{name}
+		if sc.target == "direct" {
+			for i := range percentiles {
+				cells = append(cells, cell("%.3f", r.pct[i], 0, false))
+			}
+			oc := otherCell(r)
+			if sutCPU != genCPU && !math.IsNaN(r.otherGen) {
+				oc = fmt.Sprintf("– / %.0f", r.otherGen)
+			}
+			cells = append(cells, cell("%.0f", r.rps, 0, false), "–", "–", "–", "–", "–", "–", errCell(r), oc)
+			fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+			continue
+		}
+		show := sc.target == mtls
+		ref := func(f func(*run) float64) float64 {
+			if plain == nil {
+				return math.NaN()
+			}
+			return f(plain)
+		}
+		for i := range percentiles {
+			cells = append(cells, cell("%+.3f", added(r, direct, i), 0, false))
+		}
+		perConn, perSec := "–", "–"
+		if r.hasMetrics && r.count > 0 && r.seconds > 0 {
+			perConn = fmt.Sprintf("%.2f", float64(r.hopConns)/float64(r.count))
+			perSec = fmt.Sprintf("%.0f", float64(r.meshConns)/r.seconds)
+		}
+		cells = append(cells,
+			cell("%.0f", r.rps, ref(func(x *run) float64 { return x.rps }), show),
+			cell("%.1f", r.cpuPerReq(clk), ref(func(x *run) float64 { return x.cpuPerReq(clk) }), show),
+			cell("%.0f", r.cpuPercent(clk), math.NaN(), false),
+			perConn, perSec,
+			cell("%.1f", r.mib(r.rssIdleKB), ref(func(x *run) float64 { return x.mib(x.rssIdleKB) }), show),
+			cell("%.1f", r.mib(r.rssLoadKB), ref(func(x *run) float64 { return x.mib(x.rssLoadKB) }), show),
+			errCell(r), otherCell(r))
+		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(w)
+		for _, n := range dedupe(notes) {
+			fmt.Fprintf(w, "- %s\n", n)
+		}
 	}
 }
