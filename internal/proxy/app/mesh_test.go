@@ -76,6 +76,9 @@ func (w *wire) port() uint16 { return port(w.ln.Addr().String()) }
 func meshPair(t *testing.T, ids *meshtest.Identity, app string) (entry string, w *wire, client, server string) {
 	in := proxytest.Config(t)
 	in.AppAddr = app
+	// The app's port is opaque on the server side, as databases' are by
+	// default: mTLS must still be terminated before the opaque rule applies.
+	in.OpaquePorts = map[uint16]bool{port(app): true}
 	server = ids.Join(t, in, "shop", "api")
 	b := proxytest.Start(t, in)
 

@@ -16,13 +16,14 @@ type Routes struct {
 	Opaque transport.Handler // anything else
 }
 
-// Stage is the detect stage of a stack: connections to opaque ports go
-// straight to the opaque route; the rest are peeked at and routed by what
-// they speak. connect opens the early connection of server-first detection.
-func Stage(d Detector, opaquePorts map[uint16]bool, connect transport.ConnectFunc, log *slog.Logger, r Routes) transport.Handler {
+// Stage is the detect stage of a stack: connections skipOpaque picks (to
+// opaque ports) go straight to the opaque route; the rest are peeked at and
+// routed by what they speak. connect opens the early connection of
+// server-first detection.
+func Stage(d Detector, skipOpaque func(*transport.Meta) bool, connect transport.ConnectFunc, log *slog.Logger, r Routes) transport.Handler {
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
-		if opaquePorts[targetPort(m.Target)] {
+		if skipOpaque(m) {
 			m.Protocol = Opaque.String()
 			r.Opaque.ServeConn(ctx, c)
 			return
@@ -53,6 +54,11 @@ func Stage(d Detector, opaquePorts map[uint16]bool, connect transport.ConnectFun
 			r.Opaque.ServeConn(ctx, res.Client)
 		}
 	})
+}
+
+// ToOpaquePort selects connections whose target port is in ports.
+func ToOpaquePort(ports map[uint16]bool) func(*transport.Meta) bool {
+	return func(m *transport.Meta) bool { return ports[targetPort(m.Target)] }
 }
 
 func targetPort(addr string) uint16 {

@@ -47,13 +47,22 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
 	return transport.Stack(
-		detect.Stage(detector, cfg.OpaquePorts, connect, log, detect.Routes{
+		detect.Stage(detector, redirectedToOpaquePort(cfg.OpaquePorts), connect, log, detect.Routes{
 			HTTP:   httpServer,
 			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), log, httpServer, opaque),
 			Opaque: opaque,
 		}),
 		target(cfg.AppAddr, creds != nil),
 	), fwd
+}
+
+// redirectedToOpaquePort skips detection only for connections redirected to
+// an opaque application port. Connections addressed to the inbound port
+// itself — peer proxies' mTLS above all, which carries opaque ports too —
+// are always peeked at; a server that speaks first is still noticed within
+// the server-first delay.
+func redirectedToOpaquePort(ports map[uint16]bool) func(*transport.Meta) bool {
+	return func(m *transport.Meta) bool { return m.Redirected && ports[m.OrigDst.Port()] }
 }
 
 // appHost is where the application listens for connections that arrive
