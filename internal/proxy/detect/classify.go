@@ -25,6 +25,9 @@ func (p Protocol) String() string {
 	return "opaque"
 }
 
+// tlsHandshake is the content type of a TLS handshake record.
+const tlsHandshake = 0x16
+
 // MaxPeek bounds how many bytes detection buffers before deciding.
 const MaxPeek = 16 << 10
 
@@ -49,7 +52,7 @@ func Classify(b []byte) (p Protocol, hello Hello, more bool) {
 		return HTTP2, Hello{}, false
 	}
 	// TLS record carrying a handshake.
-	if b[0] == 0x16 {
+	if b[0] == tlsHandshake {
 		if len(b) < 3 {
 			return Opaque, Hello{}, true
 		}

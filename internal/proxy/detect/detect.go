@@ -23,6 +23,9 @@ type Detector struct {
 	// of use (a connection pool) and will speak HTTP later. Zero means
 	// Timeout.
 	MaxWait time.Duration
+	// OpaqueUnlessTLS decides opaque from the first byte unless it starts a
+	// TLS record: for opaque ports that peer proxies' mTLS may also reach.
+	OpaqueUnlessTLS bool
 }
 
 // Result is the outcome of detection.
@@ -88,6 +91,9 @@ func (d Detector) Detect(ctx context.Context, client net.Conn, dial DialFunc) (R
 func (d Detector) classify(client net.Conn, buf []byte, deadline time.Time) Result {
 	client.SetReadDeadline(deadline)
 	for {
+		if d.OpaqueUnlessTLS && len(buf) > 0 && buf[0] != tlsHandshake {
+			return Result{Protocol: Opaque, Client: NewConn(client, buf)}
+		}
 		if p, hello, more := Classify(buf); !more {
 			return Result{Protocol: p, Hello: hello, Client: NewConn(client, buf)}
 		}

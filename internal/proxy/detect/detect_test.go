@@ -177,3 +177,21 @@ func TestDetectTimeoutWithoutProbe(t *testing.T) {
 		t.Fatalf("took %v", took)
 	}
 }
+
+func TestDetectOpaqueUnlessTLS(t *testing.T) {
+	for _, tc := range []struct {
+		first []byte
+		want  Protocol
+	}{
+		{[]byte("GET / HTTP/1.1\r\n\r\n"), Opaque}, // an opaque port: even HTTP-looking bytes stay opaque
+		{[]byte("HEL"), Opaque},                    // decided on the first byte, no waiting for more
+		{clientHello(t, "peer"), TLS},
+	} {
+		app, proxySide := pair(t)
+		go app.Write(tc.first)
+		res, err := Detector{Timeout: 5 * time.Second, OpaqueUnlessTLS: true}.Detect(context.Background(), proxySide, nil)
+		if err != nil || res.Protocol != tc.want || res.TimedOut {
+			t.Errorf("first bytes %q: got %v timedOut=%v err=%v; want %v", tc.first[:3], res.Protocol, res.TimedOut, err, tc.want)
+		}
+	}
+}

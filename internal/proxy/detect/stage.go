@@ -16,23 +16,40 @@ type Routes struct {
 	Opaque transport.Handler // anything else
 }
 
-// Stage is the detect stage of a stack: connections skipOpaque picks (to
-// opaque ports) go straight to the opaque route; the rest are peeked at and
-// routed by what they speak. connect opens the early connection of
-// server-first detection.
-func Stage(d Detector, skipOpaque func(*transport.Meta) bool, connect transport.ConnectFunc, log *slog.Logger, r Routes) transport.Handler {
+// OpaquePolicy says how a connection to an opaque port is treated.
+type OpaquePolicy int
+
+// Opaque port policies.
+const (
+	// NotOpaque: detect the protocol.
+	NotOpaque OpaquePolicy = iota
+	// SkipDetection: opaque without reading a byte.
+	SkipDetection
+	// OpaqueUnlessTLS: opaque as soon as the first byte is not TLS, so
+	// peer proxies' mTLS to the port is still recognised.
+	OpaqueUnlessTLS
+)
+
+// Stage is the detect stage of a stack: opaque says how to treat each
+// connection; the ones detected are routed by what they speak. connect
+// opens the early connection of server-first detection.
+func Stage(d Detector, opaque func(*transport.Meta) OpaquePolicy, connect transport.ConnectFunc, log *slog.Logger, r Routes) transport.Handler {
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
-		if skipOpaque(m) {
+		det := d // per connection: the policy may differ
+		switch opaque(m) {
+		case SkipDetection:
 			m.Protocol = Opaque.String()
 			r.Opaque.ServeConn(ctx, c)
 			return
+		case OpaqueUnlessTLS:
+			det.OpaqueUnlessTLS = true
 		}
 		var dial DialFunc
 		if m.Target != "" {
 			dial = func(ctx context.Context) (net.Conn, error) { return connect(ctx, m) }
 		}
-		res, err := d.Detect(ctx, c, dial)
+		res, err := det.Detect(ctx, c, dial)
 		if err != nil {
 			log.Debug("connection closed during protocol detection", "direction", m.Direction, "client", m.Client.String(), "error", err)
 			c.Close()
@@ -56,9 +73,15 @@ func Stage(d Detector, skipOpaque func(*transport.Meta) bool, connect transport.
 	})
 }
 
-// ToOpaquePort selects connections whose target port is in ports.
-func ToOpaquePort(ports map[uint16]bool) func(*transport.Meta) bool {
-	return func(m *transport.Meta) bool { return ports[targetPort(m.Target)] }
+// SkipOpaquePorts skips detection for connections whose target port is in
+// ports.
+func SkipOpaquePorts(ports map[uint16]bool) func(*transport.Meta) OpaquePolicy {
+	return func(m *transport.Meta) OpaquePolicy {
+		if ports[targetPort(m.Target)] {
+			return SkipDetection
+		}
+		return NotOpaque
+	}
 }
 
 func targetPort(addr string) uint16 {

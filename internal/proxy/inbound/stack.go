@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strconv"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
@@ -47,7 +48,7 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
 	return transport.Stack(
-		detect.Stage(detector, redirectedToOpaquePort(cfg.OpaquePorts), connect, log, detect.Routes{
+		detect.Stage(detector, inboundOpaque(cfg.OpaquePorts), connect, log, detect.Routes{
 			HTTP:   httpServer,
 			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), log, httpServer, opaque),
 			Opaque: opaque,
@@ -56,13 +57,26 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	), fwd
 }
 
-// redirectedToOpaquePort skips detection only for connections redirected to
-// an opaque application port. Connections addressed to the inbound port
-// itself — peer proxies' mTLS above all, which carries opaque ports too —
-// are always peeked at; a server that speaks first is still noticed within
-// the server-first delay.
-func redirectedToOpaquePort(ports map[uint16]bool) func(*transport.Meta) bool {
-	return func(m *transport.Meta) bool { return m.Redirected && ports[m.OrigDst.Port()] }
+// inboundOpaque skips detection for connections redirected to an opaque
+// application port. Connections addressed to the inbound port itself may be
+// peer proxies' mTLS (which carries opaque ports too): for an opaque app
+// port they are opaque from their first byte unless it starts TLS.
+func inboundOpaque(ports map[uint16]bool) func(*transport.Meta) detect.OpaquePolicy {
+	return func(m *transport.Meta) detect.OpaquePolicy {
+		switch {
+		case m.Redirected && ports[m.OrigDst.Port()]:
+			return detect.SkipDetection
+		case !m.Redirected && ports[targetPort(m.Target)]:
+			return detect.OpaqueUnlessTLS
+		}
+		return detect.NotOpaque
+	}
+}
+
+func targetPort(addr string) uint16 {
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.ParseUint(p, 10, 16)
+	return uint16(n)
 }
 
 // appHost is where the application listens for connections that arrive

@@ -64,7 +64,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	}, log), transport.Meter(reg))
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
-	s.detect = detect.Stage(detector, detect.ToOpaquePort(cfg.OpaquePorts), connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
+	s.detect = detect.Stage(detector, detect.SkipOpaquePorts(cfg.OpaquePorts), connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
 	return s
 }
 
