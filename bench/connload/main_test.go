@@ -5,30 +5,12 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // serve accepts connections on a loopback port and handles each with h.
-func serve(t *testing.T, h func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
+func serve(t *testing.T, h func(net.Conn)) string { return testkit.Serve(t, h) }
 
 func TestRunEcho(t *testing.T) {
 	accepted := make(chan struct{}, 1<<16)

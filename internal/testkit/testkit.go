@@ -49,9 +49,9 @@ func FreeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// EchoServer serves TCP connections by echoing every byte back and
-// half-closing when the client does; it stops when the test ends.
-func EchoServer(t testing.TB) string {
+// Serve accepts TCP connections on a loopback port until the test ends and
+// handles each with h in its own goroutine, closing it afterwards.
+func Serve(t testing.TB, h func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -66,14 +66,22 @@ func EchoServer(t testing.TB) string {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
-				if tc, ok := c.(*net.TCPConn); ok {
-					tc.CloseWrite()
-				}
+				h(c)
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// EchoServer echoes every byte back and half-closes when the client does.
+func EchoServer(t testing.TB) string {
+	t.Helper()
+	return Serve(t, func(c net.Conn) {
+		io.Copy(c, c)
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+	})
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers (a process's

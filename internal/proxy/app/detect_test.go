@@ -15,25 +15,10 @@ import (
 
 // bannerServer greets every client first, like SMTP or MySQL, then echoes.
 func bannerServer(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.WriteString(c, "220 trellis.test ESMTP ready\r\n")
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testkit.Serve(t, func(c net.Conn) {
+		io.WriteString(c, "220 trellis.test ESMTP ready\r\n")
+		io.Copy(c, c)
+	})
 }
 
 func port(addr string) uint16 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"strconv"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
@@ -77,18 +76,9 @@ func Stage(d Detector, opaque func(*transport.Meta) OpaquePolicy, connect transp
 // ports.
 func SkipOpaquePorts(ports map[uint16]bool) func(*transport.Meta) OpaquePolicy {
 	return func(m *transport.Meta) OpaquePolicy {
-		if ports[targetPort(m.Target)] {
+		if ports[m.TargetPort()] {
 			return SkipDetection
 		}
 		return NotOpaque
 	}
-}
-
-func targetPort(addr string) uint16 {
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.ParseUint(p, 10, 16)
-	return uint16(n)
 }

@@ -3,7 +3,6 @@ package inbound
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -46,13 +45,11 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 			tc.Close()
 			return
 		}
-		var b [8]byte
 		tc.SetReadDeadline(time.Now().Add(mesh.HandshakeTimeout))
-		_, err = io.ReadFull(tc, b[:])
+		h, err := mesh.ReadHeader(tc)
 		tc.SetReadDeadline(time.Time{})
-		h, perr := mesh.ParseHeader(b[:])
-		if err != nil || perr != nil {
-			log.Warn("mesh connection without a valid header", "client", m.Client.String(), "peer", peer.String(), "error", firstErr(err, perr))
+		if err != nil {
+			log.Warn("mesh connection without a valid header", "client", m.Client.String(), "peer", peer.String(), "error", err)
 			tc.Close()
 			return
 		}
@@ -70,13 +67,4 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 			opaque.ServeConn(ctx, tc)
 		}
 	})
-}
-
-func firstErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"strconv"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
@@ -66,17 +65,11 @@ func inboundOpaque(ports map[uint16]bool) func(*transport.Meta) detect.OpaquePol
 		switch {
 		case m.Redirected && ports[m.OrigDst.Port()]:
 			return detect.SkipDetection
-		case !m.Redirected && ports[targetPort(m.Target)]:
+		case !m.Redirected && ports[m.TargetPort()]:
 			return detect.OpaqueUnlessTLS
 		}
 		return detect.NotOpaque
 	}
-}
-
-func targetPort(addr string) uint16 {
-	_, p, _ := net.SplitHostPort(addr)
-	n, _ := strconv.ParseUint(p, 10, 16)
-	return uint16(n)
 }
 
 // appHost is where the application listens for connections that arrive

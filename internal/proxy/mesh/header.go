@@ -10,7 +10,6 @@
 package mesh
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -74,21 +73,13 @@ func (h Header) Append(b []byte) []byte {
 	return binary.BigEndian.AppendUint16(b, h.Port)
 }
 
-// ReadHeader reads and validates a header.
-func ReadHeader(r *bufio.Reader) (Header, error) {
-	b, err := r.Peek(headerSize)
-	if err != nil {
-		if errors.Is(err, io.EOF) && len(b) > 0 {
-			err = io.ErrUnexpectedEOF
-		}
+// ReadHeader reads exactly one header from r and validates it.
+func ReadHeader(r io.Reader) (Header, error) {
+	var b [headerSize]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
 		return Header{}, err
 	}
-	h, err := ParseHeader(b)
-	if err != nil {
-		return Header{}, err
-	}
-	r.Discard(headerSize)
-	return h, nil
+	return ParseHeader(b[:])
 }
 
 // ParseHeader decodes a header from exactly its encoding.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"strconv"
 )
 
 // Direction is which side of the application a connection is on.
@@ -50,6 +51,16 @@ type Meta struct {
 	// Drain is done when the proxy stops accepting and starts draining:
 	// protocol servers finish in-flight work and close idle connections.
 	Drain context.Context
+}
+
+// TargetPort is the port of Target, or 0 if it has none.
+func (m *Meta) TargetPort() uint16 {
+	_, p, err := net.SplitHostPort(m.Target)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(p, 10, 16)
+	return uint16(n)
 }
 
 type metaKey struct{}
