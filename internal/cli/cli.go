@@ -1,64 +1,50 @@
-// Package cli is the trellis command line.
+// Package cli is the trellis command line: local mode (up, down, status,
+// run, demo), resources (apply, get, delete), and the hidden commands the
+// binary runs itself as (proxy, demo-app), so that one binary is enough.
 package cli
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
-	"github.com/trellis-mesh/trellis/internal/demo"
+	"github.com/trellis-mesh/trellis/internal/demo/services"
+	"github.com/trellis-mesh/trellis/internal/local/up"
 )
 
 // New returns the root command.
 func New() *cobra.Command {
 	root := &cobra.Command{
-		Use:           "trellis",
-		Short:         "Trellis: a service mesh — reliability, observability and security for every service",
+		Use:   "trellis",
+		Short: "Trellis: a service mesh — reliability, observability and security for every service",
+		Long: `trellis is the Trellis command line.
+
+Local mode meshes plain processes on this machine: 'trellis up' starts the
+control plane, 'trellis run' starts an application with its proxy, and
+'trellis demo' does all of it with a sample application.
+
+Commands that talk to a local control plane find it through its data
+directory: --data-dir, else $TRELLIS_DATA_DIR, else /var/lib/trellis (root)
+or ~/.trellis.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(demoCmd(), buildinfo.Command())
+	dataDir := root.PersistentFlags().String("data-dir", up.DataDir(), "the local control plane's data directory")
+	root.AddGroup(&cobra.Group{ID: "local", Title: "Local mode:"}, &cobra.Group{ID: "resources", Title: "Resources:"})
+	for _, c := range []*cobra.Command{upCmd(dataDir), downCmd(dataDir), statusCmd(dataDir), runCmd(dataDir), demoCmd()} {
+		c.GroupID = "local"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{applyCmd(dataDir), getCmd(dataDir), deleteCmd(dataDir)} {
+		c.GroupID = "resources"
+		root.AddCommand(c)
+	}
+	root.AddCommand(buildinfo.Command(), proxyCmd(), services.Command())
 	return root
 }
 
-func demoCmd() *cobra.Command {
-	o := demo.Options{}
-	var verbose bool
-	cmd := &cobra.Command{
-		Use:   "demo",
-		Short: "Run a sample application meshed with Trellis proxies on this machine",
-		Long: `demo starts two sample services — web, which calls api — each behind a
-trellis-proxy, plus a traffic generator, and prints what the traffic looks
-like every few seconds. Everything runs in this process on loopback ports;
-Ctrl-C stops it all.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			level := slog.LevelWarn
-			if verbose {
-				level = slog.LevelDebug
-			}
-			o.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-			o.Out = cmd.OutOrStdout()
-			if o.RPS <= 0 || o.RPS > 10000 {
-				return fmt.Errorf("--rps %d: must be between 1 and 10000", o.RPS)
-			}
-			if o.FailRate < 0 || o.FailRate > 1 {
-				return fmt.Errorf("--fail-rate %v: must be between 0 and 1", o.FailRate)
-			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
-			return demo.Run(ctx, o)
-		},
-	}
-	cmd.Flags().IntVar(&o.RPS, "rps", 20, "requests per second sent to the web service")
-	cmd.Flags().Float64Var(&o.FailRate, "fail-rate", 0.05, "share of api requests that fail")
-	cmd.Flags().DurationVar(&o.Report, "report-every", 5*time.Second, "how often to print a summary")
-	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log what the proxies do")
-	return cmd
+func textLogger(level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 }

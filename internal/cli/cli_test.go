@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func run(args ...string) (string, error) {
+func execute(args ...string) (string, error) {
 	cmd := New()
 	var out bytes.Buffer
 	cmd.SetOut(&out)
@@ -17,7 +17,7 @@ func run(args ...string) (string, error) {
 }
 
 func TestVersion(t *testing.T) {
-	out, err := run("version")
+	out, err := execute("version")
 	if err != nil || strings.TrimSpace(out) == "" {
 		t.Fatalf("version: %q, %v", out, err)
 	}
@@ -32,7 +32,7 @@ func TestDemoRejectsBadFlags(t *testing.T) {
 		{[]string{"demo", "--fail-rate=2"}, "--fail-rate"},
 		{[]string{"demo", "extra"}, "unknown command"},
 	} {
-		_, err := run(tc.args...)
+		_, err := execute(tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: error %v; want one mentioning %q", tc.args, err, tc.want)
 		}

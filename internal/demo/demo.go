@@ -1,3 +1,8 @@
+// Package demo runs `trellis demo`: a local control plane, the sample
+// application (internal/demo/services: web → emoji and voting over gRPC,
+// and a traffic generator calling web), every service meshed with mTLS by
+// its own proxy, as root each in its own network namespace. It prints what
+// to try next and tears everything down when its context ends.
 package demo
 
 import (
@@ -6,159 +11,181 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
-	"net/http"
-	"slices"
+	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"github.com/trellis-mesh/trellis/internal/proxy/app"
-	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/control/plane"
+	"github.com/trellis-mesh/trellis/internal/local/run"
+	"github.com/trellis-mesh/trellis/internal/local/up"
 )
 
 // Options tune the demo.
 type Options struct {
-	RPS      int           // requests per second the generator sends to web
-	FailRate float64       // share of api requests that fail
-	Report   time.Duration // how often to print a summary
-	Out      io.Writer
+	// RPS is how many requests a second the traffic generator sends to web.
+	RPS int
+	// FailRate is the share of votes the voting service fails.
+	FailRate float64
+	// Network is up's --network: auto (namespaces when root), bridge or none.
+	Network string
+	// Exe is the trellis binary that runs the proxies and the apps.
+	Exe      string
+	Out, Err io.Writer
 	Log      *slog.Logger
+	// Started, if set, receives the running demo's description.
+	Started func(Info)
 }
 
-// Run starts the two apps, their proxies and the traffic generator, prints a
-// summary every Report, and tears everything down when ctx ends.
-func Run(ctx context.Context, o Options) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	serve := func(name string, h http.Handler) (string, error) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+// Info describes a running demo.
+type Info struct {
+	DataDir string
+	// Instances maps each replica (web-0, emoji-1, ...) to its proxy's admin address.
+	Instances map[string]string
+	// WebURL reaches the web front end (through its proxy in transparent mode).
+	WebURL string
+}
+
+// service is one program of the sample application.
+type service struct {
+	name      string
+	replicas  int
+	protocol  string
+	upstreams []string // names of services it calls
+	args      []string // after "demo-app NAME"
+}
+
+// Run starts the demo and blocks until ctx ends, then removes everything.
+func Run(ctx context.Context, o Options) (err error) {
+	dir, err := os.MkdirTemp("", "trellis-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	po := plane.Options{ClusterDomain: "cluster.local", LeaseTTL: 3 * time.Second}
+	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
+	po.Flags(fs)
+	if err := fs.Parse([]string{"--data-dir", dir, "--admin-addr", "127.0.0.1:0"}); err != nil {
+		return err
+	}
+	cp, err := up.Start(ctx, up.Options{Plane: po, Network: o.Network, ControlPort: 0}, o.Log)
+	if err != nil {
+		return err
+	}
+	planeCtx, stopPlane := context.WithCancel(context.WithoutCancel(ctx))
+	planeDone := make(chan error, 1)
+	go func() { planeDone <- cp.Run(planeCtx) }()
+	defer func() {
+		stopPlane()
+		if perr := <-planeDone; perr != nil && err == nil {
+			err = perr
+		}
+	}()
+	st := cp.Status()
+	transparent := st.Network != ""
+
+	ports := map[string]int{}
+	services := []service{
+		{name: "emoji", replicas: 2, protocol: "grpc", args: []string{"--listen", "$LISTEN_ADDR"}},
+		{name: "voting", replicas: 1, protocol: "grpc", args: []string{"--listen", "$LISTEN_ADDR", "--fail-rate", strconv.FormatFloat(o.FailRate, 'f', -1, 64)}},
+		{name: "web", replicas: 1, protocol: "http", upstreams: []string{"emoji", "voting"},
+			args: []string{"--listen", "$LISTEN_ADDR", "--emoji-addr", "$EMOJI_ADDR", "--voting-addr", "$VOTING_ADDR"}},
+		{name: "traffic", replicas: 1, protocol: "http", upstreams: []string{"web"},
+			args: []string{"--listen", "$LISTEN_ADDR", "--web-url", "http://$WEB_ADDR", "--rps", strconv.Itoa(o.RPS)}},
+	}
+	for _, s := range services {
+		if ports[s.name], err = servicePort(transparent, s.replicas); err != nil {
+			return err
+		}
+	}
+	var sets []*run.Set
+	defer func() {
+		for i := len(sets) - 1; i >= 0; i-- {
+			sets[i].Stop()
+		}
+	}()
+	info := Info{DataDir: dir, Instances: map[string]string{}}
+	for _, s := range services {
+		ro := run.Options{Name: s.name, Port: ports[s.name], Protocol: s.protocol, Replicas: s.replicas,
+			Command: append([]string{o.Exe, "demo-app", s.name}, s.args...), DataDir: dir, Exe: o.Exe,
+			ProxyLogLevel: "warn", Out: io.Discard, Err: o.Err, Log: o.Log}
+		if s.name == "traffic" {
+			ro.Out = o.Out
+		}
+		for _, u := range s.upstreams {
+			ro.Upstreams = append(ro.Upstreams, run.Upstream{Name: u, Port: ports[u]})
+		}
+		set, err := run.Start(ctx, ro)
 		if err != nil {
-			return "", fmt.Errorf("%s: %w", name, err)
+			return fmt.Errorf("starting %s: %w", s.name, err)
 		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
-		wg.Add(2)
-		go func() { defer wg.Done(); srv.Serve(ln) }()
-		go func() { defer wg.Done(); <-ctx.Done(); srv.Close() }()
-		return ln.Addr().String(), nil
-	}
-	startProxy := func(args ...string) (*app.Proxy, error) {
-		fs := pflag.NewFlagSet("proxy", pflag.ContinueOnError)
-		finish := config.Flags(fs)
-		if err := fs.Parse(append([]string{"--inbound-addr=127.0.0.1:0", "--outbound-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"}, args...)); err != nil {
-			return nil, err
+		sets = append(sets, set)
+		for name, admin := range set.Instances() {
+			info.Instances[name] = admin
 		}
-		cfg, err := finish()
-		if err != nil {
-			return nil, err
+		if s.name == "web" {
+			host, _, _ := net.SplitHostPort(set.Instances()["web-0"])
+			info.WebURL = "http://" + net.JoinHostPort(host, strconv.Itoa(ports["web"]))
 		}
-		p, err := app.New(cfg, o.Log)
-		if err != nil {
-			return nil, err
+	}
+	mode := "explicit mode (not root): proxies on loopback ports, apps told where to send traffic"
+	if transparent {
+		mode = "transparent mode: each instance in its own network namespace, traffic intercepted by iptables"
+	}
+	fmt.Fprintf(o.Out, `
+Trellis demo is running — %s.
+
+  traffic → web → emoji (2 replicas) and voting, every hop mTLS between proxies
+
+  the front end:        curl %s/api/list
+  the mesh's view:      TRELLIS_DATA_DIR=%s trellis get workloads
+                        TRELLIS_DATA_DIR=%s trellis get services
+  a proxy's metrics:    curl http://%s/metrics
+
+Press Ctrl-C to stop; everything it started is removed.
+
+`, mode, info.WebURL, dir, dir, info.Instances["web-0"])
+	if o.Started != nil {
+		o.Started(info)
+	}
+	waitErr := make(chan error, len(sets))
+	for _, s := range sets {
+		go func() { waitErr <- s.Wait(ctx) }()
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-waitErr:
+		if err == nil {
+			err = errors.New("a demo service stopped")
 		}
-		wg.Add(1)
-		go func() { defer wg.Done(); p.Run(ctx) }()
-		return p, nil
-	}
-
-	apiAddr, err := serve("api", apiHandler(o.FailRate))
-	if err != nil {
 		return err
-	}
-	apiProxy, err := startProxy("--app-addr=" + apiAddr)
-	if err != nil {
-		return err
-	}
-	// web reaches api through its own outbound proxy, on a local port.
-	apiPort, err := freePort()
-	if err != nil {
-		return err
-	}
-	webClient := &http.Client{Timeout: 5 * time.Second}
-	webAddr, err := serve("web", webHandler("http://127.0.0.1:"+strconv.Itoa(apiPort), webClient))
-	if err != nil {
-		return err
-	}
-	webProxy, err := startProxy("--app-addr="+webAddr, fmt.Sprintf("--upstream=api=%d:%s", apiPort, apiProxy.InboundAddr))
-	if err != nil {
-		return err
-	}
-
-	fmt.Fprintf(o.Out, `Trellis demo: generator → web-proxy → web → web-proxy (outbound) → api-proxy → api
-
-  web, through its proxy:   curl http://%s/
-  web-proxy metrics:        curl http://%s/metrics
-  api-proxy metrics:        curl http://%s/metrics
-
-Sending %d requests per second. Press Ctrl-C to stop.
-
-`, webProxy.InboundAddr, webProxy.AdminAddr, apiProxy.AdminAddr, o.RPS)
-	return generate(ctx, "http://"+webProxy.InboundAddr.String()+"/", o)
-}
-
-// generate sends o.RPS requests a second to url and prints what it saw.
-func generate(ctx context.Context, url string, o Options) error {
-	client := &http.Client{Timeout: 5 * time.Second}
-	tick := time.NewTicker(time.Second / time.Duration(max(o.RPS, 1)))
-	defer tick.Stop()
-	report := time.NewTicker(o.Report)
-	defer report.Stop()
-	var mu sync.Mutex
-	var ok, failed int
-	var latencies []time.Duration
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-report.C:
-			mu.Lock()
-			fmt.Fprintln(o.Out, summary(ok, failed, latencies, o.Report))
-			ok, failed, latencies = 0, 0, latencies[:0]
-			mu.Unlock()
-		case <-tick.C:
-			go func() {
-				start := time.Now()
-				resp, err := client.Get(url)
-				success := err == nil && resp.StatusCode == http.StatusOK
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				} else if errors.Is(ctx.Err(), context.Canceled) {
-					return
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				if success {
-					ok++
-				} else {
-					failed++
-				}
-				latencies = append(latencies, time.Since(start))
-			}()
-		}
 	}
 }
 
-func summary(ok, failed int, lat []time.Duration, window time.Duration) string {
-	total := ok + failed
-	if total == 0 {
-		return "no requests completed"
+// servicePort is the port a service listens on: 8080 in its own
+// namespaces, else a free loopback range for its replicas.
+func servicePort(transparent bool, replicas int) (int, error) {
+	if transparent {
+		return 8080, nil
 	}
-	slices.Sort(lat)
-	p := func(q float64) time.Duration { return lat[int(q*float64(len(lat)-1))].Round(100 * time.Microsecond) }
-	return fmt.Sprintf("web: %5.1f rps  success %6.2f%%  p50 %-8v p99 %v",
-		float64(total)/window.Seconds(), 100*float64(ok)/float64(total), p(0.5), p(0.99))
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+	for range 100 {
+		p := 20000 + rand.IntN(30000)
+		free := true
+		for i := range replicas {
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))
+			if err != nil {
+				free = false
+				break
+			}
+			l.Close()
+		}
+		if free {
+			return p, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free loopback ports for the demo")
 }

@@ -10,9 +10,9 @@ import (
 	"testing"
 )
 
-// proxyBin and controlBin are the trellis-proxy and trellis-control
-// binaries under test.
-var proxyBin, controlBin string
+// proxyBin, controlBin and trellisBin are the trellis-proxy,
+// trellis-control and trellis binaries under test.
+var proxyBin, controlBin, trellisBin string
 
 // initMissing, when not empty, says why `trellis-proxy init` cannot be used.
 var initMissing string
@@ -37,7 +37,8 @@ func run(m *testing.M) int {
 		bin *string
 		env string
 		pkg string
-	}{{&proxyBin, "TRELLIS_E2E_PROXY_BIN", "trellis-proxy"}, {&controlBin, "TRELLIS_E2E_CONTROL_BIN", "trellis-control"}} {
+	}{{&proxyBin, "TRELLIS_E2E_PROXY_BIN", "trellis-proxy"}, {&controlBin, "TRELLIS_E2E_CONTROL_BIN", "trellis-control"},
+		{&trellisBin, "TRELLIS_E2E_TRELLIS_BIN", "trellis"}} {
 		if *b.bin = os.Getenv(b.env); *b.bin != "" {
 			continue
 		}

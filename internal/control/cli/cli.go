@@ -14,6 +14,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
 	"github.com/trellis-mesh/trellis/internal/control/identity"
+	"github.com/trellis-mesh/trellis/internal/control/plane"
 )
 
 // New returns the root command.
@@ -23,7 +24,9 @@ func New() *cobra.Command {
 		Use:   "trellis-control",
 		Short: "The Trellis control plane: every component as a subcommand",
 		Long: `trellis-control runs the Trellis control-plane components. Each is a
-subcommand; today there is identity, the mesh's certificate authority.`,
+subcommand: identity (the mesh's certificate authority), destination
+(service discovery and workload registration over the embedded store), and
+all, which runs every component in one process (what 'trellis up' runs).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -31,7 +34,7 @@ subcommand; today there is identity, the mesh's certificate authority.`,
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	logger := func() (*slog.Logger, error) { return buildinfo.NewLogger(os.Stderr, logLevel, logFormat) }
-	root.AddCommand(identityCmd(logger), joinTokenCmd(), buildinfo.Command())
+	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), joinTokenCmd(), buildinfo.Command())
 	return root
 }
 
@@ -97,6 +100,50 @@ SIGINT stops it gracefully.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			return srv.Run(ctx)
+		},
+	}
+	o.Flags(cmd.Flags())
+	return cmd
+}
+
+func allCmd(logger func() (*slog.Logger, error)) *cobra.Command {
+	return planeCmd(logger, "all", "Run every control-plane component in one process: identity, destination, DNS, store", false,
+		`all runs the identity service, the destination service and workload
+registry, the embedded store (one bbolt file in --data-dir), the optional
+DNS server for service names (--dns-addr), and the local API socket the
+trellis CLI uses, in one process, on one gRPC/TLS port (--addr). It is what
+'trellis up' starts; see 'trellis-control identity --help' for the
+certificate authority's flags.`)
+}
+
+func destinationCmd(logger func() (*slog.Logger, error)) *cobra.Command {
+	return planeCmd(logger, "destination", "Run the destination service: service discovery and workload registration", true,
+		`destination serves proxies the endpoints of every service (address,
+weight, identity, protocol hint, metric labels) and their profiles as
+streams, and registers the workloads proxies front, with leases
+(--lease-ttl), over the embedded store in --data-dir. Each stream has a
+bounded queue: one that falls behind is closed and the proxy reconnects and
+resyncs. It serves TLS with a certificate from the CA in --data-dir (the
+identity service's), and leaves certificate issuing to 'identity'.`)
+}
+
+func planeCmd(logger func() (*slog.Logger, error), use, short string, noCertify bool, long string) *cobra.Command {
+	var o plane.Options
+	cmd := &cobra.Command{
+		Use: use, Short: short, Long: long, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logger()
+			if err != nil {
+				return err
+			}
+			o.Identity.NoCertify = noCertify
+			p, err := plane.New(o, log.With("component", use))
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return p.Run(ctx)
 		},
 	}
 	o.Flags(cmd.Flags())

@@ -63,6 +63,10 @@ type Options struct {
 	RateBurst int
 	// ShutdownGracePeriod bounds waiting for in-flight calls on SIGTERM.
 	ShutdownGracePeriod time.Duration
+	// NoCertify leaves the Certify API out: the server only serves the
+	// services added to GRPC, with a certificate from the CA (the
+	// destination component on its own).
+	NoCertify bool
 }
 
 // Flags binds every option to fs with its default and documentation.
@@ -138,6 +142,7 @@ type Server struct {
 	adminLis net.Listener
 	ready    atomic.Bool
 	self     selfCert
+	metrics  *prometheus.Registry
 }
 
 // NewServer loads (or on first start generates) the hierarchy and the
@@ -193,17 +198,23 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: o, log: log, ca: ca, tokenKey: tokenKey, svc: svc, self: selfCert{ca: ca, id: serverID, lifetime: o.LeafLifetime}}
+	s := &Server{opts: o, log: log, ca: ca, metrics: reg, tokenKey: tokenKey, svc: svc, self: selfCert{ca: ca, id: serverID, lifetime: o.LeafLifetime}}
 	if _, err := s.self.get(nil); err != nil {
 		return nil, fmt.Errorf("issuing the service's own certificate: %w", err)
 	}
+	// Client certificates are optional (a proxy asking for its first one
+	// has none) and, when given, verified: services sharing this server
+	// (registration) read the caller's identity from them.
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.self.get})),
-		grpc.MaxRecvMsgSize(64<<10), // a token and a CSR
+		grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.self.get,
+			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.AnchorPool()})),
+		grpc.MaxRecvMsgSize(64<<10), // a token and a CSR; a workload registration
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10*time.Second),
 	)
-	svc.Register(s.grpc)
+	if !o.NoCertify {
+		svc.Register(s.grpc)
+	}
 
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
@@ -232,6 +243,13 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 
 // AdminAddr is the bound admin address.
 func (s *Server) AdminAddr() net.Addr { return s.adminLis.Addr() }
+
+// GRPC is the server's gRPC server, to which other control-plane services
+// may be added before Run (trellis-control all).
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Metrics is the registry /metrics on the admin address serves.
+func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
 
 // CA is the loaded hierarchy.
 func (s *Server) CA() *pki.CA { return s.ca }

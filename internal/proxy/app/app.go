@@ -20,6 +20,7 @@ import (
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/admin"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/inbound"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
@@ -46,6 +47,7 @@ type Proxy struct {
 	adminLn   net.Listener
 	closers   []interface{ CloseIdle() }
 	identity  *identity.Manager // nil without an identity
+	control   *control          // nil without a destination service
 }
 
 type boundListener struct {
@@ -68,8 +70,16 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		m.RegisterMetrics(p.reg)
 		p.identity, creds = m, m
 	}
+	var res *discover.Resolver
+	if cfg.DestinationAddr != "" {
+		c, err := newControl(cfg, p.identity, log)
+		if err != nil {
+			return nil, err
+		}
+		p.control, res = c, c.resolver
+	}
 	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, log)
-	out := outbound.New(cfg, p.reg, dialer, creds, log)
+	out := outbound.New(cfg, p.reg, dialer, creds, res, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
@@ -84,6 +94,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	defer func() {
 		if err != nil {
 			p.closeListeners()
+			if p.control != nil {
+				p.control.close()
+			}
 		}
 	}()
 	if p.InboundAddr, err = bind("inbound-addr", cfg.InboundAddr, transport.Inbound, in); err != nil {
@@ -185,6 +198,18 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	registered := make(chan struct{})
+	regCtx, deregister := context.WithCancel(context.WithoutCancel(ctx))
+	defer deregister()
+	if p.control != nil {
+		defer p.control.close()
+	}
+	if p.control != nil && p.cfg.Workload != "" {
+		r := p.control.registrar(p.cfg, p.identity, p.InboundAddr, p.AdminAddr, p.log)
+		go func() { r.Run(regCtx); close(registered) }()
+	} else {
+		close(registered)
+	}
 	p.ready.Store(true)
 	p.log.Info("proxy ready", "inbound", p.InboundAddr.String(), "outbound", p.OutboundAddr.String(), "admin", p.AdminAddr.String(), "upstreams", len(p.UpstreamAddrs))
 
@@ -195,6 +220,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 	case runErr = <-serveErr:
 	}
 	p.ready.Store(false)
+	deregister() // peers stop choosing this instance before it stops accepting
+	<-registered
 	p.log.Info("draining", "grace_period", p.cfg.ShutdownGracePeriod.String())
 	p.srv.Drain()
 	for _, c := range p.closers {

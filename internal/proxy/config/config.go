@@ -46,6 +46,12 @@ func (u Upstream) String() string {
 	return s
 }
 
+// ServicePort maps a service port to the port the application listens on.
+type ServicePort struct {
+	Port, TargetPort uint16
+	Protocol         string
+}
+
 // Config is every setting of the proxy.
 type Config struct {
 	// InboundAddr is where connections to the local application arrive (redirected
@@ -96,6 +102,21 @@ type Config struct {
 	TrustAnchorsFile string
 	// MeshPort is the inbound port of peer proxies, where mTLS connections go.
 	MeshPort uint16
+	// DestinationAddr is the control plane's destination service
+	// (host:port): discovery of services and workload registration. Empty:
+	// no discovery.
+	DestinationAddr string
+	// Workload, if set, is the instance name this proxy registers (with
+	// Service, WorkloadAddress and ServicePorts) and keeps a lease on.
+	Workload string
+	// Service is the logical service the workload serves.
+	Service string
+	// WorkloadAddress is the IP peers reach the workload on.
+	WorkloadAddress string
+	// ServicePorts map service ports to the application's ports.
+	ServicePorts []ServicePort
+	// WorkloadLabels are registered with the workload.
+	WorkloadLabels map[string]string
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string
 	// LogFormat is json or text.
@@ -111,6 +132,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	var upstreamsFile string
 	var endpointIDs []string
 	var meshPort int
+	var servicePorts, workloadLabels []string
 	opaque := portsFlag{ports: DefaultOpaquePorts}
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
@@ -124,6 +146,12 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.IdentityTokenFile, "identity-token-file", "", "file holding the proof of identity (join token or ServiceAccount token)")
 	fs.StringVar(&c.TrustAnchorsFile, "trust-anchors", "", "PEM file of the mesh's trust anchors")
 	fs.IntVar(&meshPort, "mesh-port", 4143, "inbound port of peer proxies, where mTLS connections go")
+	fs.StringVar(&c.DestinationAddr, "destination-addr", "", "control plane destination service (host:port): service discovery and workload registration; needs identity")
+	fs.StringVar(&c.Workload, "workload", "", "register this instance under this name (unique in its namespace, which is the identity's) and keep a lease on it")
+	fs.StringVar(&c.Service, "service", "", "the service the registered workload serves (default: the workload name)")
+	fs.StringVar(&c.WorkloadAddress, "workload-address", "", "IP peers reach the registered workload on (default: inbound-addr's host, if it is not a wildcard)")
+	fs.StringArrayVar(&servicePorts, "service-port", nil, "PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http, grpc, tcp or opaque) (repeatable)")
+	fs.StringArrayVar(&workloadLabels, "workload-label", nil, "KEY=VALUE label of the registered workload (repeatable)")
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
 	fs.DurationVar(&c.ServerFirstDelay, "server-first-delay", 100*time.Millisecond, "how long a silent client may wait before the proxy dials the target to see if the server speaks first (0 disables)")
@@ -179,6 +207,21 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 				return nil, fmt.Errorf("endpoint-identity %q: %w", e, err)
 			}
 			c.EndpointIdentities[addr] = id
+		}
+		for _, sp := range servicePorts {
+			p, err := ParseServicePort(sp)
+			if err != nil {
+				return nil, fmt.Errorf("service-port: %w", err)
+			}
+			c.ServicePorts = append(c.ServicePorts, p)
+		}
+		c.WorkloadLabels = map[string]string{}
+		for _, l := range workloadLabels {
+			k, v, ok := strings.Cut(l, "=")
+			if !ok || k == "" {
+				return nil, fmt.Errorf("workload-label %q: want KEY=VALUE", l)
+			}
+			c.WorkloadLabels[k] = v
 		}
 		if meshPort < 1 || meshPort > 65535 {
 			return nil, fmt.Errorf("mesh-port %d: not a port", meshPort)
@@ -324,6 +367,9 @@ func (c *Config) Validate() error {
 	if err := c.validateIdentity(); err != nil {
 		return err
 	}
+	if err := c.validateWorkload(); err != nil {
+		return err
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
@@ -337,7 +383,69 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// checkListenAddr accepts host:port where port 0 picks a free port.
+// validateWorkload checks discovery and registration settings, filling in
+// the defaults that depend on other settings.
+func (c *Config) validateWorkload() error {
+	if c.DestinationAddr != "" {
+		if c.Identity == "" {
+			return errors.New("destination-addr needs identity: the control plane is reached over mTLS")
+		}
+		if err := checkHostPort(c.DestinationAddr); err != nil {
+			return fmt.Errorf("destination-addr %q: %w", c.DestinationAddr, err)
+		}
+	}
+	if c.Workload == "" {
+		for name, set := range map[string]bool{"service": c.Service != "", "workload-address": c.WorkloadAddress != "", "service-port": len(c.ServicePorts) > 0, "workload-label": len(c.WorkloadLabels) > 0} {
+			if set {
+				return fmt.Errorf("%s is set but workload is not: set workload to register an instance", name)
+			}
+		}
+		return nil
+	}
+	if c.DestinationAddr == "" {
+		return errors.New("workload needs destination-addr: the control plane it registers with")
+	}
+	if c.Service == "" {
+		c.Service = c.Workload
+	}
+	if c.WorkloadAddress == "" {
+		host, _, _ := net.SplitHostPort(c.InboundAddr)
+		if a, err := netip.ParseAddr(host); err != nil || a.IsUnspecified() {
+			return fmt.Errorf("workload-address is required when inbound-addr %q listens on every address", c.InboundAddr)
+		}
+		c.WorkloadAddress = host
+	}
+	if _, err := netip.ParseAddr(c.WorkloadAddress); err != nil {
+		return fmt.Errorf("workload-address %q: not an IP address", c.WorkloadAddress)
+	}
+	if len(c.ServicePorts) == 0 {
+		return errors.New("workload needs at least one service-port")
+	}
+	return nil
+}
+
+// ParseServicePort parses PORT[=TARGETPORT][/PROTOCOL].
+func ParseServicePort(s string) (ServicePort, error) {
+	spec, proto, _ := strings.Cut(s, "/")
+	switch proto {
+	case "", "http", "grpc", "tcp", "opaque":
+	default:
+		return ServicePort{}, fmt.Errorf("%q: protocol %q must be http, grpc, tcp or opaque", s, proto)
+	}
+	ps, ts, hasTarget := strings.Cut(spec, "=")
+	port, err := parsePort(ps)
+	if err != nil {
+		return ServicePort{}, fmt.Errorf("%q: %w", s, err)
+	}
+	target := port
+	if hasTarget {
+		if target, err = parsePort(ts); err != nil {
+			return ServicePort{}, fmt.Errorf("%q: target port: %w", s, err)
+		}
+	}
+	return ServicePort{Port: port, TargetPort: target, Protocol: proto}, nil
+}
+
 // validateIdentity checks that mTLS settings come complete: a proxy that
 // talks mTLS to peers needs its own certificate.
 func (c *Config) validateIdentity() error {
@@ -372,6 +480,7 @@ func (c *Config) validateIdentity() error {
 	return nil
 }
 
+// checkListenAddr accepts host:port where port 0 picks a free port.
 func checkListenAddr(s string) error {
 	if host, port, err := net.SplitHostPort(s); err == nil && port == "0" {
 		return checkHostPort(net.JoinHostPort(host, "1"))

@@ -36,6 +36,9 @@ type Dialer struct {
 	Creds Credentials
 	// Port is the peers' inbound (mesh) port.
 	Port uint16
+	// PortOf, if set, names the mesh port of the proxy in front of a
+	// target when it differs from Port (discovery says so); 0 means Port.
+	PortOf func(target string) uint16
 
 	configs sync.Map // identity.ID -> *tls.Config
 	session tls.ClientSessionCache
@@ -53,7 +56,13 @@ func (d *Dialer) Dial(ctx context.Context, dir transport.Direction, target strin
 	if err != nil || port == 0 {
 		return nil, fmt.Errorf("mesh: target %q has no valid port", target)
 	}
-	addr := net.JoinHostPort(host, strconv.Itoa(int(d.Port)))
+	meshPort := d.Port
+	if d.PortOf != nil {
+		if p := d.PortOf(target); p != 0 {
+			meshPort = p
+		}
+	}
+	addr := net.JoinHostPort(host, strconv.Itoa(int(meshPort)))
 	raw, err := d.TCP.DialLabeled(ctx, metrics.Labels{Direction: string(dir), TargetAddr: addr, TLS: "true", ServerID: peer.String()}, addr)
 	if err != nil {
 		return nil, err

@@ -5,12 +5,14 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
+	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -30,33 +32,49 @@ type Stacks struct {
 //
 //	accept → target (upstream table, original destination, or per request)
 //	       → detect ─┬─ HTTP: tcp metrics → HTTP server → forward-proxy addressing
+//	                 │        → balance (discovered services: one endpoint per request)
 //	                 │        → http metrics → forward (meshed targets: HTTP/2 over mTLS)
-//	                 └─ TLS, opaque: tcp metrics → TCP forward (meshed targets: over mTLS)
+//	                 └─ TLS, opaque: tcp metrics → balance (one endpoint per connection)
+//	                          → TCP forward (meshed targets: over mTLS)
 //
 // creds is nil when the proxy has no identity; then no target is meshed.
-func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, log *slog.Logger) *Stacks {
+// res is nil without a control plane; then targets are used as addressed.
+func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, log *slog.Logger) *Stacks {
 	s := &Stacks{peers: newPeers(cfg)}
 	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
 	var md *mesh.Dialer
 	if creds != nil {
 		md = &mesh.Dialer{TCP: dialer, Creds: creds, Port: cfg.MeshPort}
+		if res != nil {
+			md.PortOf = res.MeshPort
+		}
 		fc.MeshDial = func(ctx context.Context, target, peer string, proto mesh.Protocol) (net.Conn, error) {
 			id, err := identity.Parse(peer)
 			if err != nil {
 				return nil, err
 			}
-			return md.Dial(ctx, transport.Outbound, target, id, proto)
+			c, err := md.Dial(ctx, transport.Outbound, target, id, proto)
+			if err != nil && res != nil {
+				res.Failed(target)
+			}
+			return c, err
 		}
 	}
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
-		if m.PeerIdentity != "" && fc.MeshDial != nil {
-			return fc.MeshDial(ctx, m.Target, m.PeerIdentity, mesh.Opaque)
+		target, peer, release, ok := pickTarget(ctx, res, m)
+		if !ok {
+			return nil, errNoEndpoints
 		}
-		return dialer.DialContext(ctx, m.Direction, m.Target)
+		defer release()
+		if peer != "" && fc.MeshDial != nil {
+			return fc.MeshDial(ctx, target, peer, mesh.Opaque)
+		}
+		return dialer.DialContext(ctx, m.Direction, target)
 	}
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
 		forwardProxy(dialer, s.peers, log),
+		balanced(res),
 		httpproxy.Metrics(reg),
 	)
 	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
@@ -78,3 +96,6 @@ func (s *Stacks) Main() transport.Handler {
 func (s *Stacks) Upstream(u config.Upstream) transport.Handler {
 	return transport.Stack(s.detect, fixedTarget(u.Target, u.Identity))
 }
+
+// errNoEndpoints fails a connection to a service that has none.
+var errNoEndpoints = errors.New("service has no endpoints")

@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/local/netns"
+	"github.com/trellis-mesh/trellis/internal/local/up"
+)
+
+func apiClient(dataDir string) *localapi.Client {
+	return localapi.NewClient(filepath.Join(dataDir, localapi.SocketName))
+}
+
+func upCmd(dataDir *string) *cobra.Command {
+	var o up.Options
+	var detach bool
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start the local control plane (identity, destination, DNS, store) in one process",
+		Long: `up runs every control-plane component in one process: the identity
+service (the mesh's certificate authority; a trust anchor and issuer are
+created in the data directory on first start), the destination service and
+workload registry, the embedded store, and the local API the trellis CLI
+uses. State lives in the data directory and survives restarts.
+
+As root it also creates the bridge network (trellis0, 10.239.0.0/16) that
+'trellis run' puts each instance on, in its own network namespace, and
+answers service names (web, web.default, web.default.svc.cluster.local)
+over DNS on the bridge's address. Without root, instances run in explicit
+mode on loopback.
+
+It runs in the foreground until SIGINT or SIGTERM ('trellis down' sends the
+equivalent); with --detach it starts in the background, logging to
+DATA_DIR/trellis.log, and returns once it serves.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !cmd.Flags().Changed("data-dir") {
+				o.Plane.Identity.DataDir = *dataDir
+			}
+			if detach {
+				return startDetached(cmd, o.Plane.Identity.DataDir)
+			}
+			log, err := newLogger(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			u, err := up.Start(ctx, o, log)
+			if err != nil {
+				return err
+			}
+			printStatus(cmd, u.Status())
+			return u.Run(ctx)
+		},
+	}
+	fs := cmd.Flags()
+	o.Plane.Flags(fs)
+	// The data directory is the root's --data-dir; the control port is
+	// chosen for the network mode.
+	fs.MarkHidden("data-dir")
+	fs.MarkHidden("addr")
+	fs.Lookup("admin-addr").DefValue = "127.0.0.1:9990"
+	fs.Set("admin-addr", "127.0.0.1:9990")
+	fs.MarkHidden("dns-addr")
+	fs.StringVar(&o.Network, "network", "auto", "instance network: auto (a bridge when root), bridge, or none (explicit mode only)")
+	fs.IntVar(&o.ControlPort, "control-port", up.DefaultControlPort, "gRPC port of identity and destination (on the bridge address when bridged, else 127.0.0.1; 0 picks one)")
+	fs.BoolVarP(&detach, "detach", "d", false, "run in the background and return once serving")
+	fs.String("log-level", "info", "log level: debug, info, warn or error")
+	fs.String("log-format", "text", "log format: json or text")
+	return cmd
+}
+
+// newLogger builds the logger from the control plane's --log-level and --log-format.
+func newLogger(cmd *cobra.Command) (*slog.Logger, error) {
+	level, _ := cmd.Flags().GetString("log-level")
+	format, _ := cmd.Flags().GetString("log-format")
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: must be json or text", format)
+}
+
+// startDetached re-runs `up` in the background and waits until it serves.
+func startDetached(cmd *cobra.Command, dataDir string) error {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var args []string
+	cmd.Flags().Visit(func(f *pflag.Flag) {
+		if f.Name != "detach" {
+			args = append(args, "--"+f.Name+"="+f.Value.String())
+		}
+	})
+	logPath := filepath.Join(dataDir, "trellis.log")
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	child := exec.Command(exe, append([]string{"up", "--data-dir", dataDir}, args...)...)
+	child.Stdout, child.Stderr = logf, logf
+	child.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := child.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- child.Wait() }()
+	api := apiClient(dataDir)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("the control plane exited (%v); see %s", err, logPath)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if st, err := api.Status(cmd.Context()); err == nil && st.PID == child.Process.Pid {
+			printStatus(cmd, st)
+			fmt.Fprintf(cmd.OutOrStdout(), "running in the background (pid %d, log %s); stop it with 'trellis down'\n", st.PID, logPath)
+			return nil
+		}
+	}
+	return fmt.Errorf("the control plane did not answer within 30s; see %s", logPath)
+}
+
+func printStatus(cmd *cobra.Command, st localapi.Status) {
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "control plane\t%s (pid %d)\n", st.Version, st.PID)
+	fmt.Fprintf(w, "data directory\t%s\n", st.DataDir)
+	fmt.Fprintf(w, "identity, destination\t%s (gRPC, TLS)\n", st.ControlAddr)
+	fmt.Fprintf(w, "admin\thttp://%s/metrics\n", st.AdminAddr)
+	fmt.Fprintf(w, "trust anchor\t%s\n", st.TrustAnchor)
+	if st.Network != "" {
+		fmt.Fprintf(w, "network\t%s on %s (instances in their own network namespaces)\n", st.Network, st.Bridge)
+		fmt.Fprintf(w, "DNS\t%s (*.svc.%s)\n", st.DNSAddr, st.ClusterDomain)
+	} else {
+		fmt.Fprintf(w, "network\tnone (instances run in explicit mode on loopback)\n")
+	}
+	w.Flush()
+}
+
+func downCmd(dataDir *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "down",
+		Short: "Stop the local control plane and remove its network",
+		Long: `down asks the control plane of the data directory to stop, waits for it,
+and (as root) removes any bridge, veth or network namespace a crashed
+'trellis run' or 'trellis demo' left behind. The data directory is kept.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			api := apiClient(*dataDir)
+			stopped := false
+			if err := api.Shutdown(cmd.Context()); err == nil {
+				deadline := time.Now().Add(30 * time.Second)
+				for time.Now().Before(deadline) {
+					if _, err := api.Status(cmd.Context()); errors.Is(err, localapi.ErrNotRunning) {
+						stopped = true
+						break
+					}
+					time.Sleep(100 * time.Millisecond)
+				}
+				if !stopped {
+					return errors.New("the control plane did not stop within 30s")
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "control plane stopped")
+			} else if !errors.Is(err, localapi.ErrNotRunning) {
+				return err
+			} else {
+				fmt.Fprintln(cmd.OutOrStdout(), "no control plane was running")
+			}
+			if os.Geteuid() == 0 {
+				nss, links := netns.Leftovers()
+				if len(nss)+len(links) > 0 {
+					if err := netns.RemoveLeftovers(context.WithoutCancel(cmd.Context())); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "removed %d network namespace(s) and %d link(s) left behind\n", len(nss), len(links))
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func statusCmd(dataDir *string) *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the local control plane and what is registered with it",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			api := apiClient(*dataDir)
+			st, err := api.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			printStatus(cmd, st)
+			svcs, err := api.List(cmd.Context(), resources.KindService, "")
+			if err != nil {
+				return err
+			}
+			wls, err := api.List(cmd.Context(), resources.KindWorkload, "")
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "services\t%d\nworkloads\t%d\nup since\t%s\n", len(svcs), len(wls), st.Started.Format(time.RFC3339))
+			return nil
+		},
+	}
+}

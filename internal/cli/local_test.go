@@ -1,0 +1,174 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/trellis-mesh/trellis/internal/control/plane"
+	"github.com/trellis-mesh/trellis/internal/local/up"
+)
+
+// startUp runs a local control plane (no bridge network) for the test and
+// returns its data directory.
+func startUp(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	var po plane.Options
+	fs := pflag.NewFlagSet("up", pflag.ContinueOnError)
+	po.Flags(fs)
+	if err := fs.Parse([]string{"--data-dir=" + dir, "--admin-addr=127.0.0.1:0"}); err != nil {
+		t.Fatal(err)
+	}
+	u, err := up.Start(context.Background(), up.Options{Plane: po, Network: "none"}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return dir
+}
+
+func writeFile(t *testing.T, content string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "in.yaml")
+	if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+const goodService = `apiVersion: trellis.dev/v1alpha1
+kind: Service
+metadata:
+  name: web
+spec:
+  ports:
+  - port: 8080
+    protocol: http
+`
+
+func TestApplyGetDelete(t *testing.T) {
+	dir := startUp(t)
+	out, err := execute("--data-dir", dir, "apply", "-f", writeFile(t, goodService+"---\n"+strings.ReplaceAll(goodService, "web", "api")))
+	if err != nil || out != "service/web created\nservice/api created\n" {
+		t.Fatalf("apply: %q, %v", out, err)
+	}
+	if out, err = execute("--data-dir", dir, "apply", "-f", writeFile(t, goodService)); err != nil || out != "service/web unchanged\n" {
+		t.Fatalf("re-apply: %q, %v", out, err)
+	}
+	out, err = execute("--data-dir", dir, "get", "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "NAMESPACE") || !strings.Contains(lines[1], "api") ||
+		!strings.Contains(lines[2], "web") || !strings.Contains(lines[2], "8080/http") || !strings.Contains(out, "10.240.0.") {
+		t.Fatalf("get svc:\n%s", out)
+	}
+	out, err = execute("--data-dir", dir, "get", "service", "web", "-o", "yaml")
+	if err != nil || !strings.Contains(out, "clusterIP: 10.240.0.1") || !strings.Contains(out, "resourceVersion:") {
+		t.Fatalf("get -o yaml: %q, %v", out, err)
+	}
+	if out, err = execute("--data-dir", dir, "delete", "service", "web"); err != nil || out != "service/web deleted\n" {
+		t.Fatalf("delete: %q, %v", out, err)
+	}
+	if _, err = execute("--data-dir", dir, "get", "service", "web"); err == nil || !strings.Contains(err.Error(), "not found") {
+		t.Fatalf("get after delete: %v", err)
+	}
+	if _, err = execute("--data-dir", dir, "get", "widgets"); err == nil || !strings.Contains(err.Error(), `unknown kind "widgets"`) {
+		t.Fatalf("get of an unknown kind: %v", err)
+	}
+}
+
+// Bad input is refused with a message naming what is wrong, and nothing
+// of the batch is written.
+func TestApplyRefusesBadInputAndWritesNothing(t *testing.T) {
+	dir := startUp(t)
+	for _, tc := range []struct {
+		name, doc, want string
+	}{
+		{"malformed YAML", "kind: Service\nmetadata: [name: x\n", "document 2"},
+		{"unknown kind", "apiVersion: trellis.dev/v1alpha1\nkind: Widget\nmetadata:\n  name: w\nspec: {}\n", `kind: unknown kind "Widget"`},
+		{"invalid name", strings.Replace(goodService, "name: web", "name: Web_1", 1), "metadata.name"},
+		{"invalid spec", strings.Replace(goodService, "port: 8080", "port: 80800", 1), "spec.ports[0].port"},
+		{"unknown field", strings.Replace(goodService, "spec:", "spek: {}\nspec:", 1), `unknown field "spek"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// A valid object first: it must not be written either.
+			file := writeFile(t, strings.ReplaceAll(goodService, "web", "first")+"---\n"+tc.doc)
+			_, err := execute("--data-dir", dir, "apply", "-f", file)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v; want one mentioning %q", err, tc.want)
+			}
+			out, err := execute("--data-dir", dir, "get", "services", "-A")
+			if err != nil || !strings.HasPrefix(out, "no services") {
+				t.Fatalf("after a refused apply: %q, %v", out, err)
+			}
+		})
+	}
+}
+
+func TestCommandsWithoutAControlPlaneSaySo(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{{"status"}, {"get", "svc"}, {"run", "--name", "web", "--port", "8080", "--", "true"}} {
+		_, err := execute(append([]string{"--data-dir", dir}, args...)...)
+		if err == nil || !strings.Contains(err.Error(), "trellis up") {
+			t.Errorf("%v: %v; want a hint to start 'trellis up'", args, err)
+		}
+	}
+}
+
+// run fails fast, leaving nothing registered, when the application
+// cannot start.
+func TestRunFailsFast(t *testing.T) {
+	dir := startUp(t)
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	port := strconv.Itoa(busy.Addr().(*net.TCPAddr).Port)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"port in use", []string{"run", "--mode", "explicit", "--name", "web", "--port", port, "--", "true"}, "already in use"},
+		{"missing command", []string{"run", "--name", "web", "--port", "8080", "--", "no-such-command-here"}, "no-such-command-here"},
+		{"no command", []string{"run", "--name", "web", "--port", "8080"}, "no command"},
+		{"command not after --", []string{"run", "--name", "web", "--port", "8080", "sleep", "1"}, "after --"},
+		{"bad name", []string{"run", "--name", "Web", "--port", "8080", "--", "true"}, "--name"},
+		{"bad port", []string{"run", "--name", "web", "--port", "0", "--", "true"}, "--port"},
+		{"bad upstream", []string{"run", "--name", "web", "--port", "8080", "--upstream", "api", "--", "true"}, "--upstream"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			_, err := execute(append([]string{"--data-dir", dir}, tc.args...)...)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v; want one mentioning %q", err, tc.want)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v to fail", d)
+			}
+		})
+	}
+	out, err := execute("--data-dir", dir, "get", "workloads", "-A")
+	if err != nil || !strings.HasPrefix(out, "no workloads") {
+		t.Fatalf("after failed runs: %q, %v", out, err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "run")); len(ents) != 0 {
+		t.Errorf("instance files left behind: %v", ents)
+	}
+}

@@ -1,0 +1,85 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trellis-mesh/trellis/internal/local/run"
+)
+
+func runCmd(dataDir *string) *cobra.Command {
+	var o run.Options
+	var upstreams []string
+	cmd := &cobra.Command{
+		Use:   "run --name NAME --port PORT [flags] -- COMMAND [ARGS...]",
+		Short: "Start an application with its proxy, meshed and registered as a service",
+		Long: `run starts COMMAND and a trellis-proxy next to it, registers the instance
+with the local control plane as part of service --service (default --name),
+and supervises both until Ctrl-C, when it stops them and removes everything
+it set up. With --replicas N it starts N instances, NAME-0 … NAME-N-1.
+
+The instance's identity is spiffe://<trust-domain>/ns/<namespace>/sa/<name>;
+calls between meshed services use mutual TLS and carry it.
+
+Transparent mode (root, and a control plane started as root): each
+instance runs in its own network namespace on the control plane's bridge;
+iptables sends its traffic through the proxy, and other services are
+reached by name (emoji, emoji.default, emoji.default.svc.cluster.local) on
+their service port. The application listens on --port.
+
+Explicit mode (otherwise, or --mode explicit): the proxy listens on
+loopback ports; instance i's application listens on 127.0.0.1:(--port + i);
+each --upstream NAME:PORT gets a local port the application dials; plain
+HTTP clients may also use HTTP_PROXY, which is set.
+
+The application's environment tells it where everything is:
+  PORT, LISTEN_ADDR   where to listen
+  NAME_ADDR           host:port to dial for each --upstream (EMOJI_ADDR for emoji)
+  HTTP_PROXY          (explicit mode) the outbound proxy
+$PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
+		Example: `  trellis run --name emoji --port 8080 --replicas 2 -- ./emoji-svc
+  trellis run --name web --port 8080 --upstream emoji:8080 -- ./web --emoji '$EMOJI_ADDR'`,
+		Args: cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() < 0 && len(args) > 0 {
+				return fmt.Errorf("put the command after --: trellis run --name %s --port %d -- %s", o.Name, o.Port, args[0])
+			}
+			o.Command = args
+			for _, u := range upstreams {
+				up, err := run.ParseUpstream(u)
+				if err != nil {
+					return fmt.Errorf("--upstream: %w", err)
+				}
+				o.Upstreams = append(o.Upstreams, up)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.DataDir, o.Exe = *dataDir, exe
+			o.Out, o.Err = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			o.Log = textLogger(0)
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return run.Run(ctx, o)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.Name, "name", "", "workload name (required); also the identity's service account")
+	fs.StringVarP(&o.Namespace, "namespace", "n", "default", "namespace")
+	fs.StringVar(&o.Service, "service", "", "service the instances serve (default: --name)")
+	fs.IntVar(&o.Port, "port", 0, "service port the application serves (required)")
+	fs.StringVar(&o.Protocol, "protocol", "", "protocol of the port: http, grpc, tcp or opaque (default: detected)")
+	fs.IntVar(&o.Replicas, "replicas", 1, "number of instances")
+	fs.StringArrayVar(&upstreams, "upstream", nil, "NAME[.NAMESPACE]:PORT of a service the application calls (repeatable)")
+	fs.StringVar(&o.Mode, "mode", "auto", "auto (transparent when root and the control plane has a network), transparent or explicit")
+	fs.StringVar(&o.ProxyLogLevel, "proxy-log-level", "warn", "log level of the proxies: debug, info, warn or error")
+	fs.StringArrayVar(&o.Env, "env", nil, "KEY=VALUE added to the application's environment (repeatable)")
+	cmd.MarkFlagRequired("name")
+	cmd.MarkFlagRequired("port")
+	return cmd
+}

@@ -1,0 +1,353 @@
+package destination
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+)
+
+// endpointSet is one published, immutable view of a service port: what
+// every stream watching it should converge to.
+type endpointSet struct {
+	exists    bool
+	fqn       string
+	opaque    bool
+	endpoints map[string]*destinationv1.Endpoint // by address
+	labels    map[string]string
+}
+
+// service is the index's state of one namespace/name: its Service
+// resource, if any, and its registered workloads.
+type service struct {
+	spec      *resources.ServiceSpec
+	workloads map[string]workload // by instance name
+}
+
+type workload struct {
+	spec   resources.WorkloadSpec
+	labels map[string]string
+}
+
+// Index keeps the services and workloads of the store in memory, applies
+// store events in order on one goroutine, and pushes a fresh endpointSet
+// to every subscription whose service changed. It never blocks on a
+// subscriber: each has a bounded queue, and one that overflows is closed.
+type Index struct {
+	store  store.Store
+	domain string
+	queue  int
+	log    *slog.Logger
+
+	ready     chan struct{}
+	readyOnce sync.Once
+
+	mu        sync.Mutex
+	services  map[string]*service // "namespace/name"
+	byIP      map[netip.Addr]string
+	owner     map[string]string // workload "namespace/name" -> service key
+	subs      map[string]map[*subscription]struct{}
+	overflows int
+}
+
+// NewIndex returns an index of st for the cluster domain; each
+// subscription may fall queue updates behind before it is closed.
+func NewIndex(st store.Store, domain string, queue int, log *slog.Logger) *Index {
+	return &Index{store: st, domain: domain, queue: queue, log: log, ready: make(chan struct{}),
+		services: map[string]*service{}, byIP: map[netip.Addr]string{}, owner: map[string]string{}, subs: map[string]map[*subscription]struct{}{}}
+}
+
+// Run lists the store, then follows its watch; when the watch ends early
+// (this index fell behind, or the store forgot the version) it lists again.
+func (ix *Index) Run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		rv, err := ix.resync(ctx)
+		if err != nil {
+			ix.log.Warn("listing the store failed; retrying", "error", err)
+			if !sleep(ctx, time.Second) {
+				break
+			}
+			continue
+		}
+		ix.readyOnce.Do(func() { close(ix.ready) })
+		events, err := ix.store.Watch(ctx, "", rv)
+		if err != nil {
+			if !errors.Is(err, store.ErrGone) {
+				ix.log.Warn("watching the store failed; relisting", "error", err)
+			}
+			continue
+		}
+		for ev := range events {
+			ix.apply(ev)
+		}
+		if ctx.Err() == nil {
+			ix.log.Info("store watch ended; relisting")
+		}
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// resync rebuilds the index from a full listing and updates every subscription.
+func (ix *Index) resync(ctx context.Context) (uint64, error) {
+	svcs, _, err := ix.store.List(ctx, resources.KindService, "", nil)
+	if err != nil {
+		return 0, err
+	}
+	wls, rv, err := ix.store.List(ctx, resources.KindWorkload, "", nil)
+	if err != nil {
+		return 0, err
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	ix.services, ix.byIP, ix.owner = map[string]*service{}, map[netip.Addr]string{}, map[string]string{}
+	for _, r := range svcs {
+		ix.setService(r)
+	}
+	for _, r := range wls {
+		ix.setWorkload(r)
+	}
+	for key := range ix.subs {
+		ix.publish(key)
+	}
+	return rv, nil
+}
+
+// apply folds one store event into the index and publishes what changed.
+func (ix *Index) apply(ev store.Event) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	r := ev.Object
+	key := r.Metadata.Namespace + "/" + r.Metadata.Name
+	switch r.Kind {
+	case resources.KindService:
+		if ev.Type == store.Deleted {
+			if s := ix.services[key]; s != nil && s.spec != nil {
+				if ip, err := netip.ParseAddr(s.spec.ClusterIP); err == nil {
+					delete(ix.byIP, ip)
+				}
+				s.spec = nil
+			}
+		} else {
+			ix.setService(r)
+		}
+		ix.publish(key)
+	case resources.KindWorkload:
+		old := ix.owner[key]
+		ix.removeWorkload(key)
+		if ev.Type != store.Deleted {
+			ix.setWorkload(r)
+		}
+		if old != "" && old != ix.owner[key] {
+			ix.publish(old)
+		}
+		if svc := ix.owner[key]; svc != "" {
+			ix.publish(svc)
+		}
+	}
+}
+
+func (ix *Index) svc(key string) *service {
+	s := ix.services[key]
+	if s == nil {
+		s = &service{workloads: map[string]workload{}}
+		ix.services[key] = s
+	}
+	return s
+}
+
+func (ix *Index) setService(r store.Resource) {
+	var spec resources.ServiceSpec
+	if err := json.Unmarshal(r.Spec, &spec); err != nil {
+		ix.log.Warn("skipping an unreadable service", "service", r.Key().String(), "error", err)
+		return
+	}
+	key := r.Metadata.Namespace + "/" + r.Metadata.Name
+	s := ix.svc(key)
+	if s.spec != nil {
+		if ip, err := netip.ParseAddr(s.spec.ClusterIP); err == nil {
+			delete(ix.byIP, ip)
+		}
+	}
+	s.spec = &spec
+	if ip, err := netip.ParseAddr(spec.ClusterIP); err == nil {
+		ix.byIP[ip] = key
+	}
+}
+
+func (ix *Index) setWorkload(r store.Resource) {
+	var spec resources.WorkloadSpec
+	if err := json.Unmarshal(r.Spec, &spec); err != nil {
+		ix.log.Warn("skipping an unreadable workload", "workload", r.Key().String(), "error", err)
+		return
+	}
+	svcKey := r.Metadata.Namespace + "/" + spec.Service
+	ix.svc(svcKey).workloads[r.Metadata.Name] = workload{spec: spec, labels: r.Metadata.Labels}
+	ix.owner[r.Metadata.Namespace+"/"+r.Metadata.Name] = svcKey
+}
+
+func (ix *Index) removeWorkload(key string) {
+	svcKey, ok := ix.owner[key]
+	if !ok {
+		return
+	}
+	delete(ix.owner, key)
+	if s := ix.services[svcKey]; s != nil {
+		_, name, _ := cutKey(key)
+		delete(s.workloads, name)
+	}
+}
+
+func cutKey(key string) (ns, name string, ok bool) { return strings.Cut(key, "/") }
+
+// publish pushes the current set of service key to each of its subscriptions.
+func (ix *Index) publish(key string) {
+	sets := map[int]*endpointSet{}
+	for sub := range ix.subs[key] {
+		set, ok := sets[sub.port]
+		if !ok {
+			set = ix.build(key, sub.port)
+			sets[sub.port] = set
+		}
+		ix.push(sub, set)
+	}
+}
+
+func (ix *Index) push(sub *subscription, set *endpointSet) {
+	select {
+	case sub.queue <- set:
+	default:
+		ix.overflows++
+		sub.overflow()
+		delete(ix.subs[sub.key], sub)
+	}
+}
+
+// build renders the endpoints of port on service key.
+func (ix *Index) build(key string, port int) *endpointSet {
+	ns, name, _ := cutKey(key)
+	set := &endpointSet{endpoints: map[string]*destinationv1.Endpoint{},
+		labels: map[string]string{"dst_service": name, "dst_namespace": ns}}
+	s := ix.services[key]
+	if s == nil {
+		return set
+	}
+	if s.spec != nil {
+		set.exists = true
+		set.fqn = name + "." + ns + ".svc." + ix.domain
+		for _, p := range s.spec.Ports {
+			if p.Port == port && p.Protocol == "opaque" {
+				set.opaque = true
+			}
+		}
+	}
+	for inst, w := range s.workloads {
+		for _, p := range w.spec.Ports {
+			if p.Port != port {
+				continue
+			}
+			set.exists = true
+			addr := net.JoinHostPort(w.spec.Address, strconv.Itoa(p.TargetPort))
+			labels := map[string]string{"dst_instance": inst, "dst_workload": w.labels[resources.WorkloadLabel]}
+			if labels["dst_workload"] == "" {
+				labels["dst_workload"] = inst
+			}
+			set.endpoints[addr] = &destinationv1.Endpoint{
+				Address: addr, Weight: 10000, Identity: w.spec.Identity, ProtocolHint: destinationv1.ProtocolHint_PROTOCOL_HINT_H2,
+				MeshPort: uint32(w.spec.MeshPort), MetricLabels: labels,
+			}
+		}
+	}
+	return set
+}
+
+// subscription is one stream's interest in a service port.
+type subscription struct {
+	key   string
+	port  int
+	queue chan *endpointSet
+	gone  chan struct{}
+	once  sync.Once
+}
+
+func (s *subscription) overflow() { s.once.Do(func() { close(s.gone) }) }
+
+// subscribe registers interest in what authority names and queues its
+// current set. Unknown virtual IPs get one empty, non-existent set.
+func (ix *Index) subscribe(ctx context.Context, authority, contextNS string) (*subscription, error) {
+	t, err := parseAuthority(authority, contextNS, ix.domain)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-ix.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	sub := &subscription{port: t.port, queue: make(chan *endpointSet, ix.queue), gone: make(chan struct{})}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if t.ip.IsValid() {
+		key, ok := ix.byIP[t.ip]
+		if !ok {
+			sub.queue <- &endpointSet{}
+			return sub, nil
+		}
+		t.namespace, t.name, _ = cutKey(key)
+	}
+	sub.key = t.namespace + "/" + t.name
+	if ix.subs[sub.key] == nil {
+		ix.subs[sub.key] = map[*subscription]struct{}{}
+	}
+	ix.subs[sub.key][sub] = struct{}{}
+	sub.queue <- ix.build(sub.key, sub.port)
+	return sub, nil
+}
+
+func (ix *Index) unsubscribe(sub *subscription) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	delete(ix.subs[sub.key], sub)
+	if len(ix.subs[sub.key]) == 0 {
+		delete(ix.subs, sub.key)
+	}
+}
+
+// ServiceIP returns the virtual IP of a service (the DNS resolver).
+func (ix *Index) ServiceIP(name, namespace string) (netip.Addr, bool) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	s := ix.services[namespace+"/"+name]
+	if s == nil || s.spec == nil {
+		return netip.Addr{}, false
+	}
+	ip, err := netip.ParseAddr(s.spec.ClusterIP)
+	return ip, err == nil
+}
+
+// Overflows counts subscriptions closed because they fell behind.
+func (ix *Index) Overflows() int {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	return ix.overflows
+}

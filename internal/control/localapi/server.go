@@ -1,0 +1,343 @@
+// Package localapi is the local-mode control plane's API for the trellis
+// CLI: resources (apply, get, list, delete), join tokens, instance
+// addresses for network namespaces, status and shutdown, as JSON over
+// HTTP on a unix socket in the data directory (file permissions are the
+// access control).
+package localapi
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/trellis-mesh/trellis/internal/control/identity"
+	"github.com/trellis-mesh/trellis/internal/control/registry"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+	meshid "github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// Status describes a running control plane.
+type Status struct {
+	Version     string `json:"version"`
+	PID         int    `json:"pid"`
+	DataDir     string `json:"dataDir"`
+	ControlAddr string `json:"controlAddr"` // identity + destination (gRPC, TLS)
+	AdminAddr   string `json:"adminAddr"`
+	DNSAddr     string `json:"dnsAddr,omitempty"`
+	TrustDomain string `json:"trustDomain"`
+	// ClusterDomain is the DNS domain of services: NAME.NAMESPACE.svc.DOMAIN.
+	ClusterDomain string `json:"clusterDomain"`
+	TrustAnchor   string `json:"trustAnchor"` // PEM file proxies verify against
+	// Network is the bridge network instances join in transparent mode;
+	// empty when the control plane runs without one (explicit mode).
+	Network string    `json:"network,omitempty"`
+	Bridge  string    `json:"bridge,omitempty"`
+	Gateway string    `json:"gateway,omitempty"`
+	Started time.Time `json:"started"`
+}
+
+// Config is what the API serves from.
+type Config struct {
+	Store       store.Store
+	IPs         *registry.ClusterIPs
+	TokenKey    ed25519.PrivateKey
+	TrustDomain string
+	// Kinds checks objects before a batch is written.
+	Kinds store.Kinds
+	// Addresses hands out instance IPs; nil without a bridge network.
+	Addresses *Addresses
+	Status    func() Status
+	// Shutdown asks the control plane to stop.
+	Shutdown func()
+	Log      *slog.Logger
+}
+
+// Server is the API's HTTP server.
+type Server struct {
+	cfg Config
+	srv *http.Server
+	ln  net.Listener
+}
+
+// Listen binds the unix socket at path (replacing a stale one).
+func Listen(path string, cfg Config) (*Server, error) {
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: another control plane is running with this data directory", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("local API socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s := &Server{cfg: cfg, ln: ln}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("GET /v1/resources/{kind}", s.list)
+	mux.HandleFunc("GET /v1/resources/{kind}/{namespace}/{name}", s.get)
+	mux.HandleFunc("PUT /v1/resources", s.apply)
+	mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", s.delete)
+	mux.HandleFunc("POST /v1/join-tokens", s.joinToken)
+	mux.HandleFunc("POST /v1/addresses", s.allocate)
+	mux.HandleFunc("DELETE /v1/addresses/{owner}", s.release)
+	mux.HandleFunc("POST /v1/shutdown", s.shutdown)
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return s, nil
+}
+
+// Serve answers until ctx ends.
+func (s *Server) Serve(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s.srv.Shutdown(sctx)
+	}()
+	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("local API: %w", err)
+	}
+	return nil
+}
+
+// Error is the body of every failed call.
+type Error struct {
+	Error string `json:"error"`
+	Field string `json:"field,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, err error) {
+	var ve *store.ValidationError
+	code := http.StatusInternalServerError
+	e := Error{Error: err.Error()}
+	switch {
+	case errors.As(err, &ve):
+		code, e.Field = http.StatusUnprocessableEntity, ve.Field
+	case errors.Is(err, store.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, store.ErrConflict):
+		code = http.StatusConflict
+	case errors.Is(err, errBadRequest):
+		code = http.StatusBadRequest
+	}
+	writeJSON(w, code, e)
+}
+
+var errBadRequest = errors.New("bad request")
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, s.cfg.Status())
+}
+
+// List is the body of a list answer.
+type List struct {
+	Items           []store.Resource `json:"items"`
+	ResourceVersion uint64           `json:"resourceVersion"`
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	sel := labels.Everything()
+	if q := r.URL.Query().Get("selector"); q != "" {
+		var err error
+		if sel, err = labels.Parse(q); err != nil {
+			fail(w, fmt.Errorf("%w: selector: %v", errBadRequest, err))
+			return
+		}
+	}
+	items, rv, err := s.cfg.Store.List(r.Context(), r.PathValue("kind"), r.URL.Query().Get("namespace"), sel)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	if items == nil {
+		items = []store.Resource{}
+	}
+	writeJSON(w, http.StatusOK, List{Items: items, ResourceVersion: rv})
+}
+
+func key(r *http.Request) store.Key {
+	return store.Key{Kind: r.PathValue("kind"), Namespace: r.PathValue("namespace"), Name: r.PathValue("name")}
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	res, err := s.cfg.Store.Get(r.Context(), key(r))
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// ApplyRequest is a batch of objects to create or replace: all are
+// validated before any is written.
+type ApplyRequest struct {
+	Items []store.Resource `json:"items"`
+}
+
+// Applied is what happened to one object of a batch.
+type Applied struct {
+	Object store.Resource `json:"object"`
+	// Action is created, configured or unchanged.
+	Action string `json:"action"`
+}
+
+// ApplyResponse lists the outcome of each object, in order.
+type ApplyResponse struct {
+	Items []Applied `json:"items"`
+}
+
+// ItemError is a batch's failure: which object, and why.
+type ItemError struct {
+	Index int
+	Err   error
+}
+
+func (e *ItemError) Error() string { return e.Err.Error() }
+func (e *ItemError) Unwrap() error { return e.Err }
+
+func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
+	var req ApplyRequest
+	d := json.NewDecoder(io.LimitReader(r.Body, 8<<20))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&req); err != nil {
+		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
+		return
+	}
+	for i := range req.Items {
+		item := req.Items[i] // a copy: checks may fill in defaults
+		if err := store.Validate(&item, s.cfg.Kinds); err != nil {
+			failItem(w, i, err)
+			return
+		}
+	}
+	var out ApplyResponse
+	for i, item := range req.Items {
+		prev, err := s.cfg.Store.Get(r.Context(), item.Key())
+		existed := err == nil
+		if err := s.cfg.IPs.Assign(r.Context(), &item); err != nil {
+			failItem(w, i, err)
+			return
+		}
+		got, err := s.cfg.Store.Apply(r.Context(), item)
+		if err != nil {
+			failItem(w, i, err)
+			return
+		}
+		action := "created"
+		if existed {
+			action = "configured"
+			if prev.Metadata.ResourceVersion == got.Metadata.ResourceVersion {
+				action = "unchanged"
+			}
+		}
+		out.Items = append(out.Items, Applied{Object: got, Action: action})
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// failItem answers with err, saying which object of the batch failed.
+func failItem(w http.ResponseWriter, i int, err error) {
+	fail(w, fmt.Errorf("object %d: %w", i+1, err))
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	if err := s.cfg.Store.Delete(r.Context(), key(r)); err != nil {
+		fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// TokenRequest asks for a join token.
+type TokenRequest struct {
+	Identity string        `json:"identity"`
+	TTL      time.Duration `json:"ttl"`
+}
+
+// TokenResponse carries a join token.
+type TokenResponse struct {
+	Token string `json:"token"`
+}
+
+func (s *Server) joinToken(w http.ResponseWriter, r *http.Request) {
+	var req TokenRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil {
+		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
+		return
+	}
+	id, err := meshid.Parse(req.Identity)
+	if err != nil || id.TrustDomain != s.cfg.TrustDomain {
+		fail(w, fmt.Errorf("%w: identity %q: not a SPIFFE ID of trust domain %s", errBadRequest, req.Identity, s.cfg.TrustDomain))
+		return
+	}
+	if req.TTL <= 0 {
+		req.TTL = 24 * time.Hour
+	}
+	tok, err := identity.IssueJoinToken(s.cfg.TokenKey, id, req.TTL, time.Now())
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, TokenResponse{Token: tok})
+}
+
+// AddressRequest asks for an instance address on the bridge network.
+type AddressRequest struct {
+	Owner string `json:"owner"`
+}
+
+// AddressResponse is an allocated address and its prefix length.
+type AddressResponse struct {
+	Address netip.Addr `json:"address"`
+	Bits    int        `json:"bits"`
+}
+
+func (s *Server) allocate(w http.ResponseWriter, r *http.Request) {
+	var req AddressRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 64<<10)).Decode(&req); err != nil || req.Owner == "" {
+		fail(w, fmt.Errorf("%w: want {\"owner\": NAME}", errBadRequest))
+		return
+	}
+	if s.cfg.Addresses == nil {
+		fail(w, fmt.Errorf("%w: this control plane has no bridge network (start it as root)", errBadRequest))
+		return
+	}
+	a, err := s.cfg.Addresses.Allocate(req.Owner)
+	if err != nil {
+		fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, AddressResponse{Address: a, Bits: s.cfg.Addresses.Prefix.Bits()})
+}
+
+func (s *Server) release(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Addresses != nil {
+		s.cfg.Addresses.Release(r.PathValue("owner"))
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) shutdown(w http.ResponseWriter, _ *http.Request) {
+	w.WriteHeader(http.StatusAccepted)
+	s.cfg.Shutdown()
+}

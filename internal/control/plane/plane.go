@@ -1,0 +1,200 @@
+// Package plane runs every control-plane component in one process — what
+// `trellis-control all` and `trellis up` start: the identity service, the
+// destination service and workload registry on the same gRPC/TLS port, the
+// embedded store behind them, the DNS server for service names, and the
+// local API the trellis CLI talks to.
+package plane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/trellis-mesh/trellis/internal/buildinfo"
+	"github.com/trellis-mesh/trellis/internal/control/destination"
+	"github.com/trellis-mesh/trellis/internal/control/dns"
+	"github.com/trellis-mesh/trellis/internal/control/identity"
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/control/registry"
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+	"github.com/trellis-mesh/trellis/internal/pki"
+)
+
+// StoreFile is the embedded database's file name in the data directory.
+const StoreFile = "store.db"
+
+// Options configure the whole control plane.
+type Options struct {
+	// Identity configures the certificate authority; its Addr is the gRPC
+	// port of every component, its DataDir the state of all of them.
+	Identity identity.Options
+	// ClusterDomain is the DNS domain of services (name.ns.svc.<domain>).
+	ClusterDomain string
+	// DNSAddr, if set, serves service names there (UDP and TCP).
+	DNSAddr string
+	// LeaseTTL is how long a workload stays registered without renewal.
+	LeaseTTL time.Duration
+	// Network, if valid, is the bridge network whose addresses instances
+	// get; Bridge names its interface (status only).
+	Network netip.Prefix
+	Bridge  string
+}
+
+// Flags binds the options to fs.
+func (o *Options) Flags(fs *pflag.FlagSet) {
+	o.Identity.Flags(fs)
+	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "DNS domain of services: NAME.NAMESPACE.svc.DOMAIN")
+	fs.StringVar(&o.DNSAddr, "dns-addr", "", "address serving service names over DNS (UDP and TCP); empty: no DNS")
+	fs.DurationVar(&o.LeaseTTL, "lease-ttl", registry.DefaultTTL, "how long a workload stays registered without its proxy renewing the lease")
+}
+
+// Plane is a control plane ready to run: state loaded, every port bound.
+type Plane struct {
+	opts     Options
+	log      *slog.Logger
+	identity *identity.Server
+	store    *store.DB
+	index    *destination.Index
+	registry *registry.Registry
+	dns      *dns.Server
+	api      *localapi.Server
+	started  time.Time
+	stop     context.CancelFunc
+	stopped  chan struct{}
+}
+
+// New loads (or creates) the state in the data directory and binds every
+// listener; an error names what is wrong.
+func New(o Options, log *slog.Logger) (*Plane, error) {
+	if o.Identity.DataDir == "" {
+		return nil, errors.New("--data-dir is required: it keeps the store, the certificates and the API socket")
+	}
+	if o.LeaseTTL < 100*time.Millisecond {
+		return nil, fmt.Errorf("--lease-ttl %v: must be at least 100ms", o.LeaseTTL)
+	}
+	if err := os.MkdirAll(o.Identity.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data-dir: %w", err)
+	}
+	p := &Plane{opts: o, log: log, started: time.Now(), stopped: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			p.close()
+		}
+	}()
+	var err error
+	if p.store, err = store.Open(filepath.Join(o.Identity.DataDir, StoreFile), store.Options{Kinds: resources.Kinds{}}); err != nil {
+		return nil, err
+	}
+	if p.identity, err = identity.NewServer(o.Identity, log.With("component", "identity")); err != nil {
+		return nil, err
+	}
+	ips := &registry.ClusterIPs{Store: p.store, CIDR: registry.DefaultServiceCIDR}
+	p.registry = registry.New(registry.Config{Store: p.store, TrustDomain: o.Identity.TrustDomain, TTL: o.LeaseTTL,
+		RestartGrace: registry.DefaultRestartGrace, IPs: ips, Log: log.With("component", "registry")})
+	if err := p.registry.Load(context.Background()); err != nil {
+		return nil, err
+	}
+	p.index = destination.NewIndex(p.store, o.ClusterDomain, destination.DefaultQueue, log.With("component", "destination"))
+	destination.NewServer(p.index).Register(p.identity.GRPC())
+	p.registry.AddTo(p.identity.GRPC())
+	if o.DNSAddr != "" {
+		if p.dns, err = dns.Listen(o.DNSAddr, dns.Config{Domain: o.ClusterDomain, Resolver: p.index, Log: log.With("component", "dns")}); err != nil {
+			return nil, fmt.Errorf("--dns-addr: %w", err)
+		}
+	}
+	var addrs *localapi.Addresses
+	if o.Network.IsValid() {
+		addrs = localapi.NewAddresses(o.Network)
+		p.reserveAddresses(addrs)
+	}
+	if p.api, err = localapi.Listen(filepath.Join(o.Identity.DataDir, localapi.SocketName), localapi.Config{
+		Store: p.store, IPs: ips, TokenKey: p.identity.JoinTokenKey(), TrustDomain: o.Identity.TrustDomain,
+		Kinds: resources.Kinds{}, Addresses: addrs, Status: p.Status, Shutdown: p.Shutdown, Log: log.With("component", "api"),
+	}); err != nil {
+		return nil, err
+	}
+	ok = true
+	return p, nil
+}
+
+// reserveAddresses keeps the addresses of registered workloads taken.
+func (p *Plane) reserveAddresses(a *localapi.Addresses) {
+	wls, _, err := p.store.List(context.Background(), resources.KindWorkload, "", nil)
+	if err != nil {
+		return
+	}
+	for _, w := range wls {
+		var spec resources.WorkloadSpec
+		if resources.Decode(w.Spec, &spec) == nil {
+			if ip, err := netip.ParseAddr(spec.Address); err == nil && a.Prefix.Contains(ip) {
+				a.Reserve(w.Metadata.Namespace+"/"+w.Metadata.Name, ip)
+			}
+		}
+	}
+}
+
+// Status describes the running control plane.
+func (p *Plane) Status() localapi.Status {
+	s := localapi.Status{
+		Version: buildinfo.Version, PID: os.Getpid(), DataDir: p.opts.Identity.DataDir,
+		ControlAddr: p.identity.Addr().String(), AdminAddr: p.identity.AdminAddr().String(),
+		TrustDomain: p.opts.Identity.TrustDomain, ClusterDomain: p.opts.ClusterDomain, TrustAnchor: filepath.Join(p.opts.Identity.DataDir, pki.AnchorFile),
+		Bridge: p.opts.Bridge, Started: p.started,
+	}
+	if p.opts.Identity.TrustAnchorPEM != "" {
+		s.TrustAnchor = p.opts.Identity.TrustAnchorPEM
+	}
+	if p.dns != nil {
+		s.DNSAddr = p.dns.Addr().String()
+	}
+	if p.opts.Network.IsValid() {
+		s.Network = p.opts.Network.String()
+		s.Gateway = p.opts.Network.Masked().Addr().Next().String()
+	}
+	return s
+}
+
+// Shutdown asks Run to stop.
+func (p *Plane) Shutdown() {
+	if p.stop != nil {
+		p.stop()
+	}
+}
+
+// Run serves until ctx ends or Shutdown is called, then stops every
+// component gracefully.
+func (p *Plane) Run(ctx context.Context) error {
+	ctx, p.stop = context.WithCancel(ctx)
+	defer p.stop()
+	defer p.close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.index.Run(gctx) })
+	g.Go(func() error { return p.registry.Run(gctx) })
+	g.Go(func() error { return p.identity.Run(gctx) })
+	g.Go(func() error { return p.api.Serve(gctx) })
+	if p.dns != nil {
+		g.Go(func() error { return p.dns.Serve(gctx) })
+	}
+	p.log.Info("control plane serving", "control", p.identity.Addr().String(), "admin", p.identity.AdminAddr().String(),
+		"data_dir", p.opts.Identity.DataDir)
+	return g.Wait()
+}
+
+func (p *Plane) close() {
+	if p.dns != nil {
+		p.dns.Close()
+	}
+	if p.store != nil {
+		p.store.Close()
+	}
+}

@@ -1,0 +1,182 @@
+// Package resources defines the Trellis resource kinds kept in the store —
+// Service and Workload today — and checks them before anything is written:
+// every error names the field at fault.
+package resources
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/trellis-mesh/trellis/internal/control/store"
+	meshid "github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// APIVersion is the group and version of every Trellis kind.
+const APIVersion = "trellis.dev/v1alpha1"
+
+// The kinds.
+const (
+	KindService  = "Service"
+	KindWorkload = "Workload"
+)
+
+// WorkloadLabel names, on a Workload, the workload it is an instance of
+// (what `trellis run --name` started); the instance is the Workload's name.
+const WorkloadLabel = "trellis.dev/workload"
+
+// Protocols a port may declare; "" detects.
+var protocols = map[string]bool{"": true, "http": true, "grpc": true, "tcp": true, "opaque": true}
+
+// ServiceSpec is a logical service: the ports it serves and its virtual IP,
+// which applications in transparent mode dial.
+type ServiceSpec struct {
+	Ports []ServicePort `json:"ports"`
+	// ClusterIP is allocated by the control plane when empty.
+	ClusterIP string `json:"clusterIP,omitempty"`
+}
+
+// ServicePort is one port of a service.
+type ServicePort struct {
+	Name     string `json:"name,omitempty"`
+	Port     int    `json:"port"`
+	Protocol string `json:"protocol,omitempty"`
+}
+
+// WorkloadSpec is one registered instance of a service.
+type WorkloadSpec struct {
+	Service  string         `json:"service"`
+	Identity string         `json:"identity"`
+	Address  string         `json:"address"`
+	Ports    []WorkloadPort `json:"ports"`
+	// MeshPort is the instance proxy's inbound port (mTLS from peers).
+	MeshPort int `json:"meshPort"`
+	// AdminPort is the instance proxy's admin port (/metrics, /ready).
+	AdminPort int `json:"adminPort,omitempty"`
+}
+
+// WorkloadPort maps a service port to the port the instance listens on.
+type WorkloadPort struct {
+	Port       int    `json:"port"`
+	TargetPort int    `json:"targetPort"`
+	Protocol   string `json:"protocol,omitempty"`
+}
+
+// Kinds is the store.Kinds of Trellis.
+type Kinds struct{}
+
+// Namespaced reports whether kind lives in a namespace: every Trellis kind does.
+func (Kinds) Namespaced(kind string) bool { return kind == KindService || kind == KindWorkload }
+
+// Check validates r's apiVersion and spec.
+func (Kinds) Check(r *store.Resource) error {
+	var check func(*store.Resource) error
+	switch r.Kind {
+	case KindService:
+		check = checkService
+	case KindWorkload:
+		check = checkWorkload
+	default:
+		return &store.ValidationError{Field: "kind", Reason: fmt.Sprintf("unknown kind %q (known: %s, %s)", r.Kind, KindService, KindWorkload)}
+	}
+	if r.APIVersion != APIVersion {
+		return &store.ValidationError{Field: "apiVersion", Reason: fmt.Sprintf("%q: %s is %s", r.APIVersion, r.Kind, APIVersion)}
+	}
+	return check(r)
+}
+
+// Decode strictly decodes a resource's spec into v: unknown fields are errors.
+func Decode(spec json.RawMessage, v any) error {
+	if len(spec) == 0 {
+		return &store.ValidationError{Field: "spec", Reason: "required"}
+	}
+	d := json.NewDecoder(bytes.NewReader(spec))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		return &store.ValidationError{Field: "spec", Reason: strings.TrimPrefix(err.Error(), "json: ")}
+	}
+	return nil
+}
+
+func checkService(r *store.Resource) error {
+	var s ServiceSpec
+	if err := Decode(r.Spec, &s); err != nil {
+		return err
+	}
+	if len(s.Ports) == 0 {
+		return invalid("spec.ports", "at least one port is required")
+	}
+	seen := map[int]bool{}
+	for i, p := range s.Ports {
+		f := fmt.Sprintf("spec.ports[%d]", i)
+		if err := checkPort(f+".port", p.Port); err != nil {
+			return err
+		}
+		if seen[p.Port] {
+			return invalid(f+".port", fmt.Sprintf("%d is listed twice", p.Port))
+		}
+		seen[p.Port] = true
+		if !protocols[p.Protocol] {
+			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, grpc, tcp or opaque", p.Protocol))
+		}
+	}
+	if s.ClusterIP != "" {
+		if a, err := netip.ParseAddr(s.ClusterIP); err != nil || !a.Is4() {
+			return invalid("spec.clusterIP", fmt.Sprintf("%q is not an IPv4 address", s.ClusterIP))
+		}
+	}
+	return nil
+}
+
+func checkWorkload(r *store.Resource) error {
+	var w WorkloadSpec
+	if err := Decode(r.Spec, &w); err != nil {
+		return err
+	}
+	if w.Service == "" {
+		return invalid("spec.service", "required")
+	}
+	id, err := meshid.Parse(w.Identity)
+	if err != nil {
+		return invalid("spec.identity", err.Error())
+	}
+	if id.Namespace != r.Metadata.Namespace {
+		return invalid("spec.identity", fmt.Sprintf("namespace %q differs from the workload's %q", id.Namespace, r.Metadata.Namespace))
+	}
+	if _, err := netip.ParseAddr(w.Address); err != nil {
+		return invalid("spec.address", fmt.Sprintf("%q is not an IP address", w.Address))
+	}
+	if len(w.Ports) == 0 {
+		return invalid("spec.ports", "at least one port is required")
+	}
+	for i, p := range w.Ports {
+		f := fmt.Sprintf("spec.ports[%d]", i)
+		if err := checkPort(f+".port", p.Port); err != nil {
+			return err
+		}
+		if err := checkPort(f+".targetPort", p.TargetPort); err != nil {
+			return err
+		}
+		if !protocols[p.Protocol] {
+			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, grpc, tcp or opaque", p.Protocol))
+		}
+	}
+	if err := checkPort("spec.meshPort", w.MeshPort); err != nil {
+		return err
+	}
+	if w.AdminPort != 0 {
+		return checkPort("spec.adminPort", w.AdminPort)
+	}
+	return nil
+}
+
+func checkPort(field string, p int) error {
+	if p < 1 || p > 65535 {
+		return invalid(field, fmt.Sprintf("%d: must be between 1 and 65535", p))
+	}
+	return nil
+}
+
+func invalid(field, reason string) error { return &store.ValidationError{Field: field, Reason: reason} }

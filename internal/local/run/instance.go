@@ -1,0 +1,372 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+	"github.com/trellis-mesh/trellis/internal/local/netns"
+	"github.com/trellis-mesh/trellis/internal/proxy/iptables"
+)
+
+// Ports of a transparent-mode proxy, alone in its namespace.
+const (
+	inboundPort  = iptables.DefaultInboundPort
+	outboundPort = iptables.DefaultOutboundPort
+	adminPort    = 4191
+	// ProxyUID is the user the proxy runs as in transparent mode; iptables
+	// leaves its own connections alone.
+	ProxyUID = iptables.DefaultProxyUID
+	// tokenTTL bounds the join token a replica's proxy renews its
+	// certificate with.
+	tokenTTL = 30 * 24 * time.Hour
+	// readyTimeout bounds waiting for a proxy to become ready.
+	readyTimeout = 20 * time.Second
+	stopTimeout  = 10 * time.Second
+)
+
+// instance is one replica: its proxy, its application and, in transparent
+// mode, its network namespace.
+type instance struct {
+	name        string // web-0
+	o           *Options
+	st          localapi.Status
+	api         *localapi.Client
+	transparent bool
+	index       int
+
+	ns       *netns.Namespace
+	addr     netip.Addr // the replica's IP
+	dir      string
+	admin    string // proxy admin host:port
+	appPort  int
+	env      []string
+	upstream map[string]string // env name -> address
+	proxy    *exec.Cmd
+	app      *exec.Cmd
+	proxyC   chan error
+	appC     chan error
+	stopOnce sync.Once
+}
+
+func (in *instance) identity() string {
+	return "spiffe://" + in.st.TrustDomain + "/ns/" + in.o.Namespace + "/sa/" + in.o.Name
+}
+
+func (in *instance) key() string { return in.o.Namespace + "/" + in.name }
+
+// start sets the replica up and starts its proxy, waits for it to be
+// ready, then starts the application. On error it undoes what it did.
+func (in *instance) start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			in.stop()
+		}
+	}()
+	in.dir = filepath.Join(in.o.DataDir, "run", in.o.Namespace+"-"+in.name)
+	if err := os.MkdirAll(in.dir, 0o700); err != nil {
+		return err
+	}
+	tok, err := in.api.JoinToken(ctx, in.identity(), tokenTTL)
+	if err != nil {
+		return fmt.Errorf("join token: %w", err)
+	}
+	anchors, err := os.ReadFile(in.st.TrustAnchor)
+	if err != nil {
+		return fmt.Errorf("trust anchor: %w", err)
+	}
+	for name, data := range map[string][]byte{"token": []byte(tok), "trust-anchors.pem": anchors} {
+		if err := os.WriteFile(filepath.Join(in.dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	if in.transparent {
+		err = in.setupNamespace(ctx)
+	} else {
+		err = in.setupExplicit()
+	}
+	if err != nil {
+		return err
+	}
+	if err := in.startProxy(ctx); err != nil {
+		return err
+	}
+	return in.startApp()
+}
+
+// setupNamespace makes the replica's namespace and interception rules.
+func (in *instance) setupNamespace(ctx context.Context) error {
+	a, err := in.api.AllocateAddress(ctx, in.key())
+	if err != nil {
+		return fmt.Errorf("address: %w", err)
+	}
+	in.addr = a.Address
+	gw, _ := netip.ParseAddr(in.st.Gateway)
+	d := in.st.ClusterDomain
+	in.ns = &netns.Namespace{
+		Name: netns.NamespaceName(in.o.Namespace, in.name), Addr: netip.PrefixFrom(a.Address, a.Bits), Gateway: gw, Bridge: in.st.Bridge,
+		Search: []string{in.o.Namespace + ".svc." + d, "svc." + d, d},
+	}
+	if err := in.ns.Create(ctx); err != nil {
+		return err
+	}
+	// The proxy drops to ProxyUID: it must be able to read its files.
+	for _, p := range []string{in.o.DataDir, filepath.Dir(in.dir)} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			return err
+		}
+	}
+	for _, p := range []string{in.dir, filepath.Join(in.dir, "token"), filepath.Join(in.dir, "trust-anchors.pem")} {
+		if err := os.Chown(p, ProxyUID, ProxyUID); err != nil {
+			return err
+		}
+	}
+	initArgs := in.ns.Exec(in.o.Exe, "proxy", "init", "--skip-inbound-ports", strconv.Itoa(adminPort))
+	if out, err := exec.CommandContext(ctx, initArgs[0], initArgs[1:]...).CombinedOutput(); err != nil {
+		return fmt.Errorf("iptables in %s: %w: %s", in.ns.Name, err, strings.TrimSpace(string(out)))
+	}
+	in.appPort = in.o.Port
+	in.admin = net.JoinHostPort(in.addr.String(), strconv.Itoa(adminPort))
+	in.env = append(in.env, "LISTEN_ADDR=0.0.0.0:"+strconv.Itoa(in.appPort))
+	for _, u := range in.o.Upstreams {
+		in.upstream[u.EnvName()] = net.JoinHostPort(u.Name+"."+in.upstreamNS(u)+".svc."+d, strconv.Itoa(u.Port))
+	}
+	return nil
+}
+
+func (in *instance) upstreamNS(u Upstream) string {
+	if u.Namespace != "" {
+		return u.Namespace
+	}
+	return in.o.Namespace
+}
+
+// setupExplicit picks loopback ports for the proxy and the application.
+func (in *instance) setupExplicit() error {
+	in.addr = netip.MustParseAddr("127.0.0.1")
+	in.appPort = in.o.Port + in.index
+	in.env = append(in.env, "LISTEN_ADDR=127.0.0.1:"+strconv.Itoa(in.appPort))
+	return nil
+}
+
+func (in *instance) proxyArgs(ctx context.Context) ([]string, error) {
+	sp := fmt.Sprintf("%d=%d", in.o.Port, in.appPort)
+	if in.o.Protocol != "" {
+		sp += "/" + in.o.Protocol
+	}
+	args := []string{in.o.Exe, "proxy",
+		"--identity", in.identity(), "--identity-addr", in.st.ControlAddr,
+		"--identity-token-file", filepath.Join(in.dir, "token"), "--trust-anchors", filepath.Join(in.dir, "trust-anchors.pem"),
+		"--destination-addr", in.st.ControlAddr, "--workload", in.name, "--service", in.o.Service,
+		"--service-port", sp, "--workload-label", resources.WorkloadLabel + "=" + in.o.Name,
+		"--workload-address", in.addr.String(), "--shutdown-grace-period", "5s",
+		"--log-format", "text", "--log-level", in.o.ProxyLogLevel,
+	}
+	if in.transparent {
+		args = append(args, "--inbound-addr", "0.0.0.0:"+strconv.Itoa(inboundPort), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(outboundPort),
+			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--run-as-uid", strconv.Itoa(ProxyUID))
+		return in.ns.Exec(args...), nil
+	}
+	ports, err := freePorts(3 + len(in.o.Upstreams))
+	if err != nil {
+		return nil, err
+	}
+	in.admin = "127.0.0.1:" + strconv.Itoa(ports[2])
+	args = append(args, "--inbound-addr", "127.0.0.1:"+strconv.Itoa(ports[0]), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(ports[1]),
+		"--admin-addr", in.admin, "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
+	d := in.st.ClusterDomain
+	for i, u := range in.o.Upstreams {
+		local := ports[3+i]
+		args = append(args, "--upstream", fmt.Sprintf("%s=%d:%s.%s.svc.%s:%d", u.Name, local, u.Name, in.upstreamNS(u), d, u.Port))
+		in.upstream[u.EnvName()] = "127.0.0.1:" + strconv.Itoa(local)
+	}
+	in.env = append(in.env, "HTTP_PROXY=http://127.0.0.1:"+strconv.Itoa(ports[1]), "http_proxy=http://127.0.0.1:"+strconv.Itoa(ports[1]))
+	return args, nil
+}
+
+// startProxy starts the proxy and waits until its admin port says ready.
+func (in *instance) startProxy(ctx context.Context) error {
+	args, err := in.proxyArgs(ctx)
+	if err != nil {
+		return err
+	}
+	in.proxy = command(args, nil, prefixed(in.o.Err, in.name+" proxy | "), prefixed(in.o.Err, in.name+" proxy | "))
+	if err := in.proxy.Start(); err != nil {
+		return fmt.Errorf("starting the proxy: %w", err)
+	}
+	in.proxyC = wait(in.proxy)
+	deadline := time.NewTimer(readyTimeout)
+	defer deadline.Stop()
+	client := &http.Client{Timeout: time.Second}
+	for {
+		select {
+		case err := <-in.proxyC:
+			in.proxyC = closedWith(err)
+			return fmt.Errorf("the proxy exited before it was ready: %v", err)
+		case <-deadline.C:
+			return fmt.Errorf("the proxy was not ready within %v (admin http://%s/ready)", readyTimeout, in.admin)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+		if resp, err := client.Get("http://" + in.admin + "/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+	}
+}
+
+// startApp starts the application with its environment and expanded args.
+func (in *instance) startApp() error {
+	in.env = append(in.env, "PORT="+strconv.Itoa(in.appPort), "TRELLIS_INSTANCE="+in.name,
+		"TRELLIS_SERVICE="+in.o.Service, "TRELLIS_NAMESPACE="+in.o.Namespace)
+	for k, v := range in.upstream {
+		in.env = append(in.env, k+"="+v)
+	}
+	vars := map[string]string{}
+	for _, kv := range in.env {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	argv := make([]string, len(in.o.Command))
+	for i, a := range in.o.Command {
+		argv[i] = os.Expand(a, func(k string) string {
+			if v, ok := vars[k]; ok {
+				return v
+			}
+			return "$" + k
+		})
+	}
+	if in.transparent {
+		argv = in.ns.Exec(argv...)
+	}
+	env := append(append(os.Environ(), in.o.Env...), in.env...)
+	in.app = command(argv, env, prefixed(in.o.Out, in.name+" | "), prefixed(in.o.Err, in.name+" | "))
+	if err := in.app.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", in.o.Command[0], err)
+	}
+	in.appC = wait(in.app)
+	return nil
+}
+
+// stop ends the replica: the proxy first (it deregisters, then drains),
+// then the application; then it removes the namespace, the address, the
+// workload (if its proxy could not deregister it) and the files.
+func (in *instance) stop() { in.stopOnce.Do(in.teardown) }
+
+func (in *instance) teardown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*stopTimeout)
+	defer cancel()
+	terminate(in.proxy, in.proxyC)
+	terminate(in.app, in.appC)
+	if in.api != nil && in.name != "" {
+		err := in.api.Delete(ctx, store.Key{Kind: resources.KindWorkload, Namespace: in.o.Namespace, Name: in.name})
+		if err != nil && !localapi.NotFound(err) {
+			fmt.Fprintf(in.o.Err, "%s: removing the workload: %v\n", in.name, err)
+		}
+	}
+	if in.ns != nil {
+		if err := in.ns.Delete(ctx); err != nil {
+			fmt.Fprintf(in.o.Err, "%s: removing network namespace %s: %v\n", in.name, in.ns.Name, err)
+		}
+		in.api.ReleaseAddress(ctx, in.key())
+	}
+	if in.dir != "" {
+		os.RemoveAll(in.dir)
+	}
+}
+
+// command builds a process in its own process group (so the terminal's
+// Ctrl-C reaches only trellis, which stops things in order) that dies
+// with trellis.
+func command(argv, env []string, stdout, stderr io.Writer) *exec.Cmd {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd
+}
+
+// wait reports the process's exit on a channel.
+func wait(cmd *exec.Cmd) chan error {
+	c := make(chan error, 1)
+	go func() { c <- cmd.Wait() }()
+	return c
+}
+
+func closedWith(err error) chan error {
+	c := make(chan error, 1)
+	c <- err
+	return c
+}
+
+// terminate sends SIGTERM to the process group, then SIGKILL if it has
+// not exited within stopTimeout.
+func terminate(cmd *exec.Cmd, done chan error) {
+	if cmd == nil || cmd.Process == nil || done == nil {
+		return
+	}
+	select {
+	case err := <-done:
+		done <- err
+		return
+	default:
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case err := <-done:
+		done <- err
+	case <-time.After(stopTimeout):
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		done <- <-done
+	}
+}
+
+// freePorts returns n distinct loopback ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// portFree reports whether 127.0.0.1:port can be listened on.
+func portFree(port int) error {
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("port %d is already in use (explicit mode: the application listens on it)", port)
+		}
+		return err
+	}
+	return l.Close()
+}

@@ -1,0 +1,123 @@
+// Package run starts applications meshed in local mode — what `trellis
+// run` does: for each replica, the application and a trellis-proxy next to
+// it, registered with the control plane under the service's name. As root
+// (and with a control plane that has a bridge network) each replica gets
+// its own network namespace with transparent interception and service
+// names in DNS; otherwise the proxy runs in explicit mode and the
+// application is told, in its environment, where to send its traffic.
+package run
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// Options describe one `trellis run`.
+type Options struct {
+	// Name is the workload's name; replicas are NAME-0, NAME-1, ...; it is
+	// also the service account of the identity.
+	Name      string
+	Namespace string
+	// Service is the service the replicas serve (default Name).
+	Service string
+	// Port is the service port. In transparent mode every replica's
+	// application listens on it in its own namespace; in explicit mode
+	// replica i listens on Port+i on loopback.
+	Port     int
+	Protocol string
+	Replicas int
+	// Upstreams are services the application calls ("name[.namespace]:port").
+	Upstreams []Upstream
+	// Command is the application's argv; $PORT, $LISTEN_ADDR and the
+	// upstreams' $NAME_ADDR are expanded in it.
+	Command []string
+	// Env is added to the application's environment.
+	Env []string
+	// Mode is "auto", "transparent" or "explicit".
+	Mode string
+	// DataDir is the control plane's data directory.
+	DataDir string
+	// Exe is the trellis binary, which also runs the proxy.
+	Exe string
+	// ProxyLogLevel is the proxies' log level.
+	ProxyLogLevel string
+	Out, Err      io.Writer
+	Log           *slog.Logger
+}
+
+// Upstream is a service the application calls.
+type Upstream struct {
+	Name, Namespace string
+	Port            int
+}
+
+// EnvName is the environment variable that tells the application where
+// the upstream is: EMOJI_ADDR for emoji.
+func (u Upstream) EnvName() string {
+	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(u.Name)) + "_ADDR"
+}
+
+// ParseUpstream reads NAME[.NAMESPACE]:PORT.
+func ParseUpstream(s string) (Upstream, error) {
+	host, p, ok := strings.Cut(s, ":")
+	port, err := strconv.Atoi(p)
+	if !ok || err != nil || port < 1 || port > 65535 {
+		return Upstream{}, fmt.Errorf("upstream %q: want NAME[.NAMESPACE]:PORT", s)
+	}
+	name, ns, qualified := strings.Cut(host, ".")
+	parts := []string{name}
+	if qualified {
+		parts = append(parts, ns)
+	}
+	for _, part := range parts {
+		if errs := validation.IsDNS1123Label(part); len(errs) > 0 {
+			return Upstream{}, fmt.Errorf("upstream %q: %q: %s", s, part, strings.Join(errs, "; "))
+		}
+	}
+	return Upstream{Name: name, Namespace: ns, Port: port}, nil
+}
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// Validate checks the options, naming the flag at fault, and fills defaults.
+func (o *Options) Validate() error {
+	if o.Namespace == "" {
+		o.Namespace = "default"
+	}
+	if o.Service == "" {
+		o.Service = o.Name
+	}
+	for _, f := range []struct{ flag, v string }{{"--name", o.Name}, {"--namespace", o.Namespace}, {"--service", o.Service}} {
+		if !dnsLabel.MatchString(f.v) || len(f.v) > 40 {
+			return fmt.Errorf("%s %q: must be a DNS label (lower-case letters, digits and '-', at most 40 characters)", f.flag, f.v)
+		}
+	}
+	switch {
+	case o.Port < 1 || o.Port > 65535:
+		return fmt.Errorf("--port %d: must be between 1 and 65535", o.Port)
+	case o.Replicas < 1 || o.Replicas > 100:
+		return fmt.Errorf("--replicas %d: must be between 1 and 100", o.Replicas)
+	case o.Port+o.Replicas-1 > 65535:
+		return fmt.Errorf("--port %d with --replicas %d: explicit mode needs ports up to %d", o.Port, o.Replicas, o.Port+o.Replicas-1)
+	case len(o.Command) == 0:
+		return errors.New("no command: give the application after --, e.g. trellis run --name web --port 8080 -- ./web")
+	}
+	switch o.Protocol {
+	case "", "http", "grpc", "tcp", "opaque":
+	default:
+		return fmt.Errorf("--protocol %q: must be http, grpc, tcp or opaque", o.Protocol)
+	}
+	switch o.Mode {
+	case "", "auto", "transparent", "explicit":
+	default:
+		return fmt.Errorf("--mode %q: must be auto, transparent or explicit", o.Mode)
+	}
+	return nil
+}

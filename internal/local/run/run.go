@@ -1,0 +1,174 @@
+package run
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+)
+
+// Run starts every replica and supervises them until ctx ends (then it
+// stops them in order and cleans up) or every replica's application has
+// exited. A replica whose application exits is taken out: its proxy
+// deregisters it and stops.
+func Run(ctx context.Context, o Options) error {
+	set, err := Start(ctx, o)
+	if err != nil {
+		return err
+	}
+	return set.Wait(ctx)
+}
+
+// Set is a started group of replicas.
+type Set struct {
+	o         Options
+	instances []*instance
+}
+
+// Start validates o and starts the replicas; on error nothing is left running.
+func Start(ctx context.Context, o Options) (*Set, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if _, err := exec.LookPath(o.Command[0]); err != nil {
+		return nil, fmt.Errorf("command %q: %w", o.Command[0], err)
+	}
+	api := localapi.NewClient(filepath.Join(o.DataDir, localapi.SocketName))
+	st, err := api.Status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	transparent, err := chooseMode(o.Mode, st)
+	if err != nil {
+		return nil, err
+	}
+	if !transparent {
+		for i := range o.Replicas {
+			if err := portFree(o.Port + i); err != nil {
+				return nil, fmt.Errorf("--port: %w", err)
+			}
+		}
+	}
+	s := &Set{o: o}
+	for i := range o.Replicas {
+		in := &instance{name: fmt.Sprintf("%s-%d", o.Name, i), o: &s.o, st: st, api: api, transparent: transparent, index: i, upstream: map[string]string{}}
+		if err := in.start(ctx); err != nil {
+			s.Stop()
+			return nil, fmt.Errorf("%s: %w", in.name, err)
+		}
+		s.instances = append(s.instances, in)
+		s.describe(in)
+	}
+	return s, nil
+}
+
+// chooseMode decides between transparent and explicit mode.
+func chooseMode(mode string, st localapi.Status) (bool, error) {
+	root := os.Geteuid() == 0
+	switch mode {
+	case "transparent":
+		if !root {
+			return false, errors.New("--mode transparent needs root (network namespaces and iptables)")
+		}
+		if st.Network == "" {
+			return false, errors.New("--mode transparent needs a control plane with a bridge network: start 'trellis up' as root")
+		}
+		return true, nil
+	case "explicit":
+		return false, nil
+	}
+	return root && st.Network != "", nil
+}
+
+// describe prints where a started replica is and what its application got.
+func (s *Set) describe(in *instance) {
+	mode := "explicit"
+	if in.transparent {
+		mode = "transparent, network namespace " + in.ns.Name
+	}
+	fmt.Fprintf(s.o.Out, "%s: started (%s)\n  identity  %s\n  address   %s:%d\n  proxy     http://%s/metrics\n", in.name, mode, in.identity(), in.addr, in.appPort, in.admin)
+	var env []string
+	for _, kv := range in.env {
+		if k, _, _ := strings.Cut(kv, "="); k != "http_proxy" {
+			env = append(env, kv)
+		}
+	}
+	sort.Strings(env)
+	fmt.Fprintf(s.o.Out, "  env       %s\n", strings.Join(env, " "))
+}
+
+// Instances names the replicas with their proxy admin addresses.
+func (s *Set) Instances() map[string]string {
+	m := map[string]string{}
+	for _, in := range s.instances {
+		m[in.name] = in.admin
+	}
+	return m
+}
+
+// Wait supervises the replicas until ctx ends or all have exited.
+func (s *Set) Wait(ctx context.Context) error {
+	type exit struct {
+		in  *instance
+		app bool
+		err error
+	}
+	exits := make(chan exit, 2*len(s.instances))
+	for _, in := range s.instances {
+		go func() {
+			select {
+			case err := <-in.appC:
+				in.appC <- err
+				exits <- exit{in, true, err}
+			case err := <-in.proxyC:
+				in.proxyC <- err
+				exits <- exit{in, false, err}
+			case <-ctx.Done():
+			}
+		}()
+	}
+	live := len(s.instances)
+	var firstErr error
+	for live > 0 {
+		select {
+		case <-ctx.Done():
+			s.Stop()
+			return nil
+		case e := <-exits:
+			live--
+			what := "application"
+			if !e.app {
+				what = "proxy"
+			}
+			fmt.Fprintf(s.o.Err, "%s: %s exited (%v); stopping the replica\n", e.in.name, what, describeExit(e.err))
+			e.in.stop()
+			if e.err != nil && firstErr == nil {
+				firstErr = fmt.Errorf("%s: %s: %w", e.in.name, what, e.err)
+			}
+		}
+	}
+	return firstErr
+}
+
+func describeExit(err error) string {
+	if err == nil {
+		return "status 0"
+	}
+	return err.Error()
+}
+
+// Stop stops every replica, all at once, and cleans up.
+func (s *Set) Stop() {
+	var wg sync.WaitGroup
+	for _, in := range s.instances {
+		wg.Go(in.stop)
+	}
+	wg.Wait()
+}

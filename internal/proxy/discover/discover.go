@@ -1,0 +1,285 @@
+// Package discover is the proxy's side of the destination API: it resolves
+// a logical service (a name or a virtual IP, with a port) to the set of its
+// endpoints and keeps that set current from a stream, one per service,
+// shared by every request and dropped when the service goes unused. While
+// the control plane is unreachable it keeps serving the last set it had
+// and reconnects with backoff; a new stream's first message replaces the
+// old set.
+package discover
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+)
+
+// Defaults.
+const (
+	DefaultWait        = 3 * time.Second
+	DefaultIdleTimeout = 5 * time.Minute
+	backoffMin         = 100 * time.Millisecond
+	backoffMax         = 5 * time.Second
+)
+
+// Endpoint is one instance of a service.
+type Endpoint struct {
+	Addr     string // the application's IP:port
+	Identity string // the SPIFFE ID of the proxy in front of it; "" if not meshed
+	MeshPort uint16
+	Labels   map[string]string
+	balance.Load
+}
+
+// Set is an immutable view of a service's endpoints.
+type Set struct {
+	// Exists is false when the control plane knows no such service.
+	Exists    bool
+	Endpoints []*Endpoint
+	Labels    map[string]string
+}
+
+// Config configures a Resolver.
+type Config struct {
+	Client destinationv1.DestinationClient
+	// Namespace qualifies short names (the proxy's own namespace).
+	Namespace string
+	// Ready, if set, is waited for before the first stream opens (the
+	// proxy's certificate).
+	Ready <-chan struct{}
+	// Wait bounds how long a first lookup waits for the control plane.
+	Wait time.Duration
+	// IdleTimeout drops a service's stream when unused this long.
+	IdleTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Resolver keeps one Service per authority.
+type Resolver struct {
+	cfg Config
+
+	mu       sync.Mutex
+	services map[string]*Service
+	ctx      context.Context
+
+	meshPorts sync.Map // endpoint address -> uint16
+}
+
+// NewResolver returns a resolver whose streams live until ctx ends.
+func NewResolver(ctx context.Context, cfg Config) *Resolver {
+	if cfg.Wait <= 0 {
+		cfg.Wait = DefaultWait
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	r := &Resolver{cfg: cfg, services: map[string]*Service{}, ctx: ctx}
+	go r.evictIdle()
+	return r
+}
+
+// Service is one logical service being watched.
+type Service struct {
+	authority string
+	set       atomic.Pointer[Set]
+	ready     chan struct{}
+	readyOnce sync.Once
+	used      atomic.Int64 // unix nanoseconds
+	cancel    context.CancelFunc
+}
+
+// Set is the current set; nil until the first answer.
+func (s *Service) Set() *Set { return s.set.Load() }
+
+// Pick returns the endpoint for one request or connection, or nil when
+// the set is empty. The caller brackets its use with ep.Start and ep.End.
+func (s *Service) Pick() *Endpoint {
+	set := s.set.Load()
+	if set == nil {
+		return nil
+	}
+	i := balance.Pick(len(set.Endpoints), func(i int) *balance.Load { return &set.Endpoints[i].Load }, time.Now())
+	if i < 0 {
+		return nil
+	}
+	return set.Endpoints[i]
+}
+
+// Resolve returns the watched service for authority, waiting (within ctx
+// and the configured wait) for its first answer. It returns nil when no
+// answer came in time, or when the control plane knows no such service:
+// the caller then forwards to the original destination.
+func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
+	r.mu.Lock()
+	s, ok := r.services[authority]
+	if !ok {
+		wctx, cancel := context.WithCancel(r.ctx)
+		s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel}
+		r.services[authority] = s
+		go r.watch(wctx, s)
+	}
+	r.mu.Unlock()
+	s.used.Store(time.Now().UnixNano())
+	select {
+	case <-s.ready:
+	default:
+		t := time.NewTimer(r.cfg.Wait)
+		defer t.Stop()
+		select {
+		case <-s.ready:
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
+	if set := s.set.Load(); set == nil || !set.Exists {
+		return nil
+	}
+	return s
+}
+
+// MeshPort is the port the proxy in front of endpoint addr accepts mTLS
+// on, or 0 if discovery has not said.
+func (r *Resolver) MeshPort(addr string) uint16 {
+	if v, ok := r.meshPorts.Load(addr); ok {
+		return v.(uint16)
+	}
+	return 0
+}
+
+// Failed records that connecting to endpoint addr of any service failed.
+func (r *Resolver) Failed(addr string) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.services {
+		if set := s.set.Load(); set != nil {
+			for _, ep := range set.Endpoints {
+				if ep.Addr == addr {
+					ep.Failed(now)
+				}
+			}
+		}
+	}
+}
+
+// evictIdle stops watching services unused for the idle timeout.
+func (r *Resolver) evictIdle() {
+	t := time.NewTicker(r.cfg.IdleTimeout / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		cutoff := time.Now().Add(-r.cfg.IdleTimeout).UnixNano()
+		r.mu.Lock()
+		for a, s := range r.services {
+			if s.used.Load() < cutoff {
+				s.cancel()
+				delete(r.services, a)
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// watch keeps s current until ctx ends, reconnecting with jittered
+// exponential backoff.
+func (r *Resolver) watch(ctx context.Context, s *Service) {
+	if r.cfg.Ready != nil {
+		select {
+		case <-r.cfg.Ready:
+		case <-ctx.Done():
+			return
+		}
+	}
+	backoff := backoffMin
+	for ctx.Err() == nil {
+		got, err := r.follow(ctx, s)
+		if ctx.Err() != nil {
+			return
+		}
+		if got {
+			backoff = backoffMin
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		r.cfg.Log.Debug("destination stream ended; keeping the last endpoints", "authority", s.authority, "error", err, "retry_in", wait.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, backoffMax)
+	}
+}
+
+// follow reads one stream into s; got reports whether any update arrived.
+func (r *Resolver) follow(ctx context.Context, s *Service) (got bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := r.cfg.Client.Get(ctx, &destinationv1.GetDestination{Authority: s.authority, ContextNamespace: r.cfg.Namespace})
+	if err != nil {
+		return false, err
+	}
+	state := map[string]*destinationv1.Endpoint{}
+	var labels map[string]string
+	exists := false
+	for {
+		u, err := stream.Recv()
+		if err != nil {
+			return got, err
+		}
+		got = true
+		switch u := u.Update.(type) {
+		case *destinationv1.Update_Add:
+			exists = true
+			if len(u.Add.MetricLabels) > 0 {
+				labels = u.Add.MetricLabels
+			}
+			for _, ep := range u.Add.Endpoints {
+				state[ep.Address] = ep
+			}
+		case *destinationv1.Update_Remove:
+			for _, a := range u.Remove.Addresses {
+				delete(state, a)
+			}
+		case *destinationv1.Update_NoEndpoints:
+			exists = u.NoEndpoints.Exists
+			clear(state)
+		}
+		r.publish(s, exists, state, labels)
+	}
+}
+
+// publish turns the stream's state into a new Set, keeping the balancing
+// state of endpoints that did not change.
+func (r *Resolver) publish(s *Service, exists bool, state map[string]*destinationv1.Endpoint, labels map[string]string) {
+	old := map[string]*Endpoint{}
+	if prev := s.set.Load(); prev != nil {
+		for _, ep := range prev.Endpoints {
+			old[ep.Addr] = ep
+		}
+	}
+	set := &Set{Exists: exists, Labels: labels, Endpoints: make([]*Endpoint, 0, len(state))}
+	for addr, e := range state {
+		port := uint16(e.MeshPort)
+		if ep, ok := old[addr]; ok && ep.Identity == e.Identity && ep.MeshPort == port {
+			set.Endpoints = append(set.Endpoints, ep)
+			continue
+		}
+		set.Endpoints = append(set.Endpoints, &Endpoint{Addr: addr, Identity: e.Identity, MeshPort: port, Labels: e.MetricLabels})
+		if port != 0 {
+			r.meshPorts.Store(addr, port)
+		}
+	}
+	s.set.Store(set)
+	s.readyOnce.Do(func() { close(s.ready) })
+}

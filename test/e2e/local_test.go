@@ -1,0 +1,442 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/metricstest"
+)
+
+// trellisProc is one running `trellis` command.
+type trellisProc struct {
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+// startTrellis runs `trellis args...`, as user uid unless uid < 0.
+func startTrellis(t *testing.T, uid int, env []string, args ...string) *trellisProc {
+	t.Helper()
+	p := &trellisProc{cmd: exec.Command(trellisBin, args...), out: &syncBuffer{}, exited: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.Env = append(os.Environ(), env...)
+	if uid >= 0 {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("trellis %v: %v", args, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("trellis %v output:\n%s", args, tail(p.out.String(), 80))
+		}
+	})
+	return p
+}
+
+// interrupt sends SIGINT (Ctrl-C) and waits for a clean exit.
+func (p *trellisProc) interrupt(t *testing.T, within time.Duration) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.exited:
+		if p.err != nil {
+			t.Errorf("exit after Ctrl-C: %v", p.err)
+		}
+	case <-time.After(within):
+		t.Fatalf("not stopped within %v of Ctrl-C", within)
+	}
+}
+
+// waitOutput waits for re in the output and returns its submatches.
+func (p *trellisProc) waitOutput(t *testing.T, re *regexp.Regexp, within time.Duration) []string {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		if m := re.FindStringSubmatch(p.out.String()); m != nil {
+			return m
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("exited (%v) before printing %q", p.err, re)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q within %v", re, within)
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+// workload is what `trellis get workloads -o json` says of one instance.
+type workload struct {
+	Metadata struct{ Name string }
+	Spec     struct {
+		Service, Identity, Address string
+		AdminPort                  int
+	}
+}
+
+func workloads(t *testing.T, dataDir string) map[string]workload {
+	t.Helper()
+	out, err := exec.Command(trellisBin, "--data-dir", dataDir, "get", "workloads", "-A", "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("trellis get workloads: %v", err)
+	}
+	var list struct{ Items []workload }
+	if err := json.Unmarshal(out, &list); err != nil {
+		t.Fatalf("trellis get workloads -o json: %v\n%s", err, out)
+	}
+	m := map[string]workload{}
+	for _, w := range list.Items {
+		m[w.Metadata.Name] = w
+	}
+	return m
+}
+
+// checkMeshed asserts that every request between the demo's services was
+// mutual TLS with the caller's identity: inbound on emoji and voting only
+// from web, on web from traffic (besides the test's own plaintext), and
+// web's calls out to both over mTLS to the right server identity.
+func checkMeshed(t *testing.T, dataDir string) {
+	t.Helper()
+	id := func(sa string) string { return "spiffe://cluster.local/ns/default/sa/" + sa }
+	wls := workloads(t, dataDir)
+	for _, name := range []string{"emoji-0", "emoji-1", "voting-0", "web-0", "traffic-0"} {
+		w, ok := wls[name]
+		if !ok {
+			t.Fatalf("workload %s is not registered: %v", name, wls)
+		}
+		if w.Spec.Identity != id(w.Spec.Service) {
+			t.Errorf("%s registered as %s", name, w.Spec.Identity)
+		}
+		resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", w.Spec.Address, w.Spec.AdminPort))
+		if err != nil {
+			t.Fatalf("%s metrics: %v", name, err)
+		}
+		fams, err := metricstest.Parse(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("%s metrics: %v", name, err)
+		}
+		want := map[string]string{"emoji": id("web"), "voting": id("web"), "web": id("traffic")}[w.Spec.Service]
+		var meshed float64
+		for _, m := range fams["request_total"].GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			n := m.GetCounter().GetValue()
+			switch {
+			case l["direction"] == "inbound" && w.Spec.Service == "web" && l["tls"] != "true":
+				// the test's own requests, from outside the mesh
+			case l["direction"] == "inbound":
+				if l["tls"] != "true" || l["client_id"] != want {
+					t.Errorf("%s: %v inbound requests with tls=%q client_id=%q; want mTLS from %s", name, n, l["tls"], l["client_id"], want)
+				}
+				meshed += n
+			case l["direction"] == "outbound":
+				if l["tls"] != "true" || !strings.HasPrefix(l["server_id"], id("")) {
+					t.Errorf("%s: %v outbound requests with tls=%q server_id=%q", name, n, l["tls"], l["server_id"])
+				}
+			}
+		}
+		if w.Spec.Service != "traffic" && meshed == 0 {
+			t.Errorf("%s served no meshed requests", name)
+		}
+	}
+}
+
+// leftovers lists what a demo or run may have left behind.
+func leftovers(t *testing.T) []string {
+	t.Helper()
+	var left []string
+	if ents, err := os.ReadDir("/var/run/netns"); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "trellis-") {
+				left = append(left, "netns "+e.Name())
+			}
+		}
+	}
+	if ents, err := os.ReadDir("/sys/class/net"); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "trl") || strings.HasPrefix(e.Name(), "trellis") {
+				left = append(left, "link "+e.Name())
+			}
+		}
+	}
+	if ents, err := os.ReadDir("/etc/netns"); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "trellis-") {
+				left = append(left, "/etc/netns/"+e.Name())
+			}
+		}
+	}
+	if out, err := exec.Command("pgrep", "-af", trellisBin).Output(); err == nil {
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if l != "" {
+				left = append(left, "process "+l)
+			}
+		}
+	}
+	return left
+}
+
+func iptablesSave(t *testing.T) string {
+	t.Helper()
+	out, err := exec.Command("iptables-save", "-t", "nat").Output()
+	if err != nil {
+		t.Fatalf("iptables-save: %v", err)
+	}
+	// Counters and the header's timestamp change on their own.
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, ":") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+var (
+	demoDataDir = regexp.MustCompile(`TRELLIS_DATA_DIR=(\S+) trellis get workloads`)
+	demoWebURL  = regexp.MustCompile(`curl (http://\S+)/api/list`)
+	trafficOK   = regexp.MustCompile(`traffic: \d+ requests, [1-9]\d* ok`)
+)
+
+// get fetches url and says whether it answered 200.
+func get(c *http.Client, url string) error {
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// TestDemoTransparent is `trellis demo` as root: serving meshed traffic
+// within 10 s, every call mTLS with the right identities, one of emoji's two
+// replicas killed with traffic moving to the other within 2 s, and nothing
+// left behind after Ctrl-C.
+func TestDemoTransparent(t *testing.T) {
+	requireTransparent(t)
+	if l := leftovers(t); len(l) > 0 {
+		t.Fatalf("leftovers before the test: %v", l)
+	}
+	rulesBefore := iptablesSave(t)
+	start := time.Now()
+	demo := startTrellis(t, -1, nil, "demo", "--fail-rate", "0", "--rps", "20")
+	webURL := demo.waitOutput(t, demoWebURL, 20*time.Second)[1]
+	dataDir := demo.waitOutput(t, demoDataDir, time.Second)[1]
+	client := &http.Client{Timeout: 5 * time.Second}
+	for get(client, webURL+"/api/list") != nil {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("the demo was not serving within 10s")
+		}
+		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
+	}
+	demo.waitOutput(t, trafficOK, 10*time.Second)
+	t.Logf("serving meshed traffic %v after start", time.Since(start).Round(time.Millisecond))
+	checkMeshed(t, dataDir)
+
+	killReplica(t, client, webURL, "trellis-default-emoji-0")
+
+	demo.interrupt(t, 30*time.Second)
+	if l := leftovers(t); len(l) > 0 {
+		t.Errorf("left behind after Ctrl-C: %v", l)
+	}
+	if after := iptablesSave(t); after != rulesBefore {
+		t.Errorf("host nat rules changed:\nbefore:\n%s\nafter:\n%s", rulesBefore, after)
+	}
+	if _, err := os.Stat(dataDir); !os.IsNotExist(err) {
+		t.Errorf("the demo's data directory %s is still there (%v)", dataDir, err)
+	}
+}
+
+// killReplica SIGKILLs everything in a replica's network namespace while
+// requests flow to web (which calls emoji); from 2 s after, none may fail.
+func killReplica(t *testing.T, client *http.Client, webURL, netns string) {
+	t.Helper()
+	var killed atomic.Int64
+	var failures, total atomic.Int64
+	var firstFailure sync.Once
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				err := get(client, webURL+"/api/list")
+				k := killed.Load()
+				if k == 0 || time.Since(time.Unix(0, k)) < 2*time.Second {
+					continue
+				}
+				total.Add(1)
+				if err != nil {
+					failures.Add(1)
+					firstFailure.Do(func() { t.Logf("first failure after the 2s: %v", err) })
+				}
+			}
+		})
+	}
+	time.Sleep(time.Second)
+	out, err := exec.Command("ip", "netns", "pids", netns).Output()
+	if err != nil {
+		cancel()
+		t.Fatalf("ip netns pids %s: %v", netns, err)
+	}
+	pids := strings.Fields(string(out))
+	for _, p := range pids {
+		if pid, err := strconv.Atoi(p); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	killed.Store(time.Now().UnixNano())
+	time.Sleep(5 * time.Second)
+	cancel()
+	wg.Wait()
+	t.Logf("killed %d processes of %s; %d requests from 2s to 5s after, %d failed", len(pids), netns, total.Load(), failures.Load())
+	if len(pids) < 2 {
+		t.Errorf("expected the proxy and the application in %s, found pids %v", netns, pids)
+	}
+	if total.Load() < 20 || failures.Load() > 0 {
+		t.Errorf("after the kill: %d of %d requests failed", failures.Load(), total.Load())
+	}
+}
+
+// TestDemoExplicit is the demo without root: explicit mode on loopback,
+// every call still mTLS.
+func TestDemoExplicit(t *testing.T) {
+	const nobody = 65534
+	uid := -1
+	var env []string
+	if os.Geteuid() == 0 {
+		home := t.TempDir()
+		if err := os.Chown(home, nobody, nobody); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{filepath.Dir(home), filepath.Dir(filepath.Dir(home))} {
+			os.Chmod(d, 0o755)
+		}
+		uid, env = nobody, []string{"HOME=" + home, "TMPDIR=" + home, "TRELLIS_DATA_DIR=" + filepath.Join(home, ".trellis")}
+	}
+	start := time.Now()
+	demo := startTrellis(t, uid, env, "demo", "--fail-rate", "0", "--rps", "20")
+	webURL := demo.waitOutput(t, demoWebURL, 20*time.Second)[1]
+	dataDir := demo.waitOutput(t, demoDataDir, time.Second)[1]
+	if !strings.Contains(demo.out.String(), "explicit mode") {
+		t.Fatalf("not in explicit mode:\n%s", demo.out)
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	if err := get(client, webURL+"/api/list"); err != nil {
+		t.Fatal(err)
+	}
+	demo.waitOutput(t, trafficOK, 10*time.Second)
+	t.Logf("serving meshed traffic %v after start", time.Since(start).Round(time.Millisecond))
+	checkMeshed(t, dataDir)
+	demo.interrupt(t, 30*time.Second)
+	if out, err := exec.Command("pgrep", "-af", trellisBin).Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("processes left behind: %s", out)
+	}
+}
+
+// TestControlPlaneRestartUnderLoad restarts `trellis up` while fortio sends
+// 1,000 requests a second between two meshed services: none may fail.
+func TestControlPlaneRestartUnderLoad(t *testing.T) {
+	fortio := fortioBin(t)
+	dataDir := t.TempDir()
+	ctl := freePort(t)
+	upArgs := []string{"--data-dir", dataDir, "up", "--network", "none", "--control-port", strconv.Itoa(ctl), "--admin-addr", loopback(freePort(t))}
+	up := startTrellis(t, -1, nil, upArgs...)
+	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
+
+	echoPort := freePort(t)
+	echo := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", "explicit", "--name", "echo", "--port", strconv.Itoa(echoPort),
+		"--replicas", "1", "--", fortio, "server", "-http-port", "$LISTEN_ADDR", "-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-tcp-port", "disabled", "-udp-port", "disabled")
+	for len(workloads(t, dataDir)) < 1 {
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	report := filepath.Join(t.TempDir(), "fortio.json")
+	duration := 20 * time.Second
+	load := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", "explicit", "--name", "load", "--port", strconv.Itoa(freePort(t)),
+		"--upstream", "echo:"+strconv.Itoa(echoPort), "--", fortio, "load", "-quiet", "-qps", "1000", "-c", "16",
+		"-t", duration.String(), "-json", report, "http://$ECHO_ADDR/")
+	load.waitOutput(t, regexp.MustCompile(`load-0: started`), 20*time.Second)
+
+	time.Sleep(5 * time.Second)
+	up.interrupt(t, 20*time.Second)
+	time.Sleep(time.Second) // proxies run on their own meanwhile
+	up = startTrellis(t, -1, nil, upArgs...)
+	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
+	t.Log("control plane restarted")
+
+	select {
+	case <-load.exited:
+	case <-time.After(duration + 30*time.Second):
+		t.Fatal("the load did not finish")
+	}
+	b, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatalf("fortio report: %v\n%s", err, load.out)
+	}
+	var res struct {
+		RetCodes  map[string]int64
+		ActualQPS float64
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	var failed int64
+	for code, n := range res.RetCodes {
+		if code != "200" {
+			failed += n
+		}
+	}
+	t.Logf("fortio: %v, %.0f rps over %v", res.RetCodes, res.ActualQPS, duration)
+	if failed > 0 || res.RetCodes["200"] < int64(duration.Seconds()*900) {
+		t.Errorf("across a control-plane restart: %d requests failed, %d succeeded", failed, res.RetCodes["200"])
+	}
+	// The restarted control plane still knows the service and serves it.
+	if wls := workloads(t, dataDir); wls["echo-0"].Spec.Service != "echo" {
+		t.Errorf("after the restart the registry holds %v", wls)
+	}
+	echo.interrupt(t, 20*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(workloads(t, dataDir)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	if wls := workloads(t, dataDir); len(wls) > 0 {
+		t.Errorf("still registered after the run stopped: %v", wls)
+	}
+}
+
+func fortioBin(t *testing.T) string {
+	t.Helper()
+	fortio, err := exec.LookPath(filepath.Join(repoRootForTest(t), ".tools", "bin", "fortio"))
+	if err != nil {
+		if fortio, err = exec.LookPath("fortio"); err != nil {
+			t.Fatal("fortio is not installed: run .ci/run, or GOBIN=$PWD/.tools/bin go install fortio.org/fortio@v1.68.2")
+		}
+	}
+	return fortio
+}
