@@ -171,31 +171,33 @@ func downCmd(dataDir *string) *cobra.Command {
 		Use:   "down",
 		Short: "Stop the local control plane and remove its network",
 		Long: `down asks the control plane of the data directory to stop, waits for it,
-and (as root) removes any bridge, veth or network namespace a crashed
-'trellis run' or 'trellis demo' left behind. The data directory is kept.`,
+and (as root, when no live control plane owns the bridge) removes any
+bridge, veth or network namespace a crashed 'trellis up', 'trellis run' or
+'trellis demo' left behind. The data directory is kept.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			api := apiClient(*dataDir)
-			stopped := false
-			if err := api.Shutdown(cmd.Context()); err == nil {
-				deadline := time.Now().Add(30 * time.Second)
-				for time.Now().Before(deadline) {
-					if _, err := api.Status(cmd.Context()); errors.Is(err, localapi.ErrNotRunning) {
-						stopped = true
-						break
+			st, err := api.Status(cmd.Context())
+			switch {
+			case errors.Is(err, localapi.ErrNotRunning):
+				fmt.Fprintln(cmd.OutOrStdout(), "no control plane was running")
+			case err != nil:
+				return err
+			default:
+				if err := api.Shutdown(cmd.Context()); err != nil {
+					return err
+				}
+				// Wait for the process itself, which removes its network last.
+				deadline := time.Now().Add(60 * time.Second)
+				for syscall.Kill(st.PID, 0) == nil {
+					if time.Now().After(deadline) {
+						return fmt.Errorf("the control plane (pid %d) did not stop within 60s", st.PID)
 					}
 					time.Sleep(100 * time.Millisecond)
 				}
-				if !stopped {
-					return errors.New("the control plane did not stop within 30s")
-				}
 				fmt.Fprintln(cmd.OutOrStdout(), "control plane stopped")
-			} else if !errors.Is(err, localapi.ErrNotRunning) {
-				return err
-			} else {
-				fmt.Fprintln(cmd.OutOrStdout(), "no control plane was running")
 			}
-			if os.Geteuid() == 0 {
+			if os.Geteuid() == 0 && netns.Owner(up.DefaultBridge) == 0 {
 				nss, links := netns.Leftovers()
 				if len(nss)+len(links) > 0 {
 					if err := netns.RemoveLeftovers(context.WithoutCancel(cmd.Context())); err != nil {

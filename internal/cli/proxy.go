@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/spf13/cobra"
 
@@ -30,6 +34,14 @@ func proxyCmd() *cobra.Command {
 		}
 		if err := syscall.Setuid(uid); err != nil {
 			return fmt.Errorf("--run-as-uid: %w", err)
+		}
+		// Changing credentials clears the parent-death signal `trellis
+		// run` set: set it again, and stop if the parent is already gone.
+		if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
+			return fmt.Errorf("--run-as-uid: %w", err)
+		}
+		if os.Getppid() == 1 {
+			return errors.New("--run-as-uid: the process that started this proxy is gone")
 		}
 		return nil
 	}

@@ -173,7 +173,7 @@ func servicePort(transparent bool, replicas int) (int, error) {
 		return 8080, nil
 	}
 	for range 100 {
-		p := 20000 + rand.IntN(30000)
+		p := 20000 + rand.IntN(12000) // below Linux's ephemeral ports, which proxies' free ports come from
 		free := true
 		for i := range replicas {
 			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))

@@ -440,3 +440,36 @@ func fortioBin(t *testing.T) string {
 	}
 	return fortio
 }
+
+// TestCrashedInstanceLeavesDiscovery kills `trellis run` and its children
+// with SIGKILL, so nobody deregisters: the lease lapses and the workload
+// is gone within a few seconds.
+func TestCrashedInstanceLeavesDiscovery(t *testing.T) {
+	fortio := fortioBin(t)
+	dataDir := t.TempDir()
+	up := startTrellis(t, -1, nil, "--data-dir", dataDir, "up", "--network", "none", "--control-port", "0", "--admin-addr", loopback(freePort(t)))
+	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
+	run := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", "explicit", "--name", "echo", "--port", strconv.Itoa(freePort(t)),
+		"--", fortio, "server", "-http-port", "$LISTEN_ADDR", "-grpc-port", "disabled", "-redirect-port", "disabled",
+		"-tcp-port", "disabled", "-udp-port", "disabled")
+	deadline := time.Now().Add(20 * time.Second)
+	for len(workloads(t, dataDir)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the instance never registered")
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	run.cmd.Process.Signal(syscall.SIGKILL)
+	<-run.exited
+	killed := time.Now()
+	for len(workloads(t, dataDir)) > 0 {
+		if time.Since(killed) > 10*time.Second {
+			t.Fatal("the crashed instance was still registered 10s later")
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
+	t.Logf("gone from the registry %v after the crash (lease 3s)", time.Since(killed).Round(10*time.Millisecond))
+	if out, err := exec.Command("pgrep", "-af", trellisBin+" proxy").Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
+		t.Errorf("the instance's proxy outlived trellis run: %s", out)
+	}
+}

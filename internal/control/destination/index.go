@@ -51,25 +51,30 @@ type Index struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	done      chan struct{} // closed when Run returns: streams end
 
-	mu        sync.Mutex
-	services  map[string]*service // "namespace/name"
-	byIP      map[netip.Addr]string
-	owner     map[string]string // workload "namespace/name" -> service key
-	subs      map[string]map[*subscription]struct{}
+	mu       sync.Mutex
+	services map[string]*service // "namespace/name"
+	byIP     map[netip.Addr]string
+	owner    map[string]string // workload "namespace/name" -> service key
+	subs     map[string]map[*subscription]struct{}
+	// ipSubs wait for a service to take a virtual IP nobody has yet.
+	ipSubs    map[netip.Addr]map[*subscription]struct{}
 	overflows int
 }
 
 // NewIndex returns an index of st for the cluster domain; each
 // subscription may fall queue updates behind before it is closed.
 func NewIndex(st store.Store, domain string, queue int, log *slog.Logger) *Index {
-	return &Index{store: st, domain: domain, queue: queue, log: log, ready: make(chan struct{}),
-		services: map[string]*service{}, byIP: map[netip.Addr]string{}, owner: map[string]string{}, subs: map[string]map[*subscription]struct{}{}}
+	return &Index{store: st, domain: domain, queue: queue, log: log, ready: make(chan struct{}), done: make(chan struct{}),
+		services: map[string]*service{}, byIP: map[netip.Addr]string{}, owner: map[string]string{},
+		subs: map[string]map[*subscription]struct{}{}, ipSubs: map[netip.Addr]map[*subscription]struct{}{}}
 }
 
 // Run lists the store, then follows its watch; when the watch ends early
 // (this index fell behind, or the store forgot the version) it lists again.
 func (ix *Index) Run(ctx context.Context) error {
+	defer close(ix.done)
 	for ctx.Err() == nil {
 		rv, err := ix.resync(ctx)
 		if err != nil {
@@ -110,11 +115,13 @@ func sleep(ctx context.Context, d time.Duration) bool {
 
 // resync rebuilds the index from a full listing and updates every subscription.
 func (ix *Index) resync(ctx context.Context) (uint64, error) {
-	svcs, _, err := ix.store.List(ctx, resources.KindService, "", nil)
+	// Watching from the first listing's version replays whatever changed
+	// between the two listings; applying an event twice is harmless.
+	svcs, rv, err := ix.store.List(ctx, resources.KindService, "", nil)
 	if err != nil {
 		return 0, err
 	}
-	wls, rv, err := ix.store.List(ctx, resources.KindWorkload, "", nil)
+	wls, _, err := ix.store.List(ctx, resources.KindWorkload, "", nil)
 	if err != nil {
 		return 0, err
 	}
@@ -192,7 +199,21 @@ func (ix *Index) setService(r store.Resource) {
 	s.spec = &spec
 	if ip, err := netip.ParseAddr(spec.ClusterIP); err == nil {
 		ix.byIP[ip] = key
+		// Streams that asked for this IP before it was taken follow the
+		// service from now on (apply publishes it to them).
+		for sub := range ix.ipSubs[ip] {
+			sub.key = key
+			ix.addSub(sub)
+		}
+		delete(ix.ipSubs, ip)
 	}
+}
+
+func (ix *Index) addSub(sub *subscription) {
+	if ix.subs[sub.key] == nil {
+		ix.subs[sub.key] = map[*subscription]struct{}{}
+	}
+	ix.subs[sub.key][sub] = struct{}{}
 }
 
 func (ix *Index) setWorkload(r store.Resource) {
@@ -283,7 +304,8 @@ func (ix *Index) build(key string, port int) *endpointSet {
 
 // subscription is one stream's interest in a service port.
 type subscription struct {
-	key   string
+	key   string     // "namespace/name"; empty while waiting for ip to be taken
+	ip    netip.Addr // the virtual IP asked for, if any
 	port  int
 	queue chan *endpointSet
 	gone  chan struct{}
@@ -304,22 +326,23 @@ func (ix *Index) subscribe(ctx context.Context, authority, contextNS string) (*s
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	sub := &subscription{port: t.port, queue: make(chan *endpointSet, ix.queue), gone: make(chan struct{})}
+	sub := &subscription{port: t.port, ip: t.ip, queue: make(chan *endpointSet, ix.queue), gone: make(chan struct{})}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	if t.ip.IsValid() {
 		key, ok := ix.byIP[t.ip]
 		if !ok {
+			if ix.ipSubs[t.ip] == nil {
+				ix.ipSubs[t.ip] = map[*subscription]struct{}{}
+			}
+			ix.ipSubs[t.ip][sub] = struct{}{}
 			sub.queue <- &endpointSet{}
 			return sub, nil
 		}
 		t.namespace, t.name, _ = cutKey(key)
 	}
 	sub.key = t.namespace + "/" + t.name
-	if ix.subs[sub.key] == nil {
-		ix.subs[sub.key] = map[*subscription]struct{}{}
-	}
-	ix.subs[sub.key][sub] = struct{}{}
+	ix.addSub(sub)
 	sub.queue <- ix.build(sub.key, sub.port)
 	return sub, nil
 }
@@ -327,6 +350,13 @@ func (ix *Index) subscribe(ctx context.Context, authority, contextNS string) (*s
 func (ix *Index) unsubscribe(sub *subscription) {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
+	if sub.key == "" {
+		delete(ix.ipSubs[sub.ip], sub)
+		if len(ix.ipSubs[sub.ip]) == 0 {
+			delete(ix.ipSubs, sub.ip)
+		}
+		return
+	}
 	delete(ix.subs[sub.key], sub)
 	if len(ix.subs[sub.key]) == 0 {
 		delete(ix.subs, sub.key)

@@ -71,6 +71,8 @@ func (s *Server) follow(ctx context.Context, req *destinationv1.GetDestination, 
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.ix.done:
+			return status.Error(codes.Unavailable, "the control plane is shutting down; reconnect")
 		case <-sub.gone:
 			return status.Error(codes.ResourceExhausted, "this stream fell behind its updates; reconnect to start over")
 		case next := <-sub.queue:

@@ -248,3 +248,24 @@ func TestServiceIP(t *testing.T) {
 		t.Error("an unknown service has an IP")
 	}
 }
+
+// A stream for a virtual IP no service has yet follows the service that
+// later takes it.
+func TestVirtualIPTakenLater(t *testing.T) {
+	h := start(t, DefaultQueue)
+	stream, err := h.client.Get(context.Background(), &destinationv1.GetDestination{Authority: "10.240.0.50:8080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := recv(t, stream); u.GetNoEndpoints() == nil || u.GetNoEndpoints().Exists {
+		t.Fatalf("first update: %v", u)
+	}
+	h.apply(t, resources.KindService, "default", "web", resources.ServiceSpec{Ports: []resources.ServicePort{{Port: 8080}}, ClusterIP: "10.240.0.50"}, nil)
+	if u := recv(t, stream); u.GetNoEndpoints() == nil || !u.GetNoEndpoints().Exists {
+		t.Fatalf("after the service took the IP: %v", u)
+	}
+	h.workload(t, "web-0", "10.0.0.1", 8080, 8080)
+	if add := recv(t, stream).GetAdd(); add == nil || len(add.Endpoints) != 1 {
+		t.Fatalf("after a workload registered: %v", add)
+	}
+}

@@ -257,6 +257,12 @@ func (s *Server) CA() *pki.CA { return s.ca }
 // JoinTokenKey is the key that signs join tokens this server accepts.
 func (s *Server) JoinTokenKey() ed25519.PrivateKey { return s.tokenKey }
 
+// Close releases the listeners of a server that will not Run.
+func (s *Server) Close() {
+	s.lis.Close()
+	s.adminLis.Close()
+}
+
 // Run serves until ctx ends, then stops accepting, waits up to the grace
 // period for in-flight calls, and returns nil.
 func (s *Server) Run(ctx context.Context) error {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"syscall"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control/store"
@@ -66,8 +67,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) && ctx.Err() == nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Op == "dial" && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) {
 			return fmt.Errorf("%w (socket %s): start it with 'trellis up'", ErrNotRunning, c.socket)
 		}
 		return err

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"syscall"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -77,13 +78,11 @@ func Listen(path string, cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("%s: another control plane is running with this data directory", path)
 	}
 	os.Remove(path)
+	old := syscall.Umask(0o177) // the socket is born 0600
 	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("local API socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
 	}
 	s := &Server{cfg: cfg, ln: ln}
 	mux := http.NewServeMux()
@@ -118,6 +117,9 @@ func (s *Server) Serve(ctx context.Context) error {
 type Error struct {
 	Error string `json:"error"`
 	Field string `json:"field,omitempty"`
+	// Applied counts the objects of a batch written before it failed: 0
+	// unless a write failed after every object was validated.
+	Applied int `json:"applied,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -126,10 +128,12 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func fail(w http.ResponseWriter, err error) {
+func fail(w http.ResponseWriter, err error) { failWith(w, err, 0) }
+
+func failWith(w http.ResponseWriter, err error, applied int) {
 	var ve *store.ValidationError
 	code := http.StatusInternalServerError
-	e := Error{Error: err.Error()}
+	e := Error{Error: err.Error(), Applied: applied}
 	switch {
 	case errors.As(err, &ve):
 		code, e.Field = http.StatusUnprocessableEntity, ve.Field
@@ -189,7 +193,9 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 }
 
 // ApplyRequest is a batch of objects to create or replace: all are
-// validated before any is written.
+// validated (and checked against their resourceVersion) before any is
+// written; a write failing after that stops the batch, and the error says
+// how many were applied.
 type ApplyRequest struct {
 	Items []store.Resource `json:"items"`
 }
@@ -226,21 +232,24 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	for i := range req.Items {
 		item := req.Items[i] // a copy: checks may fill in defaults
 		if err := store.Validate(&item, s.cfg.Kinds); err != nil {
-			failItem(w, i, err)
+			failItem(w, i, 0, err)
 			return
+		}
+		if rv := item.Metadata.ResourceVersion; rv != "" {
+			cur, err := s.cfg.Store.Get(r.Context(), item.Key())
+			if err == nil && cur.Metadata.ResourceVersion != rv {
+				failItem(w, i, 0, fmt.Errorf("%w: %s is at resourceVersion %s, not %s", store.ErrConflict, item.Key(), cur.Metadata.ResourceVersion, rv))
+				return
+			}
 		}
 	}
 	var out ApplyResponse
 	for i, item := range req.Items {
 		prev, err := s.cfg.Store.Get(r.Context(), item.Key())
 		existed := err == nil
-		if err := s.cfg.IPs.Assign(r.Context(), &item); err != nil {
-			failItem(w, i, err)
-			return
-		}
-		got, err := s.cfg.Store.Apply(r.Context(), item)
+		got, err := s.cfg.IPs.Apply(r.Context(), item)
 		if err != nil {
-			failItem(w, i, err)
+			failItem(w, i, i, err)
 			return
 		}
 		action := "created"
@@ -255,9 +264,10 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// failItem answers with err, saying which object of the batch failed.
-func failItem(w http.ResponseWriter, i int, err error) {
-	fail(w, fmt.Errorf("object %d: %w", i+1, err))
+// failItem answers with err, saying which object of the batch failed and
+// how many were written before it.
+func failItem(w http.ResponseWriter, i, applied int, err error) {
+	failWith(w, fmt.Errorf("object %d: %w", i+1, err), applied)
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {

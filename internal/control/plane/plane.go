@@ -88,6 +88,9 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	ok := false
 	defer func() {
 		if !ok {
+			if p.identity != nil {
+				p.identity.Close()
+			}
 			p.close()
 		}
 	}()

@@ -25,28 +25,28 @@ type ClusterIPs struct {
 	mu sync.Mutex
 }
 
-// Assign fills in r's clusterIP if r is a Service without one: the one it
-// already has in the store, else the lowest free address.
-func (c *ClusterIPs) Assign(ctx context.Context, r *store.Resource) error {
+// Apply writes r, giving it a clusterIP first if it is a Service without
+// one: the one it already has in the store, else the lowest free address.
+// Allocation and write happen under one lock, so no two services get the
+// same address.
+func (c *ClusterIPs) Apply(ctx context.Context, r store.Resource) (store.Resource, error) {
 	if r.Kind != resources.KindService {
-		return nil
-	}
-	var spec map[string]any
-	if err := json.Unmarshal(r.Spec, &spec); err != nil || spec == nil {
-		return nil // the kind check reports it
-	}
-	if ip, _ := spec["clusterIP"].(string); ip != "" {
-		return nil
+		return c.Store.Apply(ctx, r)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ip, err := c.pick(ctx, r.Metadata.Namespace, r.Metadata.Name)
-	if err != nil {
-		return err
+	var spec map[string]any
+	if err := json.Unmarshal(r.Spec, &spec); err == nil && spec != nil {
+		if ip, _ := spec["clusterIP"].(string); ip == "" {
+			ip, err := c.pick(ctx, r.Metadata.Namespace, r.Metadata.Name)
+			if err != nil {
+				return store.Resource{}, err
+			}
+			spec["clusterIP"] = ip.String()
+			r.Spec, _ = json.Marshal(spec)
+		}
 	}
-	spec["clusterIP"] = ip.String()
-	r.Spec, _ = json.Marshal(spec)
-	return nil
+	return c.Store.Apply(ctx, r)
 }
 
 // EnsureService creates service namespace/name with ports if it does not

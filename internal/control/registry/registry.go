@@ -78,9 +78,13 @@ func New(cfg Config) *Registry {
 // AddTo adds the Registry API to r.
 func (g *Registry) AddTo(r grpc.ServiceRegistrar) { destinationv1.RegisterRegistryServer(r, g) }
 
-// Load grants every workload already in the store a lease of TTL plus the
-// restart grace, so instances that outlived a control-plane restart keep
-// their place while they reconnect.
+// LeaseAnnotation marks the workloads the registry holds leases on; other
+// workloads (applied by hand) are static.
+const LeaseAnnotation = "trellis.dev/lease"
+
+// Load grants every registered workload already in the store a lease of
+// TTL plus the restart grace, so instances that outlived a control-plane
+// restart keep their place while they reconnect.
 func (g *Registry) Load(ctx context.Context) error {
 	wls, _, err := g.cfg.Store.List(ctx, resources.KindWorkload, "", nil)
 	if err != nil {
@@ -90,6 +94,9 @@ func (g *Registry) Load(ctx context.Context) error {
 	defer g.mu.Unlock()
 	exp := g.cfg.Now().Add(g.cfg.TTL + g.cfg.RestartGrace)
 	for _, w := range wls {
+		if w.Metadata.Annotations[LeaseAnnotation] == "" {
+			continue
+		}
 		var spec resources.WorkloadSpec
 		json.Unmarshal(w.Spec, &spec)
 		g.leases[w.Metadata.Namespace+"/"+w.Metadata.Name] = lease{expires: exp, identity: spec.Identity}
@@ -111,36 +118,33 @@ func (g *Registry) Run(ctx context.Context) error {
 	}
 }
 
-// expire deletes the workloads whose lease has lapsed.
+// expire deletes the workloads whose lease has lapsed. The lock is held
+// across each delete, so a registration racing the sweep is never undone.
 func (g *Registry) expire(ctx context.Context) {
-	now := g.cfg.Now()
-	var lapsed []string
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.cfg.Now()
 	for key, l := range g.leases {
-		if now.After(l.expires) {
-			lapsed = append(lapsed, key)
-			delete(g.leases, key)
+		if !now.After(l.expires) {
+			continue
 		}
-	}
-	g.mu.Unlock()
-	for _, key := range lapsed {
 		ns, name, _ := strings.Cut(key, "/")
 		err := g.cfg.Store.Delete(ctx, store.Key{Kind: resources.KindWorkload, Namespace: ns, Name: name})
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			g.cfg.Log.Warn("deleting a lapsed workload failed", "workload", key, "error", err)
+			g.cfg.Log.Warn("deleting a lapsed workload failed; retrying", "workload", key, "error", err)
 			continue
 		}
+		delete(g.leases, key)
 		g.cfg.Log.Info("workload lease lapsed; removed", "workload", key)
 	}
 }
 
 // Register creates or replaces the caller's workload and grants a lease.
 func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequest) (*destinationv1.Lease, error) {
-	id, err := g.caller(ctx)
+	id, key, err := g.callerKey(ctx, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	key := id.Namespace + "/" + req.GetName()
 	if err := g.owned(key, id); err != nil {
 		return nil, err
 	}
@@ -153,7 +157,8 @@ func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequ
 	}
 	raw, _ := json.Marshal(spec)
 	w := store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindWorkload, Spec: raw,
-		Metadata: store.Metadata{Name: req.GetName(), Namespace: id.Namespace, Labels: req.GetLabels()}}
+		Metadata: store.Metadata{Name: req.GetName(), Namespace: id.Namespace, Labels: req.GetLabels(),
+			Annotations: map[string]string{LeaseAnnotation: "registry"}}}
 	if err := (resources.Kinds{}).Check(&w); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -162,41 +167,45 @@ func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequ
 			return nil, storeStatus(err)
 		}
 	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	if _, err := g.cfg.Store.Apply(ctx, w); err != nil {
 		return nil, storeStatus(err)
 	}
-	g.grant(key, id)
+	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String()}
 	g.cfg.Log.Info("workload registered", "workload", key, "service", spec.Service, "address", spec.Address, "identity", id.String())
 	return g.lease(key), nil
 }
 
 // Renew extends the caller's lease on name.
 func (g *Registry) Renew(ctx context.Context, req *destinationv1.RenewRequest) (*destinationv1.Lease, error) {
-	id, err := g.caller(ctx)
+	id, key, err := g.callerKey(ctx, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	key := id.Namespace + "/" + req.GetName()
 	g.mu.Lock()
-	l, ok := g.leases[key]
-	g.mu.Unlock()
-	if !ok {
+	defer g.mu.Unlock()
+	if _, ok := g.leases[key]; !ok {
 		return nil, status.Errorf(codes.NotFound, "workload %s is not registered (its lease lapsed?): register again", key)
 	}
-	if l.identity != id.String() {
-		return nil, status.Errorf(codes.PermissionDenied, "workload %s belongs to %s, not %s", key, l.identity, id)
+	if err := g.ownedLocked(key, id); err != nil {
+		return nil, err
 	}
-	g.grant(key, id)
+	// Deleted behind the lease's back (trellis delete): register again.
+	if _, err := g.cfg.Store.Get(ctx, store.Key{Kind: resources.KindWorkload, Namespace: id.Namespace, Name: req.GetName()}); errors.Is(err, store.ErrNotFound) {
+		delete(g.leases, key)
+		return nil, status.Errorf(codes.NotFound, "workload %s was removed: register again", key)
+	}
+	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String()}
 	return g.lease(key), nil
 }
 
 // Deregister removes the caller's workload at once.
 func (g *Registry) Deregister(ctx context.Context, req *destinationv1.DeregisterRequest) (*destinationv1.DeregisterResponse, error) {
-	id, err := g.caller(ctx)
+	id, key, err := g.callerKey(ctx, req.GetName())
 	if err != nil {
 		return nil, err
 	}
-	key := id.Namespace + "/" + req.GetName()
 	if err := g.owned(key, id); err != nil {
 		return nil, err
 	}
@@ -215,20 +224,27 @@ func (g *Registry) Deregister(ctx context.Context, req *destinationv1.Deregister
 func (g *Registry) owned(key string, id meshid.ID) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	return g.ownedLocked(key, id)
+}
+
+func (g *Registry) ownedLocked(key string, id meshid.ID) error {
 	if l, ok := g.leases[key]; ok && l.identity != id.String() {
 		return status.Errorf(codes.PermissionDenied, "workload %s belongs to %s, not %s", key, l.identity, id)
 	}
 	return nil
 }
 
-func (g *Registry) grant(key string, id meshid.ID) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String()}
-}
-
 func (g *Registry) lease(key string) *destinationv1.Lease {
 	return &destinationv1.Lease{Workload: key, Ttl: durationpb.New(g.cfg.TTL)}
+}
+
+// callerKey is the caller's identity and the key of its workload name.
+func (g *Registry) callerKey(ctx context.Context, name string) (meshid.ID, string, error) {
+	id, err := g.caller(ctx)
+	if err != nil {
+		return meshid.ID{}, "", err
+	}
+	return id, id.Namespace + "/" + name, nil
 }
 
 // caller is the identity the client proved with its certificate.

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -223,8 +224,83 @@ func TestClusterIPsAreDistinctAndStable(t *testing.T) {
 		t.Errorf("services %+v", got)
 	}
 	// Applying a service without an IP keeps the one it has.
-	r := store.Resource{Kind: resources.KindService, Metadata: store.Metadata{Name: "b", Namespace: "default"}, Spec: []byte(`{"ports":[{"port":80}]}`)}
-	if err := ips.Assign(ctx, &r); err != nil || string(r.Spec) != `{"clusterIP":"10.9.0.2","ports":[{"port":80}]}` {
-		t.Errorf("Assign: %s, %v", r.Spec, err)
+	r := store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService, Metadata: store.Metadata{Name: "b", Namespace: "default"}, Spec: []byte(`{"ports":[{"port":80}]}`)}
+	if got, err := ips.Apply(ctx, r); err != nil || string(got.Spec) != `{"clusterIP":"10.9.0.2","ports":[{"port":80}]}` {
+		t.Errorf("Apply: %s, %v", got.Spec, err)
+	}
+}
+
+func TestConcurrentServicesGetDistinctIPs(t *testing.T) {
+	db := openStore(t, filepath.Join(t.TempDir(), "store.db"))
+	defer db.Close()
+	ips := &ClusterIPs{Store: db, CIDR: DefaultServiceCIDR}
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			name := "svc-" + strconv.Itoa(i)
+			var err error
+			if i%2 == 0 {
+				err = ips.EnsureService(ctx, "default", name, []resources.ServicePort{{Port: 80}})
+			} else {
+				_, err = ips.Apply(ctx, store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService,
+					Metadata: store.Metadata{Name: name, Namespace: "default"}, Spec: []byte(`{"ports":[{"port":80}]}`)})
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	svcs, _, err := db.List(ctx, resources.KindService, "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]string{}
+	for _, s := range svcs {
+		var spec resources.ServiceSpec
+		resources.Decode(s.Spec, &spec)
+		if other, dup := seen[spec.ClusterIP]; dup || spec.ClusterIP == "" {
+			t.Errorf("%s and %s share clusterIP %q", s.Metadata.Name, other, spec.ClusterIP)
+		}
+		seen[spec.ClusterIP] = s.Metadata.Name
+	}
+	if len(seen) != 20 {
+		t.Errorf("%d distinct IPs for 20 services", len(seen))
+	}
+}
+
+func TestRenewAfterDeleteAndStaticWorkloads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	db := openStore(t, path)
+	c := &clock{now: time.Unix(1_000_000, 0)}
+	g := newRegistry(db, c)
+	if _, err := g.Register(as(web), request("web-0")); err != nil {
+		t.Fatal(err)
+	}
+	// Removed by hand (trellis delete): the next renewal says register again.
+	if err := db.Delete(context.Background(), store.Key{Kind: resources.KindWorkload, Namespace: "default", Name: "web-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Renew(as(web), &destinationv1.RenewRequest{Name: "web-0"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("renewing a deleted workload: %v; want NotFound", err)
+	}
+	// A workload applied by hand holds no lease and never lapses, restart or not.
+	spec := []byte(`{"service":"web","identity":"` + web + `","address":"10.0.0.9","ports":[{"port":80,"targetPort":80}],"meshPort":4143}`)
+	if _, err := db.Apply(context.Background(), store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindWorkload,
+		Metadata: store.Metadata{Name: "static", Namespace: "default"}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db = openStore(t, path)
+	defer db.Close()
+	g = newRegistry(db, c)
+	if err := g.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.Advance(time.Hour)
+	g.expire(context.Background())
+	if !exists(t, db, "static") {
+		t.Fatal("a workload applied by hand was expired")
 	}
 }

@@ -17,7 +17,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 )
 
 // Name prefixes of what this package creates.
@@ -40,24 +42,59 @@ func ip(ctx context.Context, args ...string) error {
 	return nil
 }
 
+// OwnerDir keeps, per bridge, the PID of the process that created it.
+const OwnerDir = "/run/trellis"
+
+// Owner is the live process that created bridge name, or 0 if none is
+// alive (or it was never recorded).
+func Owner(name string) int {
+	b, err := os.ReadFile(filepath.Join(OwnerDir, name+".pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return 0
+	}
+	return pid
+}
+
 // CreateBridge adds bridge name with address gw (its prefix is the
-// network), up. It fails if the bridge exists: another control plane owns it.
+// network), up, and records this process as its owner. It fails if a live
+// process owns the bridge; what a dead owner left behind is removed first.
 func CreateBridge(ctx context.Context, name string, gw netip.Prefix) error {
 	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
-		return fmt.Errorf("bridge %s already exists: another 'trellis up' or 'trellis demo' is running (or one crashed: 'trellis down' cleans up)", name)
+		if pid := Owner(name); pid != 0 {
+			return fmt.Errorf("bridge %s is in use by process %d (another 'trellis up' or 'trellis demo')", name, pid)
+		}
+		if err := RemoveLeftovers(ctx); err != nil {
+			return fmt.Errorf("removing what a crashed control plane left behind: %w", err)
+		}
+	}
+	if err := os.MkdirAll(OwnerDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(OwnerDir, name+".pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
 	}
 	if err := ip(ctx, "link", "add", name, "type", "bridge"); err != nil {
 		return err
 	}
 	if err := ip(ctx, "addr", "add", gw.String(), "dev", name); err != nil {
-		DeleteLink(context.WithoutCancel(ctx), name)
+		DeleteBridge(context.WithoutCancel(ctx), name)
 		return err
 	}
 	if err := ip(ctx, "link", "set", name, "up"); err != nil {
-		DeleteLink(context.WithoutCancel(ctx), name)
+		DeleteBridge(context.WithoutCancel(ctx), name)
 		return err
 	}
 	return nil
+}
+
+// DeleteBridge removes bridge name and its owner record.
+func DeleteBridge(ctx context.Context, name string) error {
+	os.Remove(filepath.Join(OwnerDir, name+".pid"))
+	return DeleteLink(ctx, name)
 }
 
 // DeleteLink removes a network interface; a missing one is not an error.
@@ -179,6 +216,7 @@ func RemoveLeftovers(ctx context.Context) error {
 	}
 	for _, l := range links {
 		errs = append(errs, DeleteLink(ctx, l))
+		os.Remove(filepath.Join(OwnerDir, l+".pid"))
 	}
 	if ents, err := os.ReadDir(EtcDir); err == nil {
 		for _, e := range ents {

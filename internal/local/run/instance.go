@@ -272,10 +272,10 @@ func (in *instance) startApp() error {
 func (in *instance) stop() { in.stopOnce.Do(in.teardown) }
 
 func (in *instance) teardown() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*stopTimeout)
-	defer cancel()
 	terminate(in.proxy, in.proxyC)
 	terminate(in.app, in.appC)
+	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
+	defer cancel()
 	if in.api != nil && in.name != "" {
 		err := in.api.Delete(ctx, store.Key{Kind: resources.KindWorkload, Namespace: in.o.Namespace, Name: in.name})
 		if err != nil && !localapi.NotFound(err) {

@@ -129,7 +129,7 @@ func (u *Up) removeNetwork() {
 	if err := netns.RemoveLeftovers(ctx); err != nil {
 		u.log.Warn("removing leftover network namespaces", "error", err)
 	}
-	if err := netns.DeleteLink(ctx, u.bridge); err != nil {
+	if err := netns.DeleteBridge(ctx, u.bridge); err != nil {
 		u.log.Warn("removing the bridge", "bridge", u.bridge, "error", err)
 	}
 }

@@ -1,83 +1,76 @@
-// Package balance picks an endpoint for each request or connection:
-// power of two random choices over the endpoints' outstanding work, leaving
-// out endpoints that just failed to connect while others are available.
+// Package balance picks an endpoint for each request (or connection): power
+// of two random choices over peak-EWMA latency times outstanding work, as
+// Linkerd does, with failure accrual that takes failing endpoints out of
+// rotation and lets them back in after a successful probation request.
 package balance
 
 import (
+	"errors"
 	"math/rand/v2"
-	"sync/atomic"
 	"time"
 )
 
-// FailurePenalty is how long an endpoint that refused a connection is left
-// out while others are available.
-const FailurePenalty = 5 * time.Second
+// Errors of Pick.
+var (
+	ErrNoEndpoints = errors.New("the service has no endpoints")
+	ErrAllEjected  = errors.New("every endpoint of the service is failing (ejected by failure accrual)")
+)
 
-// Load is one endpoint's balancing state, shared by every request.
-type Load struct {
-	pending     atomic.Int64
-	failedUntil atomic.Int64 // unix nanoseconds
+// Balancer is the shared configuration of one service's endpoints.
+type Balancer struct {
+	cfg Config
 }
 
-// Start counts one request or connection in flight; call End when it ends.
-func (l *Load) Start() { l.pending.Add(1) }
+// New returns a balancer; cfg's zero fields take the defaults.
+func New(cfg Config) *Balancer {
+	return &Balancer{cfg: cfg.withDefaults()}
+}
 
-// End counts one request or connection as finished.
-func (l *Load) End() { l.pending.Add(-1) }
+// NewEndpoint returns the state of one new endpoint.
+func (b *Balancer) NewEndpoint() *Endpoint { return NewEndpoint(&b.cfg) }
 
-// Pending is the number in flight.
-func (l *Load) Pending() int64 { return l.pending.Load() }
+// Now is the balancer's clock.
+func (b *Balancer) Now() time.Time { return b.cfg.Now() }
 
-// Failed leaves the endpoint out for FailurePenalty from now.
-func (l *Load) Failed(now time.Time) { l.failedUntil.Store(now.Add(FailurePenalty).UnixNano()) }
-
-// Healthy reports whether the endpoint is not being left out at now.
-func (l *Load) Healthy(now time.Time) bool { return now.UnixNano() >= l.failedUntil.Load() }
-
-// Pick returns the index of the endpoint to use among n, whose states load
-// returns, or -1 when n is 0. It draws two distinct endpoints and takes
-// the one with less outstanding work; endpoints that failed recently are
-// drawn only if every endpoint did.
-func Pick(n int, load func(i int) *Load, now time.Time) int {
-	switch n {
-	case 0:
-		return -1
-	case 1:
-		return 0
+// Pick returns the index of the endpoint to use among n, whose states ep
+// returns. It draws two distinct endpoints in rotation and takes the one
+// with the lower cost; an ejected endpoint past its backoff takes its one
+// probation request. The caller calls Start and End on the chosen one.
+func (b *Balancer) Pick(n int, ep func(i int) *Endpoint) (int, error) {
+	if n == 0 {
+		return -1, ErrNoEndpoints
 	}
-	healthy := 0
+	now := b.cfg.Now()
+	var buf [64]int
+	avail := buf[:0]
 	for i := range n {
-		if load(i).Healthy(now) {
-			healthy++
+		if ok, _ := ep(i).state(now); ok {
+			avail = append(avail, i)
 		}
 	}
-	pool := n
-	nth := func(k int) int { return k } // k-th candidate's index
-	if healthy > 0 && healthy < n {
-		pool = healthy
-		nth = func(k int) int {
-			for i := range n {
-				if load(i).Healthy(now) {
-					if k == 0 {
-						return i
-					}
-					k--
-				}
+	for len(avail) > 0 {
+		i := avail[0]
+		if len(avail) > 1 {
+			x := rand.IntN(len(avail))
+			y := rand.IntN(len(avail) - 1)
+			if y >= x {
+				y++
 			}
-			return -1
+			i = avail[x]
+			if ep(avail[y]).cost(now) < ep(i).cost(now) {
+				i = avail[y]
+			}
+		}
+		if ep(i).claimProbe(now) {
+			return i, nil
+		}
+		// Another request took its probation slot meanwhile.
+		for k, j := range avail {
+			if j == i {
+				avail = append(avail[:k], avail[k+1:]...)
+				break
+			}
 		}
 	}
-	if pool == 1 {
-		return nth(0)
-	}
-	a := rand.IntN(pool)
-	b := rand.IntN(pool - 1)
-	if b >= a {
-		b++
-	}
-	ia, ib := nth(a), nth(b)
-	if load(ib).Pending() < load(ia).Pending() {
-		return ib
-	}
-	return ia
+	return -1, ErrAllEjected
 }

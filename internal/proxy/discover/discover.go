@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
@@ -27,13 +30,13 @@ const (
 	backoffMax         = 5 * time.Second
 )
 
-// Endpoint is one instance of a service.
+// Endpoint is one instance of a service, with its balancing state.
 type Endpoint struct {
 	Addr     string // the application's IP:port
 	Identity string // the SPIFFE ID of the proxy in front of it; "" if not meshed
 	MeshPort uint16
 	Labels   map[string]string
-	balance.Load
+	*balance.Endpoint
 }
 
 // Set is an immutable view of a service's endpoints.
@@ -52,11 +55,15 @@ type Config struct {
 	// Ready, if set, is waited for before the first stream opens (the
 	// proxy's certificate).
 	Ready <-chan struct{}
-	// Wait bounds how long a first lookup waits for the control plane.
+	// Wait bounds how long the first lookup of a service waits for the
+	// control plane; if it gives up, later lookups do not wait at all
+	// until the answer comes.
 	Wait time.Duration
 	// IdleTimeout drops a service's stream when unused this long.
 	IdleTimeout time.Duration
-	Log         *slog.Logger
+	// Balance configures every service's balancer.
+	Balance balance.Config
+	Log     *slog.Logger
 }
 
 // Resolver keeps one Service per authority.
@@ -91,23 +98,28 @@ type Service struct {
 	readyOnce sync.Once
 	used      atomic.Int64 // unix nanoseconds
 	cancel    context.CancelFunc
+	// late is set once a lookup gave up waiting for the first answer:
+	// later lookups pass through at once until it comes.
+	late atomic.Bool
+	bal  *balance.Balancer
 }
 
 // Set is the current set; nil until the first answer.
 func (s *Service) Set() *Set { return s.set.Load() }
 
-// Pick returns the endpoint for one request or connection, or nil when
-// the set is empty. The caller brackets its use with ep.Start and ep.End.
-func (s *Service) Pick() *Endpoint {
+// Pick returns the endpoint for one request or connection, or
+// balance.ErrNoEndpoints or balance.ErrAllEjected. The caller brackets its
+// use with ep.Start and ep.End.
+func (s *Service) Pick() (*Endpoint, error) {
 	set := s.set.Load()
 	if set == nil {
-		return nil
+		return nil, balance.ErrNoEndpoints
 	}
-	i := balance.Pick(len(set.Endpoints), func(i int) *balance.Load { return &set.Endpoints[i].Load }, time.Now())
-	if i < 0 {
-		return nil
+	i, err := s.bal.Pick(len(set.Endpoints), func(i int) *balance.Endpoint { return set.Endpoints[i].Endpoint })
+	if err != nil {
+		return nil, err
 	}
-	return set.Endpoints[i]
+	return set.Endpoints[i], nil
 }
 
 // Resolve returns the watched service for authority, waiting (within ctx
@@ -119,20 +131,24 @@ func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 	s, ok := r.services[authority]
 	if !ok {
 		wctx, cancel := context.WithCancel(r.ctx)
-		s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel}
+		s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel, bal: balance.New(r.cfg.Balance)}
 		r.services[authority] = s
 		go r.watch(wctx, s)
 	}
-	r.mu.Unlock()
 	s.used.Store(time.Now().UnixNano())
+	r.mu.Unlock()
 	select {
 	case <-s.ready:
 	default:
+		if s.late.Load() {
+			return nil
+		}
 		t := time.NewTimer(r.cfg.Wait)
 		defer t.Stop()
 		select {
 		case <-s.ready:
 		case <-t.C:
+			s.late.Store(true)
 			return nil
 		case <-ctx.Done():
 			return nil
@@ -153,16 +169,16 @@ func (r *Resolver) MeshPort(addr string) uint16 {
 	return 0
 }
 
-// Failed records that connecting to endpoint addr of any service failed.
+// Failed records that connecting to endpoint addr of any service failed:
+// the endpoint is ejected from every service it belongs to.
 func (r *Resolver) Failed(addr string) {
-	now := time.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range r.services {
 		if set := s.set.Load(); set != nil {
 			for _, ep := range set.Endpoints {
 				if ep.Addr == addr {
-					ep.Failed(now)
+					ep.ConnectFailed()
 				}
 			}
 		}
@@ -205,6 +221,13 @@ func (r *Resolver) watch(ctx context.Context, s *Service) {
 	for ctx.Err() == nil {
 		got, err := r.follow(ctx, s)
 		if ctx.Err() != nil {
+			return
+		}
+		if status.Code(err) == codes.InvalidArgument {
+			// Not a service name the control plane can resolve, ever:
+			// forward as addressed.
+			r.cfg.Log.Debug("not a discoverable authority", "authority", s.authority, "error", err)
+			r.publish(s, false, nil, nil)
 			return
 		}
 		if got {
@@ -275,7 +298,7 @@ func (r *Resolver) publish(s *Service, exists bool, state map[string]*destinatio
 			set.Endpoints = append(set.Endpoints, ep)
 			continue
 		}
-		set.Endpoints = append(set.Endpoints, &Endpoint{Addr: addr, Identity: e.Identity, MeshPort: port, Labels: e.MetricLabels})
+		set.Endpoints = append(set.Endpoints, &Endpoint{Addr: addr, Identity: e.Identity, MeshPort: port, Labels: e.MetricLabels, Endpoint: s.bal.NewEndpoint()})
 		if port != 0 {
 			r.meshPorts.Store(addr, port)
 		}

@@ -3,6 +3,7 @@ package discover
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/destination"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -139,18 +141,21 @@ func TestResolveFollowsTheServiceAndOutlivesTheControlPlane(t *testing.T) {
 
 	picked := map[string]int{}
 	for range 200 {
-		ep := svc.Pick()
+		ep, err := svc.Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
 		ep.Start()
 		picked[ep.Addr]++
-		ep.End()
+		ep.End(time.Millisecond, balance.Success)
 	}
 	if len(picked) != 2 {
 		t.Errorf("picks %v; want both endpoints used", picked)
 	}
 	r.Failed("10.0.0.1:8080")
 	for range 100 {
-		if ep := svc.Pick(); ep.Addr == "10.0.0.1:8080" {
-			t.Fatal("picked an endpoint that just failed to connect")
+		if ep, err := svc.Pick(); err != nil || ep.Addr == "10.0.0.1:8080" {
+			t.Fatalf("picked %v, %v; not the endpoint that just failed to connect", ep, err)
 		}
 	}
 
@@ -171,8 +176,8 @@ func TestResolveFollowsTheServiceAndOutlivesTheControlPlane(t *testing.T) {
 	cp.workload("web-1", "", true)
 	cp.workload("web-2", "", true)
 	eventually(t, svc)
-	if svc.Pick() != nil {
-		t.Error("an empty set picked an endpoint")
+	if _, err := svc.Pick(); !errors.Is(err, balance.ErrNoEndpoints) {
+		t.Errorf("an empty set: %v; want ErrNoEndpoints", err)
 	}
 }
 

@@ -26,20 +26,39 @@ func Metrics(reg *metrics.Registry) Layer {
 			}
 			series := reg.HTTP(l)
 			series.Request()
-			rec := &recorder{ResponseWriter: w, start: time.Now()}
-			completed := false
-			defer func() {
-				if rec.status == 0 {
-					rec.latency = time.Since(rec.start)
-				}
-				grpc := grpcStatus(w.Header())
-				failure := !completed || rec.status >= 500 || grpc > 0
-				series.Response(rec.status, grpc, failure, rec.latency)
-			}()
-			next.ServeHTTP(rec, r)
-			completed = true
+			Observe(next, w, r, func(o Outcome) {
+				series.Response(o.Status, o.GRPCStatus, !o.Completed || o.Status >= 500 || o.GRPCStatus > 0, o.Latency)
+			})
 		})
 	}
+}
+
+// Outcome is how a response went, as Observe saw it.
+type Outcome struct {
+	// Status is the final status code, 0 if no response head was sent.
+	Status int
+	// GRPCStatus is the grpc-status, -1 if there is none.
+	GRPCStatus int
+	// Latency is the time to the response head (or to the end, if none).
+	Latency time.Duration
+	// Completed is false if the handler broke off (panicked).
+	Completed bool
+}
+
+// Observe serves r with next and calls done with the outcome — also when
+// next panics (as ReverseProxy does to abort a response), before the panic
+// goes on.
+func Observe(next http.Handler, w http.ResponseWriter, r *http.Request, done func(Outcome)) {
+	rec := &recorder{ResponseWriter: w, start: time.Now()}
+	completed := false
+	defer func() {
+		if rec.status == 0 {
+			rec.latency = time.Since(rec.start)
+		}
+		done(Outcome{Status: rec.status, GRPCStatus: grpcStatus(w.Header()), Latency: rec.latency, Completed: completed})
+	}()
+	next.ServeHTTP(rec, r)
+	completed = true
 }
 
 // recorder notes the final status and when the response head went out.

@@ -2,55 +2,144 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"net/http"
+	"sync/atomic"
+	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
-// balanced sends each request to one endpoint of the logical service its
-// target names, as discovery knows it; targets discovery does not know go
-// where they were addressed.
-func balanced(res *discover.Resolver) httpproxy.Layer {
+// Defaults of the balance stage.
+const (
+	// DefaultFailFast is how long requests wait for an endpoint to become
+	// available before the service fails fast.
+	DefaultFailFast = 3 * time.Second
+	// DefaultMaxPending bounds the requests waiting for an endpoint.
+	DefaultMaxPending = 1000
+	pollAvailable     = 20 * time.Millisecond
+)
+
+// balancer is the balance stage: it sends each request (each connection,
+// for TCP) to one endpoint of the logical service its target names, and
+// feeds the endpoint's latency estimate and failure accrual with how it
+// went. Targets discovery does not know go where they were addressed.
+type balancer struct {
+	res        *discover.Resolver
+	failFast   time.Duration
+	maxPending int64
+	pending    atomic.Int64
+}
+
+// pick waits, within the fail-fast time and the queue bound, for an
+// endpoint of svc to be available.
+func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.Endpoint, error) {
+	ep, err := svc.Pick()
+	if err == nil {
+		return ep, nil
+	}
+	if b.pending.Add(1) > b.maxPending {
+		b.pending.Add(-1)
+		return nil, errQueueFull
+	}
+	defer b.pending.Add(-1)
+	deadline := time.NewTimer(b.failFast)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollAvailable)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-deadline.C:
+			return nil, err
+		case <-tick.C:
+			if ep, err = svc.Pick(); err == nil {
+				return ep, nil
+			}
+		}
+	}
+}
+
+var errQueueFull = errors.New("too many requests waiting for an endpoint")
+
+// http is the balance stage of the HTTP stack.
+func (b *balancer) http() httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
-		if res == nil {
+		if b.res == nil {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			svc := res.Resolve(r.Context(), httpproxy.Target(r.Context()))
+			svc := b.res.Resolve(r.Context(), httpproxy.Target(r.Context()))
 			if svc == nil {
 				next.ServeHTTP(w, r)
 				return
 			}
-			ep := svc.Pick()
-			if ep == nil {
-				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, "service has no endpoints")
+			ep, err := b.pick(r.Context(), svc)
+			if err != nil {
+				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, failFastReason(err))
 				return
 			}
 			ep.Start()
-			defer ep.End()
-			next.ServeHTTP(w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)))
+			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)), func(o httpproxy.Outcome) {
+				ep.End(o.Latency, classify(o))
+			})
 		})
 	}
+}
+
+func failFastReason(err error) string {
+	switch {
+	case errors.Is(err, balance.ErrNoEndpoints):
+		return "service has no endpoints"
+	case errors.Is(err, balance.ErrAllEjected):
+		return "every endpoint of the service is failing"
+	case errors.Is(err, errQueueFull):
+		return "service unavailable: too many requests waiting"
+	}
+	return err.Error()
+}
+
+// classify turns a response into a balancing outcome: 5xx and the gRPC
+// statuses that mean the server failed are failures; 429 and
+// RESOURCE_EXHAUSTED mean it is overloaded.
+func classify(o httpproxy.Outcome) balance.Outcome {
+	switch {
+	case !o.Completed || o.Status >= 500:
+		return balance.Failure
+	case o.Status == http.StatusTooManyRequests:
+		return balance.Overloaded
+	}
+	switch o.GRPCStatus {
+	case 4, 13, 14, 15: // DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS
+		return balance.Failure
+	case 8: // RESOURCE_EXHAUSTED
+		return balance.Overloaded
+	}
+	return balance.Success
 }
 
 // pickTarget resolves a connection's target to one endpoint of its
 // service, for opaque TCP; it returns the connection's own target and peer
 // when discovery does not know it, and a release function to call once
-// connected. (Connections are balanced by choice, not by how long they last.)
-func pickTarget(ctx context.Context, res *discover.Resolver, m *transport.Meta) (target, peer string, release func(), ok bool) {
-	if res == nil {
-		return m.Target, m.PeerIdentity, func() {}, true
+// connected. (Connections are balanced by choice, not by how long they
+// last: a connection is not a request with a latency.)
+func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, peer string, release func(), err error) {
+	if b.res == nil {
+		return m.Target, m.PeerIdentity, func() {}, nil
 	}
-	svc := res.Resolve(ctx, m.Target)
+	svc := b.res.Resolve(ctx, m.Target)
 	if svc == nil {
-		return m.Target, m.PeerIdentity, func() {}, true
+		return m.Target, m.PeerIdentity, func() {}, nil
 	}
-	ep := svc.Pick()
-	if ep == nil {
-		return "", "", nil, false
+	ep, err := b.pick(ctx, svc)
+	if err != nil {
+		return "", "", nil, err
 	}
 	ep.Start()
-	return ep.Addr, ep.Identity, ep.End, true
+	start := time.Now()
+	return ep.Addr, ep.Identity, func() { ep.End(time.Since(start), balance.Success) }, nil
 }

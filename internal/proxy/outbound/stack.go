@@ -5,7 +5,6 @@ package outbound
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 
@@ -54,16 +53,17 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 				return nil, err
 			}
 			c, err := md.Dial(ctx, transport.Outbound, target, id, proto)
-			if err != nil && res != nil {
-				res.Failed(target)
+			if err != nil && res != nil && ctx.Err() == nil {
+				res.Failed(target) // not when the caller gave up
 			}
 			return c, err
 		}
 	}
+	bal := &balancer{res: res, failFast: DefaultFailFast, maxPending: DefaultMaxPending}
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
-		target, peer, release, ok := pickTarget(ctx, res, m)
-		if !ok {
-			return nil, errNoEndpoints
+		target, peer, release, err := bal.pickTarget(ctx, m)
+		if err != nil {
+			return nil, err
 		}
 		defer release()
 		if peer != "" && fc.MeshDial != nil {
@@ -74,7 +74,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
 		forwardProxy(dialer, s.peers, log),
-		balanced(res),
+		bal.http(),
 		httpproxy.Metrics(reg),
 	)
 	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
@@ -96,6 +96,3 @@ func (s *Stacks) Main() transport.Handler {
 func (s *Stacks) Upstream(u config.Upstream) transport.Handler {
 	return transport.Stack(s.detect, fixedTarget(u.Target, u.Identity))
 }
-
-// errNoEndpoints fails a connection to a service that has none.
-var errNoEndpoints = errors.New("service has no endpoints")

@@ -88,6 +88,9 @@ func (r *Registrar) Run(ctx context.Context) {
 			if c := status.Code(err); c == codes.InvalidArgument || c == codes.PermissionDenied {
 				wait = backoffMax
 			}
+			if ttl > 0 {
+				wait = min(wait, ttl/3) // retry within the lease
+			}
 		} else {
 			failures = 0
 			ttl = lease.GetTtl().AsDuration()
@@ -108,13 +111,14 @@ func (r *Registrar) Run(ctx context.Context) {
 		}
 		break
 	}
-	if first {
-		return
-	}
+	// A first registration cut short may still have reached the control
+	// plane: deregister anyway.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), callTimeout)
 	defer cancel()
 	if _, err := r.cfg.Client.Deregister(dctx, &destinationv1.DeregisterRequest{Name: name}); err != nil {
-		r.cfg.Log.Warn("deregistering failed; the lease will lapse", "workload", name, "error", err)
+		if !first {
+			r.cfg.Log.Warn("deregistering failed; the lease will lapse", "workload", name, "error", err)
+		}
 		return
 	}
 	r.cfg.Log.Info("workload deregistered", "workload", name)

@@ -1,0 +1,106 @@
+package balance
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Defaults, as Linkerd's.
+const (
+	DefaultRTT         = 30 * time.Millisecond
+	DefaultDecay       = 10 * time.Second
+	DefaultConsecutive = 7
+	DefaultBackoffMin  = time.Second
+	DefaultBackoffMax  = time.Minute
+)
+
+// Accrual modes.
+const (
+	Consecutive = "consecutive"
+	SuccessRate = "success-rate"
+	Off         = "off"
+)
+
+// Config tunes balancing and failure accrual. The zero value is the defaults.
+type Config struct {
+	// DefaultRTT is a new endpoint's latency estimate.
+	DefaultRTT time.Duration
+	// Decay is how fast the peak-EWMA estimate forgets: a sample's weight
+	// falls by e every Decay.
+	Decay time.Duration
+	// Accrual decides when an endpoint is ejected.
+	Accrual Accrual
+	// Now is the clock; time.Now if nil.
+	Now func() time.Time
+}
+
+// Accrual is failure accrual (circuit breaking) per endpoint: in
+// consecutive mode an endpoint is ejected after Consecutive failures in a
+// row; in success-rate mode when, over Window and with at least
+// MinRequests, fewer than Threshold of its responses succeeded. An ejected
+// endpoint waits an exponential, jittered backoff between BackoffMin and
+// BackoffMax, then gets one probation request: success readmits it,
+// failure ejects it again for longer.
+type Accrual struct {
+	Mode        string
+	Consecutive int
+	Window      time.Duration
+	MinRequests int
+	Threshold   float64
+	BackoffMin  time.Duration
+	BackoffMax  time.Duration
+}
+
+// withDefaults fills zero fields.
+func (c Config) withDefaults() Config {
+	if c.DefaultRTT <= 0 {
+		c.DefaultRTT = DefaultRTT
+	}
+	if c.Decay <= 0 {
+		c.Decay = DefaultDecay
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	a := &c.Accrual
+	if a.Mode == "" {
+		a.Mode = Consecutive
+	}
+	if a.Consecutive <= 0 {
+		a.Consecutive = DefaultConsecutive
+	}
+	if a.Window <= 0 {
+		a.Window = 30 * time.Second
+	}
+	if a.MinRequests <= 0 {
+		a.MinRequests = 20
+	}
+	if a.Threshold <= 0 {
+		a.Threshold = 0.8
+	}
+	if a.BackoffMin <= 0 {
+		a.BackoffMin = DefaultBackoffMin
+	}
+	if a.BackoffMax <= 0 {
+		a.BackoffMax = DefaultBackoffMax
+	}
+	return c
+}
+
+// Validate names the first bad setting.
+func (c Config) Validate() error {
+	a := c.Accrual
+	switch a.Mode {
+	case "", Consecutive, SuccessRate, Off:
+	default:
+		return fmt.Errorf("failure accrual mode %q: must be %s, %s or %s", a.Mode, Consecutive, SuccessRate, Off)
+	}
+	if a.Threshold < 0 || a.Threshold > 1 {
+		return fmt.Errorf("failure accrual threshold %v: must be between 0 and 1", a.Threshold)
+	}
+	if a.BackoffMax > 0 && a.BackoffMin > a.BackoffMax {
+		return errors.New("failure accrual: the minimum backoff exceeds the maximum")
+	}
+	return nil
+}
