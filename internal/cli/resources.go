@@ -25,13 +25,15 @@ import (
 var kindAliases = map[string]string{
 	"service": resources.KindService, "services": resources.KindService, "svc": resources.KindService,
 	"workload": resources.KindWorkload, "workloads": resources.KindWorkload, "wl": resources.KindWorkload,
+	"httproute": resources.KindHTTPRoute, "httproutes": resources.KindHTTPRoute,
+	"grpcroute": resources.KindGRPCRoute, "grpcroutes": resources.KindGRPCRoute,
 }
 
 func kindOf(s string) (string, error) {
 	if k, ok := kindAliases[strings.ToLower(s)]; ok {
 		return k, nil
 	}
-	return "", fmt.Errorf("unknown kind %q: one of services (svc), workloads (wl)", s)
+	return "", fmt.Errorf("unknown kind %q: one of services (svc), workloads (wl), httproutes, grpcroutes", s)
 }
 
 func applyCmd(dataDir *string) *cobra.Command {
@@ -147,7 +149,8 @@ func getCmd(dataDir *string) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
 		Short: "List resources, or show one",
-		Long: `get lists the resources of KIND (services/svc, workloads/wl) in a namespace,
+		Long: `get lists the resources of KIND (services/svc, workloads/wl, httproutes,
+grpcroutes) in a namespace,
 or every namespace with -A, or shows the one named NAME. -o yaml or -o json
 prints the objects as stored.`,
 		Example: `  trellis get workloads -A
@@ -240,6 +243,27 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 				ports = append(ports, portLabel(p.Port, p.Protocol))
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", it.Metadata.Namespace, it.Metadata.Name, dash(s.ClusterIP), strings.Join(ports, ","), age(it.Metadata.CreationTimestamp))
+		}
+	case resources.KindHTTPRoute, resources.KindGRPCRoute:
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tPARENTS\tRULES\tAGE")
+		for _, it := range items {
+			var spec struct {
+				ParentRefs []struct {
+					Name string `json:"name"`
+					Port int    `json:"port"`
+				} `json:"parentRefs"`
+				Rules []json.RawMessage `json:"rules"`
+			}
+			json.Unmarshal(it.Spec, &spec)
+			var parents []string
+			for _, p := range spec.ParentRefs {
+				if p.Port != 0 {
+					parents = append(parents, fmt.Sprintf("%s:%d", p.Name, p.Port))
+				} else {
+					parents = append(parents, p.Name)
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", it.Metadata.Namespace, it.Metadata.Name, strings.Join(parents, ","), len(spec.Rules), age(it.Metadata.CreationTimestamp))
 		}
 	case resources.KindWorkload:
 		header := "NAMESPACE\tNAME\tSERVICE\tADDRESS\tPORTS\tAGE"

@@ -75,6 +75,55 @@ func (ProtocolHint) EnumDescriptor() ([]byte, []int) {
 	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{0}
 }
 
+type PathMatch_Kind int32
+
+const (
+	PathMatch_PREFIX PathMatch_Kind = 0
+	PathMatch_EXACT  PathMatch_Kind = 1
+	PathMatch_REGEX  PathMatch_Kind = 2
+)
+
+// Enum value maps for PathMatch_Kind.
+var (
+	PathMatch_Kind_name = map[int32]string{
+		0: "PREFIX",
+		1: "EXACT",
+		2: "REGEX",
+	}
+	PathMatch_Kind_value = map[string]int32{
+		"PREFIX": 0,
+		"EXACT":  1,
+		"REGEX":  2,
+	}
+)
+
+func (x PathMatch_Kind) Enum() *PathMatch_Kind {
+	p := new(PathMatch_Kind)
+	*p = x
+	return p
+}
+
+func (x PathMatch_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PathMatch_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_api_destination_v1_destination_proto_enumTypes[1].Descriptor()
+}
+
+func (PathMatch_Kind) Type() protoreflect.EnumType {
+	return &file_api_destination_v1_destination_proto_enumTypes[1]
+}
+
+func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PathMatch_Kind.Descriptor instead.
+func (PathMatch_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{8, 0}
+}
+
 type GetDestination struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// authority is "name.namespace.svc.<cluster-domain>:port", a shorter
@@ -467,7 +516,13 @@ type Profile struct {
 	// empty when the authority names no known service.
 	FullyQualifiedName string `protobuf:"bytes,1,opt,name=fully_qualified_name,json=fullyQualifiedName,proto3" json:"fully_qualified_name,omitempty"`
 	// opaque is true when the port is declared opaque: no protocol detection.
-	Opaque        bool `protobuf:"varint,2,opt,name=opaque,proto3" json:"opaque,omitempty"`
+	Opaque bool `protobuf:"varint,2,opt,name=opaque,proto3" json:"opaque,omitempty"`
+	// matches are tried in order (Gateway API precedence across every
+	// HTTPRoute and GRPCRoute attached to the service); the first that
+	// matches picks its rule. With no matches at all, requests go to the
+	// service itself; with matches but none matching, the proxy answers 404.
+	Matches       []*RouteMatch `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
+	Rules         []*RouteRule  `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -516,6 +571,758 @@ func (x *Profile) GetOpaque() bool {
 	return false
 }
 
+func (x *Profile) GetMatches() []*RouteMatch {
+	if x != nil {
+		return x.Matches
+	}
+	return nil
+}
+
+func (x *Profile) GetRules() []*RouteRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+type RouteMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rule indexes Profile.rules.
+	Rule        uint32        `protobuf:"varint,1,opt,name=rule,proto3" json:"rule,omitempty"`
+	Path        *PathMatch    `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	Headers     []*ValueMatch `protobuf:"bytes,3,rep,name=headers,proto3" json:"headers,omitempty"`
+	QueryParams []*ValueMatch `protobuf:"bytes,4,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
+	// method is an HTTP method; empty matches any.
+	Method        string `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMatch) Reset() {
+	*x = RouteMatch{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMatch) ProtoMessage() {}
+
+func (x *RouteMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
+func (*RouteMatch) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *RouteMatch) GetRule() uint32 {
+	if x != nil {
+		return x.Rule
+	}
+	return 0
+}
+
+func (x *RouteMatch) GetPath() *PathMatch {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetHeaders() []*ValueMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetQueryParams() []*ValueMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+type PathMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          PathMatch_Kind         `protobuf:"varint,1,opt,name=kind,proto3,enum=trellis.destination.v1.PathMatch_Kind" json:"kind,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathMatch) Reset() {
+	*x = PathMatch{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathMatch) ProtoMessage() {}
+
+func (x *PathMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
+func (*PathMatch) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PathMatch) GetKind() PathMatch_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return PathMatch_PREFIX
+}
+
+func (x *PathMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// ValueMatch matches one header or query parameter by name.
+type ValueMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// regex: value is an RE2 regular expression matching the whole value.
+	Regex         bool `protobuf:"varint,3,opt,name=regex,proto3" json:"regex,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValueMatch) Reset() {
+	*x = ValueMatch{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValueMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValueMatch) ProtoMessage() {}
+
+func (x *ValueMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
+func (*ValueMatch) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ValueMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ValueMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *ValueMatch) GetRegex() bool {
+	if x != nil {
+		return x.Regex
+	}
+	return false
+}
+
+type RouteRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// route is the route's "namespace/name"; kind HTTPRoute or GRPCRoute.
+	Route string `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	Kind  string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// name is the rule's section name, if any.
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// backends split traffic by weight; empty: the service itself.
+	Backends        []*WeightedBackend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	RequestHeaders  *HeaderModifier    `protobuf:"bytes,5,opt,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty"`
+	ResponseHeaders *HeaderModifier    `protobuf:"bytes,6,opt,name=response_headers,json=responseHeaders,proto3" json:"response_headers,omitempty"`
+	Redirect        *Redirect          `protobuf:"bytes,7,opt,name=redirect,proto3" json:"redirect,omitempty"`
+	// request_timeout bounds the whole request, retries included;
+	// backend_timeout bounds each attempt.
+	RequestTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=request_timeout,json=requestTimeout,proto3" json:"request_timeout,omitempty"`
+	BackendTimeout *durationpb.Duration `protobuf:"bytes,9,opt,name=backend_timeout,json=backendTimeout,proto3" json:"backend_timeout,omitempty"`
+	Retry          *Retry               `protobuf:"bytes,10,opt,name=retry,proto3" json:"retry,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RouteRule) Reset() {
+	*x = RouteRule{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteRule) ProtoMessage() {}
+
+func (x *RouteRule) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
+func (*RouteRule) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RouteRule) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *RouteRule) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RouteRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteRule) GetBackends() []*WeightedBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *RouteRule) GetRequestHeaders() *HeaderModifier {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *RouteRule) GetResponseHeaders() *HeaderModifier {
+	if x != nil {
+		return x.ResponseHeaders
+	}
+	return nil
+}
+
+func (x *RouteRule) GetRedirect() *Redirect {
+	if x != nil {
+		return x.Redirect
+	}
+	return nil
+}
+
+func (x *RouteRule) GetRequestTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.RequestTimeout
+	}
+	return nil
+}
+
+func (x *RouteRule) GetBackendTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.BackendTimeout
+	}
+	return nil
+}
+
+func (x *RouteRule) GetRetry() *Retry {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+type WeightedBackend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// authority is the backend service: "name.namespace.svc.<domain>:port".
+	Authority     string `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	Weight        uint32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WeightedBackend) Reset() {
+	*x = WeightedBackend{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WeightedBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WeightedBackend) ProtoMessage() {}
+
+func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
+func (*WeightedBackend) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WeightedBackend) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *WeightedBackend) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+type HeaderModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*Header              `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*Header              `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderModifier) Reset() {
+	*x = HeaderModifier{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderModifier) ProtoMessage() {}
+
+func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
+func (*HeaderModifier) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *HeaderModifier) GetSet() []*Header {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetAdd() []*Header {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type Header struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Header) Reset() {
+	*x = Header{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Header) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Header) ProtoMessage() {}
+
+func (x *Header) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Header.ProtoReflect.Descriptor instead.
+func (*Header) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Header) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Header) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type Redirect struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Scheme   string                 `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Hostname string                 `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	// path replaces the whole path; prefix replaces the matched prefix.
+	Path          string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Prefix        string `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Port          uint32 `protobuf:"varint,5,opt,name=port,proto3" json:"port,omitempty"`
+	StatusCode    uint32 `protobuf:"varint,6,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Redirect) Reset() {
+	*x = Redirect{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Redirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Redirect) ProtoMessage() {}
+
+func (x *Redirect) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
+func (*Redirect) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *Redirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *Redirect) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *Redirect) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Redirect) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *Redirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Redirect) GetStatusCode() uint32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+type Retry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// attempts is how many times a request may be retried.
+	Attempts uint32 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// http_codes retry these statuses; server_errors any 5xx;
+	// gateway_errors 502, 503 and 504.
+	HttpCodes     []uint32 `protobuf:"varint,2,rep,packed,name=http_codes,json=httpCodes,proto3" json:"http_codes,omitempty"`
+	ServerErrors  bool     `protobuf:"varint,3,opt,name=server_errors,json=serverErrors,proto3" json:"server_errors,omitempty"`
+	GatewayErrors bool     `protobuf:"varint,4,opt,name=gateway_errors,json=gatewayErrors,proto3" json:"gateway_errors,omitempty"`
+	// grpc_codes retry these gRPC status codes.
+	GrpcCodes     []uint32             `protobuf:"varint,5,rep,packed,name=grpc_codes,json=grpcCodes,proto3" json:"grpc_codes,omitempty"`
+	PerTryTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=per_try_timeout,json=perTryTimeout,proto3" json:"per_try_timeout,omitempty"`
+	Backoff       *durationpb.Duration `protobuf:"bytes,7,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	Budget        *RetryBudget         `protobuf:"bytes,8,opt,name=budget,proto3" json:"budget,omitempty"`
+	// from_headers lets clients set retries per request (l5d-retry-* headers).
+	FromHeaders   bool `protobuf:"varint,9,opt,name=from_headers,json=fromHeaders,proto3" json:"from_headers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Retry) Reset() {
+	*x = Retry{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Retry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Retry) ProtoMessage() {}
+
+func (x *Retry) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Retry.ProtoReflect.Descriptor instead.
+func (*Retry) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Retry) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *Retry) GetHttpCodes() []uint32 {
+	if x != nil {
+		return x.HttpCodes
+	}
+	return nil
+}
+
+func (x *Retry) GetServerErrors() bool {
+	if x != nil {
+		return x.ServerErrors
+	}
+	return false
+}
+
+func (x *Retry) GetGatewayErrors() bool {
+	if x != nil {
+		return x.GatewayErrors
+	}
+	return false
+}
+
+func (x *Retry) GetGrpcCodes() []uint32 {
+	if x != nil {
+		return x.GrpcCodes
+	}
+	return nil
+}
+
+func (x *Retry) GetPerTryTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PerTryTimeout
+	}
+	return nil
+}
+
+func (x *Retry) GetBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.Backoff
+	}
+	return nil
+}
+
+func (x *Retry) GetBudget() *RetryBudget {
+	if x != nil {
+		return x.Budget
+	}
+	return nil
+}
+
+func (x *Retry) GetFromHeaders() bool {
+	if x != nil {
+		return x.FromHeaders
+	}
+	return false
+}
+
+// RetryBudget bounds retries so they cannot amplify an outage: at most
+// ratio of the requests of the last ttl, plus min_per_second.
+type RetryBudget struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ratio         float64                `protobuf:"fixed64,1,opt,name=ratio,proto3" json:"ratio,omitempty"`
+	MinPerSecond  uint32                 `protobuf:"varint,2,opt,name=min_per_second,json=minPerSecond,proto3" json:"min_per_second,omitempty"`
+	Ttl           *durationpb.Duration   `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryBudget) Reset() {
+	*x = RetryBudget{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryBudget) ProtoMessage() {}
+
+func (x *RetryBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
+func (*RetryBudget) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RetryBudget) GetRatio() float64 {
+	if x != nil {
+		return x.Ratio
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetMinPerSecond() uint32 {
+	if x != nil {
+		return x.MinPerSecond
+	}
+	return 0
+}
+
+func (x *RetryBudget) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
 type RegisterRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the instance's name, unique in its namespace (e.g. web-0).
@@ -537,7 +1344,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +1356,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +1369,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{7}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -627,7 +1434,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -639,7 +1446,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -652,7 +1459,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{8}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Port) GetPort() uint32 {
@@ -687,7 +1494,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +1506,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +1519,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{9}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Lease) GetWorkload() string {
@@ -738,7 +1545,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -750,7 +1557,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -763,7 +1570,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{10}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RenewRequest) GetName() string {
@@ -782,7 +1589,7 @@ type DeregisterRequest struct {
 
 func (x *DeregisterRequest) Reset() {
 	*x = DeregisterRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1601,7 @@ func (x *DeregisterRequest) String() string {
 func (*DeregisterRequest) ProtoMessage() {}
 
 func (x *DeregisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1614,7 @@ func (x *DeregisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{11}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeregisterRequest) GetName() string {
@@ -825,7 +1632,7 @@ type DeregisterResponse struct {
 
 func (x *DeregisterResponse) Reset() {
 	*x = DeregisterResponse{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -837,7 +1644,7 @@ func (x *DeregisterResponse) String() string {
 func (*DeregisterResponse) ProtoMessage() {}
 
 func (x *DeregisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -850,7 +1657,7 @@ func (x *DeregisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterResponse) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{12}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{22}
 }
 
 var File_api_destination_v1_destination_proto protoreflect.FileDescriptor
@@ -885,10 +1692,78 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"\rmetric_labels\x18\x06 \x03(\v22.trellis.destination.v1.Endpoint.MetricLabelsEntryR\fmetricLabels\x1a?\n" +
 	"\x11MetricLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xca\x01\n" +
 	"\aProfile\x120\n" +
 	"\x14fully_qualified_name\x18\x01 \x01(\tR\x12fullyQualifiedName\x12\x16\n" +
-	"\x06opaque\x18\x02 \x01(\bR\x06opaque\"\xd1\x02\n" +
+	"\x06opaque\x18\x02 \x01(\bR\x06opaque\x12<\n" +
+	"\amatches\x18\x03 \x03(\v2\".trellis.destination.v1.RouteMatchR\amatches\x127\n" +
+	"\x05rules\x18\x04 \x03(\v2!.trellis.destination.v1.RouteRuleR\x05rules\"\xf4\x01\n" +
+	"\n" +
+	"RouteMatch\x12\x12\n" +
+	"\x04rule\x18\x01 \x01(\rR\x04rule\x125\n" +
+	"\x04path\x18\x02 \x01(\v2!.trellis.destination.v1.PathMatchR\x04path\x12<\n" +
+	"\aheaders\x18\x03 \x03(\v2\".trellis.destination.v1.ValueMatchR\aheaders\x12E\n" +
+	"\fquery_params\x18\x04 \x03(\v2\".trellis.destination.v1.ValueMatchR\vqueryParams\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\"\x87\x01\n" +
+	"\tPathMatch\x12:\n" +
+	"\x04kind\x18\x01 \x01(\x0e2&.trellis.destination.v1.PathMatch.KindR\x04kind\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"(\n" +
+	"\x04Kind\x12\n" +
+	"\n" +
+	"\x06PREFIX\x10\x00\x12\t\n" +
+	"\x05EXACT\x10\x01\x12\t\n" +
+	"\x05REGEX\x10\x02\"L\n" +
+	"\n" +
+	"ValueMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x14\n" +
+	"\x05regex\x18\x03 \x01(\bR\x05regex\"\xad\x04\n" +
+	"\tRouteRule\x12\x14\n" +
+	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12C\n" +
+	"\bbackends\x18\x04 \x03(\v2'.trellis.destination.v1.WeightedBackendR\bbackends\x12O\n" +
+	"\x0frequest_headers\x18\x05 \x01(\v2&.trellis.destination.v1.HeaderModifierR\x0erequestHeaders\x12Q\n" +
+	"\x10response_headers\x18\x06 \x01(\v2&.trellis.destination.v1.HeaderModifierR\x0fresponseHeaders\x12<\n" +
+	"\bredirect\x18\a \x01(\v2 .trellis.destination.v1.RedirectR\bredirect\x12B\n" +
+	"\x0frequest_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0erequestTimeout\x12B\n" +
+	"\x0fbackend_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x0ebackendTimeout\x123\n" +
+	"\x05retry\x18\n" +
+	" \x01(\v2\x1d.trellis.destination.v1.RetryR\x05retry\"G\n" +
+	"\x0fWeightedBackend\x12\x1c\n" +
+	"\tauthority\x18\x01 \x01(\tR\tauthority\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x8c\x01\n" +
+	"\x0eHeaderModifier\x120\n" +
+	"\x03set\x18\x01 \x03(\v2\x1e.trellis.destination.v1.HeaderR\x03set\x120\n" +
+	"\x03add\x18\x02 \x03(\v2\x1e.trellis.destination.v1.HeaderR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"2\n" +
+	"\x06Header\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"\x9f\x01\n" +
+	"\bRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\tR\x06prefix\x12\x12\n" +
+	"\x04port\x18\x05 \x01(\rR\x04port\x12\x1f\n" +
+	"\vstatus_code\x18\x06 \x01(\rR\n" +
+	"statusCode\"\x85\x03\n" +
+	"\x05Retry\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\rR\battempts\x12\x1d\n" +
+	"\n" +
+	"http_codes\x18\x02 \x03(\rR\thttpCodes\x12#\n" +
+	"\rserver_errors\x18\x03 \x01(\bR\fserverErrors\x12%\n" +
+	"\x0egateway_errors\x18\x04 \x01(\bR\rgatewayErrors\x12\x1d\n" +
+	"\n" +
+	"grpc_codes\x18\x05 \x03(\rR\tgrpcCodes\x12A\n" +
+	"\x0fper_try_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\rperTryTimeout\x123\n" +
+	"\abackoff\x18\a \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12;\n" +
+	"\x06budget\x18\b \x01(\v2#.trellis.destination.v1.RetryBudgetR\x06budget\x12!\n" +
+	"\ffrom_headers\x18\t \x01(\bR\vfromHeaders\"v\n" +
+	"\vRetryBudget\x12\x14\n" +
+	"\x05ratio\x18\x01 \x01(\x01R\x05ratio\x12$\n" +
+	"\x0emin_per_second\x18\x02 \x01(\rR\fminPerSecond\x12+\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xd1\x02\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x18\n" +
@@ -939,54 +1814,84 @@ func file_api_destination_v1_destination_proto_rawDescGZIP() []byte {
 	return file_api_destination_v1_destination_proto_rawDescData
 }
 
-var file_api_destination_v1_destination_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_api_destination_v1_destination_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_api_destination_v1_destination_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_api_destination_v1_destination_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_api_destination_v1_destination_proto_goTypes = []any{
 	(ProtocolHint)(0),           // 0: trellis.destination.v1.ProtocolHint
-	(*GetDestination)(nil),      // 1: trellis.destination.v1.GetDestination
-	(*Update)(nil),              // 2: trellis.destination.v1.Update
-	(*AddSet)(nil),              // 3: trellis.destination.v1.AddSet
-	(*RemoveSet)(nil),           // 4: trellis.destination.v1.RemoveSet
-	(*NoEndpoints)(nil),         // 5: trellis.destination.v1.NoEndpoints
-	(*Endpoint)(nil),            // 6: trellis.destination.v1.Endpoint
-	(*Profile)(nil),             // 7: trellis.destination.v1.Profile
-	(*RegisterRequest)(nil),     // 8: trellis.destination.v1.RegisterRequest
-	(*Port)(nil),                // 9: trellis.destination.v1.Port
-	(*Lease)(nil),               // 10: trellis.destination.v1.Lease
-	(*RenewRequest)(nil),        // 11: trellis.destination.v1.RenewRequest
-	(*DeregisterRequest)(nil),   // 12: trellis.destination.v1.DeregisterRequest
-	(*DeregisterResponse)(nil),  // 13: trellis.destination.v1.DeregisterResponse
-	nil,                         // 14: trellis.destination.v1.AddSet.MetricLabelsEntry
-	nil,                         // 15: trellis.destination.v1.Endpoint.MetricLabelsEntry
-	nil,                         // 16: trellis.destination.v1.RegisterRequest.LabelsEntry
-	(*durationpb.Duration)(nil), // 17: google.protobuf.Duration
+	(PathMatch_Kind)(0),         // 1: trellis.destination.v1.PathMatch.Kind
+	(*GetDestination)(nil),      // 2: trellis.destination.v1.GetDestination
+	(*Update)(nil),              // 3: trellis.destination.v1.Update
+	(*AddSet)(nil),              // 4: trellis.destination.v1.AddSet
+	(*RemoveSet)(nil),           // 5: trellis.destination.v1.RemoveSet
+	(*NoEndpoints)(nil),         // 6: trellis.destination.v1.NoEndpoints
+	(*Endpoint)(nil),            // 7: trellis.destination.v1.Endpoint
+	(*Profile)(nil),             // 8: trellis.destination.v1.Profile
+	(*RouteMatch)(nil),          // 9: trellis.destination.v1.RouteMatch
+	(*PathMatch)(nil),           // 10: trellis.destination.v1.PathMatch
+	(*ValueMatch)(nil),          // 11: trellis.destination.v1.ValueMatch
+	(*RouteRule)(nil),           // 12: trellis.destination.v1.RouteRule
+	(*WeightedBackend)(nil),     // 13: trellis.destination.v1.WeightedBackend
+	(*HeaderModifier)(nil),      // 14: trellis.destination.v1.HeaderModifier
+	(*Header)(nil),              // 15: trellis.destination.v1.Header
+	(*Redirect)(nil),            // 16: trellis.destination.v1.Redirect
+	(*Retry)(nil),               // 17: trellis.destination.v1.Retry
+	(*RetryBudget)(nil),         // 18: trellis.destination.v1.RetryBudget
+	(*RegisterRequest)(nil),     // 19: trellis.destination.v1.RegisterRequest
+	(*Port)(nil),                // 20: trellis.destination.v1.Port
+	(*Lease)(nil),               // 21: trellis.destination.v1.Lease
+	(*RenewRequest)(nil),        // 22: trellis.destination.v1.RenewRequest
+	(*DeregisterRequest)(nil),   // 23: trellis.destination.v1.DeregisterRequest
+	(*DeregisterResponse)(nil),  // 24: trellis.destination.v1.DeregisterResponse
+	nil,                         // 25: trellis.destination.v1.AddSet.MetricLabelsEntry
+	nil,                         // 26: trellis.destination.v1.Endpoint.MetricLabelsEntry
+	nil,                         // 27: trellis.destination.v1.RegisterRequest.LabelsEntry
+	(*durationpb.Duration)(nil), // 28: google.protobuf.Duration
 }
 var file_api_destination_v1_destination_proto_depIdxs = []int32{
-	3,  // 0: trellis.destination.v1.Update.add:type_name -> trellis.destination.v1.AddSet
-	4,  // 1: trellis.destination.v1.Update.remove:type_name -> trellis.destination.v1.RemoveSet
-	5,  // 2: trellis.destination.v1.Update.no_endpoints:type_name -> trellis.destination.v1.NoEndpoints
-	6,  // 3: trellis.destination.v1.AddSet.endpoints:type_name -> trellis.destination.v1.Endpoint
-	14, // 4: trellis.destination.v1.AddSet.metric_labels:type_name -> trellis.destination.v1.AddSet.MetricLabelsEntry
+	4,  // 0: trellis.destination.v1.Update.add:type_name -> trellis.destination.v1.AddSet
+	5,  // 1: trellis.destination.v1.Update.remove:type_name -> trellis.destination.v1.RemoveSet
+	6,  // 2: trellis.destination.v1.Update.no_endpoints:type_name -> trellis.destination.v1.NoEndpoints
+	7,  // 3: trellis.destination.v1.AddSet.endpoints:type_name -> trellis.destination.v1.Endpoint
+	25, // 4: trellis.destination.v1.AddSet.metric_labels:type_name -> trellis.destination.v1.AddSet.MetricLabelsEntry
 	0,  // 5: trellis.destination.v1.Endpoint.protocol_hint:type_name -> trellis.destination.v1.ProtocolHint
-	15, // 6: trellis.destination.v1.Endpoint.metric_labels:type_name -> trellis.destination.v1.Endpoint.MetricLabelsEntry
-	9,  // 7: trellis.destination.v1.RegisterRequest.ports:type_name -> trellis.destination.v1.Port
-	16, // 8: trellis.destination.v1.RegisterRequest.labels:type_name -> trellis.destination.v1.RegisterRequest.LabelsEntry
-	17, // 9: trellis.destination.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	1,  // 10: trellis.destination.v1.Destination.Get:input_type -> trellis.destination.v1.GetDestination
-	1,  // 11: trellis.destination.v1.Destination.GetProfile:input_type -> trellis.destination.v1.GetDestination
-	8,  // 12: trellis.destination.v1.Registry.Register:input_type -> trellis.destination.v1.RegisterRequest
-	11, // 13: trellis.destination.v1.Registry.Renew:input_type -> trellis.destination.v1.RenewRequest
-	12, // 14: trellis.destination.v1.Registry.Deregister:input_type -> trellis.destination.v1.DeregisterRequest
-	2,  // 15: trellis.destination.v1.Destination.Get:output_type -> trellis.destination.v1.Update
-	7,  // 16: trellis.destination.v1.Destination.GetProfile:output_type -> trellis.destination.v1.Profile
-	10, // 17: trellis.destination.v1.Registry.Register:output_type -> trellis.destination.v1.Lease
-	10, // 18: trellis.destination.v1.Registry.Renew:output_type -> trellis.destination.v1.Lease
-	13, // 19: trellis.destination.v1.Registry.Deregister:output_type -> trellis.destination.v1.DeregisterResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	26, // 6: trellis.destination.v1.Endpoint.metric_labels:type_name -> trellis.destination.v1.Endpoint.MetricLabelsEntry
+	9,  // 7: trellis.destination.v1.Profile.matches:type_name -> trellis.destination.v1.RouteMatch
+	12, // 8: trellis.destination.v1.Profile.rules:type_name -> trellis.destination.v1.RouteRule
+	10, // 9: trellis.destination.v1.RouteMatch.path:type_name -> trellis.destination.v1.PathMatch
+	11, // 10: trellis.destination.v1.RouteMatch.headers:type_name -> trellis.destination.v1.ValueMatch
+	11, // 11: trellis.destination.v1.RouteMatch.query_params:type_name -> trellis.destination.v1.ValueMatch
+	1,  // 12: trellis.destination.v1.PathMatch.kind:type_name -> trellis.destination.v1.PathMatch.Kind
+	13, // 13: trellis.destination.v1.RouteRule.backends:type_name -> trellis.destination.v1.WeightedBackend
+	14, // 14: trellis.destination.v1.RouteRule.request_headers:type_name -> trellis.destination.v1.HeaderModifier
+	14, // 15: trellis.destination.v1.RouteRule.response_headers:type_name -> trellis.destination.v1.HeaderModifier
+	16, // 16: trellis.destination.v1.RouteRule.redirect:type_name -> trellis.destination.v1.Redirect
+	28, // 17: trellis.destination.v1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
+	28, // 18: trellis.destination.v1.RouteRule.backend_timeout:type_name -> google.protobuf.Duration
+	17, // 19: trellis.destination.v1.RouteRule.retry:type_name -> trellis.destination.v1.Retry
+	15, // 20: trellis.destination.v1.HeaderModifier.set:type_name -> trellis.destination.v1.Header
+	15, // 21: trellis.destination.v1.HeaderModifier.add:type_name -> trellis.destination.v1.Header
+	28, // 22: trellis.destination.v1.Retry.per_try_timeout:type_name -> google.protobuf.Duration
+	28, // 23: trellis.destination.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	18, // 24: trellis.destination.v1.Retry.budget:type_name -> trellis.destination.v1.RetryBudget
+	28, // 25: trellis.destination.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	20, // 26: trellis.destination.v1.RegisterRequest.ports:type_name -> trellis.destination.v1.Port
+	27, // 27: trellis.destination.v1.RegisterRequest.labels:type_name -> trellis.destination.v1.RegisterRequest.LabelsEntry
+	28, // 28: trellis.destination.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	2,  // 29: trellis.destination.v1.Destination.Get:input_type -> trellis.destination.v1.GetDestination
+	2,  // 30: trellis.destination.v1.Destination.GetProfile:input_type -> trellis.destination.v1.GetDestination
+	19, // 31: trellis.destination.v1.Registry.Register:input_type -> trellis.destination.v1.RegisterRequest
+	22, // 32: trellis.destination.v1.Registry.Renew:input_type -> trellis.destination.v1.RenewRequest
+	23, // 33: trellis.destination.v1.Registry.Deregister:input_type -> trellis.destination.v1.DeregisterRequest
+	3,  // 34: trellis.destination.v1.Destination.Get:output_type -> trellis.destination.v1.Update
+	8,  // 35: trellis.destination.v1.Destination.GetProfile:output_type -> trellis.destination.v1.Profile
+	21, // 36: trellis.destination.v1.Registry.Register:output_type -> trellis.destination.v1.Lease
+	21, // 37: trellis.destination.v1.Registry.Renew:output_type -> trellis.destination.v1.Lease
+	24, // 38: trellis.destination.v1.Registry.Deregister:output_type -> trellis.destination.v1.DeregisterResponse
+	34, // [34:39] is the sub-list for method output_type
+	29, // [29:34] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_api_destination_v1_destination_proto_init() }
@@ -1004,8 +1909,8 @@ func file_api_destination_v1_destination_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_destination_v1_destination_proto_rawDesc), len(file_api_destination_v1_destination_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   16,
+			NumEnums:      2,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

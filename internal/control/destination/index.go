@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +26,13 @@ type endpointSet struct {
 	opaque    bool
 	endpoints map[string]*destinationv1.Endpoint // by address
 	labels    map[string]string
+	matches   []*destinationv1.RouteMatch
+	rules     []*destinationv1.RouteRule
+}
+
+// profile is the set's Profile message.
+func (s *endpointSet) profile() *destinationv1.Profile {
+	return &destinationv1.Profile{FullyQualifiedName: s.fqn, Opaque: s.opaque, Matches: s.matches, Rules: s.rules}
 }
 
 // service is the index's state of one namespace/name: its Service
@@ -57,6 +65,7 @@ type Index struct {
 	services map[string]*service // "namespace/name"
 	byIP     map[netip.Addr]string
 	owner    map[string]string // workload "namespace/name" -> service key
+	routes   map[string]route  // "Kind/namespace/name"
 	subs     map[string]map[*subscription]struct{}
 	// ipSubs wait for a service to take a virtual IP nobody has yet.
 	ipSubs    map[netip.Addr]map[*subscription]struct{}
@@ -67,7 +76,7 @@ type Index struct {
 // subscription may fall queue updates behind before it is closed.
 func NewIndex(st store.Store, domain string, queue int, log *slog.Logger) *Index {
 	return &Index{store: st, domain: domain, queue: queue, log: log, ready: make(chan struct{}), done: make(chan struct{}),
-		services: map[string]*service{}, byIP: map[netip.Addr]string{}, owner: map[string]string{},
+		services: map[string]*service{}, byIP: map[netip.Addr]string{}, owner: map[string]string{}, routes: map[string]route{},
 		subs: map[string]map[*subscription]struct{}{}, ipSubs: map[netip.Addr]map[*subscription]struct{}{}}
 }
 
@@ -125,14 +134,25 @@ func (ix *Index) resync(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	var rts []store.Resource
+	for _, kind := range []string{resources.KindHTTPRoute, resources.KindGRPCRoute} {
+		l, _, err := ix.store.List(ctx, kind, "", nil)
+		if err != nil {
+			return 0, err
+		}
+		rts = append(rts, l...)
+	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
-	ix.services, ix.byIP, ix.owner = map[string]*service{}, map[netip.Addr]string{}, map[string]string{}
+	ix.services, ix.byIP, ix.owner, ix.routes = map[string]*service{}, map[netip.Addr]string{}, map[string]string{}, map[string]route{}
 	for _, r := range svcs {
 		ix.setService(r)
 	}
 	for _, r := range wls {
 		ix.setWorkload(r)
+	}
+	for _, r := range rts {
+		ix.routes[r.Key().String()] = route{res: r, parents: parents(r)}
 	}
 	for key := range ix.subs {
 		ix.publish(key)
@@ -159,6 +179,24 @@ func (ix *Index) apply(ev store.Event) {
 			ix.setService(r)
 		}
 		ix.publish(key)
+	case resources.KindHTTPRoute, resources.KindGRPCRoute:
+		k := r.Key().String()
+		affected := map[string]bool{}
+		for _, p := range ix.routes[k].parents {
+			affected[p.service] = true
+		}
+		if ev.Type == store.Deleted {
+			delete(ix.routes, k)
+		} else {
+			rt := route{res: r, parents: parents(r)}
+			ix.routes[k] = rt
+			for _, p := range rt.parents {
+				affected[p.service] = true
+			}
+		}
+		for svc := range affected {
+			ix.publish(svc)
+		}
 	case resources.KindWorkload:
 		old := ix.owner[key]
 		ix.removeWorkload(key)
@@ -269,6 +307,9 @@ func (ix *Index) build(key string, port int) *endpointSet {
 	ns, name, _ := cutKey(key)
 	set := &endpointSet{endpoints: map[string]*destinationv1.Endpoint{},
 		labels: map[string]string{"dst_service": name, "dst_namespace": ns}}
+	if len(ix.routes) > 0 {
+		set.matches, set.rules = compileRoutes(ns, name, port, ix.domain, sortedRoutes(ix.routes))
+	}
 	s := ix.services[key]
 	if s == nil {
 		return set
@@ -380,4 +421,19 @@ func (ix *Index) Overflows() int {
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	return ix.overflows
+}
+
+// sortedRoutes lists routes in a stable order (the compiler then orders
+// matches by precedence).
+func sortedRoutes(m map[string]route) []route {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	out := make([]route, len(keys))
+	for i, k := range keys {
+		out[i] = m[k]
+	}
+	return out
 }

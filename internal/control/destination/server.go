@@ -48,10 +48,11 @@ func (s *Server) Get(req *destinationv1.GetDestination, stream grpc.ServerStream
 // GetProfile streams the requested service's profile whenever it changes.
 func (s *Server) GetProfile(req *destinationv1.GetDestination, stream grpc.ServerStreamingServer[destinationv1.Profile]) error {
 	return s.follow(stream.Context(), req, func(prev, next *endpointSet) error {
-		if prev != nil && prev.fqn == next.fqn && prev.opaque == next.opaque {
+		p := next.profile()
+		if prev != nil && proto.Equal(prev.profile(), p) {
 			return nil
 		}
-		return stream.Send(&destinationv1.Profile{FullyQualifiedName: next.fqn, Opaque: next.opaque})
+		return stream.Send(p)
 	})
 }
 

@@ -1,6 +1,7 @@
-// Package resources defines the Trellis resource kinds kept in the store —
-// Service and Workload today — and checks them before anything is written:
-// every error names the field at fault.
+// Package resources defines the resource kinds kept in the store —
+// Trellis's Service and Workload, and the Gateway API's HTTPRoute and
+// GRPCRoute (GAMMA: attached to a Service) — and checks them before
+// anything is written: every error names the field at fault.
 package resources
 
 import (
@@ -67,24 +68,30 @@ type WorkloadPort struct {
 // Kinds is the store.Kinds of Trellis.
 type Kinds struct{}
 
-// Namespaced reports whether kind lives in a namespace: every Trellis kind does.
-func (Kinds) Namespaced(kind string) bool { return kind == KindService || kind == KindWorkload }
+// kinds are the known kinds: their apiVersion and check.
+var kinds = map[string]struct {
+	apiVersion string
+	check      func(*store.Resource) error
+}{
+	KindService:   {APIVersion, checkService},
+	KindWorkload:  {APIVersion, checkWorkload},
+	KindHTTPRoute: {GatewayAPIVersion, checkHTTPRoute},
+	KindGRPCRoute: {GatewayAPIVersion, checkGRPCRoute},
+}
+
+// Namespaced reports whether kind lives in a namespace: every known kind does.
+func (Kinds) Namespaced(kind string) bool { _, ok := kinds[kind]; return ok }
 
 // Check validates r's apiVersion and spec.
 func (Kinds) Check(r *store.Resource) error {
-	var check func(*store.Resource) error
-	switch r.Kind {
-	case KindService:
-		check = checkService
-	case KindWorkload:
-		check = checkWorkload
-	default:
-		return &store.ValidationError{Field: "kind", Reason: fmt.Sprintf("unknown kind %q (known: %s, %s)", r.Kind, KindService, KindWorkload)}
+	k, ok := kinds[r.Kind]
+	if !ok {
+		return &store.ValidationError{Field: "kind", Reason: fmt.Sprintf("unknown kind %q (known: %s, %s, %s, %s)", r.Kind, KindService, KindWorkload, KindHTTPRoute, KindGRPCRoute)}
 	}
-	if r.APIVersion != APIVersion {
-		return &store.ValidationError{Field: "apiVersion", Reason: fmt.Sprintf("%q: %s is %s", r.APIVersion, r.Kind, APIVersion)}
+	if r.APIVersion != k.apiVersion {
+		return &store.ValidationError{Field: "apiVersion", Reason: fmt.Sprintf("%q: %s is %s", r.APIVersion, r.Kind, k.apiVersion)}
 	}
-	return check(r)
+	return k.check(r)
 }
 
 // Decode strictly decodes a resource's spec into v: unknown fields are errors.

@@ -20,6 +20,7 @@ import (
 
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
 // Defaults.
@@ -100,9 +101,31 @@ type Service struct {
 	cancel    context.CancelFunc
 	// late is set once a lookup gave up waiting for the first answer:
 	// later lookups pass through at once until it comes.
-	late atomic.Bool
-	bal  *balance.Balancer
+	late   atomic.Bool
+	bal    *balance.Balancer
+	routes atomic.Pointer[route.Table]
+	// downSince is when Pick last started failing (unix ns); 0 while it works.
+	downSince atomic.Int64
 }
+
+// Unavailable reports how long the service has had no endpoint to pick,
+// starting the count now if it had one until now.
+func (s *Service) Unavailable() time.Duration {
+	now := time.Now().UnixNano()
+	s.downSince.CompareAndSwap(0, now)
+	return time.Duration(now - s.downSince.Load())
+}
+
+// Available records that an endpoint could be picked.
+func (s *Service) Available() {
+	if s.downSince.Load() != 0 {
+		s.downSince.Store(0)
+	}
+}
+
+// Routes is the service's routing table; nil when it has no routes (or
+// none has arrived yet): requests go to the service itself.
+func (s *Service) Routes() *route.Table { return s.routes.Load() }
 
 // Set is the current set; nil until the first answer.
 func (s *Service) Set() *Set { return s.set.Load() }
@@ -207,8 +230,7 @@ func (r *Resolver) evictIdle() {
 	}
 }
 
-// watch keeps s current until ctx ends, reconnecting with jittered
-// exponential backoff.
+// watch keeps s's endpoints and routes current until ctx ends.
 func (r *Resolver) watch(ctx context.Context, s *Service) {
 	if r.cfg.Ready != nil {
 		select {
@@ -217,9 +239,17 @@ func (r *Resolver) watch(ctx context.Context, s *Service) {
 			return
 		}
 	}
+	go r.keep(ctx, s, "profile", r.followProfile)
+	r.keep(ctx, s, "destination", r.follow)
+}
+
+// keep runs one stream of s, reconnecting with jittered exponential
+// backoff, until ctx ends or the control plane says the authority is not
+// one it can ever resolve.
+func (r *Resolver) keep(ctx context.Context, s *Service, what string, follow func(context.Context, *Service) (bool, error)) {
 	backoff := backoffMin
 	for ctx.Err() == nil {
-		got, err := r.follow(ctx, s)
+		got, err := follow(ctx, s)
 		if ctx.Err() != nil {
 			return
 		}
@@ -227,14 +257,16 @@ func (r *Resolver) watch(ctx context.Context, s *Service) {
 			// Not a service name the control plane can resolve, ever:
 			// forward as addressed.
 			r.cfg.Log.Debug("not a discoverable authority", "authority", s.authority, "error", err)
-			r.publish(s, false, nil, nil)
+			if what == "destination" {
+				r.publish(s, false, nil, nil)
+			}
 			return
 		}
 		if got {
 			backoff = backoffMin
 		}
 		wait := backoff/2 + rand.N(backoff/2+1)
-		r.cfg.Log.Debug("destination stream ended; keeping the last endpoints", "authority", s.authority, "error", err, "retry_in", wait.String())
+		r.cfg.Log.Debug(what+" stream ended; keeping the last state", "authority", s.authority, "error", err, "retry_in", wait.String())
 		select {
 		case <-ctx.Done():
 			return
@@ -244,7 +276,26 @@ func (r *Resolver) watch(ctx context.Context, s *Service) {
 	}
 }
 
-// follow reads one stream into s; got reports whether any update arrived.
+// followProfile reads one profile stream into s's routes.
+func (r *Resolver) followProfile(ctx context.Context, s *Service) (got bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := r.cfg.Client.GetProfile(ctx, &destinationv1.GetDestination{Authority: s.authority, ContextNamespace: r.cfg.Namespace})
+	if err != nil {
+		return false, err
+	}
+	for {
+		p, err := stream.Recv()
+		if err != nil {
+			return got, err
+		}
+		got = true
+		s.routes.Store(route.Compile(p, r.cfg.Balance.Now))
+	}
+}
+
+// follow reads one destination stream into s; got reports whether any
+// update arrived.
 func (r *Resolver) follow(ctx context.Context, s *Service) (got bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

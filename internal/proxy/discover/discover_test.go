@@ -149,13 +149,16 @@ func TestResolveFollowsTheServiceAndOutlivesTheControlPlane(t *testing.T) {
 		picked[ep.Addr]++
 		ep.End(time.Millisecond, balance.Success)
 	}
-	if len(picked) != 2 {
-		t.Errorf("picks %v; want both endpoints used", picked)
+	// Peak-EWMA keeps sequential traffic on the endpoint measured fastest;
+	// once that one fails to connect, the other takes it all.
+	used := ""
+	for addr := range picked {
+		used = addr
 	}
-	r.Failed("10.0.0.1:8080")
+	r.Failed(used)
 	for range 100 {
-		if ep, err := svc.Pick(); err != nil || ep.Addr == "10.0.0.1:8080" {
-			t.Fatalf("picked %v, %v; not the endpoint that just failed to connect", ep, err)
+		if ep, err := svc.Pick(); err != nil || ep.Addr == used {
+			t.Fatalf("picked %v, %v; not %s, which just failed to connect", ep, err, used)
 		}
 	}
 

@@ -50,15 +50,19 @@ func isTimeout(err error) bool {
 }
 
 // WriteError answers a request the proxy could not forward. gRPC clients get
-// a gRPC status (UNAVAILABLE, or DEADLINE_EXCEEDED for timeouts) so their
-// libraries report it properly; everyone else gets the HTTP status.
+// a gRPC status (UNAVAILABLE; DEADLINE_EXCEEDED for timeouts, UNIMPLEMENTED
+// when no route matches) so their libraries report it properly; everyone
+// else gets the HTTP status.
 func WriteError(w http.ResponseWriter, r *http.Request, status int, reason string) {
 	h := w.Header()
 	h.Set(ErrorHeader, reason)
-	if isGRPC(r) {
+	if IsGRPC(r) {
 		code := 14 // UNAVAILABLE
-		if status == http.StatusGatewayTimeout {
+		switch status {
+		case http.StatusGatewayTimeout:
 			code = 4 // DEADLINE_EXCEEDED
+		case http.StatusNotFound:
+			code = 12 // UNIMPLEMENTED
 		}
 		h.Set("Content-Type", "application/grpc")
 		h.Set("Grpc-Status", strconv.Itoa(code))
@@ -72,6 +76,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, reason strin
 	w.Write([]byte(reason + "\n"))
 }
 
-func isGRPC(r *http.Request) bool {
+// IsGRPC reports whether r is a gRPC request.
+func IsGRPC(r *http.Request) bool {
 	return strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc")
 }

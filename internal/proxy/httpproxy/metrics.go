@@ -20,6 +20,7 @@ func Metrics(reg *metrics.Registry) Layer {
 			l := metrics.Labels{Direction: string(m.Direction), TargetAddr: Target(r.Context()), TLS: m.TLS, NoTLSReason: m.NoTLSReason, ClientID: m.ClientID}
 			if m.Direction == transport.Outbound {
 				l.Authority = r.Host
+				l.RouteName, l.RouteKind = Route(r.Context())
 				if peer := Peer(r.Context()); peer != "" {
 					l.TLS, l.NoTLSReason, l.ServerID = "true", "", peer
 				}

@@ -40,3 +40,19 @@ func Peer(ctx context.Context) string {
 	}
 	return ""
 }
+
+type routeKey struct{}
+
+type routeInfo struct{ name, kind string }
+
+// WithRoute records the route a request matched ("namespace/name" and
+// HTTPRoute or GRPCRoute), for its metrics.
+func WithRoute(ctx context.Context, name, kind string) context.Context {
+	return context.WithValue(ctx, routeKey{}, routeInfo{name, kind})
+}
+
+// Route is the route a request matched, if any.
+func Route(ctx context.Context) (name, kind string) {
+	ri, _ := ctx.Value(routeKey{}).(routeInfo)
+	return ri.name, ri.kind
+}

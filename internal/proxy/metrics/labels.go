@@ -15,6 +15,8 @@ type Labels struct {
 	ClientID    string // peer identity on the accepting side
 	ServerID    string // peer identity on the connecting side
 	SNI         string // ClientHello server name of opaque TLS
+	RouteName   string // "namespace/name" of the matched HTTPRoute or GRPCRoute (outbound)
+	RouteKind   string
 }
 
 // render writes the labels as `k="v",k="v"` (no braces).
@@ -40,6 +42,8 @@ func (l Labels) render() string {
 	add("client_id", l.ClientID)
 	add("server_id", l.ServerID)
 	add("sni", l.SNI)
+	add("route_name", l.RouteName)
+	add("route_kind", l.RouteKind)
 	return b.String()
 }
 

@@ -34,19 +34,25 @@ type balancer struct {
 	pending    atomic.Int64
 }
 
-// pick waits, within the fail-fast time and the queue bound, for an
-// endpoint of svc to be available.
+// pick returns an endpoint of svc. When none is available, requests wait
+// (within the queue bound) until the service has been without one for the
+// fail-fast time; from then on they fail at once, until one is back.
 func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.Endpoint, error) {
 	ep, err := svc.Pick()
 	if err == nil {
+		svc.Available()
 		return ep, nil
+	}
+	left := b.failFast - svc.Unavailable()
+	if left <= 0 || isRetry(ctx) {
+		return nil, err // failing fast; a retry never queues
 	}
 	if b.pending.Add(1) > b.maxPending {
 		b.pending.Add(-1)
 		return nil, errQueueFull
 	}
 	defer b.pending.Add(-1)
-	deadline := time.NewTimer(b.failFast)
+	deadline := time.NewTimer(left)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollAvailable)
 	defer tick.Stop()
@@ -58,6 +64,7 @@ func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.E
 			return nil, err
 		case <-tick.C:
 			if ep, err = svc.Pick(); err == nil {
+				svc.Available()
 				return ep, nil
 			}
 		}
@@ -73,7 +80,10 @@ func (b *balancer) http() httpproxy.Layer {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			svc := b.res.Resolve(r.Context(), httpproxy.Target(r.Context()))
+			svc := serviceFrom(r.Context()) // the route stage's choice
+			if svc == nil {
+				svc = b.res.Resolve(r.Context(), httpproxy.Target(r.Context()))
+			}
 			if svc == nil {
 				next.ServeHTTP(w, r)
 				return
@@ -91,16 +101,32 @@ func (b *balancer) http() httpproxy.Layer {
 	}
 }
 
+// Fail-fast reasons: a retry cannot help with these.
+const (
+	reasonNoEndpoints = "service has no endpoints"
+	reasonAllEjected  = "every endpoint of the service is failing"
+	reasonQueueFull   = "service unavailable: too many requests waiting"
+)
+
 func failFastReason(err error) string {
 	switch {
 	case errors.Is(err, balance.ErrNoEndpoints):
-		return "service has no endpoints"
+		return reasonNoEndpoints
 	case errors.Is(err, balance.ErrAllEjected):
-		return "every endpoint of the service is failing"
+		return reasonAllEjected
 	case errors.Is(err, errQueueFull):
-		return "service unavailable: too many requests waiting"
+		return reasonQueueFull
 	}
 	return err.Error()
+}
+
+// failingFast reports whether a response is the balance stage's fail-fast answer.
+func failingFast(h http.Header) bool {
+	switch h.Get(httpproxy.ErrorHeader) {
+	case reasonNoEndpoints, reasonAllEjected, reasonQueueFull:
+		return true
+	}
+	return false
 }
 
 // classify turns a response into a balancing outcome: 5xx and the gRPC
@@ -143,3 +169,10 @@ func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, p
 	start := time.Now()
 	return ep.Addr, ep.Identity, func() { ep.End(time.Since(start), balance.Success) }, nil
 }
+
+type retryKey struct{}
+
+// asRetry marks a request as a retry attempt.
+func asRetry(ctx context.Context) context.Context { return context.WithValue(ctx, retryKey{}, true) }
+
+func isRetry(ctx context.Context) bool { return ctx.Value(retryKey{}) != nil }

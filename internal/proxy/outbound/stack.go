@@ -31,6 +31,7 @@ type Stacks struct {
 //
 //	accept → target (upstream table, original destination, or per request)
 //	       → detect ─┬─ HTTP: tcp metrics → HTTP server → forward-proxy addressing
+//	                 │        → route (the service's HTTPRoutes/GRPCRoutes: rule, backend, timeouts, retries)
 //	                 │        → balance (discovered services: one endpoint per request)
 //	                 │        → http metrics → forward (meshed targets: HTTP/2 over mTLS)
 //	                 └─ TLS, opaque: tcp metrics → balance (one endpoint per connection)
@@ -74,6 +75,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
 		forwardProxy(dialer, s.peers, log),
+		routes(res),
 		bal.http(),
 		httpproxy.Metrics(reg),
 	)
