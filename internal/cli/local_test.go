@@ -92,6 +92,21 @@ func TestApplyGetDelete(t *testing.T) {
 	}
 }
 
+func routeDoc(parent, path, pathType string) string {
+	if pathType == "" {
+		pathType = "PathPrefix"
+	}
+	return `apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: web
+spec:
+  parentRefs: [` + parent + `]
+  rules:
+  - matches: [{path: {type: ` + pathType + `, value: "` + path + `"}}]
+`
+}
+
 // Bad input is refused with a message naming what is wrong, and nothing
 // of the batch is written.
 func TestApplyRefusesBadInputAndWritesNothing(t *testing.T) {
@@ -104,6 +119,9 @@ func TestApplyRefusesBadInputAndWritesNothing(t *testing.T) {
 		{"invalid name", strings.Replace(goodService, "name: web", "name: Web_1", 1), "metadata.name"},
 		{"invalid spec", strings.Replace(goodService, "port: 8080", "port: 80800", 1), "spec.ports[0].port"},
 		{"unknown field", strings.Replace(goodService, "spec:", "spek: {}\nspec:", 1), `unknown field "spek"`},
+		{"route on a Gateway", routeDoc("{kind: Gateway, name: gw}", "/", ""), "spec.parentRefs[0].kind"},
+		{"route with a bad regex", routeDoc("{kind: Service, name: web}", "(", "RegularExpression"), "spec.rules[0].matches[0].path.value"},
+		{"route with a bad annotation", strings.Replace(routeDoc("{kind: Service, name: web}", "/", ""), "metadata:", "metadata:\n  annotations: {retry.trellis.dev/http: \"6xx\"}", 1), `metadata.annotations["retry.trellis.dev/http"]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// A valid object first: it must not be written either.

@@ -794,8 +794,14 @@ type RouteRule struct {
 	RequestTimeout *durationpb.Duration `protobuf:"bytes,8,opt,name=request_timeout,json=requestTimeout,proto3" json:"request_timeout,omitempty"`
 	BackendTimeout *durationpb.Duration `protobuf:"bytes,9,opt,name=backend_timeout,json=backendTimeout,proto3" json:"backend_timeout,omitempty"`
 	Retry          *Retry               `protobuf:"bytes,10,opt,name=retry,proto3" json:"retry,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// mirror copies a share of requests to a shadow backend.
+	Mirror *Mirror `protobuf:"bytes,11,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// fault injects errors and delays into a share of requests.
+	Fault *Fault `protobuf:"bytes,12,opt,name=fault,proto3" json:"fault,omitempty"`
+	// hedge sends a second attempt when the first is slow.
+	Hedge         *Hedge `protobuf:"bytes,13,opt,name=hedge,proto3" json:"hedge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RouteRule) Reset() {
@@ -898,6 +904,202 @@ func (x *RouteRule) GetRetry() *Retry {
 	return nil
 }
 
+func (x *RouteRule) GetMirror() *Mirror {
+	if x != nil {
+		return x.Mirror
+	}
+	return nil
+}
+
+func (x *RouteRule) GetFault() *Fault {
+	if x != nil {
+		return x.Fault
+	}
+	return nil
+}
+
+func (x *RouteRule) GetHedge() *Hedge {
+	if x != nil {
+		return x.Hedge
+	}
+	return nil
+}
+
+type Mirror struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Authority string                 `protobuf:"bytes,1,opt,name=authority,proto3" json:"authority,omitempty"`
+	// fraction of requests copied, 0 to 1.
+	Fraction      float64 `protobuf:"fixed64,2,opt,name=fraction,proto3" json:"fraction,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mirror) Reset() {
+	*x = Mirror{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mirror) ProtoMessage() {}
+
+func (x *Mirror) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
+func (*Mirror) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Mirror) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *Mirror) GetFraction() float64 {
+	if x != nil {
+		return x.Fraction
+	}
+	return 0
+}
+
+type Fault struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AbortStatus   uint32                 `protobuf:"varint,1,opt,name=abort_status,json=abortStatus,proto3" json:"abort_status,omitempty"`
+	AbortFraction float64                `protobuf:"fixed64,2,opt,name=abort_fraction,json=abortFraction,proto3" json:"abort_fraction,omitempty"`
+	Delay         *durationpb.Duration   `protobuf:"bytes,3,opt,name=delay,proto3" json:"delay,omitempty"`
+	DelayFraction float64                `protobuf:"fixed64,4,opt,name=delay_fraction,json=delayFraction,proto3" json:"delay_fraction,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fault) Reset() {
+	*x = Fault{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fault) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fault) ProtoMessage() {}
+
+func (x *Fault) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fault.ProtoReflect.Descriptor instead.
+func (*Fault) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Fault) GetAbortStatus() uint32 {
+	if x != nil {
+		return x.AbortStatus
+	}
+	return 0
+}
+
+func (x *Fault) GetAbortFraction() float64 {
+	if x != nil {
+		return x.AbortFraction
+	}
+	return 0
+}
+
+func (x *Fault) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Fault) GetDelayFraction() float64 {
+	if x != nil {
+		return x.DelayFraction
+	}
+	return 0
+}
+
+type Hedge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// delay before the second attempt; with p95 set, the route's observed
+	// 95th percentile latency instead (delay until enough is observed).
+	Delay         *durationpb.Duration `protobuf:"bytes,1,opt,name=delay,proto3" json:"delay,omitempty"`
+	P95           bool                 `protobuf:"varint,2,opt,name=p95,proto3" json:"p95,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hedge) Reset() {
+	*x = Hedge{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hedge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hedge) ProtoMessage() {}
+
+func (x *Hedge) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hedge.ProtoReflect.Descriptor instead.
+func (*Hedge) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *Hedge) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Hedge) GetP95() bool {
+	if x != nil {
+		return x.P95
+	}
+	return false
+}
+
 type WeightedBackend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// authority is the backend service: "name.namespace.svc.<domain>:port".
@@ -909,7 +1111,7 @@ type WeightedBackend struct {
 
 func (x *WeightedBackend) Reset() {
 	*x = WeightedBackend{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1123,7 @@ func (x *WeightedBackend) String() string {
 func (*WeightedBackend) ProtoMessage() {}
 
 func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1136,7 @@ func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
 func (*WeightedBackend) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{11}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WeightedBackend) GetAuthority() string {
@@ -962,7 +1164,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1176,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1189,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{12}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeaderModifier) GetSet() []*Header {
@@ -1021,7 +1223,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1235,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1248,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{13}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Header) GetName() string {
@@ -1078,7 +1280,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1292,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1305,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{14}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1170,7 +1372,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1384,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1397,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{15}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Retry) GetAttempts() uint32 {
@@ -1274,7 +1476,7 @@ type RetryBudget struct {
 
 func (x *RetryBudget) Reset() {
 	*x = RetryBudget{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1286,7 +1488,7 @@ func (x *RetryBudget) String() string {
 func (*RetryBudget) ProtoMessage() {}
 
 func (x *RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1299,7 +1501,7 @@ func (x *RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
 func (*RetryBudget) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{16}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RetryBudget) GetRatio() float64 {
@@ -1344,7 +1546,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1356,7 +1558,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1369,7 +1571,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{17}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -1434,7 +1636,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1648,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1661,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{18}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Port) GetPort() uint32 {
@@ -1494,7 +1696,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1506,7 +1708,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1519,7 +1721,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{19}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Lease) GetWorkload() string {
@@ -1545,7 +1747,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1759,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1772,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{20}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RenewRequest) GetName() string {
@@ -1589,7 +1791,7 @@ type DeregisterRequest struct {
 
 func (x *DeregisterRequest) Reset() {
 	*x = DeregisterRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1803,7 @@ func (x *DeregisterRequest) String() string {
 func (*DeregisterRequest) ProtoMessage() {}
 
 func (x *DeregisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1816,7 @@ func (x *DeregisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{21}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeregisterRequest) GetName() string {
@@ -1632,7 +1834,7 @@ type DeregisterResponse struct {
 
 func (x *DeregisterResponse) Reset() {
 	*x = DeregisterResponse{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1846,7 @@ func (x *DeregisterResponse) String() string {
 func (*DeregisterResponse) ProtoMessage() {}
 
 func (x *DeregisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1859,7 @@ func (x *DeregisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterResponse) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{22}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{25}
 }
 
 var File_api_destination_v1_destination_proto protoreflect.FileDescriptor
@@ -1717,7 +1919,7 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"ValueMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x14\n" +
-	"\x05regex\x18\x03 \x01(\bR\x05regex\"\xad\x04\n" +
+	"\x05regex\x18\x03 \x01(\bR\x05regex\"\xcf\x05\n" +
 	"\tRouteRule\x12\x14\n" +
 	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -1729,7 +1931,21 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"\x0frequest_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x0erequestTimeout\x12B\n" +
 	"\x0fbackend_timeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\x0ebackendTimeout\x123\n" +
 	"\x05retry\x18\n" +
-	" \x01(\v2\x1d.trellis.destination.v1.RetryR\x05retry\"G\n" +
+	" \x01(\v2\x1d.trellis.destination.v1.RetryR\x05retry\x126\n" +
+	"\x06mirror\x18\v \x01(\v2\x1e.trellis.destination.v1.MirrorR\x06mirror\x123\n" +
+	"\x05fault\x18\f \x01(\v2\x1d.trellis.destination.v1.FaultR\x05fault\x123\n" +
+	"\x05hedge\x18\r \x01(\v2\x1d.trellis.destination.v1.HedgeR\x05hedge\"B\n" +
+	"\x06Mirror\x12\x1c\n" +
+	"\tauthority\x18\x01 \x01(\tR\tauthority\x12\x1a\n" +
+	"\bfraction\x18\x02 \x01(\x01R\bfraction\"\xa9\x01\n" +
+	"\x05Fault\x12!\n" +
+	"\fabort_status\x18\x01 \x01(\rR\vabortStatus\x12%\n" +
+	"\x0eabort_fraction\x18\x02 \x01(\x01R\rabortFraction\x12/\n" +
+	"\x05delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12%\n" +
+	"\x0edelay_fraction\x18\x04 \x01(\x01R\rdelayFraction\"J\n" +
+	"\x05Hedge\x12/\n" +
+	"\x05delay\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x10\n" +
+	"\x03p95\x18\x02 \x01(\bR\x03p95\"G\n" +
 	"\x0fWeightedBackend\x12\x1c\n" +
 	"\tauthority\x18\x01 \x01(\tR\tauthority\x12\x16\n" +
 	"\x06weight\x18\x02 \x01(\rR\x06weight\"\x8c\x01\n" +
@@ -1815,7 +2031,7 @@ func file_api_destination_v1_destination_proto_rawDescGZIP() []byte {
 }
 
 var file_api_destination_v1_destination_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_destination_v1_destination_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_api_destination_v1_destination_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_api_destination_v1_destination_proto_goTypes = []any{
 	(ProtocolHint)(0),           // 0: trellis.destination.v1.ProtocolHint
 	(PathMatch_Kind)(0),         // 1: trellis.destination.v1.PathMatch.Kind
@@ -1830,68 +2046,76 @@ var file_api_destination_v1_destination_proto_goTypes = []any{
 	(*PathMatch)(nil),           // 10: trellis.destination.v1.PathMatch
 	(*ValueMatch)(nil),          // 11: trellis.destination.v1.ValueMatch
 	(*RouteRule)(nil),           // 12: trellis.destination.v1.RouteRule
-	(*WeightedBackend)(nil),     // 13: trellis.destination.v1.WeightedBackend
-	(*HeaderModifier)(nil),      // 14: trellis.destination.v1.HeaderModifier
-	(*Header)(nil),              // 15: trellis.destination.v1.Header
-	(*Redirect)(nil),            // 16: trellis.destination.v1.Redirect
-	(*Retry)(nil),               // 17: trellis.destination.v1.Retry
-	(*RetryBudget)(nil),         // 18: trellis.destination.v1.RetryBudget
-	(*RegisterRequest)(nil),     // 19: trellis.destination.v1.RegisterRequest
-	(*Port)(nil),                // 20: trellis.destination.v1.Port
-	(*Lease)(nil),               // 21: trellis.destination.v1.Lease
-	(*RenewRequest)(nil),        // 22: trellis.destination.v1.RenewRequest
-	(*DeregisterRequest)(nil),   // 23: trellis.destination.v1.DeregisterRequest
-	(*DeregisterResponse)(nil),  // 24: trellis.destination.v1.DeregisterResponse
-	nil,                         // 25: trellis.destination.v1.AddSet.MetricLabelsEntry
-	nil,                         // 26: trellis.destination.v1.Endpoint.MetricLabelsEntry
-	nil,                         // 27: trellis.destination.v1.RegisterRequest.LabelsEntry
-	(*durationpb.Duration)(nil), // 28: google.protobuf.Duration
+	(*Mirror)(nil),              // 13: trellis.destination.v1.Mirror
+	(*Fault)(nil),               // 14: trellis.destination.v1.Fault
+	(*Hedge)(nil),               // 15: trellis.destination.v1.Hedge
+	(*WeightedBackend)(nil),     // 16: trellis.destination.v1.WeightedBackend
+	(*HeaderModifier)(nil),      // 17: trellis.destination.v1.HeaderModifier
+	(*Header)(nil),              // 18: trellis.destination.v1.Header
+	(*Redirect)(nil),            // 19: trellis.destination.v1.Redirect
+	(*Retry)(nil),               // 20: trellis.destination.v1.Retry
+	(*RetryBudget)(nil),         // 21: trellis.destination.v1.RetryBudget
+	(*RegisterRequest)(nil),     // 22: trellis.destination.v1.RegisterRequest
+	(*Port)(nil),                // 23: trellis.destination.v1.Port
+	(*Lease)(nil),               // 24: trellis.destination.v1.Lease
+	(*RenewRequest)(nil),        // 25: trellis.destination.v1.RenewRequest
+	(*DeregisterRequest)(nil),   // 26: trellis.destination.v1.DeregisterRequest
+	(*DeregisterResponse)(nil),  // 27: trellis.destination.v1.DeregisterResponse
+	nil,                         // 28: trellis.destination.v1.AddSet.MetricLabelsEntry
+	nil,                         // 29: trellis.destination.v1.Endpoint.MetricLabelsEntry
+	nil,                         // 30: trellis.destination.v1.RegisterRequest.LabelsEntry
+	(*durationpb.Duration)(nil), // 31: google.protobuf.Duration
 }
 var file_api_destination_v1_destination_proto_depIdxs = []int32{
 	4,  // 0: trellis.destination.v1.Update.add:type_name -> trellis.destination.v1.AddSet
 	5,  // 1: trellis.destination.v1.Update.remove:type_name -> trellis.destination.v1.RemoveSet
 	6,  // 2: trellis.destination.v1.Update.no_endpoints:type_name -> trellis.destination.v1.NoEndpoints
 	7,  // 3: trellis.destination.v1.AddSet.endpoints:type_name -> trellis.destination.v1.Endpoint
-	25, // 4: trellis.destination.v1.AddSet.metric_labels:type_name -> trellis.destination.v1.AddSet.MetricLabelsEntry
+	28, // 4: trellis.destination.v1.AddSet.metric_labels:type_name -> trellis.destination.v1.AddSet.MetricLabelsEntry
 	0,  // 5: trellis.destination.v1.Endpoint.protocol_hint:type_name -> trellis.destination.v1.ProtocolHint
-	26, // 6: trellis.destination.v1.Endpoint.metric_labels:type_name -> trellis.destination.v1.Endpoint.MetricLabelsEntry
+	29, // 6: trellis.destination.v1.Endpoint.metric_labels:type_name -> trellis.destination.v1.Endpoint.MetricLabelsEntry
 	9,  // 7: trellis.destination.v1.Profile.matches:type_name -> trellis.destination.v1.RouteMatch
 	12, // 8: trellis.destination.v1.Profile.rules:type_name -> trellis.destination.v1.RouteRule
 	10, // 9: trellis.destination.v1.RouteMatch.path:type_name -> trellis.destination.v1.PathMatch
 	11, // 10: trellis.destination.v1.RouteMatch.headers:type_name -> trellis.destination.v1.ValueMatch
 	11, // 11: trellis.destination.v1.RouteMatch.query_params:type_name -> trellis.destination.v1.ValueMatch
 	1,  // 12: trellis.destination.v1.PathMatch.kind:type_name -> trellis.destination.v1.PathMatch.Kind
-	13, // 13: trellis.destination.v1.RouteRule.backends:type_name -> trellis.destination.v1.WeightedBackend
-	14, // 14: trellis.destination.v1.RouteRule.request_headers:type_name -> trellis.destination.v1.HeaderModifier
-	14, // 15: trellis.destination.v1.RouteRule.response_headers:type_name -> trellis.destination.v1.HeaderModifier
-	16, // 16: trellis.destination.v1.RouteRule.redirect:type_name -> trellis.destination.v1.Redirect
-	28, // 17: trellis.destination.v1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
-	28, // 18: trellis.destination.v1.RouteRule.backend_timeout:type_name -> google.protobuf.Duration
-	17, // 19: trellis.destination.v1.RouteRule.retry:type_name -> trellis.destination.v1.Retry
-	15, // 20: trellis.destination.v1.HeaderModifier.set:type_name -> trellis.destination.v1.Header
-	15, // 21: trellis.destination.v1.HeaderModifier.add:type_name -> trellis.destination.v1.Header
-	28, // 22: trellis.destination.v1.Retry.per_try_timeout:type_name -> google.protobuf.Duration
-	28, // 23: trellis.destination.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	18, // 24: trellis.destination.v1.Retry.budget:type_name -> trellis.destination.v1.RetryBudget
-	28, // 25: trellis.destination.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	20, // 26: trellis.destination.v1.RegisterRequest.ports:type_name -> trellis.destination.v1.Port
-	27, // 27: trellis.destination.v1.RegisterRequest.labels:type_name -> trellis.destination.v1.RegisterRequest.LabelsEntry
-	28, // 28: trellis.destination.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	2,  // 29: trellis.destination.v1.Destination.Get:input_type -> trellis.destination.v1.GetDestination
-	2,  // 30: trellis.destination.v1.Destination.GetProfile:input_type -> trellis.destination.v1.GetDestination
-	19, // 31: trellis.destination.v1.Registry.Register:input_type -> trellis.destination.v1.RegisterRequest
-	22, // 32: trellis.destination.v1.Registry.Renew:input_type -> trellis.destination.v1.RenewRequest
-	23, // 33: trellis.destination.v1.Registry.Deregister:input_type -> trellis.destination.v1.DeregisterRequest
-	3,  // 34: trellis.destination.v1.Destination.Get:output_type -> trellis.destination.v1.Update
-	8,  // 35: trellis.destination.v1.Destination.GetProfile:output_type -> trellis.destination.v1.Profile
-	21, // 36: trellis.destination.v1.Registry.Register:output_type -> trellis.destination.v1.Lease
-	21, // 37: trellis.destination.v1.Registry.Renew:output_type -> trellis.destination.v1.Lease
-	24, // 38: trellis.destination.v1.Registry.Deregister:output_type -> trellis.destination.v1.DeregisterResponse
-	34, // [34:39] is the sub-list for method output_type
-	29, // [29:34] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	16, // 13: trellis.destination.v1.RouteRule.backends:type_name -> trellis.destination.v1.WeightedBackend
+	17, // 14: trellis.destination.v1.RouteRule.request_headers:type_name -> trellis.destination.v1.HeaderModifier
+	17, // 15: trellis.destination.v1.RouteRule.response_headers:type_name -> trellis.destination.v1.HeaderModifier
+	19, // 16: trellis.destination.v1.RouteRule.redirect:type_name -> trellis.destination.v1.Redirect
+	31, // 17: trellis.destination.v1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
+	31, // 18: trellis.destination.v1.RouteRule.backend_timeout:type_name -> google.protobuf.Duration
+	20, // 19: trellis.destination.v1.RouteRule.retry:type_name -> trellis.destination.v1.Retry
+	13, // 20: trellis.destination.v1.RouteRule.mirror:type_name -> trellis.destination.v1.Mirror
+	14, // 21: trellis.destination.v1.RouteRule.fault:type_name -> trellis.destination.v1.Fault
+	15, // 22: trellis.destination.v1.RouteRule.hedge:type_name -> trellis.destination.v1.Hedge
+	31, // 23: trellis.destination.v1.Fault.delay:type_name -> google.protobuf.Duration
+	31, // 24: trellis.destination.v1.Hedge.delay:type_name -> google.protobuf.Duration
+	18, // 25: trellis.destination.v1.HeaderModifier.set:type_name -> trellis.destination.v1.Header
+	18, // 26: trellis.destination.v1.HeaderModifier.add:type_name -> trellis.destination.v1.Header
+	31, // 27: trellis.destination.v1.Retry.per_try_timeout:type_name -> google.protobuf.Duration
+	31, // 28: trellis.destination.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	21, // 29: trellis.destination.v1.Retry.budget:type_name -> trellis.destination.v1.RetryBudget
+	31, // 30: trellis.destination.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	23, // 31: trellis.destination.v1.RegisterRequest.ports:type_name -> trellis.destination.v1.Port
+	30, // 32: trellis.destination.v1.RegisterRequest.labels:type_name -> trellis.destination.v1.RegisterRequest.LabelsEntry
+	31, // 33: trellis.destination.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	2,  // 34: trellis.destination.v1.Destination.Get:input_type -> trellis.destination.v1.GetDestination
+	2,  // 35: trellis.destination.v1.Destination.GetProfile:input_type -> trellis.destination.v1.GetDestination
+	22, // 36: trellis.destination.v1.Registry.Register:input_type -> trellis.destination.v1.RegisterRequest
+	25, // 37: trellis.destination.v1.Registry.Renew:input_type -> trellis.destination.v1.RenewRequest
+	26, // 38: trellis.destination.v1.Registry.Deregister:input_type -> trellis.destination.v1.DeregisterRequest
+	3,  // 39: trellis.destination.v1.Destination.Get:output_type -> trellis.destination.v1.Update
+	8,  // 40: trellis.destination.v1.Destination.GetProfile:output_type -> trellis.destination.v1.Profile
+	24, // 41: trellis.destination.v1.Registry.Register:output_type -> trellis.destination.v1.Lease
+	24, // 42: trellis.destination.v1.Registry.Renew:output_type -> trellis.destination.v1.Lease
+	27, // 43: trellis.destination.v1.Registry.Deregister:output_type -> trellis.destination.v1.DeregisterResponse
+	39, // [39:44] is the sub-list for method output_type
+	34, // [34:39] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_api_destination_v1_destination_proto_init() }
@@ -1910,7 +2134,7 @@ func file_api_destination_v1_destination_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_destination_v1_destination_proto_rawDesc), len(file_api_destination_v1_destination_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

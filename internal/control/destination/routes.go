@@ -271,6 +271,8 @@ func httpRule(r gwapiv1.HTTPRouteRule, ns string, port int, domain string, ann r
 			rule.ResponseHeaders = headerModifier(f.ResponseHeaderModifier)
 		case gwapiv1.HTTPRouteFilterRequestRedirect:
 			rule.Redirect = redirect(f.RequestRedirect)
+		case gwapiv1.HTTPRouteFilterRequestMirror:
+			rule.Mirror = mirror(f.RequestMirror, ns, port, domain)
 		}
 	}
 	if t := r.Timeouts; t != nil {
@@ -278,7 +280,7 @@ func httpRule(r gwapiv1.HTTPRouteRule, ns string, port int, domain string, ann r
 		rule.BackendTimeout = gatewayDuration(t.BackendRequest)
 	}
 	rule.Retry = retry(r.Retry, ann)
-	annotatedTimeouts(rule, ann)
+	annotated(rule, ann)
 	return rule
 }
 
@@ -297,14 +299,35 @@ func grpcRule(r gwapiv1.GRPCRouteRule, ns string, port int, domain string, ann r
 			rule.RequestHeaders = headerModifier(f.RequestHeaderModifier)
 		case gwapiv1.GRPCRouteFilterResponseHeaderModifier:
 			rule.ResponseHeaders = headerModifier(f.ResponseHeaderModifier)
+		case gwapiv1.GRPCRouteFilterRequestMirror:
+			rule.Mirror = mirror(f.RequestMirror, ns, port, domain)
 		}
 	}
 	rule.Retry = retry(nil, ann)
-	annotatedTimeouts(rule, ann)
+	annotated(rule, ann)
 	return rule
 }
 
-func annotatedTimeouts(rule *destinationv1.RouteRule, ann resources.Annotated) {
+func mirror(m *gwapiv1.HTTPRequestMirrorFilter, ns string, port int, domain string) *destinationv1.Mirror {
+	b := backends([]gwapiv1.BackendRef{{BackendObjectReference: m.BackendRef}}, ns, port, domain)[0]
+	return &destinationv1.Mirror{Authority: b.Authority, Fraction: resources.MirrorFraction(m)}
+}
+
+// annotated adds what the route's annotations say to rule: timeouts,
+// fault injection, hedging.
+func annotated(rule *destinationv1.RouteRule, ann resources.Annotated) {
+	if ann.AbortFraction > 0 || ann.DelayFraction > 0 {
+		rule.Fault = &destinationv1.Fault{AbortStatus: uint32(ann.AbortStatus), AbortFraction: ann.AbortFraction, DelayFraction: ann.DelayFraction}
+		if ann.Delay > 0 {
+			rule.Fault.Delay = durationpb.New(ann.Delay)
+		}
+	}
+	if ann.HedgeP95 || ann.HedgeDelay > 0 {
+		rule.Hedge = &destinationv1.Hedge{P95: ann.HedgeP95}
+		if ann.HedgeDelay > 0 {
+			rule.Hedge.Delay = durationpb.New(ann.HedgeDelay)
+		}
+	}
 	if ann.RequestTimeout > 0 {
 		rule.RequestTimeout = durationpb.New(ann.RequestTimeout)
 	}

@@ -36,6 +36,9 @@ const (
 	AnnotationBudgetWindow     = "retry.trellis.dev/budget-window"
 	AnnotationRequestTimeout   = "timeout.trellis.dev/request"
 	AnnotationBackendTimeout   = "timeout.trellis.dev/backend-request"
+	AnnotationFaultAbort       = "fault.trellis.dev/abort" // "503 10%": that status for that share
+	AnnotationFaultDelay       = "fault.trellis.dev/delay" // "100ms 5%"
+	AnnotationHedge            = "hedge.trellis.dev/delay" // "50ms", or "p95": the route's observed 95th percentile
 )
 
 // GRPCCodes are the gRPC status codes retry.trellis.dev/grpc may name.
@@ -153,8 +156,12 @@ func checkGRPCRoute(r *store.Resource) error {
 			ff := fmt.Sprintf("%s.filters[%d]", f, j)
 			switch fl.Type {
 			case gwapiv1.GRPCRouteFilterRequestHeaderModifier, gwapiv1.GRPCRouteFilterResponseHeaderModifier:
+			case gwapiv1.GRPCRouteFilterRequestMirror:
+				if err := checkMirror(ff+".requestMirror", fl.RequestMirror); err != nil {
+					return err
+				}
 			default:
-				return invalid(ff+".type", fmt.Sprintf("%q is not supported (RequestHeaderModifier, ResponseHeaderModifier)", fl.Type))
+				return invalid(ff+".type", fmt.Sprintf("%q is not supported (RequestHeaderModifier, ResponseHeaderModifier, RequestMirror)", fl.Type))
 			}
 		}
 		for j, b := range rule.BackendRefs {
@@ -261,10 +268,45 @@ func checkHTTPFilter(f string, fl gwapiv1.HTTPRouteFilter) error {
 		if p := rd.Path; p != nil && p.Type != gwapiv1.FullPathHTTPPathModifier && p.Type != gwapiv1.PrefixMatchHTTPPathModifier {
 			return invalid(f+".requestRedirect.path.type", fmt.Sprintf("%q: must be ReplaceFullPath or ReplacePrefixMatch", p.Type))
 		}
+	case gwapiv1.HTTPRouteFilterRequestMirror:
+		return checkMirror(f+".requestMirror", fl.RequestMirror)
 	default:
-		return invalid(f+".type", fmt.Sprintf("%q is not supported (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect)", fl.Type))
+		return invalid(f+".type", fmt.Sprintf("%q is not supported (RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect, RequestMirror)", fl.Type))
 	}
 	return nil
+}
+
+func checkMirror(f string, m *gwapiv1.HTTPRequestMirrorFilter) error {
+	if m == nil {
+		return invalid(f, "required for type RequestMirror")
+	}
+	if err := checkBackend(f+".backendRef", gwapiv1.BackendRef{BackendObjectReference: m.BackendRef}); err != nil {
+		return err
+	}
+	if m.Percent != nil && (*m.Percent < 0 || *m.Percent > 100) {
+		return invalid(f+".percent", fmt.Sprintf("%d: must be between 0 and 100", *m.Percent))
+	}
+	if fr := m.Fraction; fr != nil {
+		if fr.Denominator != nil && (*fr.Denominator <= 0 || fr.Numerator > *fr.Denominator) || fr.Numerator < 0 {
+			return invalid(f+".fraction", "numerator must be between 0 and the denominator (default 100)")
+		}
+	}
+	return nil
+}
+
+// MirrorFraction is the share of requests a mirror filter copies.
+func MirrorFraction(m *gwapiv1.HTTPRequestMirrorFilter) float64 {
+	switch {
+	case m.Fraction != nil:
+		den := int32(100)
+		if m.Fraction.Denominator != nil {
+			den = *m.Fraction.Denominator
+		}
+		return float64(m.Fraction.Numerator) / float64(den)
+	case m.Percent != nil:
+		return float64(*m.Percent) / 100
+	}
+	return 1
 }
 
 func checkBackend(f string, b gwapiv1.BackendRef) error {
@@ -302,6 +344,12 @@ type Annotated struct {
 	RequestTimeout   time.Duration
 	BackendTimeout   time.Duration
 	RetriesSpecified bool
+	AbortStatus      int
+	AbortFraction    float64
+	Delay            time.Duration
+	DelayFraction    float64
+	HedgeDelay       time.Duration
+	HedgeP95         bool
 }
 
 // RouteAnnotations parses a route's Trellis annotations; errors name the annotation.
@@ -366,6 +414,33 @@ func RouteAnnotations(a map[string]string) (Annotated, error) {
 		}
 		out.BudgetRatio = p / 100
 	}
+	if v, ok := a[AnnotationFaultAbort]; ok {
+		st, frac, err := valueAndShare(v)
+		code, cerr := strconv.Atoi(st)
+		if err != nil || cerr != nil || code < 400 || code > 599 {
+			return out, invalid(field(AnnotationFaultAbort), fmt.Sprintf("%q: want a status and a share, e.g. \"503 10%%\"", v))
+		}
+		out.AbortStatus, out.AbortFraction = code, frac
+	}
+	if v, ok := a[AnnotationFaultDelay]; ok {
+		d, frac, err := valueAndShare(v)
+		dur, derr := ParseDuration(d)
+		if err != nil || derr != nil {
+			return out, invalid(field(AnnotationFaultDelay), fmt.Sprintf("%q: want a duration and a share, e.g. \"100ms 5%%\"", v))
+		}
+		out.Delay, out.DelayFraction = dur, frac
+	}
+	if v, ok := a[AnnotationHedge]; ok {
+		if v == "p95" {
+			out.HedgeP95 = true
+		} else {
+			d, err := ParseDuration(v)
+			if err != nil {
+				return out, invalid(field(AnnotationHedge), fmt.Sprintf("%q: want a duration (e.g. 50ms) or p95", v))
+			}
+			out.HedgeDelay = d
+		}
+	}
 	if v, ok := a[AnnotationRetryFromHeaders]; ok {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
@@ -374,6 +449,20 @@ func RouteAnnotations(a map[string]string) (Annotated, error) {
 		out.FromHeaders = b
 	}
 	return out, nil
+}
+
+// valueAndShare reads "VALUE N%".
+func valueAndShare(s string) (string, float64, error) {
+	v, share, ok := strings.Cut(strings.TrimSpace(s), " ")
+	share = strings.TrimSpace(share)
+	if !ok || !strings.HasSuffix(share, "%") {
+		return "", 0, fmt.Errorf("want VALUE N%%")
+	}
+	p, err := strconv.ParseFloat(strings.TrimSuffix(share, "%"), 64)
+	if err != nil || p < 0 || p > 100 {
+		return "", 0, fmt.Errorf("share %q", share)
+	}
+	return v, p / 100, nil
 }
 
 func splitList(s string) []string {

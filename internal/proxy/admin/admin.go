@@ -1,14 +1,18 @@
 // Package admin serves the proxy's admin endpoints: /metrics (Prometheus
 // text format), /ready, /live, and — to loopback clients only — POST
-// /shutdown and Go profiles under /debug/pprof/.
+// /shutdown, Go profiles under /debug/pprof/ and the recent requests'
+// routing decisions on /debug/decisions.
 package admin
 
 import (
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"strconv"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 )
 
@@ -20,8 +24,9 @@ type State interface {
 	Shutdown()
 }
 
-// Handler returns the admin HTTP handler.
-func Handler(reg *metrics.Registry, st State) http.Handler {
+// Handler returns the admin HTTP handler; decisions (may be nil) is served
+// on /debug/decisions.
+func Handler(reg *metrics.Registry, st State, decisions *explain.Log) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
@@ -40,6 +45,19 @@ func Handler(reg *metrics.Registry, st State) http.Handler {
 	// Profiles, like shutdown, are for operators on the same host only.
 	mux.HandleFunc("/debug/pprof/", loopbackOnly(pprof.Index))
 	mux.HandleFunc("/debug/pprof/profile", loopbackOnly(pprof.Profile))
+	// What the outbound stack decided for recent requests, newest first.
+	mux.HandleFunc("GET /debug/decisions", loopbackOnly(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(r.URL.Query().Get("n"))
+		if err != nil || n <= 0 || n > explain.Size {
+			n = 100
+		}
+		list := []explain.Decision{}
+		if decisions != nil {
+			list = decisions.Recent(n)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(map[string]any{"decisions": list})
+	}))
 	mux.HandleFunc("POST /shutdown", func(w http.ResponseWriter, r *http.Request) {
 		if !fromLoopback(r) {
 			http.Error(w, "shutdown is only allowed from localhost", http.StatusForbidden)
@@ -54,7 +72,7 @@ func Handler(reg *metrics.Registry, st State) http.Handler {
 func loopbackOnly(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !fromLoopback(r) {
-			http.Error(w, "profiles are only served to localhost", http.StatusForbidden)
+			http.Error(w, "only served to localhost", http.StatusForbidden)
 			return
 		}
 		h(w, r)

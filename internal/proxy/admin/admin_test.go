@@ -21,7 +21,7 @@ func TestAdminEndpoints(t *testing.T) {
 	reg := metrics.NewRegistry()
 	reg.HTTP(metrics.Labels{Direction: "inbound"}).Request()
 	st := &fakeState{}
-	h := Handler(reg, st)
+	h := Handler(reg, st, nil)
 	do := func(method, path, remote string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, path, nil)
 		r.RemoteAddr = remote

@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/admin"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/inbound"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
@@ -48,6 +49,7 @@ type Proxy struct {
 	closers   []interface{ CloseIdle() }
 	identity  *identity.Manager // nil without an identity
 	control   *control          // nil without a destination service
+	decisions *explain.Log
 }
 
 type boundListener struct {
@@ -79,7 +81,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		p.control, res = c, c.resolver
 	}
 	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, log)
-	out := outbound.New(cfg, p.reg, dialer, creds, res, log)
+	p.decisions = &explain.Log{}
+	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
@@ -177,7 +180,7 @@ func (p *Proxy) Shutdown() { p.once.Do(func() { close(p.shutdownC) }) }
 func (p *Proxy) Run(ctx context.Context) error {
 	hard, stopAll := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAll()
-	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p), ReadHeaderTimeout: 10 * time.Second}
+	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p, p.decisions), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, len(p.listeners)+2)
 	go func() {
 		if err := adminSrv.Serve(p.adminLn); !errors.Is(err, http.ErrServerClosed) {

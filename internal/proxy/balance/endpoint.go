@@ -96,8 +96,9 @@ func (e *Endpoint) claimProbe(now time.Time) bool {
 func (e *Endpoint) Start() { e.pending.Add(1) }
 
 // End records a finished request: its latency feeds the estimate (a new
-// peak at once, lower values averaged in) and its outcome the accrual.
-func (e *Endpoint) End(rtt time.Duration, o Outcome) {
+// peak at once, lower values averaged in) and its outcome the accrual. It
+// reports whether this outcome ejected the endpoint.
+func (e *Endpoint) End(rtt time.Duration, o Outcome) (ejected bool) {
 	e.pending.Add(-1)
 	now := e.cfg.Now()
 	e.mu.Lock()
@@ -113,7 +114,9 @@ func (e *Endpoint) End(rtt time.Duration, o Outcome) {
 		e.rtt = est*w + sample*(1-w)
 	}
 	e.stamp = now
+	before := e.attempts
 	e.accrue(now, o == Failure)
+	return e.attempts > before
 }
 
 // ConnectFailed records that the endpoint could not be reached: it is
@@ -123,6 +126,14 @@ func (e *Endpoint) ConnectFailed() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.eject(now)
+}
+
+// OnProbation reports whether the endpoint is back from an ejection but not
+// yet readmitted (its probation request is in flight or due).
+func (e *Endpoint) OnProbation() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.attempts > 0
 }
 
 // Ejected reports whether the endpoint is out of rotation at now.

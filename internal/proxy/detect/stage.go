@@ -46,7 +46,7 @@ func Stage(d Detector, opaque func(*transport.Meta) OpaquePolicy, connect transp
 		}
 		var dial DialFunc
 		if m.Target != "" {
-			dial = func(ctx context.Context) (net.Conn, error) { return connect(ctx, m) }
+			dial = func(ctx context.Context) (net.Conn, error) { return connect(transport.Probe(ctx), m) }
 		}
 		res, err := det.Detect(ctx, c, dial)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
@@ -40,12 +41,12 @@ type balancer struct {
 func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.Endpoint, error) {
 	ep, err := svc.Pick()
 	if err == nil {
-		svc.Available()
+		available(svc, ep)
 		return ep, nil
 	}
 	left := b.failFast - svc.Unavailable()
-	if left <= 0 || isRetry(ctx) {
-		return nil, err // failing fast; a retry never queues
+	if left <= 0 || explain.Why(ctx) != "" || transport.IsProbe(ctx) {
+		return nil, err // failing fast; retries and detection probes never queue
 	}
 	if b.pending.Add(1) > b.maxPending {
 		b.pending.Add(-1)
@@ -64,7 +65,7 @@ func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.E
 			return nil, err
 		case <-tick.C:
 			if ep, err = svc.Pick(); err == nil {
-				svc.Available()
+				available(svc, ep)
 				return ep, nil
 			}
 		}
@@ -72,6 +73,14 @@ func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.E
 }
 
 var errQueueFull = errors.New("too many requests waiting for an endpoint")
+
+// available ends svc's fail-fast count when ep is a readmitted endpoint
+// (a probation request does not mean the service is back).
+func available(svc *discover.Service, ep *discover.Endpoint) {
+	if !ep.OnProbation() {
+		svc.Available()
+	}
+}
 
 // http is the balance stage of the HTTP stack.
 func (b *balancer) http() httpproxy.Layer {
@@ -88,14 +97,20 @@ func (b *balancer) http() httpproxy.Layer {
 				next.ServeHTTP(w, r)
 				return
 			}
+			d := explain.From(r.Context())
 			ep, err := b.pick(r.Context(), svc)
 			if err != nil {
-				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, failFastReason(err))
+				reason := failFastReason(err)
+				d.Note(reason, "")
+				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, reason)
 				return
 			}
 			ep.Start()
 			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)), func(o httpproxy.Outcome) {
-				ep.End(o.Latency, classify(o))
+				if ep.End(o.Latency, classify(o)) {
+					d.Note("", ep.Addr)
+				}
+				d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: explain.Why(r.Context())})
 			})
 		})
 	}
@@ -169,10 +184,3 @@ func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, p
 	start := time.Now()
 	return ep.Addr, ep.Identity, func() { ep.End(time.Since(start), balance.Success) }, nil
 }
-
-type retryKey struct{}
-
-// asRetry marks a request as a retry attempt.
-func asRetry(ctx context.Context) context.Context { return context.WithValue(ctx, retryKey{}, true) }
-
-func isRetry(ctx context.Context) bool { return ctx.Value(retryKey{}) != nil }

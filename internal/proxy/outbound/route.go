@@ -9,10 +9,12 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
@@ -33,57 +35,99 @@ func serviceFrom(ctx context.Context) *discover.Service {
 	return s
 }
 
-// routes is the route stage: a request to a service with routes is
+// maxMirrors bounds mirrored requests in flight: beyond it, copies are
+// dropped, so a slow shadow never holds up the primary.
+const maxMirrors = 64
+
+// router is the route stage: a request to a service with routes is
 // matched to a rule (404 when none matches), redirected or sent to the
-// rule's weighted backend with its header modifiers, within its timeouts,
-// and retried by its policy within its budget.
-func routes(res *discover.Resolver) httpproxy.Layer {
+// rule's weighted backend with its header modifiers and faults, within
+// its timeouts, hedged and retried by its policy within its budget, and
+// copied to its mirror.
+type router struct {
+	res       *discover.Resolver
+	next      http.Handler
+	mirrors   chan struct{}
+	decisions *explain.Log
+}
+
+func routes(res *discover.Resolver, decisions *explain.Log) httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		if res == nil {
 			return next
 		}
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			svc := res.Resolve(r.Context(), httpproxy.Target(r.Context()))
-			if svc == nil {
-				next.ServeHTTP(w, r)
-				return
-			}
-			table := svc.Routes()
-			if table == nil {
-				next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))
-				return
-			}
-			rule, prefix := table.Match(r)
-			if rule == nil {
-				httpproxy.WriteError(w, r, http.StatusNotFound, "no route matches the request")
-				return
-			}
-			if rule.Redirect != nil {
-				redirect(w, r, rule.Redirect, prefix)
-				return
-			}
-			backend := svc
-			authority, ok := rule.Backend()
-			switch {
-			case !ok:
-				httpproxy.WriteError(w, r, http.StatusInternalServerError, "the route's backends all have weight 0")
-				return
-			case authority != "":
-				if backend = res.Resolve(r.Context(), authority); backend == nil {
-					httpproxy.WriteError(w, r, http.StatusServiceUnavailable, "backend "+authority+" is unknown")
-					return
-				}
-			}
-			rule.RequestHeaders.Apply(r.Header)
-			ctx := httpproxy.WithRoute(withService(r.Context(), backend), rule.Route, rule.Kind)
-			serveRule(next, w, r.WithContext(ctx), rule)
-		})
+		return &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions}
+	}
+}
+
+func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	svc := rt.res.Resolve(r.Context(), httpproxy.Target(r.Context()))
+	if svc == nil {
+		rt.next.ServeHTTP(w, r)
+		return
+	}
+	d := &explain.Decision{Time: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.Path}
+	defer rt.decisions.Record(d)
+	r = r.WithContext(explain.With(r.Context(), d))
+	table := svc.Routes()
+	if table == nil {
+		rt.next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))
+		return
+	}
+	rule, prefix := table.Match(r)
+	if rule == nil {
+		d.Status = http.StatusNotFound
+		httpproxy.WriteError(w, r, http.StatusNotFound, "no route matches the request")
+		return
+	}
+	d.Route, d.RouteKind, d.Rule = rule.Route, rule.Kind, rule.Name
+	if rule.Redirect != nil {
+		d.Status = int(rule.Redirect.StatusCode)
+		redirect(w, r, rule.Redirect, prefix)
+		return
+	}
+	backend := svc
+	authority, ok := rule.Backend()
+	d.Backend = authority
+	switch {
+	case !ok:
+		httpproxy.WriteError(w, r, http.StatusInternalServerError, "the route's backends all have weight 0")
+		return
+	case authority != "":
+		if backend = rt.res.Resolve(r.Context(), authority); backend == nil {
+			httpproxy.WriteError(w, r, http.StatusServiceUnavailable, "backend "+authority+" is unknown")
+			return
+		}
+	}
+	if f := rule.Fault; f != nil {
+		if d := f.Delayed(); d > 0 && !sleep(r.Context(), d) {
+			return
+		}
+		if f.Abort() {
+			d.Status, d.FailFast = f.AbortStatus, "fault injected by the route"
+			httpproxy.WriteError(w, r, f.AbortStatus, "fault injected by the route")
+			return
+		}
+	}
+	rule.RequestHeaders.Apply(r.Header)
+	ctx := httpproxy.WithRoute(withService(r.Context(), backend), rule.Route, rule.Kind)
+	rt.serveRule(w, r.WithContext(ctx), rule)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
 // serveRule sends r (already aimed at its backend) within the rule's
-// timeouts, retrying as its policy and budget allow.
-func serveRule(next http.Handler, w http.ResponseWriter, r *http.Request, rule *route.Rule) {
+// timeouts, hedging and retrying as its policy and budget allow.
+func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.Rule) {
 	ctx := r.Context()
 	if rule.RequestTimeout > 0 {
 		var cancel context.CancelFunc
@@ -91,68 +135,190 @@ func serveRule(next http.Handler, w http.ResponseWriter, r *http.Request, rule *
 		defer cancel()
 	}
 	policy := rule.Retry.FromRequest(r.Header)
+	replayable := r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect
+	wantBody := replayable && (policy != nil && policy.Attempts > 0 || rule.Hedge != nil || rule.Mirror != nil)
 	var body []byte
-	retryable := policy != nil && policy.Attempts > 0 && r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect
-	if retryable {
-		var ok bool
-		if body, ok = bufferBody(r); !ok {
-			retryable = false
+	if wantBody {
+		if body, replayable = bufferBody(r); !replayable {
+			wantBody = false
 		}
 	}
 	if policy != nil && policy.Budget != nil {
 		policy.Budget.Deposit()
 	}
+	if wantBody && rule.Mirrored() {
+		rt.mirror(r, rule, body)
+	}
 	perTry := rule.BackendTimeout
 	if policy != nil && policy.PerTry > 0 {
 		perTry = policy.PerTry
 	}
-	for attempt := 0; ; attempt++ {
-		actx, cancel := ctx, context.CancelFunc(func() {})
-		if attempt > 0 {
-			actx = asRetry(ctx)
-		}
-		if perTry > 0 {
-			actx, cancel = context.WithTimeout(actx, perTry)
-		}
-		req := r.WithContext(actx)
-		if retryable {
-			req.Body = io.NopCloser(bytes.NewReader(body))
-			req.ContentLength = int64(len(body))
-		}
-		mayRetry := retryable && attempt < policy.Attempts
-		hw := &holdWriter{w: w, modify: rule.ResponseHeaders, header: http.Header{}}
-		if mayRetry {
-			hw.decide = func(status, grpc int) bool {
-				return ctx.Err() == nil && !failingFast(hw.header) && policy.Retryable(status, grpc) &&
-					(policy.Budget == nil || policy.Budget.Withdraw())
+	retries := 0
+	if policy != nil && wantBody {
+		retries = policy.Attempts
+	}
+	withdraw := func() bool { return policy == nil || policy.Budget == nil || policy.Budget.Withdraw() }
+	start := time.Now()
+	for n := 0; ; n++ {
+		a := &attempt{rt: rt, w: w, r: r, ctx: ctx, body: body, replay: wantBody, perTry: perTry, modify: rule.ResponseHeaders}
+		if n < retries {
+			a.decide = func(status, grpc int, h http.Header) bool {
+				return ctx.Err() == nil && !failingFast(h) && policy.Retryable(status, grpc) && withdraw()
 			}
 		}
-		next.ServeHTTP(hw, req)
-		if !hw.written && errors.Is(actx.Err(), context.DeadlineExceeded) && r.Context().Err() == nil {
+		var hedge time.Duration
+		if rule.Hedge != nil && n == 0 && wantBody {
+			hedge = rule.Hedge.Delay()
+		}
+		retry := a.run(n > 0, hedge, withdraw)
+		if rule.Hedge != nil && !retry {
+			rule.Hedge.Observe(time.Since(start))
+		}
+		if !retry {
+			return
+		}
+		if policy.Backoff > 0 && !sleep(ctx, policy.Backoff) {
+			return
+		}
+	}
+}
+
+// attempt is one try of a request, possibly raced by a hedge.
+type attempt struct {
+	rt      *router
+	w       http.ResponseWriter
+	r       *http.Request
+	ctx     context.Context
+	body    []byte
+	replay  bool
+	perTry  time.Duration
+	modify  *route.HeaderModifier
+	decide  func(status, grpc int, h http.Header) bool
+	claimed *holdWriter // the racer whose response head went out first
+	mu      sync.Mutex
+}
+
+// run sends the attempt; with hedge > 0, a second racer (withdrawn from
+// the budget) starts if the first has not answered by then, the first
+// response head wins and the other is cancelled. It reports whether the
+// winning response is to be retried.
+func (a *attempt) run(isRetry bool, hedge time.Duration, withdraw func() bool) bool {
+	why := ""
+	if isRetry {
+		why = "retry"
+	}
+	first := a.start(why)
+	if hedge <= 0 {
+		<-first.done
+		return first.finish()
+	}
+	t := time.NewTimer(hedge)
+	defer t.Stop()
+	select {
+	case <-first.done:
+		return first.finish()
+	case <-first.headed:
+	case <-t.C:
+		if withdraw() {
+			second := a.start("hedge")
+			var winner, loser *holdWriter
+			select {
+			case <-first.headed:
+				winner, loser = first, second
+			case <-second.headed:
+				winner, loser = second, first
+			case <-first.done:
+				winner, loser = first, second
+			case <-second.done:
+				winner, loser = second, first
+			}
+			loser.cancel()
+			<-loser.done
+			<-winner.done
+			return winner.finish()
+		}
+	}
+	<-first.done
+	return first.finish()
+}
+
+// start runs one racer of the attempt on its own goroutine; why is why it
+// was sent ("" for a first try, "retry", "hedge").
+func (a *attempt) start(why string) *holdWriter {
+	ctx := a.ctx
+	if why != "" {
+		ctx = explain.As(ctx, why)
+	}
+	var cancel context.CancelFunc
+	if a.perTry > 0 {
+		ctx, cancel = context.WithTimeout(ctx, a.perTry)
+	} else {
+		ctx, cancel = context.WithCancel(ctx)
+	}
+	hw := &holdWriter{a: a, header: http.Header{}, cancel: cancel, done: make(chan struct{}), headed: make(chan struct{})}
+	req := a.r.WithContext(ctx)
+	if a.replay {
+		req.Body = io.NopCloser(bytes.NewReader(a.body))
+		req.ContentLength = int64(len(a.body))
+	}
+	go func() {
+		defer close(hw.done)
+		defer cancel()
+		a.rt.next.ServeHTTP(hw, req)
+		if !hw.written && errors.Is(ctx.Err(), context.DeadlineExceeded) && a.r.Context().Err() == nil {
 			// The forwarder gives up silently on a cancelled request (the
 			// client left); here the route's timeout did it: answer 504,
 			// which the policy may retry.
 			reason := "request timed out (route timeout)"
-			if ctx.Err() == nil {
+			if a.ctx.Err() == nil {
 				reason = "backend request timed out (route timeout)"
 			}
 			httpproxy.WriteError(hw, req, http.StatusGatewayTimeout, reason)
 		}
-		cancel()
-		if !hw.retry {
-			hw.finish()
+	}()
+	return hw
+}
+
+// claim makes hw the racer whose response goes to the client, unless
+// another already is.
+func (a *attempt) claim(hw *holdWriter) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.claimed == nil {
+		a.claimed = hw
+	}
+	return a.claimed == hw
+}
+
+// mirror sends a copy of r to the rule's mirror backend, on its own, and
+// throws the answer away; when too many copies are in flight it drops it.
+func (rt *router) mirror(r *http.Request, rule *route.Rule, body []byte) {
+	select {
+	case rt.mirrors <- struct{}{}:
+	default:
+		return
+	}
+	ctx, cancel := context.WithTimeout(explain.With(context.WithoutCancel(r.Context()), nil), 10*time.Second)
+	req := r.Clone(ctx)
+	req.Body = io.NopCloser(bytes.NewReader(body))
+	req.ContentLength = int64(len(body))
+	go func() {
+		defer func() { <-rt.mirrors }()
+		defer cancel()
+		svc := rt.res.Resolve(ctx, rule.Mirror.Authority)
+		if svc == nil {
 			return
 		}
-		if policy.Backoff > 0 {
-			t := time.NewTimer(policy.Backoff)
-			select {
-			case <-ctx.Done():
-			case <-t.C:
-			}
-			t.Stop()
-		}
-	}
+		rt.next.ServeHTTP(discardWriter{http.Header{}}, req.WithContext(withService(ctx, svc)))
+	}()
 }
+
+// discardWriter takes a mirrored request's response and drops it.
+type discardWriter struct{ h http.Header }
+
+func (d discardWriter) Header() http.Header         { return d.h }
+func (d discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d discardWriter) WriteHeader(int)             {}
 
 // bufferBody reads a body small enough to replay; false if it is larger
 // (the part read is put back in front of the rest).
@@ -175,22 +341,25 @@ func bufferBody(r *http.Request) ([]byte, bool) {
 	return b, true
 }
 
-// holdWriter stands between an attempt and the client: at the response
-// head it decides whether the attempt is retried — then the attempt's
-// response is dropped — or passes the response through, with the rule's
-// response header modifiers applied.
+// holdWriter stands between one racer of an attempt and the client: at
+// the response head it claims the client (or, if another racer did first,
+// drops everything) and decides whether the attempt is retried — then the
+// response is dropped — or passes it through, with the rule's response
+// header modifiers applied.
 type holdWriter struct {
-	w       http.ResponseWriter
+	a       *attempt
 	header  http.Header
-	modify  *route.HeaderModifier
-	decide  func(status, grpc int) bool // nil: never retry
+	cancel  context.CancelFunc
+	done    chan struct{} // the racer's ServeHTTP returned
+	headed  chan struct{} // the racer has claimed the client
 	retry   bool
+	lost    bool
 	written bool
 }
 
 func (h *holdWriter) Header() http.Header {
-	if h.written && !h.retry {
-		return h.w.Header()
+	if h.written && !h.retry && !h.lost {
+		return h.a.w.Header()
 	}
 	return h.header
 }
@@ -200,55 +369,64 @@ func (h *holdWriter) WriteHeader(code int) {
 		return
 	}
 	if code < 200 && code != http.StatusSwitchingProtocols {
-		// 1xx: pass through when this attempt cannot be retried.
-		if h.decide == nil {
-			copyHeader(h.w.Header(), h.header)
-			h.w.WriteHeader(code)
-		}
-		return
+		return // 1xx: the final response decides
 	}
 	h.written = true
-	if h.decide != nil && h.decide(code, grpcStatus(h.header)) {
+	if !h.a.claim(h) {
+		h.lost = true
+		return
+	}
+	defer close(h.headed)
+	if h.a.decide != nil && h.a.decide(code, grpcStatus(h.header), h.header) {
 		h.retry = true
 		return
 	}
-	dst := h.w.Header()
+	dst := h.a.w.Header()
 	copyHeader(dst, h.header)
-	h.modify.Apply(dst)
-	h.w.WriteHeader(code)
+	h.a.modify.Apply(dst)
+	h.a.w.WriteHeader(code)
 }
 
 func (h *holdWriter) Write(p []byte) (int, error) {
 	if !h.written {
 		h.WriteHeader(http.StatusOK)
 	}
-	if h.retry {
+	if h.retry || h.lost {
 		return len(p), nil
 	}
-	return h.w.Write(p)
+	return h.a.w.Write(p)
 }
 
 // Flush passes flushes through once the response is the client's.
 func (h *holdWriter) Flush() {
-	if h.written && !h.retry {
-		http.NewResponseController(h.w).Flush()
+	if h.written && !h.retry && !h.lost {
+		http.NewResponseController(h.a.w).Flush()
 	}
 }
 
-// Unwrap lets http.ResponseController reach Hijack (upgrades are never retried).
-func (h *holdWriter) Unwrap() http.ResponseWriter { return h.w }
+// Unwrap lets http.ResponseController reach Hijack (upgrades are never
+// retried or hedged).
+func (h *holdWriter) Unwrap() http.ResponseWriter { return h.a.w }
 
-// finish completes a response that wrote nothing (an empty 200), and
-// moves trailers set after the head into the client's header map.
-func (h *holdWriter) finish() {
+// finish completes the winning racer's response once it is done: it
+// writes an empty 200 if nothing was written and moves trailers set after
+// the head into the client's header map. It reports whether to retry.
+func (h *holdWriter) finish() bool {
+	if h.lost {
+		return false
+	}
 	if !h.written {
 		h.WriteHeader(http.StatusOK)
 	}
+	if h.retry {
+		return true
+	}
 	for k, vs := range h.header {
-		if _, ok := h.w.Header()[k]; !ok || strings.HasPrefix(k, http.TrailerPrefix) {
-			h.w.Header()[k] = vs
+		if _, ok := h.a.w.Header()[k]; !ok || strings.HasPrefix(k, http.TrailerPrefix) {
+			h.a.w.Header()[k] = vs
 		}
 	}
+	return false
 }
 
 func copyHeader(dst, src http.Header) {

@@ -12,6 +12,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -39,7 +40,8 @@ type Stacks struct {
 //
 // creds is nil when the proxy has no identity; then no target is meshed.
 // res is nil without a control plane; then targets are used as addressed.
-func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, log *slog.Logger) *Stacks {
+// decisions receives what the route and balance stages decided per request.
+func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, decisions *explain.Log, log *slog.Logger) *Stacks {
 	s := &Stacks{peers: newPeers(cfg)}
 	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
 	var md *mesh.Dialer
@@ -75,7 +77,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
 		forwardProxy(dialer, s.peers, log),
-		routes(res),
+		routes(res, decisions),
 		bal.http(),
 		httpproxy.Metrics(reg),
 	)

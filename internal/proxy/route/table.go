@@ -34,6 +34,34 @@ type Rule struct {
 	RequestTimeout, BackendTimeout time.Duration
 	// Retry is nil when the rule does not retry.
 	Retry *Policy
+	// Mirror, Fault and Hedge are nil when the rule has none.
+	Mirror *destinationv1.Mirror
+	Fault  *Fault
+	Hedge  *Hedge
+}
+
+// Fault is fault injection: a share of requests aborted, a share delayed.
+type Fault struct {
+	AbortStatus   int
+	AbortFraction float64
+	Delay         time.Duration
+	DelayFraction float64
+}
+
+// Abort reports whether this request is to be aborted.
+func (f *Fault) Abort() bool { return f.AbortFraction > 0 && rand.Float64() < f.AbortFraction }
+
+// Delayed returns how long to hold this request (0 for most).
+func (f *Fault) Delayed() time.Duration {
+	if f.DelayFraction > 0 && rand.Float64() < f.DelayFraction {
+		return f.Delay
+	}
+	return 0
+}
+
+// Mirrored reports whether this request is copied to the rule's mirror.
+func (r *Rule) Mirrored() bool {
+	return r.Mirror != nil && r.Mirror.Authority != "" && rand.Float64() < r.Mirror.Fraction
 }
 
 type backend struct {
@@ -125,6 +153,13 @@ func compileRule(r *destinationv1.RouteRule, now func() time.Time) *Rule {
 	}
 	if r.Retry != nil {
 		rule.Retry = newPolicy(r.Retry, now)
+	}
+	rule.Mirror = r.Mirror
+	if f := r.Fault; f != nil {
+		rule.Fault = &Fault{AbortStatus: int(f.AbortStatus), AbortFraction: f.AbortFraction, Delay: f.Delay.AsDuration(), DelayFraction: f.DelayFraction}
+	}
+	if h := r.Hedge; h != nil {
+		rule.Hedge = &Hedge{delay: h.Delay.AsDuration(), p95: h.P95}
 	}
 	return rule
 }

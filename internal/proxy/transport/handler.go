@@ -31,3 +31,12 @@ func Stack(h Handler, layers ...Layer) Handler {
 // ConnectFunc opens a connection to the target of the connection m
 // describes: plain TCP, or mTLS to the proxy in front of it.
 type ConnectFunc func(ctx context.Context, m *Meta) (net.Conn, error)
+
+type probeKey struct{}
+
+// Probe marks ctx as a speculative connect (server-first detection): it
+// must not wait for a target that is not available.
+func Probe(ctx context.Context) context.Context { return context.WithValue(ctx, probeKey{}, true) }
+
+// IsProbe reports whether ctx is a speculative connect.
+func IsProbe(ctx context.Context) bool { return ctx.Value(probeKey{}) != nil }
