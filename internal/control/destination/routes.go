@@ -255,15 +255,44 @@ func headerModifier(f *gwapiv1.HTTPHeaderFilter) *destinationv1.HeaderModifier {
 }
 
 func httpRule(r gwapiv1.HTTPRouteRule, ns string, port int, domain string, ann resources.Annotated) *destinationv1.RouteRule {
-	var refs []gwapiv1.BackendRef
-	for _, b := range r.BackendRefs {
-		refs = append(refs, b.BackendRef)
+	refs := make([]gwapiv1.BackendRef, len(r.BackendRefs))
+	for i, b := range r.BackendRefs {
+		refs[i] = b.BackendRef
 	}
+	rule := newRule(r.Name, refs, r.Filters, ns, port, domain)
+	if t := r.Timeouts; t != nil {
+		rule.RequestTimeout = gatewayDuration(t.Request)
+		rule.BackendTimeout = gatewayDuration(t.BackendRequest)
+	}
+	rule.Retry = retry(r.Retry, ann)
+	annotated(rule, ann)
+	return rule
+}
+
+func grpcRule(r gwapiv1.GRPCRouteRule, ns string, port int, domain string, ann resources.Annotated) *destinationv1.RouteRule {
+	refs := make([]gwapiv1.BackendRef, len(r.BackendRefs))
+	for i, b := range r.BackendRefs {
+		refs[i] = b.BackendRef
+	}
+	// GRPCRoute's filters are a subset of HTTPRoute's, with the same names.
+	filters := make([]gwapiv1.HTTPRouteFilter, len(r.Filters))
+	for i, f := range r.Filters {
+		filters[i] = gwapiv1.HTTPRouteFilter{Type: gwapiv1.HTTPRouteFilterType(f.Type), RequestHeaderModifier: f.RequestHeaderModifier,
+			ResponseHeaderModifier: f.ResponseHeaderModifier, RequestMirror: f.RequestMirror}
+	}
+	rule := newRule(r.Name, refs, filters, ns, port, domain)
+	rule.Retry = retry(nil, ann)
+	annotated(rule, ann)
+	return rule
+}
+
+// newRule is a rule's backends and filters.
+func newRule(name *gwapiv1.SectionName, refs []gwapiv1.BackendRef, filters []gwapiv1.HTTPRouteFilter, ns string, port int, domain string) *destinationv1.RouteRule {
 	rule := &destinationv1.RouteRule{Backends: backends(refs, ns, port, domain)}
-	if r.Name != nil {
-		rule.Name = string(*r.Name)
+	if name != nil {
+		rule.Name = string(*name)
 	}
-	for _, f := range r.Filters {
+	for _, f := range filters {
 		switch f.Type {
 		case gwapiv1.HTTPRouteFilterRequestHeaderModifier:
 			rule.RequestHeaders = headerModifier(f.RequestHeaderModifier)
@@ -275,36 +304,6 @@ func httpRule(r gwapiv1.HTTPRouteRule, ns string, port int, domain string, ann r
 			rule.Mirror = mirror(f.RequestMirror, ns, port, domain)
 		}
 	}
-	if t := r.Timeouts; t != nil {
-		rule.RequestTimeout = gatewayDuration(t.Request)
-		rule.BackendTimeout = gatewayDuration(t.BackendRequest)
-	}
-	rule.Retry = retry(r.Retry, ann)
-	annotated(rule, ann)
-	return rule
-}
-
-func grpcRule(r gwapiv1.GRPCRouteRule, ns string, port int, domain string, ann resources.Annotated) *destinationv1.RouteRule {
-	var refs []gwapiv1.BackendRef
-	for _, b := range r.BackendRefs {
-		refs = append(refs, b.BackendRef)
-	}
-	rule := &destinationv1.RouteRule{Backends: backends(refs, ns, port, domain)}
-	if r.Name != nil {
-		rule.Name = string(*r.Name)
-	}
-	for _, f := range r.Filters {
-		switch f.Type {
-		case gwapiv1.GRPCRouteFilterRequestHeaderModifier:
-			rule.RequestHeaders = headerModifier(f.RequestHeaderModifier)
-		case gwapiv1.GRPCRouteFilterResponseHeaderModifier:
-			rule.ResponseHeaders = headerModifier(f.ResponseHeaderModifier)
-		case gwapiv1.GRPCRouteFilterRequestMirror:
-			rule.Mirror = mirror(f.RequestMirror, ns, port, domain)
-		}
-	}
-	rule.Retry = retry(nil, ann)
-	annotated(rule, ann)
 	return rule
 }
 

@@ -28,7 +28,7 @@ import (
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // startPlane runs the whole control plane in-process.
-func startPlane(t *testing.T) (*Plane, *localapi.Client) {
+func startPlane(t testing.TB) (*Plane, *localapi.Client) {
 	t.Helper()
 	var o Options
 	fs := pflag.NewFlagSet("plane", pflag.ContinueOnError)
@@ -54,7 +54,7 @@ func startPlane(t *testing.T) (*Plane, *localapi.Client) {
 }
 
 // proxy starts an in-process proxy with args, joined to the mesh as sa.
-func proxy(t *testing.T, p *Plane, api *localapi.Client, sa string, args ...string) (*app.Proxy, context.CancelFunc) {
+func proxy(t testing.TB, p *Plane, api *localapi.Client, sa string, args ...string) (*app.Proxy, context.CancelFunc) {
 	t.Helper()
 	id := "spiffe://cluster.local/ns/default/sa/" + sa
 	tok, err := api.JoinToken(context.Background(), id, time.Hour)
@@ -105,7 +105,7 @@ func backend(t *testing.T, name string, delay time.Duration) string {
 	return ln.Addr().String()
 }
 
-func waitWorkloads(t *testing.T, api *localapi.Client, n int) {
+func waitWorkloads(t testing.TB, api *localapi.Client, n int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {

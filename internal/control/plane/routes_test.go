@@ -26,7 +26,7 @@ import (
 )
 
 // apply writes YAML documents through the local API, as `trellis apply` does.
-func apply(t *testing.T, api *localapi.Client, docs ...string) {
+func apply(t testing.TB, api *localapi.Client, docs ...string) {
 	t.Helper()
 	var items []store.Resource
 	for _, d := range docs {

@@ -102,5 +102,16 @@ func (c Config) Validate() error {
 	if a.BackoffMax > 0 && a.BackoffMin > a.BackoffMax {
 		return errors.New("failure accrual: the minimum backoff exceeds the maximum")
 	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"default RTT", c.DefaultRTT}, {"decay", c.Decay}, {"window", a.Window}, {"minimum backoff", a.BackoffMin}, {"maximum backoff", a.BackoffMax}} {
+		if d.v < 0 {
+			return fmt.Errorf("balancing %s %v: must not be negative", d.name, d.v)
+		}
+	}
+	if a.Consecutive < 0 || a.MinRequests < 0 {
+		return errors.New("failure accrual counts must not be negative")
+	}
 	return nil
 }

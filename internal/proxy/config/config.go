@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
 
 // EnvPrefix is prepended to a flag's upper-cased, underscore-separated name to
@@ -117,6 +118,11 @@ type Config struct {
 	ServicePorts []ServicePort
 	// WorkloadLabels are registered with the workload.
 	WorkloadLabels map[string]string
+	// Balance configures load balancing and failure accrual of discovered services.
+	Balance balance.Config
+	// FailFast is how long requests wait for a service without an
+	// available endpoint before it fails fast.
+	FailFast time.Duration
 	// LogLevel is one of debug, info, warn, error.
 	LogLevel string
 	// LogFormat is json or text.
@@ -152,6 +158,16 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.WorkloadAddress, "workload-address", "", "IP peers reach the registered workload on (default: inbound-addr's host, if it is not a wildcard)")
 	fs.StringArrayVar(&servicePorts, "service-port", nil, "PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http, grpc, tcp or opaque) (repeatable)")
 	fs.StringArrayVar(&workloadLabels, "workload-label", nil, "KEY=VALUE label of the registered workload (repeatable)")
+	fs.StringVar(&c.Balance.Accrual.Mode, "failure-accrual", balance.Consecutive, "when an endpoint is ejected: consecutive (failures in a row), success-rate (over a window), or off")
+	fs.IntVar(&c.Balance.Accrual.Consecutive, "failure-accrual-consecutive", balance.DefaultConsecutive, "consecutive mode: failures in a row that eject an endpoint")
+	fs.Float64Var(&c.Balance.Accrual.Threshold, "failure-accrual-success-rate", 0.8, "success-rate mode: eject an endpoint whose success rate falls below this")
+	fs.DurationVar(&c.Balance.Accrual.Window, "failure-accrual-window", 30*time.Second, "success-rate mode: the window the rate is measured over")
+	fs.IntVar(&c.Balance.Accrual.MinRequests, "failure-accrual-min-requests", 20, "success-rate mode: requests in the window before the rate counts")
+	fs.DurationVar(&c.Balance.Accrual.BackoffMin, "failure-accrual-backoff-min", balance.DefaultBackoffMin, "first ejection's backoff (doubling, jittered, on each failed probation)")
+	fs.DurationVar(&c.Balance.Accrual.BackoffMax, "failure-accrual-backoff-max", balance.DefaultBackoffMax, "longest ejection backoff")
+	fs.DurationVar(&c.Balance.DefaultRTT, "ewma-default-rtt", balance.DefaultRTT, "latency assumed for an endpoint not yet measured (peak EWMA)")
+	fs.DurationVar(&c.Balance.Decay, "ewma-decay", balance.DefaultDecay, "how fast latency measurements age (peak EWMA)")
+	fs.DurationVar(&c.FailFast, "failfast-timeout", 3*time.Second, "how long requests wait for a service with no available endpoint before it fails fast (503)")
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
 	fs.DurationVar(&c.ServerFirstDelay, "server-first-delay", 100*time.Millisecond, "how long a silent client may wait before the proxy dials the target to see if the server speaks first (0 disables)")
@@ -369,6 +385,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.validateWorkload(); err != nil {
 		return err
+	}
+	if err := c.Balance.Validate(); err != nil {
+		return err
+	}
+	if c.FailFast <= 0 {
+		return fmt.Errorf("failfast-timeout %v: must be positive", c.FailFast)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -14,11 +14,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
-// Defaults of the balance stage.
 const (
-	// DefaultFailFast is how long requests wait for an endpoint to become
-	// available before the service fails fast.
-	DefaultFailFast = 3 * time.Second
 	// DefaultMaxPending bounds the requests waiting for an endpoint.
 	DefaultMaxPending = 1000
 	pollAvailable     = 20 * time.Millisecond

@@ -207,11 +207,12 @@ func (a *attempt) run(isRetry bool, hedge time.Duration, withdraw func() bool) b
 	if isRetry {
 		why = "retry"
 	}
-	first := a.start(why)
-	if hedge <= 0 {
-		<-first.done
-		return first.finish()
+	if hedge <= 0 { // no race: serve on this goroutine
+		hw, serve := a.prepare(why)
+		serve()
+		return hw.finish()
 	}
+	first := a.start(why)
 	t := time.NewTimer(hedge)
 	defer t.Stop()
 	select {
@@ -245,6 +246,13 @@ func (a *attempt) run(isRetry bool, hedge time.Duration, withdraw func() bool) b
 // start runs one racer of the attempt on its own goroutine; why is why it
 // was sent ("" for a first try, "retry", "hedge").
 func (a *attempt) start(why string) *holdWriter {
+	hw, serve := a.prepare(why)
+	go serve()
+	return hw
+}
+
+// prepare builds one racer: its writer, and the function that serves it.
+func (a *attempt) prepare(why string) (*holdWriter, func()) {
 	ctx := a.ctx
 	if why != "" {
 		ctx = explain.As(ctx, why)
@@ -261,7 +269,7 @@ func (a *attempt) start(why string) *holdWriter {
 		req.Body = io.NopCloser(bytes.NewReader(a.body))
 		req.ContentLength = int64(len(a.body))
 	}
-	go func() {
+	return hw, func() {
 		defer close(hw.done)
 		defer cancel()
 		a.rt.next.ServeHTTP(hw, req)
@@ -275,8 +283,7 @@ func (a *attempt) start(why string) *holdWriter {
 			}
 			httpproxy.WriteError(hw, req, http.StatusGatewayTimeout, reason)
 		}
-	}()
-	return hw
+	}
 }
 
 // claim makes hw the racer whose response goes to the client, unless
