@@ -497,7 +497,7 @@ func TestFaultsAndMirroring(t *testing.T) {
 	})
 	instance(t, p, api, "shadow", "shadow-0", func(w http.ResponseWriter, r *http.Request) {
 		shadow.Add(1)
-		time.Sleep(300 * time.Millisecond) // slow, with a different answer: the primary must not notice
+		time.Sleep(100 * time.Millisecond) // slow, with a different answer: the primary must not notice
 		fmt.Fprint(w, "shadow")
 	})
 	instance(t, p, api, "faulty", "faulty-0", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })
@@ -531,20 +531,24 @@ func TestFaultsAndMirroring(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // let the shadow's copies drain
 	primary.Store(0)
 	shadow.Store(0)
-	// Sequentially, so the bounded mirror queue never drops a copy.
-	var slowest time.Duration
+	// Sequentially: about 30 copies in flight, under the bound of 256
+	// beyond which copies are dropped.
+	var took []time.Duration
 	const n = 500
 	for range n {
 		start := time.Now()
 		if r := call(t, c, "GET", app, nil); r.status != 200 || r.body != "ok" {
 			t.Fatalf("the primary answered %d %q", r.status, r.body)
 		}
-		slowest = max(slowest, time.Since(start))
+		took = append(took, time.Since(start))
 	}
 	time.Sleep(time.Second) // the last copies are still with the shadow
+	slices.Sort(took)
+	p90 := took[n*9/10]
 	share := float64(shadow.Load()) / n
-	t.Logf("mirror: primary %d, shadow %d (%.1f%%), slowest primary answer %v", primary.Load(), shadow.Load(), 100*share, slowest)
-	if primary.Load() != n || math.Abs(share-0.30) > 0.06 || slowest > 250*time.Millisecond {
-		t.Errorf("mirror 30%%: primary got %d of %d, shadow %.1f%%, slowest primary answer %v", primary.Load(), n, 100*share, slowest)
+	t.Logf("mirror: primary %d, shadow %d (%.1f%%), primary p90 %v", primary.Load(), shadow.Load(), 100*share, p90)
+	// Were copies waited for, 30% of the primary's answers would take 100 ms.
+	if primary.Load() != n || math.Abs(share-0.30) > 0.06 || p90 > 50*time.Millisecond {
+		t.Errorf("mirror 30%%: primary got %d of %d, shadow %.1f%%, primary p90 %v", primary.Load(), n, 100*share, p90)
 	}
 }

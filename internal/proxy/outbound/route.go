@@ -37,7 +37,7 @@ func serviceFrom(ctx context.Context) *discover.Service {
 
 // maxMirrors bounds mirrored requests in flight: beyond it, copies are
 // dropped, so a slow shadow never holds up the primary.
-const maxMirrors = 64
+const maxMirrors = 256
 
 // router is the route stage: a request to a service with routes is
 // matched to a rule (404 when none matches), redirected or sent to the
