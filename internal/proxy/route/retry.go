@@ -118,21 +118,25 @@ func (p *Policy) FromRequest(h http.Header) *Policy {
 	return &q
 }
 
-// Budget caps retries at ratio of the requests of the last ttl, plus
-// minPerSecond, so that retries can never amplify an outage: every request
-// deposits, every retry withdraws.
+// Budget caps retries so that they can never amplify an outage: a token
+// bucket that every request fills by ratio and time fills by minPerSecond,
+// holding at most what the last ttl earned (ratio × its requests +
+// minPerSecond × ttl); every retry (or hedge) takes a token. It starts
+// empty, so over any run retries ≤ ratio × requests + minPerSecond × time.
 type Budget struct {
 	ratio  float64
-	min    float64 // retries the window always allows
+	perSec float64
 	now    func() time.Time
 	span   int64 // seconds
 	mu     sync.Mutex
+	tokens float64
+	last   time.Time
 	counts []slot
 }
 
 type slot struct {
-	sec               int64
-	requests, retries int
+	sec      int64
+	requests int
 }
 
 // NewBudget returns a budget; now is the clock (time.Now if nil).
@@ -144,40 +148,48 @@ func NewBudget(ratio float64, minPerSecond int, ttl time.Duration, now func() ti
 	if span < 1 {
 		span = 1
 	}
-	return &Budget{ratio: ratio, min: float64(minPerSecond) * float64(span), now: now, span: span, counts: make([]slot, span)}
+	return &Budget{ratio: ratio, perSec: float64(minPerSecond), now: now, span: span, counts: make([]slot, span), last: now()}
 }
 
-// slotAt returns the current second's slot, reset if stale (mu held).
-func (b *Budget) slotAt(sec int64) *slot {
-	s := &b.counts[sec%b.span]
-	if s.sec != sec {
-		*s = slot{sec: sec}
+// refill adds what time earned since the last call, within the cap (mu held).
+func (b *Budget) refill(now time.Time) {
+	if d := now.Sub(b.last); d > 0 {
+		b.tokens += b.perSec * d.Seconds()
+		b.last = now
 	}
-	return s
+	sec := now.Unix()
+	requests := 0
+	for _, s := range b.counts {
+		if s.sec > sec-b.span && s.sec <= sec {
+			requests += s.requests
+		}
+	}
+	b.tokens = min(b.tokens, b.ratio*float64(requests)+b.perSec*float64(b.span))
 }
 
 // Deposit records an original request.
 func (b *Budget) Deposit() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.slotAt(b.now().Unix()).requests++
+	now := b.now()
+	sec := now.Unix()
+	s := &b.counts[sec%b.span]
+	if s.sec != sec {
+		*s = slot{sec: sec}
+	}
+	s.requests++
+	b.refill(now)
+	b.tokens += b.ratio
 }
 
 // Withdraw takes one retry from the budget; false if it is spent.
 func (b *Budget) Withdraw() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	sec := b.now().Unix()
-	var requests, retries int
-	for _, s := range b.counts {
-		if s.sec > sec-b.span && s.sec <= sec {
-			requests += s.requests
-			retries += s.retries
-		}
-	}
-	if float64(retries+1) > b.ratio*float64(requests)+b.min {
+	b.refill(b.now())
+	if b.tokens < 1 {
 		return false
 	}
-	b.slotAt(sec).retries++
+	b.tokens--
 	return true
 }

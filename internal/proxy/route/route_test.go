@@ -98,12 +98,16 @@ type clock struct {
 func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
 
-// The budget allows ratio × requests + minPerSecond × window retries per
-// window, and refills as the window moves.
+// The budget starts empty and never allows more than ratio × requests +
+// minPerSecond × elapsed time; idle, it saves up at most a window's worth.
 func TestBudget(t *testing.T) {
 	c := &clock{now: time.Unix(1_000_000, 0)}
 	b := NewBudget(0.2, 10, 10*time.Second, c.Now)
-	// No traffic: the minimum alone, 10/s over 10 s.
+	if b.Withdraw() {
+		t.Fatal("a new budget allowed a retry")
+	}
+	// Idle for a minute: the minimum saves up, capped at one window (10/s × 10 s).
+	c.Advance(time.Minute)
 	got := 0
 	for b.Withdraw() {
 		got++
@@ -111,21 +115,22 @@ func TestBudget(t *testing.T) {
 	if got != 100 {
 		t.Fatalf("an idle budget allowed %d retries; want 100", got)
 	}
-	// 1,000 requests a second for 10 s, every one failing: retries stay at
-	// 20% of the requests plus 10/s.
-	c.Advance(20 * time.Second)
+	// 1,000 requests a second for 30 s, every one failing and retried as
+	// far as the budget allows: 20% of the requests plus 10/s.
 	retries := 0
-	for range 10 {
-		for range 1000 {
-			b.Deposit()
-			if b.Withdraw() {
-				retries++
+	for range 30 {
+		for range 100 {
+			for range 10 {
+				b.Deposit()
+				if b.Withdraw() {
+					retries++
+				}
 			}
+			c.Advance(10 * time.Millisecond)
 		}
-		c.Advance(time.Second)
 	}
-	if max := 0.2*10000 + 10*10; float64(retries) > max || float64(retries) < 0.9*max {
-		t.Errorf("%d retries for 10,000 failing requests; want about %v and never more", retries, max)
+	if max := 0.2*30000 + 10*30; float64(retries) > max || float64(retries) < 0.95*max {
+		t.Errorf("%d retries for 30,000 failing requests over 30 s; want about %v and never more", retries, max)
 	}
 }
 
