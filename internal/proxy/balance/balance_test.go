@@ -286,3 +286,23 @@ func TestConcurrentUse(t *testing.T) {
 		}
 	}
 }
+
+func TestClassify(t *testing.T) {
+	d := DefaultFailures()
+	for _, tc := range []struct {
+		completed    bool
+		status, grpc int
+		want         Outcome
+	}{
+		{true, 200, -1, Success}, {true, 404, -1, Success}, {true, 503, -1, Failure}, {false, 200, -1, Failure},
+		{true, 429, -1, Overloaded}, {true, 200, 14, Failure}, {true, 200, 5, Success}, {true, 200, 8, Overloaded},
+	} {
+		if got := d.Classify(tc.completed, tc.status, tc.grpc); got != tc.want {
+			t.Errorf("Classify(%v, %d, %d) = %v, want %v", tc.completed, tc.status, tc.grpc, got, tc.want)
+		}
+	}
+	only502 := Classes{HTTP: map[int]bool{502: true}, GRPC: map[int]bool{}}
+	if only502.Classify(true, 500, -1) != Success || only502.Classify(true, 502, -1) != Failure || only502.Classify(true, 200, 14) != Success {
+		t.Error("configured classes were not used")
+	}
+}

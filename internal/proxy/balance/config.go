@@ -31,6 +31,8 @@ type Config struct {
 	Decay time.Duration
 	// Accrual decides when an endpoint is ejected.
 	Accrual Accrual
+	// Failures says which responses count as failures.
+	Failures Classes
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
 }
@@ -52,6 +54,36 @@ type Accrual struct {
 	BackoffMax  time.Duration
 }
 
+// Classes are the responses failure accrual counts as failures (besides
+// broken responses, always failures): HTTP statuses and gRPC codes.
+type Classes struct {
+	HTTP map[int]bool
+	GRPC map[int]bool
+}
+
+// DefaultFailures: 5xx; gRPC DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+func DefaultFailures() Classes {
+	c := Classes{HTTP: map[int]bool{}, GRPC: map[int]bool{4: true, 13: true, 14: true, 15: true}}
+	for s := 500; s <= 599; s++ {
+		c.HTTP[s] = true
+	}
+	return c
+}
+
+// Classify turns a response into an outcome: a failure by c; 429 and
+// RESOURCE_EXHAUSTED mean overloaded. grpc is -1 without a gRPC status.
+func (c Classes) Classify(completed bool, status, grpc int) Outcome {
+	switch {
+	case !completed || c.HTTP[status]:
+		return Failure
+	case grpc > 0 && c.GRPC[grpc]:
+		return Failure
+	case status == 429 || grpc == 8:
+		return Overloaded
+	}
+	return Success
+}
+
 // withDefaults fills zero fields.
 func (c Config) withDefaults() Config {
 	if c.DefaultRTT <= 0 {
@@ -62,6 +94,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Failures.HTTP == nil && c.Failures.GRPC == nil {
+		c.Failures = DefaultFailures()
 	}
 	a := &c.Accrual
 	if a.Mode == "" {

@@ -139,6 +139,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	var endpointIDs []string
 	var meshPort int
 	var servicePorts, workloadLabels []string
+	var failureHTTP, failureGRPC string
 	opaque := portsFlag{ports: DefaultOpaquePorts}
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
@@ -167,6 +168,8 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.DurationVar(&c.Balance.Accrual.BackoffMax, "failure-accrual-backoff-max", balance.DefaultBackoffMax, "longest ejection backoff")
 	fs.DurationVar(&c.Balance.DefaultRTT, "ewma-default-rtt", balance.DefaultRTT, "latency assumed for an endpoint not yet measured (peak EWMA)")
 	fs.DurationVar(&c.Balance.Decay, "ewma-decay", balance.DefaultDecay, "how fast latency measurements age (peak EWMA)")
+	fs.StringVar(&failureHTTP, "failure-accrual-http-statuses", "500-599", "HTTP statuses that count as failures (e.g. 500-599 or 502,503,504)")
+	fs.StringVar(&failureGRPC, "failure-accrual-grpc-codes", "4,13,14,15", "gRPC status codes that count as failures (default DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS)")
 	fs.DurationVar(&c.FailFast, "failfast-timeout", 3*time.Second, "how long requests wait for a service with no available endpoint before it fails fast (503)")
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
@@ -230,6 +233,13 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 				return nil, fmt.Errorf("service-port: %w", err)
 			}
 			c.ServicePorts = append(c.ServicePorts, p)
+		}
+		var err error
+		if c.Balance.Failures.HTTP, err = codeSet(failureHTTP, 100, 599); err != nil {
+			return nil, fmt.Errorf("failure-accrual-http-statuses %q: %w", failureHTTP, err)
+		}
+		if c.Balance.Failures.GRPC, err = codeSet(failureGRPC, 1, 16); err != nil {
+			return nil, fmt.Errorf("failure-accrual-grpc-codes %q: %w", failureGRPC, err)
 		}
 		c.WorkloadLabels = map[string]string{}
 		for _, l := range workloadLabels {
@@ -444,6 +454,29 @@ func (c *Config) validateWorkload() error {
 		return errors.New("workload needs at least one service-port")
 	}
 	return nil
+}
+
+// codeSet parses "a,b,c-d" into a set of numbers within [lo, hi].
+func codeSet(s string, lo, hi int) (map[int]bool, error) {
+	set := map[int]bool{}
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		from, to, isRange := strings.Cut(item, "-")
+		a, err := strconv.Atoi(from)
+		b := a
+		if err == nil && isRange {
+			b, err = strconv.Atoi(to)
+		}
+		if err != nil || a < lo || b > hi || a > b {
+			return nil, fmt.Errorf("%q: want numbers or ranges between %d and %d", item, lo, hi)
+		}
+		for n := a; n <= b; n++ {
+			set[n] = true
+		}
+	}
+	return set, nil
 }
 
 // ParseServicePort parses PORT[=TARGETPORT][/PROTOCOL].

@@ -126,6 +126,13 @@ func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
 		{args: []string{"--endpoint-identity=10.0.0.1"}, want: "endpoint-identity"},
 		{args: []string{"--endpoint-identity=host:80=spiffe://cluster.local/ns/a/sa/b"}, want: "neither IP"},
 		{args: []string{"--mesh-port=70000"}, want: "mesh-port"},
+		{args: []string{"--failure-accrual=sometimes"}, want: "failure accrual mode"},
+		{args: []string{"--failure-accrual-http-statuses=500-700"}, want: "failure-accrual-http-statuses"},
+		{args: []string{"--failure-accrual-grpc-codes=unavailable"}, want: "failure-accrual-grpc-codes"},
+		{args: []string{"--failfast-timeout=0s"}, want: "failfast-timeout"},
+		{args: []string{"--workload=web-0"}, want: "workload needs destination-addr"},
+		{args: []string{"--service-port=80"}, want: "service-port is set but workload is not"},
+		{args: []string{"--destination-addr=127.0.0.1:8086"}, want: "destination-addr needs identity"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.want, func(t *testing.T) {

@@ -123,6 +123,12 @@ func (s *Service) Available() {
 	}
 }
 
+// Classify turns a response from one of the service's endpoints into a
+// balancing outcome.
+func (s *Service) Classify(completed bool, status, grpc int) balance.Outcome {
+	return s.bal.Classify(completed, status, grpc)
+}
+
 // Routes is the service's routing table; nil when it has no routes (or
 // none has arrived yet): requests go to the service itself.
 func (s *Service) Routes() *route.Table { return s.routes.Load() }

@@ -155,8 +155,12 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	status, reason := UpstreamError(err)
 	m := transport.MetaFrom(r.Context())
-	f.log.Warn("forwarding request failed", "direction", m.Direction, "client", m.Client.String(),
-		"target", Target(r.Context()), "authority", r.Host, "status", status, "reason", reason, "error", err)
+	attrs := []any{"direction", m.Direction, "client", m.Client.String(), "target", Target(r.Context()), "authority", r.Host,
+		"status", status, "reason", reason, "error", err}
+	if route, kind := Route(r.Context()); route != "" {
+		attrs = append(attrs, "route", route, "route_kind", kind)
+	}
+	f.log.Warn("forwarding request failed", attrs...)
 	WriteError(w, r, status, reason)
 }
 

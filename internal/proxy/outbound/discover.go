@@ -103,7 +103,7 @@ func (b *balancer) http() httpproxy.Layer {
 			}
 			ep.Start()
 			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)), func(o httpproxy.Outcome) {
-				if ep.End(o.Latency, classify(o)) {
+				if ep.End(o.Latency, svc.Classify(o.Completed, o.Status, o.GRPCStatus)) {
 					d.Note("", ep.Addr)
 				}
 				d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: explain.Why(r.Context())})
@@ -138,25 +138,6 @@ func failingFast(h http.Header) bool {
 		return true
 	}
 	return false
-}
-
-// classify turns a response into a balancing outcome: 5xx and the gRPC
-// statuses that mean the server failed are failures; 429 and
-// RESOURCE_EXHAUSTED mean it is overloaded.
-func classify(o httpproxy.Outcome) balance.Outcome {
-	switch {
-	case !o.Completed || o.Status >= 500:
-		return balance.Failure
-	case o.Status == http.StatusTooManyRequests:
-		return balance.Overloaded
-	}
-	switch o.GRPCStatus {
-	case 4, 13, 14, 15: // DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS
-		return balance.Failure
-	case 8: // RESOURCE_EXHAUSTED
-		return balance.Overloaded
-	}
-	return balance.Success
 }
 
 // pickTarget resolves a connection's target to one endpoint of its
