@@ -195,7 +195,7 @@ func grpcMatch(m gwapiv1.GRPCRouteMatch, rule uint32, order [3]string) compiled 
 			method = *mm.Method
 		}
 		if mm.Type != nil && *mm.Type == gwapiv1.GRPCMethodMatchRegularExpression {
-			out.Path = &destinationv1.PathMatch{Kind: destinationv1.PathMatch_REGEX, Value: "/" + orAny(svc) + "/" + orAny(method)}
+			out.Path = &destinationv1.PathMatch{Kind: destinationv1.PathMatch_REGEX, Value: "/(?:" + orAny(svc) + ")/(?:" + orAny(method) + ")"}
 		} else {
 			switch {
 			case svc != "" && method != "":

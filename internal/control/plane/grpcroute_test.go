@@ -2,7 +2,9 @@ package plane
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -12,6 +14,8 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // backendService answers every call with its name in the x-backend header.
@@ -111,5 +115,83 @@ spec:
 	}
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("an unrouted method: %v; want UNIMPLEMENTED from the mesh", err)
+	}
+}
+
+// flakyService fails half its calls with UNAVAILABLE (a trailers-only response).
+type flakyService struct {
+	testpb.UnimplementedTestServiceServer
+	calls atomic.Int64
+}
+
+func (f *flakyService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) (*testpb.SimpleResponse, error) {
+	if f.calls.Add(1)%2 == 0 {
+		return nil, status.Error(codes.Unavailable, "flaky")
+	}
+	return &testpb.SimpleResponse{Payload: req.Payload}, nil
+}
+
+// gRPC requests have no Content-Length: the body is recorded as the first
+// attempt streams it, and replayed for the retries a GRPCRoute asks for.
+func TestGRPCRetries(t *testing.T) {
+	p, api := startPlane(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	flaky := &flakyService{}
+	srv := grpc.NewServer()
+	testpb.RegisterTestServiceServer(srv, flaky)
+	go srv.Serve(ln)
+	t.Cleanup(srv.Stop)
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	proxy(t, p, api, "flaky", "--app-addr="+ln.Addr().String(), "--workload=flaky-0", "--service=flaky", "--service-port=8080="+port+"/grpc",
+		"--failure-accrual=off")
+	apply(t, api, `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata:
+  name: flaky
+  namespace: default
+  annotations: {retry.trellis.dev/grpc: unavailable, retry.trellis.dev/limit: "5", retry.trellis.dev/budget-ratio: "100%"}
+spec:
+  parentRefs: [{kind: Service, name: flaky}]
+  rules: [{}]`)
+	local := testkit.FreeAddr(t)
+	_, lport, _ := net.SplitHostPort(local)
+	proxy(t, p, api, "client", "--upstream=up="+lport+":flaky.default.svc.cluster.local:8080", "--failure-accrual=off")
+	conn, err := grpc.NewClient(local, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := testpb.NewTestServiceClient(conn)
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := tc.UnaryCall(ctx, &testpb.SimpleRequest{Payload: &testpb.Payload{Body: []byte("hello")}})
+		if err == nil && string(resp.GetPayload().GetBody()) != "hello" {
+			return fmt.Errorf("the replayed request lost its body: %q", resp.GetPayload().GetBody())
+		}
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for ok := 0; ok < 20; { // until the route is in place: 20 successes in a row
+		if call() != nil {
+			ok = 0
+			if time.Now().After(deadline) {
+				t.Fatal("retries never took effect")
+			}
+			continue
+		}
+		ok++
+	}
+	flaky.calls.Store(0)
+	for range 200 {
+		if err := call(); err != nil {
+			t.Fatalf("with retries a call failed: %v", err)
+		}
+	}
+	if n := flaky.calls.Load(); n < 300 {
+		t.Errorf("%d backend calls for 200 requests; every other one should have been retried", n)
 	}
 }

@@ -61,14 +61,13 @@ func TestPeakEWMA(t *testing.T) {
 		t.Errorf("an immediate lower sample moved the estimate to %v", got)
 	}
 	c.Advance(DefaultDecay)
-	decayed := est(e)
-	if want := time.Duration(float64(200*time.Millisecond) * math.Exp(-1)); absDiff(decayed, want) > time.Millisecond {
-		t.Errorf("after one decay period the estimate is %v, want about %v", decayed, want)
+	if got, want := est(e), time.Duration(float64(200*time.Millisecond)*math.Exp(-1)); absDiff(got, want) > time.Millisecond {
+		t.Errorf("after one decay period the estimate reads %v, want about %v", got, want)
 	}
 	e.Start()
 	e.End(10*time.Millisecond, Success)
 	w := math.Exp(-1)
-	want := time.Duration(float64(decayed)*w + float64(10*time.Millisecond)*(1-w))
+	want := time.Duration(float64(200*time.Millisecond)*w + float64(10*time.Millisecond)*(1-w))
 	if got := est(e); absDiff(got, want) > time.Millisecond {
 		t.Errorf("after a sample one decay later: %v, want about %v", got, want)
 	}
@@ -178,6 +177,7 @@ func TestConsecutiveFailuresEjectAndProbationReadmits(t *testing.T) {
 		t.Fatalf("a second request during probation: %v; want ErrAllEjected", err)
 	}
 	bad.Start()
+	c.Advance(time.Millisecond)
 	bad.End(time.Millisecond, Failure) // probation fails: out for longer
 	c.Advance(DefaultBackoffMin)
 	if i, err := b.Pick(2, func(i int) *Endpoint { return eps[i] }); err == nil && i == 0 {
@@ -188,9 +188,34 @@ func TestConsecutiveFailuresEjectAndProbationReadmits(t *testing.T) {
 		t.Fatalf("picked %d; want the second probation", i)
 	}
 	bad.Start()
+	c.Advance(time.Millisecond)
 	bad.End(time.Millisecond, Success)
 	if bad.Ejected(c.Now()) || bad.attempts != 0 {
 		t.Fatal("a successful probation did not readmit")
+	}
+}
+
+// Only the probation request settles probation: a request sent before the
+// ejection that ends during probation does not, and an abandoned probe
+// frees the slot for another.
+func TestProbationIsTheProbesAlone(t *testing.T) {
+	b, eps, c := setup(1, Accrual{})
+	e := eps[0]
+	e.Start() // an old request, in flight across the ejection
+	e.ConnectFailed()
+	c.Advance(DefaultBackoffMin)
+	if pick(t, b, eps) != 0 {
+		t.Fatal("no probation pick")
+	}
+	e.Start()
+	e.End(2*DefaultBackoffMin, Success) // the old one: sent before the probe
+	if !e.OnProbation() {
+		t.Fatal("an old request readmitted the endpoint")
+	}
+	c.Advance(time.Millisecond)
+	e.End(time.Millisecond, Abandoned) // the probe, given up by its caller
+	if _, err := b.Pick(1, func(int) *Endpoint { return e }); err != nil {
+		t.Fatalf("after an abandoned probe another may probe: %v", err)
 	}
 }
 

@@ -19,7 +19,14 @@ const (
 	// Overloaded (429, RESOURCE_EXHAUSTED) is not a failure but makes the
 	// endpoint look slow, so it gets less traffic.
 	Overloaded
+	// Abandoned: the caller gave up (cancelled) before an answer; it says
+	// nothing about the endpoint.
+	Abandoned
 )
+
+// probeTimeout bounds how long one probation request holds the probation
+// slot (a long-lived stream): then another request may probe.
+const probeTimeout = 10 * time.Second
 
 // Endpoint is one endpoint's balancing state, shared by every request:
 // outstanding requests, a peak-EWMA latency estimate and failure accrual.
@@ -35,6 +42,7 @@ type Endpoint struct {
 	ejected  time.Time // in rotation again from then (zero: never ejected)
 	attempts int       // ejections since last readmitted
 	probing  bool      // the probation request is in flight
+	probed   time.Time // when it was sent
 }
 
 // NewEndpoint returns the state of a new endpoint under cfg (shared by
@@ -72,7 +80,7 @@ func (e *Endpoint) state(now time.Time) (available, probation bool) {
 	if e.attempts == 0 {
 		return true, false
 	}
-	if now.Before(e.ejected) || e.probing {
+	if now.Before(e.ejected) || e.probing && now.Sub(e.probed) < probeTimeout {
 		return false, false
 	}
 	return true, true
@@ -85,10 +93,10 @@ func (e *Endpoint) claimProbe(now time.Time) bool {
 	if e.attempts == 0 {
 		return true
 	}
-	if now.Before(e.ejected) || e.probing {
+	if now.Before(e.ejected) || e.probing && now.Sub(e.probed) < probeTimeout {
 		return false
 	}
-	e.probing = true
+	e.probing, e.probed = true, now
 	return true
 }
 
@@ -103,28 +111,43 @@ func (e *Endpoint) End(rtt time.Duration, o Outcome) (ejected bool) {
 	now := e.cfg.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	// Only a request sent after the probation request was can settle it.
+	probe := e.probing && !now.Add(-rtt).Before(e.probed)
+	if o == Abandoned {
+		if probe {
+			e.probing = false // let another request probe
+		}
+		return false
+	}
 	sample := float64(rtt)
 	if o == Overloaded {
 		sample = math.Max(2*e.estimate(now), float64(10*e.cfg.DefaultRTT))
 	}
-	if est := e.estimate(now); sample > est {
+	// Peak EWMA: a sample above the estimate is taken at once; lower ones
+	// are averaged in by how long it has been since the last.
+	if sample > e.rtt {
 		e.rtt = sample
 	} else {
 		w := math.Exp(-float64(now.Sub(e.stamp)) / float64(e.cfg.Decay))
-		e.rtt = est*w + sample*(1-w)
+		e.rtt = e.rtt*w + sample*(1-w)
 	}
 	e.stamp = now
 	before := e.attempts
-	e.accrue(now, o == Failure)
+	e.accrue(now, o == Failure, probe)
 	return e.attempts > before
 }
 
 // ConnectFailed records that the endpoint could not be reached: it is
-// ejected at once (no request got through, none may follow soon).
+// ejected at once (no request got through, none may follow soon), unless
+// it already is.
 func (e *Endpoint) ConnectFailed() {
 	now := e.cfg.Now()
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if e.attempts > 0 && now.Before(e.ejected) {
+		return
+	}
+	e.probing = false
 	e.eject(now)
 }
 
@@ -143,10 +166,11 @@ func (e *Endpoint) Ejected(now time.Time) bool {
 	return e.attempts > 0 && now.Before(e.ejected)
 }
 
-// accrue folds one outcome into failure accrual (mu held).
-func (e *Endpoint) accrue(now time.Time, failed bool) {
+// accrue folds one outcome into failure accrual (mu held); probe says it
+// is the probation request's.
+func (e *Endpoint) accrue(now time.Time, failed, probe bool) {
 	a := e.cfg.Accrual
-	if e.probing {
+	if probe {
 		e.probing = false
 		if failed {
 			e.eject(now)
@@ -155,6 +179,9 @@ func (e *Endpoint) accrue(now time.Time, failed bool) {
 		e.attempts, e.failures = 0, 0
 		e.window = window{}
 		return
+	}
+	if e.attempts > 0 {
+		return // ejected: only the probation request counts
 	}
 	if a.Mode == Off {
 		return

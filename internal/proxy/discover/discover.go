@@ -112,8 +112,14 @@ type Service struct {
 // starting the count now if it had one until now.
 func (s *Service) Unavailable() time.Duration {
 	now := time.Now().UnixNano()
-	s.downSince.CompareAndSwap(0, now)
-	return time.Duration(now - s.downSince.Load())
+	if s.downSince.CompareAndSwap(0, now) {
+		return 0
+	}
+	since := s.downSince.Load()
+	if since == 0 || since > now {
+		return 0
+	}
+	return time.Duration(now - since)
 }
 
 // Available records that an endpoint could be picked.

@@ -103,7 +103,14 @@ func (b *balancer) http() httpproxy.Layer {
 			}
 			ep.Start()
 			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)), func(o httpproxy.Outcome) {
-				if ep.End(o.Latency, svc.Classify(o.Completed, o.Status, o.GRPCStatus)) {
+				outcome := svc.Classify(o.Completed, o.Status, o.GRPCStatus)
+				if o.Status == 0 { // the forwarder wrote nothing: the request was given up
+					outcome = balance.Abandoned
+					if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
+						outcome = balance.Failure // a timeout: the endpoint did not answer in time
+					}
+				}
+				if ep.End(o.Latency, outcome) {
 					d.Note("", ep.Addr)
 				}
 				d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: explain.Why(r.Context())})
@@ -142,16 +149,16 @@ func failingFast(h http.Header) bool {
 
 // pickTarget resolves a connection's target to one endpoint of its
 // service, for opaque TCP; it returns the connection's own target and peer
-// when discovery does not know it, and a release function to call once
-// connected. (Connections are balanced by choice, not by how long they
+// when discovery does not know it, and a release function to call with the
+// dial's outcome. (Connections are balanced by choice, not by how long they
 // last: a connection is not a request with a latency.)
-func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, peer string, release func(), err error) {
+func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, peer string, release func(dialErr error), err error) {
 	if b.res == nil {
-		return m.Target, m.PeerIdentity, func() {}, nil
+		return m.Target, m.PeerIdentity, func(error) {}, nil
 	}
 	svc := b.res.Resolve(ctx, m.Target)
 	if svc == nil {
-		return m.Target, m.PeerIdentity, func() {}, nil
+		return m.Target, m.PeerIdentity, func(error) {}, nil
 	}
 	ep, err := b.pick(ctx, svc)
 	if err != nil {
@@ -159,5 +166,15 @@ func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, p
 	}
 	ep.Start()
 	start := time.Now()
-	return ep.Addr, ep.Identity, func() { ep.End(time.Since(start), balance.Success) }, nil
+	return ep.Addr, ep.Identity, func(dialErr error) {
+		o := balance.Success
+		switch {
+		case dialErr == nil:
+		case ctx.Err() != nil:
+			o = balance.Abandoned
+		default:
+			o = balance.Failure
+		}
+		ep.End(time.Since(start), o)
+	}, nil
 }

@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -135,39 +136,36 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 		defer cancel()
 	}
 	policy := rule.Retry.FromRequest(r.Header)
-	replayable := r.Header.Get("Upgrade") == "" && r.Method != http.MethodConnect
-	wantBody := replayable && (policy != nil && policy.Attempts > 0 || rule.Hedge != nil || rule.Mirror != nil)
-	var body []byte
-	if wantBody {
-		if body, replayable = bufferBody(r); !replayable {
-			wantBody = false
-		}
+	retries := 0
+	if policy != nil {
+		retries = policy.Attempts
 	}
+	body := newReplay(r, retries > 0 || rule.Hedge != nil || rule.Mirror != nil)
+	budget := rule.HedgeBudget
 	if policy != nil && policy.Budget != nil {
-		policy.Budget.Deposit()
+		budget = policy.Budget
 	}
-	if wantBody && rule.Mirrored() {
-		rt.mirror(r, rule, body)
+	if budget != nil {
+		budget.Deposit()
+	}
+	if body.whole && rule.Mirrored() {
+		rt.mirror(r, rule, body.bytes())
 	}
 	perTry := rule.BackendTimeout
 	if policy != nil && policy.PerTry > 0 {
 		perTry = policy.PerTry
 	}
-	retries := 0
-	if policy != nil && wantBody {
-		retries = policy.Attempts
-	}
-	withdraw := func() bool { return policy == nil || policy.Budget == nil || policy.Budget.Withdraw() }
+	withdraw := func() bool { return budget == nil || budget.Withdraw() }
 	start := time.Now()
 	for n := 0; ; n++ {
-		a := &attempt{rt: rt, w: w, r: r, ctx: ctx, body: body, replay: wantBody, perTry: perTry, modify: rule.ResponseHeaders}
+		a := &attempt{rt: rt, w: w, r: r, ctx: ctx, body: body, perTry: perTry, modify: rule.ResponseHeaders}
 		if n < retries {
 			a.decide = func(status, grpc int, h http.Header) bool {
-				return ctx.Err() == nil && !failingFast(h) && policy.Retryable(status, grpc) && withdraw()
+				return ctx.Err() == nil && body.replayable() && !failingFast(h) && policy.Retryable(status, grpc) && withdraw()
 			}
 		}
 		var hedge time.Duration
-		if rule.Hedge != nil && n == 0 && wantBody {
+		if rule.Hedge != nil && n == 0 && body.whole {
 			hedge = rule.Hedge.Delay()
 		}
 		retry := a.run(n > 0, hedge, withdraw)
@@ -178,9 +176,108 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 			return
 		}
 		if policy.Backoff > 0 && !sleep(ctx, policy.Backoff) {
+			if r.Context().Err() == nil { // the route's deadline, not the client, ended it
+				httpproxy.WriteError(w, r, http.StatusGatewayTimeout, "request timed out (route timeout)")
+			}
 			return
 		}
 	}
+}
+
+// replay is a request body kept for sending again: read whole up front
+// when its length is known and small (hedges and mirrors need that), else
+// recorded while the first attempt streams it, so a retry can replay it
+// if it turned out small and complete.
+type replay struct {
+	r     *http.Request
+	whole bool // buf holds the whole body (or there is none)
+	buf   []byte
+	rec   *recorder // streaming bodies
+}
+
+func newReplay(r *http.Request, wanted bool) *replay {
+	b := &replay{r: r}
+	switch {
+	case !wanted || r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect:
+	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
+		b.whole = true
+	case r.ContentLength > 0 && r.ContentLength <= maxRetryBody:
+		buf, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
+		if err == nil && int64(len(buf)) == r.ContentLength {
+			b.whole, b.buf = true, buf
+		} else {
+			// A short read: what was read goes first, the rest (and the error) after.
+			r.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
+		}
+	case r.ContentLength < 0:
+		b.rec = &recorder{body: r.Body}
+	}
+	return b
+}
+
+// bytes is the whole body (whole only).
+func (b *replay) bytes() []byte { return b.buf }
+
+// replayable reports whether the body can be sent again.
+func (b *replay) replayable() bool { return b.whole || b.rec != nil && b.rec.complete() }
+
+// next is the body for an attempt: the first attempt of a streaming body
+// reads (and records) the client's; others replay.
+func (b *replay) next(first bool) (io.ReadCloser, int64) {
+	switch {
+	case b.whole:
+		return io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
+	case b.rec != nil && first:
+		return b.rec, -1
+	case b.rec != nil:
+		data := b.rec.data()
+		return io.NopCloser(bytes.NewReader(data)), int64(len(data))
+	}
+	return b.r.Body, b.r.ContentLength
+}
+
+// recorder passes a streaming body through, keeping a copy of up to
+// maxRetryBody bytes.
+type recorder struct {
+	body     io.ReadCloser
+	mu       sync.Mutex
+	buf      []byte
+	overflow bool
+	eof      bool
+}
+
+func (rc *recorder) Read(p []byte) (int, error) {
+	n, err := rc.body.Read(p)
+	rc.mu.Lock()
+	if !rc.overflow {
+		if len(rc.buf)+n > maxRetryBody {
+			rc.overflow, rc.buf = true, nil
+		} else {
+			rc.buf = append(rc.buf, p[:n]...)
+		}
+	}
+	if err == io.EOF {
+		rc.eof = true
+	}
+	rc.mu.Unlock()
+	return n, err
+}
+
+func (rc *recorder) Close() error { return rc.body.Close() }
+
+func (rc *recorder) complete() bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.eof && !rc.overflow
+}
+
+func (rc *recorder) data() []byte {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.buf
 }
 
 // attempt is one try of a request, possibly raced by a hedge.
@@ -189,70 +286,91 @@ type attempt struct {
 	w       http.ResponseWriter
 	r       *http.Request
 	ctx     context.Context
-	body    []byte
-	replay  bool
+	body    *replay
 	perTry  time.Duration
 	modify  *route.HeaderModifier
 	decide  func(status, grpc int, h http.Header) bool
-	claimed *holdWriter // the racer whose response head went out first
+	racing  bool
 	mu      sync.Mutex
+	claimed *holdWriter // the racer whose response goes to the client
 }
 
 // run sends the attempt; with hedge > 0, a second racer (withdrawn from
-// the budget) starts if the first has not answered by then, the first
-// response head wins and the other is cancelled. It reports whether the
-// winning response is to be retried.
+// the budget) starts if the first has no response head by then, and the
+// first head that claims the client wins while the other is cancelled. It
+// reports whether the winning response is to be retried.
 func (a *attempt) run(isRetry bool, hedge time.Duration, withdraw func() bool) bool {
 	why := ""
 	if isRetry {
 		why = "retry"
 	}
 	if hedge <= 0 { // no race: serve on this goroutine
-		hw, serve := a.prepare(why)
+		hw, serve := a.prepare(why, !isRetry)
 		serve()
 		return hw.finish()
 	}
-	first := a.start(why)
+	a.racing = true
+	first := a.start(why, !isRetry)
 	t := time.NewTimer(hedge)
 	defer t.Stop()
 	select {
 	case <-first.done:
 		return first.finish()
 	case <-first.headed:
+		<-first.done
+		return first.finish()
 	case <-t.C:
-		if withdraw() {
-			second := a.start("hedge")
-			var winner, loser *holdWriter
-			select {
-			case <-first.headed:
-				winner, loser = first, second
-			case <-second.headed:
-				winner, loser = second, first
-			case <-first.done:
-				winner, loser = first, second
-			case <-second.done:
+	}
+	if !withdraw() {
+		<-first.done
+		return first.finish()
+	}
+	second := a.start("hedge", false)
+	// The winner is the racer that claimed the client; a racer that ends
+	// without claiming leaves the race to the other.
+	var winner, loser *holdWriter
+	firstDone, secondDone := first.done, second.done
+	for winner == nil {
+		select {
+		case <-first.headed:
+			winner, loser = first, second
+		case <-second.headed:
+			winner, loser = second, first
+		case <-firstDone:
+			firstDone = nil
+		case <-secondDone:
+			secondDone = nil
+		}
+		if winner == nil && firstDone == nil && secondDone == nil {
+			winner, loser = first, second
+			if a.owner() == second {
 				winner, loser = second, first
 			}
-			loser.cancel()
-			<-loser.done
-			<-winner.done
-			return winner.finish()
 		}
 	}
-	<-first.done
-	return first.finish()
+	loser.cancel()
+	<-loser.done
+	<-winner.done
+	return winner.finish()
 }
 
-// start runs one racer of the attempt on its own goroutine; why is why it
-// was sent ("" for a first try, "retry", "hedge").
-func (a *attempt) start(why string) *holdWriter {
-	hw, serve := a.prepare(why)
+func (a *attempt) owner() *holdWriter {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.claimed
+}
+
+// start runs one racer of the attempt on its own goroutine.
+func (a *attempt) start(why string, first bool) *holdWriter {
+	hw, serve := a.prepare(why, first)
 	go serve()
 	return hw
 }
 
 // prepare builds one racer: its writer, and the function that serves it.
-func (a *attempt) prepare(why string) (*holdWriter, func()) {
+// why is why it was sent ("" for a first try, "retry", "hedge"); first
+// says it reads the client's own body.
+func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 	ctx := a.ctx
 	if why != "" {
 		ctx = explain.As(ctx, why)
@@ -263,17 +381,18 @@ func (a *attempt) prepare(why string) (*holdWriter, func()) {
 	} else {
 		ctx, cancel = context.WithCancel(ctx)
 	}
-	hw := &holdWriter{a: a, header: http.Header{}, cancel: cancel, done: make(chan struct{}), headed: make(chan struct{})}
+	hw := &holdWriter{a: a, why: why, header: http.Header{}, cancel: cancel, done: make(chan struct{}), headed: make(chan struct{})}
 	req := a.r.WithContext(ctx)
-	if a.replay {
-		req.Body = io.NopCloser(bytes.NewReader(a.body))
-		req.ContentLength = int64(len(a.body))
-	}
+	req.Body, req.ContentLength = a.body.next(first)
 	return hw, func() {
 		defer close(hw.done)
 		defer cancel()
+		// A racer's panic (ReverseProxy aborts a broken response with
+		// http.ErrAbortHandler) must not kill the process from another
+		// goroutine: it is kept, and the winner's raised on the handler's.
+		defer func() { hw.panicked = recover() }()
 		a.rt.next.ServeHTTP(hw, req)
-		if !hw.written && errors.Is(ctx.Err(), context.DeadlineExceeded) && a.r.Context().Err() == nil {
+		if !hw.written && !hw.hijacked && errors.Is(ctx.Err(), context.DeadlineExceeded) && a.r.Context().Err() == nil {
 			// The forwarder gives up silently on a cancelled request (the
 			// client left); here the route's timeout did it: answer 504,
 			// which the policy may retry.
@@ -312,6 +431,7 @@ func (rt *router) mirror(r *http.Request, rule *route.Rule, body []byte) {
 	go func() {
 		defer func() { <-rt.mirrors }()
 		defer cancel()
+		defer func() { recover() }() // a broken shadow response aborts with a panic: drop it
 		svc := rt.res.Resolve(ctx, rule.Mirror.Authority)
 		if svc == nil {
 			return
@@ -327,45 +447,29 @@ func (d discardWriter) Header() http.Header         { return d.h }
 func (d discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (d discardWriter) WriteHeader(int)             {}
 
-// bufferBody reads a body small enough to replay; false if it is larger
-// (the part read is put back in front of the rest).
-func bufferBody(r *http.Request) ([]byte, bool) {
-	if r.Body == nil || r.Body == http.NoBody {
-		return nil, true
-	}
-	if r.ContentLength > maxRetryBody {
-		return nil, false
-	}
-	b, err := io.ReadAll(io.LimitReader(r.Body, maxRetryBody+1))
-	if err != nil || len(b) > maxRetryBody {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
-		return nil, false
-	}
-	r.Body.Close()
-	return b, true
-}
-
 // holdWriter stands between one racer of an attempt and the client: at
 // the response head it claims the client (or, if another racer did first,
 // drops everything) and decides whether the attempt is retried — then the
-// response is dropped — or passes it through, with the rule's response
-// header modifiers applied.
+// response is dropped and the attempt cancelled — or passes it through,
+// with the rule's response header modifiers applied.
 type holdWriter struct {
-	a       *attempt
-	header  http.Header
-	cancel  context.CancelFunc
-	done    chan struct{} // the racer's ServeHTTP returned
-	headed  chan struct{} // the racer has claimed the client
-	retry   bool
-	lost    bool
-	written bool
+	a        *attempt
+	why      string
+	header   http.Header
+	cancel   context.CancelFunc
+	done     chan struct{} // the racer's ServeHTTP returned
+	headed   chan struct{} // the racer has claimed the client
+	retry    bool
+	lost     bool
+	written  bool
+	hijacked bool
+	panicked any
 }
 
+func (h *holdWriter) passing() bool { return h.written && !h.retry && !h.lost }
+
 func (h *holdWriter) Header() http.Header {
-	if h.written && !h.retry && !h.lost {
+	if h.passing() {
 		return h.a.w.Header()
 	}
 	return h.header
@@ -376,9 +480,19 @@ func (h *holdWriter) WriteHeader(code int) {
 		return
 	}
 	if code < 200 && code != http.StatusSwitchingProtocols {
-		return // 1xx: the final response decides
+		// 1xx goes through only when nothing can replace this response.
+		if h.a.decide == nil && !h.a.racing {
+			copyHeader(h.a.w.Header(), h.header)
+			h.a.w.WriteHeader(code)
+		}
+		return
 	}
 	h.written = true
+	// A hedge that could not even find an endpoint never beats the first try.
+	if h.why == "hedge" && failingFast(h.header) {
+		h.lost = true
+		return
+	}
 	if !h.a.claim(h) {
 		h.lost = true
 		return
@@ -386,6 +500,7 @@ func (h *holdWriter) WriteHeader(code int) {
 	defer close(h.headed)
 	if h.a.decide != nil && h.a.decide(code, grpcStatus(h.header), h.header) {
 		h.retry = true
+		h.cancel() // stop the upstream: its body is not wanted
 		return
 	}
 	dst := h.a.w.Header()
@@ -398,7 +513,7 @@ func (h *holdWriter) Write(p []byte) (int, error) {
 	if !h.written {
 		h.WriteHeader(http.StatusOK)
 	}
-	if h.retry || h.lost {
+	if !h.passing() {
 		return len(p), nil
 	}
 	return h.a.w.Write(p)
@@ -406,20 +521,33 @@ func (h *holdWriter) Write(p []byte) (int, error) {
 
 // Flush passes flushes through once the response is the client's.
 func (h *holdWriter) Flush() {
-	if h.written && !h.retry && !h.lost {
+	if h.passing() {
 		http.NewResponseController(h.a.w).Flush()
 	}
 }
 
-// Unwrap lets http.ResponseController reach Hijack (upgrades are never
-// retried or hedged).
+// Hijack hands the client's connection to an upgrade (never retried or
+// hedged: its body is not replayable).
+func (h *holdWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.a.w).Hijack()
+	if err == nil {
+		h.hijacked, h.written = true, true
+	}
+	return c, brw, err
+}
+
+// Unwrap lets http.ResponseController reach what else the client's writer offers.
 func (h *holdWriter) Unwrap() http.ResponseWriter { return h.a.w }
 
 // finish completes the winning racer's response once it is done: it
-// writes an empty 200 if nothing was written and moves trailers set after
-// the head into the client's header map. It reports whether to retry.
+// re-raises its panic on this goroutine, writes an empty 200 if nothing
+// was written, and moves trailers set after the head into the client's
+// header map. It reports whether to retry.
 func (h *holdWriter) finish() bool {
-	if h.lost {
+	if h.panicked != nil {
+		panic(h.panicked)
+	}
+	if h.lost || h.hijacked {
 		return false
 	}
 	if !h.written {
@@ -428,6 +556,7 @@ func (h *holdWriter) finish() bool {
 	if h.retry {
 		return true
 	}
+	// Trailers a forwarder set in the map it held before the head.
 	for k, vs := range h.header {
 		if _, ok := h.a.w.Header()[k]; !ok || strings.HasPrefix(k, http.TrailerPrefix) {
 			h.a.w.Header()[k] = vs

@@ -68,11 +68,14 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 		if err != nil {
 			return nil, err
 		}
-		defer release()
+		var c net.Conn
 		if peer != "" && fc.MeshDial != nil {
-			return fc.MeshDial(ctx, target, peer, mesh.Opaque)
+			c, err = fc.MeshDial(ctx, target, peer, mesh.Opaque)
+		} else {
+			c, err = dialer.DialContext(ctx, m.Direction, target)
 		}
-		return dialer.DialContext(ctx, m.Direction, target)
+		release(err)
+		return c, err
 	}
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,

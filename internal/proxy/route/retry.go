@@ -178,8 +178,8 @@ func (b *Budget) Deposit() {
 		*s = slot{sec: sec}
 	}
 	s.requests++
-	b.refill(now)
 	b.tokens += b.ratio
+	b.refill(now) // within the cap, this request included
 }
 
 // Withdraw takes one retry from the budget; false if it is spent.

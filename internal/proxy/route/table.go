@@ -38,6 +38,9 @@ type Rule struct {
 	Mirror *destinationv1.Mirror
 	Fault  *Fault
 	Hedge  *Hedge
+	// HedgeBudget bounds the hedges of a rule that has no retry policy
+	// (whose budget they share otherwise): Linkerd's defaults.
+	HedgeBudget *Budget
 }
 
 // Fault is fault injection: a share of requests aborted, a share delayed.
@@ -160,6 +163,9 @@ func compileRule(r *destinationv1.RouteRule, now func() time.Time) *Rule {
 	}
 	if h := r.Hedge; h != nil {
 		rule.Hedge = &Hedge{delay: h.Delay.AsDuration(), p95: h.P95}
+		if rule.Retry == nil || rule.Retry.Budget == nil {
+			rule.HedgeBudget = NewBudget(0.2, 10, 10*time.Second, now)
+		}
 	}
 	return rule
 }
