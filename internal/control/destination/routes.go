@@ -210,7 +210,18 @@ func grpcMatch(m gwapiv1.GRPCRouteMatch, rule uint32, order [3]string) compiled 
 	for _, h := range m.Headers {
 		out.Headers = append(out.Headers, &destinationv1.ValueMatch{Name: string(h.Name), Value: h.Value, Regex: h.Type != nil && *h.Type == gwapiv1.GRPCHeaderMatchRegularExpression})
 	}
-	return compiled{match: out, rank: rank(out.Path, "", len(out.Headers), 0), order: order}
+	// GRPCRoute precedence: most characters of service, then of method,
+	// then most header matches (ranked after any HTTPRoute match).
+	var svcLen, methodLen int
+	if mm := m.Method; mm != nil {
+		if mm.Service != nil {
+			svcLen = len(*mm.Service)
+		}
+		if mm.Method != nil {
+			methodLen = len(*mm.Method)
+		}
+	}
+	return compiled{match: out, rank: [5]int{0, svcLen, methodLen, len(out.Headers), 0}, order: order}
 }
 
 func orAny(re string) string {

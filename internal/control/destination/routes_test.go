@@ -50,6 +50,10 @@ rules:
 		routeRes(t, "GRPCRoute", "grpc", old, nil, `
 parentRefs: [{kind: Service, name: web}]
 rules:
+- name: grpc-method-only
+  matches: [{method: {method: Get}}]
+- name: grpc-service-only
+  matches: [{method: {service: pkg.Svc}}]
 - name: grpc
   matches: [{method: {service: pkg.Svc, method: Get}}]
   backendRefs: [{name: other, port: 9090, weight: 3}]`),
@@ -63,7 +67,7 @@ rules:
 	for _, m := range matches {
 		got = append(got, rules[m.Rule].Name)
 	}
-	want := []string{"grpc", "exact", "regex", "longer", "method", "headers", "old-prefix", "young-prefix"}
+	want := []string{"exact", "regex", "longer", "method", "headers", "old-prefix", "young-prefix", "grpc", "grpc-service-only", "grpc-method-only"}
 	if len(got) != len(want) {
 		t.Fatalf("order %v; want %v", got, want)
 	}
