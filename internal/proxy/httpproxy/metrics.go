@@ -56,7 +56,7 @@ func Observe(next http.Handler, w http.ResponseWriter, r *http.Request, done fun
 		if rec.status == 0 {
 			rec.latency = time.Since(rec.start)
 		}
-		done(Outcome{Status: rec.status, GRPCStatus: grpcStatus(w.Header()), Latency: rec.latency, Completed: completed})
+		done(Outcome{Status: rec.status, GRPCStatus: GRPCStatus(w.Header()), Latency: rec.latency, Completed: completed})
 	}()
 	next.ServeHTTP(rec, r)
 	completed = true
@@ -88,9 +88,9 @@ func (r *recorder) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// grpcStatus is the response's grpc-status (from trailers, or the head of a
+// GRPCStatus is the response's grpc-status (from trailers, or the head of a
 // trailers-only response), or -1 if it has none.
-func grpcStatus(h http.Header) int {
+func GRPCStatus(h http.Header) int {
 	v := h.Get("Grpc-Status")
 	if v == "" {
 		v = h.Get(http.TrailerPrefix + "Grpc-Status")

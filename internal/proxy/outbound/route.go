@@ -498,7 +498,7 @@ func (h *holdWriter) WriteHeader(code int) {
 		return
 	}
 	defer close(h.headed)
-	if h.a.decide != nil && h.a.decide(code, grpcStatus(h.header), h.header) {
+	if h.a.decide != nil && h.a.decide(code, httpproxy.GRPCStatus(h.header), h.header) {
 		h.retry = true
 		h.cancel() // stop the upstream: its body is not wanted
 		return
@@ -569,18 +569,6 @@ func copyHeader(dst, src http.Header) {
 	for k, vs := range src {
 		dst[k] = vs
 	}
-}
-
-func grpcStatus(h http.Header) int {
-	v := h.Get("Grpc-Status")
-	if v == "" {
-		return -1
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		return -1
-	}
-	return n
 }
 
 // redirect answers with the rule's redirect; prefix is the path prefix
