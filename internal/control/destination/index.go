@@ -152,7 +152,7 @@ func (ix *Index) resync(ctx context.Context) (uint64, error) {
 		ix.setWorkload(r)
 	}
 	for _, r := range rts {
-		ix.routes[r.Key().String()] = route{res: r, parents: parents(r)}
+		ix.routes[r.Key().String()] = newRoute(r)
 	}
 	for key := range ix.subs {
 		ix.publish(key)
@@ -188,7 +188,7 @@ func (ix *Index) apply(ev store.Event) {
 		if ev.Type == store.Deleted {
 			delete(ix.routes, k)
 		} else {
-			rt := route{res: r, parents: parents(r)}
+			rt := newRoute(r)
 			ix.routes[k] = rt
 			for _, p := range rt.parents {
 				affected[p.service] = true
@@ -272,12 +272,10 @@ func (ix *Index) removeWorkload(key string) {
 	}
 	delete(ix.owner, key)
 	if s := ix.services[svcKey]; s != nil {
-		_, name, _ := cutKey(key)
+		_, name, _ := strings.Cut(key, "/")
 		delete(s.workloads, name)
 	}
 }
-
-func cutKey(key string) (ns, name string, ok bool) { return strings.Cut(key, "/") }
 
 // publish pushes the current set of service key to each of its subscriptions.
 func (ix *Index) publish(key string) {
@@ -304,11 +302,11 @@ func (ix *Index) push(sub *subscription, set *endpointSet) {
 
 // build renders the endpoints of port on service key.
 func (ix *Index) build(key string, port int) *endpointSet {
-	ns, name, _ := cutKey(key)
+	ns, name, _ := strings.Cut(key, "/")
 	set := &endpointSet{endpoints: map[string]*destinationv1.Endpoint{},
 		labels: map[string]string{"dst_service": name, "dst_namespace": ns}}
-	if len(ix.routes) > 0 {
-		set.matches, set.rules = compileRoutes(ns, name, port, ix.domain, sortedRoutes(ix.routes))
+	if attached := ix.attached(key, port); len(attached) > 0 {
+		set.matches, set.rules = compileRoutes(port, ix.domain, attached)
 	}
 	s := ix.services[key]
 	if s == nil {
@@ -380,7 +378,7 @@ func (ix *Index) subscribe(ctx context.Context, authority, contextNS string) (*s
 			sub.queue <- &endpointSet{}
 			return sub, nil
 		}
-		t.namespace, t.name, _ = cutKey(key)
+		t.namespace, t.name, _ = strings.Cut(key, "/")
 	}
 	sub.key = t.namespace + "/" + t.name
 	ix.addSub(sub)
@@ -423,17 +421,19 @@ func (ix *Index) Overflows() int {
 	return ix.overflows
 }
 
-// sortedRoutes lists routes in a stable order (the compiler then orders
-// matches by precedence).
-func sortedRoutes(m map[string]route) []route {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
+// attached lists, in a stable order (the compiler then orders matches by
+// precedence), the routes attached to port of service key.
+func (ix *Index) attached(key string, port int) []route {
+	var keys []string
+	for k, rt := range ix.routes {
+		if attaches(rt, key, port) {
+			keys = append(keys, k)
+		}
 	}
 	slices.Sort(keys)
 	out := make([]route, len(keys))
 	for i, k := range keys {
-		out[i] = m[k]
+		out[i] = ix.routes[k]
 	}
 	return out
 }

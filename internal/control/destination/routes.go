@@ -24,10 +24,14 @@ const (
 	defaultBudgetWindow = 10 * time.Second
 )
 
-// route is one HTTPRoute or GRPCRoute as the index keeps it.
+// route is one HTTPRoute or GRPCRoute as the index keeps it: decoded once,
+// when it arrives.
 type route struct {
 	res     store.Resource
 	parents []parentRef
+	ann     resources.Annotated
+	http    *gwapiv1.HTTPRouteSpec // one of the two
+	grpc    *gwapiv1.GRPCRouteSpec
 }
 
 type parentRef struct {
@@ -35,18 +39,37 @@ type parentRef struct {
 	port    int    // 0: every port
 }
 
-// parents reads the Services a route attaches to.
-func parents(r store.Resource) []parentRef {
-	var spec gwapiv1.CommonRouteSpec
-	if json.Unmarshal(r.Spec, &spec) != nil {
-		return nil
+// newRoute decodes a stored route (validated when written).
+func newRoute(r store.Resource) route {
+	rt := route{res: r}
+	rt.ann, _ = resources.RouteAnnotations(r.Metadata.Annotations)
+	var refs []gwapiv1.ParentReference
+	switch r.Kind {
+	case resources.KindHTTPRoute:
+		rt.http = &gwapiv1.HTTPRouteSpec{}
+		if json.Unmarshal(r.Spec, rt.http) != nil {
+			return route{res: r}
+		}
+		refs = rt.http.ParentRefs
+	case resources.KindGRPCRoute:
+		rt.grpc = &gwapiv1.GRPCRouteSpec{}
+		if json.Unmarshal(r.Spec, rt.grpc) != nil {
+			return route{res: r}
+		}
+		refs = rt.grpc.ParentRefs
 	}
+	rt.parents = parents(r.Metadata.Namespace, refs)
+	return rt
+}
+
+// parents are the Services of namespace ns that refs attach to.
+func parents(ns string, refs []gwapiv1.ParentReference) []parentRef {
 	var out []parentRef
-	for _, p := range spec.ParentRefs {
+	for _, p := range refs {
 		if p.Kind == nil || *p.Kind != "Service" {
 			continue
 		}
-		ref := parentRef{service: r.Metadata.Namespace + "/" + string(p.Name)}
+		ref := parentRef{service: ns + "/" + string(p.Name)}
 		if p.Port != nil {
 			ref.port = int(*p.Port)
 		}
@@ -62,25 +85,18 @@ type compiled struct {
 	order [3]string
 }
 
-// compileRoutes turns the routes attached to service ns/name port into the
+// compileRoutes turns the routes attached to port of the service into the
 // profile's matches (in precedence order) and rules.
-func compileRoutes(ns, name string, port int, domain string, routes []route) ([]*destinationv1.RouteMatch, []*destinationv1.RouteRule) {
+func compileRoutes(port int, domain string, routes []route) ([]*destinationv1.RouteMatch, []*destinationv1.RouteRule) {
 	var all []compiled
 	var rules []*destinationv1.RouteRule
 	for _, rt := range routes {
-		if !attaches(rt, ns+"/"+name, port) {
-			continue
-		}
-		ann, _ := resources.RouteAnnotations(rt.res.Metadata.Annotations) // validated on write
+		ann := rt.ann
 		created := rt.res.Metadata.CreationTimestamp.UTC().Format(time.RFC3339)
 		routeName := rt.res.Metadata.Namespace + "/" + rt.res.Metadata.Name
-		switch rt.res.Kind {
-		case resources.KindHTTPRoute:
-			var spec gwapiv1.HTTPRouteSpec
-			if json.Unmarshal(rt.res.Spec, &spec) != nil {
-				continue
-			}
-			for i, r := range spec.Rules {
+		switch {
+		case rt.http != nil:
+			for i, r := range rt.http.Rules {
 				rule := httpRule(r, rt.res.Metadata.Namespace, port, domain, ann)
 				rule.Route, rule.Kind = routeName, resources.KindHTTPRoute
 				idx := uint32(len(rules))
@@ -93,12 +109,8 @@ func compileRoutes(ns, name string, port int, domain string, routes []route) ([]
 					all = append(all, httpMatch(m, idx, [3]string{created, routeName, fmt.Sprintf("%06d", i)}))
 				}
 			}
-		case resources.KindGRPCRoute:
-			var spec gwapiv1.GRPCRouteSpec
-			if json.Unmarshal(rt.res.Spec, &spec) != nil {
-				continue
-			}
-			for i, r := range spec.Rules {
+		case rt.grpc != nil:
+			for i, r := range rt.grpc.Rules {
 				rule := grpcRule(r, rt.res.Metadata.Namespace, port, domain, ann)
 				rule.Route, rule.Kind = routeName, resources.KindGRPCRoute
 				idx := uint32(len(rules))

@@ -18,7 +18,7 @@ func routeRes(t *testing.T, kind, name string, created time.Time, annotations ma
 		t.Fatal(err)
 	}
 	r := store.Resource{Kind: kind, Spec: json.RawMessage(b), Metadata: store.Metadata{Name: name, Namespace: "default", CreationTimestamp: created, Annotations: annotations}}
-	return route{res: r, parents: parents(r)}
+	return newRoute(r)
 }
 
 // Matches come out in Gateway API precedence: exact path, then regex,
@@ -62,7 +62,13 @@ parentRefs: [{kind: Service, name: web, port: 9999}]
 rules:
 - name: other-port`),
 	}
-	matches, rules := compileRoutes("default", "web", 8080, "cluster.local", routes)
+	var attached []route
+	for _, rt := range routes {
+		if attaches(rt, "default/web", 8080) {
+			attached = append(attached, rt)
+		}
+	}
+	matches, rules := compileRoutes(8080, "cluster.local", attached)
 	var got []string
 	for _, m := range matches {
 		got = append(got, rules[m.Rule].Name)

@@ -29,11 +29,6 @@ func New(cfg Config) *Balancer {
 // NewEndpoint returns the state of one new endpoint.
 func (b *Balancer) NewEndpoint() *Endpoint { return NewEndpoint(&b.cfg) }
 
-// Classify turns a response into an outcome by the configured failure classes.
-func (b *Balancer) Classify(completed bool, status, grpc int) Outcome {
-	return b.cfg.Failures.Classify(completed, status, grpc)
-}
-
 // Now is the balancer's clock.
 func (b *Balancer) Now() time.Time { return b.cfg.Now() }
 

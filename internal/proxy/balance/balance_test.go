@@ -1,6 +1,7 @@
 package balance
 
 import (
+	"context"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -322,12 +323,15 @@ func TestClassify(t *testing.T) {
 		{true, 200, -1, Success}, {true, 404, -1, Success}, {true, 503, -1, Failure}, {false, 200, -1, Failure},
 		{true, 429, -1, Overloaded}, {true, 200, 14, Failure}, {true, 200, 5, Success}, {true, 200, 8, Overloaded},
 	} {
-		if got := d.Classify(tc.completed, tc.status, tc.grpc); got != tc.want {
+		if got := d.Classify(tc.completed, tc.status, tc.grpc, nil); got != tc.want {
 			t.Errorf("Classify(%v, %d, %d) = %v, want %v", tc.completed, tc.status, tc.grpc, got, tc.want)
 		}
 	}
+	if d.Classify(true, 0, -1, context.DeadlineExceeded) != Failure || d.Classify(true, 0, -1, context.Canceled) != Abandoned {
+		t.Error("no answer: a timeout is a failure, a cancellation is abandoned")
+	}
 	only502 := Classes{HTTP: map[int]bool{502: true}, GRPC: map[int]bool{}}
-	if only502.Classify(true, 500, -1) != Success || only502.Classify(true, 502, -1) != Failure || only502.Classify(true, 200, 14) != Success {
+	if only502.Classify(true, 500, -1, nil) != Success || only502.Classify(true, 502, -1, nil) != Failure || only502.Classify(true, 200, 14, nil) != Success {
 		t.Error("configured classes were not used")
 	}
 }

@@ -1,6 +1,7 @@
 package balance
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -71,17 +72,31 @@ func DefaultFailures() Classes {
 }
 
 // Classify turns a response into an outcome: a failure by c; 429 and
-// RESOURCE_EXHAUSTED mean overloaded. grpc is -1 without a gRPC status.
-func (c Classes) Classify(completed bool, status, grpc int) Outcome {
+// RESOURCE_EXHAUSTED mean overloaded. grpc is -1 without a gRPC status;
+// status 0 means nothing was answered, because of gaveUp (the request's
+// context error): a timeout is a failure, a cancellation says nothing.
+func (c Classes) Classify(completed bool, status, grpc int, gaveUp error) Outcome {
 	switch {
 	case !completed || c.HTTP[status]:
 		return Failure
+	case status == 0 && errors.Is(gaveUp, context.DeadlineExceeded):
+		return Failure
+	case status == 0:
+		return Abandoned
 	case grpc > 0 && c.GRPC[grpc]:
 		return Failure
 	case status == 429 || grpc == 8:
 		return Overloaded
 	}
 	return Success
+}
+
+// FailureClasses are the configured failure classes, or the defaults.
+func (c Config) FailureClasses() Classes {
+	if c.Failures.HTTP == nil && c.Failures.GRPC == nil {
+		return DefaultFailures()
+	}
+	return c.Failures
 }
 
 // withDefaults fills zero fields.
@@ -95,9 +110,7 @@ func (c Config) withDefaults() Config {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.Failures.HTTP == nil && c.Failures.GRPC == nil {
-		c.Failures = DefaultFailures()
-	}
+	c.Failures = c.FailureClasses()
 	a := &c.Accrual
 	if a.Mode == "" {
 		a.Mode = Consecutive

@@ -71,7 +71,7 @@ type Config struct {
 type Resolver struct {
 	cfg Config
 
-	mu       sync.Mutex
+	mu       sync.RWMutex
 	services map[string]*Service
 	ctx      context.Context
 
@@ -129,12 +129,6 @@ func (s *Service) Available() {
 	}
 }
 
-// Classify turns a response from one of the service's endpoints into a
-// balancing outcome.
-func (s *Service) Classify(completed bool, status, grpc int) balance.Outcome {
-	return s.bal.Classify(completed, status, grpc)
-}
-
 // Routes is the service's routing table; nil when it has no routes (or
 // none has arrived yet): requests go to the service itself.
 func (s *Service) Routes() *route.Table { return s.routes.Load() }
@@ -162,16 +156,23 @@ func (s *Service) Pick() (*Endpoint, error) {
 // answer came in time, or when the control plane knows no such service:
 // the caller then forwards to the original destination.
 func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
-	r.mu.Lock()
+	r.mu.RLock() // the request path: shared
 	s, ok := r.services[authority]
-	if !ok {
-		wctx, cancel := context.WithCancel(r.ctx)
-		s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel, bal: balance.New(r.cfg.Balance)}
-		r.services[authority] = s
-		go r.watch(wctx, s)
+	if ok {
+		s.used.Store(time.Now().UnixNano()) // under the lock: eviction sees it
 	}
-	s.used.Store(time.Now().UnixNano())
-	r.mu.Unlock()
+	r.mu.RUnlock()
+	if !ok {
+		r.mu.Lock()
+		if s, ok = r.services[authority]; !ok {
+			wctx, cancel := context.WithCancel(r.ctx)
+			s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel, bal: balance.New(r.cfg.Balance)}
+			r.services[authority] = s
+			go r.watch(wctx, s)
+		}
+		s.used.Store(time.Now().UnixNano())
+		r.mu.Unlock()
+	}
 	select {
 	case <-s.ready:
 	default:
@@ -207,8 +208,8 @@ func (r *Resolver) MeshPort(addr string) uint16 {
 // Failed records that connecting to endpoint addr of any service failed:
 // the endpoint is ejected from every service it belongs to.
 func (r *Resolver) Failed(addr string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
 	for _, s := range r.services {
 		if set := s.set.Load(); set != nil {
 			for _, ep := range set.Endpoints {

@@ -34,9 +34,9 @@ type Decision struct {
 	Attempts []Attempt `json:"attempts"`
 	// FailFast says why no endpoint was tried, if none was.
 	FailFast string `json:"failFast,omitempty"`
-	// Ejected lists endpoints failure accrual took out because of this request.
-	Ejected []string `json:"ejected,omitempty"`
-	Status  int      `json:"status"`
+	// EjectedEndpoints lists endpoints failure accrual took out because of this request.
+	EjectedEndpoints []string `json:"ejected,omitempty"`
+	Status           int      `json:"status"`
 }
 
 // Attempt is one try of a request.
@@ -59,18 +59,23 @@ func (d *Decision) AddAttempt(a Attempt) {
 	d.mu.Unlock()
 }
 
-// Note records a fail-fast reason or an ejection.
-func (d *Decision) Note(failFast, ejected string) {
+// FailedFast records why no endpoint was tried.
+func (d *Decision) FailedFast(reason string) {
 	if d == nil {
 		return
 	}
 	d.mu.Lock()
-	if failFast != "" {
-		d.FailFast = failFast
+	d.FailFast = reason
+	d.mu.Unlock()
+}
+
+// Ejected records that failure accrual took endpoint addr out.
+func (d *Decision) Ejected(addr string) {
+	if d == nil {
+		return
 	}
-	if ejected != "" {
-		d.Ejected = append(d.Ejected, ejected)
-	}
+	d.mu.Lock()
+	d.EjectedEndpoints = append(d.EjectedEndpoints, addr)
 	d.mu.Unlock()
 }
 
@@ -80,7 +85,7 @@ func (d *Decision) Snapshot() Decision {
 	defer d.mu.Unlock()
 	return Decision{Time: d.Time, Method: d.Method, Authority: d.Authority, Path: d.Path, Route: d.Route, RouteKind: d.RouteKind,
 		Rule: d.Rule, Backend: d.Backend, Attempts: append([]Attempt(nil), d.Attempts...), FailFast: d.FailFast,
-		Ejected: append([]string(nil), d.Ejected...), Status: d.Status}
+		EjectedEndpoints: append([]string(nil), d.EjectedEndpoints...), Status: d.Status}
 }
 
 type key struct{}
@@ -94,7 +99,7 @@ func From(ctx context.Context) *Decision {
 	return d
 }
 
-// retryKey marks attempts after the first.
+// whyKey marks attempts after the first.
 type whyKey struct{}
 
 // As marks ctx as carrying an attempt made for why ("retry", "hedge").

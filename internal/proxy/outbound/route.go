@@ -69,10 +69,10 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	d := &explain.Decision{Time: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.Path}
 	defer rt.decisions.Record(d)
-	r = r.WithContext(explain.With(r.Context(), d))
+	ctx := explain.With(r.Context(), d)
 	table := svc.Routes()
 	if table == nil {
-		rt.next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))
+		rt.next.ServeHTTP(w, r.WithContext(withService(ctx, svc)))
 		return
 	}
 	rule, prefix := table.Match(r)
@@ -101,7 +101,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if f := rule.Fault; f != nil {
-		if d := f.Delayed(); d > 0 && !sleep(r.Context(), d) {
+		if delay := f.Delayed(); delay > 0 && !sleep(ctx, delay) {
 			return
 		}
 		if f.Abort() {
@@ -111,8 +111,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	rule.RequestHeaders.Apply(r.Header)
-	ctx := httpproxy.WithRoute(withService(r.Context(), backend), rule.Route, rule.Kind)
-	rt.serveRule(w, r.WithContext(ctx), rule)
+	rt.serveRule(w, r.WithContext(httpproxy.WithRoute(withService(ctx, backend), rule.Route, rule.Kind)), rule)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -62,7 +62,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 			return c, err
 		}
 	}
-	bal := &balancer{res: res, failFast: cfg.FailFast, maxPending: DefaultMaxPending}
+	bal := &balancer{res: res, classes: cfg.Balance.FailureClasses(), failFast: cfg.FailFast, maxPending: DefaultMaxPending}
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
 		target, peer, release, err := bal.pickTarget(ctx, m)
 		if err != nil {

@@ -26,6 +26,7 @@ const (
 // went. Targets discovery does not know go where they were addressed.
 type balancer struct {
 	res        *discover.Resolver
+	classes    balance.Classes
 	failFast   time.Duration
 	maxPending int64
 	pending    atomic.Int64
@@ -78,17 +79,15 @@ func available(svc *discover.Service, ep *discover.Endpoint) {
 	}
 }
 
-// http is the balance stage of the HTTP stack.
+// http is the balance stage of the HTTP stack; the route stage before it
+// resolved the service.
 func (b *balancer) http() httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		if b.res == nil {
 			return next
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			svc := serviceFrom(r.Context()) // the route stage's choice
-			if svc == nil {
-				svc = b.res.Resolve(r.Context(), httpproxy.Target(r.Context()))
-			}
+			svc := serviceFrom(r.Context()) // resolved by the route stage, just above
 			if svc == nil {
 				next.ServeHTTP(w, r)
 				return
@@ -97,21 +96,14 @@ func (b *balancer) http() httpproxy.Layer {
 			ep, err := b.pick(r.Context(), svc)
 			if err != nil {
 				reason := failFastReason(err)
-				d.Note(reason, "")
+				d.FailedFast(reason)
 				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, reason)
 				return
 			}
 			ep.Start()
 			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)), func(o httpproxy.Outcome) {
-				outcome := svc.Classify(o.Completed, o.Status, o.GRPCStatus)
-				if o.Status == 0 { // the forwarder wrote nothing: the request was given up
-					outcome = balance.Abandoned
-					if errors.Is(r.Context().Err(), context.DeadlineExceeded) {
-						outcome = balance.Failure // a timeout: the endpoint did not answer in time
-					}
-				}
-				if ep.End(o.Latency, outcome) {
-					d.Note("", ep.Addr)
+				if ep.End(o.Latency, b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())) {
+					d.Ejected(ep.Addr)
 				}
 				d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: explain.Why(r.Context())})
 			})
@@ -168,12 +160,11 @@ func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, p
 	start := time.Now()
 	return ep.Addr, ep.Identity, func(dialErr error) {
 		o := balance.Success
-		switch {
-		case dialErr == nil:
-		case ctx.Err() != nil:
-			o = balance.Abandoned
-		default:
+		if dialErr != nil {
 			o = balance.Failure
+			if ctx.Err() != nil {
+				o = balance.Abandoned // the caller gave up, not the endpoint
+			}
 		}
 		ep.End(time.Since(start), o)
 	}, nil
