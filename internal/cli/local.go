@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -16,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/trellis-mesh/trellis/internal/buildinfo"
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/local/netns"
@@ -55,7 +55,9 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 			if detach {
 				return startDetached(cmd, o.Plane.Identity.DataDir)
 			}
-			log, err := newLogger(cmd)
+			level, _ := cmd.Flags().GetString("log-level")
+			format, _ := cmd.Flags().GetString("log-format")
+			log, err := buildinfo.NewLogger(os.Stderr, level, format)
 			if err != nil {
 				return err
 			}
@@ -84,24 +86,6 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 	fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.String("log-format", "text", "log format: json or text")
 	return cmd
-}
-
-// newLogger builds the logger from the control plane's --log-level and --log-format.
-func newLogger(cmd *cobra.Command) (*slog.Logger, error) {
-	level, _ := cmd.Flags().GetString("log-level")
-	format, _ := cmd.Flags().GetString("log-format")
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: %w", level, err)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: must be json or text", format)
 }
 
 // startDetached re-runs `up` in the background and waits until it serves.

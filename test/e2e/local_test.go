@@ -118,9 +118,14 @@ func workloads(t *testing.T, dataDir string) map[string]workload {
 func checkMeshed(t *testing.T, dataDir string) {
 	t.Helper()
 	id := func(sa string) string { return "spiffe://cluster.local/ns/default/sa/" + sa }
+	names := []string{"emoji-0", "emoji-1", "voting-0", "web-0", "traffic-0"}
+	// Registration follows the app's start (a retry can take a moment).
 	wls := workloads(t, dataDir)
+	for deadline := time.Now().Add(10 * time.Second); len(wls) < len(names) && time.Now().Before(deadline); wls = workloads(t, dataDir) {
+		time.Sleep(100 * time.Millisecond) // polling interval, not synchronisation
+	}
 	meshedBy := map[string]float64{} // service -> meshed requests its instances served
-	for _, name := range []string{"emoji-0", "emoji-1", "voting-0", "web-0", "traffic-0"} {
+	for _, name := range names {
 		w, ok := wls[name]
 		if !ok {
 			t.Fatalf("workload %s is not registered: %v", name, wls)

@@ -96,12 +96,11 @@ func (in *instance) start(ctx context.Context) (err error) {
 		}
 	}
 	if in.transparent {
-		err = in.setupNamespace(ctx)
+		if err := in.setupNamespace(ctx); err != nil {
+			return err
+		}
 	} else {
-		err = in.setupExplicit()
-	}
-	if err != nil {
-		return err
+		in.setupExplicit()
 	}
 	if err := in.startProxy(ctx); err != nil {
 		return err
@@ -157,14 +156,13 @@ func (in *instance) upstreamNS(u Upstream) string {
 }
 
 // setupExplicit picks loopback ports for the proxy and the application.
-func (in *instance) setupExplicit() error {
+func (in *instance) setupExplicit() {
 	in.addr = netip.MustParseAddr("127.0.0.1")
 	in.appPort = in.o.Port + in.index
 	in.env = append(in.env, "LISTEN_ADDR=127.0.0.1:"+strconv.Itoa(in.appPort))
-	return nil
 }
 
-func (in *instance) proxyArgs(ctx context.Context) ([]string, error) {
+func (in *instance) proxyArgs() ([]string, error) {
 	sp := fmt.Sprintf("%d=%d", in.o.Port, in.appPort)
 	if in.o.Protocol != "" {
 		sp += "/" + in.o.Protocol
@@ -201,7 +199,7 @@ func (in *instance) proxyArgs(ctx context.Context) ([]string, error) {
 
 // startProxy starts the proxy and waits until its admin port says ready.
 func (in *instance) startProxy(ctx context.Context) error {
-	args, err := in.proxyArgs(ctx)
+	args, err := in.proxyArgs()
 	if err != nil {
 		return err
 	}
