@@ -42,8 +42,15 @@ func startTrellis(t *testing.T, uid int, env []string, args ...string) *trellisP
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() {
-		p.cmd.Process.Kill()
-		<-p.exited
+		// Ctrl-C first, so a failed test still has trellis remove what it
+		// set up (namespaces, links); SIGKILL only if it hangs.
+		p.cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-p.exited:
+		case <-time.After(30 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.exited
+		}
 		if t.Failed() {
 			t.Logf("trellis %v output:\n%s", args, tail(p.out.String(), 80))
 		}
