@@ -32,13 +32,18 @@ or ~/.trellis.`,
 		SilenceErrors: true,
 	}
 	dataDir := root.PersistentFlags().String("data-dir", up.DataDir(), "the local control plane's data directory")
-	root.AddGroup(&cobra.Group{ID: "local", Title: "Local mode:"}, &cobra.Group{ID: "resources", Title: "Resources:"})
+	root.AddGroup(&cobra.Group{ID: "local", Title: "Local mode:"}, &cobra.Group{ID: "resources", Title: "Resources:"},
+		&cobra.Group{ID: "observe", Title: "Observability:"})
 	for _, c := range []*cobra.Command{upCmd(dataDir), downCmd(dataDir), statusCmd(dataDir), runCmd(dataDir), demoCmd()} {
 		c.GroupID = "local"
 		root.AddCommand(c)
 	}
 	for _, c := range []*cobra.Command{applyCmd(dataDir), getCmd(dataDir), deleteCmd(dataDir)} {
 		c.GroupID = "resources"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{statCmd(dataDir), routesCmd(dataDir), edgesCmd(dataDir), topCmd(dataDir), tapCmd(dataDir), diagnosticsCmd(dataDir), prometheusConfigCmd(dataDir)} {
+		c.GroupID = "observe"
 		root.AddCommand(c)
 	}
 	root.AddCommand(buildinfo.Command(), proxyCmd(), services.Command())

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -54,5 +55,7 @@ everything and removes every process, namespace, link and file it created.`,
 	cmd.Flags().Float64Var(&o.FailRate, "fail-rate", 0.05, "share of votes the voting service fails")
 	cmd.Flags().StringVar(&o.Network, "network", "auto", "auto (network namespaces when root), bridge, or none (explicit mode)")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log what the control plane does")
+	cmd.Flags().StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server for stat, routes and edges instead of the embedded store (configure it with `trellis prometheus-config`)")
+	cmd.Flags().DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", 5*time.Second, "how often the embedded store scrapes the proxies")
 	return cmd
 }

@@ -78,6 +78,8 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringArrayVar(&upstreams, "upstream", nil, "NAME[.NAMESPACE]:PORT of a service the application calls (repeatable)")
 	fs.StringVar(&o.Mode, "mode", "auto", "auto (transparent when root and the control plane has a network), transparent or explicit")
 	fs.StringVar(&o.ProxyLogLevel, "proxy-log-level", "warn", "log level of the proxies: debug, info, warn or error")
+	fs.StringVar(&o.AccessLog, "access-log", "", "HTTP access log of the proxies, on their output: apache or json (default: none)")
+	fs.StringVar(&o.TraceCollector, "trace-collector", "", "OTLP/gRPC receiver HOST:PORT the proxies export a span per request to, reachable from the instances (default: no tracing)")
 	fs.StringArrayVar(&o.Env, "env", nil, "KEY=VALUE added to the application's environment (repeatable)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("port")

@@ -32,6 +32,8 @@ type Options struct {
 	FailRate float64
 	// Network is up's --network: auto (namespaces when root), bridge or none.
 	Network string
+	// Metrics configures the control plane's metrics store.
+	Metrics plane.MetricsOptions
 	// Exe is the trellis binary that runs the proxies and the apps.
 	Exe      string
 	Out, Err io.Writer
@@ -71,6 +73,10 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err := fs.Parse([]string{"--data-dir", dir, "--admin-addr", "127.0.0.1:0"}); err != nil {
 		return err
 	}
+	if o.Metrics.ScrapeInterval > 0 {
+		po.Metrics.ScrapeInterval = o.Metrics.ScrapeInterval
+	}
+	po.Metrics.PrometheusURL = o.Metrics.PrometheusURL
 	cp, err := up.Start(ctx, up.Options{Plane: po, Network: o.Network, ControlPort: 0}, o.Log)
 	if err != nil {
 		return err
@@ -144,6 +150,10 @@ Trellis demo is running — %s.
   the mesh's view:      TRELLIS_DATA_DIR=%s trellis get workloads
                         TRELLIS_DATA_DIR=%s trellis get services
   a proxy's metrics:    curl http://%s/metrics
+  golden metrics:       TRELLIS_DATA_DIR=%[3]s trellis stat workloads
+                        TRELLIS_DATA_DIR=%[3]s trellis edges
+  live requests:        TRELLIS_DATA_DIR=%[3]s trellis tap workload/web
+                        TRELLIS_DATA_DIR=%[3]s trellis top workload/web
 
 Press Ctrl-C to stop; everything it started is removed.
 

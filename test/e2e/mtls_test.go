@@ -134,7 +134,7 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 	}
 	for _, p := range []*proxyProc{client, server} {
 		// The count includes the first certificate.
-		if n := sumSeries(p.metrics(t), "identity_cert_refresh_count") - 1; n < minRotations {
+		if n := sumSeries(p.metrics(t), "identity_cert_refresh_total") - 1; n < minRotations {
 			t.Errorf("proxy %s rotated its certificate %v times in %v; want at least %v", p.name, n, duration, minRotations)
 		}
 	}

@@ -1538,8 +1538,10 @@ type RegisterRequest struct {
 	// mesh_port is the proxy's inbound port, where peers connect over mTLS.
 	MeshPort uint32 `protobuf:"varint,5,opt,name=mesh_port,json=meshPort,proto3" json:"mesh_port,omitempty"`
 	// admin_port is the proxy's admin port (/metrics, /ready).
-	AdminPort     uint32            `protobuf:"varint,6,opt,name=admin_port,json=adminPort,proto3" json:"admin_port,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	AdminPort uint32            `protobuf:"varint,6,opt,name=admin_port,json=adminPort,proto3" json:"admin_port,omitempty"`
+	Labels    map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// tap_port is the proxy's tap port (gRPC, mTLS, the control plane only).
+	TapPort       uint32 `protobuf:"varint,8,opt,name=tap_port,json=tapPort,proto3" json:"tap_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,6 +1623,13 @@ func (x *RegisterRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *RegisterRequest) GetTapPort() uint32 {
+	if x != nil {
+		return x.TapPort
+	}
+	return 0
 }
 
 // Port maps a service port to the port the instance's application listens on.
@@ -1979,7 +1988,7 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"\vRetryBudget\x12\x14\n" +
 	"\x05ratio\x18\x01 \x01(\x01R\x05ratio\x12$\n" +
 	"\x0emin_per_second\x18\x02 \x01(\rR\fminPerSecond\x12+\n" +
-	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xd1\x02\n" +
+	"\x03ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\xec\x02\n" +
 	"\x0fRegisterRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aservice\x18\x02 \x01(\tR\aservice\x12\x18\n" +
@@ -1988,7 +1997,8 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"\tmesh_port\x18\x05 \x01(\rR\bmeshPort\x12\x1d\n" +
 	"\n" +
 	"admin_port\x18\x06 \x01(\rR\tadminPort\x12K\n" +
-	"\x06labels\x18\a \x03(\v23.trellis.destination.v1.RegisterRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\a \x03(\v23.trellis.destination.v1.RegisterRequest.LabelsEntryR\x06labels\x12\x19\n" +
+	"\btap_port\x18\b \x01(\rR\atapPort\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +

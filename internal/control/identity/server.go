@@ -238,6 +238,12 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// ClientCertificate is the service's own certificate for the connections
+// it opens to proxies (tap): the control plane's identity.
+func (s *Server) ClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return s.self.get(nil)
+}
+
 // Addr is the bound gRPC address.
 func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 

@@ -10,8 +10,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/trellis-mesh/trellis/internal/control/store"
 )
@@ -67,19 +69,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		var oe *net.OpError
-		if errors.As(err, &oe) && oe.Op == "dial" && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) {
-			return fmt.Errorf("%w (socket %s): start it with 'trellis up'", ErrNotRunning, c.socket)
-		}
-		return err
+		return c.explain(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		ce := &CallError{Status: resp.StatusCode}
-		if err := json.NewDecoder(resp.Body).Decode(&ce.Error_); err != nil || ce.Error_.Error == "" {
-			ce.Error_.Error = resp.Status
-		}
-		return ce
+		return callError(resp)
 	}
 	if out != nil {
 		return json.NewDecoder(resp.Body).Decode(out)
@@ -141,4 +135,52 @@ func (c *Client) Shutdown(ctx context.Context) error {
 
 func resourcePath(k store.Key) string {
 	return "/v1/resources/" + url.PathEscape(k.Kind) + "/" + url.PathEscape(k.Namespace) + "/" + url.PathEscape(k.Name)
+}
+
+// Query calls GET path (with its query string) and decodes the JSON answer
+// into out: the metrics API's stat, routes and edges.
+func (c *Client) Query(ctx context.Context, path string, out any) error {
+	return c.do(ctx, http.MethodGet, path, nil, out)
+}
+
+// Stream calls GET path and returns the body as it arrives, without the
+// client's timeout (tap streams, raw metrics); the caller closes it.
+func (c *Client) Stream(ctx context.Context, path string) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://trellis"+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	streaming := &http.Client{Transport: c.http.Transport}
+	resp, err := streaming.Do(req)
+	if err != nil {
+		return nil, c.explain(err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, callError(resp)
+	}
+	return resp.Body, nil
+}
+
+// explain turns a refused or missing socket into ErrNotRunning.
+func (c *Client) explain(err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" && (errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)) {
+		return fmt.Errorf("%w (socket %s): start it with 'trellis up'", ErrNotRunning, c.socket)
+	}
+	return err
+}
+
+// callError reads the API's error answer.
+// It is JSON; a plain-text answer is taken as the error's text.
+func callError(resp *http.Response) *CallError {
+	ce := &CallError{Status: resp.StatusCode}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if err := json.Unmarshal(body, &ce.Error_); err != nil || ce.Error_.Error == "" {
+		ce.Error_.Error = strings.TrimSpace(string(body))
+		if ce.Error_.Error == "" || !utf8.Valid(body) {
+			ce.Error_.Error = resp.Status
+		}
+	}
+	return ce
 }

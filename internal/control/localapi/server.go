@@ -46,6 +46,13 @@ type Status struct {
 	Bridge  string    `json:"bridge,omitempty"`
 	Gateway string    `json:"gateway,omitempty"`
 	Started time.Time `json:"started"`
+	// Metrics is where the metrics API's queries go: "embedded" or the
+	// external Prometheus server's URL; TargetsFile is the file_sd file of
+	// every proxy, for a Prometheus server to scrape.
+	Metrics     string `json:"metrics"`
+	TargetsFile string `json:"targetsFile"`
+	// ScrapeInterval is how often proxies are scraped.
+	ScrapeInterval string `json:"scrapeInterval"`
 }
 
 // Config is what the API serves from.
@@ -61,7 +68,10 @@ type Config struct {
 	Status    func() Status
 	// Shutdown asks the control plane to stop.
 	Shutdown func()
-	Log      *slog.Logger
+	// Mount adds handlers of other components (the metrics API, tap) by
+	// their ServeMux patterns.
+	Mount map[string]http.Handler
+	Log   *slog.Logger
 }
 
 // Server is the API's HTTP server.
@@ -95,6 +105,9 @@ func Listen(path string, cfg Config) (*Server, error) {
 	mux.HandleFunc("POST /v1/addresses", s.allocate)
 	mux.HandleFunc("DELETE /v1/addresses/{owner}", s.release)
 	mux.HandleFunc("POST /v1/shutdown", s.shutdown)
+	for pattern, h := range cfg.Mount {
+		mux.Handle(pattern, h)
+	}
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }

@@ -10,9 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -23,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/dns"
 	"github.com/trellis-mesh/trellis/internal/control/identity"
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 	"github.com/trellis-mesh/trellis/internal/control/registry"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
@@ -31,6 +35,13 @@ import (
 
 // StoreFile is the embedded database's file name in the data directory.
 const StoreFile = "store.db"
+
+// Metrics files in the data directory: the embedded TSDB, and the file_sd
+// file listing every proxy for a Prometheus server.
+const (
+	MetricsDir      = "metrics"
+	TargetsFileName = "prometheus-targets.json"
+)
 
 // Options configure the whole control plane.
 type Options struct {
@@ -47,6 +58,17 @@ type Options struct {
 	// get; Bridge names its interface (status only).
 	Network netip.Prefix
 	Bridge  string
+	// Metrics configures the metrics API's store.
+	Metrics MetricsOptions
+}
+
+// MetricsOptions choose and tune the metrics store.
+type MetricsOptions struct {
+	// PrometheusURL, if set, is an external Prometheus server to query;
+	// otherwise the embedded store scrapes the proxies itself.
+	PrometheusURL  string
+	ScrapeInterval time.Duration
+	Retention      time.Duration
 }
 
 // Flags binds the options to fs.
@@ -55,6 +77,9 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.ClusterDomain, "cluster-domain", "cluster.local", "DNS domain of services: NAME.NAMESPACE.svc.DOMAIN")
 	fs.StringVar(&o.DNSAddr, "dns-addr", "", "address serving service names over DNS (UDP and TCP); empty: no DNS")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", registry.DefaultTTL, "how long a workload stays registered without its proxy renewing the lease")
+	fs.StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server (scraping the targets file, see `trellis prometheus-config`) instead of the embedded metrics store")
+	fs.DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", metricsapi.DefaultScrapeInterval, "how often the embedded store scrapes every proxy (and the targets file is refreshed)")
+	fs.DurationVar(&o.Metrics.Retention, "metrics-retention", metricsapi.DefaultRetention, "how long the embedded store keeps samples")
 }
 
 // Plane is a control plane ready to run: state loaded, every port bound.
@@ -67,6 +92,8 @@ type Plane struct {
 	registry *registry.Registry
 	dns      *dns.Server
 	api      *localapi.Server
+	metrics  metricsapi.Backend
+	embedded *metricsapi.Embedded // nil with an external Prometheus
 	started  time.Time
 	stop     context.CancelFunc
 	stopped  chan struct{}
@@ -115,6 +142,10 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 			return nil, fmt.Errorf("--dns-addr: %w", err)
 		}
 	}
+	if err := p.openMetrics(); err != nil {
+		return nil, err
+	}
+	metricsAPI := (&metricsapi.API{Backend: p.metrics, Store: p.store}).Handler()
 	var addrs *localapi.Addresses
 	if o.Network.IsValid() {
 		addrs = localapi.NewAddresses(o.Network)
@@ -123,11 +154,70 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	if p.api, err = localapi.Listen(filepath.Join(o.Identity.DataDir, localapi.SocketName), localapi.Config{
 		Store: p.store, IPs: ips, TokenKey: p.identity.JoinTokenKey(), TrustDomain: o.Identity.TrustDomain,
 		Kinds: resources.Kinds{}, Addresses: addrs, Status: p.Status, Shutdown: p.Shutdown, Log: log.With("component", "api"),
+		Mount: map[string]http.Handler{"GET /v1/stat": metricsAPI, "GET /v1/routes": metricsAPI, "GET /v1/edges": metricsAPI,
+			"GET /v1/proxy-metrics/{namespace}/{name}": metricsAPI, "GET /v1/tap": p.tapHandler()},
 	}); err != nil {
 		return nil, err
 	}
 	ok = true
 	return p, nil
+}
+
+// openMetrics opens the metrics store: the embedded TSDB in the data
+// directory, or the external Prometheus server.
+func (p *Plane) openMetrics() error {
+	o := p.opts.Metrics
+	if o.ScrapeInterval < time.Second {
+		return fmt.Errorf("--metrics-scrape-interval %v: must be at least 1s", o.ScrapeInterval)
+	}
+	if o.PrometheusURL != "" {
+		ext, err := metricsapi.NewExternal(o.PrometheusURL)
+		if err != nil {
+			return err
+		}
+		p.metrics = ext
+		return nil
+	}
+	e, err := metricsapi.OpenEmbedded(metricsapi.EmbeddedOptions{
+		Dir: filepath.Join(p.opts.Identity.DataDir, MetricsDir), Retention: o.Retention, Interval: o.ScrapeInterval,
+		Targets: func(ctx context.Context) ([]metricsapi.Target, error) { return metricsapi.Targets(ctx, p.store) },
+		Log:     p.log.With("component", "metrics"),
+	})
+	if err != nil {
+		return err
+	}
+	p.metrics, p.embedded = e, e
+	return nil
+}
+
+// TargetsFile is the file_sd file of every proxy, in the data directory.
+func (p *Plane) TargetsFile() string { return filepath.Join(p.opts.Identity.DataDir, TargetsFileName) }
+
+// keepTargetsFile rewrites the targets file whenever the proxies change,
+// checking once per scrape interval.
+func (p *Plane) keepTargetsFile(ctx context.Context) error {
+	t := time.NewTicker(p.opts.Metrics.ScrapeInterval)
+	defer t.Stop()
+	var last []metricsapi.Target
+	written := false
+	for {
+		targets, err := metricsapi.Targets(ctx, p.store)
+		if err == nil && (!written || !slices.EqualFunc(targets, last, func(a, b metricsapi.Target) bool {
+			return a.Addr == b.Addr && maps.Equal(a.Labels, b.Labels)
+		})) {
+			if err = metricsapi.WriteFileSD(p.TargetsFile(), targets); err == nil {
+				last, written = targets, true
+			}
+		}
+		if err != nil && ctx.Err() == nil {
+			p.log.Warn("metrics: updating the targets file", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 // reserveAddresses keeps the addresses of registered workloads taken.
@@ -153,6 +243,10 @@ func (p *Plane) Status() localapi.Status {
 		ControlAddr: p.identity.Addr().String(), AdminAddr: p.identity.AdminAddr().String(),
 		TrustDomain: p.opts.Identity.TrustDomain, ClusterDomain: p.opts.ClusterDomain, TrustAnchor: filepath.Join(p.opts.Identity.DataDir, pki.AnchorFile),
 		Bridge: p.opts.Bridge, Started: p.started,
+		Metrics: "embedded", TargetsFile: p.TargetsFile(), ScrapeInterval: p.opts.Metrics.ScrapeInterval.String(),
+	}
+	if p.opts.Metrics.PrometheusURL != "" {
+		s.Metrics = p.opts.Metrics.PrometheusURL
 	}
 	if p.opts.Identity.TrustAnchorPEM != "" {
 		s.TrustAnchor = p.opts.Identity.TrustAnchorPEM
@@ -185,6 +279,10 @@ func (p *Plane) Run(ctx context.Context) error {
 	g.Go(func() error { return p.registry.Run(gctx) })
 	g.Go(func() error { return p.identity.Run(gctx) })
 	g.Go(func() error { return p.api.Serve(gctx) })
+	g.Go(func() error { return p.keepTargetsFile(gctx) })
+	if p.embedded != nil {
+		g.Go(func() error { return p.embedded.Run(gctx) })
+	}
 	if p.dns != nil {
 		g.Go(func() error { return p.dns.Serve(gctx) })
 	}
@@ -194,6 +292,9 @@ func (p *Plane) Run(ctx context.Context) error {
 }
 
 func (p *Plane) close() {
+	if p.embedded != nil && p.stop == nil { // never ran: Run closes it
+		p.embedded.Close()
+	}
 	if p.dns != nil {
 		p.dns.Close()
 	}

@@ -27,14 +27,14 @@ import (
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// startPlane runs the whole control plane in-process.
-func startPlane(t testing.TB) (*Plane, *localapi.Client) {
+// startPlane runs the whole control plane in-process, with extra flags.
+func startPlane(t testing.TB, extra ...string) (*Plane, *localapi.Client) {
 	t.Helper()
 	var o Options
 	fs := pflag.NewFlagSet("plane", pflag.ContinueOnError)
 	o.Flags(fs)
 	dir := t.TempDir()
-	if err := fs.Parse([]string{"--addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", "--data-dir=" + dir, "--lease-ttl=1s"}); err != nil {
+	if err := fs.Parse(append([]string{"--addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", "--data-dir=" + dir, "--lease-ttl=1s"}, extra...)); err != nil {
 		t.Fatal(err)
 	}
 	p, err := New(o, discard)
@@ -66,7 +66,7 @@ func proxy(t testing.TB, p *Plane, api *localapi.Client, sa string, args ...stri
 	st := p.Status()
 	fs := pflag.NewFlagSet("proxy", pflag.ContinueOnError)
 	finish := config.Flags(fs)
-	base := []string{"--inbound-addr=127.0.0.1:0", "--outbound-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0",
+	base := []string{"--inbound-addr=127.0.0.1:0", "--outbound-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", "--tap-addr=127.0.0.1:0",
 		"--identity=" + id, "--identity-addr=" + st.ControlAddr, "--identity-token-file=" + file, "--trust-anchors=" + st.TrustAnchor,
 		"--destination-addr=" + st.ControlAddr, "--shutdown-grace-period=2s"}
 	if err := fs.Parse(append(base, args...)); err != nil {

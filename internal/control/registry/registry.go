@@ -149,7 +149,7 @@ func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequ
 		return nil, err
 	}
 	spec := resources.WorkloadSpec{Service: req.GetService(), Identity: id.String(), Address: req.GetAddress(),
-		MeshPort: int(req.GetMeshPort()), AdminPort: int(req.GetAdminPort())}
+		MeshPort: int(req.GetMeshPort()), AdminPort: int(req.GetAdminPort()), TapPort: int(req.GetTapPort())}
 	svcPorts := make([]resources.ServicePort, 0, len(req.GetPorts()))
 	for _, p := range req.GetPorts() {
 		spec.Ports = append(spec.Ports, resources.WorkloadPort{Port: int(p.GetPort()), TargetPort: int(p.GetTargetPort()), Protocol: p.GetProtocol()})

@@ -56,6 +56,8 @@ type WorkloadSpec struct {
 	MeshPort int `json:"meshPort"`
 	// AdminPort is the instance proxy's admin port (/metrics, /ready).
 	AdminPort int `json:"adminPort,omitempty"`
+	// TapPort is the instance proxy's tap port (live requests, over mTLS).
+	TapPort int `json:"tapPort,omitempty"`
 }
 
 // WorkloadPort maps a service port to the port the instance listens on.
@@ -174,7 +176,12 @@ func checkWorkload(r *store.Resource) error {
 		return err
 	}
 	if w.AdminPort != 0 {
-		return checkPort("spec.adminPort", w.AdminPort)
+		if err := checkPort("spec.adminPort", w.AdminPort); err != nil {
+			return err
+		}
+	}
+	if w.TapPort != 0 {
+		return checkPort("spec.tapPort", w.TapPort)
 	}
 	return nil
 }

@@ -29,6 +29,7 @@ const (
 	inboundPort  = iptables.DefaultInboundPort
 	outboundPort = iptables.DefaultOutboundPort
 	adminPort    = 4191
+	tapPort      = 4190
 	// ProxyUID is the user the proxy runs as in transparent mode; iptables
 	// leaves its own connections alone.
 	ProxyUID = iptables.DefaultProxyUID
@@ -135,7 +136,7 @@ func (in *instance) setupNamespace(ctx context.Context) error {
 			return err
 		}
 	}
-	initArgs := in.ns.Exec(in.o.Exe, "proxy", "init", "--skip-inbound-ports", strconv.Itoa(adminPort))
+	initArgs := in.ns.Exec(in.o.Exe, "proxy", "init", "--skip-inbound-ports", strconv.Itoa(adminPort)+","+strconv.Itoa(tapPort))
 	if out, err := exec.CommandContext(ctx, initArgs[0], initArgs[1:]...).CombinedOutput(); err != nil {
 		return fmt.Errorf("iptables in %s: %w: %s", in.ns.Name, err, strings.TrimSpace(string(out)))
 	}
@@ -175,9 +176,15 @@ func (in *instance) proxyArgs() ([]string, error) {
 		"--workload-address", in.addr.String(), "--shutdown-grace-period", "5s",
 		"--log-format", "text", "--log-level", in.o.ProxyLogLevel,
 	}
+	if in.o.AccessLog != "" {
+		args = append(args, "--access-log", in.o.AccessLog)
+	}
+	if in.o.TraceCollector != "" {
+		args = append(args, "--trace-collector", in.o.TraceCollector)
+	}
 	if in.transparent {
 		args = append(args, "--inbound-addr", "0.0.0.0:"+strconv.Itoa(inboundPort), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(outboundPort),
-			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--run-as-uid", strconv.Itoa(ProxyUID))
+			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--tap-addr", "0.0.0.0:"+strconv.Itoa(tapPort), "--run-as-uid", strconv.Itoa(ProxyUID))
 		return in.ns.Exec(args...), nil
 	}
 	ports, err := freePorts(3 + len(in.o.Upstreams))
@@ -186,7 +193,7 @@ func (in *instance) proxyArgs() ([]string, error) {
 	}
 	in.admin = "127.0.0.1:" + strconv.Itoa(ports[2])
 	args = append(args, "--inbound-addr", "127.0.0.1:"+strconv.Itoa(ports[0]), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(ports[1]),
-		"--admin-addr", in.admin, "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
+		"--admin-addr", in.admin, "--tap-addr", "127.0.0.1:0", "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
 	d := in.st.ClusterDomain
 	for i, u := range in.o.Upstreams {
 		local := ports[3+i]

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"regexp"
 	"strconv"
 	"strings"
@@ -50,6 +51,13 @@ type Options struct {
 	ProxyLogLevel string
 	Out, Err      io.Writer
 	Log           *slog.Logger
+
+	// AccessLog is the proxies' HTTP access log format (apache or json,
+	// on their stderr); "" is none.
+	AccessLog string
+	// TraceCollector is the OTLP/gRPC receiver (host:port) the proxies
+	// export spans to; "" is no tracing.
+	TraceCollector string
 }
 
 // Upstream is a service the application calls.
@@ -118,6 +126,16 @@ func (o *Options) Validate() error {
 	case "", "auto", "transparent", "explicit":
 	default:
 		return fmt.Errorf("--mode %q: must be auto, transparent or explicit", o.Mode)
+	}
+	switch o.AccessLog {
+	case "", "apache", "json":
+	default:
+		return fmt.Errorf("--access-log %q: must be apache or json", o.AccessLog)
+	}
+	if o.TraceCollector != "" {
+		if _, p, err := net.SplitHostPort(o.TraceCollector); err != nil || p == "" {
+			return fmt.Errorf("--trace-collector %q: want HOST:PORT of an OTLP/gRPC receiver", o.TraceCollector)
+		}
 	}
 	return nil
 }

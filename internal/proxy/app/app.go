@@ -18,6 +18,7 @@ import (
 	"time"
 
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/accesslog"
 	"github.com/trellis-mesh/trellis/internal/proxy/admin"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
@@ -27,6 +28,8 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/outbound"
+	"github.com/trellis-mesh/trellis/internal/proxy/tap"
+	"github.com/trellis-mesh/trellis/internal/proxy/trace"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -40,9 +43,10 @@ type Proxy struct {
 	shutdownC chan struct{}
 	once      sync.Once
 
-	// Addresses the listeners are bound to (useful when configured with port 0).
-	InboundAddr, OutboundAddr, AdminAddr net.Addr
-	UpstreamAddrs                        map[string]net.Addr
+	// Addresses the listeners are bound to (useful when configured with
+	// port 0); TapAddr is nil without an identity.
+	InboundAddr, OutboundAddr, AdminAddr, TapAddr net.Addr
+	UpstreamAddrs                                 map[string]net.Addr
 
 	listeners []boundListener
 	adminLn   net.Listener
@@ -50,6 +54,11 @@ type Proxy struct {
 	identity  *identity.Manager // nil without an identity
 	control   *control          // nil without a destination service
 	decisions *explain.Log
+	tapHub    *tap.Hub // nil without an identity
+	tapSrv    *tap.Server
+	tapLn     net.Listener
+	tracer    *trace.Tracer     // nil without a trace collector
+	accessLog *accesslog.Logger // nil without an access log
 }
 
 type boundListener struct {
@@ -71,6 +80,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		}
 		m.RegisterMetrics(p.reg)
 		p.identity, creds = m, m
+		p.tapHub = tap.NewHub(tap.HubConfig{Identity: cfg.Identity})
+		if p.tapSrv, err = tap.NewServer(p.tapHub, m, meshid.IdentityServiceID(m.ID().TrustDomain), log); err != nil {
+			return nil, err
+		}
 	}
 	var res *discover.Resolver
 	if cfg.DestinationAddr != "" {
@@ -80,9 +93,15 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		}
 		p.control, res = c, c.resolver
 	}
-	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, log)
+	if err := p.newObservers(cfg, log); err != nil {
+		if p.control != nil {
+			p.control.close()
+		}
+		return nil, err
+	}
+	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, p.tracer, p.accessLog, p.tapHub, log)
 	p.decisions = &explain.Log{}
-	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, log)
+	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, p.tracer, p.accessLog, p.tapHub, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
@@ -100,6 +119,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 			if p.control != nil {
 				p.control.close()
 			}
+			p.closeObservers()
 		}
 	}()
 	if p.InboundAddr, err = bind("inbound-addr", cfg.InboundAddr, transport.Inbound, in); err != nil {
@@ -120,6 +140,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.AdminAddr = p.adminLn.Addr()
+	if p.tapSrv != nil {
+		if p.tapLn, err = net.Listen("tcp", cfg.TapAddr); err != nil {
+			err = fmt.Errorf("tap-addr %s: %w", cfg.TapAddr, err)
+			return nil, err
+		}
+		p.TapAddr = p.tapLn.Addr()
+	}
 	return p, nil
 }
 
@@ -129,6 +156,9 @@ func (p *Proxy) closeListeners() {
 	}
 	if p.adminLn != nil {
 		p.adminLn.Close()
+	}
+	if p.tapLn != nil {
+		p.tapLn.Close()
 	}
 }
 
@@ -171,6 +201,48 @@ func newIdentity(cfg *config.Config, log *slog.Logger) (*identity.Manager, error
 	})
 }
 
+// newObservers starts the tracer and the access log, if configured.
+func (p *Proxy) newObservers(cfg *config.Config, log *slog.Logger) error {
+	if cfg.TraceCollector != "" {
+		t, err := trace.New(trace.Config{
+			Collector: cfg.TraceCollector, SampleRatio: cfg.TraceSampleRatio, ServiceName: cfg.TraceServiceName,
+			Identity: cfg.Identity, Workload: cfg.Workload, Log: log,
+		})
+		if err != nil {
+			return err
+		}
+		p.tracer = t
+		log.Info("tracing", "collector", cfg.TraceCollector, "sample_ratio", cfg.TraceSampleRatio, "service_name", cfg.TraceServiceName)
+	}
+	if cfg.AccessLog != "" {
+		l, err := accesslog.New(accesslog.Options{Format: cfg.AccessLog, Out: cfg.AccessLogOutput})
+		if err != nil {
+			p.closeObservers()
+			return err
+		}
+		l.RegisterMetrics(p.reg)
+		p.accessLog = l
+	}
+	return nil
+}
+
+// closeObservers exports the spans and writes the access log lines still
+// buffered.
+func (p *Proxy) closeObservers() {
+	if p.tracer != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := p.tracer.Shutdown(ctx); err != nil {
+			p.log.Warn("exporting the last spans", "error", err)
+		}
+	}
+	if p.accessLog != nil {
+		if err := p.accessLog.Close(); err != nil {
+			p.log.Warn("writing the access log", "error", err)
+		}
+	}
+}
+
 // Shutdown asks the proxy to drain and stop (as SIGTERM does).
 func (p *Proxy) Shutdown() { p.once.Do(func() { close(p.shutdownC) }) }
 
@@ -194,6 +266,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	if p.tapSrv != nil {
+		go p.tapSrv.Serve(p.tapLn)
+		defer p.tapSrv.Stop()
+	}
 	if p.identity != nil {
 		go func() {
 			if err := p.identity.Run(hard); err != nil {
@@ -208,7 +284,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		defer p.control.close()
 	}
 	if p.control != nil && p.cfg.Workload != "" {
-		r := p.control.registrar(p.cfg, p.identity, p.InboundAddr, p.AdminAddr, p.log)
+		r := p.control.registrar(p.cfg, p.identity, p.InboundAddr, p.AdminAddr, p.TapAddr, p.log)
 		go func() { r.Run(regCtx); close(registered) }()
 	} else {
 		close(registered)
@@ -240,6 +316,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.srv.Wait(wait)
 	}
 	adminSrv.Close()
+	p.closeObservers()
 	p.log.Info("proxy stopped")
 	return runErr
 }

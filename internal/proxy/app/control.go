@@ -53,10 +53,13 @@ func newControl(cfg *config.Config, m *identity.Manager, log *slog.Logger) (*con
 
 // registrar returns the registration of cfg's workload, whose proxy
 // accepts mTLS on inbound and serves admin on adminAddr.
-func (c *control) registrar(cfg *config.Config, m *identity.Manager, inbound, adminAddr net.Addr, log *slog.Logger) *register.Registrar {
+func (c *control) registrar(cfg *config.Config, m *identity.Manager, inbound, adminAddr, tapAddr net.Addr, log *slog.Logger) *register.Registrar {
 	req := &destinationv1.RegisterRequest{
 		Name: cfg.Workload, Service: cfg.Service, Address: cfg.WorkloadAddress, Labels: cfg.WorkloadLabels,
 		MeshPort: uint32(portOf(inbound)), AdminPort: uint32(portOf(adminAddr)),
+	}
+	if tapAddr != nil {
+		req.TapPort = uint32(portOf(tapAddr))
 	}
 	for _, p := range cfg.ServicePorts {
 		req.Ports = append(req.Ports, &destinationv1.Port{Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), Protocol: p.Protocol})

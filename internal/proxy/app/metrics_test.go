@@ -62,19 +62,19 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 	if got := sum(fams, "response_total", with(in, "status_code", "503", "classification", "failure")); got != failed {
 		t.Errorf("response_total{503,failure} = %v; want %d", got, failed)
 	}
-	if got := sum(fams, "response_latency_ms", in); got != ok+failed {
-		t.Errorf("response_latency_ms count = %v; want %d", got, ok+failed)
+	if got := sum(fams, "response_latency_seconds", in); got != ok+failed {
+		t.Errorf("response_latency_seconds count = %v; want %d", got, ok+failed)
 	}
 	if got := sum(fams, "tcp_open_total", with(in, "peer", "src")); got < 1 {
 		t.Errorf("tcp_open_total{peer=src} = %v", got)
 	}
-	h := fams["response_latency_ms"].Metric[0].Histogram
+	h := fams["response_latency_seconds"].Metric[0].Histogram
 	if len(h.Bucket) != len(metrics.LatencyBucketsMs)+1 {
 		t.Fatalf("%d latency buckets; want Linkerd's %d and +Inf", len(h.Bucket), len(metrics.LatencyBucketsMs))
 	}
 	for i, bkt := range h.Bucket[:len(metrics.LatencyBucketsMs)] {
-		if bkt.GetUpperBound() != metrics.LatencyBucketsMs[i] {
-			t.Errorf("bucket %d bound %v; want %v", i, bkt.GetUpperBound(), metrics.LatencyBucketsMs[i])
+		if bkt.GetUpperBound() != metrics.LatencyBucketsMs[i]/1000 {
+			t.Errorf("bucket %d bound %v; want %v", i, bkt.GetUpperBound(), metrics.LatencyBucketsMs[i]/1000)
 		}
 	}
 }

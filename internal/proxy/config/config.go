@@ -6,6 +6,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -127,6 +129,22 @@ type Config struct {
 	LogLevel string
 	// LogFormat is json or text.
 	LogFormat string
+	// TapAddr serves tap (gRPC, mTLS) when the proxy has an identity.
+	TapAddr string
+	// AccessLog is the HTTP access log's format, apache or json; "" is off.
+	AccessLog string
+	// AccessLogOutput receives the access log; nil is stderr. It has no
+	// flag: tests set it.
+	AccessLogOutput io.Writer
+	// TraceCollector is the OTLP/gRPC receiver (host:port) the proxy
+	// exports a span per request to; "" is no tracing.
+	TraceCollector string
+	// TraceSampleRatio is the share of new traces that are recorded;
+	// requests with a parent follow its decision.
+	TraceSampleRatio float64
+	// TraceServiceName is the service.name of the proxy's spans (default
+	// the registered workload's service, else trellis-proxy).
+	TraceServiceName string
 }
 
 // Flags binds every setting to fs with its default and documentation and
@@ -144,6 +162,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live, POST /shutdown (loopback only)")
+	fs.StringVar(&c.TapAddr, "tap-addr", "0.0.0.0:4190", "tap server: live requests as gRPC over mTLS, served only to the control plane's identity (needs identity)")
 	fs.StringVar(&c.AppAddr, "app-addr", "", "local application address for inbound connections that were not redirected (explicit mode), e.g. 127.0.0.1:8080")
 	fs.StringArrayVar(&upstreams, "upstream", nil, "explicit outbound route NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID]; listens on 127.0.0.1:LOCALPORT; with @SPIFFE-ID, HOST runs a Trellis proxy with that identity and traffic goes over mTLS (repeatable; env: comma-separated)")
 	fs.StringVar(&upstreamsFile, "upstreams-file", "", "file of explicit outbound routes, one NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID] per line ('#' starts a comment)")
@@ -182,6 +201,10 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.DurationVar(&c.ShutdownGracePeriod, "shutdown-grace-period", 120*time.Second, "on SIGTERM, how long in-flight requests and streams may take to finish")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
+	fs.StringVar(&c.AccessLog, "access-log", "", "HTTP access log on stderr, one line per request: apache or json (default: none)")
+	fs.StringVar(&c.TraceCollector, "trace-collector", "", "OTLP/gRPC trace receiver (host:port) to export a span per HTTP request to (default: no tracing)")
+	fs.Float64Var(&c.TraceSampleRatio, "trace-sample-ratio", 1, "share of new traces to record, 0 to 1; requests with a parent follow its sampling decision")
+	fs.StringVar(&c.TraceServiceName, "trace-service-name", "", "service.name of the proxy's spans (default: the registered workload's service, else trellis-proxy)")
 
 	return func() (*Config, error) {
 		if err := applyEnv(fs, os.LookupEnv); err != nil {
@@ -411,6 +434,27 @@ func (c *Config) Validate() error {
 	case "json", "text":
 	default:
 		return fmt.Errorf("log-format %q: must be json or text", c.LogFormat)
+	}
+	return c.validateObservability()
+}
+
+// validateObservability checks the access log and tracing settings.
+func (c *Config) validateObservability() error {
+	switch c.AccessLog {
+	case "", "apache", "json":
+	default:
+		return fmt.Errorf("access-log %q: must be apache or json (or empty: no access log)", c.AccessLog)
+	}
+	if c.TraceCollector != "" {
+		if err := checkHostPort(c.TraceCollector); err != nil {
+			return fmt.Errorf("trace-collector %q: %w", c.TraceCollector, err)
+		}
+	}
+	if math.IsNaN(c.TraceSampleRatio) || c.TraceSampleRatio < 0 || c.TraceSampleRatio > 1 {
+		return fmt.Errorf("trace-sample-ratio %v: must be between 0 and 1", c.TraceSampleRatio)
+	}
+	if c.TraceServiceName == "" {
+		c.TraceServiceName = c.Service // set when a workload is registered
 	}
 	return nil
 }

@@ -20,6 +20,7 @@ import (
 
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
@@ -36,7 +37,9 @@ type Endpoint struct {
 	Addr     string // the application's IP:port
 	Identity string // the SPIFFE ID of the proxy in front of it; "" if not meshed
 	MeshPort uint16
-	Labels   map[string]string
+	// MetricLabels is the endpoint's and its service's labels, rendered
+	// for its metrics.
+	MetricLabels string
 	*balance.Endpoint
 }
 
@@ -46,6 +49,8 @@ type Set struct {
 	Exists    bool
 	Endpoints []*Endpoint
 	Labels    map[string]string
+	// MetricLabels is Labels rendered for metrics (dst_service, dst_namespace).
+	MetricLabels string
 }
 
 // Config configures a Resolver.
@@ -355,14 +360,14 @@ func (r *Resolver) publish(s *Service, exists bool, state map[string]*destinatio
 			old[ep.Addr] = ep
 		}
 	}
-	set := &Set{Exists: exists, Labels: labels, Endpoints: make([]*Endpoint, 0, len(state))}
+	set := &Set{Exists: exists, Labels: labels, MetricLabels: metrics.RenderDst(labels), Endpoints: make([]*Endpoint, 0, len(state))}
 	for addr, e := range state {
 		port := uint16(e.MeshPort)
 		if ep, ok := old[addr]; ok && ep.Identity == e.Identity && ep.MeshPort == port {
 			set.Endpoints = append(set.Endpoints, ep)
 			continue
 		}
-		set.Endpoints = append(set.Endpoints, &Endpoint{Addr: addr, Identity: e.Identity, MeshPort: port, Labels: e.MetricLabels, Endpoint: s.bal.NewEndpoint()})
+		set.Endpoints = append(set.Endpoints, &Endpoint{Addr: addr, Identity: e.Identity, MeshPort: port, MetricLabels: metrics.RenderDst(labels, e.MetricLabels), Endpoint: s.bal.NewEndpoint()})
 		if port != 0 {
 			r.meshPorts.Store(addr, port)
 		}

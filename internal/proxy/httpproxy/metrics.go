@@ -10,7 +10,7 @@ import (
 )
 
 // Metrics counts every request and response in request_total,
-// response_total and response_latency_ms (time to the response head).
+// response_total and response_latency_seconds (time to the response head).
 // Responses are failures when the status is 5xx or the gRPC status is not OK,
 // or when the response broke off.
 func Metrics(reg *metrics.Registry) Layer {
@@ -21,6 +21,7 @@ func Metrics(reg *metrics.Registry) Layer {
 			if m.Direction == transport.Outbound {
 				l.Authority = r.Host
 				l.RouteName, l.RouteKind = Route(r.Context())
+				l.Dst = Dst(r.Context())
 				if peer := Peer(r.Context()); peer != "" {
 					l.TLS, l.NoTLSReason, l.ServerID = "true", "", peer
 				}
@@ -28,7 +29,7 @@ func Metrics(reg *metrics.Registry) Layer {
 			series := reg.HTTP(l)
 			series.Request()
 			Observe(next, w, r, func(o Outcome) {
-				series.Response(o.Status, o.GRPCStatus, !o.Completed || o.Status >= 500 || o.GRPCStatus > 0, o.Latency)
+				series.Response(o.Status, o.GRPCStatus, o.Failed(), o.Latency)
 			})
 		})
 	}
@@ -45,6 +46,10 @@ type Outcome struct {
 	// Completed is false if the handler broke off (panicked).
 	Completed bool
 }
+
+// Failed is the response's classification: a 5xx, a gRPC status other
+// than OK, or a response that broke off.
+func (o Outcome) Failed() bool { return !o.Completed || o.Status >= 500 || o.GRPCStatus > 0 }
 
 // Observe serves r with next and calls done with the outcome — also when
 // next panics (as ReverseProxy does to abort a response), before the panic

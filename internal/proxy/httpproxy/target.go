@@ -8,13 +8,20 @@ import (
 
 type targetKey struct{}
 
-type target struct{ addr, peer string }
+type target struct{ addr, peer, dst string }
 
 // WithTarget sets the upstream for one request, and the identity of the
 // proxy in front of it if it is meshed, overriding the connection's (the
-// forward proxy decides per request).
-func WithTarget(ctx context.Context, addr, peer string) context.Context {
-	return context.WithValue(ctx, targetKey{}, target{addr, peer})
+// forward proxy decides per request); dst is the endpoint's rendered metric
+// labels (metrics.RenderDst), "" if discovery did not choose it.
+func WithTarget(ctx context.Context, addr, peer, dst string) context.Context {
+	return context.WithValue(ctx, targetKey{}, target{addr, peer, dst})
+}
+
+// Dst is the rendered metric labels of the endpoint a request goes to.
+func Dst(ctx context.Context) string {
+	t, _ := ctx.Value(targetKey{}).(target)
+	return t.dst
 }
 
 // Target is where a request goes: its own target if one was set, else its

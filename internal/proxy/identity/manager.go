@@ -194,12 +194,13 @@ func (m *Manager) ExpiresAt() time.Time {
 func (m *Manager) Refreshes() uint64 { return m.refreshes.Load() }
 
 // RegisterMetrics exports identity_cert_expiration_timestamp_seconds and
-// identity_cert_refresh_count, Linkerd's names, in r.
+// identity_cert_refresh_total in r (Linkerd's names, but for the _total
+// suffix promtool's lint asks of a counter).
 func (m *Manager) RegisterMetrics(r *metrics.Registry) {
 	r.Gauge("identity_cert_expiration_timestamp_seconds",
 		"Time when this proxy's current mTLS identity certificate will expire (in seconds since the UNIX epoch).",
 		func() float64 { return float64(m.expiry.Load()) })
-	r.Counter("identity_cert_refresh_count",
+	r.Counter("identity_cert_refresh_total",
 		"The total number of times this proxy's mTLS identity certificate has been refreshed by the Identity service.",
 		func() float64 { return float64(m.refreshes.Load()) })
 }

@@ -70,9 +70,9 @@ func TestFirstCertificateAndMetrics(t *testing.T) {
 	if exp == nil || exp.GetType().String() != "GAUGE" || exp.GetMetric()[0].GetGauge().GetValue() != float64(cert.Leaf.NotAfter.Unix()) {
 		t.Errorf("identity_cert_expiration_timestamp_seconds: %v; want %d", exp, cert.Leaf.NotAfter.Unix())
 	}
-	n := fams["identity_cert_refresh_count"]
+	n := fams["identity_cert_refresh_total"]
 	if n == nil || n.GetType().String() != "COUNTER" || n.GetMetric()[0].GetCounter().GetValue() != 1 {
-		t.Errorf("identity_cert_refresh_count: %v; want 1", n)
+		t.Errorf("identity_cert_refresh_total: %v; want 1", n)
 	}
 	if !strings.Contains(buf.String(), "identity_cert_expiration_timestamp_seconds "+itoa(cert.Leaf.NotAfter.Unix())+"\n") {
 		t.Errorf("expiry not rendered as a plain integer:\n%s", buf.String())

@@ -1,5 +1,5 @@
 // Package metrics records the proxy's traffic metrics under Linkerd's proxy
-// metric names and labels (request_total, response_total, response_latency_ms,
+// metric names and labels (request_total, response_total, response_latency_seconds,
 // tcp_*), so existing dashboards and queries work unchanged, and renders them
 // in the Prometheus text exposition format.
 //

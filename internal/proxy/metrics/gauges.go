@@ -39,7 +39,7 @@ var funcSets sync.Map // weak.Pointer[Registry] -> *funcSet
 
 // builtinFamilies are the names WriteText renders itself.
 var builtinFamilies = map[string]bool{
-	"request_total": true, "response_total": true, "response_latency_ms": true,
+	"request_total": true, "response_total": true, "response_latency_seconds": true,
 	"tcp_open_total": true, "tcp_close_total": true, "tcp_open_connections": true,
 	"tcp_read_bytes_total": true, "tcp_write_bytes_total": true,
 }

@@ -7,7 +7,9 @@ import (
 	"time"
 )
 
-// LatencyBucketsMs are Linkerd's response_latency_ms bucket bounds.
+// LatencyBucketsMs are Linkerd's response_latency_ms bucket bounds, in
+// milliseconds; response_latency_seconds renders them in seconds (the base
+// unit promtool's lint asks for).
 var LatencyBucketsMs = [...]float64{1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000, 10000, 20000, 30000, 40000, 50000}
 
 // histogram is a lock-free latency histogram in milliseconds.
@@ -28,18 +30,18 @@ func (h *histogram) observe(d time.Duration) {
 	h.sumUs.Add(uint64(d / time.Microsecond))
 }
 
-// write renders the histogram's cumulative buckets, sum and count.
+// write renders the histogram's cumulative buckets, sum and count, in seconds.
 func (h *histogram) write(w *bufio.Writer, name, labels string) {
 	var cum uint64
 	for i, bound := range LatencyBucketsMs {
 		cum += h.buckets[i].Load()
-		writeSample(w, name+"_bucket", join(labels, kv("le", strconv.FormatFloat(bound, 'f', -1, 64))), cum)
+		writeSample(w, name+"_bucket", join(labels, kv("le", strconv.FormatFloat(bound/1000, 'f', -1, 64))), cum)
 	}
 	cum += h.buckets[len(LatencyBucketsMs)].Load()
 	writeSample(w, name+"_bucket", join(labels, kv("le", "+Inf")), cum)
 	w.WriteString(name + "_sum")
 	writeLabels(w, labels)
-	w.WriteString(strconv.FormatFloat(float64(h.sumUs.Load())/1000, 'f', -1, 64))
+	w.WriteString(strconv.FormatFloat(float64(h.sumUs.Load())/1e6, 'f', -1, 64))
 	w.WriteByte('\n')
 	writeSample(w, name+"_count", labels, h.count.Load())
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"sort"
 	"strings"
 )
 
@@ -17,6 +18,32 @@ type Labels struct {
 	SNI         string // ClientHello server name of opaque TLS
 	RouteName   string // "namespace/name" of the matched HTTPRoute or GRPCRoute (outbound)
 	RouteKind   string
+	// Dst is the destination's labels (dst_service, dst_namespace,
+	// dst_workload, dst_instance), rendered once by RenderDst.
+	Dst string
+}
+
+// RenderDst renders a destination's metric labels for Labels.Dst, sorted
+// by name so equal sets compare equal.
+func RenderDst(labels ...map[string]string) string {
+	merged := map[string]string{}
+	for _, l := range labels {
+		for k, v := range l {
+			if v != "" {
+				merged[k] = v
+			}
+		}
+	}
+	keys := make([]string, 0, len(merged))
+	for k := range merged {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = kv(k, merged[k])
+	}
+	return join(parts...)
 }
 
 // render writes the labels as `k="v",k="v"` (no braces).
@@ -44,6 +71,12 @@ func (l Labels) render() string {
 	add("sni", l.SNI)
 	add("route_name", l.RouteName)
 	add("route_kind", l.RouteKind)
+	if l.Dst != "" {
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(l.Dst)
+	}
 	return b.String()
 }
 

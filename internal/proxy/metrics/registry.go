@@ -11,6 +11,7 @@ import (
 type Registry struct {
 	http sync.Map // Labels -> *HTTP
 	tcp  sync.Map // tcpKey -> *TCP
+	rt   sync.Map // RouteLabels -> *Route
 }
 
 type tcpKey struct {
@@ -28,6 +29,15 @@ func (r *Registry) HTTP(l Labels) *HTTP {
 	}
 	v, _ := r.http.LoadOrStore(l, &HTTP{labels: l.render()})
 	return v.(*HTTP)
+}
+
+// Route returns the series of one route, creating it on first use.
+func (r *Registry) Route(l RouteLabels) *Route {
+	if v, ok := r.rt.Load(l); ok {
+		return v.(*Route)
+	}
+	v, _ := r.rt.LoadOrStore(l, &Route{HTTP: HTTP{labels: l.render()}})
+	return v.(*Route)
 }
 
 // TCP returns the transport series for l and peer ("src" or "dst").
@@ -51,30 +61,23 @@ func (r *Registry) WriteText(out io.Writer) error {
 	r.tcp.Range(func(_, v any) bool { tcps = append(tcps, v.(*TCP)); return true })
 	sort.Slice(tcps, func(i, j int) bool { return tcps[i].labels < tcps[j].labels })
 
-	type resp struct {
-		labels string
-		r      *response
-	}
-	var resps []resp
-	for _, h := range https {
-		h.responses.Range(func(k, v any) bool {
-			resps = append(resps, resp{join(h.labels, k.(responseKey).labels()), v.(*response)})
-			return true
-		})
-	}
-	sort.Slice(resps, func(i, j int) bool { return resps[i].labels < resps[j].labels })
+	writeHTTP(w, "", https)
 
-	header(w, "request_total", "counter", "Total count of HTTP requests.")
-	for _, h := range https {
-		writeSample(w, "request_total", h.labels, h.requests.Load())
+	var routes []*Route
+	r.rt.Range(func(_, v any) bool { routes = append(routes, v.(*Route)); return true })
+	sort.Slice(routes, func(i, j int) bool { return routes[i].labels < routes[j].labels })
+	routeHTTP := make([]*HTTP, len(routes))
+	for i, rt := range routes {
+		routeHTTP[i] = &rt.HTTP
 	}
-	header(w, "response_total", "counter", "Total count of HTTP responses.")
-	for _, x := range resps {
-		writeSample(w, "response_total", x.labels, x.r.count.Load())
+	writeHTTP(w, "route_", routeHTTP)
+	header(w, "route_retry_total", "counter", "Total count of retries and hedges sent by a route.")
+	for _, rt := range routes {
+		writeSample(w, "route_retry_total", rt.labels, rt.retries.Load())
 	}
-	header(w, "response_latency_ms", "histogram", "Elapsed times between a request's headers being received and its response headers being sent.")
-	for _, x := range resps {
-		x.r.latency.write(w, "response_latency_ms", x.labels)
+	header(w, "route_timeout_total", "counter", "Total count of requests and attempts ended by a route's timeouts.")
+	for _, rt := range routes {
+		writeSample(w, "route_timeout_total", rt.labels, rt.timeouts.Load())
 	}
 
 	header(w, "tcp_open_total", "counter", "Total count of opened connections.")
@@ -111,6 +114,36 @@ func (r *Registry) WriteText(out io.Writer) error {
 	}
 	r.writeFuncs(w)
 	return w.Flush()
+}
+
+// writeHTTP renders the request, response and latency families of hs,
+// their names prefixed with prefix ("" or "route_").
+func writeHTTP(w *bufio.Writer, prefix string, hs []*HTTP) {
+	type resp struct {
+		labels string
+		r      *response
+	}
+	var resps []resp
+	for _, h := range hs {
+		h.responses.Range(func(k, v any) bool {
+			resps = append(resps, resp{join(h.labels, k.(responseKey).labels()), v.(*response)})
+			return true
+		})
+	}
+	sort.Slice(resps, func(i, j int) bool { return resps[i].labels < resps[j].labels })
+
+	header(w, prefix+"request_total", "counter", "Total count of HTTP requests.")
+	for _, h := range hs {
+		writeSample(w, prefix+"request_total", h.labels, h.requests.Load())
+	}
+	header(w, prefix+"response_total", "counter", "Total count of HTTP responses.")
+	for _, x := range resps {
+		writeSample(w, prefix+"response_total", x.labels, x.r.count.Load())
+	}
+	header(w, prefix+"response_latency_seconds", "histogram", "Elapsed times between a request's headers being received and its response headers being sent.")
+	for _, x := range resps {
+		x.r.latency.write(w, prefix+"response_latency_seconds", x.labels)
+	}
 }
 
 func header(w *bufio.Writer, name, typ, help string) {

@@ -53,7 +53,7 @@ func TestConcurrentRecordingAddsUp(t *testing.T) {
 			t.Errorf("%s = %v; want %v", name, got, v)
 		}
 	}
-	for _, m := range fams["response_latency_ms"].GetMetric() {
+	for _, m := range fams["response_latency_seconds"].GetMetric() {
 		labels := map[string]string{}
 		for _, l := range m.GetLabel() {
 			labels[l.GetName()] = l.GetValue()
@@ -65,19 +65,19 @@ func TestConcurrentRecordingAddsUp(t *testing.T) {
 		if labels["status_code"] == "503" {
 			// 70 ms lands in the le=100 bucket, not le=50.
 			for _, b := range h.GetBucket() {
-				if b.GetUpperBound() == 50 && b.GetCumulativeCount() != 0 || b.GetUpperBound() == 100 && b.GetCumulativeCount() != 8000 {
+				if b.GetUpperBound() == 0.05 && b.GetCumulativeCount() != 0 || b.GetUpperBound() == 0.1 && b.GetCumulativeCount() != 8000 {
 					t.Errorf("bucket le=%v count %d", b.GetUpperBound(), b.GetCumulativeCount())
 				}
 			}
-			if s := h.GetSampleSum(); s < 8000*69.9 || s > 8000*70.1 {
-				t.Errorf("sum %v ms; want about %v", s, 8000*70)
+			if s := h.GetSampleSum(); s < 8000*0.0699 || s > 8000*0.0701 {
+				t.Errorf("sum %v s; want about %v", s, 8000*0.070)
 			}
 		}
 		if labels["grpc_status"] == "14" && labels["classification"] != "failure" {
 			t.Errorf("grpc UNAVAILABLE classified %q", labels["classification"])
 		}
 	}
-	if !strings.Contains(buf.String(), "# TYPE response_latency_ms histogram") {
+	if !strings.Contains(buf.String(), "# TYPE response_latency_seconds histogram") {
 		t.Error("histogram type missing")
 	}
 }

@@ -94,6 +94,9 @@ func (b *balancer) http() httpproxy.Layer {
 			}
 			d := explain.From(r.Context())
 			ep, err := b.pick(r.Context(), svc)
+			if err != nil && r.Context().Err() != nil {
+				return // the client left, or the route's timeout answers for it
+			}
 			if err != nil {
 				reason := failFastReason(err)
 				d.FailedFast(reason)
@@ -101,7 +104,7 @@ func (b *balancer) http() httpproxy.Layer {
 				return
 			}
 			ep.Start()
-			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity)), func(o httpproxy.Outcome) {
+			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels)), func(o httpproxy.Outcome) {
 				if ep.End(o.Latency, b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())) {
 					d.Ejected(ep.Addr)
 				}

@@ -39,7 +39,7 @@ func forwardProxy(dialer *transport.Dialer, peers *peers, log *slog.Logger) http
 				httpproxy.WriteError(w, r, http.StatusLoopDetected, "request addressed to the proxy itself")
 				return
 			}
-			next.ServeHTTP(w, r.WithContext(httpproxy.WithTarget(r.Context(), target, peers.Lookup(target))))
+			next.ServeHTTP(w, r.WithContext(httpproxy.WithTarget(r.Context(), target, peers.Lookup(target), "")))
 		})
 	}
 }

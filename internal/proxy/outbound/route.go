@@ -17,6 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
@@ -29,6 +30,22 @@ type serviceKey struct{}
 // withService tells the balance stage which service to pick an endpoint of.
 func withService(ctx context.Context, s *discover.Service) context.Context {
 	return context.WithValue(ctx, serviceKey{}, s)
+}
+
+type routeSeriesKey struct{}
+
+// withRouteSeries carries the matched route's series to the attempts,
+// which count retries and timeouts on it.
+func withRouteSeries(ctx context.Context, s *metrics.Route) context.Context {
+	return context.WithValue(ctx, routeSeriesKey{}, s)
+}
+
+func routeSeries(ctx context.Context) *metrics.Route {
+	s, _ := ctx.Value(routeSeriesKey{}).(*metrics.Route)
+	if s == nil {
+		return &metrics.Route{} // counted nowhere
+	}
+	return s
 }
 
 func serviceFrom(ctx context.Context) *discover.Service {
@@ -50,14 +67,15 @@ type router struct {
 	next      http.Handler
 	mirrors   chan struct{}
 	decisions *explain.Log
+	reg       *metrics.Registry
 }
 
-func routes(res *discover.Resolver, decisions *explain.Log) httpproxy.Layer {
+func routes(res *discover.Resolver, reg *metrics.Registry, decisions *explain.Log) httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		if res == nil {
 			return next
 		}
-		return &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions}
+		return &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions, reg: reg}
 	}
 }
 
@@ -70,17 +88,42 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := &explain.Decision{Time: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.Path}
 	defer rt.decisions.Record(d)
 	ctx := explain.With(r.Context(), d)
+	var rule *route.Rule
+	prefix := ""
 	table := svc.Routes()
-	if table == nil {
-		rt.next.ServeHTTP(w, r.WithContext(withService(ctx, svc)))
-		return
+	if table != nil {
+		rule, prefix = table.Match(r)
 	}
-	rule, prefix := table.Match(r)
-	if rule == nil {
-		d.Status = http.StatusNotFound
-		httpproxy.WriteError(w, r, http.StatusNotFound, "no route matches the request")
-		return
+	labels := metrics.RouteLabels{Authority: r.Host} // the default route
+	if set := svc.Set(); set != nil {
+		labels.Service = set.MetricLabels
 	}
+	if rule != nil {
+		labels.RouteName, labels.RouteKind = rule.Route, rule.Kind
+	}
+	series := rt.reg.Route(labels)
+	series.Request()
+	r = r.WithContext(withRouteSeries(ctx, series))
+	httpproxy.Observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case table == nil:
+			rt.next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))
+		case rule == nil:
+			d.Status = http.StatusNotFound
+			httpproxy.WriteError(w, r, http.StatusNotFound, "no route matches the request")
+		default:
+			rt.serveRoute(w, r, svc, rule, prefix)
+		}
+	}), w, r, func(o httpproxy.Outcome) {
+		series.Response(o.Status, o.GRPCStatus, o.Failed(), o.Latency)
+	})
+}
+
+// serveRoute sends r by the rule it matched: a redirect, or to the rule's
+// backend after its faults and header changes.
+func (rt *router) serveRoute(w http.ResponseWriter, r *http.Request, svc *discover.Service, rule *route.Rule, prefix string) {
+	ctx := r.Context()
+	d := explain.From(ctx)
 	d.Route, d.RouteKind, d.Rule = rule.Route, rule.Kind, rule.Name
 	if rule.Redirect != nil {
 		d.Status = int(rule.Redirect.StatusCode)
@@ -176,6 +219,7 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 		}
 		if policy.Backoff > 0 && !sleep(ctx, policy.Backoff) {
 			if r.Context().Err() == nil { // the route's deadline, not the client, ended it
+				routeSeries(r.Context()).Timeout()
 				httpproxy.WriteError(w, r, http.StatusGatewayTimeout, "request timed out (route timeout)")
 			}
 			return
@@ -373,6 +417,7 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 	ctx := a.ctx
 	if why != "" {
 		ctx = explain.As(ctx, why)
+		routeSeries(ctx).Retry()
 	}
 	var cancel context.CancelFunc
 	if a.perTry > 0 {
@@ -395,6 +440,7 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 			// The forwarder gives up silently on a cancelled request (the
 			// client left); here the route's timeout did it: answer 504,
 			// which the policy may retry.
+			routeSeries(ctx).Timeout()
 			reason := "request timed out (route timeout)"
 			if a.ctx.Err() == nil {
 				reason = "backend request timed out (route timeout)"

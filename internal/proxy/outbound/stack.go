@@ -9,6 +9,7 @@ import (
 	"net"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/accesslog"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
@@ -16,7 +17,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/tap"
 	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/trace"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -31,17 +34,21 @@ type Stacks struct {
 // New builds the outbound stack, read top to bottom:
 //
 //	accept → target (upstream table, original destination, or per request)
-//	       → detect ─┬─ HTTP: tcp metrics → HTTP server → forward-proxy addressing
+//	       → detect ─┬─ HTTP: tcp metrics → HTTP server → trace span (the whole hop) → access log
+//	                 │        → forward-proxy addressing
 //	                 │        → route (the service's HTTPRoutes/GRPCRoutes: rule, backend, timeouts, retries)
 //	                 │        → balance (discovered services: one endpoint per request)
-//	                 │        → http metrics → forward (meshed targets: HTTP/2 over mTLS)
+//	                 │        → span: route and endpoint
+//	                 │        → http metrics → tap → forward (meshed targets: HTTP/2 over mTLS)
 //	                 └─ TLS, opaque: tcp metrics → balance (one endpoint per connection)
 //	                          → TCP forward (meshed targets: over mTLS)
 //
 // creds is nil when the proxy has no identity; then no target is meshed.
 // res is nil without a control plane; then targets are used as addressed.
 // decisions receives what the route and balance stages decided per request.
-func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, decisions *explain.Log, log *slog.Logger) *Stacks {
+// tr, al and hub are nil without tracing, access log and tap; then their
+// stages are not in the stack.
+func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, decisions *explain.Log, tr *trace.Tracer, al *accesslog.Logger, hub *tap.Hub, log *slog.Logger) *Stacks {
 	s := &Stacks{peers: newPeers(cfg)}
 	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
 	var md *mesh.Dialer
@@ -79,10 +86,14 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	}
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
+		tr.Layer(transport.Outbound), // sends the request on as the span's child
+		al.Layer,
 		forwardProxy(dialer, s.peers, log),
-		routes(res, decisions),
+		routes(res, reg, decisions),
 		bal.http(),
+		tr.Annotate(),
 		httpproxy.Metrics(reg),
+		tap.Layer(hub, "outbound"), // per attempt, as its endpoint saw it
 	)
 	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,

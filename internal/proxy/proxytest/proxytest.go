@@ -23,7 +23,7 @@ func Config(t testing.TB) *config.Config {
 	t.Helper()
 	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
 	finish := config.Flags(fs)
-	if err := fs.Parse([]string{"--inbound-addr=127.0.0.1:0", "--outbound-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"}); err != nil {
+	if err := fs.Parse([]string{"--inbound-addr=127.0.0.1:0", "--outbound-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", "--tap-addr=127.0.0.1:0"}); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := finish()

@@ -1,0 +1,209 @@
+package metricsapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"math"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// scrapeEvery10s feeds the embedded store: six scrapes 10 s apart (in the
+// past, so the TSDB takes them), with 100 calls to each web instance
+// between two scrapes — 10 rps per instance. It returns the last scrape's time.
+func scrapeEvery10s(t *testing.T, m *mesh, e *Embedded) time.Time {
+	t.Helper()
+	t0 := time.Now().Add(-2 * time.Minute)
+	var ts time.Time
+	for i := 0; i <= 6; i++ {
+		ts = t0.Add(time.Duration(i) * 10 * time.Second)
+		e.scraper.scrapeAll(context.Background(), ts)
+		m.traffic("web-0", 100, 10, 3*time.Millisecond)
+		m.traffic("web-1", 100, 0, 30*time.Millisecond)
+	}
+	return ts
+}
+
+func openEmbedded(t *testing.T, m *mesh) *Embedded {
+	t.Helper()
+	e, err := OpenEmbedded(EmbeddedOptions{Dir: t.TempDir(), Interval: time.Second,
+		Targets: func(ctx context.Context) ([]Target, error) { return Targets(ctx, m.store) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+func near(t *testing.T, what string, got *float64, want, tolerance float64) {
+	t.Helper()
+	if got == nil {
+		t.Errorf("%s: none, want %v", what, want)
+		return
+	}
+	if math.Abs(*got-want) > tolerance {
+		t.Errorf("%s = %v, want %v ± %v", what, *got, want, tolerance)
+	}
+}
+
+func TestEmbeddedStat(t *testing.T) {
+	m := newMesh(t)
+	e := openEmbedded(t, m)
+	at := scrapeEvery10s(t, m, e)
+	api := &API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	ctx := context.Background()
+
+	rows, err := api.Stat(ctx, StatRequest{Kind: "workload", Namespace: "default", Window: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]StatRow{}
+	for _, r := range rows {
+		byName[r.Name] = r
+	}
+	if len(rows) != 3 {
+		t.Fatalf("rows %+v, want traffic, voting and web", rows)
+	}
+	web := byName["web"]
+	if web.Meshed != 2 || web.Instances != 2 {
+		t.Errorf("web meshed %d/%d, want 2/2", web.Meshed, web.Instances)
+	}
+	rps := web.RPS
+	near(t, "web rps", &rps, 20, 0.01)
+	near(t, "web success", web.Success, 0.95, 0.0001)
+	// Half the responses took 3 ms (bucket 2–3 ms), half 30 ms (20–30 ms):
+	// histogram_quantile interpolates within those buckets.
+	near(t, "web p50", web.LatencyP50, 3, 0.01)
+	near(t, "web p95", web.LatencyP95, 29, 0.01)
+	near(t, "web p99", web.LatencyP99, 29.8, 0.01)
+	if tr := byName["traffic"]; tr.Success != nil || tr.RPS != 0 || tr.Instances != 1 {
+		t.Errorf("traffic (receives nothing) = %+v, want no traffic and 1 instance", tr)
+	}
+
+	one, err := api.Stat(ctx, StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: time.Minute})
+	if err != nil || len(one) != 1 || one[0].Name != "web" {
+		t.Fatalf("stat workload web = %+v, %v", one, err)
+	}
+	from, err := api.Stat(ctx, StatRequest{Kind: "service", Namespace: "default", From: &Ref{Kind: "workload", Name: "traffic"}, Window: time.Minute})
+	if err != nil || len(from) != 1 || from[0].Name != "web" {
+		t.Fatalf("stat svc --from workload/traffic = %+v, %v", from, err)
+	}
+	rps = from[0].RPS
+	near(t, "traffic→web rps", &rps, 20, 0.01)
+	to, err := api.Stat(ctx, StatRequest{Kind: "workload", Namespace: "default", To: &Ref{Kind: "service", Name: "web"}, Window: time.Minute})
+	if err != nil || len(to) != 1 || to[0].Name != "traffic" {
+		t.Fatalf("stat wl --to svc/web = %+v, %v", to, err)
+	}
+	ns, err := api.Stat(ctx, StatRequest{Kind: "namespace", Window: time.Minute})
+	if err != nil || len(ns) != 1 || ns[0].Name != "default" || ns[0].Instances != 4 {
+		t.Fatalf("stat ns = %+v, %v", ns, err)
+	}
+
+	// An instance that leaves: its series go stale, it no longer counts.
+	m.remove(t, "web-1")
+	next := at.Add(10 * time.Second)
+	e.scraper.scrapeAll(ctx, next)
+	api.Now = func() time.Time { return next.Add(time.Second) }
+	after, err := api.Stat(ctx, StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: 15 * time.Second})
+	if err != nil || len(after) != 1 {
+		t.Fatalf("stat after web-1 left = %+v, %v", after, err)
+	}
+	if after[0].Instances != 1 {
+		t.Errorf("web instances after web-1 left = %d, want 1", after[0].Instances)
+	}
+	rps = after[0].RPS
+	near(t, "web rps with web-0 alone", &rps, 10, 0.01)
+}
+
+func TestEmbeddedEdgesAndRoutes(t *testing.T) {
+	m := newMesh(t)
+	e := openEmbedded(t, m)
+	at := scrapeEvery10s(t, m, e)
+	api := &API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	ctx := context.Background()
+
+	edges, err := api.Edges(ctx, EdgesRequest{Namespace: "default", Window: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
+	if len(edges) != 1 || edges[0] != want {
+		t.Fatalf("edges = %+v, want [%+v]", edges, want)
+	}
+
+	routes, err := api.Routes(ctx, RoutesRequest{Service: "web", Namespace: "default", Window: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(routes) != 1 || routes[0].Route != DefaultRoute {
+		t.Fatalf("routes = %+v, want the default route", routes)
+	}
+	r := routes[0]
+	rps := r.RPS
+	near(t, "route rps", &rps, 20, 0.01)
+	near(t, "route success", r.Success, 0.95, 0.0001)
+	retries := r.RetriesPerSec
+	near(t, "route retries/s", &retries, 1, 0.01)
+}
+
+func TestHandler(t *testing.T) {
+	m := newMesh(t)
+	e := openEmbedded(t, m)
+	at := scrapeEvery10s(t, m, e)
+	srv := httptest.NewServer((&API{Backend: e, Store: m.store, Now: func() time.Time { return at }}).Handler())
+	defer srv.Close()
+
+	resp, err := http.Get(srv.URL + "/v1/stat?kind=svc&namespace=default&window=1m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Rows []StatRow `json:"rows"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("stat: %s %v", resp.Status, err)
+	}
+	resp.Body.Close()
+	if len(res.Rows) != 3 || res.Rows[2].Name != "web" || res.Rows[2].Kind != "service" {
+		t.Fatalf("stat svc rows = %+v", res.Rows)
+	}
+
+	for path, wantErr := range map[string]string{
+		"/v1/stat?kind=pods":             "unknown resource kind",
+		"/v1/stat?window=soon":           "window",
+		"/v1/stat?window=0s":             "between 1s and 24h",
+		"/v1/stat?from=wl/a&to=wl/b":     "cannot be used together",
+		"/v1/stat?from=bogus/x":          "from: unknown resource kind",
+		"/v1/routes":                     "service: required",
+		"/v1/edges?window=48h":           "between 1s and 24h",
+		"/v1/proxy-metrics/default/nope": "not registered",
+	} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Error string }
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode < 400 || !strings.Contains(e.Error, wantErr) {
+			t.Errorf("GET %s = %d %q, want an error containing %q", path, resp.StatusCode, e.Error, wantErr)
+		}
+	}
+
+	resp, err = http.Get(srv.URL + "/v1/proxy-metrics/default/web-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := new(bytes.Buffer)
+	if _, err := body.ReadFrom(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if !strings.Contains(body.String(), `request_total{direction="inbound"`) {
+		t.Errorf("proxy-metrics of web-0 lacks its inbound requests:\n%s", body)
+	}
+}

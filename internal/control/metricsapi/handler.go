@@ -1,0 +1,164 @@
+package metricsapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"time"
+)
+
+// Handler serves the API as JSON for the CLI:
+//
+//	GET /v1/stat?kind=&name=&namespace=&from=&to=&window=
+//	GET /v1/routes?service=&namespace=&from=&window=
+//	GET /v1/edges?namespace=&window=
+//	GET /v1/proxy-metrics/{namespace}/{name}   (a workload's raw /metrics)
+//
+// Bad parameters are 400s naming the parameter.
+func (a *API) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/stat", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		req := StatRequest{Name: q.Get("name"), Namespace: q.Get("namespace")}
+		var err error
+		if req.Kind, err = ParseKind(orDefault(q.Get("kind"), "workload")); err != nil {
+			badRequest(w, err)
+			return
+		}
+		if req.Window, err = window(q); err != nil {
+			badRequest(w, err)
+			return
+		}
+		if req.From, err = optionalRef(q, "from"); err != nil {
+			badRequest(w, err)
+			return
+		}
+		if req.To, err = optionalRef(q, "to"); err != nil {
+			badRequest(w, err)
+			return
+		}
+		rows, err := a.Stat(r.Context(), req)
+		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
+	})
+	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		req := RoutesRequest{Service: q.Get("service"), Namespace: q.Get("namespace")}
+		var err error
+		if req.Window, err = window(q); err != nil {
+			badRequest(w, err)
+			return
+		}
+		if req.From, err = optionalRef(q, "from"); err != nil {
+			badRequest(w, err)
+			return
+		}
+		if req.Service == "" {
+			badRequest(w, errors.New("service: required"))
+			return
+		}
+		rows, err := a.Routes(r.Context(), req)
+		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
+	})
+	mux.HandleFunc("GET /v1/edges", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		req := EdgesRequest{Namespace: q.Get("namespace")}
+		var err error
+		if req.Window, err = window(q); err != nil {
+			badRequest(w, err)
+			return
+		}
+		rows, err := a.Edges(r.Context(), req)
+		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
+	})
+	mux.HandleFunc("GET /v1/proxy-metrics/{namespace}/{name}", a.proxyMetrics)
+	return mux
+}
+
+// proxyMetrics relays one workload's /metrics as its proxy exposes them.
+func (a *API) proxyMetrics(w http.ResponseWriter, r *http.Request) {
+	ns, name := r.PathValue("namespace"), r.PathValue("name")
+	targets, err := Targets(r.Context(), a.Store)
+	if err != nil {
+		reply(w, nil, err)
+		return
+	}
+	for _, t := range targets {
+		if t.Labels["namespace"] != ns || t.Labels["pod"] != name {
+			continue
+		}
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "http://"+t.Addr+"/metrics", nil)
+		if err != nil {
+			reply(w, nil, err)
+			return
+		}
+		client := http.Client{Timeout: 10 * time.Second}
+		resp, err := client.Do(req)
+		if err != nil {
+			writeError(w, http.StatusBadGateway, fmt.Errorf("workload %s/%s: proxy admin %s: %w", ns, name, t.Addr, err))
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			writeError(w, http.StatusBadGateway, fmt.Errorf("workload %s/%s: proxy admin %s: GET /metrics: %s", ns, name, t.Addr, resp.Status))
+			return
+		}
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		io.Copy(w, io.LimitReader(resp.Body, maxScrapeBytes))
+		return
+	}
+	writeError(w, http.StatusNotFound, fmt.Errorf("workload %s/%s: not registered, or its proxy has no admin port", ns, name))
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func window(q url.Values) (time.Duration, error) {
+	s := q.Get("window")
+	if s == "" {
+		return DefaultWindow, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("window %q: %w", s, err)
+	}
+	if err := checkWindow(d); err != nil {
+		return 0, err
+	}
+	return d, nil
+}
+
+func optionalRef(q url.Values, name string) (*Ref, error) {
+	s := q.Get(name)
+	if s == "" {
+		return nil, nil
+	}
+	ref, err := ParseRef(s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return &ref, nil
+}
+
+func reply(w http.ResponseWriter, v any, err error) {
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func badRequest(w http.ResponseWriter, err error) { writeError(w, http.StatusBadRequest, err) }
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+}
