@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"text/tabwriter"
 
@@ -55,7 +56,7 @@ func printRoutes(w io.Writer, rows []metricsapi.RouteRow, wide bool) {
 			fmt.Fprintf(tw, "%s\t", dash(r.Kind))
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", r.Service, percent(r.Success), rateOf(r.Golden),
-			latency(r.LatencyP50), latency(r.LatencyP95), latency(r.LatencyP99), share(r.RetriesPerSec, r.RPS), share(r.TimeoutsPerSec, r.RPS))
+			latency(r.LatencyP50), latency(r.LatencyP95), latency(r.LatencyP99), share(r.RetriesPerSec, r.RPS+r.RetriesPerSec), share(r.TimeoutsPerSec, r.RPS))
 		if wide {
 			fmt.Fprintf(tw, "\t%s\t%s", perSec(r.RetriesPerSec), perSec(r.TimeoutsPerSec))
 		}
@@ -107,12 +108,13 @@ func percent(v *float64) string {
 	return strconv.FormatFloat(*v*100, 'f', 2, 64) + "%"
 }
 
-// latency renders milliseconds: tenths below 10 ms, whole above.
+// latency renders milliseconds: tenths below 10 ms, whole above (9.96 is
+// 10ms, not 10.0ms).
 func latency(v *float64) string {
 	if v == nil {
 		return "-"
 	}
-	if *v < 10 {
+	if math.Round(*v*10) < 100 {
 		return strconv.FormatFloat(*v, 'f', 1, 64) + "ms"
 	}
 	return strconv.FormatFloat(*v, 'f', 0, 64) + "ms"

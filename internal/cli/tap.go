@@ -280,7 +280,16 @@ func (t *topTable) print(w io.Writer, n int) {
 			return rows[i].count > rows[j].count
 		}
 		a, b := rows[i].topKey, rows[j].topKey
-		return a.source+a.destination+a.method+a.path < b.source+b.destination+b.method+b.path
+		if a.source != b.source {
+			return a.source < b.source
+		}
+		if a.destination != b.destination {
+			return a.destination < b.destination
+		}
+		if a.method != b.method {
+			return a.method < b.method
+		}
+		return a.path < b.path
 	})
 	if len(rows) > n {
 		rows = rows[:n]

@@ -135,8 +135,9 @@ func routesCmd(dataDir *string) *cobra.Command {
 		Long: `routes shows, for each HTTPRoute and GRPCRoute attached to SERVICE (and the
 default route, for requests none matched), the success rate, requests per
 second and latency its callers saw — one request however many attempts it
-took — and the share of requests retried (or hedged) and ended by the
-route's timeouts, over --time-window.`,
+took — and, over --time-window, RETRIES: the share of the attempts sent
+that were retries or hedges, and TIMEOUTS: requests ended by the route's
+timeouts, per request.`,
 		Example: `  trellis routes web
   trellis routes svc/voting --from workload/web -o wide`,
 		Args: cobra.ExactArgs(1),

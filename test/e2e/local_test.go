@@ -97,7 +97,7 @@ type workload struct {
 	Metadata struct{ Name string }
 	Spec     struct {
 		Service, Identity, Address string
-		AdminPort                  int
+		AdminPort, MeshPort        int
 	}
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/inbound"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/observe"
 	"github.com/trellis-mesh/trellis/internal/proxy/outbound"
 	"github.com/trellis-mesh/trellis/internal/proxy/tap"
 	"github.com/trellis-mesh/trellis/internal/proxy/trace"
@@ -99,9 +100,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		}
 		return nil, err
 	}
-	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, p.tracer, p.accessLog, p.tapHub, log)
+	obs := observe.Stages{Tap: p.tapHub, Tracer: p.tracer, AccessLog: p.accessLog}
+	if !cfg.DisableHTTPMetrics {
+		obs.HTTPMetrics = p.reg
+	}
+	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, obs, log)
 	p.decisions = &explain.Log{}
-	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, p.tracer, p.accessLog, p.tapHub, log)
+	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, obs, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {

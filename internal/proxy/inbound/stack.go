@@ -8,15 +8,14 @@ import (
 	"log/slog"
 	"net"
 
-	"github.com/trellis-mesh/trellis/internal/proxy/accesslog"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/observe"
 	"github.com/trellis-mesh/trellis/internal/proxy/tap"
 	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
-	"github.com/trellis-mesh/trellis/internal/proxy/trace"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -34,17 +33,17 @@ import (
 //	               → forward to the application
 //
 // creds is nil when the proxy has no identity: peers cannot reach it over
-// mTLS, and plaintext is all there is. tr, al and hub are nil without
-// tracing, access log and tap; then their stages are not in the stack.
-func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, tr *trace.Tracer, al *accesslog.Logger, hub *tap.Hub, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
+// mTLS, and plaintext is all there is. Observability stages obs leaves
+// nil are not in the stack; reg holds the transport metrics.
+func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, obs observe.Stages, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
 	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Inbound, PoolIdleTimeout: cfg.PoolIdleTimeout}, dialer, log)
 	http := httpproxy.Stack(fwd,
-		tr.Layer(transport.Inbound),
-		httpproxy.Metrics(reg),
+		obs.Tracer.Layer(transport.Inbound),
+		httpproxy.Metrics(obs.HTTPMetrics),
 		clientID,
 		origProto,
-		tap.Layer(hub, "inbound"),
-		al.Layer, // after origProto: the line shows the protocol the client used
+		tap.Layer(obs.Tap, "inbound"),
+		obs.AccessLog.Layer, // after origProto: the line shows the protocol the client used
 	)
 	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,

@@ -94,17 +94,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if table != nil {
 		rule, prefix = table.Match(r)
 	}
-	labels := metrics.RouteLabels{Authority: r.Host} // the default route
-	if set := svc.Set(); set != nil {
-		labels.Service = set.MetricLabels
-	}
-	if rule != nil {
-		labels.RouteName, labels.RouteKind = rule.Route, rule.Kind
-	}
-	series := rt.reg.Route(labels)
-	series.Request()
-	r = r.WithContext(withRouteSeries(ctx, series))
-	httpproxy.Observe(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	serve := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case table == nil:
 			rt.next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))
@@ -114,7 +104,21 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		default:
 			rt.serveRoute(w, r, svc, rule, prefix)
 		}
-	}), w, r, func(o httpproxy.Outcome) {
+	})
+	if rt.reg == nil { // no HTTP metrics
+		serve(w, r.WithContext(ctx))
+		return
+	}
+	labels := metrics.RouteLabels{Authority: r.Host} // the default route
+	if set := svc.Set(); set != nil {
+		labels.Service = set.MetricLabels
+	}
+	if rule != nil {
+		labels.RouteName, labels.RouteKind = rule.Route, rule.Kind
+	}
+	series := rt.reg.Route(labels)
+	series.Request()
+	httpproxy.Observe(serve, w, r.WithContext(withRouteSeries(ctx, series)), func(o httpproxy.Outcome) {
 		series.Response(o.Status, o.GRPCStatus, o.Failed(), o.Latency)
 	})
 }

@@ -9,7 +9,6 @@ import (
 	"net"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
-	"github.com/trellis-mesh/trellis/internal/proxy/accesslog"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
@@ -17,9 +16,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/observe"
 	"github.com/trellis-mesh/trellis/internal/proxy/tap"
 	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
-	"github.com/trellis-mesh/trellis/internal/proxy/trace"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -46,9 +45,9 @@ type Stacks struct {
 // creds is nil when the proxy has no identity; then no target is meshed.
 // res is nil without a control plane; then targets are used as addressed.
 // decisions receives what the route and balance stages decided per request.
-// tr, al and hub are nil without tracing, access log and tap; then their
-// stages are not in the stack.
-func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, decisions *explain.Log, tr *trace.Tracer, al *accesslog.Logger, hub *tap.Hub, log *slog.Logger) *Stacks {
+// Observability stages obs leaves nil are not in the stack; reg holds the
+// transport metrics.
+func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, decisions *explain.Log, obs observe.Stages, log *slog.Logger) *Stacks {
 	s := &Stacks{peers: newPeers(cfg)}
 	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
 	var md *mesh.Dialer
@@ -86,14 +85,14 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	}
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
-		tr.Layer(transport.Outbound), // sends the request on as the span's child
-		al.Layer,
+		obs.Tracer.Layer(transport.Outbound), // sends the request on as the span's child
+		obs.AccessLog.Layer,
 		forwardProxy(dialer, s.peers, log),
-		routes(res, reg, decisions),
+		routes(res, obs.HTTPMetrics, decisions),
 		bal.http(),
-		tr.Annotate(),
-		httpproxy.Metrics(reg),
-		tap.Layer(hub, "outbound"), // per attempt, as its endpoint saw it
+		obs.Tracer.Annotate(),
+		httpproxy.Metrics(obs.HTTPMetrics),
+		tap.Layer(obs.Tap, "outbound"), // per attempt, as its endpoint saw it
 	)
 	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
