@@ -57,12 +57,12 @@ func meshedPair(t *testing.T, cp *controlPlane, app string) (entry string, clien
 	clientID, clientArgs := cp.join(t, "client")
 	bIn, bAdmin := freePort(t), loopback(freePort(t))
 	server = startProxy(t, "server", "", bAdmin, append([]string{
-		"--inbound-addr=" + loopback(bIn), "--outbound-addr=" + loopback(freePort(t)), "--admin-addr=" + bAdmin,
+		"--inbound-addr=" + loopback(bIn), "--outbound-addr=" + loopback(freePort(t)), "--admin-addr=" + bAdmin, "--tap-addr=127.0.0.1:0",
 		"--app-addr=" + app, "--log-format=text"}, serverArgs...)...)
 	t.Cleanup(func() { server.stop(t) })
 	up, aAdmin := freePort(t), loopback(freePort(t))
 	client = startProxy(t, "client", "", aAdmin, append([]string{
-		"--inbound-addr=" + loopback(freePort(t)), "--outbound-addr=" + loopback(freePort(t)), "--admin-addr=" + aAdmin,
+		"--inbound-addr=" + loopback(freePort(t)), "--outbound-addr=" + loopback(freePort(t)), "--admin-addr=" + aAdmin, "--tap-addr=127.0.0.1:0",
 		fmt.Sprintf("--upstream=app=%d:%s@%s", up, app, serverID), "--mesh-port=" + strconv.Itoa(bIn), "--log-format=text"}, clientArgs...)...)
 	t.Cleanup(func() { client.stop(t) })
 	return loopback(up), client, server, clientID

@@ -69,8 +69,12 @@ func TestDemoObservabilityPrometheus(t *testing.T) {
 func observeDemo(t *testing.T, demo *trellisProc) {
 	t.Helper()
 	dataDir := demo.waitOutput(t, demoDataDir, 30*time.Second)[1]
-	ids := map[string]string{} // service → identity
+	// Two reports of warm-up (the store must hold each series before the
+	// traffic it counts; every instance registered), then the generator's
+	// next four 5 s windows.
+	waitReports(t, demo, 2, 30*time.Second)
 	checkMeshed(t, dataDir)
+	ids := map[string]string{} // service → identity
 	wls := workloads(t, dataDir)
 	for _, w := range wls {
 		ids[w.Spec.Service] = w.Spec.Identity
@@ -78,9 +82,6 @@ func observeDemo(t *testing.T, demo *trellisProc) {
 	// web's proxy takes plain HTTP on its inbound port too, in both modes.
 	webProxy := fmt.Sprintf("http://%s:%d", wls["web-0"].Spec.Address, wls["web-0"].Spec.MeshPort)
 
-	// Two reports of warm-up (the store must hold each series before the
-	// traffic it counts), then the generator's next four 5 s windows.
-	waitReports(t, demo, 2, 30*time.Second)
 	gen := waitReports(t, demo, 4, 30*time.Second)
 	window := "20s"
 	t.Logf("generator: %d requests, %d ok, p50s %v, p99s %v", gen.requests, gen.ok, gen.p50s, gen.p99s)
