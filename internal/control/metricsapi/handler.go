@@ -24,19 +24,9 @@ func (a *API) Handler() http.Handler {
 		q := r.URL.Query()
 		req := StatRequest{Name: q.Get("name"), Namespace: q.Get("namespace")}
 		var err error
-		if req.Kind, err = ParseKind(orDefault(q.Get("kind"), "workload")); err != nil {
-			badRequest(w, err)
-			return
-		}
-		if req.Window, err = window(q); err != nil {
-			badRequest(w, err)
-			return
-		}
-		if req.From, err = optionalRef(q, "from"); err != nil {
-			badRequest(w, err)
-			return
-		}
-		if req.To, err = optionalRef(q, "to"); err != nil {
+		req.Kind, err = ParseKind(orDefault(q.Get("kind"), "workload"))
+		err = errors.Join(err, parseWindow(q, &req.Window), parseRef(q, "from", &req.From), parseRef(q, "to", &req.To))
+		if err != nil {
 			badRequest(w, err)
 			return
 		}
@@ -46,17 +36,12 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		req := RoutesRequest{Service: q.Get("service"), Namespace: q.Get("namespace")}
-		var err error
-		if req.Window, err = window(q); err != nil {
-			badRequest(w, err)
-			return
-		}
-		if req.From, err = optionalRef(q, "from"); err != nil {
-			badRequest(w, err)
-			return
-		}
+		err := errors.Join(parseWindow(q, &req.Window), parseRef(q, "from", &req.From))
 		if req.Service == "" {
-			badRequest(w, errors.New("service: required"))
+			err = errors.Join(err, errors.New("service: required"))
+		}
+		if err != nil {
+			badRequest(w, err)
 			return
 		}
 		rows, err := a.Routes(r.Context(), req)
@@ -65,8 +50,7 @@ func (a *API) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/edges", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
 		req := EdgesRequest{Namespace: q.Get("namespace")}
-		var err error
-		if req.Window, err = window(q); err != nil {
+		if err := parseWindow(q, &req.Window); err != nil {
 			badRequest(w, err)
 			return
 		}
@@ -119,31 +103,36 @@ func orDefault(v, def string) string {
 	return v
 }
 
-func window(q url.Values) (time.Duration, error) {
+// parseWindow reads the window parameter into w (DefaultWindow if absent).
+func parseWindow(q url.Values, w *time.Duration) error {
 	s := q.Get("window")
 	if s == "" {
-		return DefaultWindow, nil
+		*w = DefaultWindow
+		return nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("window %q: %w", s, err)
+		return fmt.Errorf("window %q: %w", s, err)
 	}
 	if err := checkWindow(d); err != nil {
-		return 0, err
+		return err
 	}
-	return d, nil
+	*w = d
+	return nil
 }
 
-func optionalRef(q url.Values, name string) (*Ref, error) {
+// parseRef reads the optional KIND/NAME parameter name into ref.
+func parseRef(q url.Values, name string, ref **Ref) error {
 	s := q.Get(name)
 	if s == "" {
-		return nil, nil
+		return nil
 	}
-	ref, err := ParseRef(s)
+	r, err := ParseRef(s)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
-	return &ref, nil
+	*ref = &r
+	return nil
 }
 
 func reply(w http.ResponseWriter, v any, err error) {

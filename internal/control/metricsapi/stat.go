@@ -206,11 +206,7 @@ func (a *API) workloadIdentities(ctx context.Context) (map[string]map[string]boo
 		if resources.Decode(w.Spec, &spec) != nil || spec.Identity == "" {
 			continue
 		}
-		name := w.Metadata.Labels[resources.WorkloadLabel]
-		if name == "" {
-			name = w.Metadata.Name
-		}
-		k := w.Metadata.Namespace + "/" + name
+		k := w.Metadata.Namespace + "/" + resources.WorkloadOf(w.Metadata)
 		if out[k] == nil {
 			out[k] = map[string]bool{}
 		}

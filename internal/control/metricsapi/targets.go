@@ -45,10 +45,7 @@ func Targets(ctx context.Context, st Lister) ([]Target, error) {
 		if resources.Decode(w.Spec, &spec) != nil || spec.AdminPort == 0 || spec.Address == "" {
 			continue
 		}
-		workload := w.Metadata.Labels[resources.WorkloadLabel]
-		if workload == "" {
-			workload = w.Metadata.Name
-		}
+		workload := resources.WorkloadOf(w.Metadata)
 		out = append(out, Target{
 			Addr: net.JoinHostPort(spec.Address, strconv.Itoa(spec.AdminPort)),
 			Labels: map[string]string{"namespace": w.Metadata.Namespace, "workload": workload, "pod": w.Metadata.Name,

@@ -52,10 +52,7 @@ func (p *Plane) tapTargets(r *http.Request) ([]tap.Target, *tapv1.ObserveRequest
 		if resources.Decode(w.Spec, &spec) != nil || spec.TapPort == 0 {
 			continue
 		}
-		workload := w.Metadata.Labels[resources.WorkloadLabel]
-		if workload == "" {
-			workload = w.Metadata.Name
-		}
+		workload := resources.WorkloadOf(w.Metadata)
 		match := map[string]string{"workload": workload, "service": spec.Service, "namespace": w.Metadata.Namespace, "pod": w.Metadata.Name}[kind]
 		if match != name {
 			continue

@@ -28,6 +28,15 @@ const (
 // (what `trellis run --name` started); the instance is the Workload's name.
 const WorkloadLabel = "trellis.dev/workload"
 
+// WorkloadOf is the workload a Workload object is an instance of: its
+// WorkloadLabel, else (an instance applied by hand) its own name.
+func WorkloadOf(m store.Metadata) string {
+	if w := m.Labels[WorkloadLabel]; w != "" {
+		return w
+	}
+	return m.Name
+}
+
 // Protocols a port may declare; "" detects.
 var protocols = map[string]bool{"": true, "http": true, "grpc": true, "tcp": true, "opaque": true}
 
