@@ -6,10 +6,11 @@
 // plane). All scenarios run in the same run against the same control
 // plane, interleaved over several rounds; CPU is the two proxy processes'
 // user + system time from /proc, so the load generator, the backend and
-// the tap's consumer are not counted.
+// the tap's consumer are not counted. With taskset (util-linux) the
+// proxies run on one CPU and everything else on another (-cpus).
 //
-//	go run ./bench/observe                 # 3 rounds of 20,000 requests per scenario
-//	go run ./bench/observe -rounds 5 -requests 40000
+//	go run ./bench/observe                 # 5 rounds of 20,000 requests per scenario
+//	go run ./bench/observe -rounds 9 -requests 40000 -cpus 0,1
 package main
 
 import (
@@ -36,13 +37,15 @@ import (
 )
 
 func main() {
-	rounds := flag.Int("rounds", 3, "rounds; each runs every scenario once, and the table gives medians")
+	rounds := flag.Int("rounds", 5, "rounds; each runs every scenario once, and the table gives medians")
+	cpus := flag.String("cpus", "0,1", "GEN,SUT: the CPU of the load generator, backend and control plane, and the CPU of the proxies (needs taskset; empty: no pinning)")
 	requests := flag.Int("requests", 20000, "requests per scenario and round")
 	trellis := flag.String("trellis", "", "trellis binary (default: go build ./cmd/trellis)")
 	flag.Parse()
 	if *rounds < 1 || *requests < 1000 {
 		fatalf("need -rounds >= 1 and -requests >= 1000")
 	}
+	sut := pin(*cpus)
 	dir, err := os.MkdirTemp("", "trellis-bench-observe-")
 	if err != nil {
 		fatalf("%v", err)
@@ -55,7 +58,7 @@ func main() {
 			fatalf("go build: %v\n%s", err, out)
 		}
 	}
-	b := &bench{exe: *trellis, dir: dir}
+	b := &bench{exe: *trellis, dir: dir, sutCPU: sut}
 	defer stopAll()
 	b.startControlPlane()
 	backend := b.startBackend()
@@ -98,11 +101,19 @@ func main() {
 	fmt.Printf("| %s (baseline) | %.1f µs | 1.00× |\n", scenarios[0].name, off)
 	fmt.Printf("| %s | %.1f µs | %.2f× vs. metrics off |\n", scenarios[1].name, idle, idle/off)
 	fmt.Printf("| %s | %.1f µs | %.2f× vs. tap idle |\n", scenarios[2].name, active, active/idle)
-	fmt.Printf("\n%d requests per scenario and round, 8 keep-alive HTTP/1.1 clients, 2 B responses; the tap reports at most %s requests/s (the proxy's default cap).\n", *requests, "100")
+	fmt.Printf("\n%d requests per scenario and round, 8 keep-alive HTTP/1.1 clients, 2 B responses; the tap reports at most 100 requests/s (the proxy's default cap). Per-round values: ", *requests)
+	for i, s := range scenarios {
+		if i > 0 {
+			fmt.Print("; ")
+		}
+		fmt.Printf("%s %s", s.name, strings.Trim(fmt.Sprintf("%.0f", cpu[s.name]), "[]"))
+	}
+	fmt.Println(" µs.")
 }
 
 type bench struct {
 	exe, dir string
+	sutCPU   string // the proxies' CPU, "" unpinned
 	api      *localapi.Client
 	st       localapi.Status
 }
@@ -126,6 +137,9 @@ func fatalf(format string, args ...any) {
 
 func (b *bench) start(args ...string) *exec.Cmd {
 	cmd := exec.Command(b.exe, args...)
+	if b.sutCPU != "" && args[0] == "proxy" {
+		cmd = exec.Command("taskset", append([]string{"-c", b.sutCPU, b.exe}, args...)...)
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		fatalf("%v", err)
@@ -222,6 +236,30 @@ func (b *bench) startPair(name, backend string, extra ...string) *pair {
 			fatalf("pair %s: the server did not register within 30s", name)
 		}
 	}
+}
+
+// pin runs this process on the generator's CPU (re-executing itself under
+// taskset) and returns the proxies' CPU; "" when cpus is empty.
+func pin(cpus string) string {
+	if cpus == "" {
+		return ""
+	}
+	gen, sut, ok := strings.Cut(cpus, ",")
+	if !ok || gen == "" || sut == "" {
+		fatalf("-cpus %q: want GEN,SUT, e.g. 0,1", cpus)
+	}
+	if os.Getenv("TRELLIS_BENCH_PINNED") == "" {
+		cmd := exec.Command("taskset", append([]string{"-c", gen}, os.Args...)...)
+		cmd.Stdout, cmd.Stderr, cmd.Env = os.Stdout, os.Stderr, append(os.Environ(), "TRELLIS_BENCH_PINNED=1")
+		if err := cmd.Run(); err != nil {
+			if _, ok := err.(*exec.ExitError); ok {
+				os.Exit(1)
+			}
+			fatalf("taskset: %v (install util-linux, or give -cpus '')", err)
+		}
+		os.Exit(0)
+	}
+	return sut
 }
 
 // tap streams the tap of the workload's service until the returned function is called.
