@@ -271,10 +271,12 @@ func (b *bench) tap(workload string) func() {
 	}
 	done := make(chan int)
 	go func() {
-		n := 0
+		n := 0 // requests tapped
 		sc := bufio.NewScanner(body)
 		for sc.Scan() {
-			n++
+			if strings.Contains(sc.Text(), `"type":"requestInit"`) {
+				n++
+			}
 		}
 		done <- n
 	}()
@@ -282,7 +284,7 @@ func (b *bench) tap(workload string) func() {
 		cancel()
 		body.Close()
 		if n := <-done; n == 0 {
-			fatalf("the tap streamed no events")
+			fatalf("the tap streamed no requests")
 		}
 	}
 }

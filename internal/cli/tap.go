@@ -64,15 +64,25 @@ func (f *tapFlags) stream(ctx context.Context, dataDir, target string, each func
 	defer body.Close()
 	sc := bufio.NewScanner(body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var failed []string // proxies that could not be tapped
+	events := 0
 	for sc.Scan() {
 		var ev tap.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 			return fmt.Errorf("tap stream: %w", err)
 		}
+		if ev.Type == tap.TypeError {
+			failed = append(failed, ev.Workload+": "+ev.Error)
+		} else {
+			events++
+		}
 		each(ev)
 	}
 	if err := sc.Err(); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("tap stream: %w", err)
+	}
+	if events == 0 && len(failed) > 0 {
+		return fmt.Errorf("no proxy of %s could be tapped: %s", target, strings.Join(failed, "; "))
 	}
 	return nil
 }

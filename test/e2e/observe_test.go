@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,6 +125,20 @@ func observeDemo(t *testing.T, demo *trellisProc) {
 	}
 
 	checkTap(t, dataDir, webProxy)
+
+	// A namespace's proxies, and a target nobody serves.
+	if out, err := exec.Command(trellisBin, "--data-dir", dataDir, "tap", "namespace/default", "--duration", "2s").CombinedOutput(); err != nil ||
+		!strings.Contains(string(out), "req id=emoji-") || !strings.Contains(string(out), "req id=web-0:") {
+		t.Errorf("tap namespace/default: %v\n%s", err, tail(string(out), 10))
+	}
+	if out, err := exec.Command(trellisBin, "--data-dir", dataDir, "tap", "workload/nope", "--duration", "2s").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "no registered instance of the target has a tap port") {
+		t.Errorf("tap workload/nope = %v:\n%s\nwant a failure saying nothing matched", err, out)
+	}
+	top := trellisOut(t, dataDir, "top", "workload/web", "--duration", "3s")
+	if !regexp.MustCompile(`(?m)^traffic\s+web-0\s+GET\s+/api/list\s+\d+`).MatchString(top) {
+		t.Errorf("top workload/web:\n%s", top)
+	}
 }
 
 // waitReports collects the generator's next n reports.

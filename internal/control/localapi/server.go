@@ -112,13 +112,16 @@ func Listen(path string, cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Serve answers until ctx ends.
+// Serve answers until ctx ends; streaming calls (tap) end with it.
 func (s *Server) Serve(ctx context.Context) error {
+	s.srv.BaseContext = func(net.Listener) context.Context { return ctx }
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		s.srv.Shutdown(sctx)
+		if s.srv.Shutdown(sctx) != nil {
+			s.srv.Close()
+		}
 	}()
 	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("local API: %w", err)

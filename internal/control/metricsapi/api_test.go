@@ -177,6 +177,7 @@ func TestHandler(t *testing.T) {
 		"/v1/stat?window=soon":           "window",
 		"/v1/stat?window=0s":             "between 1s and 24h",
 		"/v1/stat?from=wl/a&to=wl/b":     "cannot be used together",
+		"/v1/stat?name=%ff":              "not valid UTF-8",
 		"/v1/stat?from=bogus/x":          "from: unknown resource kind",
 		"/v1/routes":                     "service: required",
 		"/v1/edges?window=48h":           "between 1s and 24h",
@@ -192,6 +193,20 @@ func TestHandler(t *testing.T) {
 		if resp.StatusCode < 400 || !strings.Contains(e.Error, wantErr) {
 			t.Errorf("GET %s = %d %q, want an error containing %q", path, resp.StatusCode, e.Error, wantErr)
 		}
+	}
+
+	// Windows must hold two scrapes.
+	strict := httptest.NewServer((&API{Backend: e, Store: m.store, ScrapeInterval: 10 * time.Second}).Handler())
+	defer strict.Close()
+	resp, err = http.Get(strict.URL + "/v1/stat?window=15s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var short struct{ Error string }
+	json.NewDecoder(resp.Body).Decode(&short)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(short.Error, "two scrape intervals (20s)") {
+		t.Errorf("a 15s window with 10s scrapes = %d %q, want a 400 naming the minimum", resp.StatusCode, short.Error)
 	}
 
 	resp, err = http.Get(srv.URL + "/v1/proxy-metrics/default/web-0")

@@ -32,7 +32,10 @@ type Edge struct {
 // Edges lists the workload pairs with HTTP traffic over the window, from
 // the sources' outbound metrics, with the identities each side proved.
 func (a *API) Edges(ctx context.Context, req EdgesRequest) ([]Edge, error) {
-	if err := checkWindow(req.Window); err != nil {
+	if err := a.checkWindow(req.Window); err != nil {
+		return nil, err
+	}
+	if err := checkNames(req.Namespace); err != nil {
 		return nil, err
 	}
 	at := a.now()

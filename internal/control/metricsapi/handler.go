@@ -114,9 +114,6 @@ func parseWindow(q url.Values, w *time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("window %q: %w", s, err)
 	}
-	if err := checkWindow(d); err != nil {
-		return err
-	}
 	*w = d
 	return nil
 }
@@ -135,7 +132,13 @@ func parseRef(q url.Values, name string, ref **Ref) error {
 	return nil
 }
 
+// reply answers v, or err: a 400 for a RequestError, else a 500.
 func reply(w http.ResponseWriter, v any, err error) {
+	var re *RequestError
+	if errors.As(err, &re) {
+		badRequest(w, err)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

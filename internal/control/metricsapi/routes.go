@@ -40,9 +40,12 @@ type RouteRow struct {
 // (HTTPRoute and GRPCRoute, listed without traffic too) and the default route.
 func (a *API) Routes(ctx context.Context, req RoutesRequest) ([]RouteRow, error) {
 	if req.Service == "" {
-		return nil, fmt.Errorf("a service is required")
+		return nil, invalid("a service is required")
 	}
-	if err := checkWindow(req.Window); err != nil {
+	if err := a.checkWindow(req.Window); err != nil {
+		return nil, err
+	}
+	if err := checkNames(req.Service, req.Namespace, refName(req.From)); err != nil {
 		return nil, err
 	}
 	if req.Namespace == "" {

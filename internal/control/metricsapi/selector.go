@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Resource kinds the queries know, and the sample label each groups by.
@@ -27,7 +28,7 @@ func ParseKind(s string) (string, error) {
 	if k, ok := aliases[strings.ToLower(s)]; ok {
 		return k, nil
 	}
-	return "", fmt.Errorf("unknown resource kind %q: use service (svc), workload (wl) or namespace (ns)", s)
+	return "", invalid("unknown resource kind %q: use service (svc), workload (wl) or namespace (ns)", s)
 }
 
 // Ref names a resource: KIND/NAME (KIND defaults to workload).
@@ -47,7 +48,7 @@ func ParseRef(s string) (Ref, error) {
 		return Ref{}, err
 	}
 	if name == "" {
-		return Ref{}, fmt.Errorf("%q: no name after %s/", s, kind)
+		return Ref{}, invalid("%q: no name after %s/", s, kind)
 	}
 	return Ref{Kind: k, Name: name}, nil
 }
@@ -55,12 +56,36 @@ func ParseRef(s string) (Ref, error) {
 // DefaultWindow is the time window of a query when none is given.
 const DefaultWindow = time.Minute
 
-// checkWindow validates a query's window.
-func checkWindow(w time.Duration) error {
+// checkWindow validates a query's window: rates need two samples in it,
+// so at least two scrape intervals.
+func (a *API) checkWindow(w time.Duration) error {
 	if w < time.Second || w > 24*time.Hour {
-		return fmt.Errorf("time window %v: must be between 1s and 24h", w)
+		return invalid("time window %v: must be between 1s and 24h", w)
+	}
+	if min := 2 * a.ScrapeInterval; w < min {
+		return invalid("time window %v: must be at least two scrape intervals (%v), or rates have fewer than two samples to go by", w, min)
 	}
 	return nil
+}
+
+// checkNames refuses names that are not UTF-8 (they cannot be labels).
+func checkNames(names ...string) error {
+	for _, n := range names {
+		if !utf8.ValidString(n) {
+			return invalid("%q is not valid UTF-8", n)
+		}
+	}
+	return nil
+}
+
+// RequestError is a query the API refuses as asked (a bad kind, window or
+// name): the caller's mistake, not the store's.
+type RequestError struct{ msg string }
+
+func (e *RequestError) Error() string { return e.msg }
+
+func invalid(format string, args ...any) error {
+	return &RequestError{fmt.Sprintf(format, args...)}
 }
 
 // matchers builds a PromQL label selector body from name → value pairs

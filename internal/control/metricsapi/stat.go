@@ -14,6 +14,9 @@ import (
 type API struct {
 	Backend Backend
 	Store   Lister
+	// ScrapeInterval is how often the store scrapes the proxies: windows
+	// shorter than two of them are refused.
+	ScrapeInterval time.Duration
 	// Now is the evaluation time of queries (time.Now if nil).
 	Now func() time.Time
 }
@@ -61,12 +64,15 @@ type StatRow struct {
 func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 	label, ok := resourceLabels[req.Kind]
 	if !ok {
-		return nil, fmt.Errorf("unknown resource kind %q", req.Kind)
+		return nil, invalid("unknown resource kind %q", req.Kind)
 	}
 	if req.From != nil && req.To != nil {
-		return nil, fmt.Errorf("--from and --to cannot be used together")
+		return nil, invalid("from and to cannot be used together")
 	}
-	if err := checkWindow(req.Window); err != nil {
+	if err := a.checkWindow(req.Window); err != nil {
+		return nil, err
+	}
+	if err := checkNames(req.Name, req.Namespace, refName(req.From), refName(req.To)); err != nil {
 		return nil, err
 	}
 	if req.Kind == "namespace" && req.Name != "" {
@@ -169,6 +175,13 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 		return out[i].Name < out[j].Name
 	})
 	return out, nil
+}
+
+func refName(r *Ref) string {
+	if r == nil {
+		return ""
+	}
+	return r.Name
 }
 
 // instances counts the registered instances of each resource req selects.

@@ -145,7 +145,7 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	if err := p.openMetrics(); err != nil {
 		return nil, err
 	}
-	metricsAPI := (&metricsapi.API{Backend: p.metrics, Store: p.store}).Handler()
+	metricsAPI := (&metricsapi.API{Backend: p.metrics, Store: p.store, ScrapeInterval: o.Metrics.ScrapeInterval}).Handler()
 	var addrs *localapi.Addresses
 	if o.Network.IsValid() {
 		addrs = localapi.NewAddresses(o.Network)

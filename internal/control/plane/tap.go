@@ -42,6 +42,9 @@ func (p *Plane) tapTargets(r *http.Request) ([]tap.Target, *tapv1.ObserveRequest
 		return nil, nil, fmt.Errorf("target: %w", err)
 	}
 	ns := q.Get("namespace")
+	if kind == "namespace" {
+		ns = name
+	}
 	wls, _, err := p.store.List(r.Context(), resources.KindWorkload, ns, nil)
 	if err != nil {
 		return nil, nil, err
@@ -60,8 +63,5 @@ func (p *Plane) tapTargets(r *http.Request) ([]tap.Target, *tapv1.ObserveRequest
 		targets = append(targets, tap.Target{Addr: net.JoinHostPort(spec.Address, strconv.Itoa(spec.TapPort)),
 			Workload: w.Metadata.Name, Namespace: w.Metadata.Namespace, Identity: spec.Identity})
 	}
-	if len(targets) == 0 {
-		return nil, nil, fmt.Errorf("target %s: no registered instance with a tap port in namespace %q", raw, ns)
-	}
-	return targets, req, nil
+	return targets, req, nil // none: the handler's 404
 }

@@ -27,7 +27,8 @@ type Event struct {
 	Time time.Time `json:"time"`
 	// ID identifies the request among those of its proxy (ProxyAddr).
 	ID uint64 `json:"id,omitempty"`
-	// ProxyAddr, Workload and Namespace say which proxy reported it.
+	// ProxyAddr, Workload and Namespace say which proxy reported it;
+	// Workload is the instance's name (web-0), as request IDs are per proxy.
 	ProxyAddr string `json:"proxyAddr"`
 	Workload  string `json:"workload,omitempty"`
 	Namespace string `json:"namespace,omitempty"`

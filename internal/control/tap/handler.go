@@ -32,7 +32,7 @@ func Handler(c *Client, resolve Resolve) http.Handler {
 			return
 		}
 		if len(targets) == 0 {
-			http.Error(w, "tap: no proxies to tap", http.StatusNotFound)
+			http.Error(w, "tap: no registered instance of the target has a tap port", http.StatusNotFound)
 			return
 		}
 		h := w.Header()

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	tapv1 "github.com/trellis-mesh/trellis/api/tap/v1"
@@ -33,7 +34,8 @@ const DefaultConnectTimeout = 5 * time.Second
 type Target struct {
 	// Addr is the host:port of the proxy's tap port.
 	Addr string
-	// Workload and Namespace say whose proxy it is; they label its events.
+	// Workload (the instance's name, web-0) and Namespace say whose proxy
+	// it is; they label its events.
 	Workload  string
 	Namespace string
 	// Identity is the proxy's SPIFFE ID: its certificate must name it.
@@ -95,6 +97,9 @@ func (c *Client) watch(ctx context.Context, t Target, req *tapv1.ObserveRequest,
 	cc, err := grpc.NewClient(t.Addr,
 		grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig(id))),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: timeout}),
+		// A proxy that vanishes without a reset (its namespace torn down)
+		// ends its stream within 40 s instead of never.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	if err != nil {
 		fail(err)

@@ -45,7 +45,7 @@ type Proxy struct {
 	once      sync.Once
 
 	// Addresses the listeners are bound to (useful when configured with
-	// port 0); TapAddr is nil without an identity.
+	// port 0); TapAddr is nil unless the proxy registers a workload.
 	InboundAddr, OutboundAddr, AdminAddr, TapAddr net.Addr
 	UpstreamAddrs                                 map[string]net.Addr
 
@@ -55,7 +55,7 @@ type Proxy struct {
 	identity  *identity.Manager // nil without an identity
 	control   *control          // nil without a destination service
 	decisions *explain.Log
-	tapHub    *tap.Hub // nil without an identity
+	tapHub    *tap.Hub // nil unless the proxy registers a workload
 	tapSrv    *tap.Server
 	tapLn     net.Listener
 	tracer    *trace.Tracer     // nil without a trace collector
@@ -81,9 +81,13 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		}
 		m.RegisterMetrics(p.reg)
 		p.identity, creds = m, m
-		p.tapHub = tap.NewHub(tap.HubConfig{Identity: cfg.Identity})
-		if p.tapSrv, err = tap.NewServer(p.tapHub, m, meshid.IdentityServiceID(m.ID().TrustDomain), log); err != nil {
-			return nil, err
+		// Tap is the control plane's, which finds the port by the
+		// workload's registration: a proxy that does not register has none.
+		if cfg.DestinationAddr != "" && cfg.Workload != "" {
+			p.tapHub = tap.NewHub(tap.HubConfig{Identity: cfg.Identity})
+			if p.tapSrv, err = tap.NewServer(p.tapHub, m, meshid.IdentityServiceID(m.ID().TrustDomain), log); err != nil {
+				return nil, err
+			}
 		}
 	}
 	var res *discover.Resolver

@@ -1,7 +1,8 @@
 // Package metrics records the proxy's traffic metrics under Linkerd's proxy
-// metric names and labels (request_total, response_total, response_latency_seconds,
-// tcp_*), so existing dashboards and queries work unchanged, and renders them
-// in the Prometheus text exposition format.
+// metric families and labels (request_total, response_total, tcp_*, route_*)
+// — but for latency, response_latency_seconds (Linkerd's buckets, in
+// seconds, not response_latency_ms), so that promtool's lint passes — and
+// renders them in the Prometheus text exposition format.
 //
 // Recording is on the hot path of every request, so it is a handful of atomic
 // adds on series looked up once per connection or target, never a lock or an
