@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 
 	"github.com/trellis-mesh/trellis/internal/control/tap"
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -147,7 +148,7 @@ func tapLine(ev tap.Event, wide bool) string {
 	case tap.TypeResponseEnd:
 		line := "end " + head
 		if ev.GRPCStatus != nil {
-			line += " grpc-status=" + strconv.Itoa(*ev.GRPCStatus)
+			line += " grpc-status=" + codes.Code(*ev.GRPCStatus).String() // OK, Unavailable, … as Linkerd prints them
 		}
 		line += fmt.Sprintf(" duration=%dµs response-length=%dB", ev.DurationMicros, ev.Bytes)
 		if ev.Error != "" {

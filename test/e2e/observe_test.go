@@ -80,6 +80,13 @@ func observeDemo(t *testing.T, demo *trellisProc) {
 	for _, w := range wls {
 		ids[w.Spec.Service] = w.Spec.Identity
 	}
+	// What every proxy exposes passes promtool's lint, as a user would check it.
+	for name, w := range wls {
+		check := fmt.Sprintf("curl -sf http://%s:%d/metrics | promtool check metrics", w.Spec.Address, w.Spec.AdminPort)
+		if out, err := exec.Command("bash", "-c", "set -o pipefail; "+check).CombinedOutput(); err != nil || len(strings.TrimSpace(string(out))) > 0 {
+			t.Errorf("%s: %s: %v\n%s", name, check, err, out)
+		}
+	}
 	// web's proxy takes plain HTTP on its inbound port too, in both modes.
 	webProxy := fmt.Sprintf("http://%s:%d", wls["web-0"].Spec.Address, wls["web-0"].Spec.MeshPort)
 
