@@ -37,8 +37,10 @@ func newControl(cfg *config.Config, m *identity.Manager, log *slog.Logger) (*con
 	conn, err := grpc.NewClient(cfg.DestinationAddr,
 		grpc.WithTransportCredentials(credentials.NewTLS(m.ClientConfig(serverID))),
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
-			MinConnectTimeout: 2 * time.Second,
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			// A handshake on a busy host may take seconds; one given up
+			// on too early is retried, and given up on, forever.
+			MinConnectTimeout: 10 * time.Second,
 		}),
 	)
 	if err != nil {

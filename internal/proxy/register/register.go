@@ -22,6 +22,9 @@ const (
 	backoffMin  = 200 * time.Millisecond
 	backoffMax  = 5 * time.Second
 	callTimeout = 2 * time.Second
+	// registerTimeout bounds a registration, which no lease hangs on:
+	// long enough for a first connection's TLS handshake on a busy host.
+	registerTimeout = 10 * time.Second
 )
 
 // Config configures a Registrar.
@@ -61,7 +64,11 @@ func (r *Registrar) Run(ctx context.Context) {
 	for {
 		var err error
 		var lease *destinationv1.Lease
-		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		timeout := callTimeout
+		if ttl == 0 {
+			timeout = registerTimeout
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
 		if ttl == 0 {
 			lease, err = r.cfg.Client.Register(cctx, r.cfg.Request)
 		} else {
