@@ -70,9 +70,11 @@ func TestDemoObservabilityPrometheus(t *testing.T) {
 func observeDemo(t *testing.T, demo *trellisProc) {
 	t.Helper()
 	dataDir := demo.waitOutput(t, demoDataDir, 30*time.Second)[1]
-	// Two reports of warm-up (the store must hold each series before the
-	// traffic it counts; every instance registered), then the generator's
-	// next four 5 s windows.
+	// Every instance registered (on a busy host a first registration can
+	// take a while), two reports of warm-up (the store must hold each
+	// series before the traffic it counts), then the generator's next four
+	// 5 s windows.
+	waitRegistered(t, dataDir, 5, 60*time.Second)
 	waitReports(t, demo, 2, 30*time.Second)
 	checkMeshed(t, dataDir)
 	ids := map[string]string{} // service → identity
@@ -145,6 +147,22 @@ func observeDemo(t *testing.T, demo *trellisProc) {
 	top := trellisOut(t, dataDir, "top", "workload/web", "--duration", "3s")
 	if !regexp.MustCompile(`(?m)^traffic\s+web-0\s+GET\s+/api/list\s+\d+`).MatchString(top) {
 		t.Errorf("top workload/web:\n%s", top)
+	}
+}
+
+// waitRegistered waits for n registered instances.
+func waitRegistered(t *testing.T, dataDir string, n int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		wls := workloads(t, dataDir)
+		if len(wls) >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d instances registered within %v: %v", len(wls), n, within, wls)
+		}
+		time.Sleep(100 * time.Millisecond) // polling interval, not synchronisation
 	}
 }
 

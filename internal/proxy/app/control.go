@@ -38,9 +38,9 @@ func newControl(cfg *config.Config, m *identity.Manager, log *slog.Logger) (*con
 		grpc.WithTransportCredentials(credentials.NewTLS(m.ClientConfig(serverID))),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
-			// A handshake on a busy host may take seconds; one given up
-			// on too early is retried, and given up on, forever.
-			MinConnectTimeout: 10 * time.Second,
+			// Attempts that stall are given up on soon, for fresh ones
+			// within the same (longer) registration call.
+			MinConnectTimeout: 2 * time.Second,
 		}),
 	)
 	if err != nil {

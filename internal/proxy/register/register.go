@@ -23,7 +23,7 @@ const (
 	backoffMax  = 5 * time.Second
 	callTimeout = 2 * time.Second
 	// registerTimeout bounds a registration, which no lease hangs on:
-	// long enough for a first connection's TLS handshake on a busy host.
+	// long enough for several connection attempts on a busy host.
 	registerTimeout = 10 * time.Second
 )
 
