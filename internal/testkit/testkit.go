@@ -119,3 +119,26 @@ func WaitReady(t testing.TB, url string) {
 	}
 	t.Fatalf("%s did not answer 200 within 15s", url)
 }
+
+// Get sends GET url with the Host header host (if not "") and header, reads
+// the body to its end and returns the status.
+func Get(t testing.TB, url, host string, header map[string]string) int {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}

@@ -16,6 +16,7 @@ import (
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 var t0 = time.Date(2022, 8, 23, 20, 28, 20, 71809491, time.UTC)
@@ -56,20 +57,7 @@ func serve(t *testing.T, l *Logger, meta *transport.Meta, traceID string, app ht
 
 func get(t *testing.T, url string, header map[string]string) {
 	t.Helper()
-	req, err := http.NewRequest("GET", url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Host = "shop.example:8080"
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	testkit.Get(t, url, "shop.example:8080", header)
 }
 
 func created(w http.ResponseWriter, r *http.Request) {

@@ -272,18 +272,8 @@ func tracedInbound(t *testing.T, collector string) (*stoppable, *seen) {
 
 func send(t *testing.T, addr string, header map[string]string) {
 	t.Helper()
-	req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("status %d", resp.StatusCode)
+	if status := testkit.Get(t, "http://"+addr+"/", "", header); status != 200 {
+		t.Fatalf("status %d", status)
 	}
 }
 

@@ -34,8 +34,18 @@ type Route struct {
 	timeouts atomic.Uint64
 }
 
-// Retry counts an extra attempt (a retry or a hedge).
-func (r *Route) Retry() { r.retries.Add(1) }
+// Retry counts an extra attempt (a retry or a hedge); on a nil Route
+// (HTTP metrics off) it counts nothing.
+func (r *Route) Retry() {
+	if r != nil {
+		r.retries.Add(1)
+	}
+}
 
-// Timeout counts a request or attempt ended by the route's timeouts.
-func (r *Route) Timeout() { r.timeouts.Add(1) }
+// Timeout counts a request or attempt ended by the route's timeouts; on a
+// nil Route it counts nothing.
+func (r *Route) Timeout() {
+	if r != nil {
+		r.timeouts.Add(1)
+	}
+}

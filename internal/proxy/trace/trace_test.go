@@ -17,6 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/trace/tracetest"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 const (
@@ -81,17 +82,7 @@ func newHop(t *testing.T, dir transport.Direction, ratio float64, inner ...func(
 
 func (h *hop) do(t *testing.T, path string, header map[string]string) http.Header {
 	t.Helper()
-	req, _ := http.NewRequest("GET", h.url+path, nil)
-	req.Host = "api.shop:8080"
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	testkit.Get(t, h.url+path, "api.shop:8080", header)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.out[len(h.out)-1]
