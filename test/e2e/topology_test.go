@@ -181,8 +181,8 @@ func (tp *topology) startTransparent(t *testing.T, backends []backend) {
 	t.Helper()
 	suffix := make([]byte, 4)
 	rand.Read(suffix)
-	tp.nsA = "trellis-e2e-a-" + hex.EncodeToString(suffix)
-	tp.nsB = "trellis-e2e-b-" + hex.EncodeToString(suffix)
+	tp.nsA = "e2e-topo-a-" + hex.EncodeToString(suffix)
+	tp.nsB = "e2e-topo-b-" + hex.EncodeToString(suffix)
 	for _, ns := range []string{tp.nsA, tp.nsB} {
 		mustCmd(t, "ip", "netns", "add", ns)
 		tp.netns = append(tp.netns, ns)

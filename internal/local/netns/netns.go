@@ -9,10 +9,12 @@ package netns
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -77,7 +79,12 @@ func CreateBridge(ctx context.Context, name string, gw netip.Prefix) error {
 	if err := os.WriteFile(filepath.Join(OwnerDir, name+".pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		return err
 	}
-	if err := ip(ctx, "link", "add", name, "type", "bridge"); err != nil {
+	// A bridge without an address of its own takes the lowest of its
+	// ports' and changes it as ports join: a namespace that resolved the
+	// gateway just before would send to a MAC nobody answers for until its
+	// neighbour entry expires (tens of seconds). A fixed, locally
+	// administered unicast address never changes.
+	if err := ip(ctx, "link", "add", name, "address", bridgeMAC().String(), "type", "bridge"); err != nil {
 		return err
 	}
 	if err := ip(ctx, "addr", "add", gw.String(), "dev", name); err != nil {
@@ -89,6 +96,14 @@ func CreateBridge(ctx context.Context, name string, gw netip.Prefix) error {
 		return err
 	}
 	return nil
+}
+
+// bridgeMAC is a random locally administered unicast MAC address.
+func bridgeMAC() net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	rand.Read(mac)
+	mac[0] = mac[0]&^0x01 | 0x02
+	return mac
 }
 
 // DeleteBridge removes bridge name and its owner record.

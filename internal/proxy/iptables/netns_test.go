@@ -243,11 +243,12 @@ func testTraffic(t *testing.T, ns, peer string) {
 }
 
 // newTopology creates ns and peer, linked by veth tv0 (in ns) <-> tv1 (in
-// peer), and deletes both when the test ends.
+// peer), and deletes both when the test ends. The names must not start
+// with "trellis-": local mode removes such namespaces as its leftovers.
 func newTopology(t *testing.T) (ns, peer string) {
 	b := make([]byte, 4)
 	rand.Read(b)
-	ns = "trellis-ipt-" + hex.EncodeToString(b)
+	ns = "ipt-test-" + hex.EncodeToString(b)
 	peer = ns + "-peer"
 	for _, name := range []string{ns, peer} {
 		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
