@@ -333,3 +333,49 @@ func TestFailingInstanceIsEjectedAndReadmitted(t *testing.T) {
 		t.Errorf("after readmission echo-0 got %d of 20 requests", badHits.Load())
 	}
 }
+
+// A mesh service name never leaves the mesh as addressed: a request to one
+// whose first instance has not registered yet waits for it and is served
+// over mTLS; one to a name no instance ever serves fails fast with 503 (not
+// a plaintext attempt at the name).
+func TestMeshNameBeforeItsServiceExists(t *testing.T) {
+	p, api := startPlane(t)
+	late, _ := clientProxy(t, p, api, "late", "--failfast-timeout=20s")
+	ghost, _ := clientProxy(t, p, api, "ghost", "--failfast-timeout=300ms")
+
+	type result struct {
+		r   reply
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := http.Get("http://" + late + "/")
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		done <- result{r: reply{resp.StatusCode, string(b), resp.Header}}
+	}()
+	time.Sleep(300 * time.Millisecond) // the request is waiting (not synchronisation: it must wait however long this is)
+	select {
+	case res := <-done:
+		t.Fatalf("answered before the service existed: %+v", res)
+	default:
+	}
+	addr := backend(t, "late-0", 0)
+	_, port, _ := net.SplitHostPort(addr)
+	proxy(t, p, api, "late", "--app-addr="+addr, "--workload=late-0", "--service=late", "--service-port=8080="+port)
+	res := <-done
+	if res.err != nil || res.r.status != http.StatusOK || res.r.body != "late-0 spiffe://cluster.local/ns/default/sa/client" {
+		t.Fatalf("the waiting request: %+v", res)
+	}
+
+	start := time.Now()
+	r := call(t, http.DefaultClient, http.MethodGet, "http://"+ghost+"/", nil)
+	if r.status != http.StatusServiceUnavailable || r.header.Get("l5d-proxy-error") != "no such service" {
+		t.Fatalf("a name no instance serves: %d %q %q", r.status, r.header.Get("l5d-proxy-error"), r.body)
+	}
+	t.Logf("a name no instance serves: 503 after %v", time.Since(start).Round(time.Millisecond))
+}

@@ -171,7 +171,7 @@ func (in *instance) proxyArgs() ([]string, error) {
 	args := []string{in.o.Exe, "proxy",
 		"--identity", in.identity(), "--identity-addr", in.st.ControlAddr,
 		"--identity-token-file", filepath.Join(in.dir, "token"), "--trust-anchors", filepath.Join(in.dir, "trust-anchors.pem"),
-		"--destination-addr", in.st.ControlAddr, "--workload", in.name, "--service", in.o.Service,
+		"--destination-addr", in.st.ControlAddr, "--cluster-domain", in.st.ClusterDomain, "--workload", in.name, "--service", in.o.Service,
 		"--service-port", sp, "--workload-label", resources.WorkloadLabel + "=" + in.o.Name,
 		"--workload-address", in.addr.String(), "--shutdown-grace-period", "5s",
 		"--log-format", "text", "--log-level", in.o.ProxyLogLevel,

@@ -109,6 +109,9 @@ type Config struct {
 	// (host:port): discovery of services and workload registration. Empty:
 	// no discovery.
 	DestinationAddr string
+	// ClusterDomain: names under svc.<ClusterDomain> are mesh services,
+	// never forwarded as addressed, even before discovery knows them.
+	ClusterDomain string
 	// Workload, if set, is the instance name this proxy registers (with
 	// Service, WorkloadAddress and ServicePorts) and keeps a lease on.
 	Workload string
@@ -177,6 +180,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.TrustAnchorsFile, "trust-anchors", "", "PEM file of the mesh's trust anchors")
 	fs.IntVar(&meshPort, "mesh-port", 4143, "inbound port of peer proxies, where mTLS connections go")
 	fs.StringVar(&c.DestinationAddr, "destination-addr", "", "control plane destination service (host:port): service discovery and workload registration; needs identity")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "names under svc.<this domain> are mesh services: a request to one discovery does not know (yet) waits for it like a service without endpoints (up to failfast-timeout), then fails with 503, instead of leaving the mesh as addressed; empty: every unknown name is forwarded as addressed")
 	fs.StringVar(&c.Workload, "workload", "", "register this instance under this name (unique in its namespace, which is the identity's) and keep a lease on it")
 	fs.StringVar(&c.Service, "service", "", "the service the registered workload serves (default: the workload name)")
 	fs.StringVar(&c.WorkloadAddress, "workload-address", "", "IP peers reach the registered workload on (default: inbound-addr's host, if it is not a wildcard)")
@@ -466,6 +470,9 @@ func (c *Config) validateObservability() error {
 // validateWorkload checks discovery and registration settings, filling in
 // the defaults that depend on other settings.
 func (c *Config) validateWorkload() error {
+	if strings.ContainsAny(c.ClusterDomain, " /:") || strings.HasPrefix(c.ClusterDomain, ".") {
+		return fmt.Errorf("cluster-domain %q: not a DNS domain", c.ClusterDomain)
+	}
 	if c.DestinationAddr != "" {
 		if c.Identity == "" {
 			return errors.New("destination-addr needs identity: the control plane is reached over mTLS")

@@ -9,8 +9,11 @@ package discover
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +68,11 @@ type Config struct {
 	// control plane; if it gives up, later lookups do not wait at all
 	// until the answer comes.
 	Wait time.Duration
+	// ClusterDomain, if set, makes names under svc.<ClusterDomain> mesh
+	// services: never forwarded as addressed. One the control plane does
+	// not know (yet), or has not answered for, is a service without
+	// endpoints, which callers wait for and then fail fast on.
+	ClusterDomain string
 	// IdleTimeout drops a service's stream when unused this long.
 	IdleTimeout time.Duration
 	// Balance configures every service's balancer.
@@ -106,7 +114,9 @@ type Service struct {
 	cancel    context.CancelFunc
 	// late is set once a lookup gave up waiting for the first answer:
 	// later lookups pass through at once until it comes.
-	late   atomic.Bool
+	late atomic.Bool
+	// mesh: the authority is a mesh service name, never forwarded as addressed.
+	mesh   bool
 	bal    *balance.Balancer
 	routes atomic.Pointer[route.Table]
 	// downSince is when Pick last started failing (unix ns); 0 while it works.
@@ -141,13 +151,23 @@ func (s *Service) Routes() *route.Table { return s.routes.Load() }
 // Set is the current set; nil until the first answer.
 func (s *Service) Set() *Set { return s.set.Load() }
 
+// Why a mesh service name has no endpoint to pick.
+var (
+	ErrUnresolved = errors.New("the control plane has not answered for the service yet")
+	ErrNoService  = errors.New("the control plane knows no such service")
+)
+
 // Pick returns the endpoint for one request or connection, or
-// balance.ErrNoEndpoints or balance.ErrAllEjected. The caller brackets its
-// use with ep.Start and ep.End.
+// ErrUnresolved, ErrNoService, balance.ErrNoEndpoints or
+// balance.ErrAllEjected. The caller brackets its use with ep.Start and
+// ep.End.
 func (s *Service) Pick() (*Endpoint, error) {
 	set := s.set.Load()
-	if set == nil {
-		return nil, balance.ErrNoEndpoints
+	switch {
+	case set == nil:
+		return nil, ErrUnresolved
+	case !set.Exists:
+		return nil, ErrNoService
 	}
 	i, err := s.bal.Pick(len(set.Endpoints), func(i int) *balance.Endpoint { return set.Endpoints[i].Endpoint })
 	if err != nil {
@@ -159,7 +179,9 @@ func (s *Service) Pick() (*Endpoint, error) {
 // Resolve returns the watched service for authority, waiting (within ctx
 // and the configured wait) for its first answer. It returns nil when no
 // answer came in time, or when the control plane knows no such service:
-// the caller then forwards to the original destination.
+// the caller then forwards to the original destination. A mesh service
+// name (see Config.ClusterDomain) is never given up on that way: its
+// Service is returned and Pick says why it has no endpoint.
 func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 	r.mu.RLock() // the request path: shared
 	s, ok := r.services[authority]
@@ -171,7 +193,8 @@ func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 		r.mu.Lock()
 		if s, ok = r.services[authority]; !ok {
 			wctx, cancel := context.WithCancel(r.ctx)
-			s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel, bal: balance.New(r.cfg.Balance)}
+			s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel, bal: balance.New(r.cfg.Balance),
+				mesh: r.meshName(authority)}
 			r.services[authority] = s
 			go r.watch(wctx, s)
 		}
@@ -182,7 +205,7 @@ func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 	case <-s.ready:
 	default:
 		if s.late.Load() {
-			return nil
+			return s.orNil()
 		}
 		t := time.NewTimer(r.cfg.Wait)
 		defer t.Stop()
@@ -190,15 +213,36 @@ func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 		case <-s.ready:
 		case <-t.C:
 			s.late.Store(true)
-			return nil
+			return s.orNil()
 		case <-ctx.Done():
 			return nil
 		}
 	}
 	if set := s.set.Load(); set == nil || !set.Exists {
-		return nil
+		return s.orNil()
 	}
 	return s
+}
+
+// orNil is s for a mesh service name, else nil (forward as addressed).
+func (s *Service) orNil() *Service {
+	if s.mesh {
+		return s
+	}
+	return nil
+}
+
+// meshName reports whether authority's host is under svc.<ClusterDomain>.
+func (r *Resolver) meshName(authority string) bool {
+	if r.cfg.ClusterDomain == "" {
+		return false
+	}
+	host, _, err := net.SplitHostPort(authority)
+	if err != nil {
+		host = authority
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	return strings.HasSuffix(host, ".svc."+strings.ToLower(strings.TrimSuffix(r.cfg.ClusterDomain, ".")))
 }
 
 // MeshPort is the port the proxy in front of endpoint addr accepts mTLS

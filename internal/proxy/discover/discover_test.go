@@ -179,8 +179,9 @@ func TestResolveFollowsTheServiceAndOutlivesTheControlPlane(t *testing.T) {
 	cp.workload("web-1", "", true)
 	cp.workload("web-2", "", true)
 	eventually(t, svc)
-	if _, err := svc.Pick(); !errors.Is(err, balance.ErrNoEndpoints) {
-		t.Errorf("an empty set: %v; want ErrNoEndpoints", err)
+	// Its last workload gone, so is the service.
+	if _, err := svc.Pick(); !errors.Is(err, ErrNoService) {
+		t.Errorf("no workload left: %v; want ErrNoService", err)
 	}
 }
 
@@ -205,5 +206,46 @@ func TestResolveGivesUpWithoutAControlPlane(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("gave up after %v; the wait is 200ms", d)
+	}
+}
+
+// A mesh service name is not given up on: before its service exists, and
+// when the control plane has not answered, Resolve returns it and Pick says
+// why there is no endpoint; other names are forwarded as addressed.
+func TestMeshNamesAreNeverForwardedAsAddressed(t *testing.T) {
+	cp := newControlPlane(t)
+	conn, err := grpc.NewClient(cp.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := NewResolver(ctx, Config{Client: destinationv1.NewDestinationClient(conn), Namespace: "default", ClusterDomain: "cluster.local", Wait: 5 * time.Second, Log: discard})
+	svc := r.Resolve(ctx, "web.default.svc.cluster.local.:8080")
+	if svc == nil {
+		t.Fatal("a mesh service name with no service yet was given up on")
+	}
+	if _, err := svc.Pick(); !errors.Is(err, ErrNoService) {
+		t.Errorf("before the service exists: %v; want ErrNoService", err)
+	}
+	if r.Resolve(ctx, "web.example.com:8080") != nil || r.Resolve(ctx, "nothing:8080") != nil {
+		t.Error("a name outside the cluster domain resolved to nothing known")
+	}
+	cp.workload("web-0", "10.0.0.1", false)
+	eventually(t, svc, "10.0.0.1:8080")
+
+	// No control plane answering: the wait ends, the name still stays in the mesh.
+	cp.stop()
+	dead := NewResolver(ctx, Config{Client: destinationv1.NewDestinationClient(conn), ClusterDomain: "cluster.local", Wait: 100 * time.Millisecond, Log: discard})
+	s := dead.Resolve(ctx, "web.default.svc.cluster.local:8080")
+	if s == nil {
+		t.Fatal("a mesh service name was given up on without a control plane")
+	}
+	if _, err := s.Pick(); !errors.Is(err, ErrUnresolved) {
+		t.Errorf("without an answer: %v; want ErrUnresolved", err)
+	}
+	if dead.Resolve(ctx, "web:8080") != nil {
+		t.Error("a short name resolved without a control plane")
 	}
 }

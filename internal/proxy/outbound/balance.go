@@ -116,6 +116,8 @@ func (b *balancer) http() httpproxy.Layer {
 
 // Fail-fast reasons: a retry cannot help with these.
 const (
+	reasonUnresolved  = "service not yet resolved by the control plane"
+	reasonNoService   = "no such service"
 	reasonNoEndpoints = "service has no endpoints"
 	reasonAllEjected  = "every endpoint of the service is failing"
 	reasonQueueFull   = "service unavailable: too many requests waiting"
@@ -123,6 +125,10 @@ const (
 
 func failFastReason(err error) string {
 	switch {
+	case errors.Is(err, discover.ErrUnresolved):
+		return reasonUnresolved
+	case errors.Is(err, discover.ErrNoService):
+		return reasonNoService
 	case errors.Is(err, balance.ErrNoEndpoints):
 		return reasonNoEndpoints
 	case errors.Is(err, balance.ErrAllEjected):
@@ -136,7 +142,7 @@ func failFastReason(err error) string {
 // failingFast reports whether a response is the balance stage's fail-fast answer.
 func failingFast(h http.Header) bool {
 	switch h.Get(httpproxy.ErrorHeader) {
-	case reasonNoEndpoints, reasonAllEjected, reasonQueueFull:
+	case reasonUnresolved, reasonNoService, reasonNoEndpoints, reasonAllEjected, reasonQueueFull:
 		return true
 	}
 	return false
