@@ -1,6 +1,7 @@
 package plane
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -52,7 +53,9 @@ func instance(t *testing.T, p *Plane, api *localapi.Client, svc, name string, h 
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &http.Server{Handler: h}
+	srv := &http.Server{Handler: h, Protocols: new(http.Protocols)}
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true) // as the client spoke: HTTP/2 arrives as HTTP/2
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	_, port, _ := net.SplitHostPort(ln.Addr().String())
@@ -573,5 +576,42 @@ func TestFaultsAndMirroring(t *testing.T) {
 	// Were copies waited for, 30% of the primary's answers would take 100 ms.
 	if primary.Load() != n || math.Abs(share-0.30) > 0.06 || p90 > 50*time.Millisecond {
 		t.Errorf("mirror 30%%: primary got %d of %d, shadow %.1f%%, primary p90 %v", primary.Load(), n, 100*share, p90)
+	}
+}
+
+// A retried response is dropped whatever its size: a 503 whose long body is
+// still arriving when its head decides the retry is cancelled, and the
+// client — HTTP/1.1 or HTTP/2 — gets the next attempt's answer, not a
+// broken response.
+func TestRetryDropsALargeFailedResponse(t *testing.T) {
+	p, api := startPlane(t)
+	var hits atomic.Int64
+	instance(t, p, api, "big", "big-0", func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1)%2 == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			for range 20 {
+				w.Write(bytes.Repeat([]byte("e"), 10000))
+				w.(http.Flusher).Flush()
+				time.Sleep(time.Millisecond)
+			}
+			return
+		}
+		fmt.Fprint(w, "ok")
+	})
+	apply(t, api, routeYAML("big", `retry.trellis.dev/budget-ratio: "100%"`, "retry: {codes: [503], attempts: 3}"))
+	addr, _ := clientProxy(t, p, api, "big")
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	clients := map[string]*http.Client{
+		"HTTP/1.1": {Timeout: 10 * time.Second},
+		"h2c":      {Timeout: 10 * time.Second, Transport: &http.Transport{Protocols: &h2}},
+	}
+	waitRouted(t, clients["HTTP/1.1"], "http://"+addr, &hits)
+	for name, c := range clients {
+		for i := range 20 {
+			if r := call(t, c, "GET", "http://"+addr+"/", nil); r.status != http.StatusOK || r.body != "ok" {
+				t.Fatalf("%s request %d: %d %.40q %q", name, i, r.status, r.body, r.header.Get("l5d-proxy-error"))
+			}
+		}
 	}
 }

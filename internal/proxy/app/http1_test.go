@@ -154,16 +154,29 @@ func TestHeadersPassThrough(t *testing.T) {
 	}
 }
 
+// Heads that could frame a body one way here and another way upstream, or
+// that net/http's own server refuses, are answered 400 and the connection
+// closed; nothing reaches the application.
 func TestRequestSmugglingRefused(t *testing.T) {
 	b := newBackend(t)
 	p := inboundProxy(t, b)
-	_, br := raw(t, p.InboundAddr.String(), "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"+
-		"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n")
-	resp, _ := readResponse(t, br, "POST")
-	if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("l5d-proxy-error") == "" {
-		t.Fatalf("status %d, error header %q; want 400 with a reason", resp.StatusCode, resp.Header.Get("l5d-proxy-error"))
+	smuggled := "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n"
+	for name, head := range map[string]string{
+		"Content-Length and Transfer-Encoding": "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"space before the colon (TE)":          "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 41\r\nTransfer-Encoding : chunked\r\n\r\n",
+		"space before the colon (CL)":          "POST / HTTP/1.1\r\nHost: app\r\nContent-Length : 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"Transfer-Encoding in HTTP/1.0":        "POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+		"HTTP/1.1 without Host":                "GET / HTTP/1.1\r\n\r\n",
+		"invalid Host":                         "GET / HTTP/1.1\r\nHost: a b/c@d\r\n\r\n",
+	} {
+		_, br := raw(t, p.InboundAddr.String(), head+smuggled)
+		resp, _ := readResponse(t, br, "POST")
+		if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("l5d-proxy-error") == "" || resp.Header.Get("Date") == "" {
+			t.Errorf("%s: status %d, error header %q, Date %q; want 400 with a reason and a date", name, resp.StatusCode, resp.Header.Get("l5d-proxy-error"), resp.Header.Get("Date"))
+			continue
+		}
+		assertClosed(t, br)
 	}
-	assertClosed(t, br)
 	if n := b.requests.Load(); n != 0 {
 		t.Fatalf("the application received %d requests; want none", n)
 	}
@@ -392,6 +405,133 @@ func TestUpstreamClosingIdleConnectionsIsInvisible(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || string(body) != "ok" {
 			t.Fatalf("request %d after %v idle: %d %q (%s)", i, idle, resp.StatusCode, body, resp.Header.Get("l5d-proxy-error"))
+		}
+	}
+}
+
+// rawApp is an application that speaks HTTP/1.1 by hand: serve is called
+// with each connection and a reader over it.
+func rawApp(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func rawProxy(t *testing.T, app string) *proxytest.Proxy {
+	cfg := proxytest.Config(t)
+	cfg.AppAddr = app
+	return proxytest.Start(t, cfg)
+}
+
+// A response field name with whitespace before the colon is not relayed
+// (RFC 9112 §5.1): 502.
+func TestInvalidResponseFieldIs502(t *testing.T) {
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		http.ReadRequest(br)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length : 0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	}))
+	resp, err := http.Get("http://" + p.InboundAddr.String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d; want 502", resp.StatusCode)
+	}
+}
+
+// An upstream that drops a reused connection without answering may have
+// acted on the request: only idempotent ones are sent again (RFC 9110 §9.2.2).
+func TestOnlyIdempotentRequestsAreRetriedOnAStaleConnection(t *testing.T) {
+	var seen sync.Map // method → *atomic.Int64
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		for i := 0; ; i++ {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			n, _ := seen.LoadOrStore(req.Method, new(atomic.Int64))
+			n.(*atomic.Int64).Add(1)
+			if i == 1 {
+				return // the second request on a connection: dropped unanswered
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	}))
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	for _, m := range []string{http.MethodGet, http.MethodPost} {
+		for i := range 2 {
+			req, _ := http.NewRequest(m, "http://"+p.InboundAddr.String()+"/", nil)
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			// Each request goes out on the connection the last one left
+			// pooled, as that connection's second request: GETs are sent
+			// again on a new one, the first POST is not (the second then
+			// gets a new connection).
+			want := http.StatusOK
+			if m == http.MethodPost && i == 0 {
+				want = http.StatusBadGateway
+			}
+			if resp.StatusCode != want {
+				t.Errorf("%s #%d: status %d; want %d", m, i+1, resp.StatusCode, want)
+			}
+		}
+	}
+	for m, want := range map[string]int64{http.MethodGet: 3, http.MethodPost: 2} {
+		n, _ := seen.Load(m)
+		if got := n.(*atomic.Int64).Load(); got != want {
+			t.Errorf("the application saw %d %s requests; want %d", got, m, want)
+		}
+	}
+}
+
+// Interim responses reach HTTP/1.1 clients, never HTTP/1.0 ones (RFC 9110
+// §15.2); forwarded responses without a Date get one.
+func TestInterimResponsesAndDate(t *testing.T) {
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		}
+	}))
+	for proto, want := range map[string]string{"HTTP/1.1": "HTTP/1.1 103 Early Hints", "HTTP/1.0": "HTTP/1.1 200 OK"} {
+		_, br := raw(t, p.InboundAddr.String(), "GET / "+proto+"\r\nHost: app\r\n\r\n")
+		line, err := br.ReadString('\n')
+		if err != nil || strings.TrimSpace(line) != want {
+			t.Errorf("%s client: first line %q (%v); want %q", proto, line, err, want)
+			continue
+		}
+		if proto == "HTTP/1.1" {
+			for line != "\r\n" && err == nil {
+				line, err = br.ReadString('\n') // the rest of the 103
+			}
+		} else {
+			br = bufio.NewReader(io.MultiReader(strings.NewReader(line), br))
+		}
+		resp, body := readResponse(t, br, "GET")
+		if resp.StatusCode != 200 || body != "ok" || resp.Header.Get("Date") == "" || resp.Header.Get("Link") != "" {
+			t.Errorf("%s client: %d %q Date %q Link %q", proto, resp.StatusCode, body, resp.Header.Get("Date"), resp.Header.Get("Link"))
 		}
 	}
 }

@@ -240,3 +240,78 @@ func TestMeshRefusesPeerFromAnotherTrustAnchor(t *testing.T) {
 		t.Fatalf("a proxy from another trust anchor got %d; want the mesh to refuse it (502)", resp.StatusCode)
 	}
 }
+
+// An upstream that breaks mid-body must reach the client as a broken
+// response — a cut HTTP/1 connection, a reset HTTP/2 stream — never as a
+// shorter one that ends cleanly.
+func TestMeshBrokenResponseIsNotPassedOffAsComplete(t *testing.T) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(bytes.Repeat([]byte("x"), 10000))
+		http.NewResponseController(w).Flush()
+		time.Sleep(50 * time.Millisecond)
+		panic(http.ErrAbortHandler) // net/http cuts the connection
+	})}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv.Protocols = &protos
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	entry, _, _, _ := meshPair(t, meshtest.StartIdentity(t, time.Hour), ln.Addr().String())
+
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	for name, c := range map[string]*http.Client{
+		"HTTP/1.1": {Transport: &http.Transport{}},
+		"h2c":      {Transport: &http.Transport{Protocols: &h2}},
+	} {
+		resp, err := c.Get("http://" + entry + "/")
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		n, err := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err == nil {
+			t.Errorf("%s: a body cut after %d bytes read as complete (status %d)", name, n, resp.StatusCode)
+		}
+	}
+}
+
+// A peer holding a mesh certificate reaches the application's port and
+// nothing else on its host: not the proxy's admin server (whose
+// loopback-only endpoints it would otherwise reach from loopback).
+func TestMeshReachesOnlyTheApplicationsPort(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	in := proxytest.Config(t)
+	in.AppAddr = identityEcho(t)
+	server := ids.Join(t, in, "shop", "api")
+	b := proxytest.Start(t, in)
+
+	out := proxytest.Config(t)
+	ids.Join(t, out, "shop", "web")
+	out.MeshPort = port(b.InboundAddr.String())
+	api, admin := port(testkit.FreeAddr(t)), port(testkit.FreeAddr(t))
+	out.Upstreams = []config.Upstream{
+		{Name: "api", LocalPort: api, Target: in.AppAddr, Identity: server},
+		{Name: "admin", LocalPort: admin, Target: b.AdminAddr.String(), Identity: server},
+	}
+	a := proxytest.Start(t, out)
+
+	resp, err := http.Get("http://" + a.UpstreamAddrs["api"].String() + "/")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("the application's port: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	resp, err = http.Get("http://" + a.UpstreamAddrs["admin"].String() + "/metrics")
+	if err == nil {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK || bytes.Contains(body, []byte("request_total")) {
+			t.Fatalf("a peer reached the proxy's admin server through the mesh: %d %.100q", resp.StatusCode, body)
+		}
+	}
+}

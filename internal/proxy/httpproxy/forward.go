@@ -104,6 +104,9 @@ func rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Scheme = "http"
 	out.URL.Host = Target(in.Context())
 	out.URL.RawQuery = in.URL.RawQuery
+	// The clone's trailer map was copied before the body was read: share
+	// the client's, which holds the values once the body has ended.
+	out.Trailer = in.Trailer
 	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
 		if v, ok := in.Header[h]; ok {
 			out.Header[h] = v

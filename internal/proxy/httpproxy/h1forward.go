@@ -23,11 +23,12 @@ const expectContinueWait = time.Second
 // forwardH1 relays an HTTP/1 request over a pooled HTTP/1.1 upstream
 // connection, in the handler's own goroutine (the request body, if any, is
 // streamed by a second one, so upstreams may answer before reading it all).
-// A request without a body that fails on a reused connection before any
-// response byte arrived — the upstream closed it while idle — is retried
-// once on a new connection.
+// An idempotent request without a body that fails on a reused connection
+// before any response byte arrived — the upstream closed it while idle —
+// is retried once on a new connection (RFC 9110 §9.2.2: the upstream may
+// have acted on anything else).
 func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target string, pool *h1Pool) {
-	bodyless := !hasBody(r)
+	replayable := !hasBody(r) && idempotent(r)
 	for attempt := 0; ; attempt++ {
 		uc, reused, err := pool.get(r.Context(), target)
 		if err != nil {
@@ -39,12 +40,22 @@ func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target str
 		if err == nil {
 			return
 		}
-		if reused && bodyless && attempt == 0 && !ex.received && staleConn(err) {
+		if reused && replayable && attempt == 0 && !ex.received && staleConn(err) {
 			continue
 		}
 		f.fail(w, r, err)
 		return
 	}
+}
+
+// idempotent reports requests a client may send twice (RFC 9110 §9.2.2),
+// or that say so with an idempotency key.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return r.Header["Idempotency-Key"] != nil || r.Header["X-Idempotency-Key"] != nil
 }
 
 // staleConn reports errors that mean the upstream closed an idle
@@ -133,6 +144,9 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 		}
 		ex.received = true
 		resp, err := http.ReadResponse(ex.uc.br, ex.r)
+		if err == nil {
+			err = validFields(resp.Header) // a proxy must not relay them (RFC 9112 §5.1)
+		}
 		if err != nil {
 			return nil, err
 		}

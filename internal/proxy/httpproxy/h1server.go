@@ -106,6 +106,9 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	if err == nil {
 		req, err = http.ReadRequest(hc.br)
 	}
+	if err == nil {
+		err = checkFields(req)
+	}
 	if err != nil {
 		hc.rejectRequest(m, err)
 		return false
@@ -191,12 +194,20 @@ func (hc *h1Conn) rejectRequest(m *transport.Meta, err error) {
 		status, reason = http.StatusRequestHeaderFieldsTooLarge, "request head too large"
 	case errors.Is(err, errSmuggling):
 		reason = "both Content-Length and Transfer-Encoding"
+	case errors.Is(err, errHTTP10TE):
+		reason = "Transfer-Encoding in an HTTP/1.0 request"
+	case errors.Is(err, errBadField):
+		reason = "invalid header field"
+	case errors.Is(err, errBadHost):
+		reason = "missing or invalid Host"
 	case strings.Contains(err.Error(), "unsupported transfer encoding"):
 		status, reason = http.StatusNotImplemented, "unsupported Transfer-Encoding"
 	}
 	hc.log.Info("rejected HTTP/1 request", "direction", m.Direction, "client", m.Client.String(), "status", status, "reason", reason, "error", err)
 	hc.c.SetWriteDeadline(time.Now().Add(time.Second))
-	hc.bw.WriteString("HTTP/1.1 " + statusLine(status) + "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" +
+	hc.bw.WriteString("HTTP/1.1 " + statusLine(status) + "\r\n")
+	writeDate(hc.bw)
+	hc.bw.WriteString("Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n" +
 		ErrorHeader + ": " + reason + "\r\nContent-Length: " + itoa(len(reason)+1) + "\r\n\r\n" + reason + "\n")
 	hc.bw.Flush()
 	hc.lingerClose()

@@ -55,6 +55,9 @@ func (w *h1Writer) writeHeader(code int) {
 		panic("httpproxy: invalid status code " + strconv.Itoa(code))
 	}
 	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		if !w.req.ProtoAtLeast(1, 1) {
+			return // HTTP/1.0 has no interim responses (RFC 9110 §15.2)
+		}
 		if code == http.StatusContinue {
 			if w.sent100 {
 				return
@@ -96,11 +99,16 @@ func (w *h1Writer) writeHeader(code int) {
 }
 
 // writeHead writes a status line and the header fields, never trailers.
+// A final response without a Date gets one (RFC 9110 §6.6.1: a recipient
+// with a clock adds it to what it forwards).
 func (w *h1Writer) writeHead(code int) {
 	bw := w.hc.bw
 	bw.WriteString("HTTP/1.1 ")
 	bw.WriteString(statusLine(code))
 	bw.WriteString("\r\n")
+	if _, ok := w.header["Date"]; !ok && code >= 200 {
+		writeDate(bw)
+	}
 	for k, vs := range w.header {
 		if strings.HasPrefix(k, http.TrailerPrefix) {
 			continue
@@ -109,6 +117,14 @@ func (w *h1Writer) writeHead(code int) {
 			writeField(bw, k, v)
 		}
 	}
+	bw.WriteString("\r\n")
+}
+
+// writeDate writes a Date field with the current time.
+func writeDate(bw *bufio.Writer) {
+	var b [len(http.TimeFormat) + 8]byte
+	bw.WriteString("Date: ")
+	bw.Write(time.Now().UTC().AppendFormat(b[:0], http.TimeFormat))
 	bw.WriteString("\r\n")
 }
 

@@ -4,14 +4,23 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"net/http"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 // errHeadTooLarge: the request head does not fit in MaxHeaderBytes.
 var errHeadTooLarge = errors.New("request header too large")
 
-// errSmuggling: a request carries both Content-Length and Transfer-Encoding.
-var errSmuggling = errors.New("request has both Content-Length and Transfer-Encoding")
+// Requests refused for their framing or fields (RFC 9112 §3.2, §5.1, §6.1).
+var (
+	errSmuggling = errors.New("request has both Content-Length and Transfer-Encoding")
+	errHTTP10TE  = errors.New("HTTP/1.0 request with Transfer-Encoding")
+	errBadField  = errors.New("invalid header field")
+	errBadHost   = errors.New("missing or invalid Host")
+)
 
 // peekHead makes br buffer one whole request head (through the blank line)
 // without consuming it and returns it. Blank lines before the request line,
@@ -60,9 +69,13 @@ func headEnd(buf []byte) int {
 	return -1
 }
 
-// checkFraming refuses heads that frame the body two ways.
+// checkFraming refuses heads that frame the body two ways, or with a
+// Transfer-Encoding HTTP/1.0 does not have (net/http ignores it there,
+// which would leave the body to be read as the next request).
 func checkFraming(head []byte) error {
 	var cl, te bool
+	requestLine, _, _ := bytes.Cut(head, []byte("\n"))
+	http10 := bytes.HasSuffix(bytes.TrimRight(requestLine, "\r"), []byte("HTTP/1.0"))
 	for len(head) > 0 {
 		line := head
 		if i := bytes.IndexByte(head, '\n'); i >= 0 {
@@ -81,8 +94,40 @@ func checkFraming(head []byte) error {
 			te = true
 		}
 	}
-	if cl && te {
+	switch {
+	case cl && te:
 		return errSmuggling
+	case te && http10:
+		return errHTTP10TE
+	}
+	return nil
+}
+
+// checkFields refuses what net/http's own server refuses and ReadRequest
+// lets through: field names that are not tokens (whitespace before the
+// colon, RFC 9112 §5.1), values with control characters, and an HTTP/1.1
+// request without a valid Host (§3.2).
+func checkFields(r *http.Request) error {
+	if err := validFields(r.Header); err != nil {
+		return err
+	}
+	if r.ProtoAtLeast(1, 1) && r.Method != http.MethodConnect && (r.Host == "" || !httpguts.ValidHostHeader(r.Host)) {
+		return errBadHost
+	}
+	return nil
+}
+
+// validFields checks a parsed head's field names and values.
+func validFields(h http.Header) error {
+	for k, vs := range h {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("%w name %q", errBadField, k)
+		}
+		for _, v := range vs {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("%w value in %s", errBadField, k)
+			}
+		}
 	}
 	return nil
 }

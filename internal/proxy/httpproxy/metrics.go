@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -96,9 +97,14 @@ func (r *recorder) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// GRPCStatus is the response's grpc-status (from trailers, or the head of a
-// trailers-only response), or -1 if it has none.
+// GRPCStatus is a gRPC response's grpc-status (from trailers, or the head
+// of a trailers-only response), or -1 if it has none or is not gRPC. A code
+// gRPC does not define counts as UNKNOWN (2): upstreams cannot grow the
+// metrics' label values without bound.
 func GRPCStatus(h http.Header) int {
+	if !strings.HasPrefix(h.Get("Content-Type"), "application/grpc") {
+		return -1
+	}
 	v := h.Get("Grpc-Status")
 	if v == "" {
 		v = h.Get(http.TrailerPrefix + "Grpc-Status")
@@ -107,8 +113,8 @@ func GRPCStatus(h http.Header) int {
 		return -1
 	}
 	n, err := strconv.Atoi(v)
-	if err != nil {
-		return -1
+	if err != nil || n < 0 || n > 16 {
+		return 2
 	}
 	return n
 }

@@ -28,12 +28,13 @@ func NewServer(h http.Handler, cfg H1Config, log *slog.Logger) *Server {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	s.h2 = &http.Server{
-		Handler:     h,
-		Protocols:   &protos,
-		IdleTimeout: cfg.IdleTimeout,
-		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext: func(_ context.Context, c net.Conn) context.Context { return c.(*trackedConn).ctx },
+		Handler:        h,
+		Protocols:      &protos,
+		IdleTimeout:    cfg.IdleTimeout,
+		MaxHeaderBytes: cfg.MaxHeaderBytes, // as HTTP/1's
+		HTTP2:          &http.HTTP2Config{MaxConcurrentStreams: 1000},
+		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext:    func(_ context.Context, c net.Conn) context.Context { return serving(c.(*trackedConn).ctx, s.h2) },
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st == http.StateClosed || st == http.StateHijacked {
 				c.(*trackedConn).finish()
@@ -55,7 +56,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		m.Early.Close() // HTTP servers never speak first: the probe is not needed
 	}
 	if m.Protocol != "h2" {
-		serveH1(ctx, s.h1, s.log, s.handler, c)
+		serveH1(serving(ctx, s.h2), s.h1, s.log, s.handler, c)
 		return
 	}
 	stop := context.AfterFunc(m.Drain, s.drain)
@@ -66,6 +67,14 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	<-tc.done
+}
+
+// serving marks ctx as a server's, as net/http's own servers do: handlers
+// may then abort a broken response by panicking with http.ErrAbortHandler
+// — which ReverseProxy does when an upstream body breaks, and otherwise
+// (without the mark) ends the response as if it were complete.
+func serving(ctx context.Context, srv *http.Server) context.Context {
+	return context.WithValue(ctx, http.ServerContextKey, srv)
 }
 
 // trackedConn carries a connection's context into net/http and reports

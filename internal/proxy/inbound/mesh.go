@@ -18,7 +18,10 @@ import (
 // the mesh ALPN — proving both identities, then reads the header that says
 // which application port and protocol follow. Other TLS (the application's
 // own) passes through untouched as opaque.
-func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
+//
+// allowed says which ports a peer may ask for: the application's, never
+// the proxy's own (a loop, or a way around its loopback-only endpoints).
+func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, allowed func(port uint16) bool, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
 	if creds == nil {
 		return opaque
 	}
@@ -50,6 +53,11 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 		tc.SetReadDeadline(time.Time{})
 		if err != nil {
 			log.Warn("mesh connection without a valid header", "client", m.Client.String(), "peer", peer.String(), "error", err)
+			tc.Close()
+			return
+		}
+		if !allowed(h.Port) {
+			log.Warn("mesh connection for a port that is not the application's; closed", "client", m.Client.String(), "peer", peer.String(), "port", h.Port)
 			tc.Close()
 			return
 		}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"strconv"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
@@ -56,7 +57,7 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	return transport.Stack(
 		detect.Stage(detector, inboundOpaque(cfg.OpaquePorts), connect, log, detect.Routes{
 			HTTP:   httpServer,
-			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), log, httpServer, opaque),
+			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), log, httpServer, opaque),
 			Opaque: opaque,
 		}),
 		target(cfg.AppAddr, creds != nil),
@@ -77,6 +78,35 @@ func inboundOpaque(ports map[uint16]bool) func(*transport.Meta) detect.OpaquePol
 		}
 		return detect.NotOpaque
 	}
+}
+
+// meshPorts is the ports peers' mesh connections may be for. With an
+// application address (the application on loopback, say) that is its port
+// and the service's target ports, nothing else on the host; otherwise any
+// port but the proxy's own listeners'.
+func meshPorts(cfg *config.Config) func(uint16) bool {
+	port := func(addr string) uint16 {
+		_, p, _ := net.SplitHostPort(addr)
+		n, _ := strconv.ParseUint(p, 10, 16)
+		return uint16(n)
+	}
+	if cfg.AppAddr != "" {
+		app := map[uint16]bool{port(cfg.AppAddr): true}
+		for _, sp := range cfg.ServicePorts {
+			app[sp.TargetPort] = true
+		}
+		return func(p uint16) bool { return app[p] }
+	}
+	own := map[uint16]bool{}
+	for _, a := range []string{cfg.InboundAddr, cfg.OutboundAddr, cfg.AdminAddr, cfg.TapAddr} {
+		if p := port(a); p != 0 {
+			own[p] = true
+		}
+	}
+	for _, u := range cfg.Upstreams {
+		own[u.LocalPort] = true
+	}
+	return func(p uint16) bool { return p != 0 && !own[p] }
 }
 
 // appHost is where the application listens for connections that arrive

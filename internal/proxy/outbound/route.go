@@ -437,7 +437,13 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 		// A racer's panic (ReverseProxy aborts a broken response with
 		// http.ErrAbortHandler) must not kill the process from another
 		// goroutine: it is kept, and the winner's raised on the handler's.
-		defer func() { hw.panicked = recover() }()
+		// An abort of a response nobody wants (retried, or another racer's
+		// won) is what cancelling it does: dropped.
+		defer func() {
+			if p := recover(); p != nil && !(p == http.ErrAbortHandler && (hw.retry || hw.lost)) {
+				hw.panicked = p
+			}
+		}()
 		a.rt.next.ServeHTTP(hw, req)
 		if !hw.written && !hw.hijacked && errors.Is(ctx.Err(), context.DeadlineExceeded) && a.r.Context().Err() == nil {
 			// The forwarder gives up silently on a cancelled request (the

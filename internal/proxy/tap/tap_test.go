@@ -46,6 +46,7 @@ func backend(t *testing.T) *httptest.Server {
 	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/grpc":
+			w.Header().Set("Content-Type", "application/grpc")
 			w.Header().Set("Trailer", "Grpc-Status")
 			io.WriteString(w, "abc")
 			w.Header().Set("Grpc-Status", "7")
