@@ -18,6 +18,9 @@ import (
 // wrong; the name follows Linkerd so existing tooling recognises it.
 const ErrorHeader = "l5d-proxy-error"
 
+// reasonConnectTimeout: the upstream could not be connected to in time.
+const reasonConnectTimeout = "connect timed out"
+
 // UpstreamError maps a failure to reach or hear from the upstream to the
 // status a client can act on and a short reason.
 func UpstreamError(err error) (status int, reason string) {
@@ -31,7 +34,7 @@ func UpstreamError(err error) (status int, reason string) {
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return http.StatusServiceUnavailable, "host unreachable"
 	case dial && (errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || isTimeout(err)):
-		return http.StatusGatewayTimeout, "connect timed out"
+		return http.StatusGatewayTimeout, reasonConnectTimeout
 	case isTimeout(err), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout, "response timed out"
 	case errors.Is(err, syscall.ECONNRESET):
@@ -57,15 +60,8 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, reason strin
 	h := w.Header()
 	h.Set(ErrorHeader, reason)
 	if IsGRPC(r) {
-		code := 14 // UNAVAILABLE
-		switch status {
-		case http.StatusGatewayTimeout:
-			code = 4 // DEADLINE_EXCEEDED
-		case http.StatusNotFound:
-			code = 12 // UNIMPLEMENTED
-		}
 		h.Set("Content-Type", "application/grpc")
-		h.Set("Grpc-Status", strconv.Itoa(code))
+		h.Set("Grpc-Status", strconv.Itoa(grpcCode(status, reason)))
 		h.Set("Grpc-Message", "proxy: "+reason)
 		w.WriteHeader(http.StatusOK)
 		return
@@ -74,6 +70,31 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, reason strin
 	h.Set("Content-Length", strconv.Itoa(len(reason)+1))
 	w.WriteHeader(status)
 	w.Write([]byte(reason + "\n"))
+}
+
+// grpcCode is the gRPC status for a proxy-generated HTTP status, after
+// gRPC's own HTTP-to-status mapping: UNAVAILABLE (retryable) for what an
+// upstream may recover from, DEADLINE_EXCEEDED only when a timeout ran out
+// on the request — not for a connection that could not be opened in time.
+func grpcCode(status int, reason string) int {
+	switch status {
+	case http.StatusGatewayTimeout:
+		if reason == reasonConnectTimeout {
+			return 14 // UNAVAILABLE
+		}
+		return 4 // DEADLINE_EXCEEDED
+	case http.StatusNotFound:
+		return 12 // UNIMPLEMENTED
+	case http.StatusBadRequest:
+		return 13 // INTERNAL
+	case http.StatusUnauthorized:
+		return 16 // UNAUTHENTICATED
+	case http.StatusForbidden:
+		return 7 // PERMISSION_DENIED
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable:
+		return 14 // UNAVAILABLE
+	}
+	return 2 // UNKNOWN
 }
 
 // IsGRPC reports whether r is a gRPC request.

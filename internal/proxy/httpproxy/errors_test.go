@@ -42,13 +42,29 @@ func TestUpstreamErrorMapping(t *testing.T) {
 func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
 	r := httptest.NewRequest("POST", "/pkg.Svc/Method", nil)
 	r.Header.Set("Content-Type", "application/grpc+proto")
-	w := httptest.NewRecorder()
-	WriteError(w, r, http.StatusGatewayTimeout, "connect timed out")
-	if w.Code != 200 || w.Header().Get("Grpc-Status") != "4" || w.Header().Get(ErrorHeader) != "connect timed out" {
-		t.Fatalf("got %d grpc-status=%q error=%q", w.Code, w.Header().Get("Grpc-Status"), w.Header().Get(ErrorHeader))
+	for _, tt := range []struct {
+		status int
+		reason string
+		code   string
+	}{
+		{http.StatusGatewayTimeout, "response timed out", "4"},
+		{http.StatusGatewayTimeout, reasonConnectTimeout, "14"}, // the client's deadline has not passed
+		{http.StatusServiceUnavailable, "service has no endpoints", "14"},
+		{http.StatusBadGateway, "connection refused", "14"},
+		{http.StatusNotFound, "no route", "12"},
+		{http.StatusBadRequest, "malformed", "13"},
+		{http.StatusForbidden, "unauthorized", "7"},
+		{http.StatusInternalServerError, "all backend weights are 0", "2"},
+	} {
+		w := httptest.NewRecorder()
+		WriteError(w, r, tt.status, tt.reason)
+		if w.Code != 200 || w.Header().Get("Grpc-Status") != tt.code || w.Header().Get(ErrorHeader) != tt.reason || w.Body.Len() != 0 {
+			t.Errorf("%d %q: got %d grpc-status=%q error=%q body %q; want grpc-status %s", tt.status, tt.reason,
+				w.Code, w.Header().Get("Grpc-Status"), w.Header().Get(ErrorHeader), w.Body.String(), tt.code)
+		}
 	}
 	r = httptest.NewRequest("GET", "/", nil)
-	w = httptest.NewRecorder()
+	w := httptest.NewRecorder()
 	WriteError(w, r, http.StatusBadGateway, "connection refused")
 	if w.Code != 502 || w.Body.String() != "connection refused\n" {
 		t.Fatalf("got %d %q", w.Code, w.Body.String())

@@ -86,8 +86,18 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 		f.meshH1 = newH1Pool(meshDial(mesh.HTTP1), cfg.PoolIdleTimeout)
 	}
 	f.proxy = &httputil.ReverseProxy{
-		Rewrite:      rewrite,
-		Transport:    roundTripper{f},
+		Rewrite:   rewrite,
+		Transport: roundTripper{f},
+		// A response that ended with its head (gRPC's trailers-only) has no
+		// length: ReverseProxy would flush the head at once, on a timer,
+		// racing the end of the stream — sent as HEADERS without END_STREAM,
+		// gRPC clients see no trailers. Its length is zero.
+		ModifyResponse: func(res *http.Response) error {
+			if res.Body == http.NoBody {
+				res.ContentLength = 0
+			}
+			return nil
+		},
 		BufferPool:   bufferPool{},
 		ErrorHandler: f.fail,
 		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),

@@ -2,23 +2,34 @@ package httpproxy
 
 import (
 	"context"
+	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 )
 
-// h2Pool keeps one multiplexed HTTP/2 connection per target and opens it
-// once however many requests arrive together — http.Transport would dial a
-// connection per concurrent request until the first one is up, which for
-// the mesh means dozens of TLS handshakes where one will do.
+// h2Pool keeps multiplexed HTTP/2 connections per target: a request takes
+// a stream on the first connection with one free, and only when none has
+// (every one at its peer's stream limit, or draining after a GOAWAY) is
+// another opened — once, however many requests arrive together:
+// http.Transport would dial a connection per concurrent request until the
+// first one is up, which for the mesh means dozens of TLS handshakes where
+// one will do.
 type h2Pool struct {
 	t     *http.Transport // dialer, protocols and HTTP/2 settings
 	mu    sync.Mutex
-	conns map[string]*h2Conn
+	hosts map[string]*h2Host
 }
 
-// h2Conn is a connection being opened (ready not yet closed) or open.
-type h2Conn struct {
+// h2Host is one target's connections and the dial under way, if any.
+type h2Host struct {
+	conns   []*http.ClientConn
+	dialing *h2Dial
+}
+
+// h2Dial is a connection being opened for every request waiting on it.
+type h2Dial struct {
 	ready chan struct{}
 	cc    *http.ClientConn
 	err   error
@@ -28,84 +39,142 @@ type h2Conn struct {
 const h2DialTimeout = 15 * time.Second
 
 func newH2Pool(t *http.Transport) *h2Pool {
-	return &h2Pool{t: t, conns: map[string]*h2Conn{}}
+	return &h2Pool{t: t, hosts: map[string]*h2Host{}}
 }
 
-// RoundTrip sends r on the connection to r.URL.Host, opening it if needed.
+// RoundTrip sends r on a connection to r.URL.Host. A request the upstream
+// provably did not process — refused, or beyond a GOAWAY's last stream —
+// is sent once more on another connection if its body can be sent again
+// (RFC 9113 §8.7).
 func (p *h2Pool) RoundTrip(r *http.Request) (*http.Response, error) {
-	cc, err := p.get(r.Context(), r.URL.Host)
-	if err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		cc, err := p.get(r.Context(), r.URL.Host)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := cc.RoundTrip(r)
+		if err == nil || attempt > 0 || !unprocessed(err) || !rewind(r) {
+			return resp, err
+		}
 	}
-	return cc.RoundTrip(r)
 }
 
+// unprocessed reports the errors net/http's HTTP/2 client gives for a
+// stream the server never acted on: refused, above a graceful GOAWAY's
+// last stream, or never sent on a connection that became unusable. (Its
+// error types are not exported; their texts are stable.)
+func unprocessed(err error) bool {
+	s := err.Error()
+	return strings.Contains(s, "REFUSED_STREAM") || strings.Contains(s, "graceful shutdown GOAWAY") || strings.Contains(s, "client conn not usable")
+}
+
+// rewind makes r's body ready to be sent again, if it can be.
+func rewind(r *http.Request) bool {
+	if r.Body == nil || r.Body == http.NoBody {
+		return true
+	}
+	if r.GetBody == nil {
+		return false
+	}
+	b, err := r.GetBody()
+	if err != nil {
+		return false
+	}
+	r.Body = b
+	return true
+}
+
+// get returns a connection to addr with a stream reserved for the caller.
 func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error) {
 	for {
 		p.mu.Lock()
-		c := p.conns[addr]
-		if c == nil {
-			c = &h2Conn{ready: make(chan struct{})}
-			p.conns[addr] = c
+		h := p.hosts[addr]
+		if h == nil {
+			h = &h2Host{}
+			p.hosts[addr] = h
+		}
+		if cc := h.reserve(); cc != nil {
+			p.mu.Unlock()
+			return cc, nil
+		}
+		d := h.dialing
+		if d == nil {
+			d = &h2Dial{ready: make(chan struct{})}
+			h.dialing = d
 			p.mu.Unlock()
 			// The connection outlives the request that opened it: dial with
 			// the request's values (the peer identity) but not its deadline.
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h2DialTimeout)
-			c.cc, c.err = p.t.NewClientConn(dctx, "http", addr)
+			d.cc, d.err = p.t.NewClientConn(dctx, "http", addr)
 			cancel()
-			close(c.ready)
-			if c.err != nil {
-				p.drop(addr, c)
+			p.mu.Lock()
+			h.dialing = nil
+			if d.err == nil {
+				h.conns = append(h.conns, d.cc)
 			}
-			return c.cc, c.err
+			p.mu.Unlock()
+			close(d.ready)
+			if d.err != nil {
+				return nil, d.err
+			}
+			if err := d.cc.Reserve(); err != nil {
+				return nil, err // a new connection without a stream to give
+			}
+			return d.cc, nil
 		}
 		p.mu.Unlock()
 		select {
-		case <-c.ready:
+		case <-d.ready:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		if c.err != nil {
-			return nil, c.err
+		if d.err != nil {
+			return nil, d.err
 		}
-		if c.cc.Err() == nil {
-			return c.cc, nil
-		}
-		p.drop(addr, c) // closed (idle timeout, GOAWAY, peer gone): open another
 	}
 }
 
-// drop forgets c if it is still the connection for addr.
-func (p *h2Pool) drop(addr string, c *h2Conn) {
-	p.mu.Lock()
-	if p.conns[addr] == c {
-		delete(p.conns, addr)
+// reserve takes a stream on the first connection with one free, forgetting
+// closed connections; nil if none has one. Called with the pool locked.
+func (h *h2Host) reserve() *http.ClientConn {
+	live := h.conns[:0]
+	var got *http.ClientConn
+	for _, cc := range h.conns {
+		if cc.Err() != nil {
+			cc.Close()
+			continue
+		}
+		live = append(live, cc)
+		if got == nil && cc.Reserve() == nil {
+			got = cc
+		}
 	}
-	p.mu.Unlock()
-	if c.cc != nil {
-		c.cc.Close()
-	}
+	clear(h.conns[len(live):])
+	h.conns = live
+	return got
 }
 
 // closeIdle closes connections with no request in flight.
 func (p *h2Pool) closeIdle() {
 	p.mu.Lock()
-	var idle []*h2Conn
-	for addr, c := range p.conns {
-		select {
-		case <-c.ready:
-		default:
-			continue
+	var idle []io.Closer
+	for addr, h := range p.hosts {
+		busy := h.conns[:0]
+		for _, cc := range h.conns {
+			if cc.InFlight() == 0 {
+				idle = append(idle, cc)
+			} else {
+				busy = append(busy, cc)
+			}
 		}
-		if c.cc == nil || c.cc.InFlight() == 0 {
-			idle = append(idle, c)
-			delete(p.conns, addr)
+		clear(h.conns[len(busy):])
+		h.conns = busy
+		if len(busy) == 0 && h.dialing == nil {
+			delete(p.hosts, addr)
 		}
 	}
 	p.mu.Unlock()
 	for _, c := range idle {
-		if c.cc != nil {
-			c.cc.Close()
-		}
+		c.Close()
 	}
 }

@@ -32,9 +32,11 @@ func NewServer(h http.Handler, cfg H1Config, log *slog.Logger) *Server {
 		Protocols:      &protos,
 		IdleTimeout:    cfg.IdleTimeout,
 		MaxHeaderBytes: cfg.MaxHeaderBytes, // as HTTP/1's
-		HTTP2:          &http.HTTP2Config{MaxConcurrentStreams: 1000},
-		ErrorLog:       slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext:    func(_ context.Context, c net.Conn) context.Context { return serving(c.(*trackedConn).ctx, s.h2) },
+		// A connection's window well above a stream's: one slowly read
+		// upload on a shared (mesh) connection does not stall the others.
+		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 1000, MaxReceiveBufferPerStream: 1 << 20, MaxReceiveBufferPerConnection: 4<<20 - 1},
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnContext: func(_ context.Context, c net.Conn) context.Context { return serving(c.(*trackedConn).ctx, s.h2) },
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st == http.StateClosed || st == http.StateHijacked {
 				c.(*trackedConn).finish()

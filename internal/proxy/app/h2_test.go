@@ -1,0 +1,77 @@
+package app_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// An upstream's GOAWAY (here: Go's HTTP/2 server answering with
+// "Connection: close", as it does on shutdown or at a connection's age
+// limit) while a stream is still open ends that connection for new
+// requests: they go on a new one, none fails.
+func TestUpstreamGoAwayIsInvisible(t *testing.T) {
+	var conns atomic.Int64
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch r.URL.Path {
+			case "/slow":
+				time.Sleep(time.Second)
+			case "/bye":
+				w.Header().Set("Connection", "close")
+			}
+			io.WriteString(w, "ok")
+		}),
+		Protocols: new(http.Protocols),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				conns.Add(1)
+			}
+		},
+	}
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	p := rawProxy(t, ln.Addr().String())
+
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &h2}, Timeout: 10 * time.Second}
+	get := func(path string) (int, error) {
+		resp, err := c.Get("http://" + p.InboundAddr.String() + path)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, nil
+	}
+	slow := make(chan error, 1)
+	go func() {
+		code, err := get("/slow")
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("status %d", code)
+		}
+		slow <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // /slow is in flight (its duration covers any delay here)
+	for _, path := range []string{"/bye", "/after", "/after"} {
+		if code, err := get(path); err != nil || code != http.StatusOK {
+			t.Fatalf("%s: %d %v", path, code, err)
+		}
+	}
+	if err := <-slow; err != nil {
+		t.Fatalf("the stream open during the GOAWAY: %v", err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Errorf("the upstream saw %d connections; want 2 (one before the GOAWAY, one after)", n)
+	}
+}
