@@ -47,6 +47,9 @@ func (f *tapFlags) stream(ctx context.Context, dataDir, target string, each func
 	if f.maxRPS < 1 {
 		return fmt.Errorf("--max-rps %d: must be at least 1", f.maxRPS)
 	}
+	if f.duration < 0 {
+		return fmt.Errorf("--duration %v: must not be negative (0: until Ctrl-C)", f.duration)
+	}
 	q := url.Values{"target": {target}, "namespace": {f.namespace}, "max_rps": {strconv.Itoa(f.maxRPS)}}
 	for k, v := range map[string]string{"method": f.method, "path": f.path, "authority": f.authority, "to": f.to} {
 		if v != "" {

@@ -535,3 +535,23 @@ func TestInterimResponsesAndDate(t *testing.T) {
 		}
 	}
 }
+
+// A client that stalls in the middle of its body still gets the answer the
+// application gave without waiting for the rest.
+func TestEarlyAnswerToAStalledBodyArrives(t *testing.T) {
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 408 Request Timeout\r\nContent-Length: 7\r\nConnection: close\r\n\r\ntimeout")
+	}))
+	c, br := raw(t, p.InboundAddr.String(), "POST / HTTP/1.1\r\nHost: app\r\nContent-Length: 10\r\n\r\nabc")
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	start := time.Now()
+	resp, body := readResponse(t, br, "POST")
+	if resp.StatusCode != http.StatusRequestTimeout || body != "timeout" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	t.Logf("answered after %v", time.Since(start).Round(time.Millisecond))
+	assertClosed(t, br)
+}

@@ -158,6 +158,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("balancing %s %v: must not be negative", d.name, d.v)
 		}
 	}
+	if a.Window > maxWindow {
+		return fmt.Errorf("failure accrual window %v: at most %v", a.Window, maxWindow)
+	}
 	if a.Consecutive < 0 || a.MinRequests < 0 {
 		return errors.New("failure accrual counts must not be negative")
 	}

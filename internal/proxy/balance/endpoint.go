@@ -223,6 +223,9 @@ type window struct {
 	buckets [64]bucket
 }
 
+// maxWindow is the longest success-rate window the buckets hold.
+const maxWindow = time.Duration(len(window{}.buckets)) * time.Second
+
 type bucket struct {
 	sec       int64
 	ok, total int

@@ -60,5 +60,11 @@ func run(ctx context.Context, cfg *config.Config) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// The first signal starts the drain; a second one ends the process at
+	// once, as the default action does.
+	context.AfterFunc(ctx, func() {
+		stop()
+		log.Info("stopping; a second SIGTERM or SIGINT ends the process at once")
+	})
 	return p.Run(ctx)
 }

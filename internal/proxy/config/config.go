@@ -167,7 +167,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	opaque := portsFlag{ports: DefaultOpaquePorts}
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
-	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live, POST /shutdown (loopback only)")
+	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live; POST /shutdown, /debug/pprof and /debug/decisions answer loopback clients only")
 	fs.BoolVar(&c.DisableHTTPMetrics, "disable-http-metrics", false, "leave out the per-request HTTP metrics (request_total, response_*, route_*); only to measure their cost")
 	fs.StringVar(&c.TapAddr, "tap-addr", "0.0.0.0:4190", "tap server: live requests as gRPC over mTLS, served only to the control plane's identity (for a registered workload: needs identity, destination-addr and workload)")
 	fs.StringVar(&c.AppAddr, "app-addr", "", "local application address for inbound connections that were not redirected (explicit mode), e.g. 127.0.0.1:8080")
@@ -429,6 +429,10 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Balance.Validate(); err != nil {
 		return err
+	}
+	// Zero would silently mean the default: "never eject" is a mode.
+	if a := c.Balance.Accrual; a.Consecutive == 0 || a.Threshold == 0 || a.Window == 0 {
+		return errors.New("failure-accrual-consecutive, -success-rate and -window must be above 0 (--failure-accrual off never ejects)")
 	}
 	if c.FailFast <= 0 {
 		return fmt.Errorf("failfast-timeout %v: must be positive", c.FailFast)

@@ -127,7 +127,7 @@ func (ex *h1Exchange) run() error {
 		return nil
 	}
 	ex.relay(resp)
-	bodySent := ex.bodyErr == nil && !hasBody || ex.bodyErr != nil && ex.waitBody()
+	bodySent := ex.bodyErr == nil && !hasBody || ex.bodyErr != nil && ex.waitBody(true)
 	reusable = bodySent && !resp.Close
 	return nil
 }
@@ -264,8 +264,11 @@ func (ex *h1Exchange) sendBody() {
 const bodyGrace = 100 * time.Millisecond
 
 // waitBody waits for the request body copy and reports whether it
-// completed. A stuck copy is unstuck by closing the connection.
-func (ex *h1Exchange) waitBody() bool {
+// completed. A stuck copy is unstuck by closing the upstream connection
+// (it was writing) and ending the client's body (it was reading: the
+// client stalled, or waits for the response it was sent — flushed first
+// if answered); the client connection is then not reused.
+func (ex *h1Exchange) waitBody(answered bool) bool {
 	t := time.NewTimer(bodyGrace)
 	defer t.Stop()
 	select {
@@ -274,6 +277,11 @@ func (ex *h1Exchange) waitBody() bool {
 	case <-t.C:
 	}
 	ex.uc.Close()
+	rc := http.NewResponseController(ex.w)
+	if answered {
+		rc.Flush()
+	}
+	rc.SetReadDeadline(time.Now())
 	<-ex.bodyErr
 	return false
 }
@@ -281,7 +289,7 @@ func (ex *h1Exchange) waitBody() bool {
 // abandonBody stops a running body copy after a failed exchange.
 func (ex *h1Exchange) abandonBody() {
 	if ex.bodyErr != nil {
-		ex.waitBody()
+		ex.waitBody(false)
 	}
 }
 
