@@ -555,3 +555,58 @@ func TestEarlyAnswerToAStalledBodyArrives(t *testing.T) {
 	t.Logf("answered after %v", time.Since(start).Round(time.Millisecond))
 	assertClosed(t, br)
 }
+
+// A CONNECT on a connection the proxy intercepted is for the proxy behind
+// it (an application's HTTPS_PROXY): its 200 opens a tunnel, and the bytes
+// after it go both ways untouched.
+func TestConnectToTheNextProxyTunnels(t *testing.T) {
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil || req.Method != http.MethodConnect || req.Host != "example.com:443" {
+			io.WriteString(c, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 Connection established\r\nProxy-Agent: test\r\n\r\n")
+		io.Copy(c, br) // echo what the tunnel carries
+	}))
+	c, br := raw(t, p.InboundAddr.String(), "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+	line, err := br.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("CONNECT answered %q %v", line, err)
+	}
+	for line != "\r\n" && err == nil {
+		line, err = br.ReadString('\n')
+		if strings.Contains(strings.ToLower(line), "transfer-encoding") || strings.Contains(strings.ToLower(line), "content-length") {
+			t.Errorf("a tunnel's 200 carries %q", line)
+		}
+	}
+	io.WriteString(c, "\x16\x03\x01 tls bytes\n")
+	if got, err := br.ReadString('\n'); err != nil || got != "\x16\x03\x01 tls bytes\n" {
+		t.Fatalf("through the tunnel: %q %v", got, err)
+	}
+}
+
+// Response heads are bounded too: a 10 KiB one passes whole, one past
+// 256 KiB is a 502, not memory without limit.
+func TestResponseHeadSize(t *testing.T) {
+	for _, tt := range []struct {
+		size int
+		want int
+	}{{10 << 10, http.StatusOK}, {300 << 10, http.StatusBadGateway}} {
+		big := strings.Repeat("a", tt.size)
+		p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: "+big+"\r\nContent-Length: 2\r\n\r\nok")
+		}))
+		resp, err := http.Get("http://" + p.InboundAddr.String() + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want || tt.want == http.StatusOK && resp.Header.Get("X-Big") != big {
+			t.Errorf("a %d-byte field: status %d (%q), field intact %v; want %d", tt.size, resp.StatusCode, resp.Header.Get("l5d-proxy-error"), resp.Header.Get("X-Big") == big, tt.want)
+		}
+	}
+}

@@ -39,6 +39,8 @@ func UpstreamError(err error) (status int, reason string) {
 		return http.StatusGatewayTimeout, "response timed out"
 	case errors.Is(err, syscall.ECONNRESET):
 		return http.StatusBadGateway, "connection reset by upstream"
+	case errors.Is(err, errResponseHeadTooLarge):
+		return http.StatusBadGateway, "response head too large"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return http.StatusBadGateway, "connection closed by upstream"
 	case dial:

@@ -121,7 +121,7 @@ func (ex *h1Exchange) run() error {
 		ex.abandonBody()
 		return err
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
+	if tunnel(r, resp) {
 		ex.abandonBody()
 		ex.upgrade(resp)
 		return nil
@@ -131,6 +131,12 @@ func (ex *h1Exchange) run() error {
 	reusable = bodySent && !resp.Close
 	return nil
 }
+
+// maxResponseHead bounds an upstream's response head, which net/http's
+// reader would otherwise take without limit.
+const maxResponseHead = 256 << 10
+
+var errResponseHeadTooLarge = errors.New("response head too large")
 
 // readFinalResponse reads responses until a final one, relaying 1xx
 // responses to the client; a 100 releases a body held back for Expect.
@@ -143,6 +149,14 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 			return nil, err
 		}
 		ex.received = true
+		_, br, err := peekHead(ex.uc.br, ex.uc.Conn, maxResponseHead)
+		ex.uc.br = br
+		if errors.Is(err, errHeadTooLarge) {
+			return nil, errResponseHeadTooLarge
+		}
+		if err != nil {
+			return nil, err
+		}
 		resp, err := http.ReadResponse(ex.uc.br, ex.r)
 		if err == nil {
 			err = validFields(resp.Header) // a proxy must not relay them (RFC 9112 §5.1)
@@ -293,9 +307,17 @@ func (ex *h1Exchange) abandonBody() {
 	}
 }
 
-// upgrade completes a protocol switch (101): the client connection is taken
-// over, the 101 response relayed, and bytes piped both ways until either
-// side closes.
+// tunnel reports a response after which the connection carries something
+// else: a protocol switch (101), or a CONNECT's tunnel (2xx) — a CONNECT
+// meant for a proxy beyond this one, on a connection it intercepted
+// (RFC 9110 §9.3.6).
+func tunnel(r *http.Request, resp *http.Response) bool {
+	return resp.StatusCode == http.StatusSwitchingProtocols || r.Method == http.MethodConnect && resp.StatusCode/100 == 2
+}
+
+// upgrade completes a protocol switch or opens a tunnel: the client
+// connection is taken over, the response head relayed, and bytes piped
+// both ways until either side closes.
 func (ex *h1Exchange) upgrade(resp *http.Response) {
 	conn, brw, err := http.NewResponseController(ex.w).Hijack()
 	if err != nil {

@@ -25,7 +25,8 @@ var (
 // peekHead makes br buffer one whole request head (through the blank line)
 // without consuming it and returns it. Blank lines before the request line,
 // which RFC 9112 §2.2 tells servers to ignore, are discarded. If br's buffer
-// is smaller than the head, it returns a larger reader holding the same bytes.
+// is smaller than the head, it returns a larger reader (twice as large each
+// time, up to max) holding the same bytes.
 func peekHead(br *bufio.Reader, r io.Reader, max int) ([]byte, *bufio.Reader, error) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
@@ -42,7 +43,7 @@ func peekHead(br *bufio.Reader, r io.Reader, max int) ([]byte, *bufio.Reader, er
 		if len(buf) == br.Size() {
 			// The head outgrew the buffer: move its bytes to a bigger one.
 			held := append([]byte(nil), buf...)
-			br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(held), r), max)
+			br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(held), r), min(2*br.Size(), max))
 			continue
 		}
 		// Wait for at least one more byte.
