@@ -16,6 +16,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // backend is an application server that counts and echoes what it receives.
@@ -607,6 +608,36 @@ func TestResponseHeadSize(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tt.want || tt.want == http.StatusOK && resp.Header.Get("X-Big") != big {
 			t.Errorf("a %d-byte field: status %d (%q), field intact %v; want %d", tt.size, resp.StatusCode, resp.Header.Get("l5d-proxy-error"), resp.Header.Get("X-Big") == big, tt.want)
+		}
+	}
+}
+
+// What the application saw of requests through the outbound port as a
+// forward proxy (HTTP_PROXY): an OPTIONS for the whole server is "*"
+// (RFC 9112 §3.2.4), and "Te: trailers" travels named in Connection.
+func TestForwardProxyRequestTargets(t *testing.T) {
+	seen := make(chan string, 4)
+	app := rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			seen <- req.Method + " " + req.RequestURI + " te=" + req.Header.Get("Te") + " connection=" + req.Header.Get("Connection")
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+		}
+	})
+	p := rawProxy(t, testkit.FreeAddr(t)) // only its outbound port is used
+	for _, tt := range []struct{ send, want string }{
+		{"OPTIONS http://" + app + " HTTP/1.1\r\nHost: " + app + "\r\n\r\n", "OPTIONS * te= connection="},
+		{"GET http://" + app + "/a|b/%7e?q=1|2 HTTP/1.1\r\nHost: " + app + "\r\nTE: trailers\r\nConnection: TE\r\n\r\n", "GET /a|b/%7e?q=1|2 te=trailers connection=TE"},
+	} {
+		_, br := raw(t, p.OutboundAddr.String(), tt.send)
+		if resp, _ := readResponse(t, br, "GET"); resp.StatusCode != http.StatusOK {
+			t.Fatalf("%q: status %d (%s)", tt.send, resp.StatusCode, resp.Header.Get("l5d-proxy-error"))
+		}
+		if got := <-seen; got != tt.want {
+			t.Errorf("sent %q: the application saw %q; want %q", tt.send, got, tt.want)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -312,6 +313,36 @@ func TestMeshReachesOnlyTheApplicationsPort(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK || bytes.Contains(body, []byte("request_total")) {
 			t.Fatalf("a peer reached the proxy's admin server through the mesh: %d %.100q", resp.StatusCode, body)
+		}
+	}
+}
+
+// The path crosses the mesh byte for byte, as the client sent it.
+func TestMeshKeepsThePathAsSent(t *testing.T) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, r.RequestURI)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	entry, _, _, _ := meshPair(t, meshtest.StartIdentity(t, time.Hour), ln.Addr().String())
+	for _, target := range []string{"/a|b/%7e/c%2Fd?q=1|2&r=%20", "/plain/path"} {
+		c, err := net.Dial("tcp", entry)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", target)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if string(body) != target {
+			t.Errorf("sent %s; the application saw %s", target, body)
 		}
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,6 +116,14 @@ func rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Scheme = "http"
 	out.URL.Host = Target(in.Context())
 	out.URL.RawQuery = in.URL.RawQuery
+	// The path byte for byte too, unless a stage changed it: URL.EscapedPath
+	// would re-escape what a client sent unescaped ("/a|b"), which breaks
+	// signed paths.
+	if path, _, _ := strings.Cut(in.RequestURI, "?"); strings.HasPrefix(path, "/") && !strings.HasPrefix(path, "//") {
+		if p, err := url.PathUnescape(path); err == nil && p == in.URL.Path {
+			out.URL.Opaque = path
+		}
+	}
 	// The clone's trailer map was copied before the body was read: share
 	// the client's, which holds the values once the body has ended.
 	out.Trailer = in.Trailer

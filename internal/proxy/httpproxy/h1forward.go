@@ -7,6 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -352,7 +353,7 @@ func buffered(br *bufio.Reader) []byte {
 func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 	target := r.RequestURI
 	if target == "" || r.URL.IsAbs() {
-		target = r.URL.RequestURI() // forward-proxy requests arrive in absolute form
+		target = originForm(r) // forward-proxy requests arrive in absolute form
 	}
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
@@ -373,16 +374,21 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 			writeField(bw, k, v)
 		}
 	}
-	if up := upgradeRequested(r.Header); up != "" {
-		bw.WriteString("Connection: Upgrade\r\nUpgrade: ")
+	up := upgradeRequested(r.Header)
+	te := slices.ContainsFunc(r.Header["Te"], func(v string) bool { return strings.Contains(strings.ToLower(v), "trailers") })
+	// TE is itself hop-by-hop: Connection names it (RFC 9110 §10.1.4).
+	switch {
+	case up != "" && te:
+		bw.WriteString("Connection: Upgrade, TE\r\nTe: trailers\r\n")
+	case up != "":
+		bw.WriteString("Connection: Upgrade\r\n")
+	case te:
+		bw.WriteString("Connection: TE\r\nTe: trailers\r\n")
+	}
+	if up != "" {
+		bw.WriteString("Upgrade: ")
 		bw.WriteString(up)
 		bw.WriteString("\r\n")
-	}
-	for _, te := range r.Header["Te"] {
-		if strings.Contains(strings.ToLower(te), "trailers") {
-			bw.WriteString("Te: trailers\r\n")
-			break
-		}
 	}
 	switch {
 	case r.ContentLength > 0 || r.ContentLength == 0 && r.Header["Content-Length"] != nil:
@@ -400,6 +406,27 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 	}
 	bw.WriteString("\r\n")
+}
+
+// originForm is the target of an absolute-form request as an origin
+// server takes it, with the client's own bytes of path and query (a
+// re-escaped path breaks signed ones); "*" for an OPTIONS of the whole
+// server (RFC 9112 §3.2.4).
+func originForm(r *http.Request) string {
+	_, rest, ok := strings.Cut(r.RequestURI, "://")
+	if !ok {
+		return r.URL.RequestURI()
+	}
+	i := strings.IndexAny(rest, "/?")
+	switch {
+	case i >= 0 && rest[i] == '/':
+		return rest[i:]
+	case i >= 0:
+		return "/" + rest[i:]
+	case r.Method == http.MethodOptions:
+		return "*"
+	}
+	return "/"
 }
 
 // hasBody reports whether a request carries body bytes to send: a body

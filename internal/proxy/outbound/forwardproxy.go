@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
@@ -83,7 +84,8 @@ func withDefaultPort(host, port string) string {
 	if _, _, err := net.SplitHostPort(host); err == nil {
 		return host
 	}
-	return net.JoinHostPort(host, port)
+	// A bracketed IPv6 literal without a port: JoinHostPort adds brackets.
+	return net.JoinHostPort(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"), port)
 }
 
 // isSelf reports whether target is the listener the client connected to.
