@@ -53,7 +53,13 @@ func FreeAddr(t testing.TB) string {
 // handles each with h in its own goroutine, closing it afterwards.
 func Serve(t testing.TB, h func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return ServeOn(t, "127.0.0.1:0", h)
+}
+
+// ServeOn is Serve on addr.
+func ServeOn(t testing.TB, addr string, h func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

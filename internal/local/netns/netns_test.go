@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // privateEnv marks the re-executed test running in network and mount
@@ -57,20 +59,7 @@ func TestBridgeKeepsItsAddress(t *testing.T) {
 		return strings.TrimSpace(string(b))
 	}
 	want := mac()
-	ln, err := net.Listen("tcp", net.JoinHostPort(gw.Addr().String(), "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
+	gateway := testkit.ServeOn(t, net.JoinHostPort(gw.Addr().String(), "0"), func(net.Conn) {}) // accepted, closed
 
 	var spaces []Namespace
 	for i := range 4 {
@@ -92,10 +81,10 @@ func TestBridgeKeepsItsAddress(t *testing.T) {
 		}
 	}
 	for _, n := range spaces {
-		argv := n.Exec("timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+strings.ReplaceAll(ln.Addr().String(), ":", "/"))
+		argv := n.Exec("timeout", "5", "bash", "-c", "exec 3<>/dev/tcp/"+strings.ReplaceAll(gateway, ":", "/"))
 		start := time.Now()
 		if out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput(); err != nil {
-			t.Errorf("%s cannot connect to %s: %v: %s", n.Name, ln.Addr(), err, out)
+			t.Errorf("%s cannot connect to %s: %v: %s", n.Name, gateway, err, out)
 		} else {
 			t.Logf("%s connected to the gateway in %v", n.Name, time.Since(start).Round(time.Millisecond))
 		}

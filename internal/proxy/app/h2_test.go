@@ -26,21 +26,13 @@ func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 			}
 			io.WriteString(w, "ok")
 		}),
-		Protocols: new(http.Protocols),
 		ConnState: func(_ net.Conn, s http.ConnState) {
 			if s == http.StateNew {
 				conns.Add(1)
 			}
 		},
 	}
-	srv.Protocols.SetUnencryptedHTTP2(true)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	p := rawProxy(t, ln.Addr().String())
+	p := rawProxy(t, serve(t, srv))
 
 	var h2 http.Protocols
 	h2.SetUnencryptedHTTP2(true)

@@ -369,32 +369,15 @@ func TestClientHangupCancelsUpstreamRequest(t *testing.T) {
 // request into an error, whether the proxy notices before reusing the
 // connection or only when using it.
 func TestUpstreamClosingIdleConnectionsIsInvisible(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				req, err := http.ReadRequest(bufio.NewReader(c))
-				if err != nil {
-					return
-				}
-				io.Copy(io.Discard, req.Body)
-				// Keep-alive promised, then the connection closes anyway.
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-			}()
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
 		}
-	}()
-	cfg := proxytest.Config(t)
-	cfg.AppAddr = ln.Addr().String()
-	p := proxytest.Start(t, cfg)
+		io.Copy(io.Discard, req.Body)
+		// Keep-alive promised, then the connection closes anyway.
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}))
 	client := &http.Client{}
 	for i, idle := range []time.Duration{0, 10 * time.Millisecond, 250 * time.Millisecond, 10 * time.Millisecond} {
 		time.Sleep(idle)
@@ -413,25 +396,7 @@ func TestUpstreamClosingIdleConnectionsIsInvisible(t *testing.T) {
 // rawApp is an application that speaks HTTP/1.1 by hand: serve is called
 // with each connection and a reader over it.
 func rawApp(t *testing.T, serve func(c net.Conn, br *bufio.Reader)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				serve(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return testkit.Serve(t, func(c net.Conn) { serve(c, bufio.NewReader(c)) })
 }
 
 func rawProxy(t *testing.T, app string) *proxytest.Proxy {

@@ -96,17 +96,24 @@ func meshPair(t *testing.T, ids *meshtest.Identity, app string) (entry string, w
 // identityEcho answers with who the mesh said the client is and what it
 // sent.
 func identityEcho(t *testing.T) string {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return serveApp(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Client-Id", strings.Join(r.Header.Values("L5d-Client-Id"), ";"))
 		w.Header().Set("X-Proto", r.Proto)
 		w.Header().Set("X-Orig-Proto", r.Header.Get("L5d-Orig-Proto"))
 		body, _ := io.ReadAll(r.Body)
 		fmt.Fprintf(w, "echo:%s", body)
-	})}
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	srv.Protocols = &p
+	})
+}
+
+// serveApp runs h as an application on a loopback port, over HTTP/1.1 and
+// h2c, until the test ends.
+func serveApp(t *testing.T, h http.HandlerFunc) string { return serve(t, &http.Server{Handler: h}) }
+
+// serve runs srv on a loopback port, over HTTP/1.1 and h2c, until the test ends.
+func serve(t *testing.T, srv *http.Server) string {
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -246,23 +253,13 @@ func TestMeshRefusesPeerFromAnotherTrustAnchor(t *testing.T) {
 // response — a cut HTTP/1 connection, a reset HTTP/2 stream — never as a
 // shorter one that ends cleanly.
 func TestMeshBrokenResponseIsNotPassedOffAsComplete(t *testing.T) {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	app := serveApp(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Write(bytes.Repeat([]byte("x"), 10000))
 		http.NewResponseController(w).Flush()
 		time.Sleep(50 * time.Millisecond)
 		panic(http.ErrAbortHandler) // net/http cuts the connection
-	})}
-	var protos http.Protocols
-	protos.SetHTTP1(true)
-	protos.SetUnencryptedHTTP2(true)
-	srv.Protocols = &protos
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	entry, _, _, _ := meshPair(t, meshtest.StartIdentity(t, time.Hour), ln.Addr().String())
+	})
+	entry, _, _, _ := meshPair(t, meshtest.StartIdentity(t, time.Hour), app)
 
 	var h2 http.Protocols
 	h2.SetUnencryptedHTTP2(true)
@@ -319,16 +316,8 @@ func TestMeshReachesOnlyTheApplicationsPort(t *testing.T) {
 
 // The path crosses the mesh byte for byte, as the client sent it.
 func TestMeshKeepsThePathAsSent(t *testing.T) {
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, r.RequestURI)
-	})}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	entry, _, _, _ := meshPair(t, meshtest.StartIdentity(t, time.Hour), ln.Addr().String())
+	app := serveApp(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.RequestURI) })
+	entry, _, _, _ := meshPair(t, meshtest.StartIdentity(t, time.Hour), app)
 	for _, target := range []string{"/a|b/%7e/c%2Fd?q=1|2&r=%20", "/plain/path"} {
 		c, err := net.Dial("tcp", entry)
 		if err != nil {

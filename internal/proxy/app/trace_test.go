@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -85,18 +84,6 @@ func (s *seen) last(t *testing.T) http.Header {
 		t.Fatal("the application got no request")
 	}
 	return s.h[len(s.h)-1]
-}
-
-// serveApp runs h as an application on a loopback port.
-func serveApp(t *testing.T, h http.HandlerFunc) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
 }
 
 // recordingApp answers "from <name>" and records the headers it got.
