@@ -606,3 +606,25 @@ func TestForwardProxyRequestTargets(t *testing.T) {
 		}
 	}
 }
+
+// HTTP/1.0 has neither expectations nor upgrades (RFC 9110 §10.1.1, §7.8):
+// an HTTP/1.0 client's are not passed on as HTTP/1.1 ones.
+func TestHTTP10ExpectAndUpgradeIgnored(t *testing.T) {
+	seen := make(chan string, 1)
+	p := rawProxy(t, rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		body, _ := io.ReadAll(req.Body)
+		seen <- fmt.Sprintf("expect=%q upgrade=%q body=%q", req.Header.Get("Expect"), req.Header.Get("Upgrade"), body)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	}))
+	_, br := raw(t, p.InboundAddr.String(), "POST / HTTP/1.0\r\nHost: app\r\nExpect: 100-continue\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\nhi")
+	if resp, body := readResponse(t, br, "POST"); resp.StatusCode != http.StatusOK || body != "ok" {
+		t.Fatalf("%d %q", resp.StatusCode, body)
+	}
+	if got, want := <-seen, `expect="" upgrade="" body="hi"`; got != want {
+		t.Errorf("the application saw %s; want %s", got, want)
+	}
+}

@@ -163,7 +163,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case r.ProtoMajor == 1 && !meshed:
 		f.forwardH1(w, r, Target(r.Context()), f.pool)
-	case r.ProtoMajor == 1 && (upgradeRequested(r.Header) != "" || r.Method == http.MethodConnect):
+	case r.ProtoMajor == 1 && (upgradeRequested(r) != "" || r.Method == http.MethodConnect):
 		f.forwardH1(w, r, Target(r.Context()), f.meshH1)
 	default:
 		f.proxy.ServeHTTP(w, r)

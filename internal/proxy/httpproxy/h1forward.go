@@ -91,7 +91,8 @@ func (ex *h1Exchange) run() error {
 
 	writeRequestHead(uc.bw, r)
 	hasBody := hasBody(r)
-	expect := hasBody && strings.EqualFold(r.Header.Get("Expect"), "100-continue")
+	// An HTTP/1.0 client's expectation is ignored (RFC 9110 §10.1.1).
+	expect := hasBody && r.ProtoAtLeast(1, 1) && strings.EqualFold(r.Header.Get("Expect"), "100-continue")
 	switch {
 	case !hasBody:
 	case expect:
@@ -367,14 +368,14 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 	bw.WriteString("\r\n")
 	skip := connectionFields(r.Header)
 	for k, vs := range r.Header {
-		if skip(k) || k == "Host" || k == "Content-Length" {
+		if skip(k) || k == "Host" || k == "Content-Length" || k == "Expect" && !r.ProtoAtLeast(1, 1) {
 			continue
 		}
 		for _, v := range vs {
 			writeField(bw, k, v)
 		}
 	}
-	up := upgradeRequested(r.Header)
+	up := upgradeRequested(r)
 	te := slices.ContainsFunc(r.Header["Te"], func(v string) bool { return strings.Contains(strings.ToLower(v), "trailers") })
 	// TE is itself hop-by-hop: Connection names it (RFC 9110 §10.1.4).
 	switch {

@@ -43,8 +43,12 @@ func connectionFields(h http.Header) func(string) bool {
 }
 
 // upgradeRequested returns the protocol a request asks to switch to
-// ("websocket"), or "".
-func upgradeRequested(h http.Header) string {
+// ("websocket"), or "". HTTP/1.0 has no upgrades (RFC 9110 §7.8).
+func upgradeRequested(r *http.Request) string {
+	if !r.ProtoAtLeast(1, 1) {
+		return ""
+	}
+	h := r.Header
 	for _, v := range h["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
 			if strings.EqualFold(textproto.TrimString(f), "upgrade") {
