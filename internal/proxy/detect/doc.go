@@ -22,5 +22,15 @@
 // is silent too, a silent client is not pushed to opaque at the detect
 // timeout but waited for (Detector.MaxWait, the idle timeout), so its
 // requests still get HTTP treatment — metrics, identity headers, routing.
-// The detect timeout still applies where the target cannot be probed.
+// The detect timeout still applies where the target cannot be probed. The
+// early connection itself is held for the detect timeout at most: a client
+// that stays silent longer is still waited for, but holds nothing on the
+// target's side.
+//
+// # Bounds
+//
+// Detection is a bounded state machine: every read has room for at least
+// one byte and a deadline, a run of empty reads ends it, the buffer stops at
+// MaxPeek, and it ends early, closing the connection, when the proxy drains
+// (nothing the client sent has been forwarded yet).
 package detect

@@ -48,7 +48,9 @@ func Stage(d Detector, opaque func(*transport.Meta) OpaquePolicy, connect transp
 		if m.Target != "" {
 			dial = func(ctx context.Context) (net.Conn, error) { return connect(transport.Probe(ctx), m) }
 		}
-		res, err := det.Detect(ctx, c, dial)
+		dctx, done := untilDrain(ctx, m.Drain)
+		res, err := det.Detect(dctx, c, dial)
+		done()
 		if err != nil {
 			log.Debug("connection closed during protocol detection", "direction", m.Direction, "client", m.Client.String(), "error", err)
 			c.Close()
@@ -80,5 +82,21 @@ func SkipOpaquePorts(ports map[uint16]bool) func(*transport.Meta) OpaquePolicy {
 			return SkipDetection
 		}
 		return NotOpaque
+	}
+}
+
+// untilDrain is ctx, ended early when drain ends: a connection that has not
+// said what it speaks by the time the proxy drains is closed, not waited
+// for (it has sent nothing that was forwarded).
+// done releases it.
+func untilDrain(ctx, drain context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	if drain == nil {
+		return ctx, cancel
+	}
+	unregister := context.AfterFunc(drain, cancel)
+	return ctx, func() {
+		unregister()
+		cancel()
 	}
 }
