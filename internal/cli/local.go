@@ -154,10 +154,13 @@ func downCmd(dataDir *string) *cobra.Command {
 	return &cobra.Command{
 		Use:   "down",
 		Short: "Stop the local control plane and remove its network",
-		Long: `down asks the control plane of the data directory to stop, waits for it,
-and (as root, when no live control plane owns the bridge) removes any
-bridge, veth or network namespace a crashed 'trellis up', 'trellis run' or
-'trellis demo' left behind. The data directory is kept.`,
+		Long: `down asks the control plane of the data directory to stop and waits for it.
+As root it then removes what that control plane's network left behind (a
+crashed 'trellis up', 'trellis run' or 'trellis demo'): the network
+namespaces no process lives in, and the bridge once none is left. Instances
+still running keep their network and serve from what their proxies know;
+the next 'trellis up' of the same data directory adopts them. Nothing of
+another data directory's network is touched. The data directory is kept.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			api := apiClient(*dataDir)
@@ -181,13 +184,20 @@ bridge, veth or network namespace a crashed 'trellis up', 'trellis run' or
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), "control plane stopped")
 			}
-			if os.Geteuid() == 0 && netns.Owner(up.DefaultBridge) == 0 {
-				nss, links := netns.Leftovers()
-				if len(nss)+len(links) > 0 {
-					if err := netns.RemoveLeftovers(context.WithoutCancel(cmd.Context())); err != nil {
-						return err
-					}
-					fmt.Fprintf(cmd.OutOrStdout(), "removed %d network namespace(s) and %d link(s) left behind\n", len(nss), len(links))
+			if os.Geteuid() != 0 {
+				return nil
+			}
+			dir, err := filepath.Abs(*dataDir)
+			if err != nil {
+				return err
+			}
+			for _, bridge := range netns.Bridges(dir) {
+				live, err := netns.ReleaseBridge(context.WithoutCancel(cmd.Context()), bridge)
+				if err != nil {
+					return err
+				}
+				if live > 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "bridge %s kept: %d instance(s) still run on it (stop their 'trellis run')\n", bridge, live)
 				}
 			}
 			return nil

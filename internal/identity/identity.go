@@ -91,6 +91,10 @@ func (id ID) Validate() error {
 	return nil
 }
 
+// CheckServiceAccount reports what, if anything, makes sa unusable as a
+// service account name.
+func CheckServiceAccount(sa string) error { return dnsSubdomain(sa) }
+
 // IsZero reports whether id is the zero value (no identity).
 func (id ID) IsZero() bool { return id == ID{} }
 

@@ -130,7 +130,7 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	}
 	ips := &registry.ClusterIPs{Store: p.store, CIDR: registry.DefaultServiceCIDR}
 	p.registry = registry.New(registry.Config{Store: p.store, TrustDomain: o.Identity.TrustDomain, TTL: o.LeaseTTL,
-		RestartGrace: registry.DefaultRestartGrace, IPs: ips, Log: log.With("component", "registry")})
+		RestartGrace: registry.DefaultRestartGrace, IPs: ips, Log: log.With("component", "registry"), Metrics: p.identity.Metrics()})
 	if err := p.registry.Load(context.Background()); err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/trellis-mesh/trellis/internal/control/resources"
@@ -37,6 +38,14 @@ func (c *ClusterIPs) Apply(ctx context.Context, r store.Resource) (store.Resourc
 	defer c.mu.Unlock()
 	var spec map[string]any
 	if err := json.Unmarshal(r.Spec, &spec); err == nil && spec != nil {
+		if _, ok := spec["serviceAccounts"]; !ok {
+			// An applied Service that names no identities keeps the ones
+			// it is bound to.
+			if bound := c.bound(ctx, r.Metadata.Namespace, r.Metadata.Name); len(bound) > 0 {
+				spec["serviceAccounts"] = bound
+				r.Spec, _ = json.Marshal(spec)
+			}
+		}
 		if ip, _ := spec["clusterIP"].(string); ip == "" {
 			ip, err := c.pick(ctx, r.Metadata.Namespace, r.Metadata.Name)
 			if err != nil {
@@ -49,9 +58,14 @@ func (c *ClusterIPs) Apply(ctx context.Context, r store.Resource) (store.Resourc
 	return c.Store.Apply(ctx, r)
 }
 
-// EnsureService creates service namespace/name with ports if it does not
-// exist, and adds any of ports it lacks if it does.
-func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, ports []resources.ServicePort) error {
+// ErrNotBound refuses a registration under a service whose identities do
+// not include the caller's.
+var ErrNotBound = errors.New("service account not bound to the service")
+
+// EnsureService creates service namespace/name with ports, bound to service
+// account sa, if it does not exist; if it does, it checks that sa may serve
+// it (an unbound service is bound to sa) and adds any of ports it lacks.
+func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, ports []resources.ServicePort, sa string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for {
@@ -63,7 +77,7 @@ func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, 
 			if err != nil {
 				return err
 			}
-			spec = resources.ServiceSpec{Ports: ports, ClusterIP: ip.String()}
+			spec = resources.ServiceSpec{Ports: ports, ClusterIP: ip.String(), ServiceAccounts: []string{sa}}
 			cur = store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService,
 				Metadata: store.Metadata{Name: name, Namespace: namespace}}
 		case err != nil:
@@ -72,13 +86,20 @@ func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, 
 			if err := json.Unmarshal(cur.Spec, &spec); err != nil {
 				return fmt.Errorf("service %s/%s: %w", namespace, name, err)
 			}
-			missing := false
+			changed := false
+			switch {
+			case len(spec.ServiceAccounts) == 0:
+				spec.ServiceAccounts, changed = []string{sa}, true
+			case !spec.Serves(sa):
+				return fmt.Errorf("%w: service %s/%s is served by %s, not %q (list it in the Service's spec.serviceAccounts)",
+					ErrNotBound, namespace, name, strings.Join(spec.ServiceAccounts, ", "), sa)
+			}
 			for _, p := range ports {
 				if !slices.ContainsFunc(spec.Ports, func(q resources.ServicePort) bool { return q.Port == p.Port }) {
-					spec.Ports, missing = append(spec.Ports, p), true
+					spec.Ports, changed = append(spec.Ports, p), true
 				}
 			}
-			if !missing {
+			if !changed {
 				return nil
 			}
 		}
@@ -88,6 +109,17 @@ func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, 
 			return err
 		}
 	}
+}
+
+// bound is the service accounts stored service namespace/name is bound to.
+func (c *ClusterIPs) bound(ctx context.Context, namespace, name string) []string {
+	cur, err := c.Store.Get(ctx, store.Key{Kind: resources.KindService, Namespace: namespace, Name: name})
+	if err != nil {
+		return nil
+	}
+	var spec resources.ServiceSpec
+	json.Unmarshal(cur.Spec, &spec)
+	return spec.ServiceAccounts
 }
 
 // pick returns the clusterIP namespace/name already has, else the lowest

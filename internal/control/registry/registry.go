@@ -13,10 +13,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -48,17 +52,22 @@ type Config struct {
 	IPs *ClusterIPs
 	Now func() time.Time
 	Log *slog.Logger
+	// Metrics, if set, receives the registry's metrics.
+	Metrics prometheus.Registerer
 }
 
 type lease struct {
 	expires  time.Time
 	identity string
+	endpoint string // address and mesh port: a live lease is never re-pointed
 }
 
 // Registry serves the Registry API and expires lapsed leases.
 type Registry struct {
 	destinationv1.UnimplementedRegistryServer
 	cfg Config
+
+	refused *prometheus.CounterVec
 
 	mu     sync.Mutex
 	leases map[string]lease // "namespace/name"
@@ -72,7 +81,14 @@ func New(cfg Config) *Registry {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Registry{cfg: cfg, leases: map[string]lease{}}
+	g := &Registry{cfg: cfg, leases: map[string]lease{}, refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "registry_register_refused_total",
+		Help: "Registrations and deregistrations refused, by reason: address (not registered from its own address), owner (another identity's, a live lease's or a hand-applied workload), service (identity not bound to the service).",
+	}, []string{"reason"})}
+	if cfg.Metrics != nil {
+		cfg.Metrics.MustRegister(g.refused)
+	}
+	return g
 }
 
 // AddTo adds the Registry API to r.
@@ -99,7 +115,7 @@ func (g *Registry) Load(ctx context.Context) error {
 		}
 		var spec resources.WorkloadSpec
 		json.Unmarshal(w.Spec, &spec)
-		g.leases[w.Metadata.Namespace+"/"+w.Metadata.Name] = lease{expires: exp, identity: spec.Identity}
+		g.leases[w.Metadata.Namespace+"/"+w.Metadata.Name] = lease{expires: exp, identity: spec.Identity, endpoint: endpoint(spec)}
 	}
 	return nil
 }
@@ -140,12 +156,12 @@ func (g *Registry) expire(ctx context.Context) {
 }
 
 // Register creates or replaces the caller's workload and grants a lease.
+// The caller must register from the address it registers, under a
+// service its identity is bound to, and may not take over a workload
+// applied by hand, another identity's, or re-point a live lease.
 func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequest) (*destinationv1.Lease, error) {
 	id, key, err := g.callerKey(ctx, req.GetName())
 	if err != nil {
-		return nil, err
-	}
-	if err := g.owned(key, id); err != nil {
 		return nil, err
 	}
 	spec := resources.WorkloadSpec{Service: req.GetService(), Identity: id.String(), Address: req.GetAddress(),
@@ -162,19 +178,107 @@ func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequ
 	if err := (resources.Kinds{}).Check(&w); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if spec.Service != "" {
-		if err := g.cfg.IPs.EnsureService(ctx, id.Namespace, spec.Service, svcPorts); err != nil {
-			return nil, storeStatus(err)
-		}
+	if err := fromAddress(ctx, spec.Address); err != nil {
+		return nil, g.refuse(ctx, "address", key, id, err)
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.mayTake(ctx, key, id, spec); err != nil {
+		return nil, g.refuse(ctx, "owner", key, id, err)
+	}
+	if spec.Service != "" {
+		if err := g.cfg.IPs.EnsureService(ctx, id.Namespace, spec.Service, svcPorts, id.ServiceAccount); errors.Is(err, ErrNotBound) {
+			return nil, g.refuse(ctx, "service", key, id, err)
+		} else if err != nil {
+			return nil, storeStatus(err)
+		}
+	}
 	if _, err := g.cfg.Store.Apply(ctx, w); err != nil {
 		return nil, storeStatus(err)
 	}
-	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String()}
+	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String(), endpoint: endpoint(spec)}
 	g.cfg.Log.Info("workload registered", "workload", key, "service", spec.Service, "address", spec.Address, "identity", id.String())
 	return g.lease(key), nil
+}
+
+// mayTake refuses a registration of key that would take over a static
+// workload, another identity's, or re-point a live lease. Called with g.mu.
+func (g *Registry) mayTake(ctx context.Context, key string, id meshid.ID, spec resources.WorkloadSpec) error {
+	if err := g.owns(ctx, key, id); err != nil {
+		return err
+	}
+	if l, ok := g.leases[key]; ok && l.endpoint != endpoint(spec) && !g.cfg.Now().After(l.expires) {
+		return fmt.Errorf("workload %s is live at %s: a new endpoint may take its name once its lease lapses (within %v)", key, l.endpoint, g.cfg.TTL)
+	}
+	return nil
+}
+
+// owns refuses id a workload that another identity holds or that was
+// applied by hand. Called with g.mu.
+func (g *Registry) owns(ctx context.Context, key string, id meshid.ID) error {
+	if l, ok := g.leases[key]; ok {
+		if l.identity != id.String() {
+			return fmt.Errorf("workload %s belongs to %s", key, l.identity)
+		}
+		return nil
+	}
+	ns, name, _ := strings.Cut(key, "/")
+	cur, err := g.cfg.Store.Get(ctx, store.Key{Kind: resources.KindWorkload, Namespace: ns, Name: name})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if cur.Metadata.Annotations[LeaseAnnotation] == "" {
+		return fmt.Errorf("workload %s was applied by hand: registration never replaces it", key)
+	}
+	var stored resources.WorkloadSpec
+	if resources.Decode(cur.Spec, &stored) == nil && stored.Identity != id.String() {
+		return fmt.Errorf("workload %s belongs to %s", key, stored.Identity)
+	}
+	return nil
+}
+
+func endpoint(s resources.WorkloadSpec) string {
+	return net.JoinHostPort(s.Address, strconv.Itoa(s.MeshPort))
+}
+
+// fromAddress checks that the caller connected from addr, the address it
+// registers: a workload cannot send a service's traffic anywhere but to
+// itself. A loopback address (explicit mode) may be registered by any
+// caller on this host.
+func fromAddress(ctx context.Context, addr string) error {
+	want, err := netip.ParseAddr(addr)
+	if err != nil {
+		return fmt.Errorf("address %q: %w", addr, err)
+	}
+	p, _ := peer.FromContext(ctx)
+	from, local := addrOf(p.Addr), addrOf(p.LocalAddr)
+	switch {
+	case from == want.Unmap():
+	case want.IsLoopback() && from.IsValid() && (from.IsLoopback() || from == local):
+	default:
+		return fmt.Errorf("registers address %s but connected from %v", want, from)
+	}
+	return nil
+}
+
+func addrOf(a net.Addr) netip.Addr {
+	if t, ok := a.(*net.TCPAddr); ok {
+		return t.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// refuse logs and counts a refused registration and returns its status.
+func (g *Registry) refuse(ctx context.Context, reason, key string, id meshid.ID, err error) error {
+	from := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		from = p.Addr.String()
+	}
+	g.refused.WithLabelValues(reason).Inc()
+	g.cfg.Log.Warn("registration refused", "workload", key, "identity", id.String(), "peer", from, "reason", reason, "error", err)
+	return status.Errorf(codes.PermissionDenied, "registration of %s refused: %v", key, err)
 }
 
 // Renew extends the caller's lease on name.
@@ -206,25 +310,18 @@ func (g *Registry) Deregister(ctx context.Context, req *destinationv1.Deregister
 	if err != nil {
 		return nil, err
 	}
-	if err := g.owned(key, id); err != nil {
-		return nil, err
-	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.owns(ctx, key, id); err != nil {
+		return nil, g.refuse(ctx, "owner", key, id, err)
+	}
 	delete(g.leases, key)
-	g.mu.Unlock()
 	err = g.cfg.Store.Delete(ctx, store.Key{Kind: resources.KindWorkload, Namespace: id.Namespace, Name: req.GetName()})
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, storeStatus(err)
 	}
 	g.cfg.Log.Info("workload deregistered", "workload", key)
 	return &destinationv1.DeregisterResponse{}, nil
-}
-
-// owned refuses to touch a workload another identity holds.
-func (g *Registry) owned(key string, id meshid.ID) error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.ownedLocked(key, id)
 }
 
 func (g *Registry) ownedLocked(key string, id meshid.ID) error {

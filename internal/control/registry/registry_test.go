@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"net/url"
 	"path/filepath"
@@ -49,11 +50,19 @@ func newRegistry(db *store.DB, c *clock) *Registry {
 		IPs: &ClusterIPs{Store: db, CIDR: DefaultServiceCIDR}, Now: c.Now, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 }
 
-// as is a context whose gRPC peer proved id with its certificate.
-func as(id string) context.Context {
+// as is a context whose gRPC peer proved id with its certificate and
+// connected from 10.0.0.1, the address request registers.
+func as(id string) context.Context { return asFrom(id, "10.0.0.1") }
+
+// asFrom is as, connected from addr to the control plane at 10.0.0.254.
+func asFrom(id, addr string) context.Context {
 	parsed, _ := meshid.Parse(id)
 	cert := &x509.Certificate{URIs: []*url.URL{parsed.URL()}}
-	return peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{cert}}}}})
+	return peer.NewContext(context.Background(), &peer.Peer{
+		Addr:      net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(addr), 40000)),
+		LocalAddr: net.TCPAddrFromAddrPort(netip.MustParseAddrPort("10.0.0.254:8086")),
+		AuthInfo:  credentials.TLSInfo{State: tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{cert}}}},
+	})
 }
 
 const web = "spiffe://cluster.local/ns/default/sa/web"
@@ -199,15 +208,15 @@ func TestClusterIPsAreDistinctAndStable(t *testing.T) {
 	ips := &ClusterIPs{Store: db, CIDR: netip.MustParsePrefix("10.9.0.0/30")}
 	ctx := context.Background()
 	for _, name := range []string{"a", "b"} {
-		if err := ips.EnsureService(ctx, "default", name, []resources.ServicePort{{Port: 80}}); err != nil {
+		if err := ips.EnsureService(ctx, "default", name, []resources.ServicePort{{Port: 80}}, "web"); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := ips.EnsureService(ctx, "default", "c", []resources.ServicePort{{Port: 80}}); err == nil {
+	if err := ips.EnsureService(ctx, "default", "c", []resources.ServicePort{{Port: 80}}, "web"); err == nil {
 		t.Fatal("a /30 holds two service IPs; the third service got one")
 	}
 	// Adding a port keeps the IP.
-	if err := ips.EnsureService(ctx, "default", "a", []resources.ServicePort{{Port: 81}}); err != nil {
+	if err := ips.EnsureService(ctx, "default", "a", []resources.ServicePort{{Port: 81}}, "web"); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]resources.ServiceSpec{}
@@ -223,9 +232,10 @@ func TestClusterIPsAreDistinctAndStable(t *testing.T) {
 	if got["a"].ClusterIP != "10.9.0.1" || got["b"].ClusterIP != "10.9.0.2" || len(got["a"].Ports) != 2 {
 		t.Errorf("services %+v", got)
 	}
-	// Applying a service without an IP keeps the one it has.
+	// Applying a service without an IP keeps the one it has (and the
+	// identities it is bound to).
 	r := store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService, Metadata: store.Metadata{Name: "b", Namespace: "default"}, Spec: []byte(`{"ports":[{"port":80}]}`)}
-	if got, err := ips.Apply(ctx, r); err != nil || string(got.Spec) != `{"clusterIP":"10.9.0.2","ports":[{"port":80}]}` {
+	if got, err := ips.Apply(ctx, r); err != nil || string(got.Spec) != `{"clusterIP":"10.9.0.2","ports":[{"port":80}],"serviceAccounts":["web"]}` {
 		t.Errorf("Apply: %s, %v", got.Spec, err)
 	}
 }
@@ -241,7 +251,7 @@ func TestConcurrentServicesGetDistinctIPs(t *testing.T) {
 			name := "svc-" + strconv.Itoa(i)
 			var err error
 			if i%2 == 0 {
-				err = ips.EnsureService(ctx, "default", name, []resources.ServicePort{{Port: 80}})
+				err = ips.EnsureService(ctx, "default", name, []resources.ServicePort{{Port: 80}}, "web")
 			} else {
 				_, err = ips.Apply(ctx, store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService,
 					Metadata: store.Metadata{Name: name, Namespace: "default"}, Spec: []byte(`{"ports":[{"port":80}]}`)})

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/control/store"
@@ -46,7 +47,15 @@ type ServiceSpec struct {
 	Ports []ServicePort `json:"ports"`
 	// ClusterIP is allocated by the control plane when empty.
 	ClusterIP string `json:"clusterIP,omitempty"`
+	// ServiceAccounts are the identities (service accounts of the
+	// service's namespace) that may serve it: a proxy registering under
+	// any other is refused. A registration that creates the service binds
+	// it to the registering identity; `trellis run` binds its own.
+	ServiceAccounts []string `json:"serviceAccounts,omitempty"`
 }
+
+// Serves reports whether service account sa may serve the service.
+func (s ServiceSpec) Serves(sa string) bool { return slices.Contains(s.ServiceAccounts, sa) }
 
 // ServicePort is one port of a service.
 type ServicePort struct {
@@ -143,6 +152,15 @@ func checkService(r *store.Resource) error {
 	if s.ClusterIP != "" {
 		if a, err := netip.ParseAddr(s.ClusterIP); err != nil || !a.Is4() {
 			return invalid("spec.clusterIP", fmt.Sprintf("%q is not an IPv4 address", s.ClusterIP))
+		}
+	}
+	for i, sa := range s.ServiceAccounts {
+		f := fmt.Sprintf("spec.serviceAccounts[%d]", i)
+		if err := meshid.CheckServiceAccount(sa); err != nil {
+			return invalid(f, fmt.Sprintf("%q: %v", sa, err))
+		}
+		if slices.Index(s.ServiceAccounts, sa) < i {
+			return invalid(f, fmt.Sprintf("%q is listed twice", sa))
 		}
 	}
 	return nil

@@ -2,8 +2,14 @@
 // iproute2: one bridge on the host, and for each instance a named network
 // namespace joined to it by a veth pair, with its own address, a default
 // route through the bridge, and a resolv.conf pointing at the control
-// plane's DNS (bind-mounted by `ip netns exec`). Everything it creates is
-// named with the prefixes below, so leftovers can be found and removed.
+// plane's DNS (bind-mounted by `ip netns exec`).
+//
+// Everything it creates is recorded under /run/trellis: each bridge with
+// the control plane (process and data directory) that owns it, each
+// namespace with its bridge. Cleanup touches only what one bridge owns and
+// only namespaces no process lives in, so a control plane can stop,
+// crash and restart under running instances (it adopts its bridge), and
+// two control planes on one host never remove each other's network.
 package netns
 
 import (
@@ -19,9 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 )
 
 // Name prefixes of what this package creates.
@@ -44,72 +48,12 @@ func ip(ctx context.Context, args ...string) error {
 	return nil
 }
 
-// OwnerDir keeps, per bridge, the PID of the process that created it.
-const OwnerDir = "/run/trellis"
-
-// Owner is the live process that created bridge name, or 0 if none is
-// alive (or it was never recorded).
-func Owner(name string) int {
-	b, err := os.ReadFile(filepath.Join(OwnerDir, name+".pid"))
-	if err != nil {
-		return 0
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
-		return 0
-	}
-	return pid
-}
-
-// CreateBridge adds bridge name with address gw (its prefix is the
-// network), up, and records this process as its owner. It fails if a live
-// process owns the bridge; what a dead owner left behind is removed first.
-func CreateBridge(ctx context.Context, name string, gw netip.Prefix) error {
-	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
-		if pid := Owner(name); pid != 0 {
-			return fmt.Errorf("bridge %s is in use by process %d (another 'trellis up' or 'trellis demo')", name, pid)
-		}
-		if err := RemoveLeftovers(ctx); err != nil {
-			return fmt.Errorf("removing what a crashed control plane left behind: %w", err)
-		}
-	}
-	if err := os.MkdirAll(OwnerDir, 0o755); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(OwnerDir, name+".pid"), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
-		return err
-	}
-	// A bridge without an address of its own takes the lowest of its
-	// ports' and changes it as ports join: a namespace that resolved the
-	// gateway just before would send to a MAC nobody answers for until its
-	// neighbour entry expires (tens of seconds). A fixed, locally
-	// administered unicast address never changes.
-	if err := ip(ctx, "link", "add", name, "address", bridgeMAC().String(), "type", "bridge"); err != nil {
-		return err
-	}
-	if err := ip(ctx, "addr", "add", gw.String(), "dev", name); err != nil {
-		DeleteBridge(context.WithoutCancel(ctx), name)
-		return err
-	}
-	if err := ip(ctx, "link", "set", name, "up"); err != nil {
-		DeleteBridge(context.WithoutCancel(ctx), name)
-		return err
-	}
-	return nil
-}
-
 // bridgeMAC is a random locally administered unicast MAC address.
 func bridgeMAC() net.HardwareAddr {
 	mac := make(net.HardwareAddr, 6)
 	rand.Read(mac)
 	mac[0] = mac[0]&^0x01 | 0x02
 	return mac
-}
-
-// DeleteBridge removes bridge name and its owner record.
-func DeleteBridge(ctx context.Context, name string) error {
-	os.Remove(filepath.Join(OwnerDir, name+".pid"))
-	return DeleteLink(ctx, name)
 }
 
 // DeleteLink removes a network interface; a missing one is not an error.
@@ -150,7 +94,13 @@ func (n Namespace) HostVeth() string {
 
 // Create makes the namespace and its link; on failure it removes what it made.
 func (n Namespace) Create(ctx context.Context) (err error) {
+	// Recorded first, so that a crash at any later step leaves nothing
+	// cleanup cannot find.
+	if err := recordNamespace(n.Name, n.Bridge); err != nil {
+		return err
+	}
 	if err := ip(ctx, "netns", "add", n.Name); err != nil {
+		os.Remove(filepath.Join(NamespaceRecords, n.Name))
 		return err
 	}
 	defer func() {
@@ -193,52 +143,13 @@ func (n Namespace) Delete(ctx context.Context) error {
 	}
 	errs = append(errs, DeleteLink(ctx, n.HostVeth()))
 	errs = append(errs, os.RemoveAll(filepath.Join(EtcDir, n.Name)))
+	if err := os.Remove(filepath.Join(NamespaceRecords, n.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
 // Exec is the argv that runs argv inside the namespace.
 func (n Namespace) Exec(argv ...string) []string {
 	return append([]string{"ip", "netns", "exec", n.Name}, argv...)
-}
-
-// Leftovers lists the namespaces and host links this package created that
-// still exist.
-func Leftovers() (namespaces, links []string) {
-	if ents, err := os.ReadDir("/var/run/netns"); err == nil {
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), NamespacePrefix) {
-				namespaces = append(namespaces, e.Name())
-			}
-		}
-	}
-	if ents, err := os.ReadDir("/sys/class/net"); err == nil {
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), VethPrefix) || strings.HasPrefix(e.Name(), "trellis") {
-				links = append(links, e.Name())
-			}
-		}
-	}
-	return namespaces, links
-}
-
-// RemoveLeftovers deletes everything Leftovers finds, with each
-// namespace's /etc files.
-func RemoveLeftovers(ctx context.Context) error {
-	namespaces, links := Leftovers()
-	var errs []error
-	for _, ns := range namespaces {
-		errs = append(errs, Namespace{Name: ns}.Delete(ctx))
-	}
-	for _, l := range links {
-		errs = append(errs, DeleteLink(ctx, l))
-		os.Remove(filepath.Join(OwnerDir, l+".pid"))
-	}
-	if ents, err := os.ReadDir(EtcDir); err == nil {
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), NamespacePrefix) {
-				errs = append(errs, os.RemoveAll(filepath.Join(EtcDir, e.Name())))
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

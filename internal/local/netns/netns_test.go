@@ -46,8 +46,8 @@ func TestBridgeKeepsItsAddress(t *testing.T) {
 	ctx := t.Context()
 	const bridge = "nstest0"
 	gw := netip.MustParsePrefix("10.250.0.1/24")
-	if err := CreateBridge(ctx, bridge, gw); err != nil {
-		t.Fatalf("CreateBridge: %v", err)
+	if _, err := EnsureBridge(ctx, bridge, gw, t.TempDir()); err != nil {
+		t.Fatalf("EnsureBridge: %v", err)
 	}
 	// Cleanups run after t.Context is cancelled.
 	t.Cleanup(func() { DeleteBridge(context.Background(), bridge) })

@@ -292,6 +292,11 @@ func (in *instance) teardown() {
 			fmt.Fprintf(in.o.Err, "%s: removing network namespace %s: %v\n", in.name, in.ns.Name, err)
 		}
 		in.api.ReleaseAddress(ctx, in.key())
+		// The last instance of a control plane that stopped before it
+		// removes the bridge that plane kept for it.
+		if err := netns.RemoveBridgeIfUnused(ctx, in.ns.Bridge); err != nil {
+			fmt.Fprintf(in.o.Err, "%s: removing bridge %s: %v\n", in.name, in.ns.Bridge, err)
+		}
 	}
 	if in.dir != "" {
 		os.RemoveAll(in.dir)

@@ -49,6 +49,9 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := bindService(ctx, api, o); err != nil {
+		return nil, err
+	}
 	if !transparent {
 		for i := range o.Replicas {
 			if err := portFree(o.Port + i); err != nil {

@@ -94,8 +94,16 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Up, error) {
 	u := &Up{log: log}
 	if bridged {
 		gw := netip.PrefixFrom(o.Prefix.Masked().Addr().Next(), o.Prefix.Bits())
-		if err := netns.CreateBridge(ctx, o.Bridge, gw); err != nil {
+		dataDir, err := filepath.Abs(po.Identity.DataDir)
+		if err != nil {
 			return nil, err
+		}
+		adopted, err := netns.EnsureBridge(ctx, o.Bridge, gw, dataDir)
+		if err != nil {
+			return nil, err
+		}
+		if adopted {
+			log.Info("adopted the bridge and the instances still running on it", "bridge", o.Bridge, "instances", len(netns.Attached(o.Bridge)))
 		}
 		u.bridge = o.Bridge
 		host = gw.Addr().String()
@@ -125,11 +133,11 @@ func (u *Up) removeNetwork() {
 	if u.bridge == "" {
 		return
 	}
-	ctx := context.Background()
-	if err := netns.RemoveLeftovers(ctx); err != nil {
-		u.log.Warn("removing leftover network namespaces", "error", err)
+	live, err := netns.ReleaseBridge(context.Background(), u.bridge)
+	if err != nil {
+		u.log.Warn("removing the network", "bridge", u.bridge, "error", err)
 	}
-	if err := netns.DeleteBridge(ctx, u.bridge); err != nil {
-		u.log.Warn("removing the bridge", "bridge", u.bridge, "error", err)
+	if live > 0 {
+		u.log.Info("kept the bridge for the instances still running: they serve from what they know, and the next 'trellis up' adopts them", "bridge", u.bridge, "instances", live)
 	}
 }
