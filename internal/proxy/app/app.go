@@ -72,6 +72,7 @@ type boundListener struct {
 // naming the setting.
 func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{}}
+	p.reg.RegisterProcess()
 	dialer := &transport.Dialer{Timeout: cfg.ConnectTimeout, Registry: p.reg}
 	var creds mesh.Credentials
 	if cfg.Identity != "" {
