@@ -292,8 +292,8 @@ func (g *Registry) Renew(ctx context.Context, req *destinationv1.RenewRequest) (
 	if _, ok := g.leases[key]; !ok {
 		return nil, status.Errorf(codes.NotFound, "workload %s is not registered (its lease lapsed?): register again", key)
 	}
-	if err := g.ownedLocked(key, id); err != nil {
-		return nil, err
+	if err := g.owns(ctx, key, id); err != nil {
+		return nil, g.refuse(ctx, "owner", key, id, err)
 	}
 	// Deleted behind the lease's back (trellis delete): register again.
 	if _, err := g.cfg.Store.Get(ctx, store.Key{Kind: resources.KindWorkload, Namespace: id.Namespace, Name: req.GetName()}); errors.Is(err, store.ErrNotFound) {
@@ -322,13 +322,6 @@ func (g *Registry) Deregister(ctx context.Context, req *destinationv1.Deregister
 	}
 	g.cfg.Log.Info("workload deregistered", "workload", key)
 	return &destinationv1.DeregisterResponse{}, nil
-}
-
-func (g *Registry) ownedLocked(key string, id meshid.ID) error {
-	if l, ok := g.leases[key]; ok && l.identity != id.String() {
-		return status.Errorf(codes.PermissionDenied, "workload %s belongs to %s, not %s", key, l.identity, id)
-	}
-	return nil
 }
 
 func (g *Registry) lease(key string) *destinationv1.Lease {

@@ -106,7 +106,7 @@ func EnsureBridge(ctx context.Context, name string, gw netip.Prefix, dataDir str
 				return false, err
 			}
 		}
-		_, err := RemoveDead(ctx, name)
+		_, err := removeDead(ctx, name)
 		return true, err
 	}
 	if err := writeOwner(name, owner{pid: os.Getpid(), dataDir: dataDir}); err != nil {
@@ -140,7 +140,7 @@ func ReleaseBridge(ctx context.Context, name string) (live int, err error) {
 	if o.pid != 0 && o.pid != os.Getpid() && alive(o.pid) {
 		return 0, fmt.Errorf("bridge %s is in use by process %d", name, o.pid)
 	}
-	if live, err = RemoveDead(ctx, name); err != nil || live > 0 {
+	if live, err = removeDead(ctx, name); err != nil || live > 0 {
 		if err == nil {
 			err = writeOwner(name, owner{dataDir: o.dataDir})
 		}
@@ -177,12 +177,12 @@ func Attached(bridge string) []string {
 	return out
 }
 
-// RemoveDead deletes the namespaces on bridge that no process lives in and
+// removeDead deletes the namespaces on bridge that no process lives in and
 // reports how many others still have processes.
-func RemoveDead(ctx context.Context, bridge string) (live int, err error) {
+func removeDead(ctx context.Context, bridge string) (live int, err error) {
 	var errs []error
 	for _, name := range Attached(bridge) {
-		if Live(ctx, name) {
+		if inUse(ctx, name) {
 			live++
 			continue
 		}
@@ -191,8 +191,8 @@ func RemoveDead(ctx context.Context, bridge string) (live int, err error) {
 	return live, errors.Join(errs...)
 }
 
-// Live reports whether any process is in namespace name.
-func Live(ctx context.Context, name string) bool {
+// inUse reports whether any process is in namespace name.
+func inUse(ctx context.Context, name string) bool {
 	if _, err := os.Stat(filepath.Join("/var/run/netns", name)); err != nil {
 		return false
 	}

@@ -58,16 +58,12 @@ func bridgeMAC() net.HardwareAddr {
 
 // DeleteLink removes a network interface; a missing one is not an error.
 func DeleteLink(ctx context.Context, name string) error {
-	exists := func() bool {
-		_, err := os.Stat(filepath.Join("/sys/class/net", name))
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	if !exists() {
+	if !linkExists(name) {
 		return nil
 	}
 	// A veth goes away with its peer's namespace, asynchronously: losing
 	// that race is not a failure.
-	if err := ip(ctx, "link", "del", name); err != nil && exists() {
+	if err := ip(ctx, "link", "del", name); err != nil && linkExists(name) {
 		return err
 	}
 	return nil
