@@ -33,7 +33,7 @@ or ~/.trellis.`,
 	}
 	dataDir := root.PersistentFlags().String("data-dir", up.DataDir(), "the local control plane's data directory")
 	root.AddGroup(&cobra.Group{ID: "local", Title: "Local mode:"}, &cobra.Group{ID: "resources", Title: "Resources:"},
-		&cobra.Group{ID: "observe", Title: "Observability:"})
+		&cobra.Group{ID: "observe", Title: "Observability:"}, &cobra.Group{ID: "kubernetes", Title: "Kubernetes:"})
 	for _, c := range []*cobra.Command{upCmd(dataDir), downCmd(dataDir), statusCmd(dataDir), runCmd(dataDir), demoCmd()} {
 		c.GroupID = "local"
 		root.AddCommand(c)
@@ -44,6 +44,10 @@ or ~/.trellis.`,
 	}
 	for _, c := range []*cobra.Command{statCmd(dataDir), routesCmd(dataDir), edgesCmd(dataDir), topCmd(dataDir), tapCmd(dataDir), diagnosticsCmd(dataDir), prometheusConfigCmd(dataDir)} {
 		c.GroupID = "observe"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{injectCmd(), uninjectCmd()} {
+		c.GroupID = "kubernetes"
 		root.AddCommand(c)
 	}
 	root.AddCommand(buildinfo.Command(), proxyCmd(), services.Command())

@@ -198,13 +198,16 @@ func newIdentity(cfg *config.Config, log *slog.Logger) (*identity.Manager, error
 	if err != nil {
 		return nil, fmt.Errorf("identity %q: %w", cfg.Identity, err)
 	}
-	pem, err := os.ReadFile(cfg.TrustAnchorsFile)
-	if err != nil {
-		return nil, fmt.Errorf("trust-anchors: %w", err)
+	pem, source := []byte(cfg.TrustAnchorsPEM), "trust-anchors-pem"
+	if cfg.TrustAnchorsFile != "" {
+		if pem, err = os.ReadFile(cfg.TrustAnchorsFile); err != nil {
+			return nil, fmt.Errorf("trust-anchors: %w", err)
+		}
+		source = "trust-anchors " + cfg.TrustAnchorsFile
 	}
 	anchors := x509.NewCertPool()
 	if !anchors.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("trust-anchors %s: no PEM certificates in it", cfg.TrustAnchorsFile)
+		return nil, fmt.Errorf("%s: no PEM certificates in it", source)
 	}
 	return identity.New(identity.Config{
 		ID: id, TrustAnchors: anchors, Token: identity.TokenFile(cfg.IdentityTokenFile), Addr: cfg.IdentityAddr, Log: log,

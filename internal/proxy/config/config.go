@@ -4,6 +4,7 @@
 package config
 
 import (
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -103,6 +104,9 @@ type Config struct {
 	// TrustAnchorsFile is the PEM bundle of trust anchors peers and the
 	// identity service are verified against.
 	TrustAnchorsFile string
+	// TrustAnchorsPEM is the bundle itself, instead of a file (in
+	// Kubernetes the injector passes it from the Pod's environment).
+	TrustAnchorsPEM string
 	// MeshPort is the inbound port of peer proxies, where mTLS connections go.
 	MeshPort uint16
 	// DestinationAddr is the control plane's destination service
@@ -178,6 +182,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.IdentityAddr, "identity-addr", "", "identity service address (host:port) that issues this proxy's certificate")
 	fs.StringVar(&c.IdentityTokenFile, "identity-token-file", "", "file holding the proof of identity (join token or ServiceAccount token)")
 	fs.StringVar(&c.TrustAnchorsFile, "trust-anchors", "", "PEM file of the mesh's trust anchors")
+	fs.StringVar(&c.TrustAnchorsPEM, "trust-anchors-pem", "", "the mesh's trust anchors as PEM text, instead of trust-anchors (in a Pod: the environment variable TRELLIS_PROXY_TRUST_ANCHORS_PEM)")
 	fs.IntVar(&meshPort, "mesh-port", 4143, "inbound port of peer proxies, where mTLS connections go")
 	fs.StringVar(&c.DestinationAddr, "destination-addr", "", "control plane destination service (host:port): service discovery and workload registration; needs identity")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "names under svc.<this domain> are mesh services: a request to one discovery does not know (yet) waits for it like a service without endpoints (up to failfast-timeout), then fails with 503, instead of leaving the mesh as addressed; empty: every unknown name is forwarded as addressed")
@@ -563,7 +568,11 @@ func ParseServicePort(s string) (ServicePort, error) {
 // validateIdentity checks that mTLS settings come complete: a proxy that
 // talks mTLS to peers needs its own certificate.
 func (c *Config) validateIdentity() error {
-	set := map[string]string{"identity": c.Identity, "identity-addr": c.IdentityAddr, "identity-token-file": c.IdentityTokenFile, "trust-anchors": c.TrustAnchorsFile}
+	set := map[string]string{"identity": c.Identity, "identity-addr": c.IdentityAddr, "identity-token-file": c.IdentityTokenFile,
+		"trust-anchors": c.TrustAnchorsFile + c.TrustAnchorsPEM}
+	if c.TrustAnchorsFile != "" && c.TrustAnchorsPEM != "" {
+		return errors.New("trust-anchors and trust-anchors-pem are both set: give one")
+	}
 	if c.Identity == "" {
 		for name, v := range set {
 			if v != "" {
@@ -586,6 +595,11 @@ func (c *Config) validateIdentity() error {
 	for _, name := range []string{"identity-addr", "identity-token-file", "trust-anchors"} {
 		if set[name] == "" {
 			return fmt.Errorf("%s is required with identity", name)
+		}
+	}
+	if c.TrustAnchorsPEM != "" {
+		if b, _ := pem.Decode([]byte(c.TrustAnchorsPEM)); b == nil {
+			return errors.New("trust-anchors-pem: no PEM block in it")
 		}
 	}
 	if err := checkHostPort(c.IdentityAddr); err != nil {

@@ -123,6 +123,8 @@ func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
 		{args: []string{"--upstream=web=9000:h:1@spiffe://cluster.local/ns/a/sa/b"}, want: "upstream web names a peer identity"},
 		{args: []string{"--identity=spiffe://cluster.local/ns/a/sa/b"}, want: "identity-addr is required"},
 		{args: []string{"--trust-anchors=/x"}, want: "trust-anchors is set but identity is not"},
+		{args: []string{"--identity=spiffe://cluster.local/ns/a/sa/b", "--identity-addr=h:1", "--identity-token-file=/t", "--trust-anchors=/x", "--trust-anchors-pem=x"}, want: "both set"},
+		{env: map[string]string{"TRELLIS_PROXY_TRUST_ANCHORS_PEM": "not pem"}, args: []string{"--identity=spiffe://cluster.local/ns/a/sa/b", "--identity-addr=h:1", "--identity-token-file=/t"}, want: "trust-anchors-pem: no PEM block"},
 		{args: []string{"--endpoint-identity=10.0.0.1"}, want: "endpoint-identity"},
 		{args: []string{"--endpoint-identity=host:80=spiffe://cluster.local/ns/a/sa/b"}, want: "neither IP"},
 		{args: []string{"--mesh-port=70000"}, want: "mesh-port"},
