@@ -91,6 +91,11 @@ func (id ID) Validate() error {
 	return nil
 }
 
+// TokenAudience is the audience of the ServiceAccount tokens proxies
+// present in Kubernetes mode; the identity service accepts no other
+// projected audience.
+const TokenAudience = "identity.trellis.dev"
+
 // CheckServiceAccount reports what, if anything, makes sa unusable as a
 // service account name.
 func CheckServiceAccount(sa string) error { return dnsSubdomain(sa) }

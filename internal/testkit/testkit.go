@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -147,4 +148,23 @@ func Get(t testing.TB, url, host string, header map[string]string) int {
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// HostLockFile serialises the test packages that change the host's own
+// network (bridges, host iptables, sysctls): they check the host is as
+// they left it, so two must never run at once.
+const HostLockFile = "/run/trellis-host-tests.lock"
+
+// LockHost takes the host lock, waiting for another package's tests to
+// finish with the host; the returned function releases it.
+func LockHost() (unlock func(), err error) {
+	f, err := os.OpenFile(HostLockFile, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { f.Close() }, nil
 }

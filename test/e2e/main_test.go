@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,16 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	if os.Geteuid() == 0 {
+		// The Kubernetes tests change the host's iptables and sysctls,
+		// which these tests check are left as they were.
+		unlock, err := testkit.LockHost()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		defer unlock()
+	}
 	dir, err := os.MkdirTemp("", "trellis-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)

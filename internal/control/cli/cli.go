@@ -5,6 +5,7 @@
 package cli
 
 import (
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -15,6 +16,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
 	"github.com/trellis-mesh/trellis/internal/control/identity"
 	"github.com/trellis-mesh/trellis/internal/control/plane"
+	"github.com/trellis-mesh/trellis/internal/kube/auth"
 )
 
 // New returns the root command.
@@ -40,6 +42,7 @@ all, which runs every component in one process (what 'trellis up' runs).`,
 
 func identityCmd(logger func() (*slog.Logger, error)) *cobra.Command {
 	var o identity.Options
+	var proof, kubeconfig string
 	cmd := &cobra.Command{
 		Use:   "identity",
 		Short: "Run the identity service: the certificate authority that issues proxy certificates",
@@ -63,9 +66,12 @@ The hierarchy is trust anchor (root) → issuer (intermediate) → leaf:
                      match the issuer certificate, or a CA certificate lacks
                      CA:TRUE or the certificate-signing key usage.
 
-Proofs of identity are join tokens: signed (Ed25519, --join-token-key-file),
-scoped to one identity, expiring, issued by 'trellis'. (Kubernetes
-ServiceAccount tokens, checked with TokenReview, come with Kubernetes mode.)
+Proofs of identity are join tokens (--proof join-token, the default): signed
+(Ed25519, --join-token-key-file), scoped to one identity, expiring, issued by
+'trellis'. In Kubernetes (--proof serviceaccount) they are the Pods'
+projected ServiceAccount tokens (audience identity.trellis.dev), checked with
+a TokenReview through the API server (in-cluster, or --kubeconfig): a token
+of ServiceAccount SA in namespace NS proves spiffe://<trust-domain>/ns/NS/sa/SA.
 A request whose certificate signing request names anything but the requested
 identity is refused with INVALID_ARGUMENT, a bad or expired token with
 UNAUTHENTICATED, a token for another identity with PERMISSION_DENIED, and a
@@ -85,7 +91,11 @@ SIGINT stops it gracefully.`,
   # your own hierarchy
   trellis-control identity --trust-anchor-pem ca.pem \
       --issuer-cert-pem issuer.pem --issuer-key-pem issuer-key.pem \
-      --join-token-key-file join-token-key.pem`,
+      --join-token-key-file join-token-key.pem
+
+  # in a Kubernetes cluster, the hierarchy from a Secret's files
+  trellis-control identity --proof serviceaccount --trust-anchor-pem /etc/trellis/ca.crt \
+      --issuer-cert-pem /etc/trellis/issuer.crt --issuer-key-pem /etc/trellis/issuer.key`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := logger()
@@ -93,6 +103,17 @@ SIGINT stops it gracefully.`,
 				return err
 			}
 			log = log.With("component", "identity")
+			switch proof {
+			case "join-token":
+			case "serviceaccount":
+				client, err := auth.Client(kubeconfig)
+				if err != nil {
+					return fmt.Errorf("--proof serviceaccount needs the Kubernetes API: %w", err)
+				}
+				o.Validator = &identity.ServiceAccountValidator{Reviewer: auth.TokenReviewer{Client: client}, TrustDomain: o.TrustDomain}
+			default:
+				return fmt.Errorf("--proof %q: join-token or serviceaccount", proof)
+			}
 			srv, err := identity.NewServer(o, log)
 			if err != nil {
 				return err
@@ -103,6 +124,8 @@ SIGINT stops it gracefully.`,
 		},
 	}
 	o.Flags(cmd.Flags())
+	cmd.Flags().StringVar(&proof, "proof", "join-token", "what proxies prove their identity with: join-token, or serviceaccount (Kubernetes, checked with TokenReview)")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "with --proof serviceaccount: the kubeconfig to reach the API server with (default: in-cluster)")
 	return cmd
 }
 

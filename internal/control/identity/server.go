@@ -67,6 +67,10 @@ type Options struct {
 	// services added to GRPC, with a certificate from the CA (the
 	// destination component on its own).
 	NoCertify bool
+	// Validator, if set, checks proofs of identity instead of join tokens
+	// (in Kubernetes: ServiceAccount tokens through TokenReview); no
+	// join-token key is loaded then.
+	Validator Validator
 }
 
 // Flags binds every option to fs with its default and documentation.
@@ -103,7 +107,7 @@ func (o *Options) validate() (serverID meshid.ID, err error) {
 		return serverID, errors.New("--trust-anchor-pem, --issuer-cert-pem and --issuer-key-pem go together: give all three or none")
 	case files == 0 && o.DataDir == "":
 		return serverID, errors.New("no certificate authority: give --data-dir (a hierarchy is generated there on first start) or --trust-anchor-pem, --issuer-cert-pem and --issuer-key-pem")
-	case o.JoinTokenKeyFile == "" && o.DataDir == "":
+	case o.Validator == nil && o.JoinTokenKeyFile == "" && o.DataDir == "":
 		return serverID, errors.New("no join-token key: give --join-token-key-file or --data-dir")
 	case o.LeafLifetime < time.Second:
 		return serverID, fmt.Errorf("--leaf-lifetime %v: must be at least 1s", o.LeafLifetime)
@@ -170,16 +174,20 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 			log.Info("loaded the trust anchor and issuer", "dir", o.DataDir)
 		}
 	}
-	keyFile := o.JoinTokenKeyFile
-	if keyFile == "" {
-		keyFile = filepath.Join(o.DataDir, JoinTokenKeyFile)
-	}
-	tokenKey, created, err := LoadOrCreateJoinTokenKey(keyFile)
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		log.Info("generated the join-token key", "file", keyFile)
+	validator, tokenKey := o.Validator, ed25519.PrivateKey(nil)
+	if validator == nil {
+		keyFile := o.JoinTokenKeyFile
+		if keyFile == "" {
+			keyFile = filepath.Join(o.DataDir, JoinTokenKeyFile)
+		}
+		var created bool
+		if tokenKey, created, err = LoadOrCreateJoinTokenKey(keyFile); err != nil {
+			return nil, err
+		}
+		if created {
+			log.Info("generated the join-token key", "file", keyFile)
+		}
+		validator = &JoinTokenValidator{Keys: []ed25519.PublicKey{tokenKey.Public().(ed25519.PublicKey)}, TrustDomain: o.TrustDomain}
 	}
 
 	reg := prometheus.NewRegistry()
@@ -187,7 +195,7 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 	svc, err := New(Config{
 		CA:            ca,
 		TrustDomain:   o.TrustDomain,
-		Validator:     &JoinTokenValidator{Keys: []ed25519.PublicKey{tokenKey.Public().(ed25519.PublicKey)}, TrustDomain: o.TrustDomain},
+		Validator:     validator,
 		LeafLifetime:  o.LeafLifetime,
 		RateLimit:     rate.Limit(o.RateLimit),
 		RateBurst:     o.RateBurst,

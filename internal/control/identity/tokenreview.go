@@ -11,12 +11,11 @@ import (
 
 // DefaultTokenAudience is the audience proxies request for the projected
 // ServiceAccount token they present in Kubernetes mode.
-const DefaultTokenAudience = "identity.trellis.io"
+const DefaultTokenAudience = meshid.TokenAudience
 
 // TokenReviewer is the part of the Kubernetes TokenReview API (a
 // authentication.k8s.io/v1 TokenReview create) the ServiceAccount validator
-// needs. The implementation backed by the Kubernetes API arrives with
-// Kubernetes mode; until then tests use a double.
+// needs; internal/kube/auth implements it with the Kubernetes API.
 type TokenReviewer interface {
 	// Review asks the API server whether token is valid for any of audiences
 	// (the API server's own audiences if empty). An error means the review
@@ -57,8 +56,12 @@ func (v *ServiceAccountValidator) Validate(ctx context.Context, token []byte) (m
 		return meshid.ID{}, fmt.Errorf("TokenReview: %w", err)
 	}
 	if !r.Authenticated {
+		first := r.Error
 		if r, err = v.Reviewer.Review(ctx, string(token), nil); err != nil {
 			return meshid.ID{}, fmt.Errorf("TokenReview: %w", err)
+		}
+		if !r.Authenticated && first != "" {
+			r.Error = first // why it failed for our audience says more
 		}
 	} else if len(r.Audiences) > 0 && !slices.Contains(r.Audiences, aud) {
 		return meshid.ID{}, invalid("ServiceAccount token is for audiences %q, not %q", r.Audiences, aud)

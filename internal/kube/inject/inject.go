@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
+	meshid "github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/iptables"
 )
 
@@ -43,7 +44,7 @@ const (
 	tokenFile      = "token"
 	// TokenAudience is the audience of the projected token the proxy
 	// presents; the identity service accepts no other.
-	TokenAudience = "identity.trellis.dev"
+	TokenAudience = meshid.TokenAudience
 )
 
 // The proxy's ports in a Pod.
