@@ -126,3 +126,17 @@ func kubectl(t *testing.T, stdin string, args ...string) string {
 	}
 	return string(out)
 }
+
+// diagnose logs what a failed test needs to see of namespace ns: its Pods,
+// their events and every container's log.
+func diagnose(t *testing.T, ns string) {
+	t.Helper()
+	if !t.Failed() {
+		return
+	}
+	for _, args := range [][]string{{"get", "pods", "-o", "wide"}, {"describe", "pods"}, {"logs", "--all-containers", "--prefix", "--tail=40", "-l", "trellis.dev/any!=x"}} {
+		cmd := exec.Command(kubectlBin, append([]string{"--kubeconfig", kubeconfig, "-n", ns}, args...)...)
+		out, _ := cmd.CombinedOutput()
+		t.Logf("kubectl -n %s %s:\n%s", ns, strings.Join(args, " "), out)
+	}
+}
