@@ -17,6 +17,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/identity"
 	"github.com/trellis-mesh/trellis/internal/control/plane"
 	"github.com/trellis-mesh/trellis/internal/kube/auth"
+	"github.com/trellis-mesh/trellis/internal/kube/injector"
 )
 
 // New returns the root command.
@@ -27,8 +28,9 @@ func New() *cobra.Command {
 		Short: "The Trellis control plane: every component as a subcommand",
 		Long: `trellis-control runs the Trellis control-plane components. Each is a
 subcommand: identity (the mesh's certificate authority), destination
-(service discovery and workload registration over the embedded store), and
-all, which runs every component in one process (what 'trellis up' runs).`,
+(service discovery and workload registration over the embedded store),
+injector (the Kubernetes admission webhook that meshes Pods), and all, which
+runs every component in one process (what 'trellis up' runs).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -36,7 +38,7 @@ all, which runs every component in one process (what 'trellis up' runs).`,
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	logger := func() (*slog.Logger, error) { return buildinfo.NewLogger(os.Stderr, logLevel, logFormat) }
-	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), joinTokenCmd(), buildinfo.Command())
+	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), injectorCmd(logger), joinTokenCmd(), buildinfo.Command())
 	return root
 }
 
@@ -126,6 +128,44 @@ SIGINT stops it gracefully.`,
 	o.Flags(cmd.Flags())
 	cmd.Flags().StringVar(&proof, "proof", "join-token", "what proxies prove their identity with: join-token, or serviceaccount (Kubernetes, checked with TokenReview)")
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "with --proof serviceaccount: the kubeconfig to reach the API server with (default: in-cluster)")
+	return cmd
+}
+
+func injectorCmd(logger func() (*slog.Logger, error)) *cobra.Command {
+	var o injector.Options
+	cmd := &cobra.Command{
+		Use:   "injector",
+		Short: "Run the proxy injector: the mutating admission webhook that meshes Pods (Kubernetes)",
+		Long: `injector is the mutating admission webhook the API server calls for every
+Pod it creates. A Pod whose annotation trellis.dev/inject is "enabled" (or,
+without one, whose namespace's is) gets the Trellis proxy: an iptables init
+container and the proxy as a native sidecar, tuned by the Pod's
+config.trellis.dev/* annotations; an invalid annotation refuses the Pod
+with the annotation's name. Namespace annotations are read from the API
+server (in-cluster, or --kubeconfig); its ServiceAccount needs get on
+namespaces. It serves HTTPS on --addr (path /mutate) with the certificate
+the webhook configuration's caBundle vouches for, and /ready and /live on
+--admin-addr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logger()
+			if err != nil {
+				return err
+			}
+			client, err := auth.Client(o.Kubeconfig)
+			if err != nil {
+				return fmt.Errorf("the injector needs the Kubernetes API: %w", err)
+			}
+			in, err := injector.New(o, client, log.With("component", "injector"))
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return in.Run(ctx)
+		},
+	}
+	o.Flags(cmd.Flags())
 	return cmd
 }
 
