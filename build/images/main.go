@@ -1,6 +1,6 @@
-// Command images builds Trellis's container images — trellis-proxy and
-// trellis-control — from this repository without Docker, as image
-// tarballs:
+// Command images builds Trellis's container images — trellis-proxy,
+// trellis-control and trellis (the CLI, which also runs the demo
+// application) — from this repository without Docker, as image tarballs:
 //
 //	go run ./build/images -o out/images [-registry localhost] [-version v0.1.0]
 //	ctr -n k8s.io images import out/images/trellis-proxy.tar      # into containerd
@@ -43,10 +43,13 @@ func build(out, registry, version string) error {
 		return err
 	}
 	defer os.RemoveAll(bin)
+	static := func(name string) func(tag, binary, version string) (image.Spec, error) {
+		return func(tag, binary, version string) (image.Spec, error) { return image.Static(name, tag, binary, version) }
+	}
 	for _, spec := range []struct {
 		name string
 		make func(tag, binary, version string) (image.Spec, error)
-	}{{"trellis-proxy", image.Proxy}, {"trellis-control", image.Control}} {
+	}{{"trellis-proxy", image.Proxy}, {"trellis-control", static("trellis-control")}, {"trellis", static("trellis")}} {
 		start := time.Now()
 		binary := filepath.Join(bin, spec.name)
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X github.com/trellis-mesh/trellis/internal/buildinfo.Version="+version,

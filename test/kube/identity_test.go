@@ -33,11 +33,13 @@ import (
 	"github.com/trellis-mesh/trellis/internal/pki"
 )
 
-// controlPlane installs the identity service in namespace trellis: its own
-// ServiceAccount allowed to create TokenReviews, the trust anchor and
-// issuer in a Secret, a Deployment running trellis-control identity
-// --proof serviceaccount, and Service trellis-identity. It returns the
-// trust anchor (PEM) once the Deployment is available.
+// controlPlane installs the control plane in namespace trellis: the trust
+// anchor and issuer in a Secret; trellis-control identity --proof
+// serviceaccount (its ServiceAccount may create TokenReviews) behind
+// Service trellis-identity; trellis-control destination --kubernetes (its
+// ServiceAccount may list and watch Services, EndpointSlices and Pods)
+// behind Service trellis-destination. It returns the trust anchor (PEM)
+// once both are available.
 func controlPlane(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
@@ -106,9 +108,56 @@ metadata: {name: trellis-identity, namespace: trellis}
 spec:
   selector: {app: trellis-identity}
   ports: [{port: 8080, targetPort: 8080, name: grpc}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: trellis-destination, namespace: trellis}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: trellis-destination}
+rules:
+- {apiGroups: [""], resources: [services, pods], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: trellis-destination}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: trellis-destination}
+subjects: [{kind: ServiceAccount, name: trellis-destination, namespace: trellis}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: trellis-destination, namespace: trellis}
+spec:
+  selector: {matchLabels: {app: trellis-destination}}
+  template:
+    metadata: {labels: {app: trellis-destination}}
+    spec:
+      serviceAccountName: trellis-destination
+      containers:
+      - name: destination
+        image: localhost/trellis-control:` + version + `
+        imagePullPolicy: Never
+        args: [destination, --kubernetes, --data-dir=/data, --trust-anchor-pem=/etc/trellis/ca.crt, --issuer-cert-pem=/etc/trellis/issuer.crt,
+               --issuer-key-pem=/etc/trellis/issuer.key, --addr=:8086, --admin-addr=:9996]
+        ports: [{containerPort: 8086, name: grpc}]
+        readinessProbe: {httpGet: {path: /ready, port: 9996}, periodSeconds: 1}
+        securityContext: {runAsNonRoot: true, readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+        volumeMounts: [{name: issuer, mountPath: /etc/trellis, readOnly: true}, {name: data, mountPath: /data}]
+      volumes: [{name: issuer, secret: {secretName: trellis-identity-issuer}}, {name: data, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: trellis-destination, namespace: trellis}
+spec:
+  selector: {app: trellis-destination}
+  ports: [{port: 8086, targetPort: 8086, name: grpc}]
 `
 	kubectl(t, manifest, "apply", "-f", "-")
-	kubectl(t, "", "-n", "trellis", "rollout", "status", "deployment/trellis-identity", "--timeout=180s")
+	for _, d := range []string{"trellis-identity", "trellis-destination"} {
+		kubectl(t, "", "-n", "trellis", "rollout", "status", "deployment/"+d, "--timeout=180s")
+	}
 	b, _ := os.ReadFile(filepath.Join(dir, pki.AnchorFile))
 	return string(b)
 }

@@ -68,7 +68,8 @@ func run(m *testing.M) int {
 	// Stop whatever a killed run left, then start afresh.
 	script(repo, "test/kube/cluster.sh", "stop")
 	started := time.Now()
-	if _, err := script(repo, "test/kube/cluster.sh", "start", filepath.Join(images, "trellis-proxy.tar"), filepath.Join(images, "trellis-control.tar")); err != nil {
+	if _, err := script(repo, "test/kube/cluster.sh", "start", filepath.Join(images, "trellis-proxy.tar"), filepath.Join(images, "trellis-control.tar"),
+		filepath.Join(images, "trellis.tar")); err != nil {
 		say("starting the cluster: %v", err)
 		script(repo, "test/kube/cluster.sh", "stop")
 		return 1

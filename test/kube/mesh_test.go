@@ -16,19 +16,24 @@ import (
 
 // injectConfig is what `trellis inject` would be given for this cluster.
 // The test cluster runs no DNS server, so the control plane is addressed
-// by its Service's ClusterIP (the proxy verifies the identity service by
-// its SPIFFE ID, not by name).
+// by its Services' ClusterIPs (proxies verify it by its SPIFFE ID, not by
+// name).
 func injectConfig(t *testing.T, anchors string) inject.Config {
-	svc, err := client.CoreV1().Services("trellis").Get(context.Background(), "trellis-identity", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return inject.Config{
 		ProxyImage: proxyImage, ImagePullPolicy: corev1.PullNever, Version: version,
 		TrustDomain: "cluster.local", ClusterDomain: "cluster.local", TrustAnchorsPEM: anchors,
-		IdentityAddr:    svc.Spec.ClusterIP + ":8080",
-		DestinationAddr: svc.Spec.ClusterIP + ":8086", // no destination service yet: discovery retries in the background
+		IdentityAddr:    clusterIP(t, "trellis", "trellis-identity") + ":8080",
+		DestinationAddr: clusterIP(t, "trellis", "trellis-destination") + ":8086",
 	}
+}
+
+func clusterIP(t *testing.T, ns, name string) string {
+	t.Helper()
+	svc, err := client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc.Spec.ClusterIP
 }
 
 // applyInjected injects manifest with the injector's patch and applies it.

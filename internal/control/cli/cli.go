@@ -5,6 +5,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,8 +17,10 @@ import (
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
 	"github.com/trellis-mesh/trellis/internal/control/identity"
 	"github.com/trellis-mesh/trellis/internal/control/plane"
+	"github.com/trellis-mesh/trellis/internal/control/store"
 	"github.com/trellis-mesh/trellis/internal/kube/auth"
 	"github.com/trellis-mesh/trellis/internal/kube/injector"
+	"github.com/trellis-mesh/trellis/internal/kube/mirror"
 )
 
 // New returns the root command.
@@ -180,17 +183,39 @@ certificate authority's flags.`)
 }
 
 func destinationCmd(logger func() (*slog.Logger, error)) *cobra.Command {
-	return planeCmd(logger, "destination", "Run the destination service: service discovery and workload registration", true,
+	var kube bool
+	var kubeconfig string
+	cmd := planeCmd(logger, "destination", "Run the destination service: service discovery and workload registration", true,
 		`destination serves proxies the endpoints of every service (address,
 weight, identity, protocol hint, metric labels) and their profiles as
 streams, and registers the workloads proxies front, with leases
 (--lease-ttl), over the embedded store in --data-dir. Each stream has a
 bounded queue: one that falls behind is closed and the proxy reconnects and
 resyncs. It serves TLS with a certificate from the CA in --data-dir (the
-identity service's), and leaves certificate issuing to 'identity'.`)
+identity service's), and leaves certificate issuing to 'identity'.
+
+With --kubernetes it mirrors the cluster into the store: every Service with
+meshed endpoints, and every ready endpoint whose Pod runs the proxy, with
+its ServiceAccount's identity (in-cluster, or --kubeconfig; its
+ServiceAccount needs list and watch on services, endpointslices and pods).`,
+		func(o *plane.Options, log *slog.Logger) error {
+			if !kube {
+				return nil
+			}
+			client, err := auth.Client(kubeconfig)
+			if err != nil {
+				return fmt.Errorf("--kubernetes: %w", err)
+			}
+			m := &mirror.Mirror{Client: client, TrustDomain: o.Identity.TrustDomain, Log: log.With("component", "mirror")}
+			o.Sources = append(o.Sources, func(ctx context.Context, st store.Store) error { return m.Run(ctx, st) })
+			return nil
+		})
+	cmd.Flags().BoolVar(&kube, "kubernetes", false, "serve a Kubernetes cluster: mirror its Services, EndpointSlices and Pods into the store")
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "with --kubernetes: the kubeconfig to reach the API server with (default: in-cluster)")
+	return cmd
 }
 
-func planeCmd(logger func() (*slog.Logger, error), use, short string, noCertify bool, long string) *cobra.Command {
+func planeCmd(logger func() (*slog.Logger, error), use, short string, noCertify bool, long string, extra ...func(*plane.Options, *slog.Logger) error) *cobra.Command {
 	var o plane.Options
 	cmd := &cobra.Command{
 		Use: use, Short: short, Long: long, Args: cobra.NoArgs,
@@ -200,6 +225,11 @@ func planeCmd(logger func() (*slog.Logger, error), use, short string, noCertify 
 				return err
 			}
 			o.Identity.NoCertify = noCertify
+			for _, f := range extra {
+				if err := f(&o, log); err != nil {
+					return err
+				}
+			}
 			p, err := plane.New(o, log.With("component", use))
 			if err != nil {
 				return err

@@ -332,10 +332,11 @@ func (ix *Index) build(key string, port int) *endpointSet {
 			if labels["dst_workload"] == "" {
 				labels["dst_workload"] = inst
 			}
-			set.endpoints[addr] = &destinationv1.Endpoint{
-				Address: addr, Weight: 10000, Identity: w.spec.Identity, ProtocolHint: destinationv1.ProtocolHint_PROTOCOL_HINT_H2,
-				MeshPort: uint32(w.spec.MeshPort), MetricLabels: labels,
+			ep := &destinationv1.Endpoint{Address: addr, Weight: 10000, Identity: w.spec.Identity, MeshPort: uint32(w.spec.MeshPort), MetricLabels: labels}
+			if w.spec.Identity != "" { // a peer proxy speaks HTTP/2; the application itself may not
+				ep.ProtocolHint = destinationv1.ProtocolHint_PROTOCOL_HINT_H2
 			}
+			set.endpoints[addr] = ep
 		}
 	}
 	return set

@@ -269,3 +269,24 @@ func TestVirtualIPTakenLater(t *testing.T) {
 		t.Fatalf("after a workload registered: %v", add)
 	}
 }
+
+// An instance without a proxy (a Kubernetes endpoint of an unmeshed Pod) is
+// an endpoint without identity, mesh port or HTTP/2 hint: proxies reach it
+// as the application expects, in plaintext.
+func TestUnmeshedEndpointHasNoIdentityOrHint(t *testing.T) {
+	h := start(t, DefaultQueue)
+	h.apply(t, resources.KindService, "default", "web", resources.ServiceSpec{Ports: []resources.ServicePort{{Port: 8080}}, ClusterIP: "10.240.0.9"}, nil)
+	h.apply(t, resources.KindWorkload, "default", "plain-0", resources.WorkloadSpec{Service: "web", Address: "10.0.0.3",
+		Ports: []resources.WorkloadPort{{Port: 8080, TargetPort: 80}}}, nil)
+	stream, err := h.client.Get(context.Background(), &destinationv1.GetDestination{Authority: "web:8080", ContextNamespace: "default"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := recv(t, stream).GetAdd()
+	if add == nil || len(add.Endpoints) != 1 {
+		t.Fatalf("want the unmeshed endpoint, got %v", add)
+	}
+	if ep := add.Endpoints[0]; ep.Address != "10.0.0.3:80" || ep.Identity != "" || ep.MeshPort != 0 || ep.ProtocolHint != destinationv1.ProtocolHint_PROTOCOL_HINT_UNKNOWN {
+		t.Errorf("endpoint %v", ep)
+	}
+}

@@ -60,6 +60,9 @@ type Options struct {
 	Bridge  string
 	// Metrics configures the metrics API's store.
 	Metrics MetricsOptions
+	// Sources run beside the components and write what they learn into
+	// the store (in Kubernetes: the cluster's Services and endpoints).
+	Sources []func(ctx context.Context, st store.Store) error
 }
 
 // MetricsOptions choose and tune the metrics store.
@@ -285,6 +288,9 @@ func (p *Plane) Run(ctx context.Context) error {
 	}
 	if p.dns != nil {
 		g.Go(func() error { return p.dns.Serve(gctx) })
+	}
+	for _, src := range p.opts.Sources {
+		g.Go(func() error { return src(gctx, p.store) })
 	}
 	p.log.Info("control plane serving", "control", p.identity.Addr().String(), "admin", p.identity.AdminAddr().String(),
 		"data_dir", p.opts.Identity.DataDir)

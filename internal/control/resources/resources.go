@@ -66,7 +66,9 @@ type ServicePort struct {
 
 // WorkloadSpec is one registered instance of a service.
 type WorkloadSpec struct {
-	Service  string         `json:"service"`
+	Service string `json:"service"`
+	// Identity is the SPIFFE ID of the proxy in front of the instance;
+	// empty for an instance without one (reached in plaintext).
 	Identity string         `json:"identity"`
 	Address  string         `json:"address"`
 	Ports    []WorkloadPort `json:"ports"`
@@ -174,12 +176,14 @@ func checkWorkload(r *store.Resource) error {
 	if w.Service == "" {
 		return invalid("spec.service", "required")
 	}
-	id, err := meshid.Parse(w.Identity)
-	if err != nil {
-		return invalid("spec.identity", err.Error())
-	}
-	if id.Namespace != r.Metadata.Namespace {
-		return invalid("spec.identity", fmt.Sprintf("namespace %q differs from the workload's %q", id.Namespace, r.Metadata.Namespace))
+	if w.Identity != "" { // none: an endpoint without a proxy, reached in plaintext
+		id, err := meshid.Parse(w.Identity)
+		if err != nil {
+			return invalid("spec.identity", err.Error())
+		}
+		if id.Namespace != r.Metadata.Namespace {
+			return invalid("spec.identity", fmt.Sprintf("namespace %q differs from the workload's %q", id.Namespace, r.Metadata.Namespace))
+		}
 	}
 	if _, err := netip.ParseAddr(w.Address); err != nil {
 		return invalid("spec.address", fmt.Sprintf("%q is not an IP address", w.Address))
@@ -199,8 +203,13 @@ func checkWorkload(r *store.Resource) error {
 			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, grpc, tcp or opaque", p.Protocol))
 		}
 	}
-	if err := checkPort("spec.meshPort", w.MeshPort); err != nil {
-		return err
+	switch {
+	case w.Identity == "" && w.MeshPort != 0:
+		return invalid("spec.meshPort", "an instance without an identity has no proxy to reach")
+	case w.Identity != "":
+		if err := checkPort("spec.meshPort", w.MeshPort); err != nil {
+			return err
+		}
 	}
 	if w.AdminPort != 0 {
 		if err := checkPort("spec.adminPort", w.AdminPort); err != nil {

@@ -29,6 +29,7 @@ func TestCheckNamesTheFieldAtFault(t *testing.T) {
 		{"bad protocol", KindService, `{"ports":[{"port":80,"protocol":"smtp"}]}`, "spec.ports[0].protocol"},
 		{"bad cluster IP", KindService, `{"ports":[{"port":80}],"clusterIP":"10.0.0"}`, "spec.clusterIP"},
 		{"workload without service", KindWorkload, `{` + id + `,"address":"10.0.0.1","ports":[{"port":80,"targetPort":80}],"meshPort":4143}`, "spec.service"},
+		{"mesh port without a proxy", KindWorkload, `{"service":"web","address":"10.0.0.1","ports":[{"port":80,"targetPort":80}],"meshPort":4143}`, "spec.meshPort"},
 		{"identity of another namespace", KindWorkload, `{"service":"web","identity":"spiffe://cluster.local/ns/other/sa/web","address":"10.0.0.1","ports":[{"port":80,"targetPort":80}],"meshPort":4143}`, "spec.identity"},
 		{"bad address", KindWorkload, `{"service":"web",` + id + `,"address":"nowhere","ports":[{"port":80,"targetPort":80}],"meshPort":4143}`, "spec.address"},
 		{"bad target port", KindWorkload, `{"service":"web",` + id + `,"address":"10.0.0.1","ports":[{"port":80,"targetPort":0}],"meshPort":4143}`, "spec.ports[0].targetPort"},

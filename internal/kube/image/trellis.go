@@ -12,8 +12,8 @@ import (
 // ProxyUID is the user the proxy image runs as (the injector's too).
 const ProxyUID = "2102"
 
-// controlUID is the user the control-plane image runs as.
-const controlUID = "65532"
+// staticUID is the user the other images run as.
+const staticUID = "65532"
 
 // iptablesTools are the names `trellis-proxy init` runs, for both
 // backends and families, as links to the multi-call binaries.
@@ -54,15 +54,17 @@ func Proxy(tag, binary, version string) (Spec, error) {
 		Labels: labels("trellis-proxy", version)}, nil
 }
 
-// Control is the trellis-control image: the static control-plane binary.
-func Control(tag, binary, version string) (Spec, error) {
-	files, err := binaryFile("/trellis-control", binary)
+// Static is the image of one static binary, name (trellis-control, or
+// trellis for the CLI and the demo application), run as an unprivileged
+// user.
+func Static(name, tag, binary, version string) (Spec, error) {
+	files, err := binaryFile("/"+name, binary)
 	if err != nil {
 		return Spec{}, err
 	}
-	files = append(files, users("trellis-control", controlUID)...)
-	return Spec{Tag: tag, Files: files, Entrypoint: []string{"/trellis-control"}, User: controlUID + ":" + controlUID,
-		Labels: labels("trellis-control", version)}, nil
+	files = append(files, users(name, staticUID)...)
+	return Spec{Tag: tag, Files: files, Entrypoint: []string{"/" + name}, User: staticUID + ":" + staticUID,
+		Labels: labels(name, version)}, nil
 }
 
 func binaryFile(at, from string) ([]File, error) {

@@ -1,0 +1,307 @@
+// Package mirror feeds the control plane's store from the Kubernetes API,
+// so the destination service (and everything else that reads the store)
+// serves a cluster unchanged: informers watch Services, EndpointSlices and
+// Pods, and every change is reconciled into the store's own kinds — a
+// Service per Kubernetes Service with meshed endpoints (its ClusterIP and
+// ports), and a Workload per ready endpoint whose Pod runs the Trellis
+// proxy (address, ports, mesh port, and the identity of its
+// ServiceAccount). Informers relist and resume on their own after watch
+// errors and API-server outages; while they do, the store keeps what it
+// has, so proxies keep their endpoints.
+//
+// Services without a meshed endpoint are left out: proxies reach them as
+// addressed (their ClusterIP, through kube-proxy), not as a service
+// without endpoints.
+package mirror
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+	meshid "github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/kube/inject"
+)
+
+// SourceAnnotation marks what the mirror wrote: it only ever changes or
+// removes objects carrying it.
+const SourceAnnotation = "trellis.dev/source"
+
+const source = "kubernetes"
+
+// debounce gathers a burst of changes (a rollout) into one reconcile.
+const debounce = 20 * time.Millisecond
+
+// Mirror keeps a store in step with a cluster.
+type Mirror struct {
+	Client      kubernetes.Interface
+	TrustDomain string
+	Log         *slog.Logger
+}
+
+// Run mirrors into st until ctx ends.
+func (m *Mirror) Run(ctx context.Context, st store.Store) error {
+	f := informers.NewSharedInformerFactory(m.Client, 10*time.Minute)
+	svcs, slices, pods := f.Core().V1().Services(), f.Discovery().V1().EndpointSlices(), f.Core().V1().Pods()
+	kick := make(chan struct{}, 1)
+	handler := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify(kick) },
+		UpdateFunc: func(any, any) { notify(kick) },
+		DeleteFunc: func(any) { notify(kick) },
+	}
+	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), pods.Informer()} {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	f.Start(ctx.Done())
+	defer f.Shutdown()
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("mirror: the %v cache did not sync", typ)
+		}
+	}
+	m.Log.Info("mirroring the cluster into the store")
+	lists := listers{svcs.Lister().List, slices.Lister().List, pods.Lister().List}
+	for {
+		if err := m.reconcile(ctx, st, lists); err != nil && ctx.Err() == nil {
+			m.Log.Warn("mirroring the cluster failed; retrying", "error", err)
+			time.AfterFunc(time.Second, func() { notify(kick) })
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-kick:
+			time.Sleep(debounce)
+		}
+	}
+}
+
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+type listers struct {
+	services func(labels.Selector) ([]*corev1.Service, error)
+	slices   func(labels.Selector) ([]*discoveryv1.EndpointSlice, error)
+	pods     func(labels.Selector) ([]*corev1.Pod, error)
+}
+
+// reconcile makes the store's mirrored objects what the cluster says.
+func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error {
+	want, err := m.desired(l)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, kind := range []string{resources.KindService, resources.KindWorkload} {
+		have, _, err := st.List(ctx, kind, "", nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range have {
+			k := store.Key{Kind: kind, Namespace: r.Metadata.Namespace, Name: r.Metadata.Name}
+			if _, ok := want[k]; !ok && r.Metadata.Annotations[SourceAnnotation] == source {
+				if err := st.Delete(ctx, k); err != nil && !errors.Is(err, store.ErrNotFound) {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	keys := make([]store.Key, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].Kind > keys[j].Kind }) // Services before their Workloads
+	for _, k := range keys {
+		if _, err := st.Apply(ctx, want[k]); err != nil {
+			errs = append(errs, fmt.Errorf("%s %s/%s: %w", k.Kind, k.Namespace, k.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// desired is every object the cluster implies, by key.
+func (m *Mirror) desired(l listers) (map[store.Key]store.Resource, error) {
+	svcs, err := l.services(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	slices, err := l.slices(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	pods, err := l.pods(labels.Everything())
+	if err != nil {
+		return nil, err
+	}
+	podByIP := map[string]*corev1.Pod{}
+	for _, p := range pods {
+		if p.Status.PodIP != "" && p.DeletionTimestamp == nil {
+			podByIP[p.Namespace+"/"+p.Status.PodIP] = p
+		}
+	}
+	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
+	for _, s := range slices {
+		slicesOf[s.Namespace+"/"+s.Labels[discoveryv1.LabelServiceName]] = append(slicesOf[s.Namespace+"/"+s.Labels[discoveryv1.LabelServiceName]], s)
+	}
+	out := map[store.Key]store.Resource{}
+	for _, svc := range svcs {
+		workloads := m.workloads(svc, slicesOf[svc.Namespace+"/"+svc.Name], podByIP)
+		spec := resources.ServiceSpec{}
+		if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
+			spec.ClusterIP = ip
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.Protocol == corev1.ProtocolTCP || p.Protocol == "" {
+				spec.Ports = append(spec.Ports, resources.ServicePort{Name: p.Name, Port: int(p.Port), Protocol: protocolOf(p.AppProtocol)})
+			}
+		}
+		if len(spec.Ports) == 0 {
+			continue
+		}
+		out[store.Key{Kind: resources.KindService, Namespace: svc.Namespace, Name: svc.Name}] = object(resources.KindService, svc.Namespace, svc.Name, nil, spec)
+		for _, w := range workloads {
+			out[store.Key{Kind: resources.KindWorkload, Namespace: w.Metadata.Namespace, Name: w.Metadata.Name}] = w
+		}
+	}
+	return out, nil
+}
+
+// workloads are svc's ready endpoints.
+func (m *Mirror) workloads(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, podByIP map[string]*corev1.Pod) []store.Resource {
+	specs := map[string]*resources.WorkloadSpec{} // by instance name
+	owners := map[string]string{}
+	for _, s := range slices {
+		if s.AddressType != discoveryv1.AddressTypeIPv4 {
+			continue
+		}
+		for _, ep := range s.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue // not ready (or terminating): no new requests
+			}
+			for _, addr := range ep.Addresses {
+				name, w := "ip-"+strings.ReplaceAll(addr, ".", "-"), &resources.WorkloadSpec{Service: svc.Name, Address: addr}
+				if pod := podByIP[svc.Namespace+"/"+addr]; pod != nil {
+					name = pod.Name
+					owners[name] = ownerOf(pod)
+					if inject.Injected(pod) {
+						id, err := meshid.New(m.TrustDomain, pod.Namespace, serviceAccount(pod))
+						if err != nil {
+							m.Log.Warn("endpoint left out: its ServiceAccount cannot be an identity", "pod", pod.Namespace+"/"+pod.Name, "error", err)
+							continue
+						}
+						w.Identity, w.MeshPort, w.AdminPort, w.TapPort = id.String(), inject.InboundPort, inject.AdminPort, inject.TapPort
+					}
+				}
+				if specs[name] == nil {
+					specs[name] = w
+				}
+				w = specs[name]
+				for _, p := range s.Ports {
+					if p.Port == nil || (p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP) {
+						continue
+					}
+					if sp := servicePort(svc, p.Name); sp != nil && !hasPort(w.Ports, int(sp.Port)) {
+						w.Ports = append(w.Ports, resources.WorkloadPort{Port: int(sp.Port), TargetPort: int(*p.Port), Protocol: protocolOf(sp.AppProtocol)})
+					}
+				}
+			}
+		}
+	}
+	var out []store.Resource
+	for name, w := range specs {
+		if len(w.Ports) == 0 {
+			continue
+		}
+		sort.Slice(w.Ports, func(i, j int) bool { return w.Ports[i].Port < w.Ports[j].Port })
+		var labels map[string]string
+		if o := owners[name]; o != "" {
+			labels = map[string]string{resources.WorkloadLabel: o}
+		}
+		// One Workload per endpoint and Service: a Pod may back several.
+		out = append(out, object(resources.KindWorkload, svc.Namespace, name+"."+svc.Name, labels, *w))
+	}
+	return out
+}
+
+func serviceAccount(p *corev1.Pod) string {
+	if p.Spec.ServiceAccountName != "" {
+		return p.Spec.ServiceAccountName
+	}
+	return "default"
+}
+
+// ownerOf is the workload a Pod belongs to: its Deployment (the
+// ReplicaSet's name without the template hash), other controller, or itself.
+func ownerOf(p *corev1.Pod) string {
+	for _, o := range p.OwnerReferences {
+		if o.Controller == nil || !*o.Controller {
+			continue
+		}
+		if o.Kind == "ReplicaSet" {
+			if h := p.Labels["pod-template-hash"]; h != "" {
+				return strings.TrimSuffix(o.Name, "-"+h)
+			}
+		}
+		return o.Name
+	}
+	return p.Name
+}
+
+func servicePort(svc *corev1.Service, name *string) *corev1.ServicePort {
+	for i := range svc.Spec.Ports {
+		if (name == nil && svc.Spec.Ports[i].Name == "") || (name != nil && svc.Spec.Ports[i].Name == *name) {
+			return &svc.Spec.Ports[i]
+		}
+	}
+	return nil
+}
+
+func hasPort(ps []resources.WorkloadPort, port int) bool {
+	for _, p := range ps {
+		if p.Port == port {
+			return true
+		}
+	}
+	return false
+}
+
+// protocolOf maps a port's appProtocol to the store's protocols.
+func protocolOf(app *string) string {
+	if app == nil {
+		return ""
+	}
+	switch strings.ToLower(*app) {
+	case "http", "kubernetes.io/h2c", "http2":
+		return "http"
+	case "grpc":
+		return "grpc"
+	case "tcp", "opaque", "linkerd.io/opaque":
+		return "opaque"
+	}
+	return ""
+}
+
+func object(kind, ns, name string, labels map[string]string, spec any) store.Resource {
+	raw, _ := json.Marshal(spec)
+	return store.Resource{APIVersion: resources.APIVersion, Kind: kind, Spec: raw,
+		Metadata: store.Metadata{Name: name, Namespace: ns, Labels: labels, Annotations: map[string]string{SourceAnnotation: source}}}
+}
