@@ -19,7 +19,10 @@ REPO=$(cd "$HERE/../.." && pwd)
 K8S_DIR=${TRELLIS_K8S_DIR:-/var/lib/trellis-kube}
 PKI=$K8S_DIR/pki
 STATE=$K8S_DIR/state
-RUN=$K8S_DIR/run
+# PID files in /run, which a reboot empties: a stale PID never names
+# another process.
+RUN=${TRELLIS_K8S_RUN:-/run/trellis-kube}
+BIN=${TRELLIS_K8S_CACHE:-$HOME/.cache/trellis/k8s-${K8S_VERSION:-v1.37.2}}/bin
 ADMIN=$K8S_DIR/admin.kubeconfig
 NODE_IP=10.250.0.1
 NODE=k8s-node
@@ -31,10 +34,7 @@ SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_me
 
 log() { echo "--- kube: $*" >&2; }
 
-bin() {
-  [ -n "${BIN:-}" ] || BIN=$("$HERE/build-kubernetes.sh")
-  echo "$BIN/$1"
-}
+bin() { echo "$BIN/$1"; }
 kubectl() { "$(bin kubectl)" --kubeconfig "$ADMIN" "$@"; }
 
 # wait_for TIMEOUT DESCRIPTION CMD...: retries CMD every half second.
@@ -243,7 +243,7 @@ start() {
     echo "cluster.sh: a cluster is already running (stop it first: $0 stop)" >&2; exit 1
   fi
   local begin=$SECONDS
-  bin kubectl >/dev/null
+  BIN=$("$HERE/build-kubernetes.sh")
   need_packages
   mkdir -p "$K8S_DIR" "$RUN"
   pki
@@ -263,7 +263,7 @@ stop() {
   local begin=$SECONDS
   stop_daemon kube-controller-manager
   stop_daemon kube-scheduler
-  if [ -f "$RUN/kube-apiserver.pid" ] && [ -f "$ADMIN" ] && [ -n "${BIN:-$(ls "${TRELLIS_K8S_CACHE:-$HOME/.cache/trellis/k8s-v1.37.2}/bin/kubectl" 2>/dev/null)}" ]; then
+  if [ -f "$RUN/kube-apiserver.pid" ] && [ -f "$ADMIN" ] && [ -x "$BIN/kubectl" ]; then
     kubectl delete pods --all -A --wait=false --grace-period=1 >/dev/null 2>&1 || true
     for _ in $(seq 1 60); do [ -z "$(ctr -n k8s.io tasks ls -q 2>/dev/null)" ] && break; sleep 0.5; done
   fi
@@ -275,7 +275,7 @@ stop() {
     for c in $(ctr -n k8s.io containers ls -q 2>/dev/null); do ctr -n k8s.io containers rm "$c" >/dev/null 2>&1 || true; done
   fi
   stop_daemon kube-proxy
-  [ -x "${BIN:-/nonexistent}/kube-proxy" ] && "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
+  if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
   stop_daemon kube-apiserver
   stop_daemon etcd
   stop_daemon containerd
@@ -289,7 +289,7 @@ stop() {
   while iptables -C FORWARD -s "$POD_CIDR" ! -o cni0 -j DROP 2>/dev/null; do iptables -D FORWARD -s "$POD_CIDR" ! -o cni0 -j DROP; done
   for table in filter nat mangle; do
     local chains
-    chains=$(iptables -t $table -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/{print $2}')
+    chains=$(iptables -t $table -S 2>/dev/null | awk '/^-N (KUBE-|CNI-)/{print $2}' || true)
     for c in $chains; do
       local jumps
       jumps=$(iptables -t $table -S 2>/dev/null | grep -E -- "-j $c( |$)" | sed 's/^-A/-D/' || true)

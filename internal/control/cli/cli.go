@@ -194,9 +194,9 @@ bounded queue: one that falls behind is closed and the proxy reconnects and
 resyncs. It serves TLS with a certificate from the CA in --data-dir (the
 identity service's), and leaves certificate issuing to 'identity'.
 
-With --kubernetes it mirrors the cluster into the store: every Service with
-meshed endpoints, and every ready endpoint whose Pod runs the proxy, with
-its ServiceAccount's identity (in-cluster, or --kubeconfig; its
+With --kubernetes it mirrors the cluster into the store: every Service (its
+ClusterIP and TCP ports) and every ready endpoint, with its ServiceAccount's
+identity when its Pod runs the proxy (in-cluster, or --kubeconfig; its
 ServiceAccount needs list and watch on services, endpointslices and pods).`,
 		func(o *plane.Options, log *slog.Logger) error {
 			if !kube {

@@ -204,3 +204,39 @@ func TestWanted(t *testing.T) {
 		}
 	}
 }
+
+// Apply follows RFC 6902 and 6901 for the operations it takes, and refuses
+// what they do not allow instead of guessing (or panicking).
+func TestApplyPointers(t *testing.T) {
+	doc := func() map[string]any {
+		return map[string]any{"a": []any{"x", "y"}, "m": map[string]any{"k/1": "v"}}
+	}
+	for _, tc := range []struct {
+		op   Op
+		want string // JSON of the result, or "error"
+	}{
+		{Op{Op: "add", Path: "/a/0", Value: "w"}, `{"a":["w","x","y"],"m":{"k/1":"v"}}`},
+		{Op{Op: "add", Path: "/a/-", Value: "z"}, `{"a":["x","y","z"],"m":{"k/1":"v"}}`},
+		{Op{Op: "add", Path: "/a/2", Value: "z"}, `{"a":["x","y","z"],"m":{"k/1":"v"}}`},
+		{Op{Op: "remove", Path: "/a/1"}, `{"a":["x"],"m":{"k/1":"v"}}`},
+		{Op{Op: "remove", Path: "/m/k~11"}, `{"a":["x","y"],"m":{}}`},
+		{Op{Op: "add", Path: "/a/-/b", Value: 1}, "error"},
+		{Op{Op: "add", Path: "/a/01", Value: 1}, "error"},
+		{Op{Op: "add", Path: "/a/+1", Value: 1}, "error"},
+		{Op{Op: "remove", Path: "/a/2"}, "error"},
+		{Op{Op: "remove", Path: "/nope"}, "error"},
+		{Op{Op: "replace", Path: "/m"}, "error"},
+		{Op{Op: "add", Path: "a"}, "error"},
+	} {
+		d := doc()
+		err := Apply(d, []Op{tc.op})
+		got := "error"
+		if err == nil {
+			b, _ := json.Marshal(d)
+			got = string(b)
+		}
+		if got != tc.want {
+			t.Errorf("%+v: %s (%v); want %s", tc.op, got, err, tc.want)
+		}
+	}
+}

@@ -46,6 +46,20 @@ func Apply(doc map[string]any, ops []Op) error {
 	return nil
 }
 
+// isIndex reports whether s is an RFC 6901 array index: "0", or digits
+// without a leading zero.
+func isIndex(s string) bool {
+	if s == "" || len(s) > 9 || (s[0] == '0' && len(s) > 1) {
+		return false
+	}
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // applyAt walks to the parent of the last token and changes it; an array
 // that grows or shrinks is replaced in its parent, so the walk returns the
 // new value of node.
@@ -80,9 +94,13 @@ func applyAt(node any, tokens []string, op Op) (any, error) {
 		return n, nil
 	case []any:
 		i := len(n)
-		if key != "-" {
-			var err error
-			if i, err = strconv.Atoi(key); err != nil || i < 0 || i > len(n) || (i == len(n) && !(last && op.Op == "add")) {
+		switch {
+		case key == "-" && last && op.Op == "add":
+		case !isIndex(key):
+			return nil, fmt.Errorf("%q is not an array index", key)
+		default:
+			i, _ = strconv.Atoi(key)
+			if i > len(n) || (i == len(n) && !(last && op.Op == "add")) {
 				return nil, fmt.Errorf("index %q out of range", key)
 			}
 		}

@@ -43,7 +43,18 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 		http.Error(rw, err.Error(), http.StatusBadRequest)
 		return
 	}
-	resp := w.review(r.Context(), review.Request, pod)
+	var ns map[string]string
+	if pod != nil {
+		if ns, err = w.NamespaceAnnotations(r.Context(), review.Request.Namespace); err != nil {
+			// Without the namespace the decision would be a guess: fail
+			// the call, so the webhook's failurePolicy decides (an
+			// explicit refusal would reject the Pod whatever the policy).
+			w.Log.Warn("reading the namespace failed", "namespace", review.Request.Namespace, "error", err)
+			http.Error(rw, fmt.Sprintf("trellis: reading namespace %s: %v", review.Request.Namespace, err), http.StatusInternalServerError)
+			return
+		}
+	}
+	resp := w.review(review.Request, pod, ns)
 	resp.UID = review.Request.UID
 	review.Request, review.Response = nil, resp
 	rw.Header().Set("Content-Type", "application/json")
@@ -52,18 +63,9 @@ func (w *Webhook) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 
 // review decides one request: allowed with the injection patch, allowed
 // unchanged, or refused when the Pod's annotations are invalid.
-func (w *Webhook) review(ctx context.Context, req *admissionv1.AdmissionRequest, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+func (w *Webhook) review(req *admissionv1.AdmissionRequest, pod *corev1.Pod, ns map[string]string) *admissionv1.AdmissionResponse {
 	allowed := &admissionv1.AdmissionResponse{Allowed: true}
-	if pod == nil || req.Operation != admissionv1.Create {
-		return allowed
-	}
-	ns, err := w.NamespaceAnnotations(ctx, req.Namespace)
-	if err != nil {
-		// Without the namespace the decision would be a guess: refuse, so
-		// the API server's failure policy decides.
-		return refused(http.StatusInternalServerError, fmt.Sprintf("trellis: reading namespace %s: %v", req.Namespace, err))
-	}
-	if !Wanted(pod, ns) {
+	if pod == nil || !Wanted(pod, ns) {
 		return allowed
 	}
 	ops, err := w.Config.Patch(pod)
@@ -92,7 +94,8 @@ func podName(p *corev1.Pod) string {
 }
 
 // DecodeReview parses an AdmissionReview request; the Pod is nil when the
-// request is not about a v1 Pod (the webhook then allows it unchanged).
+// request is not the creation of a v1 Pod (the webhook then allows it
+// unchanged).
 func DecodeReview(body []byte) (*admissionv1.AdmissionReview, *corev1.Pod, error) {
 	var review admissionv1.AdmissionReview
 	if err := json.Unmarshal(body, &review); err != nil {
@@ -105,7 +108,7 @@ func DecodeReview(body []byte) (*admissionv1.AdmissionReview, *corev1.Pod, error
 		return nil, nil, errors.New("the AdmissionReview has no request")
 	}
 	k := review.Request.Kind
-	if k.Group != "" || k.Version != "v1" || k.Kind != "Pod" || review.Request.SubResource != "" {
+	if k.Group != "" || k.Version != "v1" || k.Kind != "Pod" || review.Request.SubResource != "" || review.Request.Operation != admissionv1.Create {
 		return &review, nil, nil
 	}
 	var pod corev1.Pod

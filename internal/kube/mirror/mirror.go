@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"strings"
 	"time"
@@ -129,8 +130,15 @@ func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error
 	for k := range want {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i].Kind > keys[j].Kind }) // Services before their Workloads
+	// Services before their Workloads: a proxy asking for a ClusterIP
+	// must never learn that its service does not exist.
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].Kind == resources.KindService && keys[j].Kind != resources.KindService
+	})
 	for _, k := range keys {
+		if cur, err := st.Get(ctx, k); err == nil && cur.Metadata.Annotations[SourceAnnotation] != source {
+			continue // applied by hand: the operator's wins
+		}
 		if _, err := st.Apply(ctx, want[k]); err != nil {
 			errs = append(errs, fmt.Errorf("%s %s/%s: %w", k.Kind, k.Namespace, k.Name, err))
 		}
@@ -152,10 +160,13 @@ func (m *Mirror) desired(l listers) (map[store.Key]store.Resource, error) {
 	if err != nil {
 		return nil, err
 	}
-	podByIP := map[string]*corev1.Pod{}
+	// Endpoints name their Pod (targetRef). Finished Pods keep their IP
+	// after a new Pod may have taken it, so only running ones count;
+	// terminating ones keep their identity until their endpoint goes.
+	podByName := map[string]*corev1.Pod{}
 	for _, p := range pods {
-		if p.Status.PodIP != "" && p.DeletionTimestamp == nil {
-			podByIP[p.Namespace+"/"+p.Status.PodIP] = p
+		if p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
+			podByName[p.Namespace+"/"+p.Name] = p
 		}
 	}
 	slicesOf := map[string][]*discoveryv1.EndpointSlice{}
@@ -164,11 +175,16 @@ func (m *Mirror) desired(l listers) (map[store.Key]store.Resource, error) {
 	}
 	out := map[store.Key]store.Resource{}
 	for _, svc := range svcs {
-		workloads := m.workloads(svc, slicesOf[svc.Namespace+"/"+svc.Name], podByIP)
-		spec := resources.ServiceSpec{}
-		if ip := svc.Spec.ClusterIP; ip != "" && ip != corev1.ClusterIPNone {
-			spec.ClusterIP = ip
+		if svc.Spec.Type == corev1.ServiceTypeExternalName {
+			continue // a DNS alias: nothing to balance
 		}
+		spec := resources.ServiceSpec{}
+		if ip, err := netip.ParseAddr(svc.Spec.ClusterIP); err == nil && ip.Is4() {
+			spec.ClusterIP = ip.String()
+		} else if svc.Spec.ClusterIP != "" && svc.Spec.ClusterIP != corev1.ClusterIPNone {
+			continue // IPv6 services are not served yet
+		}
+		workloads := m.workloads(svc, slicesOf[svc.Namespace+"/"+svc.Name], podByName)
 		for _, p := range svc.Spec.Ports {
 			if p.Protocol == corev1.ProtocolTCP || p.Protocol == "" {
 				spec.Ports = append(spec.Ports, resources.ServicePort{Name: p.Name, Port: int(p.Port), Protocol: protocolOf(p.AppProtocol)})
@@ -186,7 +202,7 @@ func (m *Mirror) desired(l listers) (map[store.Key]store.Resource, error) {
 }
 
 // workloads are svc's ready endpoints.
-func (m *Mirror) workloads(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, podByIP map[string]*corev1.Pod) []store.Resource {
+func (m *Mirror) workloads(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, podByName map[string]*corev1.Pod) []store.Resource {
 	specs := map[string]*resources.WorkloadSpec{} // by instance name
 	owners := map[string]string{}
 	for _, s := range slices {
@@ -199,7 +215,7 @@ func (m *Mirror) workloads(svc *corev1.Service, slices []*discoveryv1.EndpointSl
 			}
 			for _, addr := range ep.Addresses {
 				name, w := "ip-"+strings.ReplaceAll(addr, ".", "-"), &resources.WorkloadSpec{Service: svc.Name, Address: addr}
-				if pod := podByIP[svc.Namespace+"/"+addr]; pod != nil {
+				if pod := podOf(ep, svc.Namespace, podByName); pod != nil {
 					name = pod.Name
 					owners[name] = ownerOf(pod)
 					if inject.Injected(pod) {
@@ -233,13 +249,25 @@ func (m *Mirror) workloads(svc *corev1.Service, slices []*discoveryv1.EndpointSl
 		}
 		sort.Slice(w.Ports, func(i, j int) bool { return w.Ports[i].Port < w.Ports[j].Port })
 		var labels map[string]string
-		if o := owners[name]; o != "" {
+		if o := owners[name]; o != "" && len(o) <= 63 { // a label value's limit
 			labels = map[string]string{resources.WorkloadLabel: o}
 		}
 		// One Workload per endpoint and Service: a Pod may back several.
 		out = append(out, object(resources.KindWorkload, svc.Namespace, name+"."+svc.Name, labels, *w))
 	}
 	return out
+}
+
+// podOf is the running Pod an endpoint names, if any.
+func podOf(ep discoveryv1.Endpoint, ns string, podByName map[string]*corev1.Pod) *corev1.Pod {
+	ref := ep.TargetRef
+	if ref == nil || ref.Kind != "Pod" {
+		return nil
+	}
+	if ref.Namespace != "" {
+		ns = ref.Namespace
+	}
+	return podByName[ns+"/"+ref.Name]
 }
 
 func serviceAccount(p *corev1.Pod) string {

@@ -1,9 +1,13 @@
 package mirror
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -27,8 +31,9 @@ func pod(name, ip, sa string, meshed bool) *corev1.Pod {
 	return p
 }
 
-func endpoint(ip string, ready bool) discoveryv1.Endpoint {
-	return discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)}}
+func endpoint(ip, pod string, ready bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: []string{ip}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(ready)},
+		TargetRef: &corev1.ObjectReference{Kind: "Pod", Namespace: "shop", Name: pod}}
 }
 
 // The store gets what the proxies need: a Service per Kubernetes Service,
@@ -50,13 +55,17 @@ func TestDesired(t *testing.T) {
 		services: func(labels.Selector) ([]*corev1.Service, error) { return []*corev1.Service{web, legacy}, nil },
 		slices: func(labels.Selector) ([]*discoveryv1.EndpointSlice, error) {
 			return []*discoveryv1.EndpointSlice{
-				slice("web", endpoint("10.244.0.5", true), endpoint("10.244.0.6", false), endpoint("10.244.0.7", true)),
-				slice("legacy", endpoint("10.244.0.9", true)),
+				slice("web", endpoint("10.244.0.5", "web-abc-1", true), endpoint("10.244.0.6", "web-abc-2", false), endpoint("10.244.0.7", "web-abc-3", true)),
+				slice("legacy", endpoint("10.244.0.9", "legacy-0", true)),
 			}, nil
 		},
 		pods: func(labels.Selector) ([]*corev1.Pod, error) {
+			// A finished meshed Job's Pod still shows legacy-0's IP: it
+			// must not lend the endpoint its identity.
+			done := pod("job-1", "10.244.0.9", "batch", true)
+			done.Status.Phase = corev1.PodSucceeded
 			return []*corev1.Pod{pod("web-abc-1", "10.244.0.5", "web", true), pod("web-abc-2", "10.244.0.6", "web", true),
-				pod("web-abc-3", "10.244.0.7", "", false), pod("legacy-0", "10.244.0.9", "", false)}, nil
+				pod("web-abc-3", "10.244.0.7", "", false), done, pod("legacy-0", "10.244.0.9", "", false)}, nil
 		},
 	}
 	m := &Mirror{TrustDomain: "cluster.local", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
@@ -100,5 +109,44 @@ func TestDesired(t *testing.T) {
 		if err := (resources.Kinds{}).Check(&obj); err != nil {
 			t.Errorf("%s %s is not valid for the store: %v", obj.Kind, obj.Metadata.Name, err)
 		}
+	}
+}
+
+// Reconciling writes what the cluster implies, removes only what the
+// mirror wrote, and never replaces an object applied by hand.
+func TestReconcileKeepsWhatItDidNotWrite(t *testing.T) {
+	st, err := store.Open(filepath.Join(t.TempDir(), "store.db"), store.Options{Kinds: resources.Kinds{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	byHand := store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService, Spec: json.RawMessage(`{"ports":[{"port":9}],"clusterIP":"10.240.0.1"}`),
+		Metadata: store.Metadata{Name: "web", Namespace: "shop"}}
+	stale := object(resources.KindService, "shop", "gone", nil, resources.ServiceSpec{Ports: []resources.ServicePort{{Port: 80}}})
+	for _, r := range []store.Resource{byHand, stale} {
+		if _, err := st.Apply(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.50", Ports: []corev1.ServicePort{{Port: 80}}}}
+	api := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "api", Namespace: "shop"}, Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.51", Ports: []corev1.ServicePort{{Port: 80}}}}
+	l := listers{
+		services: func(labels.Selector) ([]*corev1.Service, error) { return []*corev1.Service{svc, api}, nil },
+		slices:   func(labels.Selector) ([]*discoveryv1.EndpointSlice, error) { return nil, nil },
+		pods:     func(labels.Selector) ([]*corev1.Pod, error) { return nil, nil },
+	}
+	m := &Mirror{TrustDomain: "cluster.local", Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if err := m.reconcile(ctx, st, l); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := st.Get(ctx, store.Key{Kind: resources.KindService, Namespace: "shop", Name: "web"}); !strings.Contains(string(got.Spec), `"port":9`) {
+		t.Errorf("the hand-applied Service was replaced: %s", got.Spec)
+	}
+	if _, err := st.Get(ctx, store.Key{Kind: resources.KindService, Namespace: "shop", Name: "api"}); err != nil {
+		t.Errorf("api was not mirrored: %v", err)
+	}
+	if _, err := st.Get(ctx, store.Key{Kind: resources.KindService, Namespace: "shop", Name: "gone"}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a Service the cluster no longer has is still mirrored: %v", err)
 	}
 }
