@@ -46,7 +46,7 @@ or ~/.trellis.`,
 		c.GroupID = "observe"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{injectCmd(), uninjectCmd()} {
+	for _, c := range []*cobra.Command{installCmd(), checkCmd(), upgradeCmd(), uninstallCmd(), injectCmd(), uninjectCmd()} {
 		c.GroupID = "kubernetes"
 		root.AddCommand(c)
 	}

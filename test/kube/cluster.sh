@@ -249,12 +249,83 @@ start() {
   pki
   host_setup
   start_containerd
-  local pause=$K8S_DIR/pause.tar
-  (cd "$REPO" && CGO_ENABLED=0 go run ./test/kube/pause -image "$pause")
-  import_images "$pause" "$@"
+  local pause=$K8S_DIR/pause.tar coredns=$K8S_DIR/coredns.tar
+  (cd "$REPO" && CGO_ENABLED=0 go run ./test/kube/pause -image "$pause" -coredns "$BIN/coredns" -coredns-image "$coredns")
+  import_images "$pause" "$coredns" "$@"
   start_control_plane
   start_node
+  start_dns
   log "cluster ready in $((SECONDS - begin)) s (kubeconfig $ADMIN)"
+}
+
+# start_dns deploys CoreDNS as Service kube-dns (10.96.0.10, the kubelet's
+# clusterDNS): cluster names resolve, nothing else does (no forwarding).
+start_dns() {
+  kubectl apply -f - >/dev/null <<'EOF'
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: coredns, namespace: kube-system}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: trellis-test-coredns}
+rules:
+- {apiGroups: [""], resources: [services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: trellis-test-coredns}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: trellis-test-coredns}
+subjects: [{kind: ServiceAccount, name: coredns, namespace: kube-system}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: coredns, namespace: kube-system}
+data:
+  Corefile: |
+    .:53 {
+        errors
+        health :8080
+        ready :8181
+        kubernetes cluster.local in-addr.arpa ip6.arpa {
+            pods insecure
+            fallthrough in-addr.arpa ip6.arpa
+        }
+        cache 30
+        loop
+    }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: coredns, namespace: kube-system}
+spec:
+  selector: {matchLabels: {k8s-app: kube-dns}}
+  template:
+    metadata: {labels: {k8s-app: kube-dns}}
+    spec:
+      serviceAccountName: coredns
+      dnsPolicy: Default
+      containers:
+      - name: coredns
+        image: localhost/coredns:v1.14.7
+        imagePullPolicy: Never
+        args: [-conf, /etc/coredns/Corefile]
+        ports: [{containerPort: 53, protocol: UDP, name: dns}, {containerPort: 53, protocol: TCP, name: dns-tcp}]
+        readinessProbe: {httpGet: {path: /ready, port: 8181}, periodSeconds: 1}
+        volumeMounts: [{name: config, mountPath: /etc/coredns}]
+      volumes: [{name: config, configMap: {name: coredns}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: kube-dns, namespace: kube-system, labels: {k8s-app: kube-dns}}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {k8s-app: kube-dns}
+  ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
+EOF
+  kubectl -n kube-system rollout status deployment/coredns --timeout=120s >&2
+  log "CoreDNS ready at 10.96.0.10"
 }
 
 stop() {

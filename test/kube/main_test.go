@@ -23,6 +23,7 @@ var (
 	clusterDir string // the cluster's state: PKI, logs
 	client     kubernetes.Interface
 	proxyImage string
+	trellisBin string // the CLI, built from the repository
 	version    = "v0.0.0-e2e"
 )
 
@@ -65,6 +66,11 @@ func run(m *testing.M) int {
 		return 1
 	}
 	proxyImage = "localhost/trellis-proxy:" + version
+	trellisBin = filepath.Join(images, "trellis")
+	if _, err := command(repo, "go", "build", "-ldflags", "-X github.com/trellis-mesh/trellis/internal/buildinfo.Version="+version, "-o", trellisBin, "./cmd/trellis"); err != nil {
+		say("building the CLI: %v", err)
+		return 1
+	}
 	// Stop whatever a killed run left, then start afresh.
 	script(repo, "test/kube/cluster.sh", "stop")
 	started := time.Now()

@@ -14,26 +14,15 @@ import (
 	"github.com/trellis-mesh/trellis/internal/kube/inject"
 )
 
-// injectConfig is what `trellis inject` would be given for this cluster.
-// The test cluster runs no DNS server, so the control plane is addressed
-// by its Services' ClusterIPs (proxies verify it by its SPIFFE ID, not by
-// name).
+// injectConfig is what `trellis inject` gives Pods for this cluster: the
+// control plane by its Services' DNS names.
 func injectConfig(t *testing.T, anchors string) inject.Config {
 	return inject.Config{
 		ProxyImage: proxyImage, ImagePullPolicy: corev1.PullNever, Version: version,
 		TrustDomain: "cluster.local", ClusterDomain: "cluster.local", TrustAnchorsPEM: anchors,
-		IdentityAddr:    clusterIP(t, "trellis", "trellis-identity") + ":8080",
-		DestinationAddr: clusterIP(t, "trellis", "trellis-destination") + ":8086",
+		IdentityAddr:    "trellis-identity.trellis.svc.cluster.local:8080",
+		DestinationAddr: "trellis-destination.trellis.svc.cluster.local:8086",
 	}
-}
-
-func clusterIP(t *testing.T, ns, name string) string {
-	t.Helper()
-	svc, err := client.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svc.Spec.ClusterIP
 }
 
 // applyInjected injects manifest with the injector's patch and applies it.

@@ -10,19 +10,18 @@ import (
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
-// The demo application (the same four programs as `trellis demo`), meshed
-// by the injector's patch: traffic → web → emoji (2 replicas) and voting,
-// every hop through both proxies over mTLS with the ServiceAccounts'
-// identities, endpoints from the destination service mirroring the
-// cluster.
+// The demo application (the same four programs as `trellis demo`) in a
+// namespace annotated for injection, meshed by the injector webhook:
+// traffic → web → emoji (2 replicas) and voting, by their Services' DNS
+// names, every hop through both proxies over mTLS with the
+// ServiceAccounts' identities, endpoints from the destination service
+// mirroring the cluster.
 func TestDemoTrafficIsMutualTLS(t *testing.T) {
 	needCluster(t)
-	anchors := identityService(t)
+	identityService(t)
 	t.Cleanup(func() { diagnose(t, "emojivoto"); diagnose(t, "trellis") })
-	// Services first: without DNS in the test cluster, the programs are
-	// given their peers' ClusterIPs.
 	var svcs strings.Builder
-	svcs.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: emojivoto}\n")
+	svcs.WriteString("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: emojivoto\n  annotations: {trellis.dev/inject: enabled}\n")
 	for _, name := range []string{"web", "emoji", "voting", "traffic"} {
 		proto := "grpc"
 		if name == "web" || name == "traffic" {
@@ -31,8 +30,7 @@ func TestDemoTrafficIsMutualTLS(t *testing.T) {
 		fmt.Fprintf(&svcs, "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: %s, namespace: emojivoto}\n", name)
 		fmt.Fprintf(&svcs, "---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: emojivoto}\nspec:\n  selector: {app: %s}\n  ports: [{port: 8080, appProtocol: %s}]\n", name, name, proto)
 	}
-	kubectl(t, svcs.String(), "apply", "-f", "-")
-	ip := func(name string) string { return clusterIP(t, "emojivoto", name) + ":8080" }
+	addr := func(name string) string { return name + ".emojivoto.svc.cluster.local:8080" }
 	deployment := func(name string, replicas int, args ...string) string {
 		return fmt.Sprintf(`---
 apiVersion: apps/v1
@@ -54,9 +52,9 @@ spec:
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
 `, name, replicas, name, name, name, version, name, flags(args))
 	}
-	applyInjected(t, anchors, deployment("emoji", 2)+deployment("voting", 1, "--fail-rate=0")+
-		deployment("web", 1, "--emoji-addr="+ip("emoji"), "--voting-addr="+ip("voting"))+
-		deployment("traffic", 1, "--web-url=http://"+ip("web"), "--rps=20"))
+	kubectl(t, svcs.String()+deployment("emoji", 2)+deployment("voting", 1, "--fail-rate=0")+
+		deployment("web", 1, "--emoji-addr="+addr("emoji"), "--voting-addr="+addr("voting"))+
+		deployment("traffic", 1, "--web-url=http://"+addr("web"), "--rps=20"), "apply", "-f", "-")
 	for _, d := range []string{"emoji", "voting", "web", "traffic"} {
 		kubectl(t, "", "-n", "emojivoto", "rollout", "status", "deployment/"+d, "--timeout=180s")
 	}

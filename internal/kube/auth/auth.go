@@ -1,7 +1,7 @@
-// Package auth connects the control plane to the Kubernetes API for
-// authentication: a client from the Pod's in-cluster configuration or a
-// kubeconfig, and the TokenReview the identity service checks
-// ServiceAccount tokens with.
+// Package auth connects Trellis to the Kubernetes API: a client from the
+// Pod's in-cluster configuration or a kubeconfig (the control plane), the
+// CLI's configuration from kubeconfig files and a context, and the
+// TokenReview the identity service checks ServiceAccount tokens with.
 package auth
 
 import (
@@ -31,6 +31,15 @@ func Client(kubeconfig string) (kubernetes.Interface, error) {
 	}
 	cfg.UserAgent = "trellis-control"
 	return kubernetes.NewForConfig(cfg)
+}
+
+// UserConfig is the CLI's client configuration, loaded as kubectl loads
+// it: kubeconfig if set, else $KUBECONFIG, else ~/.kube/config; context
+// if set, else the current one.
+func UserConfig(kubeconfig, context string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{CurrentContext: context}).ClientConfig()
 }
 
 // TokenReviewer asks the API server about ServiceAccount tokens

@@ -21,6 +21,8 @@ const (
 	// AnnotationInject is "enabled" or "disabled"; the Pod's wins over its
 	// namespace's.
 	AnnotationInject = "trellis.dev/inject"
+	// Enabled is the value of AnnotationInject that asks for the proxy.
+	Enabled = "enabled"
 	// AnnotationProxyVersion marks an injected Pod with the proxy's version.
 	AnnotationProxyVersion = "trellis.dev/proxy-version"
 
@@ -98,9 +100,9 @@ func Wanted(pod *corev1.Pod, nsAnnotations map[string]string) bool {
 		return false
 	}
 	if v, ok := pod.Annotations[AnnotationInject]; ok {
-		return v == "enabled"
+		return v == Enabled
 	}
-	return nsAnnotations[AnnotationInject] == "enabled"
+	return nsAnnotations[AnnotationInject] == Enabled
 }
 
 // Injected reports whether pod already has the proxy.
