@@ -6,6 +6,7 @@
 // `go run ./build/images` and imported into containerd.
 //
 // TestMain builds what is missing, starts the cluster, runs the tests and
-// stops it, leaving nothing running. It needs root; without root, or with
+// stops it, leaving nothing running (unless TRELLIS_KUBE_KEEP is set, to
+// look at it afterwards: KUBECONFIG=$(test/kube/cluster.sh kubeconfig)). It needs root; without root, or with
 // TRELLIS_KUBE_E2E=off, the tests are skipped with the reason.
 package kube

@@ -13,9 +13,11 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,22 +38,17 @@ import (
 // as a proxy would through the Service) for id's certificate with token.
 func certify(t *testing.T, anchors, id string, token []byte) (*x509.Certificate, error) {
 	t.Helper()
-	svc, err := client.CoreV1().Services("trellis").Get(context.Background(), "trellis-identity", metav1.GetOptions{})
+	resp, _, err := certifyKey(t, anchors, id, token)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM([]byte(anchors))
-	creds := credentials.NewTLS(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13,
-		// The service's certificate names its SPIFFE ID, not a host name.
-		InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			return verifyIdentityService(raw, pool)
-		}})
-	conn, err := grpc.NewClient(svc.Spec.ClusterIP+":8080", grpc.WithTransportCredentials(creds))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	return x509.ParseCertificate(resp.GetLeafCertificate())
+}
+
+// certifyKey is certify that also returns the answer whole and the key.
+func certifyKey(t *testing.T, anchors, id string, token []byte) (*identityv1.CertifyResponse, *ecdsa.PrivateKey, error) {
+	t.Helper()
+	conn := controlPlaneConn(t, anchors, "trellis-identity", 8080, nil)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(id)
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{u}}, key)
@@ -64,10 +61,34 @@ func certify(t *testing.T, anchors, id string, token []byte) (*x509.Certificate,
 	// wait for them (gRPC's WaitForReady), not for the answer.
 	resp, err := identityv1.NewIdentityClient(conn).Certify(ctx, &identityv1.CertifyRequest{Identity: id, Token: token, CertificateSigningRequest: csr},
 		grpc.WaitForReady(true))
+	return resp, key, err
+}
+
+// controlPlaneConn is a gRPC connection to a control-plane Service's
+// ClusterIP, verifying it as the control plane's identity, and presenting
+// cert when it is not nil.
+func controlPlaneConn(t *testing.T, anchors, service string, port int, cert *tls.Certificate) *grpc.ClientConn {
+	t.Helper()
+	svc, err := client.CoreV1().Services("trellis").Get(context.Background(), service, metav1.GetOptions{})
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	return x509.ParseCertificate(resp.GetLeafCertificate())
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM([]byte(anchors))
+	cfg := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS13,
+		// The service's certificate names its SPIFFE ID, not a host name.
+		InsecureSkipVerify: true, VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifyIdentityService(raw, pool)
+		}}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+	}
+	conn, err := grpc.NewClient(net.JoinHostPort(svc.Spec.ClusterIP, strconv.Itoa(port)), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func verifyIdentityService(raw [][]byte, pool *x509.CertPool) error {

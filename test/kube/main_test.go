@@ -82,6 +82,10 @@ func run(m *testing.M) int {
 	}
 	say("cluster started in %v", time.Since(started).Round(time.Second))
 	defer func() {
+		if os.Getenv("TRELLIS_KUBE_KEEP") != "" {
+			say("TRELLIS_KUBE_KEEP is set: the cluster keeps running (test/kube/cluster.sh stop)")
+			return
+		}
 		if _, err := script(repo, "test/kube/cluster.sh", "stop"); err != nil {
 			say("stopping the cluster: %v", err)
 		}

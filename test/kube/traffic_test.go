@@ -10,32 +10,29 @@ import (
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
-// The demo application (the same four programs as `trellis demo`) in a
-// namespace annotated for injection, meshed by the injector webhook:
-// traffic → web → emoji (2 replicas) and voting, by their Services' DNS
-// names, every hop through both proxies over mTLS with the
-// ServiceAccounts' identities, endpoints from the destination service
-// mirroring the cluster.
-func TestDemoTrafficIsMutualTLS(t *testing.T) {
-	needCluster(t)
-	identityService(t)
-	t.Cleanup(func() { diagnose(t, "emojivoto"); diagnose(t, "trellis") })
-	var svcs strings.Builder
-	svcs.WriteString("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: emojivoto\n  annotations: {trellis.dev/inject: enabled}\n")
+// deployDemo deploys the demo application (the same four programs as
+// `trellis demo`) into namespace ns, annotated for injection: traffic →
+// web → emoji (2 replicas) and voting, by their Services' DNS names, web
+// with 2 replicas when webReplicas says so; trafficArgs are the traffic
+// generator's flags. It returns once every Deployment is rolled out.
+func deployDemo(t *testing.T, ns string, webReplicas int, trafficArgs ...string) {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  annotations: {trellis.dev/inject: enabled}\n", ns)
 	for _, name := range []string{"web", "emoji", "voting", "traffic"} {
 		proto := "grpc"
 		if name == "web" || name == "traffic" {
 			proto = "http"
 		}
-		fmt.Fprintf(&svcs, "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: %s, namespace: emojivoto}\n", name)
-		fmt.Fprintf(&svcs, "---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: emojivoto}\nspec:\n  selector: {app: %s}\n  ports: [{port: 8080, appProtocol: %s}]\n", name, name, proto)
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: %s, namespace: %s}\n", name, ns)
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\nspec:\n  selector: {app: %s}\n  ports: [{port: 8080, appProtocol: %s}]\n", name, ns, name, proto)
 	}
-	addr := func(name string) string { return name + ".emojivoto.svc.cluster.local:8080" }
+	addr := func(name string) string { return name + "." + ns + ".svc.cluster.local:8080" }
 	deployment := func(name string, replicas int, args ...string) string {
 		return fmt.Sprintf(`---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: %s, namespace: emojivoto}
+metadata: {name: %s, namespace: %s}
 spec:
   replicas: %d
   selector: {matchLabels: {app: %s}}
@@ -50,14 +47,29 @@ spec:
         args: [demo-app, %s, "--listen=0.0.0.0:8080"%s]
         ports: [{containerPort: 8080}]
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
-`, name, replicas, name, name, name, version, name, flags(args))
+        # As Kubernetes advises for rolling updates: keep serving while the
+        # Pod's endpoint leaves discovery, then stop.
+        lifecycle: {preStop: {sleep: {seconds: 2}}}
+`, name, ns, replicas, name, name, name, version, name, flags(args))
 	}
-	kubectl(t, svcs.String()+deployment("emoji", 2)+deployment("voting", 1, "--fail-rate=0")+
-		deployment("web", 1, "--emoji-addr="+addr("emoji"), "--voting-addr="+addr("voting"))+
-		deployment("traffic", 1, "--web-url=http://"+addr("web"), "--rps=20"), "apply", "-f", "-")
+	b.WriteString(deployment("emoji", 2) + deployment("voting", 1, "--fail-rate=0") +
+		deployment("web", webReplicas, "--emoji-addr="+addr("emoji"), "--voting-addr="+addr("voting")) +
+		deployment("traffic", 1, append([]string{"--web-url=http://" + addr("web")}, trafficArgs...)...))
+	kubectl(t, b.String(), "apply", "-f", "-")
 	for _, d := range []string{"emoji", "voting", "web", "traffic"} {
-		kubectl(t, "", "-n", "emojivoto", "rollout", "status", "deployment/"+d, "--timeout=180s")
+		kubectl(t, "", "-n", ns, "rollout", "status", "deployment/"+d, "--timeout=180s")
 	}
+}
+
+// The demo application in a namespace annotated for injection, meshed by
+// the injector webhook: every hop through both proxies over mTLS with the
+// ServiceAccounts' identities, endpoints from the destination service
+// mirroring the cluster.
+func TestDemoTrafficIsMutualTLS(t *testing.T) {
+	needCluster(t)
+	identityService(t)
+	t.Cleanup(func() { diagnose(t, "emojivoto"); diagnose(t, "trellis") })
+	deployDemo(t, "emojivoto", 1, "--rps=20")
 	id := func(sa string) string { return "spiffe://cluster.local/ns/emojivoto/sa/" + sa }
 	// web's proxy, scraped as Prometheus would: inbound from traffic, and
 	// outbound to emoji and voting, all mutual TLS with the right peers.
@@ -119,4 +131,55 @@ func webTraffic(t *testing.T, ip string, id func(string) string) (in, out map[st
 		}
 	}
 	return in, out, plain
+}
+
+// A rolling restart of every server Deployment of the demo, under 100
+// requests per second, loses no request: terminating Pods leave discovery
+// and drain while new ones join, and a request a stopping Pod could not
+// take goes to another (the Deployments follow Kubernetes' advice for
+// rolling updates — readiness probes, a preStop pause — and the mesh must
+// lose nothing more than that loses without it).
+func TestRollingRestartLosesNoRequest(t *testing.T) {
+	needCluster(t)
+	identityService(t)
+	t.Cleanup(func() { diagnose(t, "rollout") })
+	deployDemo(t, "rollout", 2, "--rps=100", "--report-every=1s")
+	// Steady first: a whole second of traffic, all of it answered.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if sent, ok := trafficSince(t, "rollout", time.Now().Add(-3*time.Second)); sent >= 100 && sent == ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the demo's traffic never became steady")
+		}
+		time.Sleep(time.Second)
+	}
+	start := time.Now()
+	for _, d := range []string{"web", "emoji", "voting"} {
+		kubectl(t, "", "-n", "rollout", "rollout", "restart", "deployment/"+d)
+		kubectl(t, "", "-n", "rollout", "rollout", "status", "deployment/"+d, "--timeout=180s")
+	}
+	time.Sleep(3 * time.Second) // the last reports
+	sent, ok := trafficSince(t, "rollout", start)
+	t.Logf("during the restarts (%v): %d requests, %d answered 200", time.Since(start).Round(time.Second), sent, ok)
+	if sent < int(50*time.Since(start).Seconds()) || ok != sent {
+		t.Errorf("%d requests, %d failed", sent, sent-ok)
+	}
+}
+
+// trafficSince sums the traffic generator's reports logged since t0:
+// requests sent and answered 200.
+func trafficSince(t *testing.T, ns string, t0 time.Time) (sent, ok int) {
+	t.Helper()
+	logs := kubectl(t, "", "-n", ns, "logs", "deployment/traffic", "-c", "app", "--since-time="+t0.UTC().Format(time.RFC3339))
+	for _, line := range strings.Split(logs, "\n") {
+		var n, k int
+		if i := strings.Index(line, "traffic: "); i >= 0 {
+			if _, err := fmt.Sscanf(line[i:], "traffic: %d requests, %d ok", &n, &k); err == nil {
+				sent, ok = sent+n, ok+k
+			}
+		}
+	}
+	return sent, ok
 }

@@ -112,10 +112,12 @@ func Injected(pod *corev1.Pod) bool {
 }
 
 // Patch is the JSON Patch that adds the proxy to pod: two init containers
-// in front of its own, the token volume and the version annotation. Its
-// annotations are validated first; an error names the one at fault. A Pod
-// that already has the proxy gets no operations. The operations insert and
-// append, so nothing of the Pod's own is rewritten.
+// in front of its own, the token volume and the version annotation, and
+// the application's TCP probes made HTTP probes of the proxy (see
+// tcpProbes). Its annotations are validated first; an error names the one
+// at fault. A Pod that already has the proxy gets no operations. Apart from
+// those probes, the operations insert and append, so nothing of the Pod's
+// own is rewritten.
 func (c Config) Patch(pod *corev1.Pod) ([]Op, error) {
 	if Injected(pod) {
 		return nil, nil
@@ -124,6 +126,8 @@ func (c Config) Patch(pod *corev1.Pod) ([]Op, error) {
 	if err != nil {
 		return nil, err
 	}
+	probeOps, probePorts := tcpProbes(pod)
+	a.tcpProbePorts = probePorts
 	initC, proxy := asJSON(c.initContainer(a)), asJSON(c.proxyContainer(a))
 	vol := asJSON(corev1.Volume{Name: TokenVolume, VolumeSource: corev1.VolumeSource{
 		Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
@@ -144,13 +148,14 @@ func (c Config) Patch(pod *corev1.Pod) ([]Op, error) {
 	} else {
 		ops = append(ops, Op{Op: "add", Path: "/metadata/annotations/" + escape(AnnotationProxyVersion), Value: c.Version})
 	}
-	return ops, nil
+	return append(ops, probeOps...), nil
 }
 
 // UninjectPatch is the JSON Patch that removes from pod what Patch added;
-// a list or map left empty goes too, as it was before injection.
+// a list or map left empty goes too, as it was before injection, and TCP
+// probes are TCP probes again.
 func UninjectPatch(pod *corev1.Pod) []Op {
-	var ops []Op
+	ops := untcpProbes(pod)
 	remove := func(path string, n int, mine func(i int) bool) {
 		var idx []int
 		for i := n - 1; i >= 0; i-- {
@@ -185,10 +190,11 @@ func UninjectPatch(pod *corev1.Pod) []Op {
 
 // settings are a Pod's config.trellis.dev annotations, validated.
 type settings struct {
-	rules     iptables.Config
-	opaque    string
-	logLevel  string
-	resources corev1.ResourceRequirements
+	rules         iptables.Config
+	opaque        string
+	logLevel      string
+	resources     corev1.ResourceRequirements
+	tcpProbePorts string // the application's, comma-separated
 }
 
 func readAnnotations(ann map[string]string, c Config) (settings, error) {
@@ -284,6 +290,9 @@ func (c Config) proxyContainer(s settings) corev1.Container {
 	}
 	if s.opaque != "" {
 		args = append(args, "--opaque-ports="+s.opaque)
+	}
+	if s.tcpProbePorts != "" {
+		args = append(args, "--tcp-probe-ports="+s.tcpProbePorts)
 	}
 	probe := func(path string, failures int32) *corev1.Probe {
 		return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(AdminPort)}},

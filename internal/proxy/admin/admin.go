@@ -1,5 +1,6 @@
 // Package admin serves the proxy's admin endpoints: /metrics (Prometheus
-// text format), /ready, /live, and — to loopback clients only — POST
+// text format), /ready, /live, /probe/tcp/PORT (the application's TCP
+// probes, see tcpProbe), and — to loopback clients only — POST
 // /shutdown, Go profiles under /debug/pprof/ and the recent requests'
 // routing decisions on /debug/decisions.
 package admin
@@ -25,9 +26,10 @@ type State interface {
 }
 
 // Handler returns the admin HTTP handler; decisions (may be nil) is served
-// on /debug/decisions.
-func Handler(reg *metrics.Registry, st State, decisions *explain.Log) http.Handler {
+// on /debug/decisions, and tcpProbes are the ports /probe/tcp/ checks.
+func Handler(reg *metrics.Registry, st State, decisions *explain.Log, tcpProbes map[uint16]bool) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /probe/tcp/{port}", tcpProbe(tcpProbes))
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		reg.WriteText(w)

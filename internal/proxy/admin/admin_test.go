@@ -1,8 +1,10 @@
 package admin
 
 import (
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -21,7 +23,7 @@ func TestAdminEndpoints(t *testing.T) {
 	reg := metrics.NewRegistry()
 	reg.HTTP(metrics.Labels{Direction: "inbound"}).Request()
 	st := &fakeState{}
-	h := Handler(reg, st, nil)
+	h := Handler(reg, st, nil, nil)
 	do := func(method, path, remote string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, path, nil)
 		r.RemoteAddr = remote
@@ -50,5 +52,39 @@ func TestAdminEndpoints(t *testing.T) {
 	}
 	if w := do("POST", "/shutdown", "[::1]:1"); w.Code != 200 || st.shutdown != 1 {
 		t.Errorf("loopback POST /shutdown = %d, shutdowns %d", w.Code, st.shutdown)
+	}
+}
+
+// /probe/tcp/PORT answers whether the application listens on PORT (one of
+// those it was given), over a real admin server and a real application
+// port that opens and closes.
+func TestTCPProbe(t *testing.T) {
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ps, _ := net.SplitHostPort(app.Addr().String())
+	port, _ := strconv.Atoi(ps)
+	srv := httptest.NewServer(Handler(metrics.NewRegistry(), &fakeState{}, nil, map[uint16]bool{uint16(port): true}))
+	defer srv.Close()
+	get := func(path string) int {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := get("/probe/tcp/" + ps); c != http.StatusOK {
+		t.Errorf("listening port: %d", c)
+	}
+	app.Close()
+	if c := get("/probe/tcp/" + ps); c != http.StatusServiceUnavailable {
+		t.Errorf("closed port: %d", c)
+	}
+	for _, p := range []string{"22", "x", "70000"} {
+		if c := get("/probe/tcp/" + p); c != http.StatusNotFound {
+			t.Errorf("/probe/tcp/%s: %d; want 404", p, c)
+		}
 	}
 }

@@ -265,7 +265,7 @@ func (p *Proxy) Shutdown() { p.once.Do(func() { close(p.shutdownC) }) }
 func (p *Proxy) Run(ctx context.Context) error {
 	hard, stopAll := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAll()
-	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p, p.decisions), ReadHeaderTimeout: 10 * time.Second}
+	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p, p.decisions, p.cfg.TCPProbePorts), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, len(p.listeners)+2)
 	go func() {
 		if err := adminSrv.Serve(p.adminLn); !errors.Is(err, http.ErrServerClosed) {

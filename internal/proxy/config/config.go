@@ -76,6 +76,11 @@ type Config struct {
 	EndpointIdentities map[string]string
 	// OpaquePorts skip protocol detection: traffic to them is proxied as TCP.
 	OpaquePorts map[uint16]bool
+	// TCPProbePorts are the application ports the admin server checks on
+	// GET /probe/tcp/PORT: the injector turns a Pod's TCP probes into those,
+	// since a TCP connect to an intercepted port reaches the proxy, not the
+	// application, and would pass before the application listens.
+	TCPProbePorts map[uint16]bool
 	// DetectTimeout bounds how long the proxy waits for a client's first bytes
 	// before treating the connection as opaque TCP.
 	DetectTimeout time.Duration
@@ -169,6 +174,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	var servicePorts, workloadLabels []string
 	var failureHTTP, failureGRPC string
 	opaque := portsFlag{ports: DefaultOpaquePorts}
+	var tcpProbes portsFlag
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live; POST /shutdown, /debug/pprof and /debug/decisions answer loopback clients only")
@@ -204,6 +210,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&failureGRPC, "failure-accrual-grpc-codes", "4,13,14,15", "gRPC status codes that count as failures (default DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS)")
 	fs.DurationVar(&c.FailFast, "failfast-timeout", 3*time.Second, "how long requests wait for a service with no available endpoint before it fails fast (503)")
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
+	fs.Var(&tcpProbes, "tcp-probe-ports", "comma-separated application ports the admin server's GET /probe/tcp/PORT checks by connecting to them (Kubernetes TCP probes, rewritten by the injector)")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
 	fs.DurationVar(&c.ServerFirstDelay, "server-first-delay", 100*time.Millisecond, "how long a silent client may wait before the proxy dials the target to see if the server speaks first (0 disables)")
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", time.Second, "timeout for connecting to a target")
@@ -292,6 +299,10 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 		c.OpaquePorts = make(map[uint16]bool, len(opaque.ports))
 		for _, p := range opaque.ports {
 			c.OpaquePorts[p] = true
+		}
+		c.TCPProbePorts = make(map[uint16]bool, len(tcpProbes.ports))
+		for _, p := range tcpProbes.ports {
+			c.TCPProbePorts[p] = true
 		}
 		if err := c.Validate(); err != nil {
 			return nil, err

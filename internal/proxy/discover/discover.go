@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,7 +162,11 @@ var (
 // ErrUnresolved, ErrNoService, balance.ErrNoEndpoints or
 // balance.ErrAllEjected. The caller brackets its use with ep.Start and
 // ep.End.
-func (s *Service) Pick() (*Endpoint, error) {
+func (s *Service) Pick() (*Endpoint, error) { return s.PickOther(nil) }
+
+// PickOther is Pick among the endpoints not in tried: for a request that
+// failed on those.
+func (s *Service) PickOther(tried []*Endpoint) (*Endpoint, error) {
 	set := s.set.Load()
 	switch {
 	case set == nil:
@@ -169,11 +174,15 @@ func (s *Service) Pick() (*Endpoint, error) {
 	case !set.Exists:
 		return nil, ErrNoService
 	}
-	i, err := s.bal.Pick(len(set.Endpoints), func(i int) *balance.Endpoint { return set.Endpoints[i].Endpoint })
+	eps := set.Endpoints
+	if len(tried) > 0 {
+		eps = slices.DeleteFunc(slices.Clone(eps), func(ep *Endpoint) bool { return slices.Contains(tried, ep) })
+	}
+	i, err := s.bal.Pick(len(eps), func(i int) *balance.Endpoint { return eps[i].Endpoint })
 	if err != nil {
 		return nil, err
 	}
-	return set.Endpoints[i], nil
+	return eps[i], nil
 }
 
 // Resolve returns the watched service for authority, waiting (within ctx

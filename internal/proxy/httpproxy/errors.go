@@ -18,6 +18,22 @@ import (
 // wrong; the name follows Linkerd so existing tooling recognises it.
 const ErrorHeader = "l5d-proxy-error"
 
+// UnprocessedHeader marks a proxy's error response to a request that
+// reached no application: the upstream could not be connected to (by
+// this proxy, or — on an inbound proxy — by it to its application). The
+// outbound balance stage sends such a request to another endpoint and
+// removes the mark; responses of anything but a peer proxy never carry it
+// (the forwarder drops it from them), so an application cannot have a
+// request it processed sent again.
+const UnprocessedHeader = "Trellis-Proxy-Unprocessed"
+
+// Unprocessed reports whether err means the request never left for its
+// upstream: connecting failed, or the mTLS handshake with the peer proxy.
+func Unprocessed(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial" || errors.Is(err, mesh.ErrHandshake)
+}
+
 // reasonConnectTimeout: the upstream could not be connected to in time.
 const reasonConnectTimeout = "connect timed out"
 

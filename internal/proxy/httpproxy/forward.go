@@ -98,6 +98,9 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 			if res.Body == http.NoBody {
 				res.ContentLength = 0
 			}
+			if Peer(res.Request.Context()) == "" {
+				res.Header.Del(UnprocessedHeader) // only a peer proxy's mark counts
+			}
 			return nil
 		},
 		BufferPool:   bufferPool{},
@@ -184,6 +187,9 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 		attrs = append(attrs, "route", route, "route_kind", kind)
 	}
 	f.log.Warn("forwarding request failed", attrs...)
+	if Unprocessed(err) {
+		w.Header().Set(UnprocessedHeader, "1")
+	}
 	WriteError(w, r, status, reason)
 }
 

@@ -194,6 +194,9 @@ func (ex *h1Exchange) relay(resp *http.Response) {
 			h[k] = vs
 		}
 	}
+	if Peer(ex.r.Context()) == "" {
+		delete(h, UnprocessedHeader) // only a peer proxy's mark counts
+	}
 	if len(resp.Trailer) > 0 {
 		keys := make([]string, 0, len(resp.Trailer))
 		for k := range resp.Trailer {

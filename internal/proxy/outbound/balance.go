@@ -103,13 +103,29 @@ func (b *balancer) http() httpproxy.Layer {
 				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, reason)
 				return
 			}
-			ep.Start()
-			httpproxy.Observe(next, w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels)), func(o httpproxy.Outcome) {
-				if ep.End(o.Latency, b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())) {
-					d.Ejected(ep.Addr)
+			u := newUnprocessed(r)
+			for why := explain.Why(r.Context()); ; why = "unprocessed" {
+				ww, req := w, r
+				var uw *unprocessedWriter
+				if u != nil {
+					again := *r // shallow: the attempt's own body, nothing else
+					again.Body, again.ContentLength = u.body(r)
+					req = &again
+					uw = &unprocessedWriter{w: w, header: http.Header{}, canRetry: func() bool { return u.retry(svc, ep, r) }}
+					ww = uw
 				}
-				d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: explain.Why(r.Context())})
-			})
+				ep.Start()
+				httpproxy.Observe(next, ww, req.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels)), func(o httpproxy.Outcome) {
+					if ep.End(o.Latency, b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())) {
+						d.Ejected(ep.Addr)
+					}
+					d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: why})
+				})
+				if uw == nil || !uw.retry {
+					return
+				}
+				ep = u.next
+			}
 		})
 	}
 }

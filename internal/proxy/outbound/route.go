@@ -291,11 +291,15 @@ type recorder struct {
 	body     io.ReadCloser
 	mu       sync.Mutex
 	buf      []byte
+	read     bool // a Read has begun
 	overflow bool
 	eof      bool
 }
 
 func (rc *recorder) Read(p []byte) (int, error) {
+	rc.mu.Lock()
+	rc.read = true
+	rc.mu.Unlock()
 	n, err := rc.body.Read(p)
 	rc.mu.Lock()
 	if !rc.overflow {
@@ -318,6 +322,13 @@ func (rc *recorder) complete() bool {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	return rc.eof && !rc.overflow
+}
+
+// untouched reports whether nothing has read the body yet.
+func (rc *recorder) untouched() bool {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return !rc.read
 }
 
 func (rc *recorder) data() []byte {
