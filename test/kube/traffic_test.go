@@ -28,8 +28,19 @@ func deployDemo(t *testing.T, ns string, webReplicas int, trafficArgs ...string)
 		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Service\nmetadata: {name: %s, namespace: %s}\nspec:\n  selector: {app: %s}\n  ports: [{port: 8080, appProtocol: %s}]\n", name, ns, name, proto)
 	}
 	addr := func(name string) string { return name + "." + ns + ".svc.cluster.local:8080" }
-	deployment := func(name string, replicas int, args ...string) string {
-		return fmt.Sprintf(`---
+	b.WriteString(demoDeployment(ns, "emoji", "emoji", 2) + demoDeployment(ns, "voting", "voting", 1, "--fail-rate=0") +
+		demoDeployment(ns, "web", "web", webReplicas, "--emoji-addr="+addr("emoji"), "--voting-addr="+addr("voting")) +
+		demoDeployment(ns, "traffic", "traffic", 1, append([]string{"--web-url=http://" + addr("web")}, trafficArgs...)...))
+	kubectl(t, b.String(), "apply", "-f", "-")
+	for _, d := range []string{"emoji", "voting", "web", "traffic"} {
+		kubectl(t, "", "-n", ns, "rollout", "status", "deployment/"+d, "--timeout=180s")
+	}
+}
+
+// demoDeployment is a Deployment (and its app label) name of one demo
+// program, run as ServiceAccount program, with args.
+func demoDeployment(ns, name, program string, replicas int, args ...string) string {
+	return fmt.Sprintf(`---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: %s, namespace: %s}
@@ -50,15 +61,7 @@ spec:
         # As Kubernetes advises for rolling updates: keep serving while the
         # Pod's endpoint leaves discovery, then stop.
         lifecycle: {preStop: {sleep: {seconds: 2}}}
-`, name, ns, replicas, name, name, name, version, name, flags(args))
-	}
-	b.WriteString(deployment("emoji", 2) + deployment("voting", 1, "--fail-rate=0") +
-		deployment("web", webReplicas, "--emoji-addr="+addr("emoji"), "--voting-addr="+addr("voting")) +
-		deployment("traffic", 1, append([]string{"--web-url=http://" + addr("web")}, trafficArgs...)...))
-	kubectl(t, b.String(), "apply", "-f", "-")
-	for _, d := range []string{"emoji", "voting", "web", "traffic"} {
-		kubectl(t, "", "-n", ns, "rollout", "status", "deployment/"+d, "--timeout=180s")
-	}
+`, name, ns, replicas, name, name, program, version, program, flags(args))
 }
 
 // The demo application in a namespace annotated for injection, meshed by

@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/kubernetes"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
 	"github.com/trellis-mesh/trellis/internal/control/identity"
@@ -196,17 +198,28 @@ identity service's), and leaves certificate issuing to 'identity'.
 
 With --kubernetes it mirrors the cluster into the store: every Service (its
 ClusterIP and TCP ports) and every ready endpoint, with its ServiceAccount's
-identity when its Pod runs the proxy (in-cluster, or --kubeconfig; its
-ServiceAccount needs list and watch on services, endpointslices and pods).`,
+identity when its Pod runs the proxy, and the Gateway API HTTPRoutes and
+GRPCRoutes attached to Services, whose status it writes (in-cluster, or
+--kubeconfig; its ServiceAccount needs list and watch on services,
+endpointslices, pods, httproutes and grpcroutes, and update on their
+status).`,
 		func(o *plane.Options, log *slog.Logger) error {
 			if !kube {
 				return nil
 			}
-			client, err := auth.Client(kubeconfig)
+			cfg, err := auth.Config(kubeconfig)
 			if err != nil {
 				return fmt.Errorf("--kubernetes: %w", err)
 			}
-			m := &mirror.Mirror{Client: client, TrustDomain: o.Identity.TrustDomain, Log: log.With("component", "mirror")}
+			client, err := kubernetes.NewForConfig(cfg)
+			if err != nil {
+				return fmt.Errorf("--kubernetes: %w", err)
+			}
+			gw, err := gwclient.NewForConfig(cfg)
+			if err != nil {
+				return fmt.Errorf("--kubernetes: %w", err)
+			}
+			m := &mirror.Mirror{Client: client, Gateway: gw, TrustDomain: o.Identity.TrustDomain, Log: log.With("component", "mirror")}
 			o.Sources = append(o.Sources, func(ctx context.Context, st store.Store) error { return m.Run(ctx, st) })
 			return nil
 		})

@@ -61,16 +61,15 @@ spec: {service: echo, address: 127.0.0.1, ports: [{port: 8080, targetPort: `+clo
 	local := testkit.FreeAddr(t)
 	_, lport, _ := net.SplitHostPort(local)
 	proxy(t, p, api, "client", "--upstream=echo="+lport+":echo.default.svc.cluster.local:8080")
+	// (A streamed body goes again only when it was read whole before the
+	// answer came, which the test cannot count on.)
 	for n := range 60 {
 		body := strings.Repeat("x", n*100)
 		var req *http.Request
-		switch n % 3 {
-		case 0:
+		if n%2 == 0 {
 			req, _ = http.NewRequest(http.MethodGet, "http://"+local+"/", nil)
-		case 1: // a known length
+		} else {
 			req, _ = http.NewRequest(http.MethodPost, "http://"+local+"/", strings.NewReader(body))
-		default: // chunked
-			req, _ = http.NewRequest(http.MethodPost, "http://"+local+"/", io.MultiReader(strings.NewReader(body)))
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

@@ -19,6 +19,16 @@ import (
 // Client returns a Kubernetes client: from kubeconfig if it is set, else
 // the in-cluster configuration (a Pod's ServiceAccount).
 func Client(kubeconfig string) (kubernetes.Interface, error) {
+	cfg, err := Config(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(cfg)
+}
+
+// Config is the control plane's client configuration: from kubeconfig if
+// it is set, else the in-cluster one.
+func Config(kubeconfig string) (*rest.Config, error) {
 	var cfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -30,7 +40,7 @@ func Client(kubeconfig string) (kubernetes.Interface, error) {
 		return nil, err
 	}
 	cfg.UserAgent = "trellis-control"
-	return kubernetes.NewForConfig(cfg)
+	return cfg, nil
 }
 
 // UserConfig is the CLI's client configuration, loaded as kubectl loads

@@ -2,16 +2,18 @@
 // so the destination service (and everything else that reads the store)
 // serves a cluster unchanged: informers watch Services, EndpointSlices and
 // Pods, and every change is reconciled into the store's own kinds — a
-// Service per Kubernetes Service with meshed endpoints (its ClusterIP and
-// ports), and a Workload per ready endpoint whose Pod runs the Trellis
-// proxy (address, ports, mesh port, and the identity of its
-// ServiceAccount). Informers relist and resume on their own after watch
-// errors and API-server outages; while they do, the store keeps what it
-// has, so proxies keep their endpoints.
+// Service per Kubernetes Service (its ClusterIP and TCP ports), and a
+// Workload per ready endpoint: address and ports, and, when its Pod runs
+// the Trellis proxy, the mesh port and the identity of its ServiceAccount
+// (an endpoint without the proxy has no identity and is reached in
+// plaintext). Informers relist and resume on their own after watch errors
+// and API-server outages; while they do, the store keeps what it has, so
+// proxies keep their endpoints.
 //
-// Services without a meshed endpoint are left out: proxies reach them as
-// addressed (their ClusterIP, through kube-proxy), not as a service
-// without endpoints.
+// With the Gateway API served, HTTPRoutes and GRPCRoutes attached to
+// Services are mirrored too (the store's route kinds are the Gateway
+// API's), and each gets Trellis's status per parent Service: Accepted, or
+// not with the store's reason, and ResolvedRefs (routes.go).
 package mirror
 
 import (
@@ -21,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -31,6 +34,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
@@ -49,7 +54,10 @@ const debounce = 20 * time.Millisecond
 
 // Mirror keeps a store in step with a cluster.
 type Mirror struct {
-	Client      kubernetes.Interface
+	Client kubernetes.Interface
+	// Gateway, when set, mirrors the cluster's HTTPRoutes and GRPCRoutes
+	// too (if the API server serves them) and writes their status.
+	Gateway     gwclient.Interface
 	TrustDomain string
 	Log         *slog.Logger
 }
@@ -64,20 +72,23 @@ func (m *Mirror) Run(ctx context.Context, st store.Store) error {
 		UpdateFunc: func(any, any) { notify(kick) },
 		DeleteFunc: func(any) { notify(kick) },
 	}
-	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), pods.Informer()} {
-		if _, err := inf.AddEventHandler(handler); err != nil {
+	defer f.Shutdown()
+	if err := start(ctx, f, handler, svcs.Informer(), slices.Informer(), pods.Informer()); err != nil {
+		return err
+	}
+	lists := listers{services: svcs.Lister().List, slices: slices.Lister().List, pods: pods.Lister().List}
+	if m.Gateway != nil && m.gatewayServed() {
+		gf := gwinformers.NewSharedInformerFactory(m.Gateway, 10*time.Minute)
+		hr, gr := gf.Gateway().V1().HTTPRoutes(), gf.Gateway().V1().GRPCRoutes()
+		defer gf.Shutdown()
+		if err := start(ctx, gf, handler, hr.Informer(), gr.Informer()); err != nil {
 			return err
 		}
+		lists.routes = &routeListers{http: hr.Lister().List, grpc: gr.Lister().List}
+	} else if m.Gateway != nil {
+		m.Log.Warn("the API server does not serve the Gateway API's HTTPRoute and GRPCRoute: routes are not mirrored (trellis install --crds)")
 	}
-	f.Start(ctx.Done())
-	defer f.Shutdown()
-	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("mirror: the %v cache did not sync", typ)
-		}
-	}
-	m.Log.Info("mirroring the cluster into the store")
-	lists := listers{svcs.Lister().List, slices.Lister().List, pods.Lister().List}
+	m.Log.Info("mirroring the cluster into the store", "routes", lists.routes != nil)
 	for {
 		if err := m.reconcile(ctx, st, lists); err != nil && ctx.Err() == nil {
 			m.Log.Warn("mirroring the cluster failed; retrying", "error", err)
@@ -92,6 +103,30 @@ func (m *Mirror) Run(ctx context.Context, st store.Store) error {
 	}
 }
 
+// factory is what start needs of an informer factory (client-go's and the
+// Gateway API's).
+type factory interface {
+	Start(stop <-chan struct{})
+	WaitForCacheSync(stop <-chan struct{}) map[reflect.Type]bool
+}
+
+// start has handler told of every change of infs, starts f and waits for
+// its caches.
+func start(ctx context.Context, f factory, handler cache.ResourceEventHandler, infs ...cache.SharedIndexInformer) error {
+	for _, inf := range infs {
+		if _, err := inf.AddEventHandler(handler); err != nil {
+			return err
+		}
+	}
+	f.Start(ctx.Done())
+	for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("mirror: the %v cache did not sync", typ)
+		}
+	}
+	return nil
+}
+
 func notify(c chan struct{}) {
 	select {
 	case c <- struct{}{}:
@@ -103,16 +138,25 @@ type listers struct {
 	services func(labels.Selector) ([]*corev1.Service, error)
 	slices   func(labels.Selector) ([]*discoveryv1.EndpointSlice, error)
 	pods     func(labels.Selector) ([]*corev1.Pod, error)
+	routes   *routeListers // nil: routes are not mirrored
 }
 
-// reconcile makes the store's mirrored objects what the cluster says.
+// reconcile makes the store's mirrored objects what the cluster says, and
+// the routes' status what the store made of them.
 func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error {
 	want, err := m.desired(l)
 	if err != nil {
 		return err
 	}
+	routes, err := l.routes.routes()
+	if err != nil {
+		return err
+	}
+	for _, r := range routes {
+		want[r.key] = r.object
+	}
 	var errs []error
-	for _, kind := range []string{resources.KindService, resources.KindWorkload} {
+	for _, kind := range []string{resources.KindService, resources.KindWorkload, resources.KindHTTPRoute, resources.KindGRPCRoute} {
 		have, _, err := st.List(ctx, kind, "", nil)
 		if err != nil {
 			return err
@@ -130,17 +174,33 @@ func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error
 	for k := range want {
 		keys = append(keys, k)
 	}
-	// Services before their Workloads: a proxy asking for a ClusterIP
-	// must never learn that its service does not exist.
-	sort.Slice(keys, func(i, j int) bool {
-		return keys[i].Kind == resources.KindService && keys[j].Kind != resources.KindService
-	})
+	// Services before their Workloads, routes last: a proxy asking for a
+	// ClusterIP must never learn that its service does not exist.
+	order := map[string]int{resources.KindService: 0, resources.KindWorkload: 1, resources.KindHTTPRoute: 2, resources.KindGRPCRoute: 2}
+	sort.Slice(keys, func(i, j int) bool { return order[keys[i].Kind] < order[keys[j].Kind] })
+	applied := map[store.Key]error{} // the routes', for their status
 	for _, k := range keys {
 		if cur, err := st.Get(ctx, k); err == nil && cur.Metadata.Annotations[SourceAnnotation] != source {
 			continue // applied by hand: the operator's wins
 		}
-		if _, err := st.Apply(ctx, want[k]); err != nil {
+		_, err := st.Apply(ctx, want[k])
+		if _, isRoute := routeKinds[k.Kind]; isRoute {
+			// A route the store refuses is the user's to fix: its status
+			// says why; retrying cannot help.
+			applied[k] = err
+			continue
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("%s %s/%s: %w", k.Kind, k.Namespace, k.Name, err))
+		}
+	}
+	if len(routes) > 0 {
+		exists := func(ns, name string) bool {
+			_, ok := want[store.Key{Kind: resources.KindService, Namespace: ns, Name: name}]
+			return ok
+		}
+		if err := m.writeStatus(ctx, m.Gateway, routes, applied, exists); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

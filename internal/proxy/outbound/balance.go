@@ -109,7 +109,7 @@ func (b *balancer) http() httpproxy.Layer {
 				var uw *unprocessedWriter
 				if u != nil {
 					again := *r // shallow: the attempt's own body, nothing else
-					again.Body, again.ContentLength = u.body(r)
+					again.Body, again.ContentLength = u.attemptBody()
 					req = &again
 					uw = &unprocessedWriter{w: w, header: http.Header{}, canRetry: func() bool { return u.retry(svc, ep, r) }}
 					ww = uw

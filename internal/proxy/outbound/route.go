@@ -247,7 +247,8 @@ func newReplay(r *http.Request, wanted bool) *replay {
 	case !wanted || r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect:
 	case r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0:
 		b.whole = true
-	case r.ContentLength > 0 && r.ContentLength <= maxRetryBody:
+	case r.ContentLength > 0 && r.ContentLength <= maxRetryBody && !strings.EqualFold(r.Header.Get("Expect"), "100-continue"):
+		// (A client that asked to be told to go on is told by the upstream.)
 		buf, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
 		if err == nil && int64(len(buf)) == r.ContentLength {
 			b.whole, b.buf = true, buf
@@ -258,7 +259,7 @@ func newReplay(r *http.Request, wanted bool) *replay {
 				io.Closer
 			}{io.MultiReader(bytes.NewReader(buf), r.Body), r.Body}
 		}
-	case r.ContentLength < 0:
+	default: // streamed, or too long to hold: recorded while it streams
 		b.rec = &recorder{body: r.Body}
 	}
 	return b

@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"bytes"
 	"io"
 	"net/http"
 	"time"
@@ -26,12 +25,13 @@ const (
 // (a Pod shutting down before discovery has dropped it). Sending it again
 // is then safe whatever its method (RFC 9110 §9.2.2 is about requests a
 // server may have acted on), so it needs no retry policy or budget: only
-// a body that can be sent again — none, not read yet, or read whole within
-// maxRetryBody.
+// a body that can be sent again — none, one of a known length up to
+// maxRetryBody (read before the first attempt), or a streamed one that
+// was not read at all yet or was read whole within maxRetryBody before
+// the answer came.
 type unprocessed struct {
 	left  int
-	empty bool
-	rec   *recorder // the client's body, recorded while it streams
+	body  *replay
 	tried []*discover.Endpoint
 	next  *discover.Endpoint // the endpoint the retry goes to
 }
@@ -42,26 +42,13 @@ func newUnprocessed(r *http.Request) *unprocessed {
 	if r.Header.Get("Upgrade") != "" || r.Method == http.MethodConnect {
 		return nil
 	}
-	u := &unprocessed{left: maxUnprocessedRetries}
-	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		u.empty = true
-	} else {
-		u.rec = &recorder{body: r.Body}
-	}
-	return u
+	return &unprocessed{left: maxUnprocessedRetries, body: newReplay(r, true)}
 }
 
-// body is the request body for the next attempt: the client's own while
-// nothing of it has been read, else the recorded copy.
-func (u *unprocessed) body(r *http.Request) (io.ReadCloser, int64) {
-	if u.empty || u.rec.untouched() {
-		if u.rec != nil {
-			return u.rec, r.ContentLength
-		}
-		return r.Body, r.ContentLength
-	}
-	data := u.rec.data()
-	return io.NopCloser(bytes.NewReader(data)), int64(len(data))
+// attemptBody is the request body for the next attempt: the client's own
+// (recorded) while nothing of it has been read, else a replay.
+func (u *unprocessed) attemptBody() (io.ReadCloser, int64) {
+	return u.body.next(u.body.rec != nil && u.body.rec.untouched())
 }
 
 // retry decides, when the attempt to ep was answered unprocessed, whether
@@ -70,7 +57,7 @@ func (u *unprocessed) body(r *http.Request) (io.ReadCloser, int64) {
 // a single replica the old Pod's application may stop before discovery
 // brings the new Pod.
 func (u *unprocessed) retry(svc *discover.Service, ep *discover.Endpoint, r *http.Request) bool {
-	if u.left == 0 || r.Context().Err() != nil || !(u.empty || u.rec.untouched() || u.rec.complete()) {
+	if u.left == 0 || r.Context().Err() != nil || !(u.body.replayable() || u.body.rec != nil && u.body.rec.untouched()) {
 		return false
 	}
 	u.tried = append(u.tried, ep)
