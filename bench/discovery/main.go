@@ -6,8 +6,17 @@
 // memory. The baseline, measured in the same run, is the same change with
 // one service, one workload and one watcher.
 //
+// With -kubeconfig the endpoints are a Kubernetes cluster's instead: the
+// control plane is `trellis-control destination --kubernetes` on this
+// machine, mirroring the cluster's API server; each service is a Service
+// without a selector with one EndpointSlice, and a change is an endpoint
+// added to or removed from the slice — from the API server's write to
+// every watcher updated. No Pod runs: the slices' endpoints are the
+// workloads.
+//
 //	go run ./bench/discovery                      # 1,000 workloads, 100 services, 500 watchers
 //	go run ./bench/discovery -changes 500 -json out.json
+//	go run ./bench/discovery -kubeconfig $(test/kube/cluster.sh kubeconfig)
 package main
 
 import (
@@ -46,6 +55,7 @@ func main() {
 	changes := flag.Int("changes", 200, "registration changes measured (each adds or removes one workload)")
 	control := flag.String("control", "", "trellis-control binary (default: go build ./cmd/trellis-control)")
 	jsonOut := flag.String("json", "", "also write the results as JSON to this file")
+	kubeconfig := flag.String("kubeconfig", "", "benchmark the Kubernetes mirror: endpoints written to this cluster's API server")
 	flag.Parse()
 	if *services < 1 || *workloads < *services || *watchers < *services || *changes < 1 || *workloads / *services + *changes / *services > 250 || *changes > 250 {
 		log.Fatal("need workloads >= services >= 1, watchers >= services, 1 <= changes <= 250, and at most 250 workloads per service")
@@ -63,10 +73,14 @@ func main() {
 		}
 	}
 
-	base := run(*control, filepath.Join(dir, "baseline"), 1, 1, 1, *changes)
-	loaded := run(*control, filepath.Join(dir, "loaded"), *workloads, *services, *watchers, *changes)
+	base := run(*control, *kubeconfig, filepath.Join(dir, "baseline"), "bench-baseline", 1, 1, 1, *changes)
+	loaded := run(*control, *kubeconfig, filepath.Join(dir, "loaded"), "bench-loaded", *workloads, *services, *watchers, *changes)
 
-	fmt.Printf("\n### Discovery: registration change → every watcher of the service updated\n\n")
+	what := "registration change"
+	if *kubeconfig != "" {
+		what = "EndpointSlice change (Kubernetes)"
+	}
+	fmt.Printf("\n### Discovery: %s → every watcher of the service updated\n\n", what)
 	fmt.Printf("| scenario | watchers updated per change | p50 | p99 | max | control plane RSS | peak RSS |\n|---|---|---|---|---|---|---|\n")
 	for _, r := range []result{base, loaded} {
 		fmt.Printf("| %s | %d | %s | %s | %s | %.1f MiB | %.1f MiB |\n", r.Name, r.PerChange, ms(r.P50), ms(r.P99), ms(r.Max), r.RSSMiB, r.PeakRSSMiB)
@@ -101,12 +115,27 @@ type result struct {
 	PeakRSSMiB float64
 }
 
-// run measures one scenario against a fresh control plane.
-func run(control, dataDir string, workloads, services, watchers, changes int) result {
+// source is where the endpoints are written: the control plane's local
+// API, or a cluster's API server.
+type source interface {
+	// setup writes services with perService endpoints each.
+	setup(ctx context.Context, services, perService int)
+	add(ctx context.Context, s, w int)
+	remove(ctx context.Context, s, w int)
+}
+
+// run measures one scenario against a fresh control plane, whose
+// endpoints come from the cluster of kubeconfig if it is set.
+func run(control, kubeconfig, dataDir, ns string, workloads, services, watchers, changes int) result {
 	name := fmt.Sprintf("%d workloads, %d services, %d watchers", workloads, services, watchers)
 	log.Printf("scenario: %s", name)
 	ctl, admin := freePort(), freePort()
-	cp := exec.Command(control, "--log-level=warn", "all", "--data-dir="+dataDir, "--addr="+ctl, "--admin-addr="+admin)
+	args := []string{"--log-level=warn", "all", "--data-dir=" + dataDir, "--addr=" + ctl, "--admin-addr=" + admin}
+	if kubeconfig != "" {
+		args = []string{"--log-level=warn", "destination", "--kubernetes", "--kubeconfig=" + kubeconfig, "--data-dir=" + dataDir,
+			"--addr=" + ctl, "--admin-addr=" + admin}
+	}
+	cp := exec.Command(control, args...)
 	cp.Stderr = os.Stderr
 	if err := cp.Start(); err != nil {
 		log.Fatal(err)
@@ -122,19 +151,16 @@ func run(control, dataDir string, workloads, services, watchers, changes int) re
 			log.Fatal("the control plane did not start")
 		}
 	}
+	var src source = localSource{api: api, ns: ns}
+	if kubeconfig != "" {
+		ks := newKubeSource(kubeconfig, ns)
+		defer ks.close()
+		src = ks
+	}
 
 	log.Printf("registering %d workloads", workloads)
 	perService := workloads / services
-	for s := range services {
-		var batch []store.Resource
-		batch = append(batch, serviceResource(s))
-		for w := range perService {
-			batch = append(batch, workloadResource(s, w))
-		}
-		if _, err := api.Apply(ctx, batch); err != nil {
-			log.Fatal(err)
-		}
-	}
+	src.setup(ctx, services, perService)
 
 	log.Printf("opening %d watching streams", watchers)
 	anchors := x509.NewCertPool()
@@ -147,7 +173,7 @@ func run(control, dataDir string, workloads, services, watchers, changes int) re
 	byService := map[int][]*watcher{}
 	for i := range ws {
 		s := i % services
-		ws[i] = watch(ctx, ctl, creds, s)
+		ws[i] = watch(ctx, ctl, creds, ns, s)
 		byService[s] = append(byService[s], ws[i])
 	}
 	for _, w := range ws {
@@ -159,17 +185,12 @@ func run(control, dataDir string, workloads, services, watchers, changes int) re
 	for i := range changes {
 		s := i % services
 		w := perService + i/services // a workload index that does not exist yet ...
-		res := workloadResource(s, w)
 		addr := endpointAddr(s, w)
 		start := time.Now()
-		if _, err := api.Apply(ctx, []store.Resource{res}); err != nil {
-			log.Fatal(err)
-		}
+		src.add(ctx, s, w)
 		lat = append(lat, waitAll(byService[s], func(set map[string]bool) bool { return set[addr] }, start))
 		start = time.Now() // ... and remove it again
-		if err := api.Delete(ctx, res.Key()); err != nil {
-			log.Fatal(err)
-		}
+		src.remove(ctx, s, w)
 		lat = append(lat, waitAll(byService[s], func(set map[string]bool) bool { return !set[addr] }, start))
 	}
 	slices.Sort(lat)
@@ -179,6 +200,37 @@ func run(control, dataDir string, workloads, services, watchers, changes int) re
 	}
 	return result{Name: name, Workloads: workloads, Services: services, Watchers: watchers, PerChange: len(byService[0]),
 		P50: lat[len(lat)/2], P99: lat[len(lat)*99/100], Max: lat[len(lat)-1], RSSMiB: float64(rss) / 1024, PeakRSSMiB: float64(peak) / 1024}
+}
+
+// localSource registers workloads through the control plane's local API.
+type localSource struct {
+	api *localapi.Client
+	ns  string
+}
+
+func (l localSource) setup(ctx context.Context, services, perService int) {
+	for s := range services {
+		batch := []store.Resource{serviceResource(l.ns, s)}
+		for w := range perService {
+			batch = append(batch, workloadResource(l.ns, s, w))
+		}
+		if _, err := l.api.Apply(ctx, batch); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+func (l localSource) add(ctx context.Context, s, w int) {
+	if _, err := l.api.Apply(ctx, []store.Resource{workloadResource(l.ns, s, w)}); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func (l localSource) remove(ctx context.Context, s, w int) {
+	res := workloadResource(l.ns, s, w)
+	if err := l.api.Delete(ctx, res.Key()); err != nil {
+		log.Fatal(err)
+	}
 }
 
 // waitAll returns how long after start every watcher satisfied ok.
@@ -192,21 +244,21 @@ func waitAll(ws []*watcher, ok func(map[string]bool) bool, start time.Time) time
 	return last.Sub(start)
 }
 
-func serviceResource(s int) store.Resource {
+func serviceResource(ns string, s int) store.Resource {
 	spec, _ := json.Marshal(resources.ServiceSpec{Ports: []resources.ServicePort{{Port: 8080}}})
 	return store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService, Spec: spec,
-		Metadata: store.Metadata{Name: fmt.Sprintf("svc-%d", s), Namespace: "bench"}}
+		Metadata: store.Metadata{Name: fmt.Sprintf("svc-%d", s), Namespace: ns}}
 }
 
 // endpointAddr is workload w of service s's address (w < 254).
 func endpointAddr(s, w int) string { return fmt.Sprintf("10.%d.%d.%d:8080", s/250, s%250, w+1) }
 
-func workloadResource(s, w int) store.Resource {
+func workloadResource(ns string, s, w int) store.Resource {
 	host, _, _ := net.SplitHostPort(endpointAddr(s, w))
-	spec, _ := json.Marshal(resources.WorkloadSpec{Service: fmt.Sprintf("svc-%d", s), Identity: "spiffe://cluster.local/ns/bench/sa/svc",
+	spec, _ := json.Marshal(resources.WorkloadSpec{Service: fmt.Sprintf("svc-%d", s), Identity: "spiffe://cluster.local/ns/" + ns + "/sa/svc",
 		Address: host, Ports: []resources.WorkloadPort{{Port: 8080, TargetPort: 8080}}, MeshPort: 4143})
 	return store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindWorkload, Spec: spec,
-		Metadata: store.Metadata{Name: fmt.Sprintf("svc-%d-%d", s, w), Namespace: "bench"}}
+		Metadata: store.Metadata{Name: fmt.Sprintf("svc-%d-%d", s, w), Namespace: ns}}
 }
 
 // watcher is one proxy's stream for one service.
@@ -219,14 +271,14 @@ type watcher struct {
 	err  error
 }
 
-func watch(ctx context.Context, addr string, creds credentials.TransportCredentials, s int) *watcher {
+func watch(ctx context.Context, addr string, creds credentials.TransportCredentials, ns string, s int) *watcher {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		log.Fatal(err)
 	}
 	w := &watcher{conn: conn, set: map[string]bool{}}
 	w.cond = sync.NewCond(&w.mu)
-	stream, err := destinationv1.NewDestinationClient(conn).Get(ctx, &destinationv1.GetDestination{Authority: fmt.Sprintf("svc-%d.bench.svc.cluster.local:8080", s)})
+	stream, err := destinationv1.NewDestinationClient(conn).Get(ctx, &destinationv1.GetDestination{Authority: fmt.Sprintf("svc-%d.%s.svc.cluster.local:8080", s, ns)})
 	if err != nil {
 		log.Fatal(err)
 	}

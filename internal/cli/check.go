@@ -12,8 +12,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/kube/check"
 )
 
-func checkCmd() *cobra.Command {
-	var k kubeFlags
+func checkCmd(k *kubeFlags) *cobra.Command {
 	var pre, proxy bool
 	var wait time.Duration
 	env := check.Env{Version: buildinfo.String(), Now: time.Now}
@@ -54,7 +53,6 @@ are retried until --wait runs out.`,
 			return nil
 		},
 	}
-	k.bind(cmd)
 	f := cmd.Flags()
 	f.BoolVar(&pre, "pre", false, "check that Trellis can be installed, instead")
 	f.BoolVar(&proxy, "proxy", false, "also check every meshed Pod's proxy")

@@ -32,21 +32,24 @@ or ~/.trellis.`,
 		SilenceErrors: true,
 	}
 	dataDir := root.PersistentFlags().String("data-dir", up.DataDir(), "the local control plane's data directory")
+	kube := &kubeFlags{}
+	kube.bind(root)
+	t := &target{dataDir: dataDir, kube: kube}
 	root.AddGroup(&cobra.Group{ID: "local", Title: "Local mode:"}, &cobra.Group{ID: "resources", Title: "Resources:"},
 		&cobra.Group{ID: "observe", Title: "Observability:"}, &cobra.Group{ID: "kubernetes", Title: "Kubernetes:"})
 	for _, c := range []*cobra.Command{upCmd(dataDir), downCmd(dataDir), statusCmd(dataDir), runCmd(dataDir), demoCmd()} {
 		c.GroupID = "local"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{applyCmd(dataDir), getCmd(dataDir), deleteCmd(dataDir)} {
+	for _, c := range []*cobra.Command{applyCmd(dataDir), getCmd(t), deleteCmd(dataDir)} {
 		c.GroupID = "resources"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{statCmd(dataDir), routesCmd(dataDir), edgesCmd(dataDir), topCmd(dataDir), tapCmd(dataDir), diagnosticsCmd(dataDir), prometheusConfigCmd(dataDir)} {
+	for _, c := range []*cobra.Command{statCmd(t), routesCmd(t), edgesCmd(t), topCmd(t), tapCmd(t), diagnosticsCmd(t), prometheusConfigCmd(dataDir)} {
 		c.GroupID = "observe"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{installCmd(), checkCmd(), upgradeCmd(), uninstallCmd(), injectCmd(), uninjectCmd()} {
+	for _, c := range []*cobra.Command{installCmd(), checkCmd(kube), upgradeCmd(kube), uninstallCmd(), injectCmd(), uninjectCmd()} {
 		c.GroupID = "kubernetes"
 		root.AddCommand(c)
 	}

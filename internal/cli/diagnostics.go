@@ -13,7 +13,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 )
 
-func diagnosticsCmd(dataDir *string) *cobra.Command {
+func diagnosticsCmd(t *target) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "diagnostics",
 		Short: "Inspect the mesh's components",
@@ -29,7 +29,11 @@ on its admin port.`,
   trellis diagnostics proxy-metrics web | grep response_total`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			api := apiClient(*dataDir)
+			api, done, err := t.api(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
 			items, err := api.List(cmd.Context(), resources.KindWorkload, namespace)
 			if err != nil {
 				return err

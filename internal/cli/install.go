@@ -22,10 +22,15 @@ import (
 // kubeFlags are how a command reaches a cluster, as kubectl's.
 type kubeFlags struct{ kubeconfig, context string }
 
+// bind makes them flags of every command (install, check and upgrade use
+// them; the commands that read the mesh switch to the cluster with them).
 func (k *kubeFlags) bind(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
-	cmd.Flags().StringVar(&k.context, "context", "", "kubeconfig context (default the current one)")
+	cmd.PersistentFlags().StringVar(&k.kubeconfig, "kubeconfig", "", "Kubernetes: kubeconfig file (default $KUBECONFIG, else ~/.kube/config); stat, routes, edges, top, tap, get and diagnostics then read the cluster's mesh")
+	cmd.PersistentFlags().StringVar(&k.context, "context", "", "Kubernetes: kubeconfig context (default the current one); as --kubeconfig")
 }
+
+// set reports whether either was given: the cluster, not the local mesh.
+func (k *kubeFlags) set() bool { return k.kubeconfig != "" || k.context != "" }
 
 func (k *kubeFlags) client() (kubernetes.Interface, error) {
 	cfg, err := auth.UserConfig(k.kubeconfig, k.context)
@@ -153,9 +158,8 @@ values gives the same objects.`,
 	return cmd
 }
 
-func upgradeCmd() *cobra.Command {
+func upgradeCmd(k *kubeFlags) *cobra.Command {
 	var r renderFlags
-	var k kubeFlags
 	cmd := &cobra.Command{
 		Use:   "upgrade",
 		Short: "Print the manifests that upgrade the Trellis control plane in a cluster",
@@ -186,7 +190,6 @@ their version until the Pods restart (kubectl rollout restart).`,
 		},
 	}
 	r.bind(cmd, false)
-	k.bind(cmd)
 	return cmd
 }
 

@@ -143,7 +143,7 @@ func readResources(cmd *cobra.Command, file, namespace string) ([]store.Resource
 	}
 }
 
-func getCmd(dataDir *string) *cobra.Command {
+func getCmd(t *target) *cobra.Command {
 	var namespace, output string
 	var all bool
 	cmd := &cobra.Command{
@@ -166,7 +166,11 @@ prints the objects as stored.`,
 			default:
 				return fmt.Errorf("-o %q: must be table, wide, yaml or json", output)
 			}
-			api := apiClient(*dataDir)
+			api, done, err := t.api(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
 			if len(args) == 2 {
 				r, err := api.Get(cmd.Context(), store.Key{Kind: kind, Namespace: namespace, Name: args[1]})
 				if err != nil {

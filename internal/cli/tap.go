@@ -40,7 +40,7 @@ func (f *tapFlags) bind(cmd *cobra.Command) {
 
 // stream opens the tap of target (KIND/NAME) and calls each with every
 // event until the stream, or f.duration, ends.
-func (f *tapFlags) stream(ctx context.Context, dataDir, target string, each func(tap.Event)) error {
+func (f *tapFlags) stream(ctx context.Context, t *target, target string, each func(tap.Event)) error {
 	if !strings.Contains(target, "/") {
 		return fmt.Errorf("%q: give the target as KIND/NAME, e.g. workload/web, service/web or pod/web-0", target)
 	}
@@ -61,7 +61,12 @@ func (f *tapFlags) stream(ctx context.Context, dataDir, target string, each func
 		ctx, cancel = context.WithTimeout(ctx, f.duration)
 		defer cancel()
 	}
-	body, err := apiClient(dataDir).Stream(ctx, "/v1/tap?"+q.Encode())
+	api, done, err := t.api(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	body, err := api.Stream(ctx, "/v1/tap?"+q.Encode())
 	if err != nil {
 		return err
 	}
@@ -91,7 +96,7 @@ func (f *tapFlags) stream(ctx context.Context, dataDir, target string, each func
 	return nil
 }
 
-func tapCmd(dataDir *string) *cobra.Command {
+func tapCmd(t *target) *cobra.Command {
 	var f tapFlags
 	var output string
 	cmd := &cobra.Command{
@@ -114,7 +119,7 @@ one JSON object per line.`,
 			}
 			out := cmd.OutOrStdout()
 			var werr error
-			err := f.stream(cmd.Context(), *dataDir, args[0], func(ev tap.Event) {
+			err := f.stream(cmd.Context(), t, args[0], func(ev tap.Event) {
 				if werr != nil {
 					return
 				}
@@ -166,7 +171,7 @@ func tapLine(ev tap.Event, wide bool) string {
 	return ev.Type + " " + head
 }
 
-func topCmd(dataDir *string) *cobra.Command {
+func topCmd(t *target) *cobra.Command {
 	var f tapFlags
 	var every time.Duration
 	cmd := &cobra.Command{
@@ -182,21 +187,21 @@ when the tap ends (give --duration).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			out := cmd.OutOrStdout()
-			t := newTopTable()
+			table := newTopTable()
 			live := isTerminal(out)
 			last := time.Now()
-			err := f.stream(cmd.Context(), *dataDir, args[0], func(ev tap.Event) {
-				t.add(ev)
+			err := f.stream(cmd.Context(), t, args[0], func(ev tap.Event) {
+				table.add(ev)
 				if live && time.Since(last) >= every {
 					last = time.Now()
 					fmt.Fprint(out, "\033[H\033[2J")
-					t.print(out, 30)
+					table.print(out, 30)
 				}
 			})
 			if live {
 				fmt.Fprint(out, "\033[H\033[2J")
 			}
-			t.print(out, 30)
+			table.print(out, 30)
 			return err
 		},
 	}

@@ -66,7 +66,7 @@ func (f *vizFlags) query() (url.Values, error) {
 	return q, nil
 }
 
-func statCmd(dataDir *string) *cobra.Command {
+func statCmd(t *target) *cobra.Command {
 	var f vizFlags
 	cmd := &cobra.Command{
 		Use:   "stat [KIND] [NAME]",
@@ -101,7 +101,12 @@ resources; --to Y what the resources' proxies sent to Y.`,
 			var res struct {
 				Rows []metricsapi.StatRow `json:"rows"`
 			}
-			if err := apiClient(*dataDir).Query(cmd.Context(), "/v1/stat?"+q.Encode(), &res); err != nil {
+			api, done, err := t.api(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := api.Query(cmd.Context(), "/v1/stat?"+q.Encode(), &res); err != nil {
 				return err
 			}
 			return render(cmd.OutOrStdout(), f.output, res.Rows, func(w io.Writer) { printStat(w, res.Rows, f.all, f.output == "wide") })
@@ -127,7 +132,7 @@ func kindAndName(args []string) (kind, name string, err error) {
 	return kind, args[1], err
 }
 
-func routesCmd(dataDir *string) *cobra.Command {
+func routesCmd(t *target) *cobra.Command {
 	var f vizFlags
 	cmd := &cobra.Command{
 		Use:   "routes SERVICE",
@@ -162,7 +167,12 @@ timeouts, per request.`,
 			var res struct {
 				Rows []metricsapi.RouteRow `json:"rows"`
 			}
-			if err := apiClient(*dataDir).Query(cmd.Context(), "/v1/routes?"+q.Encode(), &res); err != nil {
+			api, done, err := t.api(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := api.Query(cmd.Context(), "/v1/routes?"+q.Encode(), &res); err != nil {
 				return err
 			}
 			return render(cmd.OutOrStdout(), f.output, res.Rows, func(w io.Writer) { printRoutes(w, res.Rows, f.output == "wide") })
@@ -175,7 +185,7 @@ timeouts, per request.`,
 	return cmd
 }
 
-func edgesCmd(dataDir *string) *cobra.Command {
+func edgesCmd(t *target) *cobra.Command {
 	var f vizFlags
 	cmd := &cobra.Command{
 		Use:   "edges [workload]",
@@ -200,7 +210,12 @@ TLS; -o wide adds the identity the destination saw the source present
 			var res struct {
 				Rows []metricsapi.Edge `json:"rows"`
 			}
-			if err := apiClient(*dataDir).Query(cmd.Context(), "/v1/edges?"+q.Encode(), &res); err != nil {
+			api, done, err := t.api(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer done()
+			if err := api.Query(cmd.Context(), "/v1/edges?"+q.Encode(), &res); err != nil {
 				return err
 			}
 			return render(cmd.OutOrStdout(), f.output, res.Rows, func(w io.Writer) { printEdges(w, res.Rows, f.output == "wide") })

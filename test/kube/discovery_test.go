@@ -20,6 +20,7 @@ func TestDeletedPodLeavesDiscoveryWithin2s(t *testing.T) {
 	needCluster(t)
 	anchors := identityService(t)
 	t.Cleanup(func() { diagnose(t, "discovery") })
+	dropNamespaces(t, "discovery")
 	kubectl(t, `apiVersion: v1
 kind: Namespace
 metadata: {name: discovery}

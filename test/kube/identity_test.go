@@ -157,6 +157,7 @@ func craftedToken(t *testing.T, ns, sa, uid string, exp time.Time) []byte {
 func TestIdentityFromServiceAccountTokens(t *testing.T) {
 	needCluster(t)
 	anchors := identityService(t)
+	dropNamespaces(t, "idtest")
 	kubectl(t, "apiVersion: v1\nkind: Namespace\nmetadata: {name: idtest}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: idtest}\n---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {name: api, namespace: idtest}\n", "apply", "-f", "-")
 	web := "spiffe://cluster.local/ns/idtest/sa/web"
 

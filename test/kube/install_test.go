@@ -64,7 +64,9 @@ func identityService(t *testing.T) string {
 	}
 	issuer := writeIssuer(t, dir, anchor, 0)
 	kubectl(t, mustTrellis(t, "install", "--crds"), "apply", "-f", "-")
+	// The test node has two CPUs for every test's Pods: small requests.
 	kubectl(t, mustTrellis(t, "install", "--image-version", version, "--image-pull-policy", "Never",
+		"--set", "proxy.cpuRequest=10m", "--set", "resources.requests.cpu=10m",
 		"--identity-trust-anchors-file", filepath.Join(dir, "ca.crt"), "--identity-issuer-certificate-file", issuer[0],
 		"--identity-issuer-key-file", issuer[1]), "apply", "-f", "-")
 	applied := time.Now()
@@ -130,7 +132,8 @@ func TestCheckNamesWhatIsWrong(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		kubectl(t, mustTrellis(t, "upgrade", "--image-version", version, "--image-pull-policy", "Never"), "apply", "-f", "-")
+		kubectl(t, mustTrellis(t, "upgrade", "--image-version", version, "--image-pull-policy", "Never",
+			"--set", "proxy.cpuRequest=10m", "--set", "resources.requests.cpu=10m"), "apply", "-f", "-")
 		cm, err := client.CoreV1().ConfigMaps("trellis").Get(ctx, "trellis-trust-anchors", metav1.GetOptions{})
 		if err != nil || cm.Data["ca.crt"] != anchors {
 			t.Fatalf("after upgrade the trust anchors changed (%v)", err)
@@ -193,7 +196,7 @@ func TestCheckNamesWhatIsWrong(t *testing.T) {
 			t.Fatal(err)
 		}
 		kubectl(t, out.String(), "apply", "-f", "-")
-		t.Cleanup(func() { kubectl(t, "", "delete", "namespace", "broken", "--wait=false") })
+		dropNamespaces(t, "broken")
 		checkFails(t, []string{"--proxy"}, "× every meshed Pod's proxy is ready", "broken/lost: proxy")
 	})
 }

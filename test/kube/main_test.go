@@ -138,6 +138,21 @@ func kubectl(t *testing.T, stdin string, args ...string) string {
 	return string(out)
 }
 
+// dropNamespaces deletes the test's namespaces when it ends, unless it
+// failed (diagnose shows them; the cluster goes at the end anyway): the
+// single node's CPU is shared by every test's Pods.
+func dropNamespaces(t *testing.T, namespaces ...string) {
+	t.Helper()
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		for _, ns := range namespaces {
+			kubectl(t, "", "delete", "namespace", ns, "--wait=false")
+		}
+	})
+}
+
 // diagnose logs what a failed test needs to see of namespace ns: its Pods,
 // their events and every container's log.
 func diagnose(t *testing.T, ns string) {

@@ -44,6 +44,7 @@ func TestInjectedPodRunsWithItsIdentity(t *testing.T) {
 	needCluster(t)
 	anchors := identityService(t)
 	t.Cleanup(func() { diagnose(t, "demo") })
+	dropNamespaces(t, "demo")
 	applyInjected(t, anchors, `apiVersion: v1
 kind: Namespace
 metadata: {name: demo}
@@ -131,6 +132,7 @@ func TestJobCompletesWithItsSidecar(t *testing.T) {
 	needCluster(t)
 	anchors := identityService(t)
 	t.Cleanup(func() { diagnose(t, "jobs") })
+	dropNamespaces(t, "jobs")
 	applyInjected(t, anchors, `apiVersion: v1
 kind: Namespace
 metadata: {name: jobs}

@@ -1,12 +1,15 @@
 package kube
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
@@ -17,6 +20,7 @@ import (
 // generator's flags. It returns once every Deployment is rolled out.
 func deployDemo(t *testing.T, ns string, webReplicas int, trafficArgs ...string) {
 	t.Helper()
+	dropNamespaces(t, ns)
 	var b strings.Builder
 	fmt.Fprintf(&b, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  annotations: {trellis.dev/inject: enabled}\n", ns)
 	for _, name := range []string{"web", "emoji", "voting", "traffic"} {
@@ -185,4 +189,77 @@ func trafficSince(t *testing.T, ns string, t0 time.Time) (sent, ok int) {
 		}
 	}
 	return sent, ok
+}
+
+// The CLI reads the cluster's mesh as it reads a local one: stat shows
+// the demo's Deployments meshed, with traffic and their success rate;
+// edges shows every hop secured with the ServiceAccounts' identities; tap
+// streams web's live requests — all through the destination service's
+// read-only API, port-forwarded by the API server.
+func TestCLIReadsTheClusterMesh(t *testing.T) {
+	needCluster(t)
+	identityService(t)
+	t.Cleanup(func() { diagnose(t, "cli"); diagnose(t, "trellis") })
+	deployDemo(t, "cli", 1, "--rps=20")
+	id := func(sa string) string { return "spiffe://cluster.local/ns/cli/sa/" + sa }
+	deadline := time.Now().Add(90 * time.Second) // a few scrapes
+	for {
+		var rows []metricsapi.StatRow
+		var edges []metricsapi.Edge
+		problems := cliJSON(t, &rows, "stat", "-n", "cli", "-t", "30s", "-o", "json")
+		problems = append(problems, cliJSON(t, &edges, "edges", "-n", "cli", "-t", "30s", "-o", "json")...)
+		got := map[string]metricsapi.StatRow{}
+		for _, r := range rows {
+			got[r.Name] = r
+		}
+		for _, name := range []string{"web", "emoji", "voting"} {
+			r := got[name]
+			if r.Meshed == 0 || r.Meshed != r.Instances || r.RPS <= 0 || r.Success == nil || *r.Success < 0.99 {
+				problems = append(problems, fmt.Sprintf("stat %s: %+v", name, r))
+			}
+		}
+		want := map[string]bool{"traffic>web": true, "web>emoji": true, "web>voting": true}
+		for _, e := range edges {
+			if want[e.Src+">"+e.Dst] && e.Secured && e.ClientID == id(e.Src) && e.ServerID == id(e.Dst) {
+				delete(want, e.Src+">"+e.Dst)
+			}
+		}
+		if len(want) > 0 {
+			problems = append(problems, fmt.Sprintf("edges lack %v: %+v", want, edges))
+		}
+		if len(problems) == 0 {
+			w := got["web"]
+			t.Logf("trellis stat: web %d/%d meshed, success %.3f, %.1f rps, p99 %.1f ms", w.Meshed, w.Instances, *w.Success, w.RPS, *w.LatencyP99)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CLI never showed the cluster's traffic: %s", strings.Join(problems, "; "))
+		}
+		time.Sleep(3 * time.Second)
+	}
+	out, err := trellis(t, "", "tap", "deploy/web", "-n", "cli", "--duration", "5s", "--kubeconfig", kubeconfig)
+	if err != nil || !strings.Contains(out, ":path=/api/") {
+		t.Fatalf("tap deploy/web: %v\n%s", err, out)
+	}
+	t.Logf("tap, first lines:\n%s", strings.Join(strings.SplitN(out, "\n", 4)[:3], "\n"))
+}
+
+// cliJSON runs the CLI against the cluster with -o json and decodes its
+// rows into v; it returns what went wrong.
+func cliJSON(t *testing.T, v any, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command(trellisBin, append(args, "--kubeconfig", kubeconfig)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return []string{fmt.Sprintf("trellis %s: %v: %s", strings.Join(args, " "), err, stderr.String())}
+	}
+	var res struct {
+		Rows json.RawMessage `json:"rows"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil || json.Unmarshal(res.Rows, v) != nil {
+		return []string{fmt.Sprintf("trellis %s: not rows of JSON: %v: %s", strings.Join(args, " "), err, out)}
+	}
+	return nil
 }

@@ -19,6 +19,7 @@ func TestInjectorWebhookMeshesAnnotatedNamespaces(t *testing.T) {
 	needCluster(t)
 	identityService(t)
 	t.Cleanup(func() { diagnose(t, "trellis"); diagnose(t, "auto") })
+	dropNamespaces(t, "auto", "plain")
 	kubectl(t, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: auto\n  annotations: {trellis.dev/inject: enabled}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: plain}\n", "apply", "-f", "-")
 	pod := func(ns, name, annotations string) string {
 		return "apiVersion: v1\nkind: Pod\nmetadata:\n  name: " + name + "\n  namespace: " + ns + "\n  annotations: {" + annotations + "}\nspec:\n  containers:\n  - {name: app, image: localhost/pause:3.10, imagePullPolicy: Never}\n"

@@ -40,6 +40,18 @@ func NewClient(path string) *Client {
 	}}}
 }
 
+// NewTCPClient returns a client for the read-only API at a TCP address
+// (--view-addr, reached through a port-forward in Kubernetes); where names
+// it in errors.
+func NewTCPClient(addr, where string) *Client {
+	return &Client{socket: where, http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", addr)
+		},
+	}}}
+}
+
 // CallError is an error the API answered with.
 type CallError struct {
 	Status int

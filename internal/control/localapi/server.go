@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -96,35 +97,59 @@ func Listen(path string, cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, ln: ln}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", s.status)
-	mux.HandleFunc("GET /v1/resources/{kind}", s.list)
-	mux.HandleFunc("GET /v1/resources/{kind}/{namespace}/{name}", s.get)
-	mux.HandleFunc("PUT /v1/resources", s.apply)
-	mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", s.delete)
-	mux.HandleFunc("POST /v1/join-tokens", s.joinToken)
-	mux.HandleFunc("POST /v1/addresses", s.allocate)
-	mux.HandleFunc("DELETE /v1/addresses/{owner}", s.release)
-	mux.HandleFunc("POST /v1/shutdown", s.shutdown)
-	for pattern, h := range cfg.Mount {
-		mux.Handle(pattern, h)
-	}
+	s.route(mux, false)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
 }
 
+// route registers the API's calls on mux; readOnly leaves out every call
+// that changes the mesh, mints a token or stops the control plane, and
+// mounted handlers of other methods than GET.
+func (s *Server) route(mux *http.ServeMux, readOnly bool) {
+	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("GET /v1/resources/{kind}", s.list)
+	mux.HandleFunc("GET /v1/resources/{kind}/{namespace}/{name}", s.get)
+	if !readOnly {
+		mux.HandleFunc("PUT /v1/resources", s.apply)
+		mux.HandleFunc("DELETE /v1/resources/{kind}/{namespace}/{name}", s.delete)
+		mux.HandleFunc("POST /v1/join-tokens", s.joinToken)
+		mux.HandleFunc("POST /v1/addresses", s.allocate)
+		mux.HandleFunc("DELETE /v1/addresses/{owner}", s.release)
+		mux.HandleFunc("POST /v1/shutdown", s.shutdown)
+	}
+	for pattern, h := range s.cfg.Mount {
+		if !readOnly || strings.HasPrefix(pattern, "GET ") {
+			mux.Handle(pattern, h)
+		}
+	}
+}
+
+// View is the read-only part of the API (status, resources, metrics,
+// tap), for a listener other than the socket: in Kubernetes, the CLI
+// reaches it through a port-forward, which the API server authorizes.
+func (s *Server) View() http.Handler {
+	mux := http.NewServeMux()
+	s.route(mux, true)
+	return mux
+}
+
 // Serve answers until ctx ends; streaming calls (tap) end with it.
-func (s *Server) Serve(ctx context.Context) error {
-	s.srv.BaseContext = func(net.Listener) context.Context { return ctx }
+func (s *Server) Serve(ctx context.Context) error { return ServeUntil(ctx, s.srv, s.ln, "local API") }
+
+// ServeUntil serves srv on ln until ctx ends, then shuts it down (streams
+// end with ctx; 2 s for the rest); name says what failed.
+func ServeUntil(ctx context.Context, srv *http.Server, ln net.Listener, name string) error {
+	srv.BaseContext = func(net.Listener) context.Context { return ctx }
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		if s.srv.Shutdown(sctx) != nil {
-			s.srv.Close()
+		if srv.Shutdown(sctx) != nil {
+			srv.Close()
 		}
 	}()
-	if err := s.srv.Serve(s.ln); !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("local API: %w", err)
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
 }

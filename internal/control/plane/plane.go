@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -63,6 +64,10 @@ type Options struct {
 	// Sources run beside the components and write what they learn into
 	// the store (in Kubernetes: the cluster's Services and endpoints).
 	Sources []func(ctx context.Context, st store.Store) error
+	// ViewAddr, if set, serves the API's read-only part (status,
+	// resources, metrics, tap) over TCP: in Kubernetes, on the Pod's
+	// loopback, for the CLI's port-forward.
+	ViewAddr string
 }
 
 // MetricsOptions choose and tune the metrics store.
@@ -83,6 +88,7 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server (scraping the targets file, see `trellis prometheus-config`) instead of the embedded metrics store")
 	fs.DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", metricsapi.DefaultScrapeInterval, "how often the embedded store scrapes every proxy (and the targets file is refreshed)")
 	fs.DurationVar(&o.Metrics.Retention, "metrics-retention", metricsapi.DefaultRetention, "how long the embedded store keeps samples")
+	fs.StringVar(&o.ViewAddr, "view-addr", "", "address serving the API's read-only part (status, resources, metrics, tap) over plain HTTP; keep it on loopback (in Kubernetes the CLI port-forwards to it)")
 }
 
 // Plane is a control plane ready to run: state loaded, every port bound.
@@ -95,6 +101,7 @@ type Plane struct {
 	registry *registry.Registry
 	dns      *dns.Server
 	api      *localapi.Server
+	view     net.Listener // --view-addr, or nil
 	metrics  metricsapi.Backend
 	embedded *metricsapi.Embedded // nil with an external Prometheus
 	started  time.Time
@@ -160,6 +167,9 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 		Mount: map[string]http.Handler{"GET /v1/stat": metricsAPI, "GET /v1/routes": metricsAPI, "GET /v1/edges": metricsAPI,
 			"GET /v1/proxy-metrics/{namespace}/{name}": metricsAPI, "GET /v1/tap": p.tapHandler()},
 	}); err != nil {
+		return nil, err
+	}
+	if err := p.listenView(); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -289,6 +299,9 @@ func (p *Plane) Run(ctx context.Context) error {
 	if p.dns != nil {
 		g.Go(func() error { return p.dns.Serve(gctx) })
 	}
+	if p.view != nil {
+		g.Go(func() error { return p.serveView(gctx) })
+	}
 	for _, src := range p.opts.Sources {
 		g.Go(func() error { return src(gctx, p.store) })
 	}
@@ -303,6 +316,9 @@ func (p *Plane) close() {
 	}
 	if p.dns != nil {
 		p.dns.Close()
+	}
+	if p.view != nil {
+		p.view.Close()
 	}
 	if p.store != nil {
 		p.store.Close()

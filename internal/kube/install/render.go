@@ -20,6 +20,11 @@ import (
 // spiffe://<trust-domain>/ns/trellis/sa/...
 const Namespace = "trellis"
 
+// ViewPort is where the destination service serves its read-only API on
+// its Pod's loopback (--view-addr in the chart), for the CLI's
+// port-forward.
+const ViewPort = 8085
+
 // Load reads the embedded chart name (charts.CRDs or charts.ControlPlane).
 func Load(name string) (*chart.Chart, error) {
 	var files []*archive.BufferedFile

@@ -83,8 +83,9 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		m.RegisterMetrics(p.reg)
 		p.identity, creds = m, m
 		// Tap is the control plane's, which finds the port by the
-		// workload's registration: a proxy that does not register has none.
-		if cfg.DestinationAddr != "" && cfg.Workload != "" {
+		// workload's registration, or, in Kubernetes, the Pod (the
+		// injector gives --tap-addr): otherwise a proxy has none.
+		if cfg.DestinationAddr != "" && (cfg.Workload != "" || cfg.ServeTap) {
 			p.tapHub = tap.NewHub(tap.HubConfig{Identity: cfg.Identity})
 			if p.tapSrv, err = tap.NewServer(p.tapHub, m, meshid.IdentityServiceID(m.ID().TrustDomain), log); err != nil {
 				return nil, err

@@ -141,8 +141,12 @@ type Config struct {
 	LogLevel string
 	// LogFormat is json or text.
 	LogFormat string
-	// TapAddr serves tap (gRPC, mTLS) when the proxy has an identity.
-	TapAddr string
+	// TapAddr serves tap (gRPC, mTLS) when the proxy has an identity, a
+	// destination service, and either registers a workload (whose
+	// registration tells the control plane the port) or ServeTap says so
+	// (in Kubernetes the control plane learns the port from the Pod).
+	TapAddr  string
+	ServeTap bool
 	// DisableHTTPMetrics leaves out the per-request HTTP series, only to
 	// measure what they cost.
 	DisableHTTPMetrics bool
@@ -179,7 +183,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live; POST /shutdown, /debug/pprof and /debug/decisions answer loopback clients only")
 	fs.BoolVar(&c.DisableHTTPMetrics, "disable-http-metrics", false, "leave out the per-request HTTP metrics (request_total, response_*, route_*); only to measure their cost")
-	fs.StringVar(&c.TapAddr, "tap-addr", "0.0.0.0:4190", "tap server: live requests as gRPC over mTLS, served only to the control plane's identity (for a registered workload: needs identity, destination-addr and workload)")
+	fs.StringVar(&c.TapAddr, "tap-addr", "0.0.0.0:4190", "tap server: live requests as gRPC over mTLS, served only to the control plane's identity (needs identity and destination-addr, and a registered workload unless tap-addr is given)")
 	fs.StringVar(&c.AppAddr, "app-addr", "", "local application address for inbound connections that were not redirected (explicit mode), e.g. 127.0.0.1:8080")
 	fs.StringArrayVar(&upstreams, "upstream", nil, "explicit outbound route NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID]; listens on 127.0.0.1:LOCALPORT; with @SPIFFE-ID, HOST runs a Trellis proxy with that identity and traffic goes over mTLS (repeatable; env: comma-separated)")
 	fs.StringVar(&upstreamsFile, "upstreams-file", "", "file of explicit outbound routes, one NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID] per line ('#' starts a comment)")
@@ -300,6 +304,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 		for _, p := range opaque.ports {
 			c.OpaquePorts[p] = true
 		}
+		c.ServeTap = fs.Changed("tap-addr")
 		c.TCPProbePorts = make(map[uint16]bool, len(tcpProbes.ports))
 		for _, p := range tcpProbes.ports {
 			c.TCPProbePorts[p] = true

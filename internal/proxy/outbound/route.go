@@ -275,6 +275,8 @@ func (b *replay) replayable() bool { return b.whole || b.rec != nil && b.rec.com
 // reads (and records) the client's; others replay.
 func (b *replay) next(first bool) (io.ReadCloser, int64) {
 	switch {
+	case b.whole && len(b.buf) == 0:
+		return http.NoBody, 0 // no body: not one of unknown length
 	case b.whole:
 		return io.NopCloser(bytes.NewReader(b.buf)), int64(len(b.buf))
 	case b.rec != nil && first:

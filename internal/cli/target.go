@@ -1,0 +1,36 @@
+package cli
+
+import (
+	"context"
+
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/kube/auth"
+	"github.com/trellis-mesh/trellis/internal/kube/forward"
+	"github.com/trellis-mesh/trellis/internal/kube/install"
+)
+
+// target is where the commands that read the mesh (stat, routes, edges,
+// top, tap, get, diagnostics) find its API: the local control plane's
+// socket, or — with --kubeconfig or --context — the read-only API of the
+// cluster's destination service, through a port-forward that the API
+// server authorizes (pods/portforward in namespace trellis).
+type target struct {
+	dataDir *string
+	kube    *kubeFlags
+}
+
+// api connects to the target; done releases the connection.
+func (t *target) api(ctx context.Context) (c *localapi.Client, done func(), err error) {
+	if !t.kube.set() {
+		return apiClient(*t.dataDir), func() {}, nil
+	}
+	cfg, err := auth.UserConfig(t.kube.kubeconfig, t.kube.context)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+	if err != nil {
+		return nil, nil, err
+	}
+	return localapi.NewTCPClient(f.Addr, "port-forward to "+f.Pod), f.Close, nil
+}

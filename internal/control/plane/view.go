@@ -1,0 +1,31 @@
+package plane
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+)
+
+// listenView binds --view-addr, if set.
+func (p *Plane) listenView() error {
+	if p.opts.ViewAddr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.opts.ViewAddr)
+	if err != nil {
+		return fmt.Errorf("--view-addr: %w", err)
+	}
+	p.view = ln
+	return nil
+}
+
+// serveView answers the API's read-only calls on --view-addr until ctx
+// ends; streaming calls (tap) end with it.
+func (p *Plane) serveView(ctx context.Context) error {
+	srv := &http.Server{Handler: p.api.View(), ReadHeaderTimeout: 10 * time.Second}
+	return localapi.ServeUntil(ctx, srv, p.view, "view API")
+}
