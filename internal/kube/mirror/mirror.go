@@ -17,11 +17,13 @@
 package mirror
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"reflect"
 	"sort"
@@ -60,6 +62,9 @@ type Mirror struct {
 	Gateway     gwclient.Interface
 	TrustDomain string
 	Log         *slog.Logger
+
+	last map[store.Key]written // what the store holds of the mirrored kinds
+	full time.Time             // when last was read from the store
 }
 
 // Run mirrors into st until ctx ends.
@@ -141,8 +146,21 @@ type listers struct {
 	routes   *routeListers // nil: routes are not mirrored
 }
 
+// fullEvery is how often reconcile compares with the store itself rather
+// than with what it last wrote (in case the store changed under it).
+const fullEvery = 5 * time.Minute
+
+// written is what the mirror last wrote of one object, and how the store
+// took it.
+type written struct {
+	res store.Resource
+	err error
+}
+
 // reconcile makes the store's mirrored objects what the cluster says, and
-// the routes' status what the store made of them.
+// the routes' status what the store made of them. It writes only what
+// changed since its last pass — a store write is a transaction — and
+// reads the store itself on the first pass and every fullEvery.
 func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error {
 	want, err := m.desired(l)
 	if err != nil {
@@ -156,41 +174,43 @@ func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error
 		want[r.key] = r.object
 	}
 	var errs []error
-	for _, kind := range []string{resources.KindService, resources.KindWorkload, resources.KindHTTPRoute, resources.KindGRPCRoute} {
-		have, _, err := st.List(ctx, kind, "", nil)
-		if err != nil {
+	if m.last == nil || time.Since(m.full) > fullEvery {
+		if err := m.readStore(ctx, st); err != nil {
 			return err
 		}
-		for _, r := range have {
-			k := store.Key{Kind: kind, Namespace: r.Metadata.Namespace, Name: r.Metadata.Name}
-			if _, ok := want[k]; !ok && r.Metadata.Annotations[SourceAnnotation] == source {
-				if err := st.Delete(ctx, k); err != nil && !errors.Is(err, store.ErrNotFound) {
-					errs = append(errs, err)
-				}
+	}
+	for k, w := range m.last {
+		if _, ok := want[k]; !ok && w.res.Metadata.Annotations[SourceAnnotation] == source {
+			if err := st.Delete(ctx, k); err != nil && !errors.Is(err, store.ErrNotFound) {
+				errs = append(errs, err)
+				continue
 			}
+			delete(m.last, k)
 		}
 	}
 	keys := make([]store.Key, 0, len(want))
 	for k := range want {
-		keys = append(keys, k)
+		if w, ok := m.last[k]; !ok || !same(w.res, want[k]) {
+			keys = append(keys, k)
+		}
 	}
 	// Services before their Workloads, routes last: a proxy asking for a
 	// ClusterIP must never learn that its service does not exist.
 	order := map[string]int{resources.KindService: 0, resources.KindWorkload: 1, resources.KindHTTPRoute: 2, resources.KindGRPCRoute: 2}
 	sort.Slice(keys, func(i, j int) bool { return order[keys[i].Kind] < order[keys[j].Kind] })
-	applied := map[store.Key]error{} // the routes', for their status
 	for _, k := range keys {
-		if cur, err := st.Get(ctx, k); err == nil && cur.Metadata.Annotations[SourceAnnotation] != source {
+		if w, ok := m.last[k]; ok && w.res.Metadata.Annotations[SourceAnnotation] != source {
 			continue // applied by hand: the operator's wins
 		}
 		_, err := st.Apply(ctx, want[k])
-		if _, isRoute := routeKinds[k.Kind]; isRoute {
+		_, isRoute := routeKinds[k.Kind]
+		switch {
+		case err == nil || isRoute:
 			// A route the store refuses is the user's to fix: its status
 			// says why; retrying cannot help.
-			applied[k] = err
-			continue
-		}
-		if err != nil {
+			m.last[k] = written{res: want[k], err: err}
+		default:
+			delete(m.last, k) // written again next pass
 			errs = append(errs, fmt.Errorf("%s %s/%s: %w", k.Kind, k.Namespace, k.Name, err))
 		}
 	}
@@ -199,11 +219,39 @@ func (m *Mirror) reconcile(ctx context.Context, st store.Store, l listers) error
 			_, ok := want[store.Key{Kind: resources.KindService, Namespace: ns, Name: name}]
 			return ok
 		}
+		applied := map[store.Key]error{}
+		for _, r := range routes {
+			applied[r.key] = m.last[r.key].err
+		}
 		if err := m.writeStatus(ctx, m.Gateway, routes, applied, exists); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// readStore makes the mirror's record of what it wrote the store's
+// objects of the mirrored kinds (its own and those applied by hand).
+func (m *Mirror) readStore(ctx context.Context, st store.Store) error {
+	last := map[store.Key]written{}
+	for _, kind := range []string{resources.KindService, resources.KindWorkload, resources.KindHTTPRoute, resources.KindGRPCRoute} {
+		have, _, err := st.List(ctx, kind, "", nil)
+		if err != nil {
+			return err
+		}
+		for _, r := range have {
+			last[store.Key{Kind: kind, Namespace: r.Metadata.Namespace, Name: r.Metadata.Name}] = written{res: r}
+		}
+	}
+	m.last, m.full = last, time.Now()
+	return nil
+}
+
+// same reports whether the store holds want already (as far as the mirror
+// says anything about it).
+func same(have, want store.Resource) bool {
+	return have.APIVersion == want.APIVersion && bytes.Equal(have.Spec, want.Spec) &&
+		maps.Equal(have.Metadata.Labels, want.Metadata.Labels) && maps.Equal(have.Metadata.Annotations, want.Metadata.Annotations)
 }
 
 // desired is every object the cluster implies, by key.

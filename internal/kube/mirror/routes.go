@@ -29,8 +29,9 @@ type route struct {
 	object    store.Resource
 	parents   []gwapiv1.ParentReference
 	backends  []gwapiv1.BackendRef
-	status    *gwapiv1.RouteStatus
-	namespace string
+	status     *gwapiv1.RouteStatus
+	namespace  string
+	generation int64
 }
 
 // routeListers list the cluster's routes; nil when the Gateway API is not
@@ -107,7 +108,7 @@ func newRoute(kind string, om metav1.ObjectMeta, spec any, parents []gwapiv1.Par
 		key: store.Key{Kind: kind, Namespace: om.Namespace, Name: om.Name},
 		object: store.Resource{APIVersion: resources.GatewayAPIVersion, Kind: kind, Spec: raw,
 			Metadata: store.Metadata{Name: om.Name, Namespace: om.Namespace, Labels: om.Labels, Annotations: ann}},
-		parents: parents, backends: backends, status: st, namespace: om.Namespace,
+		parents: parents, backends: backends, status: st, namespace: om.Namespace, generation: om.Generation,
 	}
 }
 
@@ -189,11 +190,15 @@ func mergeParents(st *gwapiv1.RouteStatus, want []gwapiv1.RouteParentStatus) boo
 	return true
 }
 
-// writeStatus writes the routes' status where it changed.
+// writeStatus writes the routes' status where it changed: judged on the
+// informer's copy, then written on a fresh one.
 func (m *Mirror) writeStatus(ctx context.Context, gw gwclient.Interface, rs []route, applied map[store.Key]error, serviceExists func(ns, name string) bool) error {
 	var errs []error
 	now := metav1.Now()
 	for _, r := range rs {
+		if !mergeParents(r.status.DeepCopy(), routeStatus(r, applied[r.key], r.generation, serviceExists, now)) {
+			continue
+		}
 		var err error
 		switch r.key.Kind {
 		case resources.KindHTTPRoute:
