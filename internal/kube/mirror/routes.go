@@ -25,10 +25,10 @@ var routeKinds = map[string]string{resources.KindHTTPRoute: "httproutes", resour
 
 // route is one cluster route, as the store's kinds and the status it has.
 type route struct {
-	key       store.Key
-	object    store.Resource
-	parents   []gwapiv1.ParentReference
-	backends  []gwapiv1.BackendRef
+	key        store.Key
+	object     store.Resource
+	parents    []gwapiv1.ParentReference
+	backends   []gwapiv1.BackendRef
 	status     *gwapiv1.RouteStatus
 	namespace  string
 	generation int64
