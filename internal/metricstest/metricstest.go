@@ -5,6 +5,8 @@ package metricstest
 
 import (
 	"io"
+	"net/http"
+	"testing"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -20,6 +22,30 @@ func Parse(r io.Reader) (Families, error) {
 	return p.TextToMetricFamilies(r)
 }
 
+// Scrape reads and parses the metrics at url, failing t if it cannot.
+func Scrape(t testing.TB, url string) Families {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	fams, err := Parse(resp.Body)
+	if err != nil {
+		t.Fatalf("%s: %v", url, err)
+	}
+	return fams
+}
+
+// Labels are a sample's labels by name.
+func Labels(m *dto.Metric) map[string]string {
+	labels := map[string]string{}
+	for _, l := range m.Label {
+		labels[l.GetName()] = l.GetValue()
+	}
+	return labels
+}
+
 // Sum adds up the samples of family whose labels include every one of
 // want: counter and gauge values, histogram sample counts.
 func (f Families) Sum(family string, want map[string]string) float64 {
@@ -30,10 +56,7 @@ func (f Families) Sum(family string, want map[string]string) float64 {
 	}
 metric:
 	for _, m := range fam.Metric {
-		labels := map[string]string{}
-		for _, l := range m.Label {
-			labels[l.GetName()] = l.GetValue()
-		}
+		labels := Labels(m)
 		for k, v := range want {
 			if labels[k] != v {
 				continue metric

@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -17,22 +16,7 @@ func inboundRequests(t *testing.T, ns, name string) float64 {
 		"-o", "jsonpath={.items[*].status.podIP}"))
 	total := 0.0
 	for _, ip := range ips {
-		resp, err := http.Get("http://" + ip + ":4191/metrics")
-		if err != nil {
-			continue // a Pod on its way out
-		}
-		fams, err := metricstest.Parse(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range fams["request_total"].GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "direction" && l.GetValue() == "inbound" {
-					total += m.GetCounter().GetValue()
-				}
-			}
-		}
+		total += metricstest.Scrape(t, "http://"+ip+":4191/metrics").Sum("request_total", map[string]string{"direction": "inbound"})
 	}
 	return total
 }

@@ -3,7 +3,6 @@ package kube
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"os/exec"
 	"strings"
 	"testing"
@@ -112,20 +111,9 @@ func flags(args []string) string {
 func webTraffic(t *testing.T, ip string, id func(string) string) (in, out map[string]float64, plain float64) {
 	t.Helper()
 	in, out = map[string]float64{}, map[string]float64{}
-	resp, err := http.Get("http://" + ip + ":4191/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	fams, err := metricstest.Parse(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	fams := metricstest.Scrape(t, "http://"+ip+":4191/metrics")
 	for _, m := range fams["request_total"].GetMetric() {
-		l := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			l[lp.GetName()] = lp.GetValue()
-		}
+		l := metricstest.Labels(m)
 		n := m.GetCounter().GetValue()
 		switch {
 		case l["direction"] == "inbound" && l["tls"] == "true" && l["client_id"] == id("traffic"):

@@ -50,7 +50,17 @@ func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.E
 		return nil, errQueueFull
 	}
 	defer b.pending.Add(-1)
-	deadline := time.NewTimer(left)
+	if ep, err = waitEndpoint(ctx, left, err, svc.Pick); err != nil {
+		return nil, err
+	}
+	available(svc, ep)
+	return ep, nil
+}
+
+// waitEndpoint polls pick until it gives an endpoint, ctx ends (its
+// error) or within passes (lastErr, or pick's latest error).
+func waitEndpoint(ctx context.Context, within time.Duration, lastErr error, pick func() (*discover.Endpoint, error)) (*discover.Endpoint, error) {
+	deadline := time.NewTimer(within)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollAvailable)
 	defer tick.Stop()
@@ -59,12 +69,13 @@ func (b *balancer) pick(ctx context.Context, svc *discover.Service) (*discover.E
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-deadline.C:
-			return nil, err
+			return nil, lastErr
 		case <-tick.C:
-			if ep, err = svc.Pick(); err == nil {
-				available(svc, ep)
+			ep, err := pick()
+			if err == nil {
 				return ep, nil
 			}
+			lastErr = err
 		}
 	}
 }

@@ -61,21 +61,11 @@ func (u *unprocessed) retry(svc *discover.Service, ep *discover.Endpoint, r *htt
 		return false
 	}
 	u.tried = append(u.tried, ep)
-	next, err := svc.PickOther(u.tried)
+	pick := func() (*discover.Endpoint, error) { return svc.PickOther(u.tried) }
+	next, err := pick()
 	if err != nil {
-		deadline := time.NewTimer(unprocessedWait)
-		defer deadline.Stop()
-		tick := time.NewTicker(pollAvailable)
-		defer tick.Stop()
-		for err != nil {
-			select {
-			case <-r.Context().Done():
-				return false
-			case <-deadline.C:
-				return false
-			case <-tick.C:
-				next, err = svc.PickOther(u.tried)
-			}
+		if next, err = waitEndpoint(r.Context(), unprocessedWait, err, pick); err != nil {
+			return false
 		}
 	}
 	available(svc, next)
