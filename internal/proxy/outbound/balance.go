@@ -116,17 +116,15 @@ func (b *balancer) http() httpproxy.Layer {
 			}
 			u := newUnprocessed(r)
 			for why := explain.Why(r.Context()); ; why = "unprocessed" {
-				ww, req := w, r
+				ww, req := w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels))
 				var uw *unprocessedWriter
 				if u != nil {
-					again := *r // shallow: the attempt's own body, nothing else
-					again.Body, again.ContentLength = u.attemptBody()
-					req = &again
+					req.Body, req.ContentLength = u.attemptBody() // the copy's own body
 					uw = &unprocessedWriter{w: w, header: http.Header{}, canRetry: func() bool { return u.retry(svc, ep, r) }}
 					ww = uw
 				}
 				ep.Start()
-				httpproxy.Observe(next, ww, req.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels)), func(o httpproxy.Outcome) {
+				httpproxy.Observe(next, ww, req, func(o httpproxy.Outcome) {
 					if ep.End(o.Latency, b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())) {
 						d.Ejected(ep.Addr)
 					}
