@@ -37,12 +37,23 @@ func Unprocessed(err error) bool {
 // reasonConnectTimeout: the upstream could not be connected to in time.
 const reasonConnectTimeout = "connect timed out"
 
+// Reasons of the client's faults, answered with a 4xx.
+const (
+	reasonClientBody       = "request body broken by the client"
+	reasonHeaderListTooBig = "request header list larger than the upstream accepts"
+)
+
 // UpstreamError maps a failure to reach or hear from the upstream to the
 // status a client can act on and a short reason.
 func UpstreamError(err error) (status int, reason string) {
 	var oe *net.OpError
+	var cbe *ClientBodyError
 	dial := errors.As(err, &oe) && oe.Op == "dial"
 	switch {
+	case errors.As(err, &cbe):
+		return http.StatusBadRequest, reasonClientBody
+	case strings.Contains(err.Error(), "request header list larger than"): // net/http's HTTP/2 transport, unexported
+		return http.StatusRequestHeaderFieldsTooLarge, reasonHeaderListTooBig
 	case errors.Is(err, mesh.ErrHandshake):
 		return http.StatusBadGateway, "mTLS handshake with the peer proxy failed"
 	case errors.Is(err, syscall.ECONNREFUSED):
@@ -95,6 +106,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, reason strin
 // upstream may recover from, DEADLINE_EXCEEDED only when a timeout ran out
 // on the request — not for a connection that could not be opened in time.
 func grpcCode(status int, reason string) int {
+	if reason == reasonClientBody || reason == reasonHeaderListTooBig {
+		return 3 // INVALID_ARGUMENT: the client's, never retried
+	}
 	switch status {
 	case http.StatusGatewayTimeout:
 		if reason == reasonConnectTimeout {

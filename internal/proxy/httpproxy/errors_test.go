@@ -4,14 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 )
 
 func TestUpstreamErrorMapping(t *testing.T) {
@@ -31,12 +33,43 @@ func TestUpstreamErrorMapping(t *testing.T) {
 		{io.ErrUnexpectedEOF, 502, "connection closed by upstream"},
 		{fmt.Errorf("%w: x509: certificate has expired", mesh.ErrHandshake), 502, "mTLS handshake with the peer proxy failed"},
 		{errors.New("malformed response"), 502, "upstream failed"},
+		{&ClientBodyError{io.ErrUnexpectedEOF}, 400, reasonClientBody},
+		{fmt.Errorf("http2: %w", &ClientBodyError{errors.New("malformed chunked encoding")}), 400, reasonClientBody},
+		{headerListRefused(t), 431, reasonHeaderListTooBig},
 	} {
 		status, reason := UpstreamError(tt.err)
 		if status != tt.status || reason != tt.reason {
 			t.Errorf("UpstreamError(%v) = %d %q; want %d %q", tt.err, status, reason, tt.status, tt.reason)
 		}
 	}
+}
+
+// headerListRefused is the error net/http's HTTP/2 transport gives for a
+// request whose header list is larger than the server advertised.
+func headerListRefused(t *testing.T) error {
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	srv.Config.Protocols, srv.Config.MaxHeaderBytes = &h2c, 1024
+	srv.Start()
+	defer srv.Close()
+	tr := &http.Transport{Protocols: &h2c}
+	defer tr.CloseIdleConnections()
+	// A first request, so that the connection has the server's settings.
+	first, _ := http.NewRequest("GET", srv.URL, nil)
+	if resp, err := tr.RoundTrip(first); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set("X-Big", strings.Repeat("x", 64<<10))
+	resp, err := tr.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatal("the server took a header list larger than it advertised")
+	}
+	return err
 }
 
 func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
@@ -55,6 +88,8 @@ func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
 		{http.StatusBadRequest, "malformed", "13"},
 		{http.StatusForbidden, "unauthorized", "7"},
 		{http.StatusInternalServerError, "all backend weights are 0", "2"},
+		{http.StatusBadRequest, reasonClientBody, "3"}, // INVALID_ARGUMENT: not retried, not the server's failure
+		{http.StatusRequestHeaderFieldsTooLarge, reasonHeaderListTooBig, "3"},
 	} {
 		w := httptest.NewRecorder()
 		WriteError(w, r, tt.status, tt.reason)

@@ -186,7 +186,11 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if route, kind := Route(r.Context()); route != "" {
 		attrs = append(attrs, "route", route, "route_kind", kind)
 	}
-	f.log.Warn("forwarding request failed", attrs...)
+	if status < 500 {
+		f.log.Debug("the client's request could not be forwarded", attrs...) // its own doing
+	} else {
+		f.log.Warn("forwarding request failed", attrs...)
+	}
 	if Unprocessed(err) {
 		w.Header().Set(UnprocessedHeader, "1")
 	}

@@ -41,6 +41,12 @@ func (f *Forwarder) forwardH1(w http.ResponseWriter, r *http.Request, target str
 		if err == nil {
 			return
 		}
+		// The client breaking its body ends the exchange too (the copy
+		// closes the upstream connection): the failure is the client's.
+		var cbe *ClientBodyError
+		if errors.As(ex.bodyRes, &cbe) {
+			err = ex.bodyRes
+		}
 		if reused && replayable && attempt == 0 && !ex.received && staleConn(err) {
 			continue
 		}
@@ -73,6 +79,7 @@ type h1Exchange struct {
 	uc       *upConn
 	received bool       // some response bytes arrived
 	bodyErr  chan error // the request body copy's result, when one runs
+	bodyRes  error      // what bodyErr said, once waited for
 }
 
 // run performs the exchange. An error means nothing was sent to the client
@@ -291,8 +298,8 @@ func (ex *h1Exchange) waitBody(answered bool) bool {
 	t := time.NewTimer(bodyGrace)
 	defer t.Stop()
 	select {
-	case err := <-ex.bodyErr:
-		return err == nil
+	case ex.bodyRes = <-ex.bodyErr:
+		return ex.bodyRes == nil
 	case <-t.C:
 	}
 	ex.uc.Close()
@@ -300,8 +307,9 @@ func (ex *h1Exchange) waitBody(answered bool) bool {
 	if answered {
 		rc.Flush()
 	}
+	abandonBody(ex.r)
 	rc.SetReadDeadline(time.Now())
-	<-ex.bodyErr
+	ex.bodyRes = <-ex.bodyErr
 	return false
 }
 

@@ -49,6 +49,9 @@ type Outcome struct {
 	Latency time.Duration
 	// Completed is false if the handler broke off (panicked).
 	Completed bool
+	// ClientFault: the client broke its request body; whatever the
+	// upstream did after says nothing about it.
+	ClientFault bool
 }
 
 // Failed is the response's classification: a 5xx, a gRPC status other
@@ -60,12 +63,13 @@ func (o Outcome) Failed() bool { return !o.Completed || o.Status >= 500 || o.GRP
 // goes on.
 func Observe(next http.Handler, w http.ResponseWriter, r *http.Request, done func(Outcome)) {
 	rec := &recorder{ResponseWriter: w, start: time.Now()}
+	r, body := watchBody(r)
 	completed := false
 	defer func() {
 		if rec.status == 0 {
 			rec.latency = time.Since(rec.start)
 		}
-		done(Outcome{Status: rec.status, GRPCStatus: GRPCStatus(w.Header()), Latency: rec.latency, Completed: completed})
+		done(Outcome{Status: rec.status, GRPCStatus: GRPCStatus(w.Header()), Latency: rec.latency, Completed: completed, ClientFault: body.failed()})
 	}()
 	next.ServeHTTP(rec, r)
 	completed = true

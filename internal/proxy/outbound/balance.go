@@ -125,7 +125,11 @@ func (b *balancer) http() httpproxy.Layer {
 				}
 				ep.Start()
 				httpproxy.Observe(next, ww, req, func(o httpproxy.Outcome) {
-					if ep.End(o.Latency, b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())) {
+					outcome := balance.Abandoned // the client broke the request: nothing learnt of the endpoint
+					if !o.ClientFault {
+						outcome = b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())
+					}
+					if ep.End(o.Latency, outcome) {
 						d.Ejected(ep.Addr)
 					}
 					d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: why})
