@@ -60,6 +60,10 @@ func (r *renderFlags) bind(cmd *cobra.Command, withIdentity bool) {
 	f.BoolVar(&r.o.HA, "ha", false, "high availability: 3 replicas of each component, PodDisruptionBudgets, anti-affinity")
 	f.StringVar(&r.o.TrustDomain, "trust-domain", "cluster.local", "trust domain of the mesh's identities")
 	f.StringVar(&r.o.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	f.BoolVar(&r.o.Prometheus, "prometheus", false,
+		"deploy a Prometheus (trellis/trellis-prometheus) scraping every proxy, for stat, routes and edges (default: the destination service's embedded store)")
+	f.StringVar(&r.o.PrometheusURL, "prometheus-url", "",
+		"query your own Prometheus instead (it must scrape the proxies with the job in the ConfigMap trellis-prometheus-config of --prometheus)")
 	if withIdentity {
 		f.StringVar(&r.o.TrustAnchorsFile, "identity-trust-anchors-file", "", "PEM trust anchor(s) (default: generate an anchor)")
 		f.StringVar(&r.o.IssuerCertFile, "identity-issuer-certificate-file", "", "PEM issuer certificate, signed by the trust anchor (default: generate)")
@@ -140,6 +144,11 @@ A trust anchor and an issuer (ECDSA P-256, one year) are generated unless
 you give yours (--identity-*-file), or leave the issuer's Secret to
 cert-manager (--identity-external-issuer). Keep the trust anchor: every
 later 'trellis upgrade' reuses what the cluster holds.
+
+stat, routes and edges read the proxies' metrics from the destination
+service's embedded store by default; --prometheus deploys a Prometheus
+that scrapes them instead (longer history, your dashboards can read it),
+and --prometheus-url uses one of yours.
 
 The webhook's failurePolicy is Ignore: when the injector cannot be reached,
 Pods are created without the proxy rather than refused, so an injector
@@ -228,9 +237,10 @@ func uninstallCmd() *cobra.Command {
 		Use:   "uninstall",
 		Short: "Print the objects of the Trellis control plane, to pipe to kubectl delete",
 		Long: `uninstall prints every object 'trellis install' creates (and with --crds, the
-CRDs too), by kind and name only:
+CRDs too), by kind and name only — with the optional ones (--prometheus),
+hence --ignore-not-found:
 
-  trellis uninstall | kubectl delete -f -
+  trellis uninstall | kubectl delete --ignore-not-found -f -
 
 Meshed Pods keep their proxies until they restart; without the control
 plane those proxies cannot renew certificates or learn endpoints. Remove
@@ -239,6 +249,7 @@ the trellis.dev/inject annotations and restart the workloads first.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var o install.Options
 			o.TrustDomain, o.Registry, o.Version = "cluster.local", "localhost", buildinfo.String()
+			o.Prometheus = true // the optional objects too
 			vals, err := o.Values(time.Now())
 			if err != nil {
 				return err

@@ -24,6 +24,10 @@ STATE=$K8S_DIR/state
 RUN=${TRELLIS_K8S_RUN:-/run/trellis-kube}
 BIN=${TRELLIS_K8S_CACHE:-$HOME/.cache/trellis/k8s-${K8S_VERSION:-v1.37.2}}/bin
 ADMIN=$K8S_DIR/admin.kubeconfig
+# Images of static binaries from the cache: the cluster's DNS, and the
+# Prometheus the tests deploy with `trellis install --prometheus`.
+COREDNS_IMAGE=localhost/coredns:v1.14.7
+PROMETHEUS_IMAGE=localhost/prometheus:v3.16.0
 NODE_IP=10.250.0.1
 NODE=k8s-node
 POD_CIDR=10.244.0.0/24
@@ -225,6 +229,8 @@ clusterDomain: cluster.local
 clusterDNS: ["10.96.0.10"]
 resolvConf: /etc/resolv.conf
 serializeImagePulls: false
+# Mounted Secrets follow their updates within seconds (a rotated issuer).
+syncFrequency: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 2%, imagefs.available: 2%}
@@ -249,9 +255,10 @@ start() {
   pki
   host_setup
   start_containerd
-  local pause=$K8S_DIR/pause.tar coredns=$K8S_DIR/coredns.tar
-  (cd "$REPO" && CGO_ENABLED=0 go run ./test/kube/pause -image "$pause" -coredns "$BIN/coredns" -coredns-image "$coredns")
-  import_images "$pause" "$coredns" "$@"
+  local pause=$K8S_DIR/pause.tar coredns=$K8S_DIR/coredns.tar prometheus=$K8S_DIR/prometheus.tar
+  (cd "$REPO" && CGO_ENABLED=0 go run ./test/kube/pause -image "$pause" -static "$COREDNS_IMAGE=$BIN/coredns=$coredns" \
+    -static "$PROMETHEUS_IMAGE=$BIN/prometheus=$prometheus")
+  import_images "$pause" "$coredns" "$prometheus" "$@"
   start_control_plane
   start_node
   start_dns
@@ -261,7 +268,7 @@ start() {
 # start_dns deploys CoreDNS as Service kube-dns (10.96.0.10, the kubelet's
 # clusterDNS): cluster names resolve, nothing else does (no forwarding).
 start_dns() {
-  kubectl apply -f - >/dev/null <<'EOF'
+  kubectl apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: ServiceAccount
 metadata: {name: coredns, namespace: kube-system}
@@ -308,7 +315,7 @@ spec:
       dnsPolicy: Default
       containers:
       - name: coredns
-        image: localhost/coredns:v1.14.7
+        image: $COREDNS_IMAGE
         imagePullPolicy: Never
         args: [-conf, /etc/coredns/Corefile]
         ports: [{containerPort: 53, protocol: UDP, name: dns}, {containerPort: 53, protocol: TCP, name: dns-tcp}]

@@ -27,6 +27,9 @@ var (
 	version    = "v0.0.0-e2e"
 )
 
+// prometheusImage is the Prometheus cluster.sh imports (PROMETHEUS_IMAGE).
+const prometheusImage = "localhost/prometheus:v3.16.0"
+
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {

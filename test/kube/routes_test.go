@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
@@ -111,6 +112,21 @@ spec:
 		t.Logf("with retries: %d of %d requests answered 200", ok, sent)
 		if sent < 100 || ok != sent {
 			t.Errorf("with retries %d of %d requests failed", sent-ok, sent)
+		}
+		// trellis routes shows the route with its retries, read from the
+		// cluster's mesh.
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(3 * time.Second) {
+			var rows []metricsapi.RouteRow
+			problems := cliJSON(t, &rows, "routes", "voting", "-n", ns, "-t", "30s", "-o", "json")
+			for _, r := range rows {
+				if r.Route == "voting" && r.Kind == "GRPCRoute" && r.RetriesPerSec > 0 && r.RPS > 0 {
+					t.Logf("trellis routes voting: %s %s %.1f rps, %.1f retries/s", r.Kind, r.Route, r.RPS, r.RetriesPerSec)
+					return
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("trellis routes never showed the GRPCRoute's retries: %v %+v", problems, rows)
+			}
 		}
 	})
 

@@ -183,19 +183,45 @@ func trafficSince(t *testing.T, ns string, t0 time.Time) (sent, ok int) {
 // the demo's Deployments meshed, with traffic and their success rate;
 // edges shows every hop secured with the ServiceAccounts' identities; tap
 // streams web's live requests — all through the destination service's
-// read-only API, port-forwarded by the API server.
+// read-only API, port-forwarded by the API server. The metrics come from
+// the destination service's embedded store, then, after `trellis upgrade
+// --prometheus`, from the Prometheus it deploys.
 func TestCLIReadsTheClusterMesh(t *testing.T) {
 	needCluster(t)
 	identityService(t)
 	t.Cleanup(func() { diagnose(t, "cli"); diagnose(t, "trellis") })
 	deployDemo(t, "cli", 1, "--rps=20")
-	id := func(sa string) string { return "spiffe://cluster.local/ns/cli/sa/" + sa }
-	deadline := time.Now().Add(90 * time.Second) // a few scrapes
+	statShowsTheDemo(t, "cli")
+
+	kubectl(t, mustTrellis(t, controlPlaneFlags("upgrade", "--prometheus")...), "apply", "-f", "-")
+	if out, err := trellis(t, "", "check", "--wait", "90s"); err != nil {
+		t.Fatalf("check after upgrade --prometheus: %v\n%s", err, out)
+	}
+	args := kubectl(t, "", "-n", "trellis", "get", "deployment/trellis-destination", "-o", "jsonpath={.spec.template.spec.containers[0].args}")
+	if !strings.Contains(args, "--prometheus-url=http://trellis-prometheus.trellis.svc.cluster.local:9090") {
+		t.Fatalf("the destination service does not query the Prometheus: %s", args)
+	}
+	statShowsTheDemo(t, "cli")
+
+	out, err := trellis(t, "", "tap", "deploy/web", "-n", "cli", "--duration", "5s", "--kubeconfig", kubeconfig)
+	if err != nil || !strings.Contains(out, ":path=/api/") {
+		t.Fatalf("tap deploy/web: %v\n%s", err, out)
+	}
+	t.Logf("tap, first lines:\n%s", strings.Join(strings.SplitN(out, "\n", 4)[:3], "\n"))
+}
+
+// statShowsTheDemo waits until stat and edges show the demo in ns meshed,
+// serving and secured.
+func statShowsTheDemo(t *testing.T, ns string) {
+	t.Helper()
+	id := func(sa string) string { return "spiffe://cluster.local/ns/" + ns + "/sa/" + sa }
+	start := time.Now()
+	deadline := start.Add(90 * time.Second) // a few scrapes
 	for {
 		var rows []metricsapi.StatRow
 		var edges []metricsapi.Edge
-		problems := cliJSON(t, &rows, "stat", "-n", "cli", "-t", "30s", "-o", "json")
-		problems = append(problems, cliJSON(t, &edges, "edges", "-n", "cli", "-t", "30s", "-o", "json")...)
+		problems := cliJSON(t, &rows, "stat", "-n", ns, "-t", "30s", "-o", "json")
+		problems = append(problems, cliJSON(t, &edges, "edges", "-n", ns, "-t", "30s", "-o", "json")...)
 		got := map[string]metricsapi.StatRow{}
 		for _, r := range rows {
 			got[r.Name] = r
@@ -217,19 +243,15 @@ func TestCLIReadsTheClusterMesh(t *testing.T) {
 		}
 		if len(problems) == 0 {
 			w := got["web"]
-			t.Logf("trellis stat: web %d/%d meshed, success %.3f, %.1f rps, p99 %.1f ms", w.Meshed, w.Instances, *w.Success, w.RPS, *w.LatencyP99)
-			break
+			t.Logf("trellis stat after %v: web %d/%d meshed, success %.3f, %.1f rps, p99 %.1f ms", time.Since(start).Round(time.Second),
+				w.Meshed, w.Instances, *w.Success, w.RPS, *w.LatencyP99)
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the CLI never showed the cluster's traffic: %s", strings.Join(problems, "; "))
 		}
 		time.Sleep(3 * time.Second)
 	}
-	out, err := trellis(t, "", "tap", "deploy/web", "-n", "cli", "--duration", "5s", "--kubeconfig", kubeconfig)
-	if err != nil || !strings.Contains(out, ":path=/api/") {
-		t.Fatalf("tap deploy/web: %v\n%s", err, out)
-	}
-	t.Logf("tap, first lines:\n%s", strings.Join(strings.SplitN(out, "\n", 4)[:3], "\n"))
 }
 
 // cliJSON runs the CLI against the cluster with -o json and decodes its

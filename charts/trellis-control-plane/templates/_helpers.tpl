@@ -92,3 +92,54 @@ spec:
 {{- end -}}
 trellis
 {{- end -}}
+
+{{/*
+The Prometheus the metrics API queries: prometheus.url, else the one this
+chart deploys (prometheus.enabled), else none ("": the destination
+service's embedded store scrapes the proxies).
+*/}}
+{{- define "trellis.prometheusURL" -}}
+{{- if .Values.prometheus.url -}}
+{{ .Values.prometheus.url }}
+{{- else if .Values.prometheus.enabled -}}
+http://trellis-prometheus.{{ include "trellis.namespace" . }}.svc.{{ .Values.clusterDomain }}:9090
+{{- end -}}
+{{- end -}}
+
+{{/*
+The scrape job of every meshed Pod's proxy: its admin port (the container
+port trellis-admin of the container trellis-proxy) on each Pod behind a
+Service, labelled as the metrics API's queries expect — namespace,
+service, workload (the Deployment, else the Pod's controller, else the
+Pod) and pod (<pod>.<service>, one instance per Service it backs). Copy
+it into your own Prometheus to use --prometheus-url.
+*/}}
+{{- define "trellis.prometheusConfig" -}}
+global:
+  scrape_interval: {{ .Values.prometheus.scrapeInterval }}
+  evaluation_interval: {{ .Values.prometheus.scrapeInterval }}
+scrape_configs:
+- job_name: trellis-proxy
+  metrics_path: /metrics
+  kubernetes_sd_configs:
+  - role: endpointslice
+  relabel_configs:
+  - source_labels: [__meta_kubernetes_pod_container_name, __meta_kubernetes_pod_container_port_name]
+    regex: trellis-proxy;trellis-admin
+    action: keep
+  - source_labels: [__meta_kubernetes_namespace]
+    target_label: namespace
+  - source_labels: [__meta_kubernetes_service_name]
+    target_label: service
+  - source_labels: [__meta_kubernetes_pod_name, __meta_kubernetes_service_name]
+    separator: .
+    target_label: pod
+  - source_labels: [__meta_kubernetes_pod_name]
+    target_label: workload
+  - source_labels: [__meta_kubernetes_pod_controller_name]
+    regex: (.+)
+    target_label: workload
+  - source_labels: [__meta_kubernetes_pod_controller_kind, __meta_kubernetes_pod_controller_name, __meta_kubernetes_pod_label_pod_template_hash]
+    regex: ReplicaSet;(.+)-[^-]+;.+
+    target_label: workload
+{{- end -}}

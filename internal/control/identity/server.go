@@ -49,6 +49,9 @@ type Options struct {
 	// TrustAnchorPEM, IssuerCertPEM and IssuerKeyPEM are user-supplied
 	// hierarchy files; all three or none.
 	TrustAnchorPEM, IssuerCertPEM, IssuerKeyPEM string
+	// ReloadInterval is how often those files are checked for a rotated
+	// issuer (cert-manager renewing a Secret); 0: never.
+	ReloadInterval time.Duration
 	// LeafLifetime is how long issued certificates are valid.
 	LeafLifetime time.Duration
 	// JoinTokenKeyFile is the Ed25519 key that signs join tokens, created
@@ -82,6 +85,8 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.TrustAnchorPEM, "trust-anchor-pem", "", "PEM file of the trust anchor certificate(s), instead of --data-dir's")
 	fs.StringVar(&o.IssuerCertPEM, "issuer-cert-pem", "", "PEM file of the issuer certificate, optionally followed by intermediates up to the anchor")
 	fs.StringVar(&o.IssuerKeyPEM, "issuer-key-pem", "", "PEM file of the issuer's private key")
+	fs.DurationVar(&o.ReloadInterval, "reload-interval", 10*time.Second,
+		"how often the --*-pem files are checked for a rotated issuer, loaded without a restart (0: never)")
 	fs.DurationVar(&o.LeafLifetime, "leaf-lifetime", pki.DefaultLeafLifetime, "lifetime of issued proxy certificates (never beyond the issuer's expiry); proxies renew at 70%")
 	fs.StringVar(&o.JoinTokenKeyFile, "join-token-key-file", "", "Ed25519 private key (PEM) that signs and verifies join tokens, created if missing (default <data-dir>/"+JoinTokenKeyFile+")")
 	fs.StringVar(&o.ServerIdentity, "server-identity", "", "SPIFFE ID this service presents to proxies (default spiffe://<trust-domain>/ns/trellis/sa/trellis-identity)")
@@ -137,7 +142,6 @@ func (o *Options) validate() (serverID meshid.ID, err error) {
 type Server struct {
 	opts     Options
 	log      *slog.Logger
-	ca       *pki.CA
 	tokenKey ed25519.PrivateKey
 	svc      *Service
 	grpc     *grpc.Server
@@ -206,16 +210,21 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{opts: o, log: log, ca: ca, metrics: reg, tokenKey: tokenKey, svc: svc, self: selfCert{ca: ca, id: serverID, lifetime: o.LeafLifetime}}
+	s := &Server{opts: o, log: log, metrics: reg, tokenKey: tokenKey, svc: svc, self: selfCert{ca: svc.CA, id: serverID, lifetime: o.LeafLifetime}}
 	if _, err := s.self.get(nil); err != nil {
 		return nil, fmt.Errorf("issuing the service's own certificate: %w", err)
 	}
 	// Client certificates are optional (a proxy asking for its first one
 	// has none) and, when given, verified: services sharing this server
 	// (registration) read the caller's identity from them.
+	// The trust anchors are the current hierarchy's: a reload may add one.
+	base := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.self.get, ClientAuth: tls.VerifyClientCertIfGiven, NextProtos: []string{"h2"}}
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.self.get,
-			ClientAuth: tls.VerifyClientCertIfGiven, ClientCAs: ca.AnchorPool()})),
+		grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			c := base.Clone()
+			c.ClientCAs = s.svc.CA().AnchorPool()
+			return c, nil
+		}})),
 		grpc.MaxRecvMsgSize(64<<10), // a token and a CSR; a workload registration
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10*time.Second),
@@ -265,8 +274,8 @@ func (s *Server) GRPC() *grpc.Server { return s.grpc }
 // Metrics is the registry /metrics on the admin address serves.
 func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
 
-// CA is the loaded hierarchy.
-func (s *Server) CA() *pki.CA { return s.ca }
+// CA is the hierarchy in use (the latest loaded, with --reload-interval).
+func (s *Server) CA() *pki.CA { return s.svc.CA() }
 
 // JoinTokenKey is the key that signs join tokens this server accepts.
 func (s *Server) JoinTokenKey() ed25519.PrivateKey { return s.tokenKey }
@@ -283,6 +292,9 @@ func (s *Server) Run(ctx context.Context) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	go s.svc.WatchExpiry(watchCtx, time.Hour)
+	if s.opts.TrustAnchorPEM != "" && s.opts.ReloadInterval > 0 {
+		go s.watchFiles(watchCtx, s.opts.ReloadInterval)
+	}
 
 	errc := make(chan error, 2)
 	go func() { errc <- s.grpc.Serve(s.lis) }()
@@ -318,22 +330,23 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // selfCert is the service's own serving certificate, issued by its CA and
-// re-issued when 70% of its life has passed.
+// re-issued when 70% of its life has passed or the CA changes.
 type selfCert struct {
-	ca       *pki.CA
+	ca       func() *pki.CA
 	id       meshid.ID
 	lifetime time.Duration
 
-	mu      sync.Mutex
-	cert    *tls.Certificate
-	renewAt time.Time
+	mu       sync.Mutex
+	cert     *tls.Certificate
+	issuedBy *pki.CA
+	renewAt  time.Time
 }
 
 func (c *selfCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	now := time.Now()
-	if c.cert != nil && now.Before(c.renewAt) {
+	now, ca := time.Now(), c.ca()
+	if c.cert != nil && now.Before(c.renewAt) && c.issuedBy == ca {
 		return c.cert, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -348,14 +361,14 @@ func (c *selfCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := c.ca.Issue(csr, c.id, c.lifetime, now)
+	leaf, err := ca.Issue(csr, c.id, c.lifetime, now)
 	if err != nil {
 		if c.cert != nil {
 			return c.cert, nil // keep serving what we have
 		}
 		return nil, err
 	}
-	c.cert = &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, c.ca.Chain()...), PrivateKey: key, Leaf: leaf}
+	c.cert, c.issuedBy = &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, ca.Chain()...), PrivateKey: key, Leaf: leaf}, ca
 	c.renewAt = now.Add(time.Duration(float64(leaf.NotAfter.Sub(now)) * 0.7))
 	return c.cert, nil
 }

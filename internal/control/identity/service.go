@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,7 +51,7 @@ const (
 
 // Config is what a Service needs.
 type Config struct {
-	// CA signs the leaves.
+	// CA signs the leaves (SetCA replaces it).
 	CA *pki.CA
 	// TrustDomain is the only trust domain the service issues for.
 	TrustDomain string
@@ -78,9 +79,16 @@ type Config struct {
 type Service struct {
 	identityv1.UnimplementedIdentityServer
 	cfg     Config
+	ca      atomic.Pointer[pki.CA]
 	limiter *limiter
 	certify *prometheus.CounterVec
 }
+
+// CA is the hierarchy the service issues from.
+func (s *Service) CA() *pki.CA { return s.ca.Load() }
+
+// SetCA makes the service issue from ca from now on: a rotated issuer.
+func (s *Service) SetCA(ca *pki.CA) { s.ca.Store(ca) }
 
 // New validates cfg and returns the service.
 func New(cfg Config) (*Service, error) {
@@ -119,15 +127,16 @@ func New(cfg Config) (*Service, error) {
 			Help: "Certify calls by gRPC status code.",
 		}, []string{"code"}),
 	}
+	s.ca.Store(cfg.CA)
 	if cfg.Metrics != nil {
 		issuer := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "identity_issuer_expiration_timestamp_seconds",
 			Help: "When the issuer certificate (or a certificate above it) expires, in Unix seconds. After it, no proxy can renew: rotate the issuer well before.",
-		}, func() float64 { return float64(cfg.CA.NotAfter().Unix()) })
+		}, func() float64 { return float64(s.CA().NotAfter().Unix()) })
 		anchor := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "identity_trust_anchor_expiration_timestamp_seconds",
 			Help: "When the trust anchor the issuer chains to expires, in Unix seconds.",
-		}, func() float64 { return float64(cfg.CA.Anchor().NotAfter.Unix()) })
+		}, func() float64 { return float64(s.CA().Anchor().NotAfter.Unix()) })
 		for _, c := range []prometheus.Collector{s.certify, issuer, anchor} {
 			if err := cfg.Metrics.Register(c); err != nil {
 				return nil, fmt.Errorf("identity service metrics: %w", err)
@@ -194,13 +203,14 @@ func (s *Service) certifyRequest(ctx context.Context, req *identityv1.CertifyReq
 	if err != nil {
 		return nil, want, status.Error(codes.InvalidArgument, err.Error())
 	}
-	leaf, err := s.cfg.CA.Issue(csr, want, s.cfg.LeafLifetime, now)
+	ca := s.CA()
+	leaf, err := ca.Issue(csr, want, s.cfg.LeafLifetime, now)
 	if err != nil {
 		return nil, want, status.Errorf(codes.Internal, "issuing: %v", err)
 	}
 	return &identityv1.CertifyResponse{
 		LeafCertificate:          leaf.Raw,
-		IntermediateCertificates: s.cfg.CA.Chain(),
+		IntermediateCertificates: ca.Chain(),
 		ValidUntil:               timestamppb.New(leaf.NotAfter),
 	}, want, nil
 }
@@ -210,7 +220,7 @@ func (s *Service) certifyRequest(ctx context.Context, req *identityv1.CertifyReq
 // and an error if it has expired. It reports the time left.
 func (s *Service) CheckExpiry() time.Duration {
 	now := s.cfg.Now()
-	ca := s.cfg.CA
+	ca := s.CA()
 	left := ca.NotAfter().Sub(now)
 	attrs := []any{"issuer", ca.Issuer().Subject.String(), "expires", ca.NotAfter().UTC().Format(time.RFC3339),
 		"anchor_expires", ca.Anchor().NotAfter.UTC().Format(time.RFC3339)}

@@ -17,11 +17,19 @@ type External struct {
 	api promv1.API
 }
 
-// NewExternal checks the server URL; the server need not be up yet.
-func NewExternal(rawURL string) (*External, error) {
+// CheckURL checks that rawURL can name a Prometheus server.
+func CheckURL(rawURL string) error {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("--prometheus-url %q: not an http:// or https:// URL with a host", rawURL)
+		return fmt.Errorf("--prometheus-url %q: not an http:// or https:// URL with a host", rawURL)
+	}
+	return nil
+}
+
+// NewExternal checks the server URL; the server need not be up yet.
+func NewExternal(rawURL string) (*External, error) {
+	if err := CheckURL(rawURL); err != nil {
+		return nil, err
 	}
 	c, err := promapi.NewClient(promapi.Config{Address: rawURL})
 	if err != nil {

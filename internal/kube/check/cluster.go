@@ -35,6 +35,10 @@ const (
 // Components are the control plane's Deployments, trellis-<component>.
 var Components = []string{"identity", "destination", "injector"}
 
+// Optional are the Deployments `trellis install` adds on request
+// (--prometheus).
+var Optional = []string{"prometheus"}
+
 // MinimumMinor is the oldest Kubernetes 1.x Trellis runs on: native
 // sidecars (init containers with restartPolicy Always) are on by default
 // from 1.29.
@@ -129,7 +133,7 @@ func (e *Env) Pre() []Check {
 			case err != nil:
 				return err
 			}
-			return fmt.Errorf("namespace %s exists: Trellis is installed (trellis upgrade), or remove it first (trellis uninstall | kubectl delete -f -)", Namespace)
+			return fmt.Errorf("namespace %s exists: Trellis is installed (trellis upgrade), or remove it first (trellis uninstall | kubectl delete --ignore-not-found -f -)", Namespace)
 		}},
 	}
 }
@@ -186,15 +190,19 @@ func (e *Env) ControlPlane() []Check {
 	}
 }
 
+// deployments are the control plane's Deployments: every one of
+// Components, and the optional ones installed.
 func (e *Env) deployments(ctx context.Context, problems *[]string) []appsv1.Deployment {
 	var out []appsv1.Deployment
-	for _, c := range Components {
+	for _, c := range slices.Concat(Components, Optional) {
 		d, err := e.client.AppsV1().Deployments(Namespace).Get(ctx, "trellis-"+c, metav1.GetOptions{})
-		if err != nil {
+		switch {
+		case apierrors.IsNotFound(err) && slices.Contains(Optional, c):
+		case err != nil:
 			*problems = append(*problems, err.Error())
-			continue
+		default:
+			out = append(out, *d)
 		}
-		out = append(out, *d)
 	}
 	return out
 }

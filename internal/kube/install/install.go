@@ -6,10 +6,12 @@
 package install
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 	"github.com/trellis-mesh/trellis/internal/pki"
 )
 
@@ -33,6 +35,11 @@ type Options struct {
 	// are generated.
 	Identity *Identity
 	Webhook  *Webhook
+	// Prometheus deploys a Prometheus scraping the proxies for the metrics
+	// API; PrometheusURL points it at the user's own instead. Neither: the
+	// destination service's embedded store scrapes them.
+	Prometheus    bool
+	PrometheusURL string
 	// Overrides are Helm-style values merged last (--set, -f).
 	Overrides map[string]any
 }
@@ -43,6 +50,14 @@ type Identity struct{ AnchorsPEM, IssuerCertPEM, IssuerKeyPEM string }
 
 // Values builds the control-plane chart's values at now.
 func (o Options) Values(now time.Time) (map[string]any, error) {
+	if o.Prometheus && o.PrometheusURL != "" {
+		return nil, errors.New("--prometheus deploys a Prometheus, --prometheus-url names one of yours: give one of them")
+	}
+	if o.PrometheusURL != "" {
+		if err := metricsapi.CheckURL(o.PrometheusURL); err != nil {
+			return nil, err
+		}
+	}
 	id := o.Identity
 	if id == nil {
 		anchors, crt, key, err := o.identity(now)
@@ -68,7 +83,8 @@ func (o Options) Values(now time.Time) (map[string]any, error) {
 			"trustAnchorsPEM": id.AnchorsPEM,
 			"issuer":          map[string]any{"external": o.ExternalIssuer, "crtPEM": id.IssuerCertPEM, "keyPEM": id.IssuerKeyPEM},
 		},
-		"injector": map[string]any{"caBundlePEM": webhook.CAPEM, "crtPEM": webhook.CertPEM, "keyPEM": webhook.KeyPEM},
+		"injector":   map[string]any{"caBundlePEM": webhook.CAPEM, "crtPEM": webhook.CertPEM, "keyPEM": webhook.KeyPEM},
+		"prometheus": map[string]any{"enabled": o.Prometheus, "url": o.PrometheusURL},
 	}
 	return Merge(v, o.Overrides), nil
 }

@@ -65,11 +65,15 @@ func firstDiff(want, got string) string {
 func TestControlPlaneManifests(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		ha   bool
-	}{{"control-plane.golden.yaml", false}, {"control-plane-ha.golden.yaml", true}} {
+		set  func(*Options)
+	}{
+		{"control-plane.golden.yaml", func(*Options) {}},
+		{"control-plane-ha.golden.yaml", func(o *Options) { o.HA = true }},
+		{"control-plane-prometheus.golden.yaml", func(o *Options) { o.Prometheus = true }},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := options(t)
-			o.HA = tc.ha
+			tc.set(&o)
 			vals, err := o.Values(time.Now())
 			if err != nil {
 				t.Fatal(err)
@@ -139,6 +143,33 @@ func TestRenderIsHelmTemplate(t *testing.T) {
 		}
 		if got := rel.(*release.Release).Manifest; strings.TrimSpace(got) != strings.TrimSpace(ours) {
 			t.Errorf("helm template %s differs from trellis install's:\n%s", tc.chart, firstDiff(got, ours))
+		}
+	}
+}
+
+// --prometheus-url points the destination service at the user's
+// Prometheus; it must be a URL, and not given with --prometheus.
+func TestPrometheusURL(t *testing.T) {
+	o := options(t)
+	o.PrometheusURL = "http://prometheus.monitoring.svc:9090"
+	vals, err := o.Values(time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Render(charts.ControlPlane, vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "- --prometheus-url=http://prometheus.monitoring.svc:9090\n") || strings.Contains(out, "trellis-prometheus") {
+		t.Errorf("the destination service does not query the given Prometheus, or one is deployed:\n%s", out)
+	}
+	for _, bad := range []struct {
+		prometheus bool
+		url, want  string
+	}{{true, "http://p:9090", "give one of them"}, {false, "prometheus:9090", "not an http:// or https:// URL"}} {
+		o.Prometheus, o.PrometheusURL = bad.prometheus, bad.url
+		if _, err := o.Values(time.Now()); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("--prometheus=%v --prometheus-url=%s: %v, want an error saying %q", bad.prometheus, bad.url, err, bad.want)
 		}
 	}
 }

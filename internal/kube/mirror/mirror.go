@@ -82,16 +82,22 @@ func (m *Mirror) Run(ctx context.Context, st store.Store) error {
 		return err
 	}
 	lists := listers{services: svcs.Lister().List, slices: slices.Lister().List, pods: pods.Lister().List}
-	if m.Gateway != nil && m.gatewayServed() {
-		gf := gwinformers.NewSharedInformerFactory(m.Gateway, 10*time.Minute)
-		hr, gr := gf.Gateway().V1().HTTPRoutes(), gf.Gateway().V1().GRPCRoutes()
-		defer gf.Shutdown()
-		if err := start(ctx, gf, handler, hr.Informer(), gr.Informer()); err != nil {
+	// Routes: mirrored from the first pass if the API server serves them,
+	// else from when it does (the CRDs may be installed after Trellis).
+	routes := make(chan *routeListers, 1)
+	if m.Gateway != nil {
+		served := m.gatewayServed()
+		if !served {
+			m.Log.Warn("the API server does not serve the Gateway API's HTTPRoute and GRPCRoute: routes are mirrored once it does (trellis install --crds)")
+		}
+		gf, err := m.startRoutes(ctx, handler, served, routes)
+		if err != nil {
 			return err
 		}
-		lists.routes = &routeListers{http: hr.Lister().List, grpc: gr.Lister().List}
-	} else if m.Gateway != nil {
-		m.Log.Warn("the API server does not serve the Gateway API's HTTPRoute and GRPCRoute: routes are not mirrored (trellis install --crds)")
+		defer gf.Shutdown()
+		if served {
+			lists.routes = <-routes
+		}
 	}
 	m.Log.Info("mirroring the cluster into the store", "routes", lists.routes != nil)
 	for {
@@ -102,10 +108,49 @@ func (m *Mirror) Run(ctx context.Context, st store.Store) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case lists.routes = <-routes:
+			m.Log.Info("the API server serves HTTPRoute and GRPCRoute now: mirroring routes")
 		case <-kick:
 			time.Sleep(debounce)
 		}
 	}
+}
+
+// RouteCheckInterval is how often the mirror asks whether the API server
+// serves the route kinds, until it does.
+var RouteCheckInterval = 30 * time.Second
+
+// startRoutes starts the route informers and sends their listers on out:
+// at once if served, else in the background once the API server serves the
+// kinds. The factory it returns is shut down by the caller.
+func (m *Mirror) startRoutes(ctx context.Context, handler cache.ResourceEventHandler, served bool, out chan<- *routeListers) (gwinformers.SharedInformerFactory, error) {
+	gf := gwinformers.NewSharedInformerFactory(m.Gateway, 10*time.Minute)
+	hr, gr := gf.Gateway().V1().HTTPRoutes(), gf.Gateway().V1().GRPCRoutes()
+	listers := &routeListers{http: hr.Lister().List, grpc: gr.Lister().List}
+	if served {
+		if err := start(ctx, gf, handler, hr.Informer(), gr.Informer()); err != nil {
+			return nil, err
+		}
+		out <- listers
+		return gf, nil
+	}
+	go func() {
+		t := time.NewTicker(RouteCheckInterval)
+		defer t.Stop()
+		for !m.gatewayServed() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+		if err := start(ctx, gf, handler, hr.Informer(), gr.Informer()); err != nil {
+			m.Log.Warn("routes are not mirrored", "error", err)
+			return
+		}
+		out <- listers
+	}()
+	return gf, nil
 }
 
 // factory is what start needs of an informer factory (client-go's and the

@@ -2,12 +2,13 @@
 // waits for SIGTERM or SIGINT and reaps orphaned children meanwhile.
 //
 //	go run ./test/kube/pause -image out/pause.tar   # writes localhost/pause:3.10
-//	go run ./test/kube/pause -image out/pause.tar -coredns BIN -coredns-image out/coredns.tar
+//	go run ./test/kube/pause -image out/pause.tar -static localhost/coredns:v1.14.7=BIN=out/coredns.tar
 //
 // With -image it writes an image of itself instead (it must be built with
 // CGO_ENABLED=0, as go run does for it here: it uses no cgo package), and
-// with -coredns the image of the cluster's DNS server, that static binary
-// alone (localhost/coredns:VERSION).
+// with -static TAG=BINARY=TARBALL the image of another static binary alone,
+// /NAME its entrypoint (the cluster's DNS server, the Prometheus that
+// `trellis install --prometheus` deploys).
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/trellis-mesh/trellis/internal/kube/image"
@@ -23,21 +25,27 @@ import (
 // Tag is the sandbox image containerd is configured with.
 const Tag = "localhost/pause:3.10"
 
-// CoreDNSTag is the cluster DNS image cluster.sh deploys.
-const CoreDNSTag = "localhost/coredns:v1.14.7"
-
 func main() {
 	out := flag.String("image", "", "write the pause image tarball here and exit")
-	coredns := flag.String("coredns", "", "with -image: the CoreDNS binary to write an image of")
-	corednsOut := flag.String("coredns-image", "", "with -coredns: where to write its image tarball")
+	var static [][3]string
+	flag.Func("static", "with -image: TAG=BINARY=TARBALL, also write an image of that static binary (repeatable)", func(s string) error {
+		parts := strings.Split(s, "=")
+		if len(parts) != 3 || parts[0] == "" || parts[1] == "" || parts[2] == "" {
+			return fmt.Errorf("%q: want TAG=BINARY=TARBALL", s)
+		}
+		static = append(static, [3]string(parts))
+		return nil
+	})
 	flag.Parse()
 	if *out != "" {
 		exe, err := os.Executable()
 		if err == nil {
-			err = writeImage(Tag, "/pause", exe, *out)
+			err = writeImage(Tag, exe, *out)
 		}
-		if err == nil && *coredns != "" {
-			err = writeImage(CoreDNSTag, "/coredns", *coredns, *corednsOut)
+		for _, s := range static {
+			if err == nil {
+				err = writeImage(s[0], s[1], s[2])
+			}
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "pause:", err)
@@ -60,13 +68,15 @@ func main() {
 	}
 }
 
-// writeImage writes an image of the static binary at host as path, its
-// entrypoint.
-func writeImage(tag, path, host, out string) error {
+// writeImage writes an image of the static binary at host as /NAME, NAME
+// the last element of tag's repository, its entrypoint.
+func writeImage(tag, host, out string) error {
 	f, err := image.HostFile(host)
 	if err != nil {
 		return err
 	}
+	name, _, _ := strings.Cut(tag[strings.LastIndex(tag, "/")+1:], ":")
+	path := "/" + name
 	f.Path, f.Mode = path, 0o755
 	return image.Write(image.Spec{Tag: tag, Files: []image.File{f}, Entrypoint: []string{path}}, out)
 }
