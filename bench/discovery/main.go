@@ -21,6 +21,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"flag"
@@ -168,7 +169,18 @@ func run(control, kubeconfig, dataDir, ns string, workloads, services, watchers,
 	if err != nil || !anchors.AppendCertsFromPEM(pem) {
 		log.Fatalf("trust anchor: %v", err)
 	}
-	creds := credentials.NewTLS(proxyidentity.ClientConfig(anchors, meshid.IdentityServiceID(meshid.DefaultTrustDomain), nil))
+	// The control plane answers proxies only: the watchers present a
+	// proxy's certificate, issued from the data directory's issuer.
+	ca, _, err := pki.LoadOrCreateDir(dataDir, meshid.DefaultTrustDomain, time.Now())
+	if err != nil {
+		log.Fatalf("issuer: %v", err)
+	}
+	cert, err := ca.IssueTLS(meshid.ID{TrustDomain: meshid.DefaultTrustDomain, Namespace: ns, ServiceAccount: "bench"}, time.Hour, time.Now())
+	if err != nil {
+		log.Fatalf("client certificate: %v", err)
+	}
+	creds := credentials.NewTLS(proxyidentity.ClientConfig(anchors, meshid.IdentityServiceID(meshid.DefaultTrustDomain),
+		func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }))
 	ws := make([]*watcher, watchers)
 	byService := map[int][]*watcher{}
 	for i := range ws {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -116,6 +117,9 @@ func TestApplyRefusesBadInputAndWritesNothing(t *testing.T) {
 	}{
 		{"malformed YAML", "kind: Service\nmetadata: [name: x\n", "document 2"},
 		{"unknown kind", "apiVersion: trellis.dev/v1alpha1\nkind: Widget\nmetadata:\n  name: w\nspec: {}\n", `kind: unknown kind "Widget"`},
+		{"unknown kind in a namespace", "apiVersion: trellis.dev/v1alpha1\nkind: Widget\nmetadata:\n  name: w\n  namespace: shop\nspec: {}\n", `kind: unknown kind "Widget"`},
+		{"annotations too large", strings.Replace(goodService, "metadata:", "metadata:\n  annotations: {big: \""+strings.Repeat("x", 300<<10)+"\"}", 1), "must be at most 256 KiB"},
+		{"batch too large", bigBatch(), "larger than the 8 MiB"},
 		{"invalid name", strings.Replace(goodService, "name: web", "name: Web_1", 1), "metadata.name"},
 		{"invalid spec", strings.Replace(goodService, "port: 8080", "port: 80800", 1), "spec.ports[0].port"},
 		{"unknown field", strings.Replace(goodService, "spec:", "spek: {}\nspec:", 1), `unknown field "spek"`},
@@ -136,6 +140,16 @@ func TestApplyRefusesBadInputAndWritesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bigBatch is 45 valid Services of 200 KiB each: a request over 8 MiB.
+func bigBatch() string {
+	var b strings.Builder
+	for i := range 45 {
+		fmt.Fprintf(&b, "---\n%s", strings.Replace(strings.ReplaceAll(goodService, "name: web", fmt.Sprintf("name: web-%d", i)),
+			"metadata:", "metadata:\n  annotations: {big: \""+strings.Repeat("x", 200<<10)+"\"}", 1))
+	}
+	return b.String()
 }
 
 func TestCommandsWithoutAControlPlaneSaySo(t *testing.T) {

@@ -16,7 +16,6 @@ import (
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
-	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
 )
@@ -46,9 +45,8 @@ func applyCmd(dataDir *string) *cobra.Command {
 from each -f FILE ('-' is standard input) and creates or replaces them, the
 way kubectl apply does. Every object is checked first — a malformed file, an
 unknown kind, an invalid name or a spec that fails validation is reported
-naming the file, the document and the field — and nothing is written unless
-all of them are valid. (Should a write fail after that, the error says how
-many objects were applied.)`,
+naming the file, the document and the field. The objects are written in
+one transaction: all of them, or — on any error — none.`,
 		Example: `  trellis apply -f services.yaml
   cat web.yaml | trellis apply -f -`,
 		Args: cobra.NoArgs,
@@ -87,18 +85,13 @@ many objects were applied.)`,
 }
 
 // explainItem turns "object N: ..." from the API into the file and
-// document it came from, and says what was written.
+// document it came from.
 func explainItem(err error, origin []string) error {
 	msg := err.Error()
 	var n int
 	if _, scanErr := fmt.Sscanf(msg, "object %d:", &n); scanErr == nil && n >= 1 && n <= len(origin) {
 		_, rest, _ := strings.Cut(msg, ": ")
-		written := "nothing was applied"
-		var ce *localapi.CallError
-		if errors.As(err, &ce) && ce.Error_.Applied > 0 {
-			written = fmt.Sprintf("the %d object(s) before it were applied", ce.Error_.Applied)
-		}
-		return fmt.Errorf("%s: %s (%s)", origin[n-1], rest, written)
+		return fmt.Errorf("%s: %s (nothing was applied)", origin[n-1], rest)
 	}
 	return err
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -224,6 +225,28 @@ func (ca *CA) Issue(csr *x509.CertificateRequest, id identity.ID, lifetime time.
 		return nil, fmt.Errorf("signing leaf for %s: %w", id, err)
 	}
 	return x509.ParseCertificate(der)
+}
+
+// IssueTLS generates a key and issues a leaf for id with it (see Issue):
+// a certificate the issuing process presents itself, with its chain.
+func (ca *CA) IssueTLS(id identity.ID, lifetime time.Duration, now time.Time) (*tls.Certificate, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := ca.Issue(csr, id, lifetime, now)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, ca.Chain()...), PrivateKey: key, Leaf: leaf}, nil
 }
 
 // CheckLeafKey checks that pub is the kind of key leaves carry: ECDSA P-256.

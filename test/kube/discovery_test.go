@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
@@ -54,7 +56,21 @@ spec:
 	cert := &tls.Certificate{Certificate: append([][]byte{resp.GetLeafCertificate()}, resp.GetIntermediateCertificates()...), PrivateKey: key}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	stream, err := destinationv1.NewDestinationClient(controlPlaneConn(t, anchors, "trellis-destination", 8086, cert)).Get(ctx,
+	conn := controlPlaneConn(t, anchors, "trellis-destination", 8086, cert)
+	// A meshed identity cannot add itself to a Service: in Kubernetes the
+	// EndpointSlices say who serves one, and nothing is registered.
+	if _, err := destinationv1.NewRegistryClient(conn).Register(ctx, &destinationv1.RegisterRequest{Name: "intruder", Service: "web",
+		Address: "10.244.0.250", MeshPort: 4143, Ports: []*destinationv1.Port{{Port: 8080, TargetPort: 8080}}}); status.Code(err) != codes.Unimplemented {
+		t.Errorf("registering a workload under web: %v, want Unimplemented", err)
+	}
+	// Without a certificate of the mesh, discovery answers nothing.
+	if s, err := destinationv1.NewDestinationClient(controlPlaneConn(t, anchors, "trellis-destination", 8086, nil)).Get(ctx,
+		&destinationv1.GetDestination{Authority: "web.discovery.svc.cluster.local:8080"}); err == nil {
+		if _, err = s.Recv(); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("discovery without a client certificate: %v, want Unauthenticated", err)
+		}
+	}
+	stream, err := destinationv1.NewDestinationClient(conn).Get(ctx,
 		&destinationv1.GetDestination{Authority: "web.discovery.svc.cluster.local:8080", ContextNamespace: "discovery"})
 	if err != nil {
 		t.Fatal(err)

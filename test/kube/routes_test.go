@@ -119,7 +119,7 @@ spec:
 			var rows []metricsapi.RouteRow
 			problems := cliJSON(t, &rows, "routes", "voting", "-n", ns, "-t", "30s", "-o", "json")
 			for _, r := range rows {
-				if r.Route == "voting" && r.Kind == "GRPCRoute" && r.RetriesPerSec > 0 && r.RPS > 0 {
+				if r.Route == ns+"/voting" && r.Kind == "GRPCRoute" && r.RetriesPerSec > 0 && r.RPS > 0 {
 					t.Logf("trellis routes voting: %s %s %.1f rps, %.1f retries/s", r.Kind, r.Route, r.RPS, r.RetriesPerSec)
 					return
 				}

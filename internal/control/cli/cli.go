@@ -202,7 +202,8 @@ identity when its Pod runs the proxy, and the Gateway API HTTPRoutes and
 GRPCRoutes attached to Services, whose status it writes (in-cluster, or
 --kubeconfig; its ServiceAccount needs list and watch on services,
 endpointslices, pods, httproutes and grpcroutes, and update on their
-status).`,
+status). Proxies cannot register workloads then: a Service's endpoints are
+the cluster's.`,
 		func(o *plane.Options, log *slog.Logger) error {
 			if !kube {
 				return nil
@@ -221,6 +222,7 @@ status).`,
 			}
 			m := &mirror.Mirror{Client: client, Gateway: gw, TrustDomain: o.Identity.TrustDomain, Log: log.With("component", "mirror")}
 			o.Sources = append(o.Sources, func(ctx context.Context, st store.Store) error { return m.Run(ctx, st) })
+			o.NoRegistry = true // the cluster's EndpointSlices say who serves a Service
 			return nil
 		})
 	cmd.Flags().BoolVar(&kube, "kubernetes", false, "serve a Kubernetes cluster: mirror its Services, EndpointSlices and Pods into the store")

@@ -56,6 +56,6 @@ Anyone holding the token can obtain that identity: treat it as a secret.`,
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the identity service's data directory (holds "+identity.JoinTokenKeyFile+")")
 	cmd.Flags().StringVar(&keyFile, "join-token-key-file", "", "the join-token signing key, instead of --data-dir's")
 	cmd.Flags().StringVar(&id, "identity", "", "the SPIFFE ID the token entitles to, e.g. spiffe://cluster.local/ns/shop/sa/web")
-	cmd.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token may be used to obtain certificates")
+	cmd.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token may be used to obtain certificates (at most 720h)")
 	return cmd
 }

@@ -62,14 +62,25 @@ func KeyID(pub ed25519.PublicKey) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// MaxJoinTokenTTL bounds a join token's lifetime.
+const MaxJoinTokenTTL = 30 * 24 * time.Hour
+
+// errControlPlaneIdentity refuses a join token for the control plane's own
+// namespace: proxies trust those identities to issue certificates, serve
+// discovery and tap them, and no workload may take one.
+var errControlPlaneIdentity = fmt.Errorf("identities of namespace %s are the control plane's: no join token gives one", meshid.ControlPlaneNamespace)
+
 // IssueJoinToken signs a join token entitling its holder to id from now
-// until now+ttl.
+// until now+ttl (at most MaxJoinTokenTTL).
 func IssueJoinToken(key ed25519.PrivateKey, id meshid.ID, ttl time.Duration, now time.Time) (string, error) {
 	if err := id.Validate(); err != nil {
 		return "", fmt.Errorf("join token identity: %w", err)
 	}
-	if ttl < time.Second {
-		return "", fmt.Errorf("join token lifetime %v: must be at least 1s", ttl)
+	if id.Namespace == meshid.ControlPlaneNamespace {
+		return "", fmt.Errorf("join token for %s: %w", id, errControlPlaneIdentity)
+	}
+	if ttl < time.Second || ttl > MaxJoinTokenTTL {
+		return "", fmt.Errorf("join token lifetime %v: must be between 1s and %v", ttl, MaxJoinTokenTTL)
 	}
 	if len(key) != ed25519.PrivateKeySize {
 		return "", errors.New("join token key is not an Ed25519 private key")
@@ -176,6 +187,12 @@ func (v *JoinTokenValidator) Validate(_ context.Context, token []byte) (meshid.I
 	}
 	if t.ID.TrustDomain != v.TrustDomain {
 		return meshid.ID{}, invalid("join token is for trust domain %q, not %q", t.ID.TrustDomain, v.TrustDomain)
+	}
+	if t.ID.Namespace == meshid.ControlPlaneNamespace {
+		return meshid.ID{}, invalid("join token for %s: %v", t.ID, errControlPlaneIdentity)
+	}
+	if life := time.Duration(t.Claims.Expires-t.Claims.IssuedAt) * time.Second; life > MaxJoinTokenTTL {
+		return meshid.ID{}, invalid("join token for %s lives %v, more than the %v allowed", t.ID, life, MaxJoinTokenTTL)
 	}
 	return t.ID, nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,6 +43,15 @@ func TestJoinTokens(t *testing.T) {
 	forged := "tjt1." + forgedClaims + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(otherKey, []byte("tjt1."+forgedClaims)))
 	swapped := "tjt1." + forgedClaims + "." + parts[2]
 
+	// Tokens the key signed, but IssueJoinToken would not have issued.
+	signed := func(sub string, iat, exp int64) string {
+		c := base64.RawURLEncoding.EncodeToString([]byte(fmt.Sprintf(`{"sub":%q,"kid":%q,"iat":%d,"exp":%d,"jti":"x"}`,
+			sub, KeyID(key.Public().(ed25519.PublicKey)), iat, exp)))
+		return "tjt1." + c + "." + base64.RawURLEncoding.EncodeToString(ed25519.Sign(key, []byte("tjt1."+c)))
+	}
+	controlPlane := signed("spiffe://cluster.local/ns/trellis/sa/trellis-identity", now.Unix(), now.Add(time.Hour).Unix())
+	century := signed(web.String(), now.Unix(), now.Add(100*365*24*time.Hour).Unix())
+
 	if _, err := v.Validate(context.Background(), []byte(nearFuture)); err != nil {
 		t.Errorf("token issued 10s ahead (within the clock skew allowance): %v", err)
 	}
@@ -61,6 +71,8 @@ func TestJoinTokens(t *testing.T) {
 		{"bad subject", "tjt1." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"web","kid":"x","iat":1,"exp":2}`)) + "." + parts[2], "join token subject"},
 		{"exp before iat", "tjt1." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"spiffe://cluster.local/ns/a/sa/b","kid":"x","iat":5,"exp":2}`)) + "." + parts[2], "incomplete"},
 		{"huge", "tjt1." + strings.Repeat("A", 5000), "at most 4096"},
+		{"the control plane's identity", controlPlane, "are the control plane's"},
+		{"a century long", century, "more than the 720h0m0s allowed"},
 	} {
 		_, err := v.Validate(context.Background(), []byte(tc.token))
 		if err == nil || !errors.Is(err, ErrInvalidToken) || !strings.Contains(err.Error(), tc.want) {
@@ -72,6 +84,12 @@ func TestJoinTokens(t *testing.T) {
 	}
 	if _, err := IssueJoinToken(key, web, 0, now); err == nil {
 		t.Error("issued a token with no lifetime")
+	}
+	if _, err := IssueJoinToken(key, web, 31*24*time.Hour, now); err == nil || !strings.Contains(err.Error(), "between 1s and 720h") {
+		t.Errorf("a 31-day token: %v", err)
+	}
+	if _, err := IssueJoinToken(key, meshid.IdentityServiceID("cluster.local"), time.Hour, now); err == nil || !strings.Contains(err.Error(), "control plane's") {
+		t.Errorf("a token for the identity service's own identity: %v", err)
 	}
 }
 

@@ -2,18 +2,13 @@ package identity
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -66,6 +61,9 @@ type Options struct {
 	RateBurst int
 	// ShutdownGracePeriod bounds waiting for in-flight calls on SIGTERM.
 	ShutdownGracePeriod time.Duration
+	// MaxStreams bounds the gRPC streams open at once, and
+	// MaxStreamsPerConnection those of one connection.
+	MaxStreams, MaxStreamsPerConnection int
 	// NoCertify leaves the Certify API out: the server only serves the
 	// services added to GRPC, with a certificate from the CA (the
 	// destination component on its own).
@@ -94,12 +92,26 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.Float64Var(&o.RateLimit, "rate-limit", float64(DefaultRateLimit), "certificate requests per second allowed per identity")
 	fs.IntVar(&o.RateBurst, "rate-burst", DefaultRateBurst, "certificate requests allowed in a burst per identity")
 	fs.DurationVar(&o.ShutdownGracePeriod, "shutdown-grace-period", 30*time.Second, "how long SIGTERM waits for in-flight requests")
+	fs.IntVar(&o.MaxStreams, "max-streams", DefaultMaxStreams, "gRPC streams (proxies' discovery watches) served at once; more are refused with RESOURCE_EXHAUSTED")
+	fs.IntVar(&o.MaxStreamsPerConnection, "max-streams-per-connection", DefaultMaxStreamsPerConnection, "gRPC streams one connection (one proxy) may open at once; more wait")
 }
 
 // validate checks o, naming the flag at fault.
 func (o *Options) validate() (serverID meshid.ID, err error) {
 	if _, err := meshid.New(o.TrustDomain, "x", "x"); err != nil {
 		return serverID, fmt.Errorf("--trust-domain: %w", err)
+	}
+	for _, l := range []struct {
+		flag  string
+		v     *int
+		deflt int
+	}{{"--max-streams", &o.MaxStreams, DefaultMaxStreams}, {"--max-streams-per-connection", &o.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection}} {
+		switch {
+		case *l.v == 0:
+			*l.v = l.deflt
+		case *l.v < 0:
+			return serverID, fmt.Errorf("%s %d: must be positive", l.flag, *l.v)
+		}
 	}
 	files := 0
 	for _, f := range []string{o.TrustAnchorPEM, o.IssuerCertPEM, o.IssuerKeyPEM} {
@@ -217,6 +229,7 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 	// Client certificates are optional (a proxy asking for its first one
 	// has none) and, when given, verified: services sharing this server
 	// (registration) read the caller's identity from them.
+	g := newGuard(o.MaxStreams, reg)
 	// The trust anchors are the current hierarchy's: a reload may add one.
 	base := &tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: s.self.get, ClientAuth: tls.VerifyClientCertIfGiven, NextProtos: []string{"h2"}}
 	s.grpc = grpc.NewServer(
@@ -226,6 +239,9 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 			return c, nil
 		}})),
 		grpc.MaxRecvMsgSize(64<<10), // a token and a CSR; a workload registration
+		grpc.MaxConcurrentStreams(uint32(o.MaxStreamsPerConnection)),
+		grpc.ChainUnaryInterceptor(g.unary),
+		grpc.ChainStreamInterceptor(g.stream),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10*time.Second),
 	)
@@ -349,26 +365,14 @@ func (c *selfCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	if c.cert != nil && now.Before(c.renewAt) && c.issuedBy == ca {
 		return c.cert, nil
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{c.id.URL()}}, key)
-	if err != nil {
-		return nil, err
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		return nil, err
-	}
-	leaf, err := ca.Issue(csr, c.id, c.lifetime, now)
+	cert, err := ca.IssueTLS(c.id, c.lifetime, now)
 	if err != nil {
 		if c.cert != nil {
 			return c.cert, nil // keep serving what we have
 		}
 		return nil, err
 	}
-	c.cert, c.issuedBy = &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, ca.Chain()...), PrivateKey: key, Leaf: leaf}, ca
-	c.renewAt = now.Add(time.Duration(float64(leaf.NotAfter.Sub(now)) * 0.7))
+	c.cert, c.issuedBy = cert, ca
+	c.renewAt = now.Add(time.Duration(float64(cert.Leaf.NotAfter.Sub(now)) * 0.7))
 	return c.cert, nil
 }

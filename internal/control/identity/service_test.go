@@ -301,6 +301,8 @@ func TestOptionsNameTheFlag(t *testing.T) {
 		{func(o *Options) { o.LeafLifetime = 0 }, "--leaf-lifetime"},
 		{func(o *Options) { o.Addr = "nowhere" }, "--addr"},
 		{func(o *Options) { o.ServerIdentity = "spiffe://x/y" }, "--server-identity"},
+		{func(o *Options) { o.MaxStreams = -1 }, "--max-streams -1: must be positive"},
+		{func(o *Options) { o.MaxStreamsPerConnection = -5 }, "--max-streams-per-connection -5"},
 		{func(o *Options) {
 			o.DataDir, o.TrustAnchorPEM, o.IssuerCertPEM, o.IssuerKeyPEM = "", "a", "b", "c"
 		}, "--join-token-key-file"},

@@ -158,9 +158,6 @@ func ServeUntil(ctx context.Context, srv *http.Server, ln net.Listener, name str
 type Error struct {
 	Error string `json:"error"`
 	Field string `json:"field,omitempty"`
-	// Applied counts the objects of a batch written before it failed: 0
-	// unless a write failed after every object was validated.
-	Applied int `json:"applied,omitempty"`
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
@@ -169,13 +166,17 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
-func fail(w http.ResponseWriter, err error) { failWith(w, err, 0) }
-
-func failWith(w http.ResponseWriter, err error, applied int) {
+func fail(w http.ResponseWriter, err error) {
 	var ve *store.ValidationError
+	var tooBig *http.MaxBytesError
 	code := http.StatusInternalServerError
-	e := Error{Error: err.Error(), Applied: applied}
+	e := Error{Error: err.Error()}
 	switch {
+	case errors.As(err, &tooBig):
+		code = http.StatusRequestEntityTooLarge
+		e.Error = fmt.Sprintf("the request is larger than the %d MiB the API takes at once: apply the objects in smaller batches", tooBig.Limit>>20)
+	case errors.Is(err, store.ErrTooLarge):
+		code = http.StatusRequestEntityTooLarge
 	case errors.As(err, &ve):
 		code, e.Field = http.StatusUnprocessableEntity, ve.Field
 	case errors.Is(err, store.ErrNotFound):
@@ -234,9 +235,8 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 }
 
 // ApplyRequest is a batch of objects to create or replace: all are
-// validated (and checked against their resourceVersion) before any is
-// written; a write failing after that stops the batch, and the error says
-// how many were applied.
+// validated (and checked against their resourceVersion), then written in
+// one transaction — all of them, or none.
 type ApplyRequest struct {
 	Items []store.Resource `json:"items"`
 }
@@ -253,62 +253,65 @@ type ApplyResponse struct {
 	Items []Applied `json:"items"`
 }
 
-// ItemError is a batch's failure: which object, and why.
-type ItemError struct {
-	Index int
-	Err   error
-}
-
-func (e *ItemError) Error() string { return e.Err.Error() }
-func (e *ItemError) Unwrap() error { return e.Err }
+// MaxApplyBytes bounds an apply request.
+const MaxApplyBytes = 8 << 20
 
 func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 	var req ApplyRequest
-	d := json.NewDecoder(io.LimitReader(r.Body, 8<<20))
+	d := json.NewDecoder(http.MaxBytesReader(w, r.Body, MaxApplyBytes))
 	d.DisallowUnknownFields()
 	if err := d.Decode(&req); err != nil {
-		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
+		var tooBig *http.MaxBytesError
+		if !errors.As(err, &tooBig) {
+			err = fmt.Errorf("%w: %v", errBadRequest, err)
+		}
+		fail(w, err)
 		return
 	}
+	prev := make([]string, len(req.Items)) // resourceVersions before, "" for new objects
 	for i := range req.Items {
 		item := req.Items[i] // a copy: checks may fill in defaults
 		if err := store.Validate(&item, s.cfg.Kinds); err != nil {
-			failItem(w, i, 0, err)
+			failItem(w, i, err)
 			return
 		}
-		if rv := item.Metadata.ResourceVersion; rv != "" {
-			cur, err := s.cfg.Store.Get(r.Context(), item.Key())
-			if err == nil && cur.Metadata.ResourceVersion != rv {
-				failItem(w, i, 0, fmt.Errorf("%w: %s is at resourceVersion %s, not %s", store.ErrConflict, item.Key(), cur.Metadata.ResourceVersion, rv))
-				return
-			}
+		cur, err := s.cfg.Store.Get(r.Context(), item.Key())
+		if err == nil {
+			prev[i] = cur.Metadata.ResourceVersion
+		}
+		if rv := item.Metadata.ResourceVersion; rv != "" && err == nil && cur.Metadata.ResourceVersion != rv {
+			failItem(w, i, fmt.Errorf("%w: %s is at resourceVersion %s, not %s", store.ErrConflict, item.Key(), cur.Metadata.ResourceVersion, rv))
+			return
 		}
 	}
+	got, err := s.cfg.IPs.ApplyAll(r.Context(), req.Items)
+	if err != nil {
+		var ie *store.ItemError
+		if errors.As(err, &ie) {
+			failItem(w, ie.Index, ie.Err)
+		} else {
+			fail(w, err)
+		}
+		return
+	}
 	var out ApplyResponse
-	for i, item := range req.Items {
-		prev, err := s.cfg.Store.Get(r.Context(), item.Key())
-		existed := err == nil
-		got, err := s.cfg.IPs.Apply(r.Context(), item)
-		if err != nil {
-			failItem(w, i, i, err)
-			return
-		}
+	for i, obj := range got {
 		action := "created"
-		if existed {
+		switch prev[i] {
+		case "":
+		case obj.Metadata.ResourceVersion:
+			action = "unchanged"
+		default:
 			action = "configured"
-			if prev.Metadata.ResourceVersion == got.Metadata.ResourceVersion {
-				action = "unchanged"
-			}
 		}
-		out.Items = append(out.Items, Applied{Object: got, Action: action})
+		out.Items = append(out.Items, Applied{Object: obj, Action: action})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
-// failItem answers with err, saying which object of the batch failed and
-// how many were written before it.
-func failItem(w http.ResponseWriter, i, applied int, err error) {
-	failWith(w, fmt.Errorf("object %d: %w", i+1, err), applied)
+// failItem answers with err, saying which object of the batch failed.
+func failItem(w http.ResponseWriter, i int, err error) {
+	fail(w, fmt.Errorf("object %d: %w", i+1, err))
 }
 
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
@@ -346,7 +349,7 @@ func (s *Server) joinToken(w http.ResponseWriter, r *http.Request) {
 	}
 	tok, err := identity.IssueJoinToken(s.cfg.TokenKey, id, req.TTL, time.Now())
 	if err != nil {
-		fail(w, err)
+		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, TokenResponse{Token: tok})

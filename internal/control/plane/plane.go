@@ -64,6 +64,10 @@ type Options struct {
 	// Sources run beside the components and write what they learn into
 	// the store (in Kubernetes: the cluster's Services and endpoints).
 	Sources []func(ctx context.Context, st store.Store) error
+	// NoRegistry leaves the registration API out: the workloads come from
+	// the Sources alone (in Kubernetes a proxy cannot add itself to a
+	// Service; the EndpointSlices say who serves it).
+	NoRegistry bool
 	// ViewAddr, if set, serves the API's read-only part (status,
 	// resources, metrics, tap) over TCP: in Kubernetes, on the Pod's
 	// loopback, for the CLI's port-forward.
@@ -146,7 +150,9 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	}
 	p.index = destination.NewIndex(p.store, o.ClusterDomain, destination.DefaultQueue, log.With("component", "destination"))
 	destination.NewServer(p.index).Register(p.identity.GRPC())
-	p.registry.AddTo(p.identity.GRPC())
+	if !o.NoRegistry {
+		p.registry.AddTo(p.identity.GRPC())
+	}
 	if o.DNSAddr != "" {
 		if p.dns, err = dns.Listen(o.DNSAddr, dns.Config{Domain: o.ClusterDomain, Resolver: p.index, Log: log.With("component", "dns")}); err != nil {
 			return nil, fmt.Errorf("--dns-addr: %w", err)

@@ -129,10 +129,19 @@ func TestLiveInstanceIsNotRepointed(t *testing.T) {
 	moved.Address = "10.0.0.9"
 	_, err := g.Register(asFrom(web, "10.0.0.9"), moved)
 	wantDenied(t, "re-pointing a live instance", err)
-	// The same endpoint registering again (a proxy reconnecting) is fine.
+	// The same endpoint registering again (a proxy reconnecting) is fine,
+	// also after renewals.
 	if _, err := g.Register(as(web), request("web-0")); err != nil {
 		t.Fatalf("re-registering the same endpoint: %v", err)
 	}
+	if _, err := g.Renew(as(web), &destinationv1.RenewRequest{Name: "web-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Register(as(web), request("web-0")); err != nil {
+		t.Fatalf("re-registering the same endpoint after a renewal: %v", err)
+	}
+	_, err = g.Register(asFrom(web, "10.0.0.9"), moved)
+	wantDenied(t, "re-pointing a live instance after a renewal", err)
 	c.Advance(4 * time.Second)
 	if _, err := g.Register(asFrom(web, "10.0.0.9"), moved); err != nil {
 		t.Fatalf("after the lease lapsed: %v", err)

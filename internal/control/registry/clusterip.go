@@ -26,36 +26,59 @@ type ClusterIPs struct {
 	mu sync.Mutex
 }
 
-// Apply writes r, giving it a clusterIP first if it is a Service without
-// one: the one it already has in the store, else the lowest free address.
-// Allocation and write happen under one lock, so no two services get the
-// same address.
+// Apply writes r as ApplyAll does.
 func (c *ClusterIPs) Apply(ctx context.Context, r store.Resource) (store.Resource, error) {
-	if r.Kind != resources.KindService {
-		return c.Store.Apply(ctx, r)
+	out, err := c.ApplyAll(ctx, []store.Resource{r})
+	if err != nil {
+		var ie *store.ItemError
+		if errors.As(err, &ie) {
+			return store.Resource{}, ie.Err
+		}
+		return store.Resource{}, err
 	}
+	return out[0], nil
+}
+
+// ApplyAll writes rs in one transaction, giving every Service without a
+// clusterIP one first: the one it already has in the store, else the
+// lowest free address. An applied Service that names no identities keeps
+// the ones it is bound to. Allocation and write happen under one lock, so
+// no two services get the same address.
+func (c *ClusterIPs) ApplyAll(ctx context.Context, rs []store.Resource) ([]store.Resource, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var spec map[string]any
-	if err := json.Unmarshal(r.Spec, &spec); err == nil && spec != nil {
+	var ips *allocator
+	rs = slices.Clone(rs)
+	for i := range rs {
+		r := &rs[i]
+		if r.Kind != resources.KindService {
+			continue
+		}
+		var spec map[string]any
+		if err := json.Unmarshal(r.Spec, &spec); err != nil || spec == nil {
+			continue // the store says what is wrong with it
+		}
 		if _, ok := spec["serviceAccounts"]; !ok {
-			// An applied Service that names no identities keeps the ones
-			// it is bound to.
 			if bound := c.bound(ctx, r.Metadata.Namespace, r.Metadata.Name); len(bound) > 0 {
 				spec["serviceAccounts"] = bound
-				r.Spec, _ = json.Marshal(spec)
 			}
 		}
 		if ip, _ := spec["clusterIP"].(string); ip == "" {
-			ip, err := c.pick(ctx, r.Metadata.Namespace, r.Metadata.Name)
+			if ips == nil {
+				var err error
+				if ips, err = c.allocator(ctx); err != nil {
+					return nil, err
+				}
+			}
+			ip, err := ips.pick(r.Metadata.Namespace, r.Metadata.Name)
 			if err != nil {
-				return store.Resource{}, err
+				return nil, &store.ItemError{Index: i, Err: err}
 			}
 			spec["clusterIP"] = ip.String()
-			r.Spec, _ = json.Marshal(spec)
 		}
+		r.Spec, _ = json.Marshal(spec)
 	}
-	return c.Store.Apply(ctx, r)
+	return c.Store.ApplyAll(ctx, rs)
 }
 
 // ErrNotBound refuses a registration under a service whose identities do
@@ -73,7 +96,11 @@ func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, 
 		var spec resources.ServiceSpec
 		switch {
 		case errors.Is(err, store.ErrNotFound):
-			ip, err := c.pick(ctx, namespace, name)
+			ips, err := c.allocator(ctx)
+			if err != nil {
+				return err
+			}
+			ip, err := ips.pick(namespace, name)
 			if err != nil {
 				return err
 			}
@@ -122,30 +149,41 @@ func (c *ClusterIPs) bound(ctx context.Context, namespace, name string) []string
 	return spec.ServiceAccounts
 }
 
-// pick returns the clusterIP namespace/name already has, else the lowest
-// address of the CIDR no service uses.
-func (c *ClusterIPs) pick(ctx context.Context, namespace, name string) (netip.Addr, error) {
+// allocator hands out the service IPs the store's Services do not use.
+type allocator struct {
+	cidr netip.Prefix
+	has  map[string]netip.Addr // namespace/name → its IP
+	used map[netip.Addr]bool
+}
+
+// allocator reads the IPs in use.
+func (c *ClusterIPs) allocator(ctx context.Context) (*allocator, error) {
 	svcs, _, err := c.Store.List(ctx, resources.KindService, "", nil)
 	if err != nil {
-		return netip.Addr{}, err
+		return nil, err
 	}
-	used := map[netip.Addr]bool{}
+	a := &allocator{cidr: c.CIDR, has: map[string]netip.Addr{}, used: map[netip.Addr]bool{}}
 	for _, s := range svcs {
 		var spec resources.ServiceSpec
 		json.Unmarshal(s.Spec, &spec)
-		ip, err := netip.ParseAddr(spec.ClusterIP)
-		if err != nil {
-			continue
-		}
-		if s.Metadata.Namespace == namespace && s.Metadata.Name == name {
-			return ip, nil
-		}
-		used[ip] = true
-	}
-	for ip := c.CIDR.Masked().Addr().Next(); c.CIDR.Contains(ip); ip = ip.Next() {
-		if !used[ip] && c.CIDR.Contains(ip.Next()) { // skip the broadcast address
-			return ip, nil
+		if ip, err := netip.ParseAddr(spec.ClusterIP); err == nil {
+			a.has[s.Metadata.Namespace+"/"+s.Metadata.Name], a.used[ip] = ip, true
 		}
 	}
-	return netip.Addr{}, fmt.Errorf("no free service IP left in %s", c.CIDR)
+	return a, nil
+}
+
+// pick returns the clusterIP namespace/name already has, else the lowest
+// address of the CIDR no service uses (nor any picked before).
+func (a *allocator) pick(namespace, name string) (netip.Addr, error) {
+	if ip, ok := a.has[namespace+"/"+name]; ok {
+		return ip, nil
+	}
+	for ip := a.cidr.Masked().Addr().Next(); a.cidr.Contains(ip); ip = ip.Next() {
+		if !a.used[ip] && a.cidr.Contains(ip.Next()) { // skip the broadcast address
+			a.has[namespace+"/"+name], a.used[ip] = ip, true
+			return ip, nil
+		}
+	}
+	return netip.Addr{}, fmt.Errorf("no free service IP left in %s", a.cidr)
 }

@@ -300,7 +300,9 @@ func (g *Registry) Renew(ctx context.Context, req *destinationv1.RenewRequest) (
 		delete(g.leases, key)
 		return nil, status.Errorf(codes.NotFound, "workload %s was removed: register again", key)
 	}
-	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String()}
+	l := g.leases[key]
+	l.expires = g.cfg.Now().Add(g.cfg.TTL)
+	g.leases[key] = l
 	return g.lease(key), nil
 }
 

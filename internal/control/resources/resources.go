@@ -104,6 +104,9 @@ var kinds = map[string]struct {
 // Namespaced reports whether kind lives in a namespace: every known kind does.
 func (Kinds) Namespaced(kind string) bool { _, ok := kinds[kind]; return ok }
 
+// Known reports whether kind is one of the store's.
+func (Kinds) Known(kind string) bool { _, ok := kinds[kind]; return ok }
+
 // Check validates r's apiVersion and spec.
 func (Kinds) Check(r *store.Resource) error {
 	k, ok := kinds[r.Kind]

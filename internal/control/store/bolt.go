@@ -153,77 +153,121 @@ func (db *DB) List(ctx context.Context, kind, namespace string, sel labels.Selec
 
 // Apply implements Store.
 func (db *DB) Apply(ctx context.Context, in Resource) (Resource, error) {
-	if err := ctx.Err(); err != nil {
+	out, err := db.ApplyAll(ctx, []Resource{in})
+	if err != nil {
+		var ie *ItemError
+		if errors.As(err, &ie) {
+			return Resource{}, ie.Err
+		}
 		return Resource{}, err
 	}
-	r := in.clone()
-	if err := Validate(&r, db.kinds); err != nil {
-		return Resource{}, fmt.Errorf("store: invalid %s: %w", r.Key(), err)
+	return out[0], nil
+}
+
+// ApplyAll implements Store: one transaction, so a batch is written whole
+// or not at all (a cancelled ctx before the commit writes nothing).
+func (db *DB) ApplyAll(ctx context.Context, in []Resource) ([]Resource, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	if err := normalize(&r); err != nil {
-		return Resource{}, fmt.Errorf("store: invalid %s: %w", r.Key(), err)
+	rs := make([]Resource, len(in))
+	for i := range in {
+		r := in[i].clone()
+		if err := Validate(&r, db.kinds); err != nil {
+			return nil, &ItemError{i, fmt.Errorf("store: invalid %s: %w", r.Key(), err)}
+		}
+		if err := normalize(&r); err != nil {
+			return nil, &ItemError{i, fmt.Errorf("store: invalid %s: %w", r.Key(), err)}
+		}
+		rs[i] = r
 	}
-	k := r.Key()
 	db.writeMu.Lock()
 	defer db.writeMu.Unlock()
-	var (
-		out     Resource
-		evType  EventType
-		changed bool
-	)
+	out := make([]Resource, len(rs))
+	var events []Event
 	err := db.bolt.Update(func(tx *bolt.Tx) error {
+		events = events[:0]
 		b := tx.Bucket(bucketResources)
-		var old Resource
-		v := b.Get(k.dbKey())
-		if v != nil {
-			if err := decode(v, &old); err != nil {
-				return err
+		for i, r := range rs {
+			if err := ctx.Err(); err != nil {
+				return err // the caller gave up: nothing of the batch is written
+			}
+			o, ev, err := db.applyTx(tx, b, r)
+			if err != nil {
+				return &ItemError{i, err}
+			}
+			out[i] = o
+			if ev != nil {
+				events = append(events, *ev)
 			}
 		}
-		if want := r.Metadata.ResourceVersion; want != "" && (v == nil || want != old.Metadata.ResourceVersion) {
-			return fmt.Errorf("store: %s: resourceVersion %s does not match stored %q: %w",
-				k, want, old.Metadata.ResourceVersion, ErrConflict)
-		}
-		if v == nil {
-			out, evType = r, Added
-			out.Metadata.UID = newUID()
-			out.Metadata.CreationTimestamp = time.Now().UTC().Truncate(time.Second)
-			out.Metadata.Generation = 1
-		} else {
-			out, evType = old, Modified
-			out.APIVersion = r.APIVersion
-			out.Spec = r.Spec
-			out.Metadata.Labels = r.Metadata.Labels
-			out.Metadata.Annotations = r.Metadata.Annotations
-			if r.Status != nil {
-				out.Status = r.Status
-			}
-			if !bytes.Equal(old.Spec, out.Spec) {
-				out.Metadata.Generation++
-			}
-			if sameContent(&old, &out) {
-				return nil
-			}
-		}
-		rv, err := db.bump(tx)
-		if err != nil {
-			return err
-		}
-		out.Metadata.ResourceVersion = strconv.FormatUint(rv, 10)
-		data, err := json.Marshal(out)
-		if err != nil {
-			return fmt.Errorf("store: encoding %s: %w", k, err)
-		}
-		changed = true
-		return b.Put(k.dbKey(), data)
+		return nil
 	})
 	if err != nil {
-		return Resource{}, wrapClosed(err)
+		return nil, wrapClosed(err)
 	}
-	if changed {
-		db.commitEvent(Event{Type: evType, Object: out})
+	for _, ev := range events {
+		db.commitEvent(ev)
 	}
-	return out.clone(), nil
+	for i := range out {
+		out[i] = out[i].clone()
+	}
+	return out, nil
+}
+
+// applyTx writes r in tx; the event is nil when nothing changed.
+func (db *DB) applyTx(tx *bolt.Tx, b *bolt.Bucket, r Resource) (Resource, *Event, error) {
+	k := r.Key()
+	var old Resource
+	v := b.Get(k.dbKey())
+	if v != nil {
+		if err := decode(v, &old); err != nil {
+			return Resource{}, nil, err
+		}
+	}
+	if want := r.Metadata.ResourceVersion; want != "" && (v == nil || want != old.Metadata.ResourceVersion) {
+		return Resource{}, nil, fmt.Errorf("store: %s: resourceVersion %s does not match stored %q: %w",
+			k, want, old.Metadata.ResourceVersion, ErrConflict)
+	}
+	var out Resource
+	var evType EventType
+	if v == nil {
+		out, evType = r, Added
+		out.Metadata.UID = newUID()
+		out.Metadata.CreationTimestamp = time.Now().UTC().Truncate(time.Second)
+		out.Metadata.Generation = 1
+	} else {
+		out, evType = old, Modified
+		out.APIVersion = r.APIVersion
+		out.Spec = r.Spec
+		out.Metadata.Labels = r.Metadata.Labels
+		out.Metadata.Annotations = r.Metadata.Annotations
+		if r.Status != nil {
+			out.Status = r.Status
+		}
+		if !bytes.Equal(old.Spec, out.Spec) {
+			out.Metadata.Generation++
+		}
+		if sameContent(&old, &out) {
+			return out, nil, nil
+		}
+	}
+	rv, err := db.bump(tx)
+	if err != nil {
+		return Resource{}, nil, err
+	}
+	out.Metadata.ResourceVersion = strconv.FormatUint(rv, 10)
+	data, err := json.Marshal(out)
+	if err != nil {
+		return Resource{}, nil, fmt.Errorf("store: encoding %s: %w", k, err)
+	}
+	if len(data) > MaxObjectBytes {
+		return Resource{}, nil, fmt.Errorf("store: %s is %d bytes, more than the %d KiB an object may be: %w", k, len(data), MaxObjectBytes>>10, ErrTooLarge)
+	}
+	if err := b.Put(k.dbKey(), data); err != nil {
+		return Resource{}, nil, err
+	}
+	return out, &Event{Type: evType, Object: out}, nil
 }
 
 // Delete implements Store.

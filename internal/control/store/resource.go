@@ -71,11 +71,28 @@ type Kinds interface {
 	Check(r *Resource) error
 	// Namespaced reports whether kind lives in namespaces (false for unknown kinds).
 	Namespaced(kind string) bool
+	// Known reports whether the store holds objects of kind.
+	Known(kind string) bool
 }
+
+// MaxObjectBytes bounds one stored object, encoded (etcd's request limit
+// is about 1.5 MiB).
+const MaxObjectBytes = 1 << 20
+
+// ItemError is a batch's failure: which object (its index), and why.
+type ItemError struct {
+	Index int
+	Err   error
+}
+
+func (e *ItemError) Error() string { return e.Err.Error() }
+func (e *ItemError) Unwrap() error { return e.Err }
 
 // Sentinel errors. The store wraps them with %w and the affected key, so
 // test for them with errors.Is.
 var (
+	// ErrTooLarge means an object is larger than MaxObjectBytes.
+	ErrTooLarge = errors.New("object too large")
 	// ErrNotFound means the object does not exist.
 	ErrNotFound = errors.New("not found")
 	// ErrConflict means the caller's resourceVersion is not the stored one.
@@ -126,6 +143,10 @@ type Store interface {
 	// It sets uid (random, on create), creationTimestamp (on create), resourceVersion, generation; returns the stored object.
 	// Applying an identical object is a no-op: no new rv, no event.
 	Apply(ctx context.Context, r Resource) (Resource, error)
+	// ApplyAll applies every object of rs as Apply does, all or none: on an
+	// error (an *ItemError naming the object at fault, or ctx's) nothing
+	// was written.
+	ApplyAll(ctx context.Context, rs []Resource) ([]Resource, error)
 	// Delete removes the object stored under k, or returns an error wrapping ErrNotFound.
 	Delete(ctx context.Context, k Key) error
 	// Watch delivers, in order, every event of kind with rv > fromRV. If fromRV is older than what the store still

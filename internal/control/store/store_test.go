@@ -27,6 +27,7 @@ func TestMain(m *testing.M) {
 type fakeKinds struct{}
 
 func (fakeKinds) Namespaced(kind string) bool { return kind == "Widget" }
+func (fakeKinds) Known(kind string) bool      { return kind == "Widget" || kind == "Cluster" }
 
 func (fakeKinds) Check(r *Resource) error {
 	switch r.Kind {
@@ -166,6 +167,9 @@ func TestValidation(t *testing.T) {
 		{"size too big", widget("ns", "a", 11, nil), "spec.size", "spec.size: must be an integer between 1 and 10"},
 		{"size too small", widget("ns", "a", 0, nil), "spec.size", "spec.size: "},
 		{"unknown kind", Resource{APIVersion: "v1", Kind: "Gadget", Metadata: Metadata{Name: "g"}}, "", `unknown kind "Gadget"`},
+		{"unknown kind in a namespace", Resource{APIVersion: "v1", Kind: "Gadget", Metadata: Metadata{Name: "g", Namespace: "ns"}}, "", `unknown kind "Gadget"`},
+		{"annotations too large", Resource{APIVersion: "v1", Kind: "Cluster", Metadata: Metadata{Name: "c", Annotations: map[string]string{"a": strings.Repeat("x", 300<<10)}}},
+			"metadata.annotations", "must be at most 256 KiB"},
 	}
 	db := openTest(t, "", Options{})
 	for _, tc := range cases {

@@ -12,6 +12,10 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 )
 
+// MaxAnnotationBytes bounds an object's annotations, keys and values
+// together (Kubernetes' limit).
+const MaxAnnotationBytes = 256 << 10
+
 // Validate runs the generic checks and then kinds.Check, which may fill
 // defaults in r.Spec. Every failure is (or wraps) a *ValidationError.
 func Validate(r *Resource, kinds Kinds) error {
@@ -38,6 +42,16 @@ func Validate(r *Resource, kinds Kinds) error {
 	}
 	switch {
 	case r.Kind == "":
+	case !kinds.Known(r.Kind): // not "not namespaced": say which kinds there are
+		var ve *ValidationError
+		switch err := kinds.Check(r); {
+		case errors.As(err, &ve):
+			errs = append(errs, err)
+		case err != nil:
+			errs = append(errs, &ValidationError{Reason: err.Error()})
+		default:
+			add("kind", "unknown")
+		}
 	case kinds.Namespaced(r.Kind) && m.Namespace == "":
 		add("metadata.namespace", "required for namespaced kind "+r.Kind)
 	case kinds.Namespaced(r.Kind):
@@ -49,8 +63,13 @@ func Validate(r *Resource, kinds Kinds) error {
 		add(fmt.Sprintf("metadata.labels[%q]", k), content.IsLabelKey(k)...)
 		add(fmt.Sprintf("metadata.labels[%q]", k), content.IsLabelValue(m.Labels[k])...)
 	}
+	size := 0
 	for _, k := range slices.Sorted(maps.Keys(m.Annotations)) {
 		add(fmt.Sprintf("metadata.annotations[%q]", k), content.IsLabelKey(k)...)
+		size += len(k) + len(m.Annotations[k])
+	}
+	if size > MaxAnnotationBytes {
+		add("metadata.annotations", fmt.Sprintf("%d bytes in all: must be at most %d KiB", size, MaxAnnotationBytes>>10))
 	}
 	if len(r.Spec) > 0 && !json.Valid(r.Spec) {
 		add("spec", "must be valid JSON")

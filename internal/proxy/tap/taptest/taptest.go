@@ -4,14 +4,10 @@
 package taptest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"net"
-	"net/url"
 	"testing"
 	"time"
 
@@ -68,23 +64,11 @@ func (p *PKI) Anchors() *x509.CertPool { return p.CA.AnchorPool() }
 // Cert issues a leaf certificate for id, served with its issuer.
 func (p *PKI) Cert(t testing.TB, id identity.ID) *tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, err := p.CA.IssueTLS(id, time.Hour, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := p.CA.Issue(csr, id, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Certificate{Certificate: append([][]byte{leaf.Raw}, p.CA.Chain()...), PrivateKey: key, Leaf: leaf}
+	return cert
 }
 
 // Creds are a proxy's credentials for id, built the way the proxy builds
