@@ -106,7 +106,7 @@ func (c *ClusterIPs) EnsureService(ctx context.Context, namespace, name string, 
 			}
 			spec = resources.ServiceSpec{Ports: ports, ClusterIP: ip.String(), ServiceAccounts: []string{sa}}
 			cur = store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService,
-				Metadata: store.Metadata{Name: name, Namespace: namespace}}
+				Metadata: store.Metadata{Name: name, Namespace: namespace, Annotations: map[string]string{resources.CreatedByAnnotation: "registry"}}}
 		case err != nil:
 			return err
 		default:

@@ -36,7 +36,7 @@ import (
 
 // Defaults.
 const (
-	DefaultTTL          = 3 * time.Second
+	DefaultTTL          = 5 * time.Second
 	DefaultRestartGrace = 10 * time.Second
 )
 
@@ -48,6 +48,9 @@ type Config struct {
 	TTL time.Duration
 	// RestartGrace is added to the leases of workloads found in the store at start.
 	RestartGrace time.Duration
+	// ServiceGC is how long a Service the mesh created may stay without a
+	// workload before it is collected; DefaultServiceGC if zero.
+	ServiceGC time.Duration
 	// IPs allocates services' virtual IPs.
 	IPs *ClusterIPs
 	Now func() time.Time
@@ -60,6 +63,8 @@ type lease struct {
 	expires  time.Time
 	identity string
 	endpoint string // address and mesh port: a live lease is never re-pointed
+	held     bool   // lapsed, kept by self-preservation
+	granted  time.Time
 }
 
 // Registry serves the Registry API and expires lapsed leases.
@@ -68,9 +73,13 @@ type Registry struct {
 	cfg Config
 
 	refused *prometheus.CounterVec
+	leaseEv *prometheus.CounterVec
 
-	mu     sync.Mutex
-	leases map[string]lease // "namespace/name"
+	mu        sync.Mutex
+	leases    map[string]lease // "namespace/name"
+	lastSweep time.Time
+	holding   bool                 // in self-preservation
+	empty     map[string]time.Time // created Services without a workload, since
 }
 
 // New returns a registry; call Load before serving and Run to expire leases.
@@ -81,12 +90,21 @@ func New(cfg Config) *Registry {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	g := &Registry{cfg: cfg, leases: map[string]lease{}, refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+	if cfg.ServiceGC <= 0 {
+		cfg.ServiceGC = DefaultServiceGC
+	}
+	g := &Registry{cfg: cfg, leases: map[string]lease{}, empty: map[string]time.Time{}, refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "registry_register_refused_total",
 		Help: "Registrations and deregistrations refused, by reason: address (not registered from its own address), owner (another identity's, a live lease's or a hand-applied workload), service (identity not bound to the service).",
-	}, []string{"reason"})}
+	}, []string{"reason"}), leaseEv: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "registry_lease_events_total",
+		Help: "Lease events: late (renewed with less than a third of the TTL left: a busy proxy or control plane), lapsed (workload removed), held (lapsed together with most others, kept a while: self-preservation).",
+	}, []string{"event"})}
+	for _, e := range []string{"late", "lapsed", "held"} {
+		g.leaseEv.WithLabelValues(e)
+	}
 	if cfg.Metrics != nil {
-		cfg.Metrics.MustRegister(g.refused)
+		cfg.Metrics.MustRegister(g.refused, g.leaseEv)
 	}
 	return g
 }
@@ -120,28 +138,80 @@ func (g *Registry) Load(ctx context.Context) error {
 	return nil
 }
 
-// Run deletes workloads whose lease lapsed, checking every quarter TTL.
+// Run deletes workloads whose lease lapsed, checking every quarter TTL,
+// and collects the Services the mesh created once unused.
 func (g *Registry) Run(ctx context.Context) error {
 	t := time.NewTicker(max(g.cfg.TTL/4, 50*time.Millisecond))
 	defer t.Stop()
+	gc := time.NewTicker(collectEvery)
+	defer gc.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
 			g.expire(ctx)
+		case <-gc.C:
+			g.mu.Lock()
+			if err := g.collect(ctx); err != nil && ctx.Err() == nil {
+				g.cfg.Log.Warn("collecting unused services failed; retrying", "error", err)
+			}
+			g.mu.Unlock()
 		}
 	}
 }
 
 // expire deletes the workloads whose lease has lapsed. The lock is held
 // across each delete, so a registration racing the sweep is never undone.
+//
+// Two guards keep a busy host from emptying services whose proxies are
+// alive. A sweep that runs late (the control plane itself was starved or
+// paused, and the renewals may be queued behind it) first gives every
+// lease time to be renewed. And when most leases lapse in one sweep — more
+// likely a host too busy to renew in time than most proxies dying at once
+// — they are held (self-preservation) for up to holdFor past their expiry.
 func (g *Registry) expire(ctx context.Context) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.cfg.Now()
+	last := g.lastSweep
+	g.lastSweep = now
+	if stalled := now.Sub(last); !last.IsZero() && stalled > g.cfg.TTL/2 {
+		extended := 0
+		for key, l := range g.leases {
+			if until := now.Add(g.cfg.TTL / 2); l.expires.Before(until) {
+				l.expires, extended = until, extended+1
+				g.leases[key] = l
+			}
+		}
+		if extended > 0 {
+			g.cfg.Log.Warn("the control plane did not run for a while; leases extended so proxies can renew", "stalled", stalled.Round(time.Millisecond).String(), "leases", extended)
+		}
+		return
+	}
+	var lapsed []string
 	for key, l := range g.leases {
-		if !now.After(l.expires) {
+		if now.After(l.expires) {
+			lapsed = append(lapsed, key)
+		}
+	}
+	mass := len(lapsed) >= 2 && 2*len(lapsed) > len(g.leases)
+	if mass != g.holding {
+		g.holding = mass
+		if mass {
+			g.cfg.Log.Warn("most leases lapsed at once: holding them (self-preservation) while their proxies may yet renew", "lapsed", len(lapsed), "leases", len(g.leases), "hold_for", g.holdFor().String())
+		} else {
+			g.cfg.Log.Info("leases renewed again: self-preservation over")
+		}
+	}
+	for _, key := range lapsed {
+		l := g.leases[key]
+		if mass && now.Before(l.expires.Add(g.holdFor())) {
+			if !l.held {
+				l.held = true
+				g.leases[key] = l
+				g.leaseEv.WithLabelValues("held").Inc()
+			}
 			continue
 		}
 		ns, name, _ := strings.Cut(key, "/")
@@ -151,9 +221,13 @@ func (g *Registry) expire(ctx context.Context) {
 			continue
 		}
 		delete(g.leases, key)
-		g.cfg.Log.Info("workload lease lapsed; removed", "workload", key)
+		g.leaseEv.WithLabelValues("lapsed").Inc()
+		g.cfg.Log.Info("workload lease lapsed; removed", "workload", key, "lapsed_for", now.Sub(l.expires).Round(time.Millisecond).String())
 	}
 }
+
+// holdFor is how long past its expiry self-preservation keeps a lease.
+func (g *Registry) holdFor() time.Duration { return 3 * g.cfg.TTL }
 
 // Register creates or replaces the caller's workload and grants a lease.
 // The caller must register from the address it registers, under a
@@ -196,7 +270,8 @@ func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequ
 	if _, err := g.cfg.Store.Apply(ctx, w); err != nil {
 		return nil, storeStatus(err)
 	}
-	g.leases[key] = lease{expires: g.cfg.Now().Add(g.cfg.TTL), identity: id.String(), endpoint: endpoint(spec)}
+	now := g.cfg.Now()
+	g.leases[key] = lease{expires: now.Add(g.cfg.TTL), identity: id.String(), endpoint: endpoint(spec), granted: now}
 	g.cfg.Log.Info("workload registered", "workload", key, "service", spec.Service, "address", spec.Address, "identity", id.String())
 	return g.lease(key), nil
 }
@@ -300,8 +375,14 @@ func (g *Registry) Renew(ctx context.Context, req *destinationv1.RenewRequest) (
 		delete(g.leases, key)
 		return nil, status.Errorf(codes.NotFound, "workload %s was removed: register again", key)
 	}
-	l := g.leases[key]
-	l.expires = g.cfg.Now().Add(g.cfg.TTL)
+	l, now := g.leases[key], g.cfg.Now()
+	// Proxies renew every third of the TTL: two thirds is a beat missed.
+	if since := now.Sub(l.granted); !l.granted.IsZero() && since > 2*g.cfg.TTL/3 {
+		g.leaseEv.WithLabelValues("late").Inc()
+		g.cfg.Log.Warn("lease renewed late: the proxy or the control plane is too busy to keep the pace", "workload", key,
+			"since_last", since.Round(time.Millisecond).String(), "ttl", g.cfg.TTL.String())
+	}
+	l.expires, l.held, l.granted = now.Add(g.cfg.TTL), false, now
 	g.leases[key] = l
 	return g.lease(key), nil
 }

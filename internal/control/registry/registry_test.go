@@ -73,6 +73,15 @@ func request(name string) *destinationv1.RegisterRequest {
 		Labels: map[string]string{resources.WorkloadLabel: "web"}}
 }
 
+// sweepFor advances c by d, sweeping as Run does (every quarter TTL).
+func sweepFor(g *Registry, c *clock, d time.Duration) {
+	step := g.cfg.TTL / 4
+	for end := c.Now().Add(d); c.Now().Before(end); {
+		c.Advance(min(step, end.Sub(c.Now())))
+		g.expire(context.Background())
+	}
+}
+
 func exists(t *testing.T, db *store.DB, name string) bool {
 	t.Helper()
 	_, err := db.Get(context.Background(), store.Key{Kind: resources.KindWorkload, Namespace: "default", Name: name})
@@ -117,8 +126,7 @@ func TestLeaseLifecycle(t *testing.T) {
 	if !exists(t, db, "web-0") {
 		t.Fatal("a renewed workload was removed")
 	}
-	c.Advance(3*time.Second + time.Millisecond)
-	g.expire(context.Background())
+	sweepFor(g, c, 3*time.Second+time.Millisecond)
 	if exists(t, db, "web-0") {
 		t.Fatal("a lapsed workload is still registered")
 	}
@@ -153,16 +161,14 @@ func TestLeasesSurviveARestart(t *testing.T) {
 	if err := g.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	c.Advance(10 * time.Second) // past the TTL, within TTL + grace
-	g.expire(context.Background())
+	sweepFor(g, c, 10*time.Second) // past the TTL, within TTL + grace
 	if !exists(t, db, "web-0") {
 		t.Fatal("a workload was dropped within its restart grace")
 	}
 	if _, err := g.Renew(as(web), &destinationv1.RenewRequest{Name: "web-0"}); err != nil {
 		t.Fatalf("renewing after a restart: %v", err)
 	}
-	c.Advance(4 * time.Second)
-	g.expire(context.Background())
+	sweepFor(g, c, 4*time.Second)
 	if exists(t, db, "web-0") {
 		t.Fatal("the workload outlived its lease")
 	}
@@ -308,8 +314,7 @@ func TestRenewAfterDeleteAndStaticWorkloads(t *testing.T) {
 	if err := g.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	c.Advance(time.Hour)
-	g.expire(context.Background())
+	sweepFor(g, c, time.Minute)
 	if !exists(t, db, "static") {
 		t.Fatal("a workload applied by hand was expired")
 	}

@@ -29,6 +29,13 @@ const (
 // (what `trellis run --name` started); the instance is the Workload's name.
 const WorkloadLabel = "trellis.dev/workload"
 
+// CreatedByAnnotation marks a Service the mesh created for its instances —
+// a registration (value "registry") or `trellis run` ("trellis-run") —
+// rather than one applied by hand. Such a Service is collected, and its
+// virtual IP freed, once it has had no workload for a while; applying it
+// by hand (without the annotation) keeps it for good.
+const CreatedByAnnotation = "trellis.dev/created-by"
+
 // WorkloadOf is the workload a Workload object is an instance of: its
 // WorkloadLabel, else (an instance applied by hand) its own name.
 func WorkloadOf(m store.Metadata) string {

@@ -23,7 +23,8 @@ func bindService(ctx context.Context, api *localapi.Client, o Options) error {
 	case localapi.NotFound(err):
 		spec.Ports = []resources.ServicePort{{Port: o.Port, Protocol: o.Protocol}}
 		cur = store.Resource{APIVersion: resources.APIVersion, Kind: resources.KindService,
-			Metadata: store.Metadata{Name: o.Service, Namespace: o.Namespace}}
+			Metadata: store.Metadata{Name: o.Service, Namespace: o.Namespace,
+				Annotations: map[string]string{resources.CreatedByAnnotation: "trellis-run"}}}
 	case err != nil:
 		return fmt.Errorf("service %s: %w", o.Service, err)
 	default:

@@ -73,6 +73,7 @@ type boundListener struct {
 func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{}}
 	p.reg.RegisterProcess()
+	p.srv.Limits, p.srv.OnRefused = connectionLimits(cfg), newRefusals(p.reg, log).refused
 	dialer := &transport.Dialer{Timeout: cfg.ConnectTimeout, Registry: p.reg}
 	var creds mesh.Credentials
 	if cfg.Identity != "" {

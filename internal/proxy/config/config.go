@@ -95,6 +95,10 @@ type Config struct {
 	MaxHeaderBytes int
 	// IdleTimeout closes client connections idle for this long between requests.
 	IdleTimeout time.Duration
+	// MaxConnections bounds the connections each listener serves at once,
+	// and MaxConnectionsPerSource those of the inbound listener from one
+	// client address; zero: derived from the file-descriptor limit.
+	MaxConnections, MaxConnectionsPerSource int
 	// PoolIdleTimeout closes pooled upstream connections idle for this long.
 	PoolIdleTimeout time.Duration
 	// ShutdownGracePeriod bounds draining in-flight requests on SIGTERM.
@@ -220,6 +224,8 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.DurationVar(&c.ConnectTimeout, "connect-timeout", time.Second, "timeout for connecting to a target")
 	fs.DurationVar(&c.HeaderReadTimeout, "header-read-timeout", 10*time.Second, "maximum time to read one HTTP/1 request head")
 	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 64<<10, "maximum size of one HTTP/1 request head in bytes")
+	fs.IntVar(&c.MaxConnections, "max-connections", 0, "connections each listener serves at once; more are closed as accepted (0: a quarter of the file-descriptor limit)")
+	fs.IntVar(&c.MaxConnectionsPerSource, "max-connections-per-source", 0, "inbound connections served at once from one client address (0: a quarter of --max-connections)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 120*time.Second, "close client connections idle this long between requests")
 	fs.DurationVar(&c.PoolIdleTimeout, "pool-idle-timeout", 10*time.Second, "close pooled upstream connections idle this long")
 	fs.DurationVar(&c.ShutdownGracePeriod, "shutdown-grace-period", 120*time.Second, "on SIGTERM, how long in-flight requests and streams may take to finish")
@@ -438,6 +444,9 @@ func (c *Config) Validate() error {
 		if d.v < 0 || (d.v == 0 && !d.zeroOK) {
 			return fmt.Errorf("%s %v: must be positive", d.name, d.v)
 		}
+	}
+	if c.MaxConnections < 0 || c.MaxConnectionsPerSource < 0 {
+		return fmt.Errorf("max-connections %d, max-connections-per-source %d: must not be negative", c.MaxConnections, c.MaxConnectionsPerSource)
 	}
 	if c.MaxHeaderBytes < 1024 || c.MaxHeaderBytes > 1<<20 {
 		return fmt.Errorf("max-header-bytes %d: must be between 1024 and 1048576", c.MaxHeaderBytes)

@@ -37,6 +37,10 @@ func Unprocessed(err error) bool {
 // reasonConnectTimeout: the upstream could not be connected to in time.
 const reasonConnectTimeout = "connect timed out"
 
+// reasonUpstreamCancel: the upstream reset the stream with CANCEL — a gRPC
+// server does when the call's deadline passed or it was cancelled.
+const reasonUpstreamCancel = "upstream cancelled the stream"
+
 // Reasons of the client's faults, answered with a 4xx.
 const (
 	reasonClientBody       = "request body broken by the client"
@@ -66,6 +70,8 @@ func UpstreamError(err error) (status int, reason string) {
 		return http.StatusGatewayTimeout, "response timed out"
 	case errors.Is(err, syscall.ECONNRESET):
 		return http.StatusBadGateway, "connection reset by upstream"
+	case strings.Contains(err.Error(), "stream error: ") && strings.Contains(err.Error(), "; CANCEL"): // net/http's HTTP/2 transport, unexported
+		return http.StatusBadGateway, reasonUpstreamCancel
 	case errors.Is(err, errResponseHeadTooLarge):
 		return http.StatusBadGateway, "response head too large"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
@@ -89,8 +95,18 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, reason strin
 	h := w.Header()
 	h.Set(ErrorHeader, reason)
 	if IsGRPC(r) {
+		code := grpcCode(status, reason)
+		if reason == reasonUpstreamCancel {
+			// As gRPC maps RST_STREAM(CANCEL): CANCELLED — or, for a call
+			// with a deadline, which is what a server cancels on,
+			// DEADLINE_EXCEEDED.
+			code = 1
+			if r.Header.Get("Grpc-Timeout") != "" {
+				code = 4
+			}
+		}
 		h.Set("Content-Type", "application/grpc")
-		h.Set("Grpc-Status", strconv.Itoa(grpcCode(status, reason)))
+		h.Set("Grpc-Status", strconv.Itoa(code))
 		h.Set("Grpc-Message", "proxy: "+reason)
 		w.WriteHeader(http.StatusOK)
 		return

@@ -36,6 +36,7 @@ func TestUpstreamErrorMapping(t *testing.T) {
 		{&ClientBodyError{io.ErrUnexpectedEOF}, 400, reasonClientBody},
 		{fmt.Errorf("http2: %w", &ClientBodyError{errors.New("malformed chunked encoding")}), 400, reasonClientBody},
 		{headerListRefused(t), 431, reasonHeaderListTooBig},
+		{errors.New("stream error: stream ID 11; CANCEL; received from peer"), 502, reasonUpstreamCancel},
 	} {
 		status, reason := UpstreamError(tt.err)
 		if status != tt.status || reason != tt.reason {
@@ -96,6 +97,18 @@ func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
 		if w.Code != 200 || w.Header().Get("Grpc-Status") != tt.code || w.Header().Get(ErrorHeader) != tt.reason || w.Body.Len() != 0 {
 			t.Errorf("%d %q: got %d grpc-status=%q error=%q body %q; want grpc-status %s", tt.status, tt.reason,
 				w.Code, w.Header().Get("Grpc-Status"), w.Header().Get(ErrorHeader), w.Body.String(), tt.code)
+		}
+	}
+	// An upstream's CANCEL is CANCELLED, or DEADLINE_EXCEEDED for a call
+	// with a deadline (what a gRPC server cancels on).
+	for timeout, want := range map[string]string{"": "1", "300m": "4"} {
+		w := httptest.NewRecorder()
+		if timeout != "" {
+			r.Header.Set("Grpc-Timeout", timeout)
+		}
+		WriteError(w, r, http.StatusBadGateway, reasonUpstreamCancel)
+		if got := w.Header().Get("Grpc-Status"); got != want {
+			t.Errorf("upstream CANCEL, grpc-timeout %q: grpc-status %s, want %s", timeout, got, want)
 		}
 	}
 	r = httptest.NewRequest("GET", "/", nil)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -19,6 +20,11 @@ type Server struct {
 
 	mu        sync.Mutex
 	listeners []net.Listener
+
+	// Limits bound each listener's connections, by direction; set them
+	// before Serve. OnRefused is told of every connection a limit refused.
+	Limits    map[Direction]Limits
+	OnRefused func(dir Direction, reason string, client netip.AddrPort)
 }
 
 // NewServer returns a server that logs to log.
@@ -34,6 +40,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, dir Direction, h Ha
 	s.mu.Lock()
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
+	lim := newLimiter(s.Limits[dir])
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -50,8 +57,22 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, dir Direction, h Ha
 			return err
 		}
 		delay = 0
+		var src netip.AddrPort
+		if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			src = ra.AddrPort()
+		}
+		if reason := lim.admit(src.Addr().Unmap()); reason != "" {
+			c.Close()
+			if s.OnRefused != nil {
+				s.OnRefused(dir, reason, src)
+			}
+			continue
+		}
 		s.wg.Add(1)
-		go s.serveConn(ctx, c, dir, h)
+		go func() {
+			defer lim.release(src.Addr().Unmap())
+			s.serveConn(ctx, c, dir, h)
+		}()
 	}
 }
 
