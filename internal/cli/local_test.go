@@ -184,6 +184,7 @@ func TestRunFailsFast(t *testing.T) {
 		{"bad name", []string{"run", "--name", "Web", "--port", "8080", "--", "true"}, "--name"},
 		{"bad port", []string{"run", "--name", "web", "--port", "0", "--", "true"}, "--port"},
 		{"bad upstream", []string{"run", "--name", "web", "--port", "8080", "--upstream", "api", "--", "true"}, "--upstream"},
+		{"unknown user", []string{"run", "--name", "web", "--port", "8080", "--user", "no-such-user-here", "--", "true"}, "--user no-such-user-here"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()

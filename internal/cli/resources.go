@@ -265,7 +265,7 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 	case resources.KindWorkload:
 		header := "NAMESPACE\tNAME\tSERVICE\tADDRESS\tPORTS\tAGE"
 		if wide {
-			header += "\tIDENTITY\tPROXY-ADMIN"
+			header += "\tIDENTITY\tPROXY-ADMIN\tAPP-USER"
 		}
 		fmt.Fprintln(tw, header)
 		for _, it := range items {
@@ -277,12 +277,25 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", it.Metadata.Namespace, it.Metadata.Name, s.Service, s.Address, strings.Join(ports, ","), age(it.Metadata.CreationTimestamp))
 			if wide {
-				fmt.Fprintf(tw, "\t%s\t%s:%d", s.Identity, s.Address, s.AdminPort)
+				fmt.Fprintf(tw, "\t%s\t%s:%d\t%s", s.Identity, s.Address, s.AdminPort, appUser(it.Metadata.Labels))
 			}
 			fmt.Fprintln(tw)
 		}
 	}
 	return nil
+}
+
+// appUser is who a workload's application runs as: NAME(UID), or "-"
+// when nothing says (a workload not started by trellis run).
+func appUser(l map[string]string) string {
+	uid, ok := l[resources.AppUIDLabel]
+	switch {
+	case !ok:
+		return "-"
+	case uid == "0":
+		return "root(0)"
+	}
+	return fmt.Sprintf("%s(%s)", dash(l[resources.AppUserLabel]), uid)
 }
 
 func portLabel(port int, proto string) string {

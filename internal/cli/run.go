@@ -36,6 +36,12 @@ loopback ports; instance i's application listens on 127.0.0.1:(--port + i);
 each --upstream NAME:PORT gets a local port the application dials; plain
 HTTP clients may also use HTTP_PROXY, which is set.
 
+As root, the application runs as --user (default nobody) with no
+capabilities and no way to gain any: it cannot read the control plane's
+keys or use its API socket, change its interception rules, or become the
+proxy's user. It must be able to execute COMMAND as that user (a binary
+under a directory only root may enter will not start).
+
 The application's environment tells it where everything is:
   PORT, LISTEN_ADDR   where to listen
   NAME_ADDR           host:port to dial for each --upstream (EMOJI_ADDR for emoji)
@@ -81,6 +87,7 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringVar(&o.AccessLog, "access-log", "", "HTTP access log of the proxies, on their output: apache or json (default: none)")
 	fs.StringVar(&o.TraceCollector, "trace-collector", "", "OTLP/gRPC receiver HOST:PORT the proxies export a span per request to, reachable from the instances (default: no tracing)")
 	fs.StringArrayVar(&o.Env, "env", nil, "KEY=VALUE added to the application's environment (repeatable)")
+	fs.StringVar(&o.User, "user", "", "as root: the user the application runs as, NAME|UID[:GROUP|GID], with no capabilities (default nobody; root keeps root, and lets the application read the mesh's keys)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("port")
 	return cmd

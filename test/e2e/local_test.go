@@ -409,11 +409,11 @@ func restartUnderLoad(t *testing.T, transparent, kill bool) {
 			t.Fatalf("leftovers before the test: %v", l)
 		}
 		network, mode = "bridge", "transparent"
-		// The proxies drop to their own user: they must reach the data
-		// directory's instance files.
-		if err := os.Chmod(filepath.Dir(dataDir), 0o711); err != nil {
-			t.Fatal(err)
-		}
+	}
+	// The proxies drop to their own user, the applications to nobody: they
+	// must reach the data directory's instance files and the report.
+	if err := os.Chmod(filepath.Dir(dataDir), 0o711); err != nil {
+		t.Fatal(err)
 	}
 	upArgs := []string{"--data-dir", dataDir, "up", "--network", network, "--control-port", strconv.Itoa(freePort(t)), "--admin-addr", loopback(freePort(t))}
 	up := startTrellis(t, -1, nil, upArgs...)

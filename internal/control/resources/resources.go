@@ -29,6 +29,13 @@ const (
 // (what `trellis run --name` started); the instance is the Workload's name.
 const WorkloadLabel = "trellis.dev/workload"
 
+// AppUserLabel and AppUIDLabel name, on a Workload `trellis run` started,
+// the user its application runs as.
+const (
+	AppUserLabel = "trellis.dev/app-user"
+	AppUIDLabel  = "trellis.dev/app-uid"
+)
+
 // CreatedByAnnotation marks a Service the mesh created for its instances —
 // a registration (value "registry") or `trellis run` ("trellis-run") —
 // rather than one applied by hand. Such a Service is collected, and its

@@ -50,6 +50,7 @@ type instance struct {
 	api         *localapi.Client
 	transparent bool
 	index       int
+	user        *appUser // nil: the application keeps trellis's user
 
 	ns       *netns.Namespace
 	addr     netip.Addr // the replica's IP
@@ -176,6 +177,9 @@ func (in *instance) proxyArgs() ([]string, error) {
 		"--workload-address", in.addr.String(), "--shutdown-grace-period", "5s",
 		"--log-format", "text", "--log-level", in.o.ProxyLogLevel,
 	}
+	for k, v := range appUserLabels(in.user) {
+		args = append(args, "--workload-label", k+"="+v)
+	}
 	if in.o.AccessLog != "" {
 		args = append(args, "--access-log", in.o.AccessLog)
 	}
@@ -259,11 +263,30 @@ func (in *instance) startApp() error {
 			return "$" + k
 		})
 	}
+	var binary *os.File
+	if in.user != nil {
+		// The command is handed over open (fd 3, executed as
+		// /proc/self/fd/3), so that the user need not be able to reach
+		// it: `go run` builds under a directory only root may enter.
+		path, err := exec.LookPath(argv[0])
+		if err == nil {
+			binary, err = os.Open(path)
+		}
+		if err != nil {
+			return fmt.Errorf("command %q: %w", argv[0], err)
+		}
+		defer binary.Close()
+		argv = in.user.wrap(append([]string{"/proc/self/fd/3"}, argv[1:]...))
+		in.env = append(in.env, in.user.env()...)
+	}
 	if in.transparent {
 		argv = in.ns.Exec(argv...)
 	}
 	env := append(append(os.Environ(), in.o.Env...), in.env...)
 	in.app = command(argv, env, prefixed(in.o.Out, in.name+" | "), prefixed(in.o.Err, in.name+" | "))
+	if binary != nil {
+		in.app.ExtraFiles = []*os.File{binary}
+	}
 	if err := in.app.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", in.o.Command[0], err)
 	}

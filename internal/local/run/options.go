@@ -43,6 +43,10 @@ type Options struct {
 	Env []string
 	// Mode is "auto", "transparent" or "explicit".
 	Mode string
+	// User is who the application runs as when trellis runs as root: NAME
+	// or UID, optionally :GROUP or :GID (default DefaultUser); "root" keeps
+	// root. Not root, the application runs as trellis's own user.
+	User string
 	// DataDir is the control plane's data directory.
 	DataDir string
 	// Exe is the trellis binary, which also runs the proxy.

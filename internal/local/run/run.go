@@ -40,6 +40,10 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 	if _, err := exec.LookPath(o.Command[0]); err != nil {
 		return nil, fmt.Errorf("command %q: %w", o.Command[0], err)
 	}
+	user, err := lookupUser(o.User)
+	if err != nil {
+		return nil, err
+	}
 	api := localapi.NewClient(filepath.Join(o.DataDir, localapi.SocketName))
 	st, err := api.Status(ctx)
 	if err != nil {
@@ -61,7 +65,8 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 	}
 	s := &Set{o: o}
 	for i := range o.Replicas {
-		in := &instance{name: fmt.Sprintf("%s-%d", o.Name, i), o: &s.o, st: st, api: api, transparent: transparent, index: i, upstream: map[string]string{}}
+		in := &instance{name: fmt.Sprintf("%s-%d", o.Name, i), o: &s.o, st: st, api: api, transparent: transparent, index: i, upstream: map[string]string{},
+			user: user}
 		if err := in.start(ctx); err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("%s: %w", in.name, err)
