@@ -263,9 +263,9 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", it.Metadata.Namespace, it.Metadata.Name, strings.Join(parents, ","), len(spec.Rules), age(it.Metadata.CreationTimestamp))
 		}
 	case resources.KindWorkload:
-		header := "NAMESPACE\tNAME\tSERVICE\tADDRESS\tPORTS\tAGE"
+		header := "NAMESPACE\tNAME\tSERVICE\tADDRESS\tPORTS\tRESTARTS\tAGE"
 		if wide {
-			header += "\tIDENTITY\tPROXY-ADMIN\tAPP-USER"
+			header += "\tIDENTITY\tPROXY-ADMIN\tAPP-USER\tLAST-EXIT"
 		}
 		fmt.Fprintln(tw, header)
 		for _, it := range items {
@@ -275,9 +275,14 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 			for _, p := range s.Ports {
 				ports = append(ports, fmt.Sprintf("%d→%d", p.Port, p.TargetPort))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s", it.Metadata.Namespace, it.Metadata.Name, s.Service, s.Address, strings.Join(ports, ","), age(it.Metadata.CreationTimestamp))
+			restarts := it.Metadata.Labels[resources.RestartsLabel]
+			if restarts == "" {
+				restarts = "0"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s", it.Metadata.Namespace, it.Metadata.Name, s.Service, s.Address, strings.Join(ports, ","),
+				restarts, age(it.Metadata.CreationTimestamp))
 			if wide {
-				fmt.Fprintf(tw, "\t%s\t%s:%d\t%s", s.Identity, s.Address, s.AdminPort, appUser(it.Metadata.Labels))
+				fmt.Fprintf(tw, "\t%s\t%s:%d\t%s\t%s", s.Identity, s.Address, s.AdminPort, appUser(it.Metadata.Labels), dash(it.Metadata.Labels[resources.LastExitLabel]))
 			}
 			fmt.Fprintln(tw)
 		}

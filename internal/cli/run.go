@@ -20,7 +20,10 @@ func runCmd(dataDir *string) *cobra.Command {
 		Long: `run starts COMMAND and a trellis-proxy next to it, registers the instance
 with the local control plane as part of service --service (default --name),
 and supervises both until Ctrl-C, when it stops them and removes everything
-it set up. With --replicas N it starts N instances, NAME-0 … NAME-N-1.
+it set up. With --replicas N it starts N instances, NAME-0 … NAME-N-1. An
+instance whose application or proxy exits is stopped and, by --restart
+(default always), started again after a backoff; 'trellis get workloads'
+shows its restarts.
 
 The instance's identity is spiffe://<trust-domain>/ns/<namespace>/sa/<name>;
 calls between meshed services use mutual TLS and carry it.
@@ -87,6 +90,7 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringVar(&o.AccessLog, "access-log", "", "HTTP access log of the proxies, on their output: apache or json (default: none)")
 	fs.StringVar(&o.TraceCollector, "trace-collector", "", "OTLP/gRPC receiver HOST:PORT the proxies export a span per request to, reachable from the instances (default: no tracing)")
 	fs.StringArrayVar(&o.Env, "env", nil, "KEY=VALUE added to the application's environment (repeatable)")
+	fs.StringVar(&o.Restart, "restart", run.RestartAlways, "when a replica's application or proxy exits: always restart it (after a backoff from 1s, doubling to 1m), on-failure (a non-zero exit), or never")
 	fs.StringVar(&o.User, "user", "", "as root: the user the application runs as, NAME|UID[:GROUP|GID], with no capabilities (default nobody; root keeps root, and lets the application read the mesh's keys)")
 	cmd.MarkFlagRequired("name")
 	cmd.MarkFlagRequired("port")

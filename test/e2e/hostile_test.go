@@ -16,7 +16,8 @@ import (
 // everything a compromised application would try is refused — reading the
 // issuer's and the join-token signing keys or another instance's join
 // token, minting a join token on the control plane's API socket, reading
-// or rewriting its interception rules, becoming the proxy's user.
+// or rewriting its interception rules, becoming the proxy's user, or
+// reaching other instances over IPv6 (link-local, around the proxies).
 func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 	requireTransparent(t)
 	fortio := fortioBin(t)
@@ -45,6 +46,7 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 		try("reading interception rules", "iptables -t nat -S") +
 		try("removing interception rules", "iptables -t nat -F") +
 		try("becoming the proxy's user", "setpriv --reuid=2102 --regid=2102 --clear-groups true") +
+		try("an IPv6 address around the proxies", "ip -6 addr show | grep -q inet6") +
 		`echo DONE; exec sleep 600`
 	attacker := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--name", "attacker", "--port", "8081", "--", "/bin/sh", "-c", script)
 	attacker.waitOutput(t, regexp.MustCompile(`DONE`), 30*time.Second)
@@ -53,8 +55,8 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 	if !regexp.MustCompile(`USER 65534:65534 CAPS CapEff:0+\b`).MatchString(out) {
 		t.Errorf("the application does not run as nobody without capabilities:\n%s", out)
 	}
-	if n := strings.Count(out, ": refused"); n != 8 || strings.Contains(out, ": succeeded") {
-		t.Errorf("%d of 8 attempts refused:\n%s", n, out)
+	if n := strings.Count(out, ": refused"); n != 9 || strings.Contains(out, ": succeeded") {
+		t.Errorf("%d of 9 attempts refused:\n%s", n, out)
 	}
 	// Who an application runs as is in plain view (the attacker, which
 	// never listens on its port, is not registered).

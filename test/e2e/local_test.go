@@ -94,8 +94,11 @@ func (p *trellisProc) waitOutput(t *testing.T, re *regexp.Regexp, within time.Du
 
 // workload is what `trellis get workloads -o json` says of one instance.
 type workload struct {
-	Metadata struct{ Name string }
-	Spec     struct {
+	Metadata struct {
+		Name   string
+		Labels map[string]string
+	}
+	Spec struct {
 		Service, Identity, Address string
 		AdminPort, MeshPort        int
 	}

@@ -36,6 +36,13 @@ const (
 	AppUIDLabel  = "trellis.dev/app-uid"
 )
 
+// RestartsLabel and LastExitLabel say, on a Workload `trellis run`
+// restarted, how often and how its replica last ended (exit-N, signal-X).
+const (
+	RestartsLabel = "trellis.dev/restarts"
+	LastExitLabel = "trellis.dev/last-exit"
+)
+
 // CreatedByAnnotation marks a Service the mesh created for its instances —
 // a registration (value "registry") or `trellis run` ("trellis-run") —
 // rather than one applied by hand. Such a Service is collected, and its

@@ -104,6 +104,16 @@ func (n Namespace) Create(ctx context.Context) (err error) {
 			n.Delete(context.WithoutCancel(ctx))
 		}
 	}()
+	// No IPv6 in the namespace: its interception rules are IPv4's, and a
+	// link-local IPv6 address (the kernel's default) would reach other
+	// instances across the bridge around the proxies, in plaintext.
+	// (Without IPv6 in the kernel there is nothing to turn off.)
+	if _, err := os.Stat("/proc/sys/net/ipv6"); err == nil {
+		disable := "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6"
+		if err := ip(ctx, "netns", "exec", n.Name, "/bin/sh", "-c", disable); err != nil {
+			return fmt.Errorf("disabling IPv6: %w", err)
+		}
+	}
 	veth := n.HostVeth()
 	steps := [][]string{
 		{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", n.Name},

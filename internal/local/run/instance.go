@@ -51,6 +51,12 @@ type instance struct {
 	transparent bool
 	index       int
 	user        *appUser // nil: the application keeps trellis's user
+	// restarts counts the replica's restarts, lastExit says how it last
+	// ended, inARow how many exits in a row led here; started is when it
+	// started.
+	restarts, inARow int
+	lastExit         string
+	started          time.Time
 
 	ns       *netns.Namespace
 	addr     netip.Addr // the replica's IP
@@ -107,6 +113,7 @@ func (in *instance) start(ctx context.Context) (err error) {
 	if err := in.startProxy(ctx); err != nil {
 		return err
 	}
+	in.started = time.Now()
 	return in.startApp()
 }
 
@@ -178,6 +185,9 @@ func (in *instance) proxyArgs() ([]string, error) {
 		"--log-format", "text", "--log-level", in.o.ProxyLogLevel,
 	}
 	for k, v := range appUserLabels(in.user) {
+		args = append(args, "--workload-label", k+"="+v)
+	}
+	for k, v := range in.restartLabels() {
 		args = append(args, "--workload-label", k+"="+v)
 	}
 	if in.o.AccessLog != "" {

@@ -43,6 +43,10 @@ type Options struct {
 	Env []string
 	// Mode is "auto", "transparent" or "explicit".
 	Mode string
+	// Restart is the restart policy of a replica whose application or
+	// proxy exits: RestartAlways (the default), RestartOnFailure or
+	// RestartNever.
+	Restart string
 	// User is who the application runs as when trellis runs as root: NAME
 	// or UID, optionally :GROUP or :GID (default DefaultUser); "root" keeps
 	// root. Not root, the application runs as trellis's own user.
@@ -125,6 +129,13 @@ func (o *Options) Validate() error {
 	case "", "http", "grpc", "tcp", "opaque":
 	default:
 		return fmt.Errorf("--protocol %q: must be http, grpc, tcp or opaque", o.Protocol)
+	}
+	switch o.Restart {
+	case "":
+		o.Restart = RestartAlways
+	case RestartAlways, RestartOnFailure, RestartNever:
+	default:
+		return fmt.Errorf("--restart %q: must be always, on-failure or never", o.Restart)
 	}
 	switch o.Mode {
 	case "", "auto", "transparent", "explicit":

@@ -29,7 +29,9 @@ func Run(ctx context.Context, o Options) error {
 // Set is a started group of replicas.
 type Set struct {
 	o         Options
-	instances []*instance
+	mu        sync.Mutex
+	instances []*instance // by index; a restart replaces its replica
+	stopped   bool        // Stop ran: a restart that lands after stops its replica
 }
 
 // Start validates o and starts the replicas; on error nothing is left running.
@@ -115,32 +117,41 @@ func (s *Set) describe(in *instance) {
 // Instances names the replicas with their proxy admin addresses.
 func (s *Set) Instances() map[string]string {
 	m := map[string]string{}
-	for _, in := range s.instances {
+	for _, in := range s.current() {
 		m[in.name] = in.admin
 	}
 	return m
 }
 
-// Wait supervises the replicas until ctx ends or all have exited.
-func (s *Set) Wait(ctx context.Context) error {
-	type exit struct {
-		in  *instance
-		app bool
-		err error
+// exit is a replica's application or proxy ending (what: "application",
+// "proxy"), or a restart failing to start it ("start").
+type exit struct {
+	in   *instance
+	what string
+	err  error
+}
+
+// watch reports in's first exit on exits, unless ctx ends first.
+func watch(ctx context.Context, in *instance, exits chan<- exit) {
+	select {
+	case err := <-in.appC:
+		in.appC <- err
+		exits <- exit{in, "application", err}
+	case err := <-in.proxyC:
+		in.proxyC <- err
+		exits <- exit{in, "proxy", err}
+	case <-ctx.Done():
 	}
+}
+
+// Wait supervises the replicas until ctx ends or all have exited for good:
+// a replica whose application or proxy exits is stopped and, as the
+// restart policy says, started again after a backoff (1 s, doubling to
+// 1 min with every exit in a row).
+func (s *Set) Wait(ctx context.Context) error {
 	exits := make(chan exit, 2*len(s.instances))
-	for _, in := range s.instances {
-		go func() {
-			select {
-			case err := <-in.appC:
-				in.appC <- err
-				exits <- exit{in, true, err}
-			case err := <-in.proxyC:
-				in.proxyC <- err
-				exits <- exit{in, false, err}
-			case <-ctx.Done():
-			}
-		}()
+	for _, in := range s.current() {
+		go watch(ctx, in, exits)
 	}
 	live := len(s.instances)
 	var firstErr error
@@ -150,19 +161,28 @@ func (s *Set) Wait(ctx context.Context) error {
 			s.Stop()
 			return nil
 		case e := <-exits:
-			live--
-			what := "application"
-			if !e.app {
-				what = "proxy"
-			}
-			fmt.Fprintf(s.o.Err, "%s: %s exited (%v); stopping the replica\n", e.in.name, what, describeExit(e.err))
 			e.in.stop()
-			if e.err != nil && firstErr == nil {
-				firstErr = fmt.Errorf("%s: %s: %w", e.in.name, what, e.err)
+			if !s.o.restarts(e.err) {
+				live--
+				fmt.Fprintf(s.o.Err, "%s: %s exited (%v); the replica is stopped (--restart %s)\n", e.in.name, e.what, describeExit(e.err), s.o.Restart)
+				if e.err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("%s: %s: %w", e.in.name, e.what, e.err)
+				}
+				continue
 			}
+			delay, inARow := e.in.backoff()
+			fmt.Fprintf(s.o.Err, "%s: %s exited (%v); restarting it in %v\n", e.in.name, e.what, describeExit(e.err), delay)
+			go s.restart(ctx, e.in.next(e.err, inARow), delay, exits)
 		}
 	}
 	return firstErr
+}
+
+// current is the replicas running now.
+func (s *Set) current() []*instance {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]*instance(nil), s.instances...)
 }
 
 func describeExit(err error) string {
@@ -174,8 +194,11 @@ func describeExit(err error) string {
 
 // Stop stops every replica, all at once, and cleans up.
 func (s *Set) Stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, in := range s.instances {
+	for _, in := range s.current() {
 		wg.Go(in.stop)
 	}
 	wg.Wait()
