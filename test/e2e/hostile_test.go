@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
 // An application meshed in transparent mode cannot own the mesh: started
@@ -33,6 +35,13 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 		"-tcp-port", "disabled", "-udp-port", "disabled")
 	victim.waitOutput(t, regexp.MustCompile(`victim-0: started`), 20*time.Second)
 
+	victimIP := ""
+	for deadline := time.Now().Add(20 * time.Second); victimIP == ""; time.Sleep(50 * time.Millisecond) {
+		victimIP = workloads(t, dataDir)["victim-0"].Spec.Address
+		if time.Now().After(deadline) {
+			t.Fatal("the victim never registered")
+		}
+	}
 	try := func(name, cmd string) string {
 		return cmd + ` >/dev/null 2>&1 && echo "ATTACK ` + name + `: succeeded" || echo "ATTACK ` + name + `: refused"; `
 	}
@@ -47,7 +56,9 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 		try("removing interception rules", "iptables -t nat -F") +
 		try("becoming the proxy's user", "setpriv --reuid=2102 --regid=2102 --clear-groups true") +
 		try("an IPv6 address around the proxies", "ip -6 addr show | grep -q inet6") +
-		`echo DONE; exec sleep 600`
+		// Not an attack: a call to the victim's own address, which must be
+		// mTLS between the proxies like a call to its service.
+		`curl -s -o /dev/null http://` + victimIP + `:8080/debug; echo DONE; exec sleep 600`
 	attacker := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--name", "attacker", "--port", "8081", "--", "/bin/sh", "-c", script)
 	attacker.waitOutput(t, regexp.MustCompile(`DONE`), 30*time.Second)
 	out := attacker.out.String()
@@ -57,6 +68,14 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 	}
 	if n := strings.Count(out, ": refused"); n != 9 || strings.Contains(out, ": succeeded") {
 		t.Errorf("%d of 9 attempts refused:\n%s", n, out)
+	}
+	// The call to the victim's address reached it over mTLS, from the
+	// attacker's identity; nothing reached it in plaintext.
+	m := metricstest.Scrape(t, "http://"+victimIP+":4191/metrics")
+	in := map[string]string{"direction": "inbound"}
+	mtls := m.Sum("request_total", map[string]string{"direction": "inbound", "tls": "true", "client_id": "spiffe://cluster.local/ns/default/sa/attacker"})
+	if all := m.Sum("request_total", in); mtls < 1 || all != mtls {
+		t.Errorf("the victim's proxy saw %v inbound requests, %v of them mTLS from the attacker's identity", all, mtls)
 	}
 	// Who an application runs as is in plain view (the attacker, which
 	// never listens on its port, is not registered).

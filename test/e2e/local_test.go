@@ -435,7 +435,7 @@ func restartUnderLoad(t *testing.T, transparent, kill bool) {
 	report := filepath.Join(t.TempDir(), "fortio.json")
 	os.Chmod(filepath.Dir(report), 0o777) // the application may run unprivileged
 	duration := 20 * time.Second
-	load := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", mode, "--name", "load", "--port", strconv.Itoa(freePort(t)),
+	load := startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", mode, "--name", "load", "--port", strconv.Itoa(freePort(t)), "--restart", "on-failure",
 		"--upstream", "echo:"+strconv.Itoa(echoPort), "--", fortio, "load", "-quiet", "-qps", "1000", "-c", "16",
 		"-t", duration.String(), "-json", report, "http://$ECHO_ADDR/")
 	load.waitOutput(t, regexp.MustCompile(`load-0: started`), 20*time.Second)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -199,9 +200,10 @@ func (ix *Index) apply(ev store.Event) {
 		}
 	case resources.KindWorkload:
 		old := ix.owner[key]
-		ix.removeWorkload(key)
+		oldAddr := ix.removeWorkload(key)
+		newAddr := ""
 		if ev.Type != store.Deleted {
-			ix.setWorkload(r)
+			newAddr = ix.setWorkload(r)
 		}
 		if old != "" && old != ix.owner[key] {
 			ix.publish(old)
@@ -209,6 +211,40 @@ func (ix *Index) apply(ev store.Event) {
 		if svc := ix.owner[key]; svc != "" {
 			ix.publish(svc)
 		}
+		if ip, err := netip.ParseAddr(oldAddr); err == nil {
+			ix.publishEndpoint(ip)
+		}
+		if ip, err := netip.ParseAddr(newAddr); err == nil && newAddr != oldAddr {
+			ix.publishEndpoint(ip)
+		}
+	}
+}
+
+// buildEndpoint is the set of a stream that asked for ip:port, an address
+// no service has: the workload listening there, if one does — a call to
+// an instance's own address is mTLS to its proxy too — else nothing.
+func (ix *Index) buildEndpoint(ip netip.Addr, port int) *endpointSet {
+	set := &endpointSet{endpoints: map[string]*destinationv1.Endpoint{}}
+	addr, hostPort := ip.String(), net.JoinHostPort(ip.String(), strconv.Itoa(port))
+	for _, key := range slices.Sorted(maps.Keys(ix.services)) { // a Pod behind several Services: the first
+		for inst, w := range ix.services[key].workloads {
+			if _, dup := set.endpoints[hostPort]; dup || w.spec.Address != addr ||
+				!slices.ContainsFunc(w.spec.Ports, func(p resources.WorkloadPort) bool { return p.TargetPort == port }) {
+				continue
+			}
+			ns, name, _ := strings.Cut(key, "/")
+			set.exists, set.labels = true, map[string]string{"dst_service": name, "dst_namespace": ns}
+			set.endpoints[hostPort] = endpointOf(w, inst, addr, port)
+		}
+	}
+	return set
+}
+
+// publishEndpoint pushes the sets of the streams that asked for ip, an
+// address no service has.
+func (ix *Index) publishEndpoint(ip netip.Addr) {
+	for sub := range ix.ipSubs[ip] {
+		ix.push(sub, ix.buildEndpoint(ip, sub.port))
 	}
 }
 
@@ -254,27 +290,34 @@ func (ix *Index) addSub(sub *subscription) {
 	ix.subs[sub.key][sub] = struct{}{}
 }
 
-func (ix *Index) setWorkload(r store.Resource) {
+// setWorkload indexes r and returns its address.
+func (ix *Index) setWorkload(r store.Resource) string {
 	var spec resources.WorkloadSpec
 	if err := json.Unmarshal(r.Spec, &spec); err != nil {
 		ix.log.Warn("skipping an unreadable workload", "workload", r.Key().String(), "error", err)
-		return
+		return ""
 	}
 	svcKey := r.Metadata.Namespace + "/" + spec.Service
 	ix.svc(svcKey).workloads[r.Metadata.Name] = workload{spec: spec, labels: r.Metadata.Labels}
 	ix.owner[r.Metadata.Namespace+"/"+r.Metadata.Name] = svcKey
+	return spec.Address
 }
 
-func (ix *Index) removeWorkload(key string) {
+// removeWorkload forgets workload key and returns the address it had.
+func (ix *Index) removeWorkload(key string) string {
 	svcKey, ok := ix.owner[key]
 	if !ok {
-		return
+		return ""
 	}
 	delete(ix.owner, key)
-	if s := ix.services[svcKey]; s != nil {
-		_, name, _ := strings.Cut(key, "/")
-		delete(s.workloads, name)
+	s := ix.services[svcKey]
+	if s == nil {
+		return ""
 	}
+	_, name, _ := strings.Cut(key, "/")
+	addr := s.workloads[name].spec.Address
+	delete(s.workloads, name)
+	return addr
 }
 
 // publish pushes the current set of service key to each of its subscriptions.
@@ -327,19 +370,25 @@ func (ix *Index) build(key string, port int) *endpointSet {
 				continue
 			}
 			set.exists = true
-			addr := net.JoinHostPort(w.spec.Address, strconv.Itoa(p.TargetPort))
-			labels := map[string]string{"dst_instance": inst, "dst_workload": w.labels[resources.WorkloadLabel]}
-			if labels["dst_workload"] == "" {
-				labels["dst_workload"] = inst
-			}
-			ep := &destinationv1.Endpoint{Address: addr, Weight: 10000, Identity: w.spec.Identity, MeshPort: uint32(w.spec.MeshPort), MetricLabels: labels}
-			if w.spec.Identity != "" { // a peer proxy speaks HTTP/2; the application itself may not
-				ep.ProtocolHint = destinationv1.ProtocolHint_PROTOCOL_HINT_H2
-			}
-			set.endpoints[addr] = ep
+			ep := endpointOf(w, inst, w.spec.Address, p.TargetPort)
+			set.endpoints[ep.Address] = ep
 		}
 	}
 	return set
+}
+
+// endpointOf is workload w (instance inst) at address:port.
+func endpointOf(w workload, inst, address string, port int) *destinationv1.Endpoint {
+	labels := map[string]string{"dst_instance": inst, "dst_workload": w.labels[resources.WorkloadLabel]}
+	if labels["dst_workload"] == "" {
+		labels["dst_workload"] = inst
+	}
+	ep := &destinationv1.Endpoint{Address: net.JoinHostPort(address, strconv.Itoa(port)), Weight: 10000, Identity: w.spec.Identity,
+		MeshPort: uint32(w.spec.MeshPort), MetricLabels: labels}
+	if w.spec.Identity != "" { // a peer proxy speaks HTTP/2; the application itself may not
+		ep.ProtocolHint = destinationv1.ProtocolHint_PROTOCOL_HINT_H2
+	}
+	return ep
 }
 
 // subscription is one stream's interest in a service port.
@@ -376,7 +425,7 @@ func (ix *Index) subscribe(ctx context.Context, authority, contextNS string) (*s
 				ix.ipSubs[t.ip] = map[*subscription]struct{}{}
 			}
 			ix.ipSubs[t.ip][sub] = struct{}{}
-			sub.queue <- &endpointSet{}
+			sub.queue <- ix.buildEndpoint(t.ip, t.port)
 			return sub, nil
 		}
 		t.namespace, t.name, _ = strings.Cut(key, "/")

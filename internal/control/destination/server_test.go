@@ -290,3 +290,40 @@ func TestUnmeshedEndpointHasNoIdentityOrHint(t *testing.T) {
 		t.Errorf("endpoint %v", ep)
 	}
 }
+
+// A stream for an instance's own address — no service's virtual IP — gets
+// that instance as its one endpoint, with its identity (so the call is
+// mTLS to its proxy, not plaintext), and follows it as it comes and goes;
+// a port it does not listen on gets nothing.
+func TestGetByEndpointAddress(t *testing.T) {
+	h := start(t, DefaultQueue)
+	ctx := context.Background()
+	h.apply(t, resources.KindService, "default", "web", resources.ServiceSpec{Ports: []resources.ServicePort{{Port: 8080}}, ClusterIP: "10.240.0.9"}, nil)
+	h.workload(t, "web-0", "10.0.0.1", 8080, 18080)
+	direct, err := h.client.Get(ctx, &destinationv1.GetDestination{Authority: "10.0.0.1:18080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := recv(t, direct).GetAdd()
+	if add == nil || len(add.Endpoints) != 1 || add.Endpoints[0].Address != "10.0.0.1:18080" ||
+		add.Endpoints[0].Identity != "spiffe://cluster.local/ns/default/sa/web" || add.MetricLabels["dst_service"] != "web" {
+		t.Fatalf("an instance's address: %v", add)
+	}
+	if err := h.store.Delete(ctx, store.Key{Kind: resources.KindWorkload, Namespace: "default", Name: "web-0"}); err != nil {
+		t.Fatal(err)
+	}
+	if u := recv(t, direct); u.GetNoEndpoints() == nil {
+		t.Fatalf("after the instance left: %v", u)
+	}
+	h.workload(t, "web-1", "10.0.0.1", 8080, 18080) // another instance at the address
+	if add := recv(t, direct).GetAdd(); add == nil || len(add.Endpoints) != 1 || add.Endpoints[0].MetricLabels["dst_instance"] != "web-1" {
+		t.Fatalf("a new instance at the address: %v", add)
+	}
+	unserved, err := h.client.Get(ctx, &destinationv1.GetDestination{Authority: "10.0.0.1:9999"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := recv(t, unserved); u.GetNoEndpoints() == nil || u.GetNoEndpoints().Exists {
+		t.Fatalf("a port the instance does not listen on: %v", u)
+	}
+}
