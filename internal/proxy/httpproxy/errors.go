@@ -20,7 +20,9 @@ const ErrorHeader = "l5d-proxy-error"
 
 // UnprocessedHeader marks a proxy's error response to a request that
 // reached no application: the upstream could not be connected to (by
-// this proxy, or — on an inbound proxy — by it to its application). The
+// this proxy, or — on an inbound proxy — by it to its application) — or
+// that may be repeated all the same: an idempotent request without a body
+// whose connection to the peer proxy broke before any answer. The
 // outbound balance stage sends such a request to another endpoint and
 // removes the mark; responses of anything but a peer proxy never carry it
 // (the forwarder drops it from them), so an application cannot have a
@@ -32,6 +34,25 @@ const UnprocessedHeader = "Trellis-Proxy-Unprocessed"
 func Unprocessed(err error) bool {
 	var oe *net.OpError
 	return errors.As(err, &oe) && oe.Op == "dial" || errors.Is(err, mesh.ErrHandshake)
+}
+
+// mayRepeat reports whether the balance stage may send r to another
+// endpoint after err: r never left (Unprocessed), or it is an idempotent
+// request without a body whose connection to the peer proxy broke before
+// any answer — the peer proxy died — which RFC 9110 §9.2.2 lets a client
+// repeat.
+func mayRepeat(r *http.Request, err error) bool {
+	return Unprocessed(err) || Peer(r.Context()) != "" && idempotent(r) && !hasBody(r) && connectionLost(err)
+}
+
+// connectionLost reports a connection that broke (net/http's HTTP/2
+// transport says so in words).
+func connectionLost(err error) bool {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
+		return true
+	}
+	s := err.Error()
+	return strings.Contains(s, "client connection lost") || strings.Contains(s, "server sent GOAWAY")
 }
 
 // reasonConnectTimeout: the upstream could not be connected to in time.

@@ -101,8 +101,10 @@ func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
 	}
 	// An upstream's CANCEL is CANCELLED, or DEADLINE_EXCEEDED for a call
 	// with a deadline (what a gRPC server cancels on).
-	for timeout, want := range map[string]string{"": "1", "300m": "4"} {
+	for _, tc := range []struct{ timeout, want string }{{"", "1"}, {"300m", "4"}} {
+		timeout, want := tc.timeout, tc.want
 		w := httptest.NewRecorder()
+		r.Header.Del("Grpc-Timeout")
 		if timeout != "" {
 			r.Header.Set("Grpc-Timeout", timeout)
 		}
@@ -116,5 +118,41 @@ func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
 	WriteError(w, r, http.StatusBadGateway, "connection refused")
 	if w.Code != 502 || w.Body.String() != "connection refused\n" {
 		t.Fatalf("got %d %q", w.Code, w.Body.String())
+	}
+}
+
+// A request may go to another endpoint when it never left, or when it is
+// idempotent, has no body and its connection to the peer proxy broke
+// before any answer; never otherwise.
+func TestMayRepeat(t *testing.T) {
+	lost := errors.New("http2: client connection lost")
+	dial := &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}
+	req := func(method string, body string, peer string) *http.Request {
+		var r *http.Request
+		if body == "" {
+			r = httptest.NewRequest(method, "/", nil)
+		} else {
+			r = httptest.NewRequest(method, "/", strings.NewReader(body))
+		}
+		return r.WithContext(WithTarget(r.Context(), "10.0.0.1:8080", peer, ""))
+	}
+	const peer = "spiffe://cluster.local/ns/default/sa/web"
+	for _, tc := range []struct {
+		name string
+		r    *http.Request
+		err  error
+		want bool
+	}{
+		{"a GET whose peer proxy died", req("GET", "", peer), lost, true},
+		{"a DELETE whose peer connection was reset", req("DELETE", "", peer), &net.OpError{Op: "read", Err: syscall.ECONNRESET}, true},
+		{"a POST whose peer proxy died", req("POST", "", peer), lost, false},
+		{"a PUT with a body", req("PUT", "x", peer), lost, false},
+		{"a GET to an unmeshed upstream", req("GET", "", ""), lost, false},
+		{"a GET that timed out", req("GET", "", peer), os.ErrDeadlineExceeded, false},
+		{"a POST that never left", req("POST", "x", peer), dial, true},
+	} {
+		if got := mayRepeat(tc.r, tc.err); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

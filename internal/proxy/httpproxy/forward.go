@@ -191,7 +191,7 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	} else {
 		f.log.Warn("forwarding request failed", attrs...)
 	}
-	if Unprocessed(err) {
+	if mayRepeat(r, err) {
 		w.Header().Set(UnprocessedHeader, "1")
 	}
 	WriteError(w, r, status, reason)
