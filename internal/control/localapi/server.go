@@ -235,8 +235,8 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 }
 
 // ApplyRequest is a batch of objects to create or replace: all are
-// validated (and checked against their resourceVersion), then written in
-// one transaction — all of them, or none.
+// validated, then written in one transaction (which checks the
+// resourceVersions given) — all of them, or none.
 type ApplyRequest struct {
 	Items []store.Resource `json:"items"`
 }
@@ -275,15 +275,12 @@ func (s *Server) apply(w http.ResponseWriter, r *http.Request) {
 			failItem(w, i, err)
 			return
 		}
-		cur, err := s.cfg.Store.Get(r.Context(), item.Key())
-		if err == nil {
+		if cur, err := s.cfg.Store.Get(r.Context(), item.Key()); err == nil {
 			prev[i] = cur.Metadata.ResourceVersion
 		}
-		if rv := item.Metadata.ResourceVersion; rv != "" && err == nil && cur.Metadata.ResourceVersion != rv {
-			failItem(w, i, fmt.Errorf("%w: %s is at resourceVersion %s, not %s", store.ErrConflict, item.Key(), cur.Metadata.ResourceVersion, rv))
-			return
-		}
 	}
+	// The transaction checks each resourceVersion given (a conflict is an
+	// ItemError like any other).
 	got, err := s.cfg.IPs.ApplyAll(r.Context(), req.Items)
 	if err != nil {
 		var ie *store.ItemError

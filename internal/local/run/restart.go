@@ -47,9 +47,10 @@ func (in *instance) backoff() (time.Duration, int) {
 }
 
 // next is the replica that replaces in, which exited with err.
-func (in *instance) next(err error, inARow int) *instance {
-	return &instance{name: in.name, o: in.o, st: in.st, api: in.api, transparent: in.transparent, index: in.index,
-		upstream: map[string]string{}, user: in.user, restarts: in.restarts + 1, lastExit: exitReason(err), inARow: inARow}
+func (s *Set) next(in *instance, err error, inARow int) *instance {
+	n := s.replica(in.index)
+	n.restarts, n.lastExit, n.inARow = in.restarts+1, exitReason(err), inARow
+	return n
 }
 
 // exitReason says how a process ended, as a label value: exit-N or the

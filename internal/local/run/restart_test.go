@@ -10,12 +10,13 @@ import (
 // and starts over for a replica that ran a minute; exits are named as
 // label values.
 func TestRestartBackoffAndExitReasons(t *testing.T) {
+	s := &Set{o: Options{Name: "web"}}
 	in := &instance{started: time.Now()}
 	var got []time.Duration
 	for range 9 {
 		d, inARow := in.backoff()
 		got = append(got, d)
-		in = in.next(nil, inARow)
+		in = s.next(in, nil, inARow)
 		in.started = time.Now() // exits at once again
 	}
 	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 32 * time.Second, time.Minute, time.Minute, time.Minute}

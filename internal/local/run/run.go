@@ -28,7 +28,12 @@ func Run(ctx context.Context, o Options) error {
 
 // Set is a started group of replicas.
 type Set struct {
-	o         Options
+	o           Options
+	st          localapi.Status
+	api         *localapi.Client
+	transparent bool
+	user        *appUser
+
 	mu        sync.Mutex
 	instances []*instance // by index; a restart replaces its replica
 	stopped   bool        // Stop ran: a restart that lands after stops its replica
@@ -65,10 +70,9 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 			}
 		}
 	}
-	s := &Set{o: o}
+	s := &Set{o: o, st: st, api: api, transparent: transparent, user: user}
 	for i := range o.Replicas {
-		in := &instance{name: fmt.Sprintf("%s-%d", o.Name, i), o: &s.o, st: st, api: api, transparent: transparent, index: i, upstream: map[string]string{},
-			user: user}
+		in := s.replica(i)
 		if err := in.start(ctx); err != nil {
 			s.Stop()
 			return nil, fmt.Errorf("%s: %w", in.name, err)
@@ -77,6 +81,12 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 		s.describe(in)
 	}
 	return s, nil
+}
+
+// replica is replica i, not started yet.
+func (s *Set) replica(i int) *instance {
+	return &instance{name: fmt.Sprintf("%s-%d", s.o.Name, i), o: &s.o, st: s.st, api: s.api, transparent: s.transparent, index: i,
+		upstream: map[string]string{}, user: s.user}
 }
 
 // chooseMode decides between transparent and explicit mode.
@@ -172,7 +182,7 @@ func (s *Set) Wait(ctx context.Context) error {
 			}
 			delay, inARow := e.in.backoff()
 			fmt.Fprintf(s.o.Err, "%s: %s exited (%v); restarting it in %v\n", e.in.name, e.what, describeExit(e.err), delay)
-			go s.restart(ctx, e.in.next(e.err, inARow), delay, exits)
+			go s.restart(ctx, s.next(e.in, e.err, inARow), delay, exits)
 		}
 	}
 	return firstErr

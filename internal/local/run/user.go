@@ -42,11 +42,11 @@ func lookupUser(spec string) (*appUser, error) {
 	}
 	name, group, _ := strings.Cut(spec, ":")
 	u := &appUser{name: name, home: "/"}
-	if pw, err := user.Lookup(name); err == nil {
-		u.uid, _ = strconv.Atoi(pw.Uid)
-		u.gid, _ = strconv.Atoi(pw.Gid)
-		u.name, u.home, u.known = pw.Username, pw.HomeDir, true
-	} else if pw, err := user.LookupId(name); err == nil {
+	pw, err := user.Lookup(name)
+	if err != nil {
+		pw, err = user.LookupId(name)
+	}
+	if err == nil {
 		u.uid, _ = strconv.Atoi(pw.Uid)
 		u.gid, _ = strconv.Atoi(pw.Gid)
 		u.name, u.home, u.known = pw.Username, pw.HomeDir, true

@@ -28,15 +28,18 @@ type clientBody struct {
 
 type clientBodyKey struct{}
 
-// watchBody wraps r's body, once per request (the outermost Observe), so
-// that a read failure becomes a ClientBodyError and the request's outcome
-// says whose fault it was.
+// watchBody wraps r's body, once per request with a body (in the
+// outermost Observe), so that a read failure becomes a ClientBodyError and
+// the request's outcome says whose fault it was.
 func watchBody(r *http.Request) (*http.Request, *clientBody) {
-	if cb, ok := r.Context().Value(clientBodyKey{}).(*clientBody); ok {
+	if cb, ok := r.Body.(*clientBody); ok {
 		return r, cb
 	}
-	if r.Body == nil || r.Body == http.NoBody {
-		return r, nil
+	if !hasBody(r) {
+		return r, nil // nothing to break (every GET: no allocation)
+	}
+	if cb, ok := r.Context().Value(clientBodyKey{}).(*clientBody); ok {
+		return r, cb // an inner stage, with the attempt's own body
 	}
 	cb := &clientBody{ReadCloser: r.Body}
 	r = r.WithContext(context.WithValue(r.Context(), clientBodyKey{}, cb))
