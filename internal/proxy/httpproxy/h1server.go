@@ -16,13 +16,6 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
-// H1Config bounds what one HTTP/1 client may cost.
-type H1Config struct {
-	MaxHeaderBytes    int
-	HeaderReadTimeout time.Duration
-	IdleTimeout       time.Duration
-}
-
 // maxDiscard is how much of an unread request body is drained to keep the
 // connection reusable; beyond it the connection is closed instead.
 const maxDiscard = 256 << 10
@@ -34,7 +27,7 @@ const lingerTimeout = 500 * time.Millisecond
 
 // h1Conn is one HTTP/1 client connection.
 type h1Conn struct {
-	cfg      H1Config
+	cfg      ServerConfig
 	log      *slog.Logger
 	handler  http.Handler
 	c        net.Conn
@@ -47,7 +40,7 @@ type h1Conn struct {
 
 // serveH1 serves requests on c one after another (pipelined requests are
 // answered in order) until the client or the proxy ends the connection.
-func serveH1(ctx context.Context, cfg H1Config, log *slog.Logger, h http.Handler, c net.Conn) {
+func serveH1(ctx context.Context, cfg ServerConfig, log *slog.Logger, h http.Handler, c net.Conn) {
 	hc := &h1Conn{cfg: cfg, log: log, handler: h, c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
 	hc.hangup.c = c
 	m := transport.MetaFrom(ctx)

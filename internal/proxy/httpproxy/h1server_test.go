@@ -39,7 +39,7 @@ func serveScript(script []byte) string {
 		n, _ := io.Copy(w, r.Body)
 		w.Header().Set("X-Sum", strings.Repeat("x", int(n%7)))
 	})
-	serveH1(ctx, H1Config{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: time.Second}, slog.New(slog.DiscardHandler), h, c)
+	serveH1(ctx, ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: time.Second}, slog.New(slog.DiscardHandler), h, c)
 	return c.out.String()
 }
 

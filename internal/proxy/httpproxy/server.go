@@ -6,7 +6,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -15,16 +18,36 @@ import (
 // HTTP/2 server.
 type Server struct {
 	handler http.Handler
-	h1      H1Config
+	cfg     ServerConfig
 	log     *slog.Logger
 	h2      *http.Server
 	h2ln    *connListener
 	drain   func()
 }
 
+// ServerConfig bounds what one client may cost.
+type ServerConfig struct {
+	MaxHeaderBytes    int
+	HeaderReadTimeout time.Duration // HTTP/1: the request head
+	IdleTimeout       time.Duration
+	// ResetFloods, if set, is called for each HTTP/2 connection closed as a
+	// rapid-reset flood.
+	ResetFloods func()
+}
+
+// CountResetFloods registers the count of dir's HTTP/2 connections closed
+// as rapid-reset floods and returns the ServerConfig.ResetFloods that counts.
+func CountResetFloods(reg *metrics.Registry, dir transport.Direction) func() {
+	var n atomic.Uint64
+	reg.Counter(string(dir)+"_http2_reset_floods_total",
+		"HTTP/2 connections the "+string(dir)+" proxy closed with GOAWAY ENHANCE_YOUR_CALM because the client reset most streams before their response (rapid reset).",
+		func() float64 { return float64(n.Load()) })
+	return func() { n.Add(1) }
+}
+
 // NewServer returns a server handing every request to h.
-func NewServer(h http.Handler, cfg H1Config, log *slog.Logger) *Server {
-	s := &Server{handler: h, h1: cfg, log: log, h2ln: newConnListener()}
+func NewServer(h http.Handler, cfg ServerConfig, log *slog.Logger) *Server {
+	s := &Server{handler: h, cfg: cfg, log: log, h2ln: newConnListener()}
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	s.h2 = &http.Server{
@@ -58,12 +81,19 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		m.Early.Close() // HTTP servers never speak first: the probe is not needed
 	}
 	if m.Protocol != "h2" {
-		serveH1(serving(ctx, s.h2), s.h1, s.log, s.handler, c)
+		serveH1(serving(ctx, s.h2), s.cfg, s.log, s.handler, c)
 		return
 	}
 	stop := context.AfterFunc(m.Drain, s.drain)
 	defer stop()
-	tc := &trackedConn{Conn: c, ctx: ctx, done: make(chan struct{})}
+	flood := func() {
+		s.log.Warn("HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: the client reset most streams before their response (rapid reset)",
+			"client", c.RemoteAddr().String())
+		if s.cfg.ResetFloods != nil {
+			s.cfg.ResetFloods()
+		}
+	}
+	tc := &trackedConn{Conn: newResetGuard(c, flood), ctx: ctx, done: make(chan struct{})}
 	if !s.h2ln.hand(tc) {
 		c.Close()
 		return

@@ -46,8 +46,9 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 		tap.Layer(obs.Tap, "inbound"),
 		obs.AccessLog.Layer, // after origProto: the line shows the protocol the client used
 	)
-	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
+	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.ServerConfig{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
+		ResetFloods: httpproxy.CountResetFloods(reg, transport.Inbound),
 	}, log), transport.Meter(reg))
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
 		return dialer.DialContext(ctx, m.Direction, m.Target)

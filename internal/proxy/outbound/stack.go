@@ -94,8 +94,9 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 		httpproxy.Metrics(obs.HTTPMetrics),
 		tap.Layer(obs.Tap, "outbound"), // per attempt, as its endpoint saw it
 	)
-	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.H1Config{
+	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.ServerConfig{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
+		ResetFloods: httpproxy.CountResetFloods(reg, transport.Outbound),
 	}, log), transport.Meter(reg))
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
