@@ -189,7 +189,7 @@ type pair struct {
 // proxyArgs are the flags joining a proxy to the mesh as service account sa.
 func (b *bench) proxyArgs(sa string) []string {
 	id := "spiffe://cluster.local/ns/default/sa/" + sa
-	tok, err := b.api.JoinToken(context.Background(), id, time.Hour)
+	tok, err := b.api.JoinToken(context.Background(), id, time.Hour, false)
 	if err != nil {
 		fatalf("%v", err)
 	}

@@ -21,6 +21,10 @@ import (
 // DefaultTrustDomain is the trust domain used when none is configured.
 const DefaultTrustDomain = "cluster.local"
 
+// JoinTokenPrefix starts every join token, local mode's proof of identity
+// (its format: internal/control/identity).
+const JoinTokenPrefix = "tjt1."
+
 // maxLen is the SPIFFE limit on a SPIFFE ID's length in bytes.
 const maxLen = 2048
 

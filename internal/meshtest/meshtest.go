@@ -62,7 +62,7 @@ func (i *Identity) Join(t testing.TB, cfg *config.Config, namespace, serviceAcco
 	if err != nil {
 		t.Fatal(err)
 	}
-	token, err := identity.IssueJoinToken(i.srv.JoinTokenKey(), id, time.Hour, time.Now())
+	token, err := identity.IssueJoinToken(i.srv.JoinTokenKey(), id, time.Hour, false, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,8 @@ import (
 // issuer's and the join-token signing keys or another instance's join
 // token, minting a join token on the control plane's API socket, reading
 // or rewriting its interception rules, becoming the proxy's user, or
-// reaching other instances over IPv6 (link-local, around the proxies).
+// reaching other instances over IPv6 (link-local, around the proxies) —
+// and a compromised proxy cannot become another workload.
 func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 	requireTransparent(t)
 	fortio := fortioBin(t)
@@ -84,4 +86,90 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 		t.Errorf("get workloads -o wide does not show the victim's application as nobody(65534): %v\n%s", err, wide)
 	}
 	t.Logf("trellis get workloads -o wide:\n%s", wide)
+
+	// Nor can a compromised proxy become another workload: every proxy
+	// runs as a user of its own, the victim's single-use join token was
+	// spent and removed once its proxy was ready, and one proxy cannot
+	// signal another.
+	victimProxy, err := netnsProcess("trellis-default-victim-0", "trellis")
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackerProxy, err := netnsProcess("trellis-default-attacker-0", "trellis")
+	if err != nil {
+		t.Fatal(err)
+	}
+	victimUID, attackerUID := processUID(t, victimProxy), processUID(t, attackerProxy)
+	if victimUID == attackerUID {
+		t.Fatalf("both proxies run as user %s", victimUID)
+	}
+	token := filepath.Join(dataDir, "run", "default-victim-0", "token")
+	if _, err := os.Stat(token); !os.IsNotExist(err) {
+		t.Errorf("the victim's join token is still on disk after its proxy started: %v", err)
+	}
+	// UDP does not leave an instance in plaintext (only DNS to the control
+	// plane does; trellis run --allow-udp lets it pass): a datagram from
+	// the host reaches the victim, one from the attacker does not.
+	var sink net.PacketConn
+	if err := InNetNS("trellis-default-victim-0", func() (err error) { sink, err = net.ListenPacket("udp4", ":9999"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	if !udpReaches(t, "", victimIP+":9999", sink) {
+		t.Fatal("UDP from the host does not reach the victim's namespace: the check below would prove nothing")
+	}
+	if udpReaches(t, "trellis-default-attacker-0", victimIP+":9999", sink) {
+		t.Error("UDP from the attacker's instance reached the victim in plaintext")
+	}
+	for name, cmd := range map[string]string{
+		"listing the victim proxy's files": "ls " + filepath.Dir(token),
+		"signalling the victim's proxy":    "kill -STOP " + strconv.Itoa(victimProxy),
+	} {
+		out, err := exec.Command("setpriv", "--reuid="+attackerUID, "--regid="+attackerUID, "--clear-groups", "sh", "-c", cmd).CombinedOutput()
+		if err == nil {
+			t.Errorf("as the attacker's proxy (user %s), %s succeeded: %s", attackerUID, name, out)
+		}
+	}
+}
+
+// udpReaches reports whether a UDP datagram sent from network namespace
+// from ("" for the host's) to addr reached sink.
+func udpReaches(t *testing.T, from, addr string, sink net.PacketConn) bool {
+	t.Helper()
+	send := func() error {
+		c, err := net.Dial("udp4", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.Write([]byte("plaintext " + from))
+		return nil
+	}
+	var err error
+	if from == "" {
+		err = send()
+	} else {
+		err = InNetNS(from, send)
+	}
+	if err != nil {
+		t.Fatalf("sending UDP from %q: %v", from, err)
+	}
+	buf := make([]byte, 64)
+	sink.SetReadDeadline(time.Now().Add(time.Second))
+	n, _, err := sink.ReadFrom(buf)
+	return err == nil && string(buf[:n]) == "plaintext "+from
+}
+
+// processUID is the real user ID pid runs as.
+func processUID(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^Uid:\s+(\d+)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no Uid in /proc/%d/status", pid)
+	}
+	return string(m[1])
 }

@@ -15,6 +15,7 @@ import (
 func joinTokenCmd() *cobra.Command {
 	var dataDir, keyFile, id string
 	var ttl time.Duration
+	var once bool
 	cmd := &cobra.Command{
 		Use:   "join-token",
 		Short: "Print a join token that lets one proxy obtain the certificate of one identity",
@@ -45,7 +46,7 @@ Anyone holding the token can obtain that identity: treat it as a secret.`,
 			if err != nil {
 				return err
 			}
-			token, err := identity.IssueJoinToken(key, parsed, ttl, time.Now())
+			token, err := identity.IssueJoinToken(key, parsed, ttl, once, time.Now())
 			if err != nil {
 				return err
 			}
@@ -57,5 +58,6 @@ Anyone holding the token can obtain that identity: treat it as a secret.`,
 	cmd.Flags().StringVar(&keyFile, "join-token-key-file", "", "the join-token signing key, instead of --data-dir's")
 	cmd.Flags().StringVar(&id, "identity", "", "the SPIFFE ID the token entitles to, e.g. spiffe://cluster.local/ns/shop/sa/web")
 	cmd.Flags().DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token may be used to obtain certificates (at most 720h)")
+	cmd.Flags().BoolVar(&once, "once", false, "single-use: the token gets one certificate, which the proxy then renews with itself (a proxy restarted later needs a new token)")
 	return cmd
 }

@@ -98,7 +98,7 @@ func makeCSR(t testing.TB, key crypto.Signer, id meshid.ID, edit func(*x509.Cert
 
 func token(t testing.TB, srv *Server, id meshid.ID, ttl time.Duration, now time.Time) []byte {
 	t.Helper()
-	tok, err := IssueJoinToken(srv.JoinTokenKey(), id, ttl, now)
+	tok, err := IssueJoinToken(srv.JoinTokenKey(), id, ttl, false, now)
 	if err != nil {
 		t.Fatal(err)
 	}

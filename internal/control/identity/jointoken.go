@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
@@ -33,7 +34,7 @@ import (
 // token is a bearer credential: whoever holds it can obtain certificates for
 // its identity until it expires, so it is written only where that workload's
 // proxy can read it.
-const joinTokenPrefix = "tjt1."
+const joinTokenPrefix = meshid.JoinTokenPrefix
 
 // maxJoinTokenLen bounds what ParseJoinToken reads.
 const maxJoinTokenLen = 4096
@@ -44,7 +45,11 @@ type JoinTokenClaims struct {
 	KeyID    string `json:"kid"` // KeyID of the signing key
 	IssuedAt int64  `json:"iat"` // Unix seconds
 	Expires  int64  `json:"exp"` // Unix seconds
-	ID       string `json:"jti"` // random, for audit logs
+	ID       string `json:"jti"` // random: audit logs, and spending a single-use token
+	// Once makes the token good for one certificate: the proxy renews it
+	// with the certificate itself (RenewWithCertificate), so a token read
+	// after its proxy started is worth nothing.
+	Once bool `json:"once,omitempty"`
 }
 
 // JoinToken is a parsed, not yet verified, join token.
@@ -71,8 +76,8 @@ const MaxJoinTokenTTL = 30 * 24 * time.Hour
 var errControlPlaneIdentity = fmt.Errorf("identities of namespace %s are the control plane's: no join token gives one", meshid.ControlPlaneNamespace)
 
 // IssueJoinToken signs a join token entitling its holder to id from now
-// until now+ttl (at most MaxJoinTokenTTL).
-func IssueJoinToken(key ed25519.PrivateKey, id meshid.ID, ttl time.Duration, now time.Time) (string, error) {
+// until now+ttl (at most MaxJoinTokenTTL) — to one certificate if once.
+func IssueJoinToken(key ed25519.PrivateKey, id meshid.ID, ttl time.Duration, once bool, now time.Time) (string, error) {
 	if err := id.Validate(); err != nil {
 		return "", fmt.Errorf("join token identity: %w", err)
 	}
@@ -95,6 +100,7 @@ func IssueJoinToken(key ed25519.PrivateKey, id meshid.ID, ttl time.Duration, now
 		IssuedAt: now.Unix(),
 		Expires:  now.Add(ttl).Unix(),
 		ID:       hex.EncodeToString(jti[:]),
+		Once:     once,
 	})
 	if err != nil {
 		return "", err
@@ -149,11 +155,41 @@ func ParseJoinToken(token []byte) (*JoinToken, error) {
 }
 
 // JoinTokenValidator accepts join tokens signed by one of Keys, for an
-// identity in TrustDomain, within their validity window.
+// identity in TrustDomain, within their validity window, and single-use
+// tokens once.
 type JoinTokenValidator struct {
 	Keys        []ed25519.PublicKey
 	TrustDomain string
 	Now         func() time.Time // time.Now if nil
+
+	mu    sync.Mutex
+	spent map[string]time.Time // single-use token IDs -> their expiry
+}
+
+// Spend records the use of a valid token for a certificate: a single-use
+// token's second use is refused (ErrInvalidToken). Spent tokens are
+// remembered until they expire; a restarted identity service forgets them,
+// which is why single-use tokens live minutes.
+func (v *JoinTokenValidator) Spend(token []byte, now time.Time) error {
+	t, err := ParseJoinToken(token)
+	if err != nil || !t.Claims.Once {
+		return err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.spent == nil {
+		v.spent = map[string]time.Time{}
+	}
+	if _, ok := v.spent[t.Claims.ID]; ok {
+		return invalid("join token %s for %s was already used: a single-use token gets one certificate, the proxy renews with its certificate", t.Claims.ID, t.ID)
+	}
+	for id, exp := range v.spent {
+		if now.After(exp) {
+			delete(v.spent, id)
+		}
+	}
+	v.spent[t.Claims.ID] = time.Unix(t.Claims.Expires, 0)
+	return nil
 }
 
 // Validate implements Validator.

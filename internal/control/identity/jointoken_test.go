@@ -20,7 +20,7 @@ func TestJoinTokens(t *testing.T) {
 	pub, key, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Unix(1_800_000_000, 0)
 	v := &JoinTokenValidator{Keys: []ed25519.PublicKey{pub}, TrustDomain: "cluster.local", Now: func() time.Time { return now }}
-	tok, err := IssueJoinToken(key, web, time.Hour, now)
+	tok, err := IssueJoinToken(key, web, time.Hour, false, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,12 +30,12 @@ func TestJoinTokens(t *testing.T) {
 	if id, err := v.Validate(context.Background(), []byte(tok)); err != nil || id != web {
 		t.Fatalf("Validate = %v, %v; want %v", id, err, web)
 	}
-	otherTD, _ := IssueJoinToken(key, meshid.ID{TrustDomain: "example.org", Namespace: "default", ServiceAccount: "web"}, time.Hour, now)
+	otherTD, _ := IssueJoinToken(key, meshid.ID{TrustDomain: "example.org", Namespace: "default", ServiceAccount: "web"}, time.Hour, false, now)
 	_, otherKey, _ := ed25519.GenerateKey(rand.Reader)
-	foreign, _ := IssueJoinToken(otherKey, web, time.Hour, now)
-	future, _ := IssueJoinToken(key, web, time.Hour, now.Add(time.Minute))
-	nearFuture, _ := IssueJoinToken(key, web, time.Hour, now.Add(10*time.Second))
-	expired, _ := IssueJoinToken(key, web, time.Hour, now.Add(-time.Hour))
+	foreign, _ := IssueJoinToken(otherKey, web, time.Hour, false, now)
+	future, _ := IssueJoinToken(key, web, time.Hour, false, now.Add(time.Minute))
+	nearFuture, _ := IssueJoinToken(key, web, time.Hour, false, now.Add(10*time.Second))
+	expired, _ := IssueJoinToken(key, web, time.Hour, false, now.Add(-time.Hour))
 	// Re-sign modified claims with a foreign key but claim the trusted kid.
 	parts := strings.Split(tok, ".")
 	claims, _ := base64.RawURLEncoding.DecodeString(parts[1])
@@ -79,16 +79,16 @@ func TestJoinTokens(t *testing.T) {
 			t.Errorf("%s: %v; want ErrInvalidToken containing %q", tc.name, err, tc.want)
 		}
 	}
-	if _, err := IssueJoinToken(key, meshid.ID{}, time.Hour, now); err == nil {
+	if _, err := IssueJoinToken(key, meshid.ID{}, time.Hour, false, now); err == nil {
 		t.Error("issued a token for no identity")
 	}
-	if _, err := IssueJoinToken(key, web, 0, now); err == nil {
+	if _, err := IssueJoinToken(key, web, 0, false, now); err == nil {
 		t.Error("issued a token with no lifetime")
 	}
-	if _, err := IssueJoinToken(key, web, 31*24*time.Hour, now); err == nil || !strings.Contains(err.Error(), "between 1s and 720h") {
+	if _, err := IssueJoinToken(key, web, 31*24*time.Hour, false, now); err == nil || !strings.Contains(err.Error(), "between 1s and 720h") {
 		t.Errorf("a 31-day token: %v", err)
 	}
-	if _, err := IssueJoinToken(key, meshid.IdentityServiceID("cluster.local"), time.Hour, now); err == nil || !strings.Contains(err.Error(), "control plane's") {
+	if _, err := IssueJoinToken(key, meshid.IdentityServiceID("cluster.local"), time.Hour, false, now); err == nil || !strings.Contains(err.Error(), "control plane's") {
 		t.Errorf("a token for the identity service's own identity: %v", err)
 	}
 }
@@ -119,7 +119,7 @@ func TestJoinTokenKeyFile(t *testing.T) {
 func FuzzParseJoinToken(f *testing.F) {
 	pub, key, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Unix(1_800_000_000, 0)
-	good, _ := IssueJoinToken(key, web, time.Hour, now)
+	good, _ := IssueJoinToken(key, web, time.Hour, false, now)
 	v := &JoinTokenValidator{Keys: []ed25519.PublicKey{pub}, TrustDomain: "cluster.local", Now: func() time.Time { return now }}
 	f.Add([]byte(good))
 	f.Add([]byte("tjt1.e30.AAAA"))

@@ -209,15 +209,18 @@ func NewServer(o Options, log *slog.Logger) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	svc, err := New(Config{
-		CA:            ca,
-		TrustDomain:   o.TrustDomain,
-		Validator:     validator,
-		LeafLifetime:  o.LeafLifetime,
-		RateLimit:     rate.Limit(o.RateLimit),
-		RateBurst:     o.RateBurst,
-		ExpiryWarning: o.ExpiryWarning,
-		Log:           log,
-		Metrics:       reg,
+		CA:          ca,
+		TrustDomain: o.TrustDomain,
+		Validator:   validator,
+		// Join tokens (local mode) may be single-use: their proxies renew
+		// with their certificates.
+		RenewWithCertificate: tokenKey != nil,
+		LeafLifetime:         o.LeafLifetime,
+		RateLimit:            rate.Limit(o.RateLimit),
+		RateBurst:            o.RateBurst,
+		ExpiryWarning:        o.ExpiryWarning,
+		Log:                  log,
+		Metrics:              reg,
 	})
 	if err != nil {
 		return nil, err

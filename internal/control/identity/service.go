@@ -28,6 +28,7 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -55,8 +56,15 @@ type Config struct {
 	CA *pki.CA
 	// TrustDomain is the only trust domain the service issues for.
 	TrustDomain string
-	// Validator checks proofs of identity.
+	// Validator checks proofs of identity. If it also spends tokens (a
+	// single-use join token), a token is spent by the certificate it gets.
 	Validator Validator
+	// RenewWithCertificate lets a proxy that presents a valid certificate
+	// of the mesh on the connection renew that identity without a token
+	// (local mode: join tokens are spent by the first certificate). In
+	// Kubernetes every request carries the ServiceAccount token, so that a
+	// deleted ServiceAccount ends the identity.
+	RenewWithCertificate bool
 	// LeafLifetime is how long issued leaves are valid (never beyond the
 	// issuer); pki.DefaultLeafLifetime if zero.
 	LeafLifetime time.Duration
@@ -174,6 +182,38 @@ func (s *Service) Certify(ctx context.Context, req *identityv1.CertifyRequest) (
 	return resp, nil
 }
 
+// spender is a Validator whose tokens may be good for one certificate.
+type spender interface {
+	Spend(token []byte, now time.Time) error
+}
+
+// prove checks the caller's proof of identity: its token, or without one
+// (RenewWithCertificate) the valid mesh certificate it presented.
+func (s *Service) prove(ctx context.Context, token []byte) (meshid.ID, error) {
+	if len(token) > 0 {
+		proven, err := s.cfg.Validator.Validate(ctx, token)
+		switch {
+		case errors.Is(err, ErrInvalidToken):
+			return proven, status.Error(codes.Unauthenticated, err.Error())
+		case err != nil:
+			return proven, status.Errorf(codes.Unavailable, "the token could not be checked: %v", err)
+		}
+		return proven, nil
+	}
+	if s.cfg.RenewWithCertificate {
+		if p, ok := peer.FromContext(ctx); ok {
+			if info, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(info.State.VerifiedChains) > 0 {
+				leaf := info.State.VerifiedChains[0][0]
+				if id, err := meshid.FromCertificate(leaf); err == nil && s.cfg.Now().Before(leaf.NotAfter) {
+					return id, nil
+				}
+			}
+		}
+		return meshid.ID{}, status.Error(codes.Unauthenticated, "no token and no valid certificate of the mesh: a join token is required")
+	}
+	return meshid.ID{}, status.Error(codes.Unauthenticated, "no token: a join token or ServiceAccount token is required")
+}
+
 func (s *Service) certifyRequest(ctx context.Context, req *identityv1.CertifyRequest) (*identityv1.CertifyResponse, meshid.ID, error) {
 	want, err := meshid.Parse(req.GetIdentity())
 	if err != nil {
@@ -182,15 +222,9 @@ func (s *Service) certifyRequest(ctx context.Context, req *identityv1.CertifyReq
 	if want.TrustDomain != s.cfg.TrustDomain {
 		return nil, want, status.Errorf(codes.InvalidArgument, "identity %s is in trust domain %q; this identity service issues for %q", want, want.TrustDomain, s.cfg.TrustDomain)
 	}
-	if len(req.GetToken()) == 0 {
-		return nil, want, status.Error(codes.Unauthenticated, "no token: a join token or ServiceAccount token is required")
-	}
-	proven, err := s.cfg.Validator.Validate(ctx, req.GetToken())
-	switch {
-	case errors.Is(err, ErrInvalidToken):
-		return nil, want, status.Error(codes.Unauthenticated, err.Error())
-	case err != nil:
-		return nil, want, status.Errorf(codes.Unavailable, "the token could not be checked: %v", err)
+	proven, err := s.prove(ctx, req.GetToken())
+	if err != nil {
+		return nil, want, err
 	}
 	now := s.cfg.Now()
 	if !s.limiter.allow(proven.String(), now) {
@@ -202,6 +236,11 @@ func (s *Service) certifyRequest(ctx context.Context, req *identityv1.CertifyReq
 	csr, err := CheckCSR(req.GetCertificateSigningRequest(), want)
 	if err != nil {
 		return nil, want, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if sp, ok := s.cfg.Validator.(spender); ok && len(req.GetToken()) > 0 {
+		if err := sp.Spend(req.GetToken(), now); err != nil {
+			return nil, want, status.Error(codes.Unauthenticated, err.Error())
+		}
 	}
 	ca := s.CA()
 	leaf, err := ca.Issue(csr, want, s.cfg.LeafLifetime, now)

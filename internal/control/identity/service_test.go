@@ -7,6 +7,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
@@ -20,12 +21,15 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
 	identityv1 "github.com/trellis-mesh/trellis/api/identity/v1"
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/pki"
+	proxyid "github.com/trellis-mesh/trellis/internal/proxy/identity"
 )
 
 func TestCertifyIssuesAVerifiableLeaf(t *testing.T) {
@@ -90,7 +94,7 @@ func TestCertifyRefusals(t *testing.T) {
 	good := func() []byte { return makeCSR(t, key, web, nil) }
 	webToken := token(t, srv, web, time.Hour, now)
 	_, foreignKey, _ := ed25519.GenerateKey(rand.Reader)
-	foreign, _ := IssueJoinToken(foreignKey, web, time.Hour, now)
+	foreign, _ := IssueJoinToken(foreignKey, web, time.Hour, false, now)
 	tampered := bytes.Clone(webToken)
 	tampered[len("tjt1.")+3] ^= 'A' ^ 'B'
 	badSig := makeCSR(t, key, web, nil)
@@ -332,5 +336,45 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A single-use join token gets one certificate; the proxy then renews with
+// that certificate on the connection and no token — for its own identity
+// only — and without either it gets nothing.
+func TestSingleUseTokenAndRenewalByCertificate(t *testing.T) {
+	srv, client := startServer(t, nil)
+	tok, err := IssueJoinToken(srv.JoinTokenKey(), web, time.Minute, true, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := newKey(t)
+	certify := func(c identityv1.IdentityClient, id meshid.ID, token []byte) (*identityv1.CertifyResponse, error) {
+		return c.Certify(context.Background(), &identityv1.CertifyRequest{Identity: id.String(), Token: token, CertificateSigningRequest: makeCSR(t, key, id, nil)})
+	}
+	resp, err := certify(client, web, []byte(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certify(client, web, []byte(tok)); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("a single-use token's second use: %v", err)
+	}
+	if _, err := certify(client, web, nil); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("no token, no certificate: %v", err)
+	}
+	cert := &tls.Certificate{Certificate: append([][]byte{resp.LeafCertificate}, resp.IntermediateCertificates...), PrivateKey: key}
+	tlsCfg := proxyid.ClientConfig(srv.CA().AnchorPool(), meshid.IdentityServiceID(meshid.DefaultTrustDomain),
+		func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil })
+	conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	withCert := identityv1.NewIdentityClient(conn)
+	if _, err := certify(withCert, web, nil); err != nil {
+		t.Fatalf("renewal with the certificate: %v", err)
+	}
+	if _, err := certify(withCert, api, nil); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("web's certificate asking for api: %v", err)
 	}
 }

@@ -123,10 +123,10 @@ func (c *Client) Delete(ctx context.Context, k store.Key) error {
 	return c.do(ctx, http.MethodDelete, resourcePath(k), nil, nil)
 }
 
-// JoinToken issues a join token for identity.
-func (c *Client) JoinToken(ctx context.Context, identity string, ttl time.Duration) (string, error) {
+// JoinToken issues a join token for identity, single-use if once.
+func (c *Client) JoinToken(ctx context.Context, identity string, ttl time.Duration, once bool) (string, error) {
 	var t TokenResponse
-	return t.Token, c.do(ctx, http.MethodPost, "/v1/join-tokens", TokenRequest{Identity: identity, TTL: ttl}, &t)
+	return t.Token, c.do(ctx, http.MethodPost, "/v1/join-tokens", TokenRequest{Identity: identity, TTL: ttl, Once: once}, &t)
 }
 
 // AllocateAddress returns owner's address on the bridge network.

@@ -323,6 +323,8 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 type TokenRequest struct {
 	Identity string        `json:"identity"`
 	TTL      time.Duration `json:"ttl"`
+	// Once asks for a single-use token: good for one certificate.
+	Once bool `json:"once,omitempty"`
 }
 
 // TokenResponse carries a join token.
@@ -344,7 +346,7 @@ func (s *Server) joinToken(w http.ResponseWriter, r *http.Request) {
 	if req.TTL <= 0 {
 		req.TTL = 24 * time.Hour
 	}
-	tok, err := identity.IssueJoinToken(s.cfg.TokenKey, id, req.TTL, time.Now())
+	tok, err := identity.IssueJoinToken(s.cfg.TokenKey, id, req.TTL, req.Once, time.Now())
 	if err != nil {
 		fail(w, fmt.Errorf("%w: %v", errBadRequest, err))
 		return

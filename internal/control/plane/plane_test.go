@@ -57,7 +57,7 @@ func startPlane(t testing.TB, extra ...string) (*Plane, *localapi.Client) {
 func proxy(t testing.TB, p *Plane, api *localapi.Client, sa string, args ...string) (*app.Proxy, context.CancelFunc) {
 	t.Helper()
 	id := "spiffe://cluster.local/ns/default/sa/" + sa
-	tok, err := api.JoinToken(context.Background(), id, time.Hour)
+	tok, err := api.JoinToken(context.Background(), id, time.Hour, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,12 +30,10 @@ const (
 	outboundPort = iptables.DefaultOutboundPort
 	adminPort    = 4191
 	tapPort      = 4190
-	// ProxyUID is the user the proxy runs as in transparent mode; iptables
-	// leaves its own connections alone.
-	ProxyUID = iptables.DefaultProxyUID
-	// tokenTTL bounds the join token a replica's proxy renews its
-	// certificate with.
-	tokenTTL = 30 * 24 * time.Hour
+	// tokenTTL bounds the single-use join token a replica's proxy gets its
+	// first certificate with (it renews with the certificate); the file
+	// is removed once the proxy is ready.
+	tokenTTL = 10 * time.Minute
 	// readyTimeout bounds waiting for a proxy to become ready.
 	readyTimeout = 20 * time.Second
 	stopTimeout  = 10 * time.Second
@@ -60,6 +58,7 @@ type instance struct {
 
 	ns       *netns.Namespace
 	addr     netip.Addr // the replica's IP
+	proxyUID int        // transparent mode: the user its proxy runs as
 	dir      string
 	admin    string // proxy admin host:port
 	appPort  int
@@ -90,7 +89,7 @@ func (in *instance) start(ctx context.Context) (err error) {
 	if err := os.MkdirAll(in.dir, 0o700); err != nil {
 		return err
 	}
-	tok, err := in.api.JoinToken(ctx, in.identity(), tokenTTL)
+	tok, err := in.api.JoinToken(ctx, in.identity(), tokenTTL, true)
 	if err != nil {
 		return fmt.Errorf("join token: %w", err)
 	}
@@ -133,20 +132,28 @@ func (in *instance) setupNamespace(ctx context.Context) error {
 	if err := in.ns.Create(ctx); err != nil {
 		return err
 	}
-	// The proxy drops to ProxyUID: it must be able to read its files.
+	// The proxy drops to a user of its own: it must be able to read its
+	// files, and no other proxy can.
+	in.proxyUID = proxyUID(in.ns.Addr)
 	for _, p := range []string{in.o.DataDir, filepath.Dir(in.dir)} {
 		if err := os.Chmod(p, 0o711); err != nil {
 			return err
 		}
 	}
 	for _, p := range []string{in.dir, filepath.Join(in.dir, "token"), filepath.Join(in.dir, "trust-anchors.pem")} {
-		if err := os.Chown(p, ProxyUID, ProxyUID); err != nil {
+		if err := os.Chown(p, in.proxyUID, in.proxyUID); err != nil {
 			return err
 		}
 	}
-	initArgs := in.ns.Exec(in.o.Exe, "proxy", "init", "--skip-inbound-ports", strconv.Itoa(adminPort)+","+strconv.Itoa(tapPort))
+	initArgs := in.ns.Exec(in.o.Exe, "proxy", "init", "--proxy-uid", strconv.Itoa(in.proxyUID),
+		"--skip-inbound-ports", strconv.Itoa(adminPort)+","+strconv.Itoa(tapPort))
 	if out, err := exec.CommandContext(ctx, initArgs[0], initArgs[1:]...).CombinedOutput(); err != nil {
 		return fmt.Errorf("iptables in %s: %w: %s", in.ns.Name, err, strings.TrimSpace(string(out)))
+	}
+	if !in.o.AllowUDP {
+		if err := in.refuseUDP(ctx, gw); err != nil {
+			return err
+		}
 	}
 	in.appPort = in.o.Port
 	in.admin = net.JoinHostPort(in.addr.String(), strconv.Itoa(adminPort))
@@ -198,7 +205,7 @@ func (in *instance) proxyArgs() ([]string, error) {
 	}
 	if in.transparent {
 		args = append(args, "--inbound-addr", "0.0.0.0:"+strconv.Itoa(inboundPort), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(outboundPort),
-			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--tap-addr", "0.0.0.0:"+strconv.Itoa(tapPort), "--run-as-uid", strconv.Itoa(ProxyUID))
+			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--tap-addr", "0.0.0.0:"+strconv.Itoa(tapPort), "--run-as-uid", strconv.Itoa(in.proxyUID))
 		return in.ns.Exec(args...), nil
 	}
 	ports, err := freePorts(3 + len(in.o.Upstreams))
@@ -246,6 +253,9 @@ func (in *instance) startProxy(ctx context.Context) error {
 		if resp, err := client.Get("http://" + in.admin + "/ready"); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
+				// Certified: the single-use token is spent and not needed
+				// again; nothing of it stays behind.
+				os.Remove(filepath.Join(in.dir, "token"))
 				return nil
 			}
 		}
@@ -275,18 +285,22 @@ func (in *instance) startApp() error {
 	}
 	var binary *os.File
 	if in.user != nil {
-		// The command is handed over open (fd 3, executed as
-		// /proc/self/fd/3), so that the user need not be able to reach
-		// it: `go run` builds under a directory only root may enter.
 		path, err := exec.LookPath(argv[0])
-		if err == nil {
-			binary, err = os.Open(path)
-		}
 		if err != nil {
 			return fmt.Errorf("command %q: %w", argv[0], err)
 		}
-		defer binary.Close()
-		argv = in.user.wrap(append([]string{"/proc/self/fd/3"}, argv[1:]...))
+		if !in.user.canRun(path) {
+			// The command is handed over open (fd 3, executed as
+			// /proc/self/fd/3, which is then its argv[0]), so that the
+			// user need not be able to reach it: `go run` builds under a
+			// directory only root may enter.
+			if binary, err = os.Open(path); err != nil {
+				return fmt.Errorf("command %q: %w", argv[0], err)
+			}
+			defer binary.Close()
+			argv = append([]string{"/proc/self/fd/3"}, argv[1:]...)
+		}
+		argv = in.user.wrap(argv)
 		in.env = append(in.env, in.user.env()...)
 	}
 	if in.transparent {

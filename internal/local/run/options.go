@@ -47,6 +47,9 @@ type Options struct {
 	// proxy exits: RestartAlways (the default), RestartOnFailure or
 	// RestartNever.
 	Restart string
+	// AllowUDP lets UDP leave a transparent-mode instance unencrypted;
+	// otherwise only DNS to the control plane does, the rest is refused.
+	AllowUDP bool
 	// User is who the application runs as when trellis runs as root: NAME
 	// or UID, optionally :GROUP or :GID (default DefaultUser); "root" keeps
 	// root. Not root, the application runs as trellis's own user.

@@ -1,17 +1,22 @@
 package run
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/proxy/iptables"
 )
 
 // DefaultUser is who applications run as when `trellis run` is root.
@@ -67,8 +72,8 @@ func lookupUser(spec string) (*appUser, error) {
 	if u.uid == 0 {
 		return nil, nil // root, as asked: the application can read the mesh's keys
 	}
-	if u.uid == ProxyUID {
-		return nil, fmt.Errorf("--user %s: %d is the proxy's user, whose traffic is not intercepted", spec, ProxyUID)
+	if isProxyUID(u.uid) {
+		return nil, fmt.Errorf("--user %s: %d is a proxy's user, whose traffic is not intercepted", spec, u.uid)
 	}
 	if _, err := exec.LookPath("setpriv"); err != nil {
 		return nil, errors.New("running the application as --user needs setpriv (Debian: util-linux)")
@@ -86,6 +91,49 @@ func (u *appUser) wrap(argv []string) []string {
 	}
 	return append([]string{"setpriv", "--reuid=" + strconv.Itoa(u.uid), "--regid=" + strconv.Itoa(u.gid), groups,
 		"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--pdeathsig=SIGKILL", "--"}, argv...)
+}
+
+// canRun reports whether u can reach and run the program at path itself:
+// every directory above it searchable, the file readable and executable
+// (by owner, group or other, as u's IDs select).
+func (u *appUser) canRun(path string) bool {
+	groups := map[int]bool{u.gid: true}
+	if u.known {
+		if pw, err := user.LookupId(strconv.Itoa(u.uid)); err == nil {
+			if ids, err := pw.GroupIds(); err == nil {
+				for _, g := range ids {
+					id, _ := strconv.Atoi(g)
+					groups[id] = true
+				}
+			}
+		}
+	}
+	allows := func(p string, need os.FileMode) bool {
+		var st syscall.Stat_t
+		if syscall.Stat(p, &st) != nil {
+			return false
+		}
+		mode := os.FileMode(st.Mode) & os.ModePerm
+		switch {
+		case int(st.Uid) == u.uid:
+			mode >>= 6
+		case groups[int(st.Gid)]:
+			mode >>= 3
+		}
+		return mode&need == need
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil || !allows(abs, 0o5) {
+		return false
+	}
+	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
+		if !allows(dir, 0o1) {
+			return false
+		}
+		if dir == "/" {
+			return true
+		}
+	}
 }
 
 // env is the user's part of the application's environment.
@@ -107,4 +155,26 @@ func appUserLabels(u *appUser) map[string]string {
 		labels[resources.AppUserLabel] = name
 	}
 	return labels
+}
+
+// In transparent mode every replica's proxy runs as a user of its own:
+// proxyUIDBase plus the replica's host number on the bridge. Its
+// namespace's iptables leave that user's connections alone; no proxy can
+// read another's files (its token, its trust anchors) or signal it.
+// iptables.DefaultProxyUID (2102) is the Kubernetes sidecar's.
+const (
+	proxyUIDBase  = 21020000
+	proxyUIDRange = 1 << 24 // host numbers of a bridge up to a /8
+)
+
+// proxyUID is the user of the proxy of the replica at a.
+func proxyUID(a netip.Prefix) int {
+	ip := a.Addr().As4()
+	host := binary.BigEndian.Uint32(ip[:]) & (1<<(32-a.Bits()) - 1)
+	return proxyUIDBase + int(host%proxyUIDRange)
+}
+
+// isProxyUID reports whether uid is one proxies run as.
+func isProxyUID(uid int) bool {
+	return uid == iptables.DefaultProxyUID || uid >= proxyUIDBase && uid < proxyUIDBase+proxyUIDRange
 }

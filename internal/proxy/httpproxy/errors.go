@@ -22,7 +22,8 @@ const ErrorHeader = "l5d-proxy-error"
 // reached no application: the upstream could not be connected to (by
 // this proxy, or — on an inbound proxy — by it to its application) — or
 // that may be repeated all the same: an idempotent request without a body
-// whose connection to the peer proxy broke before any answer. The
+// whose connection to its upstream (the peer proxy, or on an inbound proxy
+// the application) broke before any answer. The
 // outbound balance stage sends such a request to another endpoint and
 // removes the mark; responses of anything but a peer proxy never carry it
 // (the forwarder drops it from them), so an application cannot have a
@@ -38,11 +39,11 @@ func Unprocessed(err error) bool {
 
 // mayRepeat reports whether the balance stage may send r to another
 // endpoint after err: r never left (Unprocessed), or it is an idempotent
-// request without a body whose connection to the peer proxy broke before
-// any answer — the peer proxy died — which RFC 9110 §9.2.2 lets a client
-// repeat.
+// request without a body whose connection broke before any answer — the
+// peer proxy or the application died — which RFC 9110 §9.2.2 lets a
+// client repeat.
 func mayRepeat(r *http.Request, err error) bool {
-	return Unprocessed(err) || Peer(r.Context()) != "" && idempotent(r) && !hasBody(r) && connectionLost(err)
+	return Unprocessed(err) || idempotent(r) && !hasBody(r) && connectionLost(err)
 }
 
 // connectionLost reports a connection that broke (net/http's HTTP/2

@@ -147,7 +147,7 @@ func TestMayRepeat(t *testing.T) {
 		{"a DELETE whose peer connection was reset", req("DELETE", "", peer), &net.OpError{Op: "read", Err: syscall.ECONNRESET}, true},
 		{"a POST whose peer proxy died", req("POST", "", peer), lost, false},
 		{"a PUT with a body", req("PUT", "x", peer), lost, false},
-		{"a GET to an unmeshed upstream", req("GET", "", ""), lost, false},
+		{"a GET whose application died (inbound)", req("GET", "", ""), io.ErrUnexpectedEOF, true},
 		{"a GET that timed out", req("GET", "", peer), os.ErrDeadlineExceeded, false},
 		{"a POST that never left", req("POST", "x", peer), dial, true},
 	} {

@@ -59,9 +59,12 @@ func (c *control) start() {
 	c.stop = func() { cancel(); <-done }
 }
 
-func (c *control) token(id meshid.ID) TokenSource {
+func (c *control) token(id meshid.ID) TokenSource { return c.tokenOf(id, false) }
+
+// tokenOf is a join token for id, single-use if once.
+func (c *control) tokenOf(id meshid.ID, once bool) TokenSource {
 	c.t.Helper()
-	tok, err := ctrl.IssueJoinToken(c.srv.JoinTokenKey(), id, time.Hour, time.Now())
+	tok, err := ctrl.IssueJoinToken(c.srv.JoinTokenKey(), id, time.Hour, once, time.Now())
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -18,6 +18,7 @@
 package identity
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -94,7 +95,12 @@ type Config struct {
 
 // Manager obtains, renews and serves the proxy's certificate.
 type Manager struct {
-	cfg       Config
+	cfg Config
+	// renewer, once set, asks for a renewal over a connection presenting
+	// the current certificate, without a token: a join token may have
+	// been good for the first certificate only.
+	renewer   func() (identityv1.IdentityClient, func(), error)
+	byCert    bool // the first certificate came with a join token
 	cert      atomic.Pointer[tls.Certificate]
 	expiry    atomic.Int64 // current leaf's NotAfter, Unix seconds; 0 before the first
 	refreshes atomic.Uint64
@@ -211,26 +217,38 @@ func (m *Manager) RegisterMetrics(r *metrics.Registry) {
 func (m *Manager) Run(ctx context.Context) error {
 	client := m.cfg.Client
 	if client == nil {
-		opts := []grpc.DialOption{
-			grpc.WithTransportCredentials(credentials.NewTLS(ClientConfig(m.cfg.TrustAnchors, m.cfg.ServerID, nil))),
-			// Reconnect about as eagerly as Run retries, so a returning
-			// identity service is found on the next attempt.
-			grpc.WithConnectParams(grpc.ConnectParams{
-				Backoff:           backoff.Config{BaseDelay: m.cfg.BackoffMin, Multiplier: 1.6, Jitter: 0.2, MaxDelay: m.cfg.BackoffMax},
-				MinConnectTimeout: m.cfg.RequestTimeout,
-			}),
+		dial := func(getCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) (*grpc.ClientConn, error) {
+			opts := []grpc.DialOption{
+				grpc.WithTransportCredentials(credentials.NewTLS(ClientConfig(m.cfg.TrustAnchors, m.cfg.ServerID, getCert))),
+				// Reconnect about as eagerly as Run retries, so a returning
+				// identity service is found on the next attempt.
+				grpc.WithConnectParams(grpc.ConnectParams{
+					Backoff:           backoff.Config{BaseDelay: m.cfg.BackoffMin, Multiplier: 1.6, Jitter: 0.2, MaxDelay: m.cfg.BackoffMax},
+					MinConnectTimeout: m.cfg.RequestTimeout,
+				}),
+			}
+			target := m.cfg.Addr
+			if m.cfg.Dial != nil {
+				opts = append(opts, grpc.WithContextDialer(m.cfg.Dial))
+				target = "passthrough:///" + target
+			}
+			return grpc.NewClient(target, opts...)
 		}
-		target := m.cfg.Addr
-		if m.cfg.Dial != nil {
-			opts = append(opts, grpc.WithContextDialer(m.cfg.Dial))
-			target = "passthrough:///" + target
-		}
-		conn, err := grpc.NewClient(target, opts...)
+		conn, err := dial(nil)
 		if err != nil {
 			return fmt.Errorf("identity service address %q: %w", m.cfg.Addr, err)
 		}
 		defer conn.Close()
 		client = identityv1.NewIdentityClient(conn)
+		// A fresh connection per renewal: the certificate it presents is
+		// the current one.
+		m.renewer = func() (identityv1.IdentityClient, func(), error) {
+			c, err := dial(m.GetClientCertificate)
+			if err != nil {
+				return nil, nil, err
+			}
+			return identityv1.NewIdentityClient(c), func() { c.Close() }, nil
+		}
 	}
 	failures := 0
 	for {
@@ -287,8 +305,15 @@ func (m *Manager) certify(ctx context.Context, client identityv1.IdentityClient)
 	if err != nil {
 		return time.Time{}, err
 	}
-	token, err := m.cfg.Token()
-	if err != nil {
+	var token []byte
+	if cur := m.cert.Load(); m.byCert && m.renewer != nil && m.cfg.Now().Before(cur.Leaf.NotAfter) {
+		renewing, done, err := m.renewer()
+		if err != nil {
+			return time.Time{}, err
+		}
+		defer done()
+		client = renewing
+	} else if token, err = m.cfg.Token(); err != nil {
 		return time.Time{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.RequestTimeout)
@@ -329,6 +354,9 @@ func (m *Manager) certify(ctx context.Context, client identityv1.IdentityClient)
 		}
 	}
 	m.cert.Store(&tls.Certificate{Certificate: der, PrivateKey: key, Leaf: leaf})
+	if bytes.HasPrefix(token, []byte(meshid.JoinTokenPrefix)) {
+		m.byCert = true // join tokens may be single-use; ServiceAccount tokens go with every request
+	}
 	m.expiry.Store(leaf.NotAfter.Unix())
 	m.refreshes.Add(1)
 	m.readyOnce.Do(func() { close(m.ready) })

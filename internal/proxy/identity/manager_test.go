@@ -189,6 +189,27 @@ func TestRenewsInRealTime(t *testing.T) {
 	}
 }
 
+// A proxy whose join token is single-use spends it on its first
+// certificate and renews with the certificate, reading no token again.
+func TestSingleUseTokenRenewsWithCertificate(t *testing.T) {
+	c := startControl(t, 3*time.Second)
+	once := c.tokenOf(web, true)
+	var reads atomic.Int32
+	m := startManager(t, c, web, func(cfg *Config) {
+		cfg.MinRefresh = 100 * time.Millisecond
+		cfg.Token = func() ([]byte, error) { reads.Add(1); return once() }
+	})
+	waitReady(t, m)
+	for deadline := time.Now().Add(15 * time.Second); m.Refreshes() < 3; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d certificates in 15s", m.Refreshes())
+		}
+	}
+	if n := reads.Load(); n != 1 {
+		t.Errorf("the token was read %d times for %d certificates; want once", n, m.Refreshes())
+	}
+}
+
 func TestBackoffWhileControlPlaneDownThenRecovers(t *testing.T) {
 	c := startControl(t, time.Hour)
 	clock := newFakeClock()
