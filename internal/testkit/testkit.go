@@ -168,3 +168,13 @@ func LockHost() (unlock func(), err error) {
 	}
 	return func() { f.Close() }, nil
 }
+
+// OpenFDs is the number of file descriptors this process holds.
+func OpenFDs(t testing.TB) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(entries)
+}

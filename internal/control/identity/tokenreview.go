@@ -82,5 +82,10 @@ func (v *ServiceAccountValidator) Validate(ctx context.Context, token []byte) (m
 	if err != nil {
 		return meshid.ID{}, invalid("token's ServiceAccount %q: %v", r.Username, err)
 	}
+	if ns == meshid.ControlPlaneNamespace {
+		// Proxies trust these identities as their identity and discovery
+		// service and their tap client: no Pod token may give one.
+		return meshid.ID{}, invalid("ServiceAccount %s/%s: identities of namespace %s are the control plane's; no ServiceAccount token gives one", ns, sa, ns)
+	}
 	return id, nil
 }

@@ -40,6 +40,7 @@ func TestServiceAccountValidator(t *testing.T) {
 			"user":      {Authenticated: true, Username: "alice"},
 			"wrong-aud": {Authenticated: true, Username: "system:serviceaccount:default:web", Audiences: []string{"vault"}},
 			"bad-name":  {Authenticated: true, Username: "system:serviceaccount:Default:web"},
+			"control":   {Authenticated: true, Username: "system:serviceaccount:trellis:trellis-identity", Audiences: []string{DefaultTokenAudience}},
 		},
 		legacy: map[string]bool{"legacy": true},
 	}
@@ -62,6 +63,7 @@ func TestServiceAccountValidator(t *testing.T) {
 		"user":      `authenticates "alice", which is not a ServiceAccount`,
 		"wrong-aud": `audiences ["vault"]`,
 		"bad-name":  "namespace",
+		"control":   "control plane's",
 		"":          "empty ServiceAccount token",
 	} {
 		_, err := v.Validate(context.Background(), []byte(tok))

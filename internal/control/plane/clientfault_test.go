@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -57,6 +58,7 @@ func TestClientBrokenBodiesEjectNoEndpoint(t *testing.T) {
 		}
 	}
 
+	goroutines, fds := runtime.NumGoroutine(), testkit.OpenFDs(t)
 	broken := map[string]string{
 		"truncated upload": "POST /upload HTTP/1.1\r\nHost: echo\r\nContent-Length: 1000\r\n\r\n0123456789",
 		"malformed chunks": "POST /upload HTTP/1.1\r\nHost: echo\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
@@ -84,6 +86,12 @@ func TestClientBrokenBodiesEjectNoEndpoint(t *testing.T) {
 		}
 	}
 	t.Logf("answers to broken requests: %v", answers)
+	// The broken requests leave nothing behind in the proxies.
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > goroutines+10 || testkit.OpenFDs(t) > fds+10; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 30 broken requests: %d goroutines (%d before), %d fds (%d before)", runtime.NumGoroutine(), goroutines, testkit.OpenFDs(t), fds)
+		}
+	}
 
 	var failed []int
 	for range 40 {

@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // slowApp answers after 50 ms (or when the request is cancelled) and counts
@@ -36,7 +38,7 @@ func slowApp(t *testing.T, seen *atomic.Int64) string {
 func TestRapidResetFloodGetsGoAway(t *testing.T) {
 	var seen atomic.Int64
 	p := rawProxy(t, slowApp(t, &seen))
-	goroutines, fds := settledGoroutines(), openFDs(t)
+	goroutines, fds := settledGoroutines(), testkit.OpenFDs(t)
 	cpu := cpuTime(t)
 
 	c, err := net.Dial("tcp", p.InboundAddr.String())
@@ -104,9 +106,9 @@ func TestRapidResetFloodGetsGoAway(t *testing.T) {
 	c.Close()
 	waitGoroutines(t, goroutines)
 	deadline := time.Now().Add(5 * time.Second)
-	for openFDs(t) > fds+5 {
+	for testkit.OpenFDs(t) > fds+5 {
 		if time.Now().After(deadline) {
-			t.Fatalf("file descriptors: %d before the flood, %d after", fds, openFDs(t))
+			t.Fatalf("file descriptors: %d before the flood, %d after", fds, testkit.OpenFDs(t))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -2,7 +2,6 @@ package app_test
 
 import (
 	"net"
-	"os"
 	"runtime"
 	"syscall"
 	"testing"
@@ -22,14 +21,6 @@ func cpuTime(t *testing.T) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func openFDs(t *testing.T) int {
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skip("no /proc/self/fd")
-	}
-	return len(entries)
-}
-
 // Silent clients — connected, sending nothing — to a target that refuses
 // connections (inbound: the application's port is closed; outbound: an
 // upstream nobody listens on) cost no CPU, and everything they held is
@@ -45,7 +36,7 @@ func TestSilentConnectionsCostNothing(t *testing.T) {
 	out.Upstreams = []config.Upstream{{Name: "nowhere", LocalPort: port(testkit.FreeAddr(t)), Target: closedPort}}
 	outbound := proxytest.Start(t, out)
 
-	goroutines, fds := settledGoroutines(), openFDs(t)
+	goroutines, fds := settledGoroutines(), testkit.OpenFDs(t)
 	var conns []net.Conn
 	for _, addr := range []string{inbound.InboundAddr.String(), outbound.UpstreamAddrs["nowhere"].String()} {
 		for range 100 {
@@ -69,9 +60,9 @@ func TestSilentConnectionsCostNothing(t *testing.T) {
 	}
 	waitGoroutines(t, goroutines)
 	deadline := time.Now().Add(5 * time.Second)
-	for openFDs(t) > fds+5 {
+	for testkit.OpenFDs(t) > fds+5 {
 		if time.Now().After(deadline) {
-			t.Fatalf("file descriptors: %d before the clients, %d after they left", fds, openFDs(t))
+			t.Fatalf("file descriptors: %d before the clients, %d after they left", fds, testkit.OpenFDs(t))
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
