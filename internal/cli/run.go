@@ -82,7 +82,7 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringVarP(&o.Namespace, "namespace", "n", "default", "namespace")
 	fs.StringVar(&o.Service, "service", "", "service the instances serve (default: --name)")
 	fs.IntVar(&o.Port, "port", 0, "service port the application serves (required)")
-	fs.StringVar(&o.Protocol, "protocol", "", "protocol of the port: http, grpc, tcp or opaque (default: detected)")
+	fs.StringVar(&o.Protocol, "protocol", "", "protocol of the port: http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque (default: detected; an HTTP/2 client reaches an HTTP/1.1 application either way)")
 	fs.IntVar(&o.Replicas, "replicas", 1, "number of instances")
 	fs.StringArrayVar(&upstreams, "upstream", nil, "NAME[.NAMESPACE]:PORT of a service the application calls (repeatable)")
 	fs.StringVar(&o.Mode, "mode", "auto", "auto (transparent when root and the control plane has a network), transparent or explicit")

@@ -60,7 +60,7 @@ func WorkloadOf(m store.Metadata) string {
 }
 
 // Protocols a port may declare; "" detects.
-var protocols = map[string]bool{"": true, "http": true, "grpc": true, "tcp": true, "opaque": true}
+var protocols = map[string]bool{"": true, "http": true, "http2": true, "grpc": true, "tcp": true, "opaque": true}
 
 // ServiceSpec is a logical service: the ports it serves and its virtual IP,
 // which applications in transparent mode dial.
@@ -172,7 +172,7 @@ func checkService(r *store.Resource) error {
 		}
 		seen[p.Port] = true
 		if !protocols[p.Protocol] {
-			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, grpc, tcp or opaque", p.Protocol))
+			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, http2, grpc, tcp or opaque", p.Protocol))
 		}
 	}
 	if s.ClusterIP != "" {
@@ -224,7 +224,7 @@ func checkWorkload(r *store.Resource) error {
 			return err
 		}
 		if !protocols[p.Protocol] {
-			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, grpc, tcp or opaque", p.Protocol))
+			return invalid(f+".protocol", fmt.Sprintf("%q: must be http, http2, grpc, tcp or opaque", p.Protocol))
 		}
 	}
 	switch {

@@ -471,8 +471,10 @@ func protocolOf(app *string) string {
 		return ""
 	}
 	switch strings.ToLower(*app) {
-	case "http", "kubernetes.io/h2c", "http2":
+	case "http":
 		return "http"
+	case "kubernetes.io/h2c", "http2":
+		return "http2"
 	case "grpc":
 		return "grpc"
 	case "tcp", "opaque", "linkerd.io/opaque":

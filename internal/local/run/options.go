@@ -129,9 +129,9 @@ func (o *Options) Validate() error {
 		return errors.New("no command: give the application after --, e.g. trellis run --name web --port 8080 -- ./web")
 	}
 	switch o.Protocol {
-	case "", "http", "grpc", "tcp", "opaque":
+	case "", "http", "http2", "grpc", "tcp", "opaque":
 	default:
-		return fmt.Errorf("--protocol %q: must be http, grpc, tcp or opaque", o.Protocol)
+		return fmt.Errorf("--protocol %q: must be http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque", o.Protocol)
 	}
 	switch o.Restart {
 	case "":

@@ -63,7 +63,7 @@ func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 	if err := <-slow; err != nil {
 		t.Fatalf("the stream open during the GOAWAY: %v", err)
 	}
-	if n := conns.Load(); n != 2 {
-		t.Errorf("the upstream saw %d connections; want 2 (one before the GOAWAY, one after)", n)
+	if n := conns.Load(); n != 3 {
+		t.Errorf("the upstream saw %d connections; want 3 (the proxy asking once whether it speaks h2c, one before the GOAWAY, one after)", n)
 	}
 }

@@ -75,12 +75,20 @@ func (w *wire) port() uint16 { return port(w.ln.Addr().String()) }
 // proxy whose upstream port leads to it over mTLS, through a recording
 // wire. It returns the upstream address and both identities.
 func meshPair(t *testing.T, ids *meshtest.Identity, app string) (entry string, w *wire, client, server string) {
+	return meshPairWith(t, ids, app, nil)
+}
+
+// meshPairWith is meshPair with the server proxy's configuration edited.
+func meshPairWith(t *testing.T, ids *meshtest.Identity, app string, edit func(*config.Config)) (entry string, w *wire, client, server string) {
 	in := proxytest.Config(t)
 	in.AppAddr = app
 	// The app's port is opaque on the server side, as databases' are by
 	// default: mTLS must still be terminated before the opaque rule applies.
 	in.OpaquePorts = map[uint16]bool{port(app): true}
 	server = ids.Join(t, in, "shop", "api")
+	if edit != nil {
+		edit(in)
+	}
 	b := proxytest.Start(t, in)
 
 	w = newWire(t, b.InboundAddr.String())

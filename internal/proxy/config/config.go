@@ -203,7 +203,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.Workload, "workload", "", "register this instance under this name (unique in its namespace, which is the identity's) and keep a lease on it")
 	fs.StringVar(&c.Service, "service", "", "the service the registered workload serves (default: the workload name)")
 	fs.StringVar(&c.WorkloadAddress, "workload-address", "", "IP peers reach the registered workload on (default: inbound-addr's host, if it is not a wildcard)")
-	fs.StringArrayVar(&servicePorts, "service-port", nil, "PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http, grpc, tcp or opaque) (repeatable)")
+	fs.StringArrayVar(&servicePorts, "service-port", nil, "PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque) (repeatable)")
 	fs.StringArrayVar(&workloadLabels, "workload-label", nil, "KEY=VALUE label of the registered workload (repeatable)")
 	fs.StringVar(&c.Balance.Accrual.Mode, "failure-accrual", balance.Consecutive, "when an endpoint is ejected: consecutive (failures in a row), success-rate (over a window), or off")
 	fs.IntVar(&c.Balance.Accrual.Consecutive, "failure-accrual-consecutive", balance.DefaultConsecutive, "consecutive mode: failures in a row that eject an endpoint")
@@ -572,9 +572,9 @@ func codeSet(s string, lo, hi int) (map[int]bool, error) {
 func ParseServicePort(s string) (ServicePort, error) {
 	spec, proto, _ := strings.Cut(s, "/")
 	switch proto {
-	case "", "http", "grpc", "tcp", "opaque":
+	case "", "http", "http2", "grpc", "tcp", "opaque":
 	default:
-		return ServicePort{}, fmt.Errorf("%q: protocol %q must be http, grpc, tcp or opaque", s, proto)
+		return ServicePort{}, fmt.Errorf("%q: protocol %q must be http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque", s, proto)
 	}
 	ps, ts, hasTarget := strings.Cut(spec, "=")
 	port, err := parsePort(ps)

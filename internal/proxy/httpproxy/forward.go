@@ -23,6 +23,10 @@ type ForwardConfig struct {
 	// proxy in front of target, which must prove it is peer. Requests whose
 	// target is meshed (Peer) use it.
 	MeshDial func(ctx context.Context, target, peer string, proto mesh.Protocol) (net.Conn, error)
+	// DeclaredProtocol, if set, gives the declared protocol of an
+	// unmeshed target's port (ProtocolHTTP1, ProtocolHTTP2, ProtocolGRPC or
+	// ""): an inbound proxy's application ports.
+	DeclaredProtocol func(port int) string
 }
 
 // OrigProtoHeader carries an HTTP/1 request's version across a mesh
@@ -38,13 +42,16 @@ const OrigProtoHeader = "L5d-Orig-Proto"
 // HTTP/1 requests take a path written for the purpose (h1forward.go): the
 // exchange runs in the handler's goroutine on a connection from h1Pool,
 // avoiding http.Transport's per-connection goroutines and hand-offs.
-// HTTP/2 requests go through ReverseProxy over an h2c http.Transport.
+// HTTP/2 requests go through ReverseProxy over an h2c http.Transport. To an
+// unmeshed target a request travels in the version the target speaks
+// (appproto.go), translated when it is not the client's.
 //
 // Requests to a meshed target (one with a Peer) all travel as HTTP/2 over
 // one multiplexed mTLS connection per target — HTTP/1 ones marked with
 // OrigProtoHeader — except protocol upgrades, which need an HTTP/1
 // connection of their own.
 type Forwarder struct {
+	apps   *appProtocols
 	pool   *h1Pool
 	proxy  *httputil.ReverseProxy
 	h2     *h2Pool
@@ -60,7 +67,7 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 	}
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
-	f := &Forwarder{log: log, pool: newH1Pool(dial, cfg.PoolIdleTimeout)}
+	f := &Forwarder{log: log, pool: newH1Pool(dial, cfg.PoolIdleTimeout), apps: newAppProtocols(cfg.DeclaredProtocol, dial)}
 	f.h2 = newH2Pool(&http.Transport{
 		Proxy:              nil, // never honour HTTP_PROXY: the proxy is the proxy
 		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
@@ -103,9 +110,12 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 			}
 			return nil
 		},
-		BufferPool:   bufferPool{},
-		ErrorHandler: f.fail,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// Bytes flow as the upstream sends them: the head and every body
+		// write reach the client within flushInterval (see flushGuard).
+		FlushInterval: flushInterval,
+		BufferPool:    bufferPool{},
+		ErrorHandler:  f.fail,
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return f
 }
@@ -164,12 +174,12 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
-	case r.ProtoMajor == 1 && !meshed:
+	case !meshed && !f.apps.h2(r, Target(r.Context())):
 		f.forwardH1(w, r, Target(r.Context()), f.pool)
 	case r.ProtoMajor == 1 && (upgradeRequested(r) != "" || r.Method == http.MethodConnect):
 		f.forwardH1(w, r, Target(r.Context()), f.meshH1)
 	default:
-		f.proxy.ServeHTTP(w, r)
+		f.proxy.ServeHTTP(&flushGuard{w}, r)
 	}
 }
 
@@ -196,6 +206,26 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	WriteError(w, r, status, reason)
 }
+
+// flushInterval bounds how long response bytes the upstream sent wait in
+// the proxy: a body that trickles reaches the client as it is written,
+// while one that arrives in bulk is written in large pieces.
+const flushInterval = time.Millisecond
+
+// flushGuard keeps ReverseProxy's timed flush from sending alone the head
+// of a gRPC trailers-only response (its grpc-status is in the head): the
+// head must go with the end of the stream, or gRPC clients see a response
+// without trailers. Everything else is the ResponseWriter's own.
+type flushGuard struct{ http.ResponseWriter }
+
+func (g *flushGuard) FlushError() error {
+	if g.Header().Get("Grpc-Status") != "" {
+		return nil // trailers-only: the head ends the stream, when the handler returns
+	}
+	return http.NewResponseController(g.ResponseWriter).Flush()
+}
+
+func (g *flushGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 
 // CloseIdle closes idle pooled connections (used when draining).
 func (f *Forwarder) CloseIdle() {

@@ -71,6 +71,11 @@ func (w *h1Writer) writeHeader(code int) {
 	w.wroteHeader = true
 	w.status = code
 	w.bodyless = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
+	if w.header.Get("Trailer") != "" && !w.bodyless && w.req.ProtoAtLeast(1, 1) {
+		// Announced trailers need chunked framing (RFC 9112 §7.1.2); a
+		// length (an HTTP/2 upstream may send both) gives way.
+		w.header.Del("Content-Length")
+	}
 	if cl := w.header.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.length = n

@@ -37,7 +37,8 @@ import (
 // mTLS, and plaintext is all there is. Observability stages obs leaves
 // nil are not in the stack; reg holds the transport metrics.
 func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, obs observe.Stages, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
-	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Inbound, PoolIdleTimeout: cfg.PoolIdleTimeout}, dialer, log)
+	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Inbound, PoolIdleTimeout: cfg.PoolIdleTimeout,
+		DeclaredProtocol: declaredProtocols(cfg.ServicePorts)}, dialer, log)
 	http := httpproxy.Stack(fwd,
 		obs.Tracer.Layer(transport.Inbound),
 		httpproxy.Metrics(obs.HTTPMetrics),
@@ -121,4 +122,14 @@ func appHost(appAddr string) func(m *transport.Meta) string {
 		}
 		return m.Local.Addr().Unmap().String()
 	}
+}
+
+// declaredProtocols maps the application's ports to the protocols their
+// service ports declare.
+func declaredProtocols(ports []config.ServicePort) func(port int) string {
+	byPort := map[int]string{}
+	for _, sp := range ports {
+		byPort[int(sp.TargetPort)] = sp.Protocol
+	}
+	return func(port int) string { return byPort[port] }
 }

@@ -1,0 +1,59 @@
+package app_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/meshtest"
+)
+
+// A response of known length whose body trickles (the head, then a byte
+// every 300 ms) reaches the client as the application writes it, through
+// both proxies of a meshed pair, to HTTP/1.1 and HTTP/2 clients: the head
+// at once, each byte well before the next.
+func TestTricklingResponseFlowsAsWritten(t *testing.T) {
+	const step = 300 * time.Millisecond
+	app := rawApp(t, func(c net.Conn, br *bufio.Reader) {
+		if _, err := http.ReadRequest(br); err != nil {
+			return
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\n")
+		for _, b := range []string{"a", "b", "c"} {
+			time.Sleep(step)
+			io.WriteString(c, b)
+		}
+	})
+	ids := meshtest.StartIdentity(t, time.Hour)
+	entry, _, _, _ := meshPair(t, ids, app)
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	for name, tr := range map[string]*http.Transport{"HTTP/1.1": {}, "h2c": {Protocols: &h2}} {
+		t.Run(name, func(t *testing.T) {
+			defer tr.CloseIdleConnections()
+			start := time.Now()
+			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://" + entry + "/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			head := time.Since(start)
+			if head > step/2 {
+				t.Errorf("the head arrived after %v; the application sent it at once", head)
+			}
+			one := make([]byte, 1)
+			for i, want := range []string{"a", "b", "c"} {
+				if _, err := io.ReadFull(resp.Body, one); err != nil || string(one) != want {
+					t.Fatalf("byte %d: %q %v", i, one, err)
+				}
+				// Byte i left the application at (i+1)·step.
+				if late := time.Since(start) - time.Duration(i+1)*step; late > step/2 {
+					t.Errorf("byte %d arrived %v after the application wrote it", i, late)
+				}
+			}
+		})
+	}
+}
