@@ -510,3 +510,40 @@ func TestCrashedInstanceLeavesDiscovery(t *testing.T) {
 		t.Errorf("the instance's proxy outlived trellis run: %s", out)
 	}
 }
+
+// Ten `trellis run`s started at once, each with a proxy and an
+// upstream, all start: no port is picked by one run and bound later, where
+// another can take it first.
+func TestConcurrentRunsStart(t *testing.T) {
+	fortio := fortioBin(t)
+	dataDir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dataDir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	up := startTrellis(t, -1, nil, "--data-dir", dataDir, "up", "--network", "none", "--control-port", "0", "--admin-addr", loopback(freePort(t)))
+	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
+	var runs []*trellisProc
+	first := freePort(t)
+	for i := range 10 {
+		name, port := "svc"+strconv.Itoa(i), first
+		if i > 0 {
+			port = freePort(t)
+		}
+		runs = append(runs, startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", "explicit", "--name", name,
+			"--port", strconv.Itoa(port), "--replicas", "1", "--restart", "never", "--upstream", "svc0:"+strconv.Itoa(first),
+			"--", fortio, "server", "-http-port", "$LISTEN_ADDR", "-grpc-port", "disabled", "-redirect-port", "disabled",
+			"-tcp-port", "disabled", "-udp-port", "disabled"))
+	}
+	for deadline := time.Now().Add(60 * time.Second); len(workloads(t, dataDir)) < 10; time.Sleep(100 * time.Millisecond) {
+		for i, r := range runs {
+			select {
+			case <-r.exited:
+				t.Fatalf("run %d exited: %v\n%s", i, r.err, r.out)
+			default:
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 10 runs registered within 60s", len(workloads(t, dataDir)))
+		}
+	}
+}

@@ -359,7 +359,7 @@ func (ix *Index) build(key string, port int) *endpointSet {
 		set.exists = true
 		set.fqn = name + "." + ns + ".svc." + ix.domain
 		for _, p := range s.spec.Ports {
-			if p.Port == port && p.Protocol == "opaque" {
+			if p.Port == port && (p.Protocol == "opaque" || p.Protocol == "tcp") {
 				set.opaque = true
 			}
 		}

@@ -2,6 +2,7 @@ package run
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -208,21 +209,46 @@ func (in *instance) proxyArgs() ([]string, error) {
 			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--tap-addr", "0.0.0.0:"+strconv.Itoa(tapPort), "--run-as-uid", strconv.Itoa(in.proxyUID))
 		return in.ns.Exec(args...), nil
 	}
-	ports, err := freePorts(3 + len(in.o.Upstreams))
-	if err != nil {
-		return nil, err
-	}
-	in.admin = "127.0.0.1:" + strconv.Itoa(ports[2])
-	args = append(args, "--inbound-addr", "127.0.0.1:"+strconv.Itoa(ports[0]), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(ports[1]),
-		"--admin-addr", in.admin, "--tap-addr", "127.0.0.1:0", "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
+	// The proxy binds free ports itself and says which (readAddresses):
+	// no port is chosen here and bound there, which races other runs.
+	in.admin = ""
+	os.Remove(in.readyFile())
+	args = append(args, "--inbound-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
+		"--tap-addr", "127.0.0.1:0", "--ready-file", in.readyFile(), "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
 	d := in.st.ClusterDomain
-	for i, u := range in.o.Upstreams {
-		local := ports[3+i]
-		args = append(args, "--upstream", fmt.Sprintf("%s=%d:%s.%s.svc.%s:%d", u.Name, local, u.Name, in.upstreamNS(u), d, u.Port))
-		in.upstream[u.EnvName()] = "127.0.0.1:" + strconv.Itoa(local)
+	for _, u := range in.o.Upstreams {
+		args = append(args, "--upstream", fmt.Sprintf("%s=0:%s.%s.svc.%s:%d", u.Name, u.Name, in.upstreamNS(u), d, u.Port))
 	}
-	in.env = append(in.env, "HTTP_PROXY=http://127.0.0.1:"+strconv.Itoa(ports[1]), "http_proxy=http://127.0.0.1:"+strconv.Itoa(ports[1]))
 	return args, nil
+}
+
+func (in *instance) readyFile() string { return filepath.Join(in.dir, "proxy-addresses.json") }
+
+// readAddresses learns, from the proxy's ready file, the ports it bound in
+// explicit mode: its admin port, and the ones the application is told of
+// (the outbound port as HTTP_PROXY, one per upstream). False until the
+// proxy wrote the file.
+func (in *instance) readAddresses() (bool, error) {
+	b, err := os.ReadFile(in.readyFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	var addrs struct {
+		Outbound, Admin string
+		Upstreams       map[string]string
+	}
+	if err == nil {
+		err = json.Unmarshal(b, &addrs)
+	}
+	if err != nil {
+		return false, fmt.Errorf("the proxy's addresses: %w", err)
+	}
+	in.admin = addrs.Admin
+	for _, u := range in.o.Upstreams {
+		in.upstream[u.EnvName()] = addrs.Upstreams[u.Name]
+	}
+	in.env = append(in.env, "HTTP_PROXY=http://"+addrs.Outbound, "http_proxy=http://"+addrs.Outbound)
+	return true, nil
 }
 
 // startProxy starts the proxy and waits until its admin port says ready.
@@ -249,6 +275,14 @@ func (in *instance) startProxy(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
+		}
+		if in.admin == "" {
+			if ok, err := in.readAddresses(); !ok {
+				if err != nil {
+					return err
+				}
+				continue
+			}
 		}
 		if resp, err := client.Get("http://" + in.admin + "/ready"); err == nil {
 			resp.Body.Close()
@@ -394,26 +428,6 @@ func terminate(cmd *exec.Cmd, done chan error) {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		done <- <-done
 	}
-}
-
-// freePorts returns n distinct loopback ports that were free a moment ago.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 // portFree reports whether 127.0.0.1:port can be listened on.

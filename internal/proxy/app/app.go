@@ -6,6 +6,7 @@ package app
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -304,6 +305,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	} else {
 		close(registered)
 	}
+	if p.cfg.ReadyFile != "" {
+		if err := p.writeReadyFile(); err != nil {
+			return err
+		}
+	}
 	p.ready.Store(true)
 	p.log.Info("proxy ready", "inbound", p.InboundAddr.String(), "outbound", p.OutboundAddr.String(), "admin", p.AdminAddr.String(), "upstreams", len(p.UpstreamAddrs))
 
@@ -334,4 +340,28 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.closeObservers()
 	p.log.Info("proxy stopped")
 	return runErr
+}
+
+// writeReadyFile writes the addresses the proxy listens on to
+// cfg.ReadyFile, whole (a temporary file renamed into place).
+func (p *Proxy) writeReadyFile() error {
+	addrs := struct {
+		Inbound, Outbound, Admin, Tap string
+		Upstreams                     map[string]string
+	}{Inbound: p.InboundAddr.String(), Outbound: p.OutboundAddr.String(), Admin: p.AdminAddr.String(), Upstreams: map[string]string{}}
+	if p.TapAddr != nil {
+		addrs.Tap = p.TapAddr.String()
+	}
+	for name, a := range p.UpstreamAddrs {
+		addrs.Upstreams[name] = a.String()
+	}
+	b, _ := json.Marshal(addrs)
+	tmp := p.cfg.ReadyFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("ready-file: %w", err)
+	}
+	if err := os.Rename(tmp, p.cfg.ReadyFile); err != nil {
+		return fmt.Errorf("ready-file: %w", err)
+	}
+	return nil
 }

@@ -42,3 +42,37 @@ func BenchmarkHTTP1OneHop(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkH2OneHop is BenchmarkHTTP1OneHop over h2c: client and
+// application both speak HTTP/2 (the proxy's ReverseProxy path).
+func BenchmarkH2OneHop(b *testing.B) {
+	payload := strings.Repeat("x", 64)
+	var p2 http.Protocols
+	p2.SetUnencryptedHTTP2(true)
+	app := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "64")
+		io.WriteString(w, payload)
+	}))
+	app.Config.Protocols = &p2
+	app.Start()
+	defer app.Close()
+	cfg := proxytest.Config(b)
+	cfg.AppAddr = app.Listener.Addr().String()
+	cfg.LogLevel = "warn"
+	p := proxytest.Start(b, cfg)
+	client := &http.Client{Transport: &http.Transport{Protocols: &p2}}
+	url := "http://" + p.InboundAddr.String() + "/"
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			resp, err := client.Get(url)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+}

@@ -151,6 +151,10 @@ type Config struct {
 	// (in Kubernetes the control plane learns the port from the Pod).
 	TapAddr  string
 	ServeTap bool
+	// ReadyFile, if set, receives the addresses the proxy listens on (as
+	// JSON, written whole) once it listens: a supervisor that lets it bind
+	// port 0 learns the ports without a race.
+	ReadyFile string
 	// DisableHTTPMetrics leaves out the per-request HTTP series, only to
 	// measure what they cost.
 	DisableHTTPMetrics bool
@@ -187,6 +191,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live; POST /shutdown, /debug/pprof and /debug/decisions answer loopback clients only")
 	fs.BoolVar(&c.DisableHTTPMetrics, "disable-http-metrics", false, "leave out the per-request HTTP metrics (request_total, response_*, route_*); only to measure their cost")
+	fs.StringVar(&c.ReadyFile, "ready-file", "", "write the addresses the proxy listens on (JSON: inbound, outbound, admin, tap, upstreams) to this file once it listens, so that ports 0 can be asked for without a race; readiness is still GET /ready on the admin address")
 	fs.StringVar(&c.TapAddr, "tap-addr", "0.0.0.0:4190", "tap server: live requests as gRPC over mTLS, served only to the control plane's identity (needs identity and destination-addr, and a registered workload unless tap-addr is given)")
 	fs.StringVar(&c.AppAddr, "app-addr", "", "local application address for inbound connections that were not redirected (explicit mode), e.g. 127.0.0.1:8080")
 	fs.StringArrayVar(&upstreams, "upstream", nil, "explicit outbound route NAME=LOCALPORT:HOST:PORT[@SPIFFE-ID]; listens on 127.0.0.1:LOCALPORT; with @SPIFFE-ID, HOST runs a Trellis proxy with that identity and traffic goes over mTLS (repeatable; env: comma-separated)")
@@ -376,6 +381,9 @@ func ParseUpstream(s string) (Upstream, error) {
 		return Upstream{}, fmt.Errorf("%q: want NAME=LOCALPORT:HOST:PORT", s)
 	}
 	port, err := parsePort(portStr)
+	if portStr == "0" {
+		port, err = 0, nil // any free port: see --ready-file
+	}
 	if err != nil {
 		return Upstream{}, fmt.Errorf("%q: local port: %w", s, err)
 	}
@@ -420,7 +428,7 @@ func (c *Config) Validate() error {
 	seen := map[uint16]string{}
 	names := map[string]bool{}
 	for _, u := range c.Upstreams {
-		if other, dup := seen[u.LocalPort]; dup {
+		if other, dup := seen[u.LocalPort]; dup && u.LocalPort != 0 {
 			return fmt.Errorf("upstream %s: local port %d already used by upstream %s", u.Name, u.LocalPort, other)
 		}
 		if names[u.Name] {

@@ -114,7 +114,7 @@ func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
 		{args: []string{"--log-level=loud"}, want: "log-level"},
 		{args: []string{"--log-format=xml"}, want: "log-format"},
 		{args: []string{"--upstream=web"}, want: "upstream"},
-		{args: []string{"--upstream=web=0:a:1"}, want: "local port"},
+		{args: []string{"--upstream=web=70000:a:1"}, want: "local port"},
 		{args: []string{"--upstream=a=9000:h:1", "--upstream=b=9000:h:2"}, want: "already used"},
 		{args: []string{"--upstreams-file=/does/not/exist"}, want: "upstreams-file"},
 		{env: map[string]string{"TRELLIS_PROXY_IDLE_TIMEOUT": "soon"}, want: "TRELLIS_PROXY_IDLE_TIMEOUT"},

@@ -120,6 +120,11 @@ type Service struct {
 	mesh   bool
 	bal    *balance.Balancer
 	routes atomic.Pointer[route.Table]
+	// opaque: the port is declared opaque (no protocol detection);
+	// profiled closes with the first profile.
+	opaque       atomic.Bool
+	profiled     chan struct{}
+	profiledOnce sync.Once
 	// downSince is when Pick last started failing (unix ns); 0 while it works.
 	downSince atomic.Int64
 }
@@ -202,8 +207,8 @@ func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 		r.mu.Lock()
 		if s, ok = r.services[authority]; !ok {
 			wctx, cancel := context.WithCancel(r.ctx)
-			s = &Service{authority: authority, ready: make(chan struct{}), cancel: cancel, bal: balance.New(r.cfg.Balance),
-				mesh: r.meshName(authority)}
+			s = &Service{authority: authority, ready: make(chan struct{}), profiled: make(chan struct{}), cancel: cancel,
+				bal: balance.New(r.cfg.Balance), mesh: r.meshName(authority)}
 			r.services[authority] = s
 			go r.watch(wctx, s)
 		}
@@ -231,6 +236,28 @@ func (r *Resolver) Resolve(ctx context.Context, authority string) *Service {
 		return s.orNil()
 	}
 	return s
+}
+
+// Opaque reports whether target (a service's virtual IP:port or name:port,
+// or an instance's address) is a port its service declares opaque: its
+// connections are forwarded without protocol detection. The first lookup
+// of a target waits, as Resolve does, for its profile.
+func (r *Resolver) Opaque(target string) bool {
+	s := r.Resolve(context.Background(), target)
+	if s == nil {
+		return false
+	}
+	select {
+	case <-s.profiled:
+	default:
+		t := time.NewTimer(r.cfg.Wait)
+		defer t.Stop()
+		select {
+		case <-s.profiled:
+		case <-t.C:
+		}
+	}
+	return s.opaque.Load()
 }
 
 // orNil is s for a mesh service name, else nil (forward as addressed).
@@ -362,6 +389,8 @@ func (r *Resolver) followProfile(ctx context.Context, s *Service) (got bool, err
 		}
 		got = true
 		s.routes.Store(route.Compile(p, r.cfg.Balance.Now))
+		s.opaque.Store(p.GetOpaque())
+		s.profiledOnce.Do(func() { close(s.profiled) })
 	}
 }
 

@@ -110,12 +110,9 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 			}
 			return nil
 		},
-		// Bytes flow as the upstream sends them: the head and every body
-		// write reach the client within flushInterval (see flushGuard).
-		FlushInterval: flushInterval,
-		BufferPool:    bufferPool{},
-		ErrorHandler:  f.fail,
-		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		BufferPool:   bufferPool{},
+		ErrorHandler: f.fail,
+		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	return f
 }
@@ -179,7 +176,9 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.ProtoMajor == 1 && (upgradeRequested(r) != "" || r.Method == http.MethodConnect):
 		f.forwardH1(w, r, Target(r.Context()), f.meshH1)
 	default:
-		f.proxy.ServeHTTP(&flushGuard{w}, r)
+		fw := newFlowWriter(w)
+		defer fw.done()
+		f.proxy.ServeHTTP(fw, r)
 	}
 }
 
@@ -206,26 +205,6 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	WriteError(w, r, status, reason)
 }
-
-// flushInterval bounds how long response bytes the upstream sent wait in
-// the proxy: a body that trickles reaches the client as it is written,
-// while one that arrives in bulk is written in large pieces.
-const flushInterval = time.Millisecond
-
-// flushGuard keeps ReverseProxy's timed flush from sending alone the head
-// of a gRPC trailers-only response (its grpc-status is in the head): the
-// head must go with the end of the stream, or gRPC clients see a response
-// without trailers. Everything else is the ResponseWriter's own.
-type flushGuard struct{ http.ResponseWriter }
-
-func (g *flushGuard) FlushError() error {
-	if g.Header().Get("Grpc-Status") != "" {
-		return nil // trailers-only: the head ends the stream, when the handler returns
-	}
-	return http.NewResponseController(g.ResponseWriter).Flush()
-}
-
-func (g *flushGuard) Unwrap() http.ResponseWriter { return g.ResponseWriter }
 
 // CloseIdle closes idle pooled connections (used when draining).
 func (f *Forwarder) CloseIdle() {

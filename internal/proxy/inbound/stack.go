@@ -6,6 +6,7 @@ package inbound
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net"
 	"strconv"
 
@@ -57,13 +58,28 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
 	return transport.Stack(
-		detect.Stage(detector, inboundOpaque(cfg.OpaquePorts), connect, log, detect.Routes{
+		detect.Stage(detector, inboundOpaque(opaquePorts(cfg)), connect, log, detect.Routes{
 			HTTP:   httpServer,
 			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), log, httpServer, opaque),
 			Opaque: opaque,
 		}),
 		target(cfg.AppAddr, creds != nil),
 	), fwd
+}
+
+// opaquePorts is --opaque-ports and the application ports whose service
+// ports are declared opaque or tcp: no protocol is detected on them.
+func opaquePorts(cfg *config.Config) map[uint16]bool {
+	ports := maps.Clone(cfg.OpaquePorts)
+	if ports == nil {
+		ports = map[uint16]bool{}
+	}
+	for _, sp := range cfg.ServicePorts {
+		if sp.Protocol == "opaque" || sp.Protocol == "tcp" {
+			ports[sp.TargetPort] = true
+		}
+	}
+	return ports
 }
 
 // inboundOpaque skips detection for connections redirected to an opaque

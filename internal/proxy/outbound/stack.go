@@ -100,7 +100,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	}, log), transport.Meter(reg))
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
-	s.detect = detect.Stage(detector, detect.SkipOpaquePorts(cfg.OpaquePorts), connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
+	s.detect = detect.Stage(detector, skipOpaque(cfg.OpaquePorts, res), connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
 	return s
 }
 
@@ -113,4 +113,21 @@ func (s *Stacks) Main() transport.Handler {
 // Upstream is the stack of an explicit upstream port: everything goes to u.
 func (s *Stacks) Upstream(u config.Upstream) transport.Handler {
 	return transport.Stack(s.detect, fixedTarget(u.Target, u.Identity))
+}
+
+// skipOpaque skips protocol detection for connections to --opaque-ports
+// and to ports their service declares opaque or tcp (from discovery): a
+// server-first protocol there is not kept waiting for the client's first
+// bytes, nor anything parsed as HTTP.
+func skipOpaque(ports map[uint16]bool, res *discover.Resolver) func(*transport.Meta) detect.OpaquePolicy {
+	local := detect.SkipOpaquePorts(ports)
+	return func(m *transport.Meta) detect.OpaquePolicy {
+		if p := local(m); p != detect.NotOpaque || res == nil || m.Target == "" {
+			return p
+		}
+		if res.Opaque(m.Target) {
+			return detect.SkipDetection
+		}
+		return detect.NotOpaque
+	}
 }
