@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -522,12 +524,23 @@ func TestConcurrentRunsStart(t *testing.T) {
 	}
 	up := startTrellis(t, -1, nil, "--data-dir", dataDir, "up", "--network", "none", "--control-port", "0", "--admin-addr", loopback(freePort(t)))
 	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
+	// The applications' ports, as a user picks them: below the ephemeral
+	// range the proxies' own ports come from.
+	appPort := func() int {
+		for {
+			p := 20000 + rand.IntN(10000)
+			if ln, err := net.Listen("tcp", loopback(p)); err == nil {
+				ln.Close()
+				return p
+			}
+		}
+	}
 	var runs []*trellisProc
-	first := freePort(t)
+	first := appPort()
 	for i := range 10 {
 		name, port := "svc"+strconv.Itoa(i), first
 		if i > 0 {
-			port = freePort(t)
+			port = appPort()
 		}
 		runs = append(runs, startTrellis(t, -1, nil, "--data-dir", dataDir, "run", "--mode", "explicit", "--name", name,
 			"--port", strconv.Itoa(port), "--replicas", "1", "--restart", "never", "--upstream", "svc0:"+strconv.Itoa(first),

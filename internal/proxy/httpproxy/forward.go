@@ -195,9 +195,12 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if route, kind := Route(r.Context()); route != "" {
 		attrs = append(attrs, "route", route, "route_kind", kind)
 	}
-	if status < 500 {
+	switch {
+	case status < 500:
 		f.log.Debug("the client's request could not be forwarded", attrs...) // its own doing
-	} else {
+	case reason == reasonUpstreamCancel:
+		f.log.Debug("the upstream cancelled the request", attrs...) // a gRPC server whose call's deadline passed, or was cancelled
+	default:
 		f.log.Warn("forwarding request failed", attrs...)
 	}
 	if mayRepeat(r, err) {

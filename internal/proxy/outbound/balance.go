@@ -125,8 +125,13 @@ func (b *balancer) http() httpproxy.Layer {
 				}
 				ep.Start()
 				httpproxy.Observe(next, ww, req, func(o httpproxy.Outcome) {
-					outcome := balance.Abandoned // the client broke the request: nothing learnt of the endpoint
-					if !o.ClientFault {
+					// Nothing is learnt of the endpoint when the client broke the
+					// request, or from the DEADLINE_EXCEEDED of a call whose own
+					// deadline ran out (the caller's budget, not the endpoint).
+					outcome := balance.Abandoned
+					switch {
+					case o.ClientFault, o.GRPCStatus == 4 && httpproxy.CallerDeadlinePassed(r, o.Latency):
+					default:
 						outcome = b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())
 					}
 					if ep.End(o.Latency, outcome) {

@@ -180,6 +180,12 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 		ctx, cancel = context.WithTimeout(ctx, rule.RequestTimeout)
 		defer cancel()
 	}
+	if t, ok := httpproxy.GRPCTimeout(r.Header); ok {
+		// The call's own deadline: no attempt outlives it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t)
+		defer cancel()
+	}
 	policy := rule.Retry.FromRequest(r.Header)
 	retries := 0
 	if policy != nil {
@@ -445,6 +451,11 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 	hw := &holdWriter{a: a, why: why, header: http.Header{}, cancel: cancel, done: make(chan struct{}), headed: make(chan struct{})}
 	req := a.r.WithContext(ctx)
 	req.Body, req.ContentLength = a.body.next(first)
+	if deadline, ok := ctx.Deadline(); ok && req.Header.Get("Grpc-Timeout") != "" {
+		// Each attempt tells the server the time left to it.
+		req.Header = req.Header.Clone()
+		req.Header.Set("Grpc-Timeout", httpproxy.FormatGRPCTimeout(time.Until(deadline)))
+	}
 	return hw, func() {
 		defer close(hw.done)
 		defer cancel()
