@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -92,9 +93,17 @@ func TestTCPByteCountersMatchTraffic(t *testing.T) {
 	if len(got) != len(body) {
 		t.Fatalf("echoed %d bytes", len(got))
 	}
-	fams := scrape(t, p.AdminAddr.String())
-	read := sum(fams, "tcp_read_bytes_total", map[string]string{"direction": "inbound", "peer": "src"})
-	written := sum(fams, "tcp_write_bytes_total", map[string]string{"direction": "inbound", "peer": "src"})
+	// A write is counted once it returned, which may be just after the
+	// client read its bytes: wait for the counters to settle.
+	var read, written float64
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		fams := scrape(t, p.AdminAddr.String())
+		read = sum(fams, "tcp_read_bytes_total", map[string]string{"direction": "inbound", "peer": "src"})
+		written = sum(fams, "tcp_write_bytes_total", map[string]string{"direction": "inbound", "peer": "src"})
+		if read >= float64(len(body)) && written >= float64(len(body)) || time.Now().After(deadline) {
+			break
+		}
+	}
 	if read < float64(len(body)) || read > float64(len(body))+1000 {
 		t.Errorf("read %v bytes from the client; sent %d plus a head", read, len(body))
 	}
