@@ -178,3 +178,14 @@ func OpenFDs(t testing.TB) int {
 	}
 	return len(entries)
 }
+
+// WaitOpenFDs waits until this process holds at most n file descriptors,
+// failing t after within.
+func WaitOpenFDs(t testing.TB, n int, within time.Duration) {
+	t.Helper()
+	for deadline := time.Now().Add(within); OpenFDs(t) > n; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d file descriptors open after %v; want at most %d", OpenFDs(t), within, n)
+		}
+	}
+}

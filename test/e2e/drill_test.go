@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -107,9 +106,10 @@ func TestFaultDrill(t *testing.T) {
 	} {
 		restarts, pids := workloads(t, dataDir)["echo-1"].Metadata.Labels["trellis.dev/restarts"], echoPids(t)
 		r := drillUnderLoad(t, fortio, dataDir, echoPort, f.inject)
-		t.Logf("%-52s failed %d of %d, p99 %.1f ms, max %.0f ms", f.name, r.failed, r.total, r.p99*1000, r.max*1000)
-		if r.failed > f.allowed {
-			t.Errorf("%s: %d of %d requests failed (%v); at most %d may", f.name, r.failed, r.total, r.codes, f.allowed)
+		failed, total := r.failed(), r.DurationHistogram.Count
+		t.Logf("%-52s failed %d of %d, p99 %.1f ms, max %.0f ms", f.name, failed, total, r.percentile(99)*1000, r.DurationHistogram.Max*1000)
+		if failed > f.allowed {
+			t.Errorf("%s: %d of %d requests failed (%v); at most %d may", f.name, failed, total, r.RetCodes, f.allowed)
 		}
 		waitEcho(t, dataDir)
 		after := workloads(t, dataDir)["echo-1"].Metadata.Labels["trellis.dev/restarts"]
@@ -122,14 +122,8 @@ func TestFaultDrill(t *testing.T) {
 	}
 }
 
-type drillResult struct {
-	codes         map[string]int64
-	failed, total int64
-	p99, max      float64 // seconds
-}
-
 // drillUnderLoad runs one load and injects a fault drillFaultAt into it.
-func drillUnderLoad(t *testing.T, fortio, dataDir string, echoPort int, inject func()) drillResult {
+func drillUnderLoad(t *testing.T, fortio, dataDir string, echoPort int, inject func()) fortioReport {
 	t.Helper()
 	report := filepath.Join(t.TempDir(), "fortio.json")
 	os.Chmod(filepath.Dir(report), 0o777) // the application runs unprivileged
@@ -145,34 +139,9 @@ func drillUnderLoad(t *testing.T, fortio, dataDir string, echoPort int, inject f
 	case <-time.After(drillDuration + 60*time.Second):
 		t.Fatal("the load did not finish")
 	}
-	b, err := os.ReadFile(report)
-	if err != nil {
-		t.Fatalf("fortio report: %v\n%s", err, load.out)
-	}
-	var rep struct {
-		RetCodes          map[string]int64
-		DurationHistogram struct {
-			Count       int64
-			Max         float64
-			Percentiles []struct{ Percentile, Value float64 }
-		}
-	}
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
-	r := drillResult{codes: rep.RetCodes, total: rep.DurationHistogram.Count, max: rep.DurationHistogram.Max}
-	for code, n := range rep.RetCodes {
-		if code != "200" {
-			r.failed += n
-		}
-	}
-	for _, p := range rep.DurationHistogram.Percentiles {
-		if p.Percentile == 99 {
-			r.p99 = p.Value
-		}
-	}
-	if r.total < int64(drillDuration.Seconds()*drillQPS/2) {
-		t.Errorf("only %d requests were sent in %v at %d rps", r.total, drillDuration, drillQPS)
+	r := readFortioReport(t, report, load)
+	if n := r.DurationHistogram.Count; n < int64(drillDuration.Seconds()*drillQPS/2) {
+		t.Errorf("only %d requests were sent in %v at %d rps", n, drillDuration, drillQPS)
 	}
 	return r
 }

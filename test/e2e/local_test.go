@@ -432,23 +432,8 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	case <-time.After(duration + 30*time.Second):
 		t.Fatal("the load did not finish")
 	}
-	b, err := os.ReadFile(report)
-	if err != nil {
-		t.Fatalf("fortio report: %v\n%s", err, load.out)
-	}
-	var res struct {
-		RetCodes  map[string]int64
-		ActualQPS float64
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatal(err)
-	}
-	var failed int64
-	for code, n := range res.RetCodes {
-		if code != "200" {
-			failed += n
-		}
-	}
+	res := readFortioReport(t, report, load)
+	failed := res.failed()
 	t.Logf("fortio: %v, %.0f rps over %v", res.RetCodes, res.ActualQPS, duration)
 	if failed > 0 || res.RetCodes["200"] < int64(duration.Seconds()*900) {
 		t.Errorf("across a control-plane restart: %d requests failed, %d succeeded", failed, res.RetCodes["200"])
@@ -467,6 +452,57 @@ func TestControlPlaneRestartUnderLoad(t *testing.T) {
 	}
 	load.interrupt(t, 20*time.Second)
 	up.interrupt(t, 20*time.Second)
+}
+
+// fortioReport is what `fortio load -json` wrote.
+type fortioReport struct {
+	RetCodes          map[string]int64
+	ActualQPS         float64
+	DurationHistogram struct {
+		Count       int64
+		Max         float64 // seconds
+		Percentiles []struct{ Percentile, Value float64 }
+	}
+}
+
+// readFortioReport reads the report at path; load, if not nil, is the
+// process whose output explains a missing one.
+func readFortioReport(t *testing.T, path string, load *trellisProc) fortioReport {
+	t.Helper()
+	var r fortioReport
+	b, err := os.ReadFile(path)
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil {
+		out := ""
+		if load != nil {
+			out = load.out.String()
+		}
+		t.Fatalf("fortio report: %v\n%s", err, out)
+	}
+	return r
+}
+
+// failed counts the answers other than 200 (errors included).
+func (r fortioReport) failed() int64 {
+	var n int64
+	for code, c := range r.RetCodes {
+		if code != "200" {
+			n += c
+		}
+	}
+	return n
+}
+
+// percentile is the p-th percentile latency in seconds (0 if not reported).
+func (r fortioReport) percentile(p float64) float64 {
+	for _, q := range r.DurationHistogram.Percentiles {
+		if q.Percentile == p {
+			return q.Value
+		}
+	}
+	return 0
 }
 
 func fortioBin(t *testing.T) string {

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -103,24 +102,8 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatalf("fortio: %v\n%s", err, out)
 	}
-	b, err := os.ReadFile(report)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res struct {
-		RetCodes  map[string]int64
-		ActualQPS float64
-	}
-	if err := json.Unmarshal(b, &res); err != nil {
-		t.Fatalf("fortio report: %v", err)
-	}
-	ok := res.RetCodes["200"]
-	var failed int64
-	for code, n := range res.RetCodes {
-		if code != "200" {
-			failed += n
-		}
-	}
+	res := readFortioReport(t, report, nil)
+	ok, failed := res.RetCodes["200"], res.failed()
 	t.Logf("fortio: %d requests answered 200, %d otherwise (%v), %.0f rps over %v", ok, failed, res.RetCodes, res.ActualQPS, duration)
 	if failed > 0 || res.ActualQPS < 900 {
 		t.Fatalf("%d requests failed at %.0f rps; want none at 1,000 rps", failed, res.ActualQPS)

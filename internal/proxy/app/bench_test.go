@@ -28,19 +28,7 @@ func BenchmarkHTTP1OneHop(b *testing.B) {
 	p := proxytest.Start(b, cfg)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	url := "http://" + p.InboundAddr.String() + "/"
-	b.ReportAllocs()
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			resp, err := client.Get(url)
-			if err != nil {
-				b.Error(err)
-				return
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-		}
-	})
+	benchGets(b, client, url)
 }
 
 // BenchmarkH2OneHop is BenchmarkHTTP1OneHop over h2c: client and
@@ -62,6 +50,11 @@ func BenchmarkH2OneHop(b *testing.B) {
 	p := proxytest.Start(b, cfg)
 	client := &http.Client{Transport: &http.Transport{Protocols: &p2}}
 	url := "http://" + p.InboundAddr.String() + "/"
+	benchGets(b, client, url)
+}
+
+// benchGets measures GETs of url by client, in parallel.
+func benchGets(b *testing.B, client *http.Client, url string) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

@@ -105,13 +105,7 @@ func TestRapidResetFloodGetsGoAway(t *testing.T) {
 	}
 	c.Close()
 	waitGoroutines(t, goroutines)
-	deadline := time.Now().Add(5 * time.Second)
-	for testkit.OpenFDs(t) > fds+5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("file descriptors: %d before the flood, %d after", fds, testkit.OpenFDs(t))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitOpenFDs(t, fds+5, 5*time.Second)
 	idle := cpuTime(t)
 	time.Sleep(500 * time.Millisecond)
 	if used := cpuTime(t) - idle; used > 150*time.Millisecond {

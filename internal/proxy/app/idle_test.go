@@ -59,13 +59,7 @@ func TestSilentConnectionsCostNothing(t *testing.T) {
 		c.Close()
 	}
 	waitGoroutines(t, goroutines)
-	deadline := time.Now().Add(5 * time.Second)
-	for testkit.OpenFDs(t) > fds+5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("file descriptors: %d before the clients, %d after they left", fds, testkit.OpenFDs(t))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitOpenFDs(t, fds+5, 5*time.Second)
 }
 
 // A silent connection does not hold a draining proxy for its grace period.

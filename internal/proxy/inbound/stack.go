@@ -141,11 +141,17 @@ func appHost(appAddr string) func(m *transport.Meta) string {
 }
 
 // declaredProtocols maps the application's ports to the protocols their
-// service ports declare.
+// service ports declare; nil when none declares one, so requests need not
+// look.
 func declaredProtocols(ports []config.ServicePort) func(port int) string {
 	byPort := map[int]string{}
 	for _, sp := range ports {
-		byPort[int(sp.TargetPort)] = sp.Protocol
+		if sp.Protocol != "" {
+			byPort[int(sp.TargetPort)] = sp.Protocol
+		}
+	}
+	if len(byPort) == 0 {
+		return nil
 	}
 	return func(port int) string { return byPort[port] }
 }
