@@ -54,6 +54,7 @@ everything and removes every process, namespace, link and file it created.`,
 	cmd.Flags().IntVar(&o.RPS, "rps", 20, "requests per second the traffic generator sends to web")
 	cmd.Flags().Float64Var(&o.FailRate, "fail-rate", 0.05, "share of votes the voting service fails")
 	cmd.Flags().StringVar(&o.Network, "network", "auto", "auto (network namespaces when root), bridge, or none (explicit mode)")
+	o.Bridge.Flags(cmd.Flags())
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log what the control plane does")
 	cmd.Flags().StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server for stat, routes and edges instead of the embedded store (configure it with `trellis prometheus-config`)")
 	cmd.Flags().DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", 5*time.Second, "how often the embedded store scrapes the proxies")

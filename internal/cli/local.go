@@ -38,11 +38,13 @@ created in the data directory on first start), the destination service and
 workload registry, the embedded store, and the local API the trellis CLI
 uses. State lives in the data directory and survives restarts.
 
-As root it also creates the bridge network (trellis0, 10.239.0.0/16) that
-'trellis run' puts each instance on, in its own network namespace, and
-answers service names (web, web.default, web.default.svc.cluster.local)
-over DNS on the bridge's address. Without root, instances run in explicit
-mode on loopback.
+As root it also creates the bridge network (--bridge trellis0,
+--network-cidr 10.239.0.0/16) that 'trellis run' puts each instance on, in
+its own network namespace, and answers service names (web, web.default,
+web.default.svc.cluster.local) over DNS on the bridge's address. Without
+root, instances run in explicit mode on loopback. Several control planes
+run side by side on one host with their own data directories, bridges and
+networks; a network that overlaps one of the host's is refused.
 
 It runs in the foreground until SIGINT or SIGTERM ('trellis down' sends the
 equivalent); with --detach it starts in the background, logging to
@@ -81,6 +83,7 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 	fs.Set("admin-addr", "127.0.0.1:9990")
 	fs.MarkHidden("dns-addr")
 	fs.StringVar(&o.Network, "network", "auto", "instance network: auto (a bridge when root), bridge, or none (explicit mode only)")
+	o.Bridge.Flags(fs)
 	fs.IntVar(&o.ControlPort, "control-port", up.DefaultControlPort, "gRPC port of identity and destination (on the bridge address when bridged, else 127.0.0.1; 0 picks one)")
 	fs.BoolVarP(&detach, "detach", "d", false, "run in the background and return once serving")
 	fs.String("log-level", "info", "log level: debug, info, warn or error")

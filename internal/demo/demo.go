@@ -32,6 +32,8 @@ type Options struct {
 	FailRate float64
 	// Network is up's --network: auto (namespaces when root), bridge or none.
 	Network string
+	// Bridge is up's --bridge and --network-cidr.
+	Bridge up.BridgeNetwork
 	// Metrics configures the control plane's metrics store.
 	Metrics plane.MetricsOptions
 	// Exe is the trellis binary that runs the proxies and the apps.
@@ -77,7 +79,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		po.Metrics.ScrapeInterval = o.Metrics.ScrapeInterval
 	}
 	po.Metrics.PrometheusURL = o.Metrics.PrometheusURL
-	cp, err := up.Start(ctx, up.Options{Plane: po, Network: o.Network, ControlPort: 0}, o.Log)
+	cp, err := up.Start(ctx, up.Options{Plane: po, Network: o.Network, ControlPort: 0, Bridge: o.Bridge}, o.Log)
 	if err != nil {
 		return err
 	}

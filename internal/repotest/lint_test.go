@@ -1,11 +1,12 @@
 package repotest
 
 import (
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // repoRoot is two levels up from this package.
@@ -42,13 +43,5 @@ func TestGoVet(t *testing.T) {
 // TestStaticcheck runs staticcheck, installed pinned into .tools/bin by .ci/run.
 func TestStaticcheck(t *testing.T) {
 	root := repoRoot(t)
-	bin := filepath.Join(root, ".tools", "bin", "staticcheck")
-	if _, err := os.Stat(bin); err != nil {
-		path, err := exec.LookPath("staticcheck")
-		if err != nil {
-			t.Fatal("staticcheck is not installed: run .ci/run, or GOBIN=$PWD/.tools/bin go install honnef.co/go/tools/cmd/staticcheck@v0.8.2")
-		}
-		bin = path
-	}
-	run(t, root, bin, "./...")
+	run(t, root, testkit.Tool(t, "staticcheck", "honnef.co/go/tools/cmd/staticcheck@v0.8.2"), "./...")
 }

@@ -1,15 +1,18 @@
 // Package testkit holds the small pieces many tests need: a test binary
 // that doubles as the command under test, free loopback addresses, a TCP
-// echo server, a goroutine-safe buffer and readiness polling.
+// echo server, a goroutine-safe buffer, readiness polling and the
+// repository's pinned test tools.
 package testkit
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -188,4 +191,40 @@ func WaitOpenFDs(t testing.TB, n int, within time.Duration) {
 			t.Fatalf("%d file descriptors open after %v; want at most %d", OpenFDs(t), within, n)
 		}
 	}
+}
+
+// RepoRoot walks up from the working directory to the module root.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.Contains(b, []byte("module github.com/trellis-mesh/trellis\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod of github.com/trellis-mesh/trellis above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// Tool is the path of a third-party test tool: the one .ci/run installs
+// pinned into .tools/bin, else one on PATH. pkg is its `go install`
+// argument, for the message when neither exists.
+func Tool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	if root, err := RepoRoot(); err == nil {
+		if path, err := exec.LookPath(filepath.Join(root, ".tools", "bin", name)); err == nil {
+			return path
+		}
+	}
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: run .ci/run, or GOBIN=$PWD/.tools/bin go install %s", name, pkg)
+	}
+	return path
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/metricstest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // trellisProc is one running `trellis` command.
@@ -506,14 +507,7 @@ func (r fortioReport) percentile(p float64) float64 {
 }
 
 func fortioBin(t *testing.T) string {
-	t.Helper()
-	fortio, err := exec.LookPath(filepath.Join(repoRootForTest(t), ".tools", "bin", "fortio"))
-	if err != nil {
-		if fortio, err = exec.LookPath("fortio"); err != nil {
-			t.Fatal("fortio is not installed: run .ci/run, or GOBIN=$PWD/.tools/bin go install fortio.org/fortio@v1.68.2")
-		}
-	}
-	return fortio
+	return testkit.Tool(t, "fortio", "fortio.org/fortio@v1.68.2")
 }
 
 // TestCrashedInstanceLeavesDiscovery kills `trellis run` and its children

@@ -1,14 +1,14 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
-	"github.com/trellis-mesh/trellis/internal/testkit"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // proxyBin, controlBin and trellisBin are the trellis-proxy,
@@ -65,7 +65,7 @@ func run(m *testing.M) int {
 
 // build builds pkg of the repository holding the working directory into out.
 func build(out, pkg string) error {
-	root, err := repoRoot()
+	root, err := testkit.RepoRoot()
 	if err != nil {
 		return err
 	}
@@ -75,25 +75,6 @@ func build(out, pkg string) error {
 		return fmt.Errorf("go build %s: %w\n%s", pkg, err, b)
 	}
 	return nil
-}
-
-// repoRoot walks up from the working directory to the module root.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && bytes.Contains(b, []byte("module github.com/trellis-mesh/trellis\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.mod of github.com/trellis-mesh/trellis above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // probeInit reports why the binary has no usable init subcommand, or "".

@@ -91,12 +91,7 @@ func TestMTLSRotationUnderLoad(t *testing.T) {
 
 	// The load comes from fortio, a real external client, at a constant
 	// 1,000 requests a second over 32 keep-alive connections.
-	fortio, err := exec.LookPath(filepath.Join(repoRootForTest(t), ".tools", "bin", "fortio"))
-	if err != nil {
-		if fortio, err = exec.LookPath("fortio"); err != nil {
-			t.Fatal("fortio is not installed: run .ci/run, or GOBIN=$PWD/.tools/bin go install fortio.org/fortio@v1.68.2")
-		}
-	}
+	fortio := fortioBin(t)
 	report := filepath.Join(t.TempDir(), "fortio.json")
 	out, err := exec.Command(fortio, "load", "-quiet", "-qps", "1000", "-c", "32", "-t", duration.String(), "-json", report, "http://"+entry+"/").CombinedOutput()
 	if err != nil {
@@ -169,14 +164,4 @@ func TestMTLSExpiredLeafIsRefused(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond) // renewal is at 10 s; poll for it
 	}
-}
-
-// repoRootForTest is the module root, for tools installed into .tools/bin.
-func repoRootForTest(t *testing.T) string {
-	t.Helper()
-	root, err := repoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
 }

@@ -4,14 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 )
+
+// DefaultBridge is the bridge of local mode unless another is chosen.
+const DefaultBridge = "trellis0"
 
 // RecordDir keeps, per bridge, the control plane that owns it.
 const RecordDir = "/run/trellis"
@@ -109,6 +114,12 @@ func EnsureBridge(ctx context.Context, name string, gw netip.Prefix, dataDir str
 		_, err := removeDead(ctx, name)
 		return true, err
 	}
+	if used, err := networkInUse(ctx, gw.Masked(), name); err != nil || used != "" {
+		if err == nil {
+			err = fmt.Errorf("network %s overlaps %s: choose another with --network-cidr", gw.Masked(), used)
+		}
+		return false, err
+	}
 	if err := writeOwner(name, owner{pid: os.Getpid(), dataDir: dataDir}); err != nil {
 		return false, err
 	}
@@ -128,6 +139,82 @@ func EnsureBridge(ctx context.Context, name string, gw netip.Prefix, dataDir str
 		}
 	}
 	return false, nil
+}
+
+// ValidLinkName reports why name cannot name a network interface.
+func ValidLinkName(name string) error {
+	if len(name) == 0 || len(name) > 15 || name == "." || name == ".." {
+		return errors.New("an interface name has 1 to 15 characters")
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("%q is not allowed: letters, digits, '-', '_' and '.' only", c)
+		}
+	}
+	return nil
+}
+
+// networkInUse describes the first of the host's networks (interface
+// addresses and routes, bridge's own excepted) that overlaps p, or is "".
+func networkInUse(ctx context.Context, p netip.Prefix, bridge string) (string, error) {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return "", err
+	}
+	for _, ifc := range ifaces {
+		addrs, err := ifc.Addrs()
+		if err != nil || ifc.Name == bridge {
+			continue
+		}
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			addr, ok4 := netip.AddrFromSlice(ipn.IP.To4())
+			if !ok || !ok4 {
+				continue
+			}
+			ones, _ := ipn.Mask.Size()
+			q := netip.PrefixFrom(addr, ones)
+			o, trellis := readOwner(ifc.Name)
+			// Proxies' users are numbered by the low 24 bits of their
+			// addresses: two bridges must differ there too.
+			if q.Overlaps(p) || trellis && q.Bits() >= 8 && low24(q).Overlaps(low24(p)) {
+				desc := fmt.Sprintf("%s on %s", q, ifc.Name)
+				if trellis {
+					desc += " (the bridge of the control plane of " + o.dataDir + ")"
+				}
+				return desc, nil
+			}
+		}
+	}
+	out, err := exec.CommandContext(ctx, "ip", "-4", "route", "show", "table", "main").Output()
+	if err != nil {
+		return "", fmt.Errorf("ip route: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] == "default" || slices.Contains(f, bridge) {
+			continue
+		}
+		q, err := netip.ParsePrefix(f[0])
+		if err != nil {
+			a, err := netip.ParseAddr(f[0])
+			if err != nil {
+				continue
+			}
+			q = netip.PrefixFrom(a, 32)
+		}
+		if q.Overlaps(p) {
+			return "the route " + line, nil
+		}
+	}
+	return "", nil
+}
+
+// low24 is p with its first octet zeroed.
+func low24(p netip.Prefix) netip.Prefix {
+	a := p.Addr().As4()
+	a[0] = 0
+	return netip.PrefixFrom(netip.AddrFrom4(a), p.Bits())
 }
 
 // ReleaseBridge is what the owning control plane does when it stops: the

@@ -79,8 +79,16 @@ type Namespace struct {
 	Search []string
 }
 
-// NamespaceName is the namespace of instance in mesh namespace ns.
-func NamespaceName(ns, instance string) string { return NamespacePrefix + ns + "-" + instance }
+// NamespaceName is the namespace of instance in mesh namespace ns on
+// bridge: trellis-NS-INSTANCE on the default bridge, else
+// trellis-BRIDGE-NS-INSTANCE, so that control planes on different bridges
+// never share a name.
+func NamespaceName(bridge, ns, instance string) string {
+	if bridge != DefaultBridge {
+		ns = bridge + "-" + ns
+	}
+	return NamespacePrefix + ns + "-" + instance
+}
 
 // HostVeth is the host end of the namespace's veth pair (at most 15 bytes).
 func (n Namespace) HostVeth() string {

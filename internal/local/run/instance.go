@@ -127,7 +127,7 @@ func (in *instance) setupNamespace(ctx context.Context) error {
 	gw, _ := netip.ParseAddr(in.st.Gateway)
 	d := in.st.ClusterDomain
 	in.ns = &netns.Namespace{
-		Name: netns.NamespaceName(in.o.Namespace, in.name), Addr: netip.PrefixFrom(a.Address, a.Bits), Gateway: gw, Bridge: in.st.Bridge,
+		Name: netns.NamespaceName(in.st.Bridge, in.o.Namespace, in.name), Addr: netip.PrefixFrom(a.Address, a.Bits), Gateway: gw, Bridge: in.st.Bridge,
 		Search: []string{in.o.Namespace + ".svc." + d, "svc." + d, d},
 	}
 	if err := in.ns.Create(ctx); err != nil {
@@ -135,7 +135,7 @@ func (in *instance) setupNamespace(ctx context.Context) error {
 	}
 	// The proxy drops to a user of its own: it must be able to read its
 	// files, and no other proxy can.
-	in.proxyUID = proxyUID(in.ns.Addr)
+	in.proxyUID = proxyUID(in.ns.Addr.Addr())
 	for _, p := range []string{in.o.DataDir, filepath.Dir(in.dir)} {
 		if err := os.Chmod(p, 0o711); err != nil {
 			return err

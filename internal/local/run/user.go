@@ -158,20 +158,20 @@ func appUserLabels(u *appUser) map[string]string {
 }
 
 // In transparent mode every replica's proxy runs as a user of its own:
-// proxyUIDBase plus the replica's host number on the bridge. Its
+// proxyUIDBase plus the low 24 bits of the replica's address (unique: the
+// host's bridges differ in them, see netns.EnsureBridge). Its
 // namespace's iptables leave that user's connections alone; no proxy can
 // read another's files (its token, its trust anchors) or signal it.
 // iptables.DefaultProxyUID (2102) is the Kubernetes sidecar's.
 const (
 	proxyUIDBase  = 21020000
-	proxyUIDRange = 1 << 24 // host numbers of a bridge up to a /8
+	proxyUIDRange = 1 << 24
 )
 
 // proxyUID is the user of the proxy of the replica at a.
-func proxyUID(a netip.Prefix) int {
-	ip := a.Addr().As4()
-	host := binary.BigEndian.Uint32(ip[:]) & (1<<(32-a.Bits()) - 1)
-	return proxyUIDBase + int(host%proxyUIDRange)
+func proxyUID(a netip.Addr) int {
+	ip := a.As4()
+	return proxyUIDBase + int(binary.BigEndian.Uint32(ip[:])%proxyUIDRange)
 }
 
 // isProxyUID reports whether uid is one proxies run as.

@@ -6,6 +6,7 @@
 package up
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,17 +17,16 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/spf13/pflag"
+
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/plane"
+	"github.com/trellis-mesh/trellis/internal/control/registry"
 	"github.com/trellis-mesh/trellis/internal/local/netns"
 )
 
-// Defaults of the bridge network.
-const (
-	DefaultBridge = "trellis0"
-	// DefaultControlPort is the gRPC port of identity and destination.
-	DefaultControlPort = 8086
-)
+// DefaultControlPort is the gRPC port of identity and destination.
+const DefaultControlPort = 8086
 
 // DefaultNetwork is the bridge network; its first address is the bridge's.
 var DefaultNetwork = netip.MustParsePrefix("10.239.0.0/16")
@@ -37,8 +37,42 @@ type Options struct {
 	// Network is "auto" (a bridge when root), "bridge" or "none".
 	Network     string
 	ControlPort int
-	Bridge      string
-	Prefix      netip.Prefix
+	Bridge      BridgeNetwork
+}
+
+// BridgeNetwork is the bridge instances join in bridge mode and its
+// network: one control plane per bridge, networks that overlap nothing.
+type BridgeNetwork struct {
+	Name string // the bridge interface; netns.DefaultBridge if empty
+	CIDR string // an IPv4 network; DefaultNetwork if empty
+}
+
+// Flags registers --bridge and --network-cidr.
+func (b *BridgeNetwork) Flags(fs *pflag.FlagSet) {
+	fs.StringVar(&b.Name, "bridge", netns.DefaultBridge, "bridge mode: the bridge interface instances join; each control plane on a host needs its own")
+	fs.StringVar(&b.CIDR, "network-cidr", DefaultNetwork.String(), "bridge mode: the IPv4 network of the bridge (its first address) and its instances; must overlap no other network of the host")
+}
+
+// parse validates b and returns its name and network.
+func (b BridgeNetwork) parse() (string, netip.Prefix, error) {
+	name, cidr := cmp.Or(b.Name, netns.DefaultBridge), cmp.Or(b.CIDR, DefaultNetwork.String())
+	if err := netns.ValidLinkName(name); err != nil {
+		return "", netip.Prefix{}, fmt.Errorf("--bridge %q: %w", name, err)
+	}
+	p, err := netip.ParsePrefix(cidr)
+	switch {
+	case err != nil:
+		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %q: not a network such as 10.239.0.0/16", cidr)
+	case !p.Addr().Is4():
+		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s: must be IPv4 (instances have no IPv6)", p)
+	case p.Bits() < 8 || p.Bits() > 28:
+		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s: the prefix length must be between /8 and /28", p)
+	case p != p.Masked():
+		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s: host bits are set; did you mean %s?", p, p.Masked())
+	case p.Overlaps(registry.DefaultServiceCIDR):
+		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s overlaps the services' virtual addresses (%s)", p, registry.DefaultServiceCIDR)
+	}
+	return name, p, nil
 }
 
 // DataDir is the default data directory: $TRELLIS_DATA_DIR, else
@@ -83,32 +117,30 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Up, error) {
 	if o.ControlPort < 0 || o.ControlPort > 65535 {
 		return nil, fmt.Errorf("--control-port %d: not a port", o.ControlPort)
 	}
-	if o.Bridge == "" {
-		o.Bridge = DefaultBridge
-	}
-	if !o.Prefix.IsValid() {
-		o.Prefix = DefaultNetwork
-	}
 	po := o.Plane
 	host := "127.0.0.1"
 	u := &Up{log: log}
 	if bridged {
-		gw := netip.PrefixFrom(o.Prefix.Masked().Addr().Next(), o.Prefix.Bits())
+		bridge, network, err := o.Bridge.parse()
+		if err != nil {
+			return nil, err
+		}
+		gw := netip.PrefixFrom(network.Addr().Next(), network.Bits())
 		dataDir, err := filepath.Abs(po.Identity.DataDir)
 		if err != nil {
 			return nil, err
 		}
-		adopted, err := netns.EnsureBridge(ctx, o.Bridge, gw, dataDir)
+		adopted, err := netns.EnsureBridge(ctx, bridge, gw, dataDir)
 		if err != nil {
 			return nil, err
 		}
 		if adopted {
-			log.Info("adopted the bridge and the instances still running on it", "bridge", o.Bridge, "instances", len(netns.Attached(o.Bridge)))
+			log.Info("adopted the bridge and the instances still running on it", "bridge", bridge, "instances", len(netns.Attached(bridge)))
 		}
-		u.bridge = o.Bridge
+		u.bridge = bridge
 		host = gw.Addr().String()
 		po.DNSAddr = net.JoinHostPort(host, "53")
-		po.Network, po.Bridge = o.Prefix, o.Bridge
+		po.Network, po.Bridge = network, bridge
 	}
 	po.Identity.Addr = net.JoinHostPort(host, strconv.Itoa(o.ControlPort))
 	p, err := plane.New(po, log)

@@ -31,6 +31,12 @@ func port(addr string) uint16 {
 // proxyPair starts an inbound proxy for app and an outbound proxy with an
 // upstream port leading to it, and returns that port's address.
 func proxyPair(t *testing.T, app string, opaque bool) string {
+	_, out := proxyPairAddrs(t, app, opaque)
+	return out
+}
+
+// proxyPairAddrs is proxyPair returning the inbound proxy's address too.
+func proxyPairAddrs(t *testing.T, app string, opaque bool) (inbound, outbound string) {
 	in := proxytest.Config(t)
 	in.AppAddr = app
 	if opaque {
@@ -44,7 +50,7 @@ func proxyPair(t *testing.T, app string, opaque bool) string {
 		out.OpaquePorts = map[uint16]bool{port(b.InboundAddr.String()): true}
 	}
 	a := proxytest.Start(t, out)
-	return a.UpstreamAddrs["app"].String()
+	return b.InboundAddr.String(), a.UpstreamAddrs["app"].String()
 }
 
 func TestServerSpeaksFirst(t *testing.T) {

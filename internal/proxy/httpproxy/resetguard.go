@@ -18,8 +18,9 @@ import (
 // answered them, sends GOAWAY ENHANCE_YOUR_CALM and closes the connection,
 // as Envoy's premature-reset check and the h2 crate's pending-reset limit do.
 //
-// Only frame headers are read (9 bytes per frame), never payloads; the
-// cost is a lock per HEADERS or RST_STREAM frame.
+// Only frame headers are read (9 bytes per frame), never payloads (but
+// SETTINGS, see clientReader); the cost is a lock per HEADERS or
+// RST_STREAM frame.
 
 // Flood thresholds: a connection is a flood once, among the streams of the
 // current window, at least floodMinResets were reset by the client before
@@ -81,7 +82,8 @@ type resetGuard struct {
 	net.Conn
 	flood func() // counts a flood; may be nil
 
-	in frameScanner // client→proxy; read goroutine only
+	in      *clientReader // client→proxy; read goroutine only
+	flooded bool          // set by in's frame callback
 
 	mu         sync.Mutex
 	unanswered map[uint32]struct{} // client streams without a response frame yet
@@ -98,15 +100,17 @@ type resetGuard struct {
 }
 
 func newResetGuard(c net.Conn, flood func()) *resetGuard {
-	return &resetGuard{Conn: c, flood: flood, in: frameScanner{skip: clientPreface}, unanswered: map[uint32]struct{}{},
-		boundary: true, gone: make(chan struct{})}
+	g := &resetGuard{Conn: c, flood: flood, unanswered: map[uint32]struct{}{}, boundary: true, gone: make(chan struct{})}
+	g.in = newClientReader(c, func(typ byte, stream uint32) { g.flooded = g.clientFrame(typ, stream) || g.flooded })
+	return g
 }
 
 func (g *resetGuard) Read(p []byte) (int, error) {
-	n, err := g.Conn.Read(p)
-	flood := false
-	g.in.scan(p[:n], func(typ byte, stream uint32) { flood = g.clientFrame(typ, stream) || flood })
-	if flood {
+	if g.calm.Load() {
+		return 0, errResetFlood
+	}
+	n, err := g.in.Read(p)
+	if g.flooded {
 		g.goAway()
 		return 0, errResetFlood
 	}

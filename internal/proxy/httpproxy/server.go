@@ -57,7 +57,10 @@ func NewServer(h http.Handler, cfg ServerConfig, log *slog.Logger) *Server {
 		MaxHeaderBytes: cfg.MaxHeaderBytes, // as HTTP/1's
 		// A connection's window well above a stream's: one slowly read
 		// upload on a shared (mesh) connection does not stall the others.
-		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 1000, MaxReceiveBufferPerStream: 1 << 20, MaxReceiveBufferPerConnection: 4<<20 - 1},
+		// Frames of at most RFC 9113's initial 16 KiB, as nginx and Envoy
+		// read: a larger one is a FRAME_SIZE_ERROR, not a buffer to grow.
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 1000, MaxReceiveBufferPerStream: 1 << 20,
+			MaxReceiveBufferPerConnection: 4<<20 - 1, MaxReadFrameSize: 1 << 14},
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnContext: func(_ context.Context, c net.Conn) context.Context { return serving(c.(*trackedConn).ctx, s.h2) },
 		ConnState: func(c net.Conn, st http.ConnState) {
