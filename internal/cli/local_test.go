@@ -177,12 +177,18 @@ func TestRunFailsFast(t *testing.T) {
 		args []string
 		want string
 	}{
-		{"port in use", []string{"run", "--mode", "explicit", "--name", "web", "--port", port, "--", "true"}, "already in use"},
+		{"port in use", []string{"run", "--mode", "explicit", "--name", "web", "--port", port, "--", "true"}, "already in use (explicit mode: the application is to listen on it); to mesh an application that runs already, add --attach"},
 		{"missing command", []string{"run", "--name", "web", "--port", "8080", "--", "no-such-command-here"}, "no-such-command-here"},
 		{"no command", []string{"run", "--name", "web", "--port", "8080"}, "no command"},
 		{"command not after --", []string{"run", "--name", "web", "--port", "8080", "sleep", "1"}, "after --"},
 		{"bad name", []string{"run", "--name", "Web", "--port", "8080", "--", "true"}, "--name"},
-		{"bad port", []string{"run", "--name", "web", "--port", "0", "--", "true"}, "--port"},
+		{"bad port", []string{"run", "--name", "web", "--port", "70000", "--", "true"}, "--port"},
+		{"attach with a command", []string{"run", "--name", "web", "--port", "8080", "--attach", "--", "true"}, "--attach runs no command"},
+		{"attach replicas", []string{"run", "--name", "web", "--port", "8080", "--attach", "--replicas", "2"}, "--replicas must be 1"},
+		{"client with a service", []string{"run", "--name", "job", "--service", "web", "--", "true"}, "--service web without --port"},
+		{"client with a protocol", []string{"run", "--name", "job", "--protocol", "grpc", "--", "true"}, "--protocol grpc without --port"},
+		{"bad local port", []string{"run", "--name", "web", "--upstream", "api:80=0", "--", "true"}, "NAME[.NAMESPACE]:PORT[=LOCALPORT]"},
+		{"pinned port, replicas", []string{"run", "--name", "web", "--port", "8080", "--replicas", "2", "--upstream", "api:80=9000", "--", "true"}, "serves one replica"},
 		{"bad upstream", []string{"run", "--name", "web", "--port", "8080", "--upstream", "api", "--", "true"}, "--upstream"},
 		{"unknown user", []string{"run", "--name", "web", "--port", "8080", "--user", "no-such-user-here", "--", "true"}, "--user no-such-user-here"},
 	} {

@@ -15,7 +15,7 @@ func runCmd(dataDir *string) *cobra.Command {
 	var o run.Options
 	var upstreams []string
 	cmd := &cobra.Command{
-		Use:   "run --name NAME --port PORT [flags] -- COMMAND [ARGS...]",
+		Use:   "run --name NAME [--port PORT] [flags] (-- COMMAND [ARGS...] | --attach)",
 		Short: "Start an application with its proxy, meshed and registered as a service",
 		Long: `run starts COMMAND and a trellis-proxy next to it, registers the instance
 with the local control plane as part of service --service (default --name),
@@ -36,8 +36,19 @@ their service port. The application listens on --port.
 
 Explicit mode (otherwise, or --mode explicit): the proxy listens on
 loopback ports; instance i's application listens on 127.0.0.1:(--port + i);
-each --upstream NAME:PORT gets a local port the application dials; plain
-HTTP clients may also use HTTP_PROXY, which is set.
+each --upstream NAME:PORT gets a local port the application dials (the
+proxy picks it, or NAME:PORT=LOCALPORT pins it); plain HTTP clients may
+also use HTTP_PROXY, which is set.
+
+Without --port the workload is a client only (a job, a load generator): it
+serves no service, but it has its identity, calls over mutual TLS and is
+registered, so 'trellis edges' and 'trellis stat --from' show its calls.
+
+--attach meshes an application that runs already, or that something else
+starts (explicit mode, one instance, no COMMAND): the proxy serves
+127.0.0.1:--port as the service and registers it once the application
+accepts connections (it says so while it waits); the application reaches
+its upstreams on pinned local ports (--upstream NAME:PORT=LOCALPORT).
 
 As root, the application runs as --user (default nobody) with no
 capabilities and no way to gain any: it cannot read the control plane's
@@ -51,7 +62,9 @@ The application's environment tells it where everything is:
   HTTP_PROXY          (explicit mode) the outbound proxy
 $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 		Example: `  trellis run --name emoji --port 8080 --replicas 2 -- ./emoji-svc
-  trellis run --name web --port 8080 --upstream emoji:8080 -- ./web --emoji '$EMOJI_ADDR'`,
+  trellis run --name web --port 8080 --upstream emoji:8080 -- ./web --emoji '$EMOJI_ADDR'
+  trellis run --name loadgen --upstream web:8080=9000 -- fortio load -qps 10 -t 0 http://127.0.0.1:9000/
+  trellis run --name legacy --port 8080 --attach --upstream emoji:8080=9001`,
 		Args: cobra.ArbitraryArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() < 0 && len(args) > 0 {
@@ -81,10 +94,11 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringVar(&o.Name, "name", "", "workload name (required); also the identity's service account")
 	fs.StringVarP(&o.Namespace, "namespace", "n", "default", "namespace")
 	fs.StringVar(&o.Service, "service", "", "service the instances serve (default: --name)")
-	fs.IntVar(&o.Port, "port", 0, "service port the application serves (required)")
+	fs.IntVar(&o.Port, "port", 0, "service port the application serves (default: none, a client-only workload)")
+	fs.BoolVar(&o.Attach, "attach", false, "mesh an application that runs already on 127.0.0.1:--port: the proxy only, no COMMAND (explicit mode)")
 	fs.StringVar(&o.Protocol, "protocol", "", "protocol of the port: http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque (default: detected; an HTTP/2 client reaches an HTTP/1.1 application either way)")
 	fs.IntVar(&o.Replicas, "replicas", 1, "number of instances")
-	fs.StringArrayVar(&upstreams, "upstream", nil, "NAME[.NAMESPACE]:PORT of a service the application calls (repeatable)")
+	fs.StringArrayVar(&upstreams, "upstream", nil, "NAME[.NAMESPACE]:PORT[=LOCALPORT] of a service the application calls; LOCALPORT pins its loopback port in explicit mode (repeatable)")
 	fs.StringVar(&o.Mode, "mode", "auto", "auto (transparent when root and the control plane has a network), transparent or explicit")
 	fs.StringVar(&o.ProxyLogLevel, "proxy-log-level", "warn", "log level of the proxies: debug, info, warn or error")
 	fs.StringVar(&o.AccessLog, "access-log", "", "HTTP access log of the proxies, on their output: apache or json (default: none)")
@@ -94,6 +108,5 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.BoolVar(&o.AllowUDP, "allow-udp", false, "transparent mode: let UDP leave the instances in plaintext (the mesh carries TCP only); by default only DNS to the control plane does, other UDP is refused")
 	fs.StringVar(&o.User, "user", "", "as root: the user the application runs as, NAME|UID[:GROUP|GID], with no capabilities (default nobody; root keeps root, and lets the application read the mesh's keys)")
 	cmd.MarkFlagRequired("name")
-	cmd.MarkFlagRequired("port")
 	return cmd
 }

@@ -197,8 +197,10 @@ func checkWorkload(r *store.Resource) error {
 	if err := Decode(r.Spec, &w); err != nil {
 		return err
 	}
-	if w.Service == "" {
-		return invalid("spec.service", "required")
+	// A workload without a service (and so without ports) is a client
+	// only: it is known by its identity and address, and sent nothing.
+	if w.Service == "" && len(w.Ports) > 0 {
+		return invalid("spec.service", "required with ports")
 	}
 	if w.Identity != "" { // none: an endpoint without a proxy, reached in plaintext
 		id, err := meshid.Parse(w.Identity)
@@ -212,7 +214,7 @@ func checkWorkload(r *store.Resource) error {
 	if _, err := netip.ParseAddr(w.Address); err != nil {
 		return invalid("spec.address", fmt.Sprintf("%q is not an IP address", w.Address))
 	}
-	if len(w.Ports) == 0 {
+	if w.Service != "" && len(w.Ports) == 0 {
 		return invalid("spec.ports", "at least one port is required")
 	}
 	for i, p := range w.Ports {

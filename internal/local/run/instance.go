@@ -1,6 +1,7 @@
 package run
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,8 +36,10 @@ const (
 	// first certificate with (it renews with the certificate); the file
 	// is removed once the proxy is ready.
 	tokenTTL = 10 * time.Minute
-	// readyTimeout bounds waiting for a proxy to become ready.
+	// readyTimeout bounds waiting for a proxy to become ready; a wait of
+	// readyTell is told (and again at each doubling).
 	readyTimeout = 20 * time.Second
+	readyTell    = 2 * time.Second
 	stopTimeout  = 10 * time.Second
 )
 
@@ -158,7 +161,9 @@ func (in *instance) setupNamespace(ctx context.Context) error {
 	}
 	in.appPort = in.o.Port
 	in.admin = net.JoinHostPort(in.addr.String(), strconv.Itoa(adminPort))
-	in.env = append(in.env, "LISTEN_ADDR=0.0.0.0:"+strconv.Itoa(in.appPort))
+	if in.appPort != 0 {
+		in.env = append(in.env, "LISTEN_ADDR=0.0.0.0:"+strconv.Itoa(in.appPort))
+	}
 	for _, u := range in.o.Upstreams {
 		in.upstream[u.EnvName()] = net.JoinHostPort(u.Name+"."+in.upstreamNS(u)+".svc."+d, strconv.Itoa(u.Port))
 	}
@@ -175,22 +180,30 @@ func (in *instance) upstreamNS(u Upstream) string {
 // setupExplicit picks loopback ports for the proxy and the application.
 func (in *instance) setupExplicit() {
 	in.addr = netip.MustParseAddr("127.0.0.1")
-	in.appPort = in.o.Port + in.index
-	in.env = append(in.env, "LISTEN_ADDR=127.0.0.1:"+strconv.Itoa(in.appPort))
+	if in.o.Port != 0 {
+		in.appPort = in.o.Port + in.index
+		in.env = append(in.env, "LISTEN_ADDR=127.0.0.1:"+strconv.Itoa(in.appPort))
+	}
 }
 
 func (in *instance) proxyArgs() ([]string, error) {
-	sp := fmt.Sprintf("%d=%d", in.o.Port, in.appPort)
-	if in.o.Protocol != "" {
-		sp += "/" + in.o.Protocol
-	}
 	args := []string{in.o.Exe, "proxy",
 		"--identity", in.identity(), "--identity-addr", in.st.ControlAddr,
 		"--identity-token-file", filepath.Join(in.dir, "token"), "--trust-anchors", filepath.Join(in.dir, "trust-anchors.pem"),
-		"--destination-addr", in.st.ControlAddr, "--cluster-domain", in.st.ClusterDomain, "--workload", in.name, "--service", in.o.Service,
-		"--service-port", sp, "--workload-label", resources.WorkloadLabel + "=" + in.o.Name,
+		"--destination-addr", in.st.ControlAddr, "--cluster-domain", in.st.ClusterDomain, "--workload", in.name,
+		"--workload-label", resources.WorkloadLabel + "=" + in.o.Name,
 		"--workload-address", in.addr.String(), "--shutdown-grace-period", "5s",
 		"--log-format", "text", "--log-level", in.o.ProxyLogLevel,
+	}
+	if in.appPort != 0 {
+		sp := fmt.Sprintf("%d=%d", in.o.Port, in.appPort)
+		if in.o.Protocol != "" {
+			sp += "/" + in.o.Protocol
+		}
+		args = append(args, "--service", in.o.Service, "--service-port", sp)
+	} else {
+		// A client only: its spans still name what it is.
+		args = append(args, "--trace-service-name", in.o.Name)
 	}
 	for k, v := range appUserLabels(in.user) {
 		args = append(args, "--workload-label", k+"="+v)
@@ -214,10 +227,13 @@ func (in *instance) proxyArgs() ([]string, error) {
 	in.admin = ""
 	os.Remove(in.readyFile())
 	args = append(args, "--inbound-addr", "127.0.0.1:0", "--outbound-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
-		"--tap-addr", "127.0.0.1:0", "--ready-file", in.readyFile(), "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
+		"--tap-addr", "127.0.0.1:0", "--ready-file", in.readyFile())
+	if in.appPort != 0 {
+		args = append(args, "--app-addr", "127.0.0.1:"+strconv.Itoa(in.appPort))
+	}
 	d := in.st.ClusterDomain
 	for _, u := range in.o.Upstreams {
-		args = append(args, "--upstream", fmt.Sprintf("%s=0:%s.%s.svc.%s:%d", u.Name, u.Name, in.upstreamNS(u), d, u.Port))
+		args = append(args, "--upstream", fmt.Sprintf("%s=%d:%s.%s.svc.%s:%d", u.Name, u.LocalPort, u.Name, in.upstreamNS(u), d, u.Port))
 	}
 	return args, nil
 }
@@ -265,16 +281,23 @@ func (in *instance) startProxy(ctx context.Context) error {
 	deadline := time.NewTimer(readyTimeout)
 	defer deadline.Stop()
 	client := &http.Client{Timeout: time.Second}
+	// A wait longer than a moment is told, with what the proxy waits for.
+	start, tellAt := time.Now(), readyTell
+	notReady := "it has not bound its ports"
 	for {
 		select {
 		case err := <-in.proxyC:
 			in.proxyC = closedWith(err)
 			return fmt.Errorf("the proxy exited before it was ready: %v", err)
 		case <-deadline.C:
-			return fmt.Errorf("the proxy was not ready within %v (admin http://%s/ready)", readyTimeout, in.admin)
+			return fmt.Errorf("the proxy was not ready within %v (admin http://%s/ready: %s)", readyTimeout, in.admin, notReady)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
+		}
+		if waited := time.Since(start); waited >= tellAt {
+			fmt.Fprintf(in.o.Err, "%s: waiting for its proxy to be ready (%v so far: %s)\n", in.name, waited.Round(time.Second), notReady)
+			tellAt *= 2
 		}
 		if in.admin == "" {
 			if ok, err := in.readAddresses(); !ok {
@@ -284,24 +307,36 @@ func (in *instance) startProxy(ctx context.Context) error {
 				continue
 			}
 		}
-		if resp, err := client.Get("http://" + in.admin + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				// Certified: the single-use token is spent and not needed
-				// again; nothing of it stays behind.
-				os.Remove(filepath.Join(in.dir, "token"))
-				return nil
-			}
+		resp, err := client.Get("http://" + in.admin + "/ready")
+		if err != nil {
+			notReady = err.Error()
+			continue
 		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			// Certified: the single-use token is spent and not needed
+			// again; nothing of it stays behind.
+			os.Remove(filepath.Join(in.dir, "token"))
+			return nil
+		}
+		notReady = cmp.Or(strings.TrimSpace(string(body)), resp.Status)
 	}
 }
 
-// startApp starts the application with its environment and expanded args.
+// startApp starts the application with its environment and expanded args;
+// an attached replica's application runs already.
 func (in *instance) startApp() error {
-	in.env = append(in.env, "PORT="+strconv.Itoa(in.appPort), "TRELLIS_INSTANCE="+in.name,
-		"TRELLIS_SERVICE="+in.o.Service, "TRELLIS_NAMESPACE="+in.o.Namespace)
+	in.env = append(in.env, "TRELLIS_INSTANCE="+in.name, "TRELLIS_NAMESPACE="+in.o.Namespace)
+	if in.appPort != 0 {
+		in.env = append(in.env, "PORT="+strconv.Itoa(in.appPort), "TRELLIS_SERVICE="+in.o.Service)
+	}
 	for k, v := range in.upstream {
 		in.env = append(in.env, k+"="+v)
+	}
+	if in.o.Attach {
+		in.appC = make(chan error, 1) // never exits: only the proxy can
+		return nil
 	}
 	vars := map[string]string{}
 	for _, kv := range in.env {
@@ -435,7 +470,7 @@ func portFree(port int) error {
 	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
-			return fmt.Errorf("port %d is already in use (explicit mode: the application listens on it)", port)
+			return fmt.Errorf("port %d is already in use (explicit mode: the application is to listen on it)", port)
 		}
 		return err
 	}

@@ -30,7 +30,9 @@ type Options struct {
 	Service string
 	// Port is the service port. In transparent mode every replica's
 	// application listens on it in its own namespace; in explicit mode
-	// replica i listens on Port+i on loopback.
+	// replica i listens on Port+i on loopback. Zero: the workload is a
+	// client only, registered (for its identity, edges and stat) but in
+	// no service.
 	Port     int
 	Protocol string
 	Replicas int
@@ -39,6 +41,10 @@ type Options struct {
 	// Command is the application's argv; $PORT, $LISTEN_ADDR and the
 	// upstreams' $NAME_ADDR are expanded in it.
 	Command []string
+	// Attach runs the proxy only, for an application that runs already
+	// (or is started by something else) on 127.0.0.1:Port: explicit
+	// mode, one replica, no Command.
+	Attach bool
 	// Env is added to the application's environment.
 	Env []string
 	// Mode is "auto", "transparent" or "explicit".
@@ -75,6 +81,9 @@ type Options struct {
 type Upstream struct {
 	Name, Namespace string
 	Port            int
+	// LocalPort, if set, is the loopback port the application dials for
+	// it in explicit mode (otherwise the proxy picks one and says which).
+	LocalPort int
 }
 
 // EnvName is the environment variable that tells the application where
@@ -83,12 +92,20 @@ func (u Upstream) EnvName() string {
 	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(u.Name)) + "_ADDR"
 }
 
-// ParseUpstream reads NAME[.NAMESPACE]:PORT.
+// ParseUpstream reads NAME[.NAMESPACE]:PORT[=LOCALPORT].
 func ParseUpstream(s string) (Upstream, error) {
 	host, p, ok := strings.Cut(s, ":")
+	p, lp, pinned := strings.Cut(p, "=")
 	port, err := strconv.Atoi(p)
+	local := 0
+	if err == nil && pinned {
+		local, err = strconv.Atoi(lp)
+		if err == nil && (local < 1 || local > 65535) {
+			err = errors.New("not a port")
+		}
+	}
 	if !ok || err != nil || port < 1 || port > 65535 {
-		return Upstream{}, fmt.Errorf("upstream %q: want NAME[.NAMESPACE]:PORT", s)
+		return Upstream{}, fmt.Errorf("upstream %q: want NAME[.NAMESPACE]:PORT[=LOCALPORT]", s)
 	}
 	name, ns, qualified := strings.Cut(host, ".")
 	parts := []string{name}
@@ -100,7 +117,7 @@ func ParseUpstream(s string) (Upstream, error) {
 			return Upstream{}, fmt.Errorf("upstream %q: %q: %s", s, part, strings.Join(errs, "; "))
 		}
 	}
-	return Upstream{Name: name, Namespace: ns, Port: port}, nil
+	return Upstream{Name: name, Namespace: ns, Port: port, LocalPort: local}, nil
 }
 
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
@@ -119,14 +136,29 @@ func (o *Options) Validate() error {
 		}
 	}
 	switch {
-	case o.Port < 1 || o.Port > 65535:
+	case o.Port < 0 || o.Port > 65535:
 		return fmt.Errorf("--port %d: must be between 1 and 65535", o.Port)
 	case o.Replicas < 1 || o.Replicas > 100:
 		return fmt.Errorf("--replicas %d: must be between 1 and 100", o.Replicas)
 	case o.Port+o.Replicas-1 > 65535:
 		return fmt.Errorf("--port %d with --replicas %d: explicit mode needs ports up to %d", o.Port, o.Replicas, o.Port+o.Replicas-1)
-	case len(o.Command) == 0:
-		return errors.New("no command: give the application after --, e.g. trellis run --name web --port 8080 -- ./web")
+	case o.Port == 0 && o.Protocol != "":
+		return fmt.Errorf("--protocol %s without --port: a client-only workload serves no port", o.Protocol)
+	case o.Port == 0 && o.Service != o.Name:
+		return fmt.Errorf("--service %s without --port: a client-only workload serves no service", o.Service)
+	case o.Attach && len(o.Command) > 0:
+		return fmt.Errorf("--attach runs no command (the application runs already): drop %q", strings.Join(o.Command, " "))
+	case o.Attach && o.Replicas != 1:
+		return errors.New("--attach meshes one running application: --replicas must be 1")
+	case o.Attach && o.Mode == "transparent":
+		return errors.New("--attach is explicit mode: a running application cannot move into a network namespace")
+	case !o.Attach && len(o.Command) == 0:
+		return errors.New("no command: give the application after --, e.g. trellis run --name web --port 8080 -- ./web (or --attach for one that runs already)")
+	}
+	for _, u := range o.Upstreams {
+		if u.LocalPort != 0 && o.Replicas > 1 {
+			return fmt.Errorf("--upstream %s:%d=%d: a pinned local port serves one replica, not %d", u.Name, u.Port, u.LocalPort, o.Replicas)
+		}
 	}
 	switch o.Protocol {
 	case "", "http", "http2", "grpc", "tcp", "opaque":

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 )
@@ -44,8 +47,10 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	if _, err := exec.LookPath(o.Command[0]); err != nil {
-		return nil, fmt.Errorf("command %q: %w", o.Command[0], err)
+	if !o.Attach {
+		if _, err := exec.LookPath(o.Command[0]); err != nil {
+			return nil, fmt.Errorf("command %q: %w", o.Command[0], err)
+		}
 	}
 	user, err := lookupUser(o.User)
 	if err != nil {
@@ -56,17 +61,30 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
-	transparent, err := chooseMode(o.Mode, st)
+	mode := o.Mode
+	if o.Attach {
+		mode = "explicit"
+	}
+	transparent, err := chooseMode(mode, st)
 	if err != nil {
 		return nil, err
 	}
-	if err := bindService(ctx, api, o); err != nil {
-		return nil, err
+	if transparent {
+		for _, u := range o.Upstreams {
+			if u.LocalPort != 0 {
+				return nil, fmt.Errorf("--upstream %s:%d=%d: transparent instances dial %s:%d by name; local ports are for explicit mode (--mode explicit)", u.Name, u.Port, u.LocalPort, u.Name, u.Port)
+			}
+		}
 	}
-	if !transparent {
+	if o.Port != 0 {
+		if err := bindService(ctx, api, o); err != nil {
+			return nil, err
+		}
+	}
+	if !transparent && o.Port != 0 && !o.Attach {
 		for i := range o.Replicas {
 			if err := portFree(o.Port + i); err != nil {
-				return nil, fmt.Errorf("--port: %w", err)
+				return nil, fmt.Errorf("--port: %w; to mesh an application that runs already, add --attach", err)
 			}
 		}
 	}
@@ -79,6 +97,9 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 		}
 		s.instances = append(s.instances, in)
 		s.describe(in)
+		if app := net.JoinHostPort("127.0.0.1", strconv.Itoa(o.Port)); o.Attach && o.Port != 0 && !accepts(app) {
+			fmt.Fprintf(o.Out, "%s: nothing accepts connections on %s yet; the instance joins service %s once the application does\n", in.name, app, o.Service)
+		}
 	}
 	return s, nil
 }
@@ -87,6 +108,15 @@ func Start(ctx context.Context, o Options) (*Set, error) {
 func (s *Set) replica(i int) *instance {
 	return &instance{name: fmt.Sprintf("%s-%d", s.o.Name, i), o: &s.o, st: s.st, api: s.api, transparent: s.transparent, index: i,
 		upstream: map[string]string{}, user: s.user}
+}
+
+// accepts reports whether something accepts TCP connections on addr.
+func accepts(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
 }
 
 // chooseMode decides between transparent and explicit mode.
@@ -110,10 +140,17 @@ func chooseMode(mode string, st localapi.Status) (bool, error) {
 // describe prints where a started replica is and what its application got.
 func (s *Set) describe(in *instance) {
 	mode := "explicit"
-	if in.transparent {
+	switch {
+	case in.transparent:
 		mode = "transparent, network namespace " + in.ns.Name
+	case s.o.Attach:
+		mode = "explicit, attached to the running application"
 	}
-	fmt.Fprintf(s.o.Out, "%s: started (%s)\n  identity  %s\n  address   %s:%d\n  proxy     http://%s/metrics\n", in.name, mode, in.identity(), in.addr, in.appPort, in.admin)
+	addr := fmt.Sprintf("%s:%d", in.addr, in.appPort)
+	if in.appPort == 0 {
+		addr = in.addr.String() + " (a client only: in no service)"
+	}
+	fmt.Fprintf(s.o.Out, "%s: started (%s)\n  identity  %s\n  address   %s\n  proxy     http://%s/metrics\n", in.name, mode, in.identity(), addr, in.admin)
 	var env []string
 	for _, kv := range in.env {
 		if k, _, _ := strings.Cut(kv, "="); k != "http_proxy" {

@@ -19,8 +19,8 @@ import (
 
 // State is what the admin server reports on and acts upon.
 type State interface {
-	// Ready reports whether the proxy can serve traffic.
-	Ready() bool
+	// NotReady says why the proxy cannot serve traffic, or is "".
+	NotReady() string
 	// Shutdown starts a graceful shutdown.
 	Shutdown()
 }
@@ -38,8 +38,8 @@ func Handler(reg *metrics.Registry, st State, decisions *explain.Log, tcpProbes 
 		w.Write([]byte("live\n"))
 	})
 	mux.HandleFunc("GET /ready", func(w http.ResponseWriter, r *http.Request) {
-		if !st.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if why := st.NotReady(); why != "" {
+			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}
 		w.Write([]byte("ready\n"))

@@ -16,8 +16,13 @@ type fakeState struct {
 	shutdown int
 }
 
-func (f *fakeState) Ready() bool { return f.ready }
-func (f *fakeState) Shutdown()   { f.shutdown++ }
+func (f *fakeState) NotReady() string {
+	if !f.ready {
+		return "starting"
+	}
+	return ""
+}
+func (f *fakeState) Shutdown() { f.shutdown++ }
 
 func TestAdminEndpoints(t *testing.T) {
 	reg := metrics.NewRegistry()
@@ -31,8 +36,8 @@ func TestAdminEndpoints(t *testing.T) {
 		h.ServeHTTP(w, r)
 		return w
 	}
-	if w := do("GET", "/ready", "10.0.0.1:1"); w.Code != 503 {
-		t.Errorf("/ready before ready = %d", w.Code)
+	if w := do("GET", "/ready", "10.0.0.1:1"); w.Code != 503 || !strings.Contains(w.Body.String(), "not ready: starting") {
+		t.Errorf("/ready before ready = %d %q", w.Code, w.Body)
 	}
 	st.ready = true
 	if w := do("GET", "/ready", "10.0.0.1:1"); w.Code != 200 {

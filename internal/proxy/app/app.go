@@ -178,21 +178,21 @@ func (p *Proxy) closeListeners() {
 // Registry is the proxy's metrics registry.
 func (p *Proxy) Registry() *metrics.Registry { return p.reg }
 
-// Ready reports whether the proxy is serving, holds its certificate if it
-// has an identity, and is not draining.
-func (p *Proxy) Ready() bool {
+// NotReady says why the proxy cannot serve traffic — not serving yet or
+// any more (draining), or no certificate yet if it has an identity — or
+// is "".
+func (p *Proxy) NotReady() string {
 	if !p.ready.Load() {
-		return false
+		return "not serving (starting, or draining)"
 	}
-	if p.identity == nil {
-		return true
+	if p.identity != nil {
+		select {
+		case <-p.identity.Ready():
+		default:
+			return "no certificate yet from the identity service"
+		}
 	}
-	select {
-	case <-p.identity.Ready():
-		return true
-	default:
-		return false
-	}
+	return ""
 }
 
 // newIdentity builds the certificate manager from the identity settings.

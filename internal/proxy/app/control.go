@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -67,9 +68,10 @@ func (c *control) registrar(cfg *config.Config, m *identity.Manager, inbound, ad
 	for _, p := range cfg.ServicePorts {
 		req.Ports = append(req.Ports, &destinationv1.Port{Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), Protocol: p.Protocol})
 	}
-	appAddr := cfg.AppAddr
-	if appAddr == "" {
-		appAddr = net.JoinHostPort(cfg.WorkloadAddress, strconv.Itoa(int(cfg.ServicePorts[0].TargetPort)))
+	// A client-only workload (no service port) has no application to wait for.
+	var appAddr string
+	if len(cfg.ServicePorts) > 0 {
+		appAddr = cmp.Or(cfg.AppAddr, net.JoinHostPort(cfg.WorkloadAddress, strconv.Itoa(int(cfg.ServicePorts[0].TargetPort))))
 	}
 	return register.New(register.Config{
 		Client: destinationv1.NewRegistryClient(c.conn), Request: req, AppAddr: appAddr, Ready: m.Ready(), Log: log,

@@ -34,7 +34,7 @@ var h2specKnown = map[string]string{
 // mTLS between them) in front of an h2c-only application, as a gRPC
 // server is.
 func TestH2Spec(t *testing.T) {
-	h2spec := testkit.Tool(t, "h2spec", "github.com/summerwind/h2spec/cmd/h2spec@v2.2.1")
+	h2spec := testkit.Tool(t, "h2spec", "github.com/summerwind/h2spec/cmd/h2spec@v2.2.1+incompatible")
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	app := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

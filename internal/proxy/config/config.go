@@ -205,7 +205,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.IntVar(&meshPort, "mesh-port", 4143, "inbound port of peer proxies, where mTLS connections go")
 	fs.StringVar(&c.DestinationAddr, "destination-addr", "", "control plane destination service (host:port): service discovery and workload registration; needs identity")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "names under svc.<this domain> are mesh services: a request to one discovery does not know (yet) waits for it like a service without endpoints (up to failfast-timeout), then fails with 503, instead of leaving the mesh as addressed; empty: every unknown name is forwarded as addressed")
-	fs.StringVar(&c.Workload, "workload", "", "register this instance under this name (unique in its namespace, which is the identity's) and keep a lease on it")
+	fs.StringVar(&c.Workload, "workload", "", "register this instance under this name (unique in its namespace, which is the identity's) and keep a lease on it; without service-port it is a client only, in no service")
 	fs.StringVar(&c.Service, "service", "", "the service the registered workload serves (default: the workload name)")
 	fs.StringVar(&c.WorkloadAddress, "workload-address", "", "IP peers reach the registered workload on (default: inbound-addr's host, if it is not a wildcard)")
 	fs.StringArrayVar(&servicePorts, "service-port", nil, "PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque) (repeatable)")
@@ -504,7 +504,7 @@ func (c *Config) validateObservability() error {
 		return fmt.Errorf("trace-sample-ratio %v: must be between 0 and 1", c.TraceSampleRatio)
 	}
 	if c.TraceServiceName == "" {
-		c.TraceServiceName = c.Service // set when a workload is registered
+		c.TraceServiceName = c.Service // set when a workload serves a service
 	}
 	return nil
 }
@@ -534,7 +534,10 @@ func (c *Config) validateWorkload() error {
 	if c.DestinationAddr == "" {
 		return errors.New("workload needs destination-addr: the control plane it registers with")
 	}
-	if c.Service == "" {
+	switch {
+	case len(c.ServicePorts) == 0 && c.Service != "":
+		return fmt.Errorf("service %q needs service-port: a workload without service ports is a client only", c.Service)
+	case len(c.ServicePorts) > 0 && c.Service == "":
 		c.Service = c.Workload
 	}
 	if c.WorkloadAddress == "" {
@@ -546,9 +549,6 @@ func (c *Config) validateWorkload() error {
 	}
 	if _, err := netip.ParseAddr(c.WorkloadAddress); err != nil {
 		return fmt.Errorf("workload-address %q: not an IP address", c.WorkloadAddress)
-	}
-	if len(c.ServicePorts) == 0 {
-		return errors.New("workload needs at least one service-port")
 	}
 	return nil
 }

@@ -25,6 +25,9 @@ const (
 	// registerTimeout bounds a registration, which no lease hangs on:
 	// long enough for several connection attempts on a busy host.
 	registerTimeout = 10 * time.Second
+	// appWaitWarn is when waiting for the application is first warned of
+	// (then after 4×, 16×, … as long).
+	appWaitWarn = 5 * time.Second
 )
 
 // Config configures a Registrar.
@@ -144,17 +147,22 @@ func (r *Registrar) waitReady(ctx context.Context) bool {
 	if r.cfg.AppAddr == "" {
 		return true
 	}
-	logged := false
-	for {
+	// The wait is told at once, and warned of while it lasts: an
+	// application that never listens is never sent traffic.
+	start, warnAt := time.Now(), appWaitWarn
+	for first := true; ; first = false {
 		d := net.Dialer{Timeout: time.Second}
 		c, err := d.DialContext(ctx, "tcp", r.cfg.AppAddr)
 		if err == nil {
 			c.Close()
 			return true
 		}
-		if !logged {
+		if first {
 			r.cfg.Log.Info("waiting for the application to listen before registering", "app", r.cfg.AppAddr)
-			logged = true
+		} else if waited := time.Since(start); waited >= warnAt {
+			r.cfg.Log.Warn("the application still does not accept connections: the workload is not registered until it does", "app", r.cfg.AppAddr,
+				"waited", waited.Round(time.Second).String(), "error", err)
+			warnAt *= 4
 		}
 		select {
 		case <-ctx.Done():
