@@ -40,7 +40,6 @@ const goAwayWait = time.Second
 var errResetFlood = errors.New("http2: client reset most streams before their response (rapid reset): connection closed")
 
 const (
-	frameHeaders   = 0x1
 	frameRSTStream = 0x3
 	frameGoAway    = 0x7
 	errCodeCalm    = 0xb // ENHANCE_YOUR_CALM
