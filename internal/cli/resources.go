@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -26,13 +28,23 @@ var kindAliases = map[string]string{
 	"workload": resources.KindWorkload, "workloads": resources.KindWorkload, "wl": resources.KindWorkload,
 	"httproute": resources.KindHTTPRoute, "httproutes": resources.KindHTTPRoute,
 	"grpcroute": resources.KindGRPCRoute, "grpcroutes": resources.KindGRPCRoute,
+	"server": resources.KindServer, "servers": resources.KindServer, "srv": resources.KindServer,
+	"authorizationpolicy": resources.KindAuthorizationPolicy, "authorizationpolicies": resources.KindAuthorizationPolicy,
+	"meshtlsauthentication": resources.KindMeshTLSAuthentication, "meshtlsauthentications": resources.KindMeshTLSAuthentication,
+	"networkauthentication": resources.KindNetworkAuthentication, "networkauthentications": resources.KindNetworkAuthentication,
+	"httplocalratelimitpolicy": resources.KindHTTPLocalRateLimitPolicy, "httplocalratelimitpolicies": resources.KindHTTPLocalRateLimitPolicy,
+	"egressnetwork": resources.KindEgressNetwork, "egressnetworks": resources.KindEgressNetwork,
 }
+
+// kindList names the kinds as get's help does.
+const kindList = "services (svc), workloads (wl), httproutes, grpcroutes, servers (srv), authorizationpolicies, " +
+	"meshtlsauthentications, networkauthentications, httplocalratelimitpolicies, egressnetworks"
 
 func kindOf(s string) (string, error) {
 	if k, ok := kindAliases[strings.ToLower(s)]; ok {
 		return k, nil
 	}
-	return "", fmt.Errorf("unknown kind %q: one of services (svc), workloads (wl), httproutes, grpcroutes", s)
+	return "", fmt.Errorf("unknown kind %q: one of %s", s, kindList)
 }
 
 func applyCmd(dataDir *string) *cobra.Command {
@@ -142,10 +154,9 @@ func getCmd(t *target) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
 		Short: "List resources, or show one",
-		Long: `get lists the resources of KIND (services/svc, workloads/wl, httproutes,
-grpcroutes) in a namespace,
-or every namespace with -A, or shows the one named NAME. -o yaml or -o json
-prints the objects as stored.`,
+		Long: `get lists the resources of KIND in a namespace, or every namespace with
+-A, or shows the one named NAME. -o yaml or -o json prints the objects as
+stored. KIND is one of ` + kindList + `.`,
 		Example: `  trellis get workloads -A
   trellis get service web -o yaml`,
 		Args: cobra.RangeArgs(1, 2),
@@ -219,7 +230,11 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 		return nil
 	}
 	if len(items) == 0 {
-		fmt.Fprintf(w, "no %ss\n", strings.ToLower(kind))
+		plural := strings.ToLower(kind) + "s"
+		if p, ok := strings.CutSuffix(plural, "ys"); ok {
+			plural = p + "ies"
+		}
+		fmt.Fprintf(w, "no %s\n", plural)
 		return nil
 	}
 	sort.Slice(items, func(i, j int) bool {
@@ -279,12 +294,29 @@ func printResources(w io.Writer, kind string, items []store.Resource, output str
 			if restarts == "" {
 				restarts = "0"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s", it.Metadata.Namespace, it.Metadata.Name, s.Service, s.Address, strings.Join(ports, ","),
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s", it.Metadata.Namespace, it.Metadata.Name, dash(s.Service), s.Address, dash(strings.Join(ports, ",")),
 				restarts, age(it.Metadata.CreationTimestamp))
 			if wide {
 				fmt.Fprintf(tw, "\t%s\t%s:%d\t%s\t%s", s.Identity, s.Address, s.AdminPort, appUser(it.Metadata.Labels), dash(it.Metadata.Labels[resources.LastExitLabel]))
 			}
 			fmt.Fprintln(tw)
+		}
+	case resources.KindServer:
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tPORT\tPROXY-PROTOCOL\tACCESS-POLICY\tSELECTOR\tAGE")
+		for _, it := range items {
+			var s resources.ServerSpec
+			json.Unmarshal(it.Spec, &s)
+			selector := "(every workload)"
+			if sel, err := metav1.LabelSelectorAsSelector(s.PodSelector); err == nil && !sel.Empty() {
+				selector = sel.String()
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Metadata.Namespace, it.Metadata.Name, s.Port.String(), cmp.Or(s.ProxyProtocol, "unknown"),
+				cmp.Or(s.AccessPolicy, "deny"), selector, age(it.Metadata.CreationTimestamp))
+		}
+	default:
+		fmt.Fprintln(tw, "NAMESPACE\tNAME\tAGE")
+		for _, it := range items {
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", it.Metadata.Namespace, it.Metadata.Name, age(it.Metadata.CreationTimestamp))
 		}
 	}
 	return nil

@@ -1,6 +1,8 @@
 // Package resources defines the resource kinds kept in the store —
-// Trellis's Service and Workload, and the Gateway API's HTTPRoute and
-// GRPCRoute (GAMMA: attached to a Service) — and checks them before
+// Trellis's Service and Workload, the Gateway API's HTTPRoute and
+// GRPCRoute (GAMMA: attached to a Service), and the policy kinds (Server,
+// AuthorizationPolicy, MeshTLSAuthentication, NetworkAuthentication,
+// HTTPLocalRateLimitPolicy, EgressNetwork) — and checks them before
 // anything is written: every error names the field at fault.
 package resources
 
@@ -8,6 +10,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -120,6 +123,13 @@ var kinds = map[string]struct {
 	KindWorkload:  {APIVersion, checkWorkload},
 	KindHTTPRoute: {GatewayAPIVersion, checkHTTPRoute},
 	KindGRPCRoute: {GatewayAPIVersion, checkGRPCRoute},
+
+	KindServer:                   {PolicyAPIVersion, checkServer},
+	KindAuthorizationPolicy:      {PolicyAPIVersion, checkAuthorizationPolicy},
+	KindMeshTLSAuthentication:    {PolicyAPIVersion, checkMeshTLSAuthentication},
+	KindNetworkAuthentication:    {PolicyAPIVersion, checkNetworkAuthentication},
+	KindHTTPLocalRateLimitPolicy: {PolicyAPIVersion, checkHTTPLocalRateLimitPolicy},
+	KindEgressNetwork:            {PolicyAPIVersion, checkEgressNetwork},
 }
 
 // Namespaced reports whether kind lives in a namespace: every known kind does.
@@ -132,7 +142,8 @@ func (Kinds) Known(kind string) bool { _, ok := kinds[kind]; return ok }
 func (Kinds) Check(r *store.Resource) error {
 	k, ok := kinds[r.Kind]
 	if !ok {
-		return &store.ValidationError{Field: "kind", Reason: fmt.Sprintf("unknown kind %q (known: %s, %s, %s, %s)", r.Kind, KindService, KindWorkload, KindHTTPRoute, KindGRPCRoute)}
+		known := slices.Sorted(maps.Keys(kinds))
+		return &store.ValidationError{Field: "kind", Reason: fmt.Sprintf("unknown kind %q (known: %s)", r.Kind, strings.Join(known, ", "))}
 	}
 	if r.APIVersion != k.apiVersion {
 		return &store.ValidationError{Field: "apiVersion", Reason: fmt.Sprintf("%q: %s is %s", r.APIVersion, r.Kind, k.apiVersion)}

@@ -14,7 +14,10 @@ import (
 )
 
 // GatewayAPIVersion is the apiVersion of the Gateway API kinds.
-const GatewayAPIVersion = "gateway.networking.k8s.io/v1"
+const (
+	GatewayGroup      = "gateway.networking.k8s.io"
+	GatewayAPIVersion = GatewayGroup + "/v1"
+)
 
 // The route kinds: Gateway API, attached to a Service (GAMMA).
 const (

@@ -125,21 +125,9 @@ func (db *DB) List(ctx context.Context, kind, namespace string, sel labels.Selec
 	)
 	err := db.bolt.View(func(tx *bolt.Tx) error {
 		rv = binary.BigEndian.Uint64(tx.Bucket(bucketMeta).Get(keyRV))
-		c := tx.Bucket(bucketResources).Cursor()
-		for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
-			var r Resource
-			if err := decode(v, &r); err != nil {
-				return err
-			}
-			if namespace != "" && r.Metadata.Namespace != namespace {
-				continue
-			}
-			if sel != nil && !sel.Matches(labels.Set(r.Metadata.Labels)) {
-				continue
-			}
-			out = append(out, r)
-		}
-		return nil
+		var err error
+		out, err = scan(tx.Bucket(bucketResources), prefix, namespace, sel)
+		return err
 	})
 	if err != nil {
 		return nil, 0, wrapClosed(err)
@@ -149,6 +137,48 @@ func (db *DB) List(ctx context.Context, kind, namespace string, sel labels.Selec
 			strings.Compare(a.Metadata.Name, b.Metadata.Name), strings.Compare(a.Kind, b.Kind))
 	})
 	return out, rv, nil
+}
+
+// scan returns the objects under prefix in namespace ("" any) that sel
+// (nil: any) matches.
+func scan(b *bolt.Bucket, prefix, namespace string, sel labels.Selector) ([]Resource, error) {
+	var out []Resource
+	c := b.Cursor()
+	for k, v := c.Seek([]byte(prefix)); k != nil && bytes.HasPrefix(k, []byte(prefix)); k, v = c.Next() {
+		var r Resource
+		if err := decode(v, &r); err != nil {
+			return nil, err
+		}
+		if namespace != "" && r.Metadata.Namespace != namespace {
+			continue
+		}
+		if sel != nil && !sel.Matches(labels.Set(r.Metadata.Labels)) {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// conflicts asks the kinds whether any of the batch's objects, written in
+// b, conflicts with another of its namespace.
+func (db *DB) conflicts(b *bolt.Bucket, batch []Resource) error {
+	cc, ok := db.kinds.(ConflictChecker)
+	if !ok {
+		return nil
+	}
+	for i, r := range batch {
+		k := r.Key()
+		all, err := scan(b, k.Kind+"/"+k.Namespace+"/", k.Namespace, nil)
+		if err != nil {
+			return err
+		}
+		others := slices.DeleteFunc(all, func(o Resource) bool { return o.Key() == k })
+		if err := cc.Conflict(r, others); err != nil {
+			return &ItemError{i, fmt.Errorf("store: invalid %s: %w", k, err)}
+		}
+	}
+	return nil
 }
 
 // Apply implements Store.
@@ -201,7 +231,7 @@ func (db *DB) ApplyAll(ctx context.Context, in []Resource) ([]Resource, error) {
 				events = append(events, *ev)
 			}
 		}
-		return nil
+		return db.conflicts(b, out)
 	})
 	if err != nil {
 		return nil, wrapClosed(err)

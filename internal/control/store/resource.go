@@ -75,6 +75,15 @@ type Kinds interface {
 	Known(kind string) bool
 }
 
+// ConflictChecker is implemented by Kinds some of whose objects may not
+// coexist in a namespace (two Servers for one port of the same
+// workloads). The store asks it within the transaction that writes r, of
+// r and the other objects of r's kind in r's namespace, the batch's
+// included; an error refuses the whole batch.
+type ConflictChecker interface {
+	Conflict(r Resource, others []Resource) error
+}
+
 // MaxObjectBytes bounds one stored object, encoded (etcd's request limit
 // is about 1.5 MiB).
 const MaxObjectBytes = 1 << 20

@@ -63,7 +63,7 @@ func (c *clientReader) Read(p []byte) (int, error) {
 		if c.outOff < len(c.out) {
 			n := copy(p, c.out[c.outOff:])
 			if c.outOff += n; c.outOff == len(c.out) {
-				c.out, c.outOff = c.out[:0], 0
+				c.out, c.outOff = reuse(c.out), 0
 			}
 			return n, nil
 		}
@@ -89,7 +89,7 @@ func (c *clientReader) Read(p []byte) (int, error) {
 		case c.err != nil:
 			// The connection ended inside a frame: what came passes as it is.
 			c.out = append(append(c.out, c.block...), c.buf[c.off:]...)
-			c.block, c.inBlock, c.off = c.block[:0], false, len(c.buf)
+			c.block, c.inBlock, c.off = reuse(c.block), false, len(c.buf)
 			if len(c.out) == 0 {
 				return 0, c.err
 			}
@@ -100,10 +100,13 @@ func (c *clientReader) Read(p []byte) (int, error) {
 	return 0, nil
 }
 
-// fill reads more, keeping the need bytes not looked at yet room.
+// fill reads more, keeping the bytes not looked at yet, with room for need.
 func (c *clientReader) fill(need int) {
 	n := copy(c.buf, c.buf[c.off:])
 	c.buf, c.off = c.buf[:n], 0
+	if n <= readChunk && need <= readChunk {
+		c.buf = append(reuse(c.buf), c.buf[:n]...)
+	}
 	c.buf = slices.Grow(c.buf, max(need, readChunk)-n)
 	m, err := c.r.Read(c.buf[n:cap(c.buf)])
 	c.buf, c.err = c.buf[:n+m], err
@@ -154,11 +157,20 @@ func (c *clientReader) next() int {
 	return 0
 }
 
+// reuse empties b for reuse, unless a large frame grew it: a connection
+// keeps no more than a few KiB between frames.
+func reuse(b []byte) []byte {
+	if cap(b) > 4*readChunk {
+		return nil
+	}
+	return b[:0]
+}
+
 // giveUpBlock hands the block collected so far over as it is and stops
 // checking header blocks: the decoder state is no longer known.
 func (c *clientReader) giveUpBlock() {
 	c.out = append(c.out, c.block...)
-	c.block, c.inBlock, c.fields = c.block[:0], false, nil
+	c.block, c.inBlock, c.fields = reuse(c.block), false, nil
 }
 
 // endBlock hands the complete header block over, rewritten if it carries
@@ -190,7 +202,7 @@ func (c *clientReader) endBlock() {
 	} else {
 		c.out = append(c.out, c.block...)
 	}
-	c.block, c.inBlock = c.block[:0], false
+	c.block, c.inBlock = reuse(c.block), false
 }
 
 // headersFragment is a HEADERS payload's header block fragment and its
