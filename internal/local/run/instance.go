@@ -214,6 +214,9 @@ func (in *instance) proxyArgs() ([]string, error) {
 	if in.o.AccessLog != "" {
 		args = append(args, "--access-log", in.o.AccessLog)
 	}
+	if in.o.DefaultInboundPolicy != "" {
+		args = append(args, "--default-inbound-policy", in.o.DefaultInboundPolicy)
+	}
 	if in.o.TraceCollector != "" {
 		args = append(args, "--trace-collector", in.o.TraceCollector)
 	}

@@ -14,10 +14,13 @@ import (
 	"log/slog"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 )
 
 // Options describe one `trellis run`.
@@ -53,6 +56,9 @@ type Options struct {
 	// proxy exits: RestartAlways (the default), RestartOnFailure or
 	// RestartNever.
 	Restart string
+	// DefaultInboundPolicy is the proxies' default inbound policy (""
+	// leaves the proxy's default, all-unauthenticated).
+	DefaultInboundPolicy string
 	// AllowUDP lets UDP leave a transparent-mode instance unencrypted;
 	// otherwise only DNS to the control plane does, the rest is refused.
 	AllowUDP bool
@@ -176,6 +182,9 @@ func (o *Options) Validate() error {
 	case "", "auto", "transparent", "explicit":
 	default:
 		return fmt.Errorf("--mode %q: must be auto, transparent or explicit", o.Mode)
+	}
+	if o.DefaultInboundPolicy != "" && !slices.Contains(authz.Policies, o.DefaultInboundPolicy) {
+		return fmt.Errorf("--default-inbound-policy %q: must be one of %s", o.DefaultInboundPolicy, strings.Join(authz.Policies, ", "))
 	}
 	switch o.AccessLog {
 	case "", "apache", "json":

@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 )
 
@@ -76,6 +77,9 @@ type Config struct {
 	EndpointIdentities map[string]string
 	// OpaquePorts skip protocol detection: traffic to them is proxied as TCP.
 	OpaquePorts map[uint16]bool
+	// Authz is the inbound authorization: the default inbound policy, the
+	// networks cluster-* policies admit, the ports that require identity.
+	Authz authz.Config
 	// TCPProbePorts are the application ports the admin server checks on
 	// GET /probe/tcp/PORT: the injector turns a Pod's TCP probes into those,
 	// since a TCP connect to an intercepted port reaches the proxy, not the
@@ -186,7 +190,8 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	var servicePorts, workloadLabels []string
 	var failureHTTP, failureGRPC string
 	opaque := portsFlag{ports: DefaultOpaquePorts}
-	var tcpProbes portsFlag
+	var tcpProbes, requireIdentity portsFlag
+	var clusterNetworks string
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live; POST /shutdown, /debug/pprof and /debug/decisions answer loopback clients only")
@@ -223,6 +228,9 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&failureGRPC, "failure-accrual-grpc-codes", "4,13,14,15", "gRPC status codes that count as failures (default DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS)")
 	fs.DurationVar(&c.FailFast, "failfast-timeout", 3*time.Second, "how long requests wait for a service with no available endpoint before it fails fast (503)")
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
+	fs.StringVar(&c.Authz.Default, "default-inbound-policy", authz.Policies[0], "who may reach the application when no policy says more: "+strings.Join(authz.Policies, ", ")+" (cluster-*: clients from cluster-networks; audit: everyone, counted)")
+	fs.StringVar(&clusterNetworks, "cluster-networks", authz.DefaultClusterNetworks, "comma-separated client networks the cluster-* inbound policies admit")
+	fs.Var(&requireIdentity, "require-identity-inbound-ports", "comma-separated application ports whose clients must have a mesh identity (mTLS from a peer proxy), whatever the default inbound policy")
 	fs.Var(&tcpProbes, "tcp-probe-ports", "comma-separated application ports the admin server's GET /probe/tcp/PORT checks by connecting to them (Kubernetes TCP probes, rewritten by the injector)")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
 	fs.DurationVar(&c.ServerFirstDelay, "server-first-delay", 100*time.Millisecond, "how long a silent client may wait before the proxy dials the target to see if the server speaks first (0 disables)")
@@ -311,14 +319,22 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 			return nil, fmt.Errorf("mesh-port %d: not a port", meshPort)
 		}
 		c.MeshPort = uint16(meshPort)
-		c.OpaquePorts = make(map[uint16]bool, len(opaque.ports))
-		for _, p := range opaque.ports {
-			c.OpaquePorts[p] = true
-		}
+		c.OpaquePorts = opaque.set()
 		c.ServeTap = fs.Changed("tap-addr")
-		c.TCPProbePorts = make(map[uint16]bool, len(tcpProbes.ports))
-		for _, p := range tcpProbes.ports {
-			c.TCPProbePorts[p] = true
+		c.TCPProbePorts = tcpProbes.set()
+		c.Authz.RequireIdentity = requireIdentity.set()
+		for _, n := range strings.Split(clusterNetworks, ",") {
+			if n = strings.TrimSpace(n); n == "" {
+				continue
+			}
+			p, err := netip.ParsePrefix(n)
+			if err != nil {
+				return nil, fmt.Errorf("cluster-networks %q: %q is not a network such as 10.0.0.0/8", clusterNetworks, n)
+			}
+			c.Authz.ClusterNetworks = append(c.Authz.ClusterNetworks, p.Masked())
+		}
+		if err := c.Authz.Check(); err != nil {
+			return nil, err
 		}
 		if err := c.Validate(); err != nil {
 			return nil, err
@@ -690,6 +706,15 @@ func parsePort(s string) (uint16, error) {
 
 // portsFlag is a comma-separated port list flag.
 type portsFlag struct{ ports []uint16 }
+
+// set is the ports as a set.
+func (p *portsFlag) set() map[uint16]bool {
+	m := make(map[uint16]bool, len(p.ports))
+	for _, n := range p.ports {
+		m[n] = true
+	}
+	return m
+}
 
 func (p *portsFlag) String() string {
 	s := make([]string, len(p.ports))

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strconv"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
@@ -29,9 +30,10 @@ import (
 //	                 │   the header (app port, protocol) ────┤
 //	                 │   else opaque ──────────────┐         │
 //	                 └─ opaque ────────────────────┤         │
-//	                   tcp metrics → TCP forward ◄─┘         │
+//	       tcp metrics → authz → TCP forward ◄─┘         │
 //	   tcp metrics → HTTP server → trace → http metrics     ◄┘
-//	               → client id → original protocol → tap → access log
+//	               → authz (403 / PERMISSION_DENIED) → client id
+//	               → original protocol → tap → access log
 //	               → forward to the application
 //
 // creds is nil when the proxy has no identity: peers cannot reach it over
@@ -40,9 +42,11 @@ import (
 func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, obs observe.Stages, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
 	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Inbound, PoolIdleTimeout: cfg.PoolIdleTimeout,
 		DeclaredProtocol: declaredProtocols(cfg.ServicePorts)}, dialer, log)
+	authorizer := authz.New(cfg.Authz, reg, log)
 	http := httpproxy.Stack(fwd,
 		obs.Tracer.Layer(transport.Inbound),
 		httpproxy.Metrics(obs.HTTPMetrics),
+		authorizer.HTTP,
 		clientID,
 		origProto,
 		tap.Layer(obs.Tap, "inbound"),
@@ -55,7 +59,7 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
 		return dialer.DialContext(ctx, m.Direction, m.Target)
 	}
-	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
+	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg), authorizer.TCP)
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
 	return transport.Stack(
 		detect.Stage(detector, inboundOpaque(opaquePorts(cfg)), connect, log, detect.Routes{

@@ -19,10 +19,12 @@ import (
 // function once per scrape, so recording costs the owner nothing beyond its
 // own atomic store and the registry takes no lock on any request path.
 
-// funcFamily is one registered process-wide series.
+// funcFamily is one registered process-wide series (value), or a family
+// that renders its own series (write).
 type funcFamily struct {
 	name, help, typ string
 	value           func() float64
+	write           func(*bufio.Writer)
 }
 
 // funcSet holds a registry's process-wide series: an immutable, name-sorted
@@ -48,13 +50,13 @@ var builtinFamilies = map[string]bool{
 // may go up and down. It panics if name is not a valid metric name or is
 // already registered, which is a programming error.
 func (r *Registry) Gauge(name, help string, value func() float64) {
-	r.registerFunc(funcFamily{name, help, "gauge", value})
+	r.registerFunc(funcFamily{name: name, help: help, typ: "gauge", value: value})
 }
 
 // Counter registers a process-wide counter: value is called at each scrape
 // and must never decrease. It panics like Gauge.
 func (r *Registry) Counter(name, help string, value func() float64) {
-	r.registerFunc(funcFamily{name, help, "counter", value})
+	r.registerFunc(funcFamily{name: name, help: help, typ: "counter", value: value})
 }
 
 func (r *Registry) registerFunc(f funcFamily) {
@@ -98,6 +100,10 @@ func (r *Registry) writeFuncs(w *bufio.Writer) {
 	}
 	for _, f := range *fams {
 		header(w, f.name, f.typ, f.help)
+		if f.write != nil {
+			f.write(w)
+			continue
+		}
 		w.WriteString(f.name)
 		w.WriteByte(' ')
 		w.WriteString(formatValue(f.value()))
