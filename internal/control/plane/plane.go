@@ -28,6 +28,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/identity"
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
+	"github.com/trellis-mesh/trellis/internal/control/policy"
 	"github.com/trellis-mesh/trellis/internal/control/registry"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
@@ -150,6 +151,7 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	}
 	p.index = destination.NewIndex(p.store, o.ClusterDomain, destination.DefaultQueue, log.With("component", "destination"))
 	destination.NewServer(p.index).Register(p.identity.GRPC())
+	policy.NewServer(p.store, o.Identity.TrustDomain, p.registry.Caller, log.With("component", "policy")).Register(p.identity.GRPC())
 	if !o.NoRegistry {
 		p.registry.AddTo(p.identity.GRPC())
 	}

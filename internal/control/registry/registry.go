@@ -413,15 +413,16 @@ func (g *Registry) lease(key string) *destinationv1.Lease {
 
 // callerKey is the caller's identity and the key of its workload name.
 func (g *Registry) callerKey(ctx context.Context, name string) (meshid.ID, string, error) {
-	id, err := g.caller(ctx)
+	id, err := g.Caller(ctx)
 	if err != nil {
 		return meshid.ID{}, "", err
 	}
 	return id, id.Namespace + "/" + name, nil
 }
 
-// caller is the identity the client proved with its certificate.
-func (g *Registry) caller(ctx context.Context) (meshid.ID, error) {
+// Caller is the identity the client of a gRPC call proved with its
+// certificate, in the registry's trust domain.
+func (g *Registry) Caller(ctx context.Context) (meshid.ID, error) {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return meshid.ID{}, status.Error(codes.Unauthenticated, "no peer")

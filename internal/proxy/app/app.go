@@ -18,9 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/accesslog"
 	"github.com/trellis-mesh/trellis/internal/proxy/admin"
+	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
@@ -56,11 +58,13 @@ type Proxy struct {
 	identity  *identity.Manager // nil without an identity
 	control   *control          // nil without a destination service
 	decisions *explain.Log
-	tapHub    *tap.Hub // nil unless the proxy registers a workload
-	tapSrv    *tap.Server
-	tapLn     net.Listener
-	tracer    *trace.Tracer     // nil without a trace collector
-	accessLog *accesslog.Logger // nil without an access log
+	// authorizer decides who may reach the application (inbound).
+	authorizer *authz.Authorizer
+	tapHub     *tap.Hub // nil unless the proxy registers a workload
+	tapSrv     *tap.Server
+	tapLn      net.Listener
+	tracer     *trace.Tracer     // nil without a trace collector
+	accessLog  *accesslog.Logger // nil without an access log
 }
 
 type boundListener struct {
@@ -112,7 +116,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	if !cfg.DisableHTTPMetrics {
 		obs.HTTPMetrics = p.reg
 	}
-	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, obs, log)
+	p.authorizer = authz.New(cfg.Authz, p.reg, log)
+	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, obs, p.authorizer, log)
 	p.decisions = &explain.Log{}
 	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, obs, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
@@ -302,6 +307,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.control != nil && p.cfg.Workload != "" {
 		r := p.control.registrar(p.cfg, p.identity, p.InboundAddr, p.AdminAddr, p.TapAddr, p.log)
 		go func() { r.Run(regCtx); close(registered) }()
+		go p.authorizer.Watch(hard, policyv1.NewInboundPoliciesClient(p.control.conn), p.cfg.Workload)
 	} else {
 		close(registered)
 	}

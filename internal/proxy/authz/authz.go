@@ -1,9 +1,11 @@
 // Package authz decides, on the inbound proxy, whether a client may reach
 // the application, and enforces it: a denied HTTP request gets 403 (gRPC:
-// PERMISSION_DENIED), a denied connection is closed. The decision follows
-// the proxy's default inbound policy — Linkerd's: all-unauthenticated,
+// PERMISSION_DENIED), a denied connection is closed. A port a Server
+// selects follows that Server's authorization policies (as the control
+// plane streams them, policy.go: Watch); any other port follows the
+// proxy's default inbound policy — Linkerd's: all-unauthenticated,
 // all-authenticated, cluster-authenticated, cluster-unauthenticated, deny,
-// audit — and the ports that require a mesh identity; every decision is
+// audit — and the ports that require a mesh identity. Every decision is
 // counted as Linkerd counts it (inbound_{http,tcp}_authz_{allow,deny}_total).
 package authz
 
@@ -65,6 +67,7 @@ func (c Config) Check() error {
 type Authorizer struct {
 	cfg    Config
 	log    *slog.Logger
+	policy atomic.Pointer[policy]  // the Servers of the workload, from the control plane
 	series [2][2]*metrics.Counters // [tcp, http][deny, allow]
 	cache  sync.Map                // seriesKey -> *atomic.Uint64
 }
@@ -78,8 +81,12 @@ const (
 type seriesKey struct {
 	proto, outcome int
 	port           uint16
-	policy         string
+	srv, authz     ref
 }
+
+// ref is what a metric label set names: a Server or a default policy, an
+// authorization.
+type ref struct{ group, kind, name string }
 
 // New returns the authorizer of cfg, its counters registered in reg.
 func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
@@ -91,23 +98,37 @@ func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
 	return a
 }
 
-// decision is the outcome for one client, with the policy that decided.
+// decision is the outcome for one client: the Server (or default policy)
+// and the authorization that decided.
 type decision struct {
-	allow  bool
-	policy string
-	reason string // why a client is denied
+	allow      bool
+	srv, authz ref
+	reason     string // why a client is denied
 }
+
+// Labels of the policy kinds.
+const (
+	policyGroup = "policy.trellis.dev"
+	kindDefault = "default"
+)
 
 // decide applies the policy of the connection m describes, to the
 // application's port.
 func (a *Authorizer) decide(m *transport.Meta, port uint16) decision {
 	authenticated := m.ClientID != ""
-	policy := a.cfg.Default
-	if a.cfg.RequireIdentity[port] && !authenticated && policy != Deny {
-		return decision{policy: policy, reason: fmt.Sprintf("port %d requires a mesh identity", port)}
+	addr := m.Client.Addr().Unmap()
+	if p := a.policy.Load(); p != nil {
+		if s, ok := p.servers[port]; ok {
+			return s.decide(m.ClientID, addr)
+		}
 	}
-	inCluster := slices.ContainsFunc(a.cfg.ClusterNetworks, func(p netip.Prefix) bool { return p.Contains(m.Client.Addr().Unmap()) })
-	d := decision{policy: policy}
+	policy := a.cfg.Default
+	d := decision{srv: ref{"", kindDefault, policy}, authz: ref{"", kindDefault, policy}}
+	if a.cfg.RequireIdentity[port] && !authenticated && policy != Deny {
+		d.reason = fmt.Sprintf("port %d requires a mesh identity", port)
+		return d
+	}
+	inCluster := slices.ContainsFunc(a.cfg.ClusterNetworks, func(p netip.Prefix) bool { return p.Contains(addr) })
 	switch policy {
 	case AllUnauthenticated, Audit:
 		d.allow = true
@@ -129,16 +150,48 @@ func (a *Authorizer) count(proto int, port uint16, d decision) {
 	if d.allow {
 		outcome = pass
 	}
-	k := seriesKey{proto, outcome, port, d.policy}
+	k := seriesKey{proto, outcome, port, d.srv, d.authz}
+	if !d.allow {
+		k.authz = ref{}
+	}
 	c, ok := a.cache.Load(k)
 	if !ok {
-		labels := []string{"srv_group", "", "srv_kind", "default", "srv_name", d.policy, "srv_port", strconv.Itoa(int(port))}
+		labels := []string{"srv_group", d.srv.group, "srv_kind", d.srv.kind, "srv_name", d.srv.name, "srv_port", strconv.Itoa(int(port))}
 		if d.allow {
-			labels = append(labels, "authz_group", "", "authz_kind", "default", "authz_name", d.policy)
+			labels = append(labels, "authz_group", d.authz.group, "authz_kind", d.authz.kind, "authz_name", d.authz.name)
 		}
 		c, _ = a.cache.LoadOrStore(k, a.series[proto][outcome].With(labels...))
 	}
 	c.(*atomic.Uint64).Add(1)
+}
+
+// decide applies a Server's authorizations: the first that passes allows;
+// none denies, or in audit mode lets the client through, counted and
+// logged as audit.
+func (s *server) decide(id string, addr netip.Addr) decision {
+	d := decision{srv: ref{policyGroup, "server", s.name}}
+	for _, az := range s.authz {
+		if !slices.ContainsFunc(az.auths, func(a authentication) bool { return !a.passes(id, addr) }) {
+			d.allow, d.authz = true, ref{policyGroup, "authorizationpolicy", az.name}
+			return d
+		}
+	}
+	d.reason = "no authorization policy of Server " + s.name + " allows the client"
+	if s.audit {
+		d.allow, d.authz = true, ref{policyGroup, "audit", s.name}
+	}
+	return d
+}
+
+// logDecision logs a denial at debug (they are counted) and a call an
+// audit let through at info, with the rule that would have denied it.
+func (a *Authorizer) logDecision(m *transport.Meta, d decision, what string) {
+	switch {
+	case !d.allow:
+		a.log.Debug(what+" denied", "client", m.Client.String(), "client_id", m.ClientID, "target", m.Target, "server", d.srv.name, "reason", d.reason)
+	case d.authz.kind == "audit":
+		a.log.Info(what+" let through by audit: it would be denied", "client", m.Client.String(), "client_id", m.ClientID, "target", m.Target, "server", d.srv.name, "reason", d.reason)
+	}
 }
 
 // HTTP is the stage that answers a denied request itself.
@@ -148,8 +201,8 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 		port := m.TargetPort()
 		d := a.decide(m, port)
 		a.count(http1, port, d)
+		a.logDecision(m, d, "request")
 		if !d.allow {
-			a.log.Debug("request denied", "client", m.Client.String(), "client_id", m.ClientID, "target", m.Target, "policy", d.policy, "reason", d.reason)
 			httpproxy.WriteError(w, r, http.StatusForbidden, "unauthorized request on port "+strconv.Itoa(int(port))+": "+d.reason)
 			return
 		}
@@ -164,8 +217,8 @@ func (a *Authorizer) TCP(next transport.Handler) transport.Handler {
 		port := m.TargetPort()
 		d := a.decide(m, port)
 		a.count(tcp, port, d)
+		a.logDecision(m, d, "connection")
 		if !d.allow {
-			a.log.Debug("connection denied", "client", m.Client.String(), "client_id", m.ClientID, "target", m.Target, "policy", d.policy, "reason", d.reason)
 			c.Close()
 			return
 		}

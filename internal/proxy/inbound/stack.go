@@ -38,11 +38,11 @@ import (
 //
 // creds is nil when the proxy has no identity: peers cannot reach it over
 // mTLS, and plaintext is all there is. Observability stages obs leaves
-// nil are not in the stack; reg holds the transport metrics.
-func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, obs observe.Stages, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
+// nil are not in the stack; reg holds the transport metrics; authorizer
+// decides who may reach the application.
+func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, obs observe.Stages, authorizer *authz.Authorizer, log *slog.Logger) (transport.Handler, *httpproxy.Forwarder) {
 	fwd := httpproxy.NewForwarder(httpproxy.ForwardConfig{Direction: transport.Inbound, PoolIdleTimeout: cfg.PoolIdleTimeout,
 		DeclaredProtocol: declaredProtocols(cfg.ServicePorts)}, dialer, log)
-	authorizer := authz.New(cfg.Authz, reg, log)
 	http := httpproxy.Stack(fwd,
 		obs.Tracer.Layer(transport.Inbound),
 		httpproxy.Metrics(obs.HTTPMetrics),

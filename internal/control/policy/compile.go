@@ -1,0 +1,122 @@
+// Package policy serves proxies their workload's inbound policy: which
+// Servers select the workload's ports and which authorizations allow calls
+// to each, compiled from the policy resources (internal/control/resources)
+// into the InboundPolicies API (api/policy/v1) and streamed again after
+// every change.
+package policy
+
+import (
+	"slices"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+)
+
+// namespaceObjects are the policy resources of one namespace, by kind.
+type namespaceObjects map[string][]store.Resource
+
+// policyKinds are the kinds an inbound policy is compiled from.
+var policyKinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication}
+
+// compile is the inbound policy of workload w (labels and spec) in
+// namespace ns, whose identities are in trustDomain.
+func compile(ns string, w store.Resource, trustDomain string, objs namespaceObjects) *policyv1.InboundPolicy {
+	out := &policyv1.InboundPolicy{}
+	for _, srv := range objs[resources.KindServer] {
+		var s resources.ServerSpec
+		if resources.Decode(srv.Spec, &s) != nil || s.Port.Type != intstr.Int || !selects(s.PodSelector, w.Metadata.Labels) {
+			continue // a named port is not resolved yet
+		}
+		ps := &policyv1.Server{Name: srv.Metadata.Name, Port: uint32(s.Port.IntValue()), ProxyProtocol: s.ProxyProtocol, Audit: s.AccessPolicy == "audit"}
+		for _, ap := range objs[resources.KindAuthorizationPolicy] {
+			var a resources.AuthorizationPolicySpec
+			if resources.Decode(ap.Spec, &a) != nil || !targets(a.TargetRef, srv.Metadata.Name, ns) {
+				continue
+			}
+			authz := &policyv1.Authorization{Name: ap.Metadata.Name}
+			for _, ref := range a.RequiredAuthenticationRefs {
+				authz.Authentications = append(authz.Authentications, authentication(ref, ns, trustDomain, objs))
+			}
+			ps.Authorizations = append(ps.Authorizations, authz)
+		}
+		slices.SortFunc(ps.Authorizations, func(a, b *policyv1.Authorization) int { return strings.Compare(a.Name, b.Name) })
+		out.Servers = append(out.Servers, ps)
+	}
+	slices.SortFunc(out.Servers, func(a, b *policyv1.Server) int { return int(a.Port) - int(b.Port) })
+	return out
+}
+
+// selects reports whether sel selects a workload with these labels.
+func selects(sel *metav1.LabelSelector, l map[string]string) bool {
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	return err == nil && s.Matches(labels.Set(l))
+}
+
+// targets reports whether an AuthorizationPolicy's target is the Server
+// named server, or its namespace.
+func targets(ref resources.PolicyRef, server, ns string) bool {
+	switch ref.Kind {
+	case resources.KindServer:
+		return ref.Name == server
+	case "Namespace":
+		return ref.Name == ns
+	}
+	return false // routes: not compiled yet
+}
+
+// authentication resolves a required authentication. One that does not
+// exist passes nobody.
+func authentication(ref resources.PolicyRef, ns, trustDomain string, objs namespaceObjects) *policyv1.Authentication {
+	a := &policyv1.Authentication{Kind: ref.Kind, Name: ref.Name}
+	switch ref.Kind {
+	case "ServiceAccount":
+		a.Identities = []string{identityOf(ref, ns, trustDomain)}
+	case resources.KindMeshTLSAuthentication:
+		if r, ok := find(objs[ref.Kind], ref.Name); ok {
+			var m resources.MeshTLSAuthenticationSpec
+			if resources.Decode(r.Spec, &m) == nil {
+				a.Identities = append(a.Identities, m.Identities...)
+				for _, id := range m.IdentityRefs {
+					a.Identities = append(a.Identities, identityOf(id, ns, trustDomain))
+				}
+			}
+		}
+	case resources.KindNetworkAuthentication:
+		if r, ok := find(objs[ref.Kind], ref.Name); ok {
+			var n resources.NetworkAuthenticationSpec
+			if resources.Decode(r.Spec, &n) == nil {
+				for _, net := range n.Networks {
+					a.Networks = append(a.Networks, &policyv1.Network{Cidr: net.CIDR, Except: net.Except})
+				}
+			}
+		}
+	}
+	return a
+}
+
+// identityOf is the identity pattern of a ServiceAccount or Namespace
+// reference.
+func identityOf(ref resources.PolicyRef, ns, trustDomain string) string {
+	if ref.Namespace != "" {
+		ns = ref.Namespace
+	}
+	if ref.Kind == "Namespace" {
+		return "spiffe://" + trustDomain + "/ns/" + ref.Name + "/*"
+	}
+	return "spiffe://" + trustDomain + "/ns/" + ns + "/sa/" + ref.Name
+}
+
+func find(rs []store.Resource, name string) (store.Resource, bool) {
+	for _, r := range rs {
+		if r.Metadata.Name == name {
+			return r, true
+		}
+	}
+	return store.Resource{}, false
+}

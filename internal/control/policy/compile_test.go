@@ -1,0 +1,66 @@
+package policy
+
+import (
+	"encoding/json"
+	"testing"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"sigs.k8s.io/yaml"
+
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
+)
+
+func object(t *testing.T, kind, name, spec string) store.Resource {
+	t.Helper()
+	js, err := yaml.YAMLToJSON([]byte(spec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store.Resource{Kind: kind, Metadata: store.Metadata{Namespace: "shop", Name: name}, Spec: json.RawMessage(js)}
+}
+
+// A workload gets the Servers that select it, each with the
+// authorizations that target it or its namespace, their authentications
+// resolved; a missing authentication passes nobody.
+func TestCompile(t *testing.T) {
+	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}}}
+	objs := namespaceObjects{
+		resources.KindServer: {
+			object(t, resources.KindServer, "api-http", "podSelector: {matchLabels: {app: api}}\nport: 8080\naccessPolicy: audit"),
+			object(t, resources.KindServer, "web-http", "podSelector: {matchLabels: {app: web}}\nport: 8080"),
+			object(t, resources.KindServer, "api-named", "podSelector: {}\nport: metrics"),
+			object(t, resources.KindServer, "all-admin", "podSelector: {}\nport: 9090\nproxyProtocol: HTTP/1"),
+		},
+		resources.KindAuthorizationPolicy: {
+			object(t, resources.KindAuthorizationPolicy, "from-web", "targetRef: {group: policy.trellis.dev, kind: Server, name: api-http}\nrequiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: web}, {group: policy.trellis.dev, kind: NetworkAuthentication, name: office}]"),
+			object(t, resources.KindAuthorizationPolicy, "whole-namespace", "targetRef: {kind: Namespace, name: shop}\nrequiredAuthenticationRefs: [{kind: ServiceAccount, name: ops, namespace: infra}]"),
+			object(t, resources.KindAuthorizationPolicy, "dangling", "targetRef: {group: policy.trellis.dev, kind: Server, name: all-admin}\nrequiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: nobody}]"),
+		},
+		resources.KindMeshTLSAuthentication: {
+			object(t, resources.KindMeshTLSAuthentication, "web", "identities: [spiffe://cluster.local/ns/shop/sa/web]\nidentityRefs: [{kind: Namespace, name: front}]"),
+		},
+		resources.KindNetworkAuthentication: {
+			object(t, resources.KindNetworkAuthentication, "office", "networks: [{cidr: 192.168.0.0/16, except: [192.168.9.0/24]}]"),
+		},
+	}
+	got, err := protojson.Marshal(compile("shop", w, "cluster.local", objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"servers":[` +
+		`{"name":"api-http","port":8080,"audit":true,"authorizations":[` +
+		`{"name":"from-web","authentications":[{"kind":"MeshTLSAuthentication","name":"web","identities":["spiffe://cluster.local/ns/shop/sa/web","spiffe://cluster.local/ns/front/*"]},{"kind":"NetworkAuthentication","name":"office","networks":[{"cidr":"192.168.0.0/16","except":["192.168.9.0/24"]}]}]},` +
+		`{"name":"whole-namespace","authentications":[{"kind":"ServiceAccount","name":"ops","identities":["spiffe://cluster.local/ns/infra/sa/ops"]}]}]},` +
+		`{"name":"all-admin","port":9090,"proxyProtocol":"HTTP/1","authorizations":[` +
+		`{"name":"dangling","authentications":[{"kind":"MeshTLSAuthentication","name":"nobody"}]},` +
+		`{"name":"whole-namespace","authentications":[{"kind":"ServiceAccount","name":"ops","identities":["spiffe://cluster.local/ns/infra/sa/ops"]}]}]}]}`
+	var g, w2 any
+	json.Unmarshal(got, &g)
+	json.Unmarshal([]byte(want), &w2)
+	gb, _ := json.Marshal(g)
+	wb, _ := json.Marshal(w2)
+	if string(gb) != string(wb) {
+		t.Errorf("compiled:\n%s\nwant:\n%s", gb, wb)
+	}
+}

@@ -1,0 +1,178 @@
+package authz
+
+import (
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"strings"
+	"time"
+
+	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
+	meshid "github.com/trellis-mesh/trellis/internal/identity"
+)
+
+// policy is an inbound policy compiled for decisions: the Servers by
+// application port.
+type policy struct {
+	servers map[uint16]*server
+}
+
+type server struct {
+	name  string
+	audit bool
+	authz []authorization
+}
+
+type authorization struct {
+	name  string
+	auths []authentication // all must pass
+}
+
+// authentication passes a client with one of its identities, or from one
+// of its networks.
+type authentication struct {
+	anyIdentity bool
+	ids         map[string]bool // SPIFFE IDs and Linkerd-style names
+	prefixes    []string        // SPIFFE patterns without their "*"
+	suffixes    []string        // Linkerd-style patterns without their "*"
+	networks    []network
+}
+
+type network struct {
+	in     netip.Prefix
+	except []netip.Prefix
+}
+
+// compilePolicy turns what the control plane sent into a policy.
+func compilePolicy(p *policyv1.InboundPolicy) *policy {
+	out := &policy{servers: map[uint16]*server{}}
+	for _, s := range p.GetServers() {
+		srv := &server{name: s.GetName(), audit: s.GetAudit()}
+		for _, a := range s.GetAuthorizations() {
+			az := authorization{name: a.GetName()}
+			for _, au := range a.GetAuthentications() {
+				az.auths = append(az.auths, compileAuthentication(au))
+			}
+			srv.authz = append(srv.authz, az)
+		}
+		out.servers[uint16(s.GetPort())] = srv
+	}
+	return out
+}
+
+func compileAuthentication(au *policyv1.Authentication) authentication {
+	a := authentication{ids: map[string]bool{}}
+	for _, id := range au.GetIdentities() {
+		switch {
+		case id == "*":
+			a.anyIdentity = true
+		case strings.HasPrefix(id, "spiffe://") && strings.HasSuffix(id, "/*"):
+			a.prefixes = append(a.prefixes, strings.TrimSuffix(id, "*"))
+		case strings.HasPrefix(id, "*."):
+			a.suffixes = append(a.suffixes, strings.TrimPrefix(id, "*"))
+		default:
+			a.ids[id] = true
+		}
+	}
+	for _, n := range au.GetNetworks() {
+		p, err := netip.ParsePrefix(n.GetCidr())
+		if err != nil {
+			continue // validated by the control plane
+		}
+		nw := network{in: p.Masked()}
+		for _, e := range n.GetExcept() {
+			if q, err := netip.ParsePrefix(e); err == nil {
+				nw.except = append(nw.except, q.Masked())
+			}
+		}
+		a.networks = append(a.networks, nw)
+	}
+	return a
+}
+
+// passes reports whether a client with identity id (SPIFFE, "" for none)
+// at addr passes.
+func (a authentication) passes(id string, addr netip.Addr) bool {
+	if id != "" && (a.anyIdentity || a.ids[id] || a.matchPatterns(id)) {
+		return true
+	}
+	for _, n := range a.networks {
+		if n.in.Contains(addr) && !containsAny(n.except, addr) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a authentication) matchPatterns(id string) bool {
+	for _, p := range a.prefixes {
+		if strings.HasPrefix(id, p) {
+			return true
+		}
+	}
+	if len(a.suffixes) == 0 && len(a.ids) == 0 {
+		return false
+	}
+	name := linkerdName(id)
+	if a.ids[name] {
+		return true
+	}
+	for _, s := range a.suffixes {
+		if strings.HasSuffix(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// linkerdName is a SPIFFE ID as Linkerd names identities:
+// SA.NS.serviceaccount.identity.linkerd.TRUST-DOMAIN.
+func linkerdName(id string) string {
+	p, err := meshid.Parse(id)
+	if err != nil {
+		return ""
+	}
+	return p.ServiceAccount + "." + p.Namespace + ".serviceaccount.identity.linkerd." + p.TrustDomain
+}
+
+func containsAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Watch keeps the authorizer's policy that of workload, as the control
+// plane streams it through client, until ctx ends. While the control
+// plane is away the last policy stays in force.
+func (a *Authorizer) Watch(ctx context.Context, client policyv1.InboundPoliciesClient, workload string) {
+	failures := 0
+	for ctx.Err() == nil {
+		stream, err := client.Watch(ctx, &policyv1.WatchInbound{Workload: workload})
+		for err == nil {
+			var p *policyv1.InboundPolicy
+			if p, err = stream.Recv(); err == nil {
+				a.policy.Store(compilePolicy(p))
+				a.log.Info("inbound policy updated", "servers", len(p.GetServers()))
+				failures = 0
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		failures++
+		lvl := slog.LevelDebug
+		if failures == 1 {
+			lvl = slog.LevelWarn
+		}
+		a.log.Log(ctx, lvl, "watching the inbound policy failed; keeping the last one and retrying", "error", err)
+		d := min(100*time.Millisecond<<min(failures, 6), 5*time.Second)
+		select {
+		case <-ctx.Done():
+		case <-time.After(d/2 + rand.N(d/2+1)):
+		}
+	}
+}
