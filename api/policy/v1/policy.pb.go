@@ -131,8 +131,10 @@ type Server struct {
 	// authorizations allow a call when every authentication of one of them
 	// passes.
 	Authorizations []*Authorization `protobuf:"bytes,5,rep,name=authorizations,proto3" json:"authorizations,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// rate_limit, if set, limits the HTTP requests the Server accepts.
+	RateLimit     *RateLimit `protobuf:"bytes,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Server) Reset() {
@@ -200,6 +202,137 @@ func (x *Server) GetAuthorizations() []*Authorization {
 	return nil
 }
 
+func (x *Server) GetRateLimit() *RateLimit {
+	if x != nil {
+		return x.RateLimit
+	}
+	return nil
+}
+
+// RateLimit is an HTTPLocalRateLimitPolicy: requests per second in total,
+// per client identity (unauthenticated clients together count as one),
+// and for some identities a rate of their own. 0 is no limit.
+type RateLimit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Total         uint32                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	Identity      uint32                 `protobuf:"varint,3,opt,name=identity,proto3" json:"identity,omitempty"`
+	Overrides     []*RateOverride        `protobuf:"bytes,4,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimit) Reset() {
+	*x = RateLimit{}
+	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimit) ProtoMessage() {}
+
+func (x *RateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
+func (*RateLimit) Descriptor() ([]byte, []int) {
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RateLimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RateLimit) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *RateLimit) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *RateLimit) GetOverrides() []*RateOverride {
+	if x != nil {
+		return x.Overrides
+	}
+	return nil
+}
+
+type RateOverride struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	RequestsPerSecond uint32                 `protobuf:"varint,1,opt,name=requests_per_second,json=requestsPerSecond,proto3" json:"requests_per_second,omitempty"`
+	// identities are SPIFFE IDs.
+	Identities    []string `protobuf:"bytes,2,rep,name=identities,proto3" json:"identities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateOverride) Reset() {
+	*x = RateOverride{}
+	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateOverride) ProtoMessage() {}
+
+func (x *RateOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateOverride.ProtoReflect.Descriptor instead.
+func (*RateOverride) Descriptor() ([]byte, []int) {
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RateOverride) GetRequestsPerSecond() uint32 {
+	if x != nil {
+		return x.RequestsPerSecond
+	}
+	return 0
+}
+
+func (x *RateOverride) GetIdentities() []string {
+	if x != nil {
+		return x.Identities
+	}
+	return nil
+}
+
 type Authorization struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// name is the AuthorizationPolicy's.
@@ -211,7 +344,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +356,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +369,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Authorization) GetName() string {
@@ -271,7 +404,7 @@ type Authentication struct {
 
 func (x *Authentication) Reset() {
 	*x = Authentication{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -283,7 +416,7 @@ func (x *Authentication) String() string {
 func (*Authentication) ProtoMessage() {}
 
 func (x *Authentication) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -296,7 +429,7 @@ func (x *Authentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
 func (*Authentication) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Authentication) GetKind() string {
@@ -337,7 +470,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -349,7 +482,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -362,7 +495,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{5}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Network) GetCidr() string {
@@ -387,13 +520,25 @@ const file_api_policy_v1_policy_proto_rawDesc = "" +
 	"\fWatchInbound\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\"D\n" +
 	"\rInboundPolicy\x123\n" +
-	"\aservers\x18\x01 \x03(\v2\x19.trellis.policy.v1.ServerR\aservers\"\xb7\x01\n" +
+	"\aservers\x18\x01 \x03(\v2\x19.trellis.policy.v1.ServerR\aservers\"\xf4\x01\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12%\n" +
 	"\x0eproxy_protocol\x18\x03 \x01(\tR\rproxyProtocol\x12\x14\n" +
 	"\x05audit\x18\x04 \x01(\bR\x05audit\x12H\n" +
-	"\x0eauthorizations\x18\x05 \x03(\v2 .trellis.policy.v1.AuthorizationR\x0eauthorizations\"p\n" +
+	"\x0eauthorizations\x18\x05 \x03(\v2 .trellis.policy.v1.AuthorizationR\x0eauthorizations\x12;\n" +
+	"\n" +
+	"rate_limit\x18\x06 \x01(\v2\x1c.trellis.policy.v1.RateLimitR\trateLimit\"\x90\x01\n" +
+	"\tRateLimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\rR\x05total\x12\x1a\n" +
+	"\bidentity\x18\x03 \x01(\rR\bidentity\x12=\n" +
+	"\toverrides\x18\x04 \x03(\v2\x1f.trellis.policy.v1.RateOverrideR\toverrides\"^\n" +
+	"\fRateOverride\x12.\n" +
+	"\x13requests_per_second\x18\x01 \x01(\rR\x11requestsPerSecond\x12\x1e\n" +
+	"\n" +
+	"identities\x18\x02 \x03(\tR\n" +
+	"identities\"p\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12K\n" +
 	"\x0fauthentications\x18\x02 \x03(\v2!.trellis.policy.v1.AuthenticationR\x0fauthentications\"\x90\x01\n" +
@@ -422,27 +567,31 @@ func file_api_policy_v1_policy_proto_rawDescGZIP() []byte {
 	return file_api_policy_v1_policy_proto_rawDescData
 }
 
-var file_api_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_api_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_api_policy_v1_policy_proto_goTypes = []any{
 	(*WatchInbound)(nil),   // 0: trellis.policy.v1.WatchInbound
 	(*InboundPolicy)(nil),  // 1: trellis.policy.v1.InboundPolicy
 	(*Server)(nil),         // 2: trellis.policy.v1.Server
-	(*Authorization)(nil),  // 3: trellis.policy.v1.Authorization
-	(*Authentication)(nil), // 4: trellis.policy.v1.Authentication
-	(*Network)(nil),        // 5: trellis.policy.v1.Network
+	(*RateLimit)(nil),      // 3: trellis.policy.v1.RateLimit
+	(*RateOverride)(nil),   // 4: trellis.policy.v1.RateOverride
+	(*Authorization)(nil),  // 5: trellis.policy.v1.Authorization
+	(*Authentication)(nil), // 6: trellis.policy.v1.Authentication
+	(*Network)(nil),        // 7: trellis.policy.v1.Network
 }
 var file_api_policy_v1_policy_proto_depIdxs = []int32{
 	2, // 0: trellis.policy.v1.InboundPolicy.servers:type_name -> trellis.policy.v1.Server
-	3, // 1: trellis.policy.v1.Server.authorizations:type_name -> trellis.policy.v1.Authorization
-	4, // 2: trellis.policy.v1.Authorization.authentications:type_name -> trellis.policy.v1.Authentication
-	5, // 3: trellis.policy.v1.Authentication.networks:type_name -> trellis.policy.v1.Network
-	0, // 4: trellis.policy.v1.InboundPolicies.Watch:input_type -> trellis.policy.v1.WatchInbound
-	1, // 5: trellis.policy.v1.InboundPolicies.Watch:output_type -> trellis.policy.v1.InboundPolicy
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	5, // 1: trellis.policy.v1.Server.authorizations:type_name -> trellis.policy.v1.Authorization
+	3, // 2: trellis.policy.v1.Server.rate_limit:type_name -> trellis.policy.v1.RateLimit
+	4, // 3: trellis.policy.v1.RateLimit.overrides:type_name -> trellis.policy.v1.RateOverride
+	6, // 4: trellis.policy.v1.Authorization.authentications:type_name -> trellis.policy.v1.Authentication
+	7, // 5: trellis.policy.v1.Authentication.networks:type_name -> trellis.policy.v1.Network
+	0, // 6: trellis.policy.v1.InboundPolicies.Watch:input_type -> trellis.policy.v1.WatchInbound
+	1, // 7: trellis.policy.v1.InboundPolicies.Watch:output_type -> trellis.policy.v1.InboundPolicy
+	7, // [7:8] is the sub-list for method output_type
+	6, // [6:7] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_api_policy_v1_policy_proto_init() }
@@ -456,7 +605,7 @@ func file_api_policy_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_policy_v1_policy_proto_rawDesc), len(file_api_policy_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -3,6 +3,7 @@ package plane
 import (
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -91,4 +92,119 @@ func TestAuthorizationPolicy(t *testing.T) {
 		"apiVersion: policy.trellis.dev/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: web-only, namespace: default}\nspec: {identities: [spiffe://cluster.local/ns/default/sa/web]}\n",
 		"spiffe://cluster.local/ns/default/sa/web", "'spiffe://cluster.local/ns/default/*'", 1))
 	within(time.Second, 200, 200)
+}
+
+// A Server's rate limit of 20 requests a second per identity, under 100 a
+// second from web for 5 s: web's 429s are the excess (less the one-second
+// burst) within 10 %, with Retry-After; other, at 10 a second, is never
+// limited; a gRPC call over the limit gets RESOURCE_EXHAUSTED.
+func TestRateLimitPerIdentity(t *testing.T) {
+	p, api := startPlane(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "emoji") })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	_, appPort, _ := net.SplitHostPort(ln.Addr().String())
+	emoji, _ := proxy(t, p, api, "emoji", "--app-addr="+ln.Addr().String(), "--workload=emoji-0", "--service=emoji",
+		"--service-port=8080="+appPort, "--workload-label=app=emoji")
+	waitWorkloads(t, api, 1)
+	apply(t, api,
+		fmt.Sprintf("apiVersion: policy.trellis.dev/v1alpha1\nkind: Server\nmetadata: {name: emoji-http, namespace: default}\n"+
+			"spec: {podSelector: {matchLabels: {app: emoji}}, port: %s}\n", appPort),
+		"apiVersion: policy.trellis.dev/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: meshed, namespace: default}\nspec: {identities: ['*']}\n",
+		"apiVersion: policy.trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: emoji-meshed, namespace: default}\n"+
+			"spec: {targetRef: {group: policy.trellis.dev, kind: Server, name: emoji-http}, "+
+			"requiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: meshed}]}\n",
+		"apiVersion: policy.trellis.dev/v1alpha1\nkind: HTTPLocalRateLimitPolicy\nmetadata: {name: emoji-limit, namespace: default}\n"+
+			"spec: {targetRef: {group: policy.trellis.dev, kind: Server, name: emoji-http}, identity: {requestsPerSecond: 20}}\n")
+	callers := map[string]string{}
+	for _, sa := range []string{"web", "other"} {
+		local := testkit.FreeAddr(t)
+		_, lport, _ := net.SplitHostPort(local)
+		proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
+		callers[sa] = "http://" + local + "/"
+	}
+	// Wait until the limit is in force (a burst of web's gets a 429).
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		limited := false
+		for range 30 {
+			if resp, err := http.Get(callers["web"]); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				limited = limited || resp.StatusCode == 429
+			}
+		}
+		if limited {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rate limit never came into force")
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // web's burst allowance refills
+
+	const duration = 5 * time.Second
+	load := func(sa string, rps int) (codes map[int]int, retryAfter string) {
+		codes = map[int]int{}
+		tick := time.NewTicker(time.Second / time.Duration(rps))
+		defer tick.Stop()
+		for end := time.Now().Add(duration); time.Now().Before(end); <-tick.C {
+			resp, err := http.Get(callers[sa])
+			if err != nil {
+				codes[0]++
+				continue
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes[resp.StatusCode]++
+			if resp.StatusCode == 429 {
+				retryAfter = resp.Header.Get("Retry-After")
+			}
+		}
+		return codes, retryAfter
+	}
+	var other map[int]int
+	done := make(chan struct{})
+	go func() { other, _ = load("other", 10); close(done) }()
+	web, retryAfter := load("web", 100)
+	<-done
+	sent := web[200] + web[429]
+	excess := float64(sent) - 20*duration.Seconds() - 20 // the limit, and its one-second burst
+	t.Logf("web: %v (%d sent, excess %.0f), Retry-After %q; other: %v", web, sent, excess, retryAfter, other)
+	if web[0] > 0 || math.Abs(float64(web[429])-excess) > 0.1*excess {
+		t.Errorf("web: %d answered 429, want the excess %.0f ± 10 %%", web[429], excess)
+	}
+	if retryAfter != "1" {
+		t.Errorf("Retry-After %q, want 1", retryAfter)
+	}
+	if other[429] > 0 || other[0] > 0 {
+		t.Errorf("other was limited: %v", other)
+	}
+	m := metricstest.Scrape(t, "http://"+emoji.AdminAddr.String()+"/metrics")
+	if n := m.Sum("inbound_http_local_ratelimit_total", map[string]string{"srv_name": "emoji-http", "ratelimit_name": "emoji-limit", "ratelimit_scope": "identity"}); n < float64(web[429]) {
+		t.Errorf("inbound_http_local_ratelimit_total = %v, want at least %d", n, web[429])
+	}
+
+	// A gRPC call over the limit: RESOURCE_EXHAUSTED.
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	c := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
+	for i := range 60 {
+		req, _ := http.NewRequest("POST", callers["web"]+"pkg.Svc/Call", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req.Header.Set("Content-Type", "application/grpc")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if s := resp.Header.Get("Grpc-Status") + resp.Trailer.Get("Grpc-Status"); s == "8" {
+			return
+		} else if i == 59 {
+			t.Fatalf("60 gRPC calls at once: the last got grpc-status %q, want 8 (RESOURCE_EXHAUSTED)", s)
+		}
+	}
 }

@@ -22,7 +22,8 @@ import (
 type namespaceObjects map[string][]store.Resource
 
 // policyKinds are the kinds an inbound policy is compiled from.
-var policyKinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication}
+var policyKinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication,
+	resources.KindHTTPLocalRateLimitPolicy}
 
 // compile is the inbound policy of workload w (labels and spec) in
 // namespace ns, whose identities are in trustDomain.
@@ -46,10 +47,38 @@ func compile(ns string, w store.Resource, trustDomain string, objs namespaceObje
 			ps.Authorizations = append(ps.Authorizations, authz)
 		}
 		slices.SortFunc(ps.Authorizations, func(a, b *policyv1.Authorization) int { return strings.Compare(a.Name, b.Name) })
+		ps.RateLimit = rateLimit(srv.Metadata.Name, ns, trustDomain, objs)
 		out.Servers = append(out.Servers, ps)
 	}
 	slices.SortFunc(out.Servers, func(a, b *policyv1.Server) int { return int(a.Port) - int(b.Port) })
 	return out
+}
+
+// rateLimit is the rate limit policy of Server server (the store allows
+// one), or nil.
+func rateLimit(server, ns, trustDomain string, objs namespaceObjects) *policyv1.RateLimit {
+	for _, r := range objs[resources.KindHTTPLocalRateLimitPolicy] {
+		var s resources.HTTPLocalRateLimitPolicySpec
+		if resources.Decode(r.Spec, &s) != nil || s.TargetRef.Name != server {
+			continue
+		}
+		rl := &policyv1.RateLimit{Name: r.Metadata.Name}
+		if s.Total != nil {
+			rl.Total = uint32(s.Total.RequestsPerSecond)
+		}
+		if s.Identity != nil {
+			rl.Identity = uint32(s.Identity.RequestsPerSecond)
+		}
+		for _, o := range s.Overrides {
+			ov := &policyv1.RateOverride{RequestsPerSecond: uint32(o.RequestsPerSecond)}
+			for _, ref := range o.ClientRefs {
+				ov.Identities = append(ov.Identities, identityOf(ref, ns, trustDomain))
+			}
+			rl.Overrides = append(rl.Overrides, ov)
+		}
+		return rl
+	}
+	return nil
 }
 
 // selects reports whether sel selects a workload with these labels.

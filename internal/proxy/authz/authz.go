@@ -1,8 +1,9 @@
 // Package authz decides, on the inbound proxy, whether a client may reach
 // the application, and enforces it: a denied HTTP request gets 403 (gRPC:
 // PERMISSION_DENIED), a denied connection is closed. A port a Server
-// selects follows that Server's authorization policies (as the control
-// plane streams them, policy.go: Watch); any other port follows the
+// selects follows that Server's authorization policies and rate limit
+// (429; as the control plane streams them, policy.go: Watch); any other
+// port follows the
 // proxy's default inbound policy — Linkerd's: all-unauthenticated,
 // all-authenticated, cluster-authenticated, cluster-unauthenticated, deny,
 // audit — and the ports that require a mesh identity. Every decision is
@@ -13,6 +14,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -21,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -70,6 +73,14 @@ type Authorizer struct {
 	policy atomic.Pointer[policy]  // the Servers of the workload, from the control plane
 	series [2][2]*metrics.Counters // [tcp, http][deny, allow]
 	cache  sync.Map                // seriesKey -> *atomic.Uint64
+	// limited counts requests rate limits refused.
+	limited      *metrics.Counters
+	limitedCache sync.Map // limitedKey -> *atomic.Uint64
+}
+
+type limitedKey struct {
+	port              uint16
+	srv, limit, scope string
 }
 
 // The protocols and outcomes of the series.
@@ -95,6 +106,7 @@ func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
 	a.series[tcp][pass] = reg.Counters("inbound_tcp_authz_allow_total", "Total count of inbound TCP connections the authorization policy allowed.")
 	a.series[http1][deny] = reg.Counters("inbound_http_authz_deny_total", "Total count of inbound HTTP requests the authorization policy denied.")
 	a.series[http1][pass] = reg.Counters("inbound_http_authz_allow_total", "Total count of inbound HTTP requests the authorization policy allowed.")
+	a.limited = reg.Counters("inbound_http_local_ratelimit_total", "Total count of inbound HTTP requests a Server's local rate limit refused (429).")
 	return a
 }
 
@@ -103,7 +115,8 @@ func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
 type decision struct {
 	allow      bool
 	srv, authz ref
-	reason     string // why a client is denied
+	reason     string     // why a client is denied
+	limit      *rateLimit // the Server's rate limit, if any
 }
 
 // Labels of the policy kinds.
@@ -169,7 +182,7 @@ func (a *Authorizer) count(proto int, port uint16, d decision) {
 // none denies, or in audit mode lets the client through, counted and
 // logged as audit.
 func (s *server) decide(id string, addr netip.Addr) decision {
-	d := decision{srv: ref{policyGroup, "server", s.name}}
+	d := decision{srv: ref{policyGroup, "server", s.name}, limit: s.limit}
 	for _, az := range s.authz {
 		if !slices.ContainsFunc(az.auths, func(a authentication) bool { return !a.passes(id, addr) }) {
 			d.allow, d.authz = true, ref{policyGroup, "authorizationpolicy", az.name}
@@ -181,6 +194,17 @@ func (s *server) decide(id string, addr netip.Addr) decision {
 		d.allow, d.authz = true, ref{policyGroup, "audit", s.name}
 	}
 	return d
+}
+
+// countLimited counts a request a rate limit refused.
+func (a *Authorizer) countLimited(port uint16, d decision, scope string) {
+	k := limitedKey{port, d.srv.name, d.limit.name, scope}
+	c, ok := a.limitedCache.Load(k)
+	if !ok {
+		c, _ = a.limitedCache.LoadOrStore(k, a.limited.With("srv_group", d.srv.group, "srv_kind", d.srv.kind, "srv_name", d.srv.name,
+			"srv_port", strconv.Itoa(int(port)), "ratelimit_name", d.limit.name, "ratelimit_scope", scope))
+	}
+	c.(*atomic.Uint64).Add(1)
 }
 
 // logDecision logs a denial at debug (they are counted) and a call an
@@ -205,6 +229,14 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 		if !d.allow {
 			httpproxy.WriteError(w, r, http.StatusForbidden, "unauthorized request on port "+strconv.Itoa(int(port))+": "+d.reason)
 			return
+		}
+		if d.limit != nil {
+			if scope, retry := d.limit.take(m.ClientID, time.Now()); scope != "" {
+				a.countLimited(port, d, scope)
+				w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
+				httpproxy.WriteError(w, r, http.StatusTooManyRequests, httpproxy.ReasonRateLimited+" by "+d.limit.name+" ("+scope+" limit)")
+				return
+			}
 		}
 		next.ServeHTTP(w, r)
 	})

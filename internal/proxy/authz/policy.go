@@ -22,6 +22,7 @@ type server struct {
 	name  string
 	audit bool
 	authz []authorization
+	limit *rateLimit // nil: none
 }
 
 type authorization struct {
@@ -48,7 +49,7 @@ type network struct {
 func compilePolicy(p *policyv1.InboundPolicy) *policy {
 	out := &policy{servers: map[uint16]*server{}}
 	for _, s := range p.GetServers() {
-		srv := &server{name: s.GetName(), audit: s.GetAudit()}
+		srv := &server{name: s.GetName(), audit: s.GetAudit(), limit: compileRateLimit(s.GetRateLimit())}
 		for _, a := range s.GetAuthorizations() {
 			az := authorization{name: a.GetName()}
 			for _, au := range a.GetAuthentications() {

@@ -3,6 +3,7 @@ package authz
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
 )
@@ -71,5 +72,55 @@ func TestServerDecision(t *testing.T) {
 		if d.allow != tc.allow || tc.allow && d.authz.kind != tc.authzKind {
 			t.Errorf("port %d, %q from %v: allow %v (%s), want %v (%s)", tc.port, tc.id, tc.addr, d.allow, d.authz.kind, tc.allow, tc.authzKind)
 		}
+	}
+}
+
+// GCRA admits one second's worth of requests at once, then one per
+// interval; it says when the next would be admitted.
+func TestGCRA(t *testing.T) {
+	g := newGCRA(20)
+	now := int64(1e12)
+	for i := range 20 {
+		if ok, _ := g.take(now); !ok {
+			t.Fatalf("request %d of the burst refused", i)
+		}
+	}
+	ok, retry := g.take(now)
+	if ok || retry <= 0 || retry > 50*time.Millisecond {
+		t.Fatalf("21st request: ok %v, retry %v; want refused, retry within 50ms", ok, retry)
+	}
+	if ok, _ := g.take(now + int64(50*time.Millisecond)); !ok {
+		t.Fatal("refused after one interval")
+	}
+}
+
+// Each identity has its limit (unauthenticated clients share one), an
+// override has its own, and the total caps them all.
+func TestRateLimitScopes(t *testing.T) {
+	web, ops := "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/ops/sa/tool"
+	r := compileRateLimit(&policyv1.RateLimit{Name: "l", Total: 50, Identity: 10, Overrides: []*policyv1.RateOverride{{RequestsPerSecond: 30, Identities: []string{ops}}}})
+	now := time.Unix(1000, 0)
+	count := func(id string, n int) (allowed int, scopes map[string]int) {
+		scopes = map[string]int{}
+		for range n {
+			if s, _ := r.take(id, now); s == "" {
+				allowed++
+			} else {
+				scopes[s]++
+			}
+		}
+		return allowed, scopes
+	}
+	if a, s := count(web, 15); a != 10 || s["identity"] != 5 {
+		t.Errorf("web: %d allowed, %v refused; want 10, 5 by identity", a, s)
+	}
+	if a, s := count("", 15); a != 10 || s["identity"] != 5 {
+		t.Errorf("unauthenticated: %d allowed, %v refused; want 10, 5 by identity", a, s)
+	}
+	if a, s := count(ops, 40); a != 30 || s["override"] != 10 {
+		t.Errorf("ops: %d allowed, %v refused; want 30, 10 by override", a, s)
+	}
+	if a, s := count("spiffe://cluster.local/ns/shop/sa/other", 10); a != 0 || s["total"] != 10 {
+		t.Errorf("after 50 in total: %d allowed, %v refused; want 0, 10 by total", a, s)
 	}
 }

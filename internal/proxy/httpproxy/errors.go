@@ -63,6 +63,10 @@ const reasonConnectTimeout = "connect timed out"
 // server does when the call's deadline passed or it was cancelled.
 const reasonUpstreamCancel = "upstream cancelled the stream"
 
+// ReasonRateLimited starts the reason of a request a rate limit refused
+// (429; gRPC RESOURCE_EXHAUSTED).
+const ReasonRateLimited = "rate limited"
+
 // Reasons of the client's faults, answered with a 4xx.
 const (
 	reasonClientBody       = "request body broken by the client"
@@ -146,6 +150,9 @@ func WriteError(w http.ResponseWriter, r *http.Request, status int, reason strin
 func grpcCode(status int, reason string) int {
 	if reason == reasonClientBody || reason == reasonHeaderListTooBig {
 		return 3 // INVALID_ARGUMENT: the client's, never retried
+	}
+	if strings.HasPrefix(reason, ReasonRateLimited) {
+		return 8 // RESOURCE_EXHAUSTED
 	}
 	switch status {
 	case http.StatusGatewayTimeout:
