@@ -13,6 +13,7 @@
 package policyv1
 
 import (
+	v1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -132,7 +133,12 @@ type Server struct {
 	// passes.
 	Authorizations []*Authorization `protobuf:"bytes,5,rep,name=authorizations,proto3" json:"authorizations,omitempty"`
 	// rate_limit, if set, limits the HTTP requests the Server accepts.
-	RateLimit     *RateLimit `protobuf:"bytes,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	RateLimit *RateLimit `protobuf:"bytes,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// routes are the HTTPRoutes attached to the Server (their rules name
+	// them, "namespace/name"). With routes, an HTTP request must match one
+	// (else 404) and is allowed by an authorization of the Server or of its
+	// route.
+	Routes        *v1.Profile `protobuf:"bytes,7,opt,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -205,6 +211,13 @@ func (x *Server) GetAuthorizations() []*Authorization {
 func (x *Server) GetRateLimit() *RateLimit {
 	if x != nil {
 		return x.RateLimit
+	}
+	return nil
+}
+
+func (x *Server) GetRoutes() *v1.Profile {
+	if x != nil {
+		return x.Routes
 	}
 	return nil
 }
@@ -338,8 +351,11 @@ type Authorization struct {
 	// name is the AuthorizationPolicy's.
 	Name            string            `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Authentications []*Authentication `protobuf:"bytes,2,rep,name=authentications,proto3" json:"authentications,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// route, if set, is the route ("namespace/name") it authorizes;
+	// otherwise it authorizes the whole Server.
+	Route         string `protobuf:"bytes,3,opt,name=route,proto3" json:"route,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Authorization) Reset() {
@@ -384,6 +400,13 @@ func (x *Authorization) GetAuthentications() []*Authentication {
 		return x.Authentications
 	}
 	return nil
+}
+
+func (x *Authorization) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
 }
 
 type Authentication struct {
@@ -516,11 +539,11 @@ var File_api_policy_v1_policy_proto protoreflect.FileDescriptor
 
 const file_api_policy_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x1aapi/policy/v1/policy.proto\x12\x11trellis.policy.v1\"*\n" +
+	"\x1aapi/policy/v1/policy.proto\x12\x11trellis.policy.v1\x1a$api/destination/v1/destination.proto\"*\n" +
 	"\fWatchInbound\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\"D\n" +
 	"\rInboundPolicy\x123\n" +
-	"\aservers\x18\x01 \x03(\v2\x19.trellis.policy.v1.ServerR\aservers\"\xf4\x01\n" +
+	"\aservers\x18\x01 \x03(\v2\x19.trellis.policy.v1.ServerR\aservers\"\xad\x02\n" +
 	"\x06Server\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12%\n" +
@@ -528,7 +551,8 @@ const file_api_policy_v1_policy_proto_rawDesc = "" +
 	"\x05audit\x18\x04 \x01(\bR\x05audit\x12H\n" +
 	"\x0eauthorizations\x18\x05 \x03(\v2 .trellis.policy.v1.AuthorizationR\x0eauthorizations\x12;\n" +
 	"\n" +
-	"rate_limit\x18\x06 \x01(\v2\x1c.trellis.policy.v1.RateLimitR\trateLimit\"\x90\x01\n" +
+	"rate_limit\x18\x06 \x01(\v2\x1c.trellis.policy.v1.RateLimitR\trateLimit\x127\n" +
+	"\x06routes\x18\a \x01(\v2\x1f.trellis.destination.v1.ProfileR\x06routes\"\x90\x01\n" +
 	"\tRateLimit\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05total\x18\x02 \x01(\rR\x05total\x12\x1a\n" +
@@ -538,10 +562,11 @@ const file_api_policy_v1_policy_proto_rawDesc = "" +
 	"\x13requests_per_second\x18\x01 \x01(\rR\x11requestsPerSecond\x12\x1e\n" +
 	"\n" +
 	"identities\x18\x02 \x03(\tR\n" +
-	"identities\"p\n" +
+	"identities\"\x86\x01\n" +
 	"\rAuthorization\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12K\n" +
-	"\x0fauthentications\x18\x02 \x03(\v2!.trellis.policy.v1.AuthenticationR\x0fauthentications\"\x90\x01\n" +
+	"\x0fauthentications\x18\x02 \x03(\v2!.trellis.policy.v1.AuthenticationR\x0fauthentications\x12\x14\n" +
+	"\x05route\x18\x03 \x01(\tR\x05route\"\x90\x01\n" +
 	"\x0eAuthentication\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1e\n" +
@@ -577,21 +602,23 @@ var file_api_policy_v1_policy_proto_goTypes = []any{
 	(*Authorization)(nil),  // 5: trellis.policy.v1.Authorization
 	(*Authentication)(nil), // 6: trellis.policy.v1.Authentication
 	(*Network)(nil),        // 7: trellis.policy.v1.Network
+	(*v1.Profile)(nil),     // 8: trellis.destination.v1.Profile
 }
 var file_api_policy_v1_policy_proto_depIdxs = []int32{
 	2, // 0: trellis.policy.v1.InboundPolicy.servers:type_name -> trellis.policy.v1.Server
 	5, // 1: trellis.policy.v1.Server.authorizations:type_name -> trellis.policy.v1.Authorization
 	3, // 2: trellis.policy.v1.Server.rate_limit:type_name -> trellis.policy.v1.RateLimit
-	4, // 3: trellis.policy.v1.RateLimit.overrides:type_name -> trellis.policy.v1.RateOverride
-	6, // 4: trellis.policy.v1.Authorization.authentications:type_name -> trellis.policy.v1.Authentication
-	7, // 5: trellis.policy.v1.Authentication.networks:type_name -> trellis.policy.v1.Network
-	0, // 6: trellis.policy.v1.InboundPolicies.Watch:input_type -> trellis.policy.v1.WatchInbound
-	1, // 7: trellis.policy.v1.InboundPolicies.Watch:output_type -> trellis.policy.v1.InboundPolicy
-	7, // [7:8] is the sub-list for method output_type
-	6, // [6:7] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	8, // 3: trellis.policy.v1.Server.routes:type_name -> trellis.destination.v1.Profile
+	4, // 4: trellis.policy.v1.RateLimit.overrides:type_name -> trellis.policy.v1.RateOverride
+	6, // 5: trellis.policy.v1.Authorization.authentications:type_name -> trellis.policy.v1.Authentication
+	7, // 6: trellis.policy.v1.Authentication.networks:type_name -> trellis.policy.v1.Network
+	0, // 7: trellis.policy.v1.InboundPolicies.Watch:input_type -> trellis.policy.v1.WatchInbound
+	1, // 8: trellis.policy.v1.InboundPolicies.Watch:output_type -> trellis.policy.v1.InboundPolicy
+	8, // [8:9] is the sub-list for method output_type
+	7, // [7:8] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_api_policy_v1_policy_proto_init() }

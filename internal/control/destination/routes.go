@@ -149,6 +149,18 @@ func compileRoutes(port int, domain string, routes []route) ([]*destinationv1.Ro
 	return matches, rules
 }
 
+// InboundRoutes compiles HTTPRoutes attached to a Server into the
+// matches and rules the Server's inbound policy carries: rules name their
+// route ("namespace/name"); they have no backends.
+func InboundRoutes(routes []store.Resource) *destinationv1.Profile {
+	var rts []route
+	for _, r := range routes {
+		rts = append(rts, newRoute(r))
+	}
+	matches, rules := compileRoutes(0, "", rts)
+	return &destinationv1.Profile{Matches: matches, Rules: rules}
+}
+
 func attaches(rt route, service string, port int) bool {
 	for _, p := range rt.parents {
 		if p.service == service && (p.port == 0 || p.port == port) {

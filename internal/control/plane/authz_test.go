@@ -208,3 +208,76 @@ func TestRateLimitPerIdentity(t *testing.T) {
 		}
 	}
 }
+
+// Routes attached to a Server authorize per route: anyone meshed may GET
+// /api/list, only web (by the Server's own policy) may call /api/vote, and
+// a path no route matches gets 404.
+func TestRouteAuthorization(t *testing.T) {
+	p, api := startPlane(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "emoji") })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	_, appPort, _ := net.SplitHostPort(ln.Addr().String())
+	emoji, _ := proxy(t, p, api, "emoji", "--app-addr="+ln.Addr().String(), "--workload=emoji-0", "--service=emoji",
+		"--service-port=8080="+appPort, "--workload-label=app=emoji")
+	waitWorkloads(t, api, 1)
+	callers := map[string]string{}
+	for _, sa := range []string{"web", "other"} {
+		local := testkit.FreeAddr(t)
+		_, lport, _ := net.SplitHostPort(local)
+		proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
+		callers[sa] = "http://" + local
+	}
+	route := func(name, method, path string) string {
+		return fmt.Sprintf("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: %s, namespace: default}\n"+
+			"spec:\n  parentRefs: [{group: policy.trellis.dev, kind: Server, name: emoji-http}]\n"+
+			"  rules: [{matches: [{method: %s, path: {type: Exact, value: %s}}]}]\n", name, method, path)
+	}
+	authz := func(name, targetKind, targetGroup, target, auth string) string {
+		return fmt.Sprintf("apiVersion: policy.trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: %s, namespace: default}\n"+
+			"spec: {targetRef: {group: %s, kind: %s, name: %s}, requiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: %s}]}\n",
+			name, targetGroup, targetKind, target, auth)
+	}
+	apply(t, api,
+		fmt.Sprintf("apiVersion: policy.trellis.dev/v1alpha1\nkind: Server\nmetadata: {name: emoji-http, namespace: default}\n"+
+			"spec: {podSelector: {matchLabels: {app: emoji}}, port: %s}\n", appPort),
+		"apiVersion: policy.trellis.dev/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: web-only, namespace: default}\nspec: {identities: [spiffe://cluster.local/ns/default/sa/web]}\n",
+		"apiVersion: policy.trellis.dev/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: meshed, namespace: default}\nspec: {identities: ['*']}\n",
+		route("list", "GET", "/api/list"), route("vote", "POST", "/api/vote"),
+		authz("emoji-from-web", "Server", "policy.trellis.dev", "emoji-http", "web-only"),
+		authz("list-from-meshed", "HTTPRoute", "gateway.networking.k8s.io", "list", "meshed"))
+	for _, tc := range []struct {
+		sa, method, path string
+		want             int
+	}{
+		{"other", "POST", "/api/vote", 403}, // first: the policy is then in force
+		{"other", "GET", "/api/list", 200},
+		{"web", "POST", "/api/vote", 200},
+		{"web", "GET", "/api/vote", 404},
+		{"other", "GET", "/elsewhere", 404},
+	} {
+		got := 0
+		for deadline := time.Now().Add(3 * time.Second); got != tc.want && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			req, _ := http.NewRequest(tc.method, callers[tc.sa]+tc.path, nil)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				got = resp.StatusCode
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s %s %s: %d, want %d", tc.sa, tc.method, tc.path, got, tc.want)
+		}
+	}
+	m := metricstest.Scrape(t, "http://"+emoji.AdminAddr.String()+"/metrics")
+	if n := m.Sum("inbound_http_authz_allow_total", map[string]string{"route_kind": "HTTPRoute", "route_name": "list", "authz_name": "list-from-meshed"}); n < 1 {
+		t.Error("no request counted as allowed on route list by list-from-meshed")
+	}
+	if n := m.Sum("inbound_http_route_not_found_total", map[string]string{"srv_name": "emoji-http"}); n < 1 {
+		t.Error("no request counted as matching no route")
+	}
+}

@@ -6,6 +6,7 @@
 package policy
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
+	"github.com/trellis-mesh/trellis/internal/control/destination"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
 )
@@ -23,7 +25,7 @@ type namespaceObjects map[string][]store.Resource
 
 // policyKinds are the kinds an inbound policy is compiled from.
 var policyKinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication,
-	resources.KindHTTPLocalRateLimitPolicy}
+	resources.KindHTTPLocalRateLimitPolicy, resources.KindHTTPRoute}
 
 // compile is the inbound policy of workload w (labels and spec) in
 // namespace ns, whose identities are in trustDomain.
@@ -35,12 +37,23 @@ func compile(ns string, w store.Resource, trustDomain string, objs namespaceObje
 			continue // a named port is not resolved yet
 		}
 		ps := &policyv1.Server{Name: srv.Metadata.Name, Port: uint32(s.Port.IntValue()), ProxyProtocol: s.ProxyProtocol, Audit: s.AccessPolicy == "audit"}
+		routes := serverRoutes(srv.Metadata.Name, objs[resources.KindHTTPRoute])
+		if len(routes) > 0 {
+			ps.Routes = destination.InboundRoutes(routes)
+		}
 		for _, ap := range objs[resources.KindAuthorizationPolicy] {
 			var a resources.AuthorizationPolicySpec
-			if resources.Decode(ap.Spec, &a) != nil || !targets(a.TargetRef, srv.Metadata.Name, ns) {
+			if resources.Decode(ap.Spec, &a) != nil {
 				continue
 			}
 			authz := &policyv1.Authorization{Name: ap.Metadata.Name}
+			switch {
+			case targets(a.TargetRef, srv.Metadata.Name, ns):
+			case a.TargetRef.Kind == resources.KindHTTPRoute && slices.ContainsFunc(routes, func(r store.Resource) bool { return r.Metadata.Name == a.TargetRef.Name }):
+				authz.Route = ns + "/" + a.TargetRef.Name
+			default:
+				continue
+			}
 			for _, ref := range a.RequiredAuthenticationRefs {
 				authz.Authentications = append(authz.Authentications, authentication(ref, ns, trustDomain, objs))
 			}
@@ -87,6 +100,25 @@ func selects(sel *metav1.LabelSelector, l map[string]string) bool {
 	return err == nil && s.Matches(labels.Set(l))
 }
 
+// serverRoutes are the HTTPRoutes attached to Server server.
+func serverRoutes(server string, routes []store.Resource) []store.Resource {
+	var out []store.Resource
+	for _, r := range routes {
+		var spec struct {
+			ParentRefs []resources.PolicyRef `json:"parentRefs"`
+		}
+		if json.Unmarshal(r.Spec, &spec) != nil {
+			continue
+		}
+		if slices.ContainsFunc(spec.ParentRefs, func(p resources.PolicyRef) bool {
+			return p.Group == resources.PolicyGroup && p.Kind == resources.KindServer && p.Name == server
+		}) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // targets reports whether an AuthorizationPolicy's target is the Server
 // named server, or its namespace.
 func targets(ref resources.PolicyRef, server, ns string) bool {
@@ -96,7 +128,7 @@ func targets(ref resources.PolicyRef, server, ns string) bool {
 	case "Namespace":
 		return ref.Name == ns
 	}
-	return false // routes: not compiled yet
+	return false
 }
 
 // authentication resolves a required authentication. One that does not

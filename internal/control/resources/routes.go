@@ -183,8 +183,11 @@ func checkParents(r *store.Resource, parents []gwapiv1.ParentReference) error {
 	}
 	for i, p := range parents {
 		f := fmt.Sprintf("spec.parentRefs[%d]", i)
-		if p.Kind == nil || *p.Kind != "Service" || (p.Group != nil && *p.Group != "" && *p.Group != "core") {
-			return invalid(f+".kind", "must be Service (group \"\" or core): routes attach to the service they route calls to")
+		server := p.Kind != nil && *p.Kind == KindServer && p.Group != nil && *p.Group == PolicyGroup
+		service := p.Kind != nil && *p.Kind == "Service" && (p.Group == nil || *p.Group == "" || *p.Group == "core")
+		if !server && !service {
+			return invalid(f+".kind", "must be Service (group \"\" or core): routes attach to the service they route calls to; "+
+				"or Server (group policy.trellis.dev): the route authorizes calls to it")
 		}
 		if p.Namespace != nil && string(*p.Namespace) != r.Metadata.Namespace {
 			return invalid(f+".namespace", fmt.Sprintf("%q: a route attaches to Services of its own namespace %q", *p.Namespace, r.Metadata.Namespace))

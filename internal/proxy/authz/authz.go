@@ -73,6 +73,8 @@ type Authorizer struct {
 	policy atomic.Pointer[policy]  // the Servers of the workload, from the control plane
 	series [2][2]*metrics.Counters // [tcp, http][deny, allow]
 	cache  sync.Map                // seriesKey -> *atomic.Uint64
+	// notFound counts requests no route of their Server matched.
+	notFound *metrics.Counters
 	// limited counts requests rate limits refused.
 	limited      *metrics.Counters
 	limitedCache sync.Map // limitedKey -> *atomic.Uint64
@@ -90,9 +92,9 @@ const (
 )
 
 type seriesKey struct {
-	proto, outcome int
-	port           uint16
-	srv, authz     ref
+	proto, outcome    int
+	port              uint16
+	srv, authz, route ref
 }
 
 // ref is what a metric label set names: a Server or a default policy, an
@@ -106,6 +108,7 @@ func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
 	a.series[tcp][pass] = reg.Counters("inbound_tcp_authz_allow_total", "Total count of inbound TCP connections the authorization policy allowed.")
 	a.series[http1][deny] = reg.Counters("inbound_http_authz_deny_total", "Total count of inbound HTTP requests the authorization policy denied.")
 	a.series[http1][pass] = reg.Counters("inbound_http_authz_allow_total", "Total count of inbound HTTP requests the authorization policy allowed.")
+	a.notFound = reg.Counters("inbound_http_route_not_found_total", "Total count of inbound HTTP requests no route of their Server matched (404).")
 	a.limited = reg.Counters("inbound_http_local_ratelimit_total", "Total count of inbound HTTP requests a Server's local rate limit refused (429).")
 	return a
 }
@@ -115,24 +118,27 @@ func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
 type decision struct {
 	allow      bool
 	srv, authz ref
+	route      ref        // the Server's route the request matched, if any
+	noRoute    bool       // the Server has routes and none matched
 	reason     string     // why a client is denied
 	limit      *rateLimit // the Server's rate limit, if any
 }
 
 // Labels of the policy kinds.
 const (
-	policyGroup = "policy.trellis.dev"
-	kindDefault = "default"
+	policyGroup  = "policy.trellis.dev"
+	gatewayGroup = "gateway.networking.k8s.io"
+	kindDefault  = "default"
 )
 
 // decide applies the policy of the connection m describes, to the
 // application's port.
-func (a *Authorizer) decide(m *transport.Meta, port uint16) decision {
+func (a *Authorizer) decide(m *transport.Meta, port uint16, r *http.Request) decision {
 	authenticated := m.ClientID != ""
 	addr := m.Client.Addr().Unmap()
 	if p := a.policy.Load(); p != nil {
 		if s, ok := p.servers[port]; ok {
-			return s.decide(m.ClientID, addr)
+			return s.decide(m.ClientID, addr, r)
 		}
 	}
 	policy := a.cfg.Default
@@ -163,13 +169,16 @@ func (a *Authorizer) count(proto int, port uint16, d decision) {
 	if d.allow {
 		outcome = pass
 	}
-	k := seriesKey{proto, outcome, port, d.srv, d.authz}
+	k := seriesKey{proto, outcome, port, d.srv, d.authz, d.route}
 	if !d.allow {
 		k.authz = ref{}
 	}
 	c, ok := a.cache.Load(k)
 	if !ok {
 		labels := []string{"srv_group", d.srv.group, "srv_kind", d.srv.kind, "srv_name", d.srv.name, "srv_port", strconv.Itoa(int(port))}
+		if d.route.name != "" {
+			labels = append(labels, "route_group", d.route.group, "route_kind", d.route.kind, "route_name", d.route.name)
+		}
 		if d.allow {
 			labels = append(labels, "authz_group", d.authz.group, "authz_kind", d.authz.kind, "authz_name", d.authz.name)
 		}
@@ -181,9 +190,23 @@ func (a *Authorizer) count(proto int, port uint16, d decision) {
 // decide applies a Server's authorizations: the first that passes allows;
 // none denies, or in audit mode lets the client through, counted and
 // logged as audit.
-func (s *server) decide(id string, addr netip.Addr) decision {
+func (s *server) decide(id string, addr netip.Addr, r *http.Request) decision {
 	d := decision{srv: ref{policyGroup, "server", s.name}, limit: s.limit}
+	matched := "" // the route of an HTTP request, when the Server has routes
+	if s.routes != nil && r != nil {
+		rule, _ := s.routes.Match(r)
+		if rule == nil {
+			d.noRoute, d.reason = true, "no route of Server "+s.name+" matches the request"
+			return d
+		}
+		matched = rule.Route
+		_, name, _ := strings.Cut(matched, "/")
+		d.route = ref{gatewayGroup, rule.Kind, name}
+	}
 	for _, az := range s.authz {
+		if az.route != "" && az.route != matched {
+			continue
+		}
 		if !slices.ContainsFunc(az.auths, func(a authentication) bool { return !a.passes(id, addr) }) {
 			d.allow, d.authz = true, ref{policyGroup, "authorizationpolicy", az.name}
 			return d
@@ -223,7 +246,12 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		m := transport.MetaFrom(r.Context())
 		port := m.TargetPort()
-		d := a.decide(m, port)
+		d := a.decide(m, port, r)
+		if d.noRoute {
+			a.notFound.With("srv_group", d.srv.group, "srv_kind", d.srv.kind, "srv_name", d.srv.name, "srv_port", strconv.Itoa(int(port))).Add(1)
+			httpproxy.WriteError(w, r, http.StatusNotFound, d.reason)
+			return
+		}
 		a.count(http1, port, d)
 		a.logDecision(m, d, "request")
 		if !d.allow {
@@ -247,7 +275,7 @@ func (a *Authorizer) TCP(next transport.Handler) transport.Handler {
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
 		port := m.TargetPort()
-		d := a.decide(m, port)
+		d := a.decide(m, port, nil)
 		a.count(tcp, port, d)
 		a.logDecision(m, d, "connection")
 		if !d.allow {

@@ -10,6 +10,7 @@ import (
 
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
 // policy is an inbound policy compiled for decisions: the Servers by
@@ -19,14 +20,16 @@ type policy struct {
 }
 
 type server struct {
-	name  string
-	audit bool
-	authz []authorization
-	limit *rateLimit // nil: none
+	name   string
+	audit  bool
+	authz  []authorization
+	limit  *rateLimit   // nil: none
+	routes *route.Table // nil: no routes attached
 }
 
 type authorization struct {
 	name  string
+	route string           // "namespace/name" of the route it is for; "": the Server
 	auths []authentication // all must pass
 }
 
@@ -50,8 +53,11 @@ func compilePolicy(p *policyv1.InboundPolicy) *policy {
 	out := &policy{servers: map[uint16]*server{}}
 	for _, s := range p.GetServers() {
 		srv := &server{name: s.GetName(), audit: s.GetAudit(), limit: compileRateLimit(s.GetRateLimit())}
+		if s.GetRoutes() != nil {
+			srv.routes = route.Compile(s.GetRoutes(), time.Now)
+		}
 		for _, a := range s.GetAuthorizations() {
-			az := authorization{name: a.GetName()}
+			az := authorization{name: a.GetName(), route: a.GetRoute()}
 			for _, au := range a.GetAuthentications() {
 				az.auths = append(az.auths, compileAuthentication(au))
 			}

@@ -68,7 +68,7 @@ func TestServerDecision(t *testing.T) {
 		{81, "", home, false, ""},
 		{82, "", home, true, "audit"},
 	} {
-		d := p.servers[tc.port].decide(tc.id, tc.addr)
+		d := p.servers[tc.port].decide(tc.id, tc.addr, nil)
 		if d.allow != tc.allow || tc.allow && d.authz.kind != tc.authzKind {
 			t.Errorf("port %d, %q from %v: allow %v (%s), want %v (%s)", tc.port, tc.id, tc.addr, d.allow, d.authz.kind, tc.allow, tc.authzKind)
 		}
