@@ -37,7 +37,8 @@ type authorization struct {
 // of its networks.
 type authentication struct {
 	anyIdentity bool
-	ids         map[string]bool // SPIFFE IDs and Linkerd-style names
+	ids         map[string]bool // SPIFFE IDs
+	names       map[string]bool // Linkerd-style names
 	prefixes    []string        // SPIFFE patterns without their "*"
 	suffixes    []string        // Linkerd-style patterns without their "*"
 	networks    []network
@@ -69,17 +70,19 @@ func compilePolicy(p *policyv1.InboundPolicy) *policy {
 }
 
 func compileAuthentication(au *policyv1.Authentication) authentication {
-	a := authentication{ids: map[string]bool{}}
+	a := authentication{ids: map[string]bool{}, names: map[string]bool{}}
 	for _, id := range au.GetIdentities() {
 		switch {
 		case id == "*":
 			a.anyIdentity = true
 		case strings.HasPrefix(id, "spiffe://") && strings.HasSuffix(id, "/*"):
 			a.prefixes = append(a.prefixes, strings.TrimSuffix(id, "*"))
+		case strings.HasPrefix(id, "spiffe://"):
+			a.ids[id] = true
 		case strings.HasPrefix(id, "*."):
 			a.suffixes = append(a.suffixes, strings.TrimPrefix(id, "*"))
 		default:
-			a.ids[id] = true
+			a.names[id] = true
 		}
 	}
 	for _, n := range au.GetNetworks() {
@@ -118,11 +121,11 @@ func (a authentication) matchPatterns(id string) bool {
 			return true
 		}
 	}
-	if len(a.suffixes) == 0 && len(a.ids) == 0 {
+	if len(a.suffixes) == 0 && len(a.names) == 0 {
 		return false
 	}
 	name := linkerdName(id)
-	if a.ids[name] {
+	if a.names[name] {
 		return true
 	}
 	for _, s := range a.suffixes {
