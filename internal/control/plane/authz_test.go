@@ -17,7 +17,8 @@ import (
 // Who may call a workload follows the policy resources, as the control
 // plane streams them to its proxy: a Server of emoji's port with one
 // AuthorizationPolicy lets web in and keeps other out (403); in audit mode
-// other gets through, counted; each change is in force within a second.
+// other gets through, counted; each change is in force within a second,
+// and fails none of web's calls meanwhile.
 func TestAuthorizationPolicy(t *testing.T) {
 	p, api := startPlane(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -55,6 +56,7 @@ func TestAuthorizationPolicy(t *testing.T) {
 			w, o := status("web"), status("other")
 			if w == web && o == other {
 				t.Logf("in force after %v", time.Since(start).Round(time.Millisecond))
+				time.Sleep(300 * time.Millisecond) // the state holds a while under web's load
 				return
 			}
 			if time.Since(start) > limit {
@@ -64,6 +66,32 @@ func TestAuthorizationPolicy(t *testing.T) {
 		}
 	}
 	within(5*time.Second, 200, 200) // no Server: the default policy lets everyone in
+	// web is allowed in every state below: under a steady load of its
+	// calls, no policy change may fail one.
+	stopLoad, loadDone := make(chan struct{}), make(chan struct{})
+	var webCalls, webFailed int
+	go func() {
+		defer close(loadDone)
+		for {
+			select {
+			case <-stopLoad:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			webCalls++
+			if status("web") != 200 {
+				webFailed++
+			}
+		}
+	}()
+	defer func() {
+		close(stopLoad)
+		<-loadDone
+		t.Logf("web's calls during the changes: %d, failed %d", webCalls, webFailed)
+		if webFailed > 0 || webCalls < 50 {
+			t.Errorf("web's calls during the policy changes: %d failed of %d", webFailed, webCalls)
+		}
+	}()
 
 	server := func(access string) string {
 		return fmt.Sprintf("apiVersion: policy.trellis.dev/v1alpha1\nkind: Server\nmetadata: {name: emoji-http, namespace: default}\n"+
