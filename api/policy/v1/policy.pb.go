@@ -28,6 +28,156 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WatchEgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEgress) Reset() {
+	*x = WatchEgress{}
+	mi := &file_api_policy_v1_policy_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEgress) ProtoMessage() {}
+
+func (x *WatchEgress) ProtoReflect() protoreflect.Message {
+	mi := &file_api_policy_v1_policy_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEgress.ProtoReflect.Descriptor instead.
+func (*WatchEgress) Descriptor() ([]byte, []int) {
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{0}
+}
+
+type EgressPolicy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Networks      []*EgressNetwork       `protobuf:"bytes,1,rep,name=networks,proto3" json:"networks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressPolicy) Reset() {
+	*x = EgressPolicy{}
+	mi := &file_api_policy_v1_policy_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressPolicy) ProtoMessage() {}
+
+func (x *EgressPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_api_policy_v1_policy_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressPolicy.ProtoReflect.Descriptor instead.
+func (*EgressPolicy) Descriptor() ([]byte, []int) {
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EgressPolicy) GetNetworks() []*EgressNetwork {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
+type EgressNetwork struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Namespace string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// allow is the network's traffic policy: Allow (true) or Deny.
+	Allow bool `protobuf:"varint,3,opt,name=allow,proto3" json:"allow,omitempty"`
+	// networks are the destinations it covers; none covers every address.
+	Networks      []*Network `protobuf:"bytes,4,rep,name=networks,proto3" json:"networks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressNetwork) Reset() {
+	*x = EgressNetwork{}
+	mi := &file_api_policy_v1_policy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressNetwork) ProtoMessage() {}
+
+func (x *EgressNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_api_policy_v1_policy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressNetwork.ProtoReflect.Descriptor instead.
+func (*EgressNetwork) Descriptor() ([]byte, []int) {
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *EgressNetwork) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *EgressNetwork) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *EgressNetwork) GetAllow() bool {
+	if x != nil {
+		return x.Allow
+	}
+	return false
+}
+
+func (x *EgressNetwork) GetNetworks() []*Network {
+	if x != nil {
+		return x.Networks
+	}
+	return nil
+}
+
 type WatchInbound struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// workload is the caller's registered workload (in its identity's
@@ -39,7 +189,7 @@ type WatchInbound struct {
 
 func (x *WatchInbound) Reset() {
 	*x = WatchInbound{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[0]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +201,7 @@ func (x *WatchInbound) String() string {
 func (*WatchInbound) ProtoMessage() {}
 
 func (x *WatchInbound) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[0]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +214,7 @@ func (x *WatchInbound) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchInbound.ProtoReflect.Descriptor instead.
 func (*WatchInbound) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{0}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WatchInbound) GetWorkload() string {
@@ -84,7 +234,7 @@ type InboundPolicy struct {
 
 func (x *InboundPolicy) Reset() {
 	*x = InboundPolicy{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[1]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -96,7 +246,7 @@ func (x *InboundPolicy) String() string {
 func (*InboundPolicy) ProtoMessage() {}
 
 func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[1]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -109,7 +259,7 @@ func (x *InboundPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InboundPolicy.ProtoReflect.Descriptor instead.
 func (*InboundPolicy) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{1}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InboundPolicy) GetServers() []*Server {
@@ -145,7 +295,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[2]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +307,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[2]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +320,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Server) GetName() string {
@@ -237,7 +387,7 @@ type RateLimit struct {
 
 func (x *RateLimit) Reset() {
 	*x = RateLimit{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +399,7 @@ func (x *RateLimit) String() string {
 func (*RateLimit) ProtoMessage() {}
 
 func (x *RateLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[3]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +412,7 @@ func (x *RateLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateLimit.ProtoReflect.Descriptor instead.
 func (*RateLimit) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RateLimit) GetName() string {
@@ -304,7 +454,7 @@ type RateOverride struct {
 
 func (x *RateOverride) Reset() {
 	*x = RateOverride{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -316,7 +466,7 @@ func (x *RateOverride) String() string {
 func (*RateOverride) ProtoMessage() {}
 
 func (x *RateOverride) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[4]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -329,7 +479,7 @@ func (x *RateOverride) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RateOverride.ProtoReflect.Descriptor instead.
 func (*RateOverride) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RateOverride) GetRequestsPerSecond() uint32 {
@@ -360,7 +510,7 @@ type Authorization struct {
 
 func (x *Authorization) Reset() {
 	*x = Authorization{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -372,7 +522,7 @@ func (x *Authorization) String() string {
 func (*Authorization) ProtoMessage() {}
 
 func (x *Authorization) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[5]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -385,7 +535,7 @@ func (x *Authorization) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authorization.ProtoReflect.Descriptor instead.
 func (*Authorization) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{5}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Authorization) GetName() string {
@@ -427,7 +577,7 @@ type Authentication struct {
 
 func (x *Authentication) Reset() {
 	*x = Authentication{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[6]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +589,7 @@ func (x *Authentication) String() string {
 func (*Authentication) ProtoMessage() {}
 
 func (x *Authentication) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[6]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +602,7 @@ func (x *Authentication) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authentication.ProtoReflect.Descriptor instead.
 func (*Authentication) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{6}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Authentication) GetKind() string {
@@ -493,7 +643,7 @@ type Network struct {
 
 func (x *Network) Reset() {
 	*x = Network{}
-	mi := &file_api_policy_v1_policy_proto_msgTypes[7]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +655,7 @@ func (x *Network) String() string {
 func (*Network) ProtoMessage() {}
 
 func (x *Network) ProtoReflect() protoreflect.Message {
-	mi := &file_api_policy_v1_policy_proto_msgTypes[7]
+	mi := &file_api_policy_v1_policy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +668,7 @@ func (x *Network) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Network.ProtoReflect.Descriptor instead.
 func (*Network) Descriptor() ([]byte, []int) {
-	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{7}
+	return file_api_policy_v1_policy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Network) GetCidr() string {
@@ -539,7 +689,15 @@ var File_api_policy_v1_policy_proto protoreflect.FileDescriptor
 
 const file_api_policy_v1_policy_proto_rawDesc = "" +
 	"\n" +
-	"\x1aapi/policy/v1/policy.proto\x12\x11trellis.policy.v1\x1a$api/destination/v1/destination.proto\"*\n" +
+	"\x1aapi/policy/v1/policy.proto\x12\x11trellis.policy.v1\x1a$api/destination/v1/destination.proto\"\r\n" +
+	"\vWatchEgress\"L\n" +
+	"\fEgressPolicy\x12<\n" +
+	"\bnetworks\x18\x01 \x03(\v2 .trellis.policy.v1.EgressNetworkR\bnetworks\"\x8f\x01\n" +
+	"\rEgressNetwork\x12\x1c\n" +
+	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05allow\x18\x03 \x01(\bR\x05allow\x126\n" +
+	"\bnetworks\x18\x04 \x03(\v2\x1a.trellis.policy.v1.NetworkR\bnetworks\"*\n" +
 	"\fWatchInbound\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\"D\n" +
 	"\rInboundPolicy\x123\n" +
@@ -578,7 +736,9 @@ const file_api_policy_v1_policy_proto_rawDesc = "" +
 	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x16\n" +
 	"\x06except\x18\x02 \x03(\tR\x06except2_\n" +
 	"\x0fInboundPolicies\x12L\n" +
-	"\x05Watch\x12\x1f.trellis.policy.v1.WatchInbound\x1a .trellis.policy.v1.InboundPolicy0\x01B8Z6github.com/trellis-mesh/trellis/api/policy/v1;policyv1b\x06proto3"
+	"\x05Watch\x12\x1f.trellis.policy.v1.WatchInbound\x1a .trellis.policy.v1.InboundPolicy0\x012\\\n" +
+	"\x0eEgressPolicies\x12J\n" +
+	"\x05Watch\x12\x1e.trellis.policy.v1.WatchEgress\x1a\x1f.trellis.policy.v1.EgressPolicy0\x01B8Z6github.com/trellis-mesh/trellis/api/policy/v1;policyv1b\x06proto3"
 
 var (
 	file_api_policy_v1_policy_proto_rawDescOnce sync.Once
@@ -592,33 +752,40 @@ func file_api_policy_v1_policy_proto_rawDescGZIP() []byte {
 	return file_api_policy_v1_policy_proto_rawDescData
 }
 
-var file_api_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_api_policy_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_api_policy_v1_policy_proto_goTypes = []any{
-	(*WatchInbound)(nil),   // 0: trellis.policy.v1.WatchInbound
-	(*InboundPolicy)(nil),  // 1: trellis.policy.v1.InboundPolicy
-	(*Server)(nil),         // 2: trellis.policy.v1.Server
-	(*RateLimit)(nil),      // 3: trellis.policy.v1.RateLimit
-	(*RateOverride)(nil),   // 4: trellis.policy.v1.RateOverride
-	(*Authorization)(nil),  // 5: trellis.policy.v1.Authorization
-	(*Authentication)(nil), // 6: trellis.policy.v1.Authentication
-	(*Network)(nil),        // 7: trellis.policy.v1.Network
-	(*v1.Profile)(nil),     // 8: trellis.destination.v1.Profile
+	(*WatchEgress)(nil),    // 0: trellis.policy.v1.WatchEgress
+	(*EgressPolicy)(nil),   // 1: trellis.policy.v1.EgressPolicy
+	(*EgressNetwork)(nil),  // 2: trellis.policy.v1.EgressNetwork
+	(*WatchInbound)(nil),   // 3: trellis.policy.v1.WatchInbound
+	(*InboundPolicy)(nil),  // 4: trellis.policy.v1.InboundPolicy
+	(*Server)(nil),         // 5: trellis.policy.v1.Server
+	(*RateLimit)(nil),      // 6: trellis.policy.v1.RateLimit
+	(*RateOverride)(nil),   // 7: trellis.policy.v1.RateOverride
+	(*Authorization)(nil),  // 8: trellis.policy.v1.Authorization
+	(*Authentication)(nil), // 9: trellis.policy.v1.Authentication
+	(*Network)(nil),        // 10: trellis.policy.v1.Network
+	(*v1.Profile)(nil),     // 11: trellis.destination.v1.Profile
 }
 var file_api_policy_v1_policy_proto_depIdxs = []int32{
-	2, // 0: trellis.policy.v1.InboundPolicy.servers:type_name -> trellis.policy.v1.Server
-	5, // 1: trellis.policy.v1.Server.authorizations:type_name -> trellis.policy.v1.Authorization
-	3, // 2: trellis.policy.v1.Server.rate_limit:type_name -> trellis.policy.v1.RateLimit
-	8, // 3: trellis.policy.v1.Server.routes:type_name -> trellis.destination.v1.Profile
-	4, // 4: trellis.policy.v1.RateLimit.overrides:type_name -> trellis.policy.v1.RateOverride
-	6, // 5: trellis.policy.v1.Authorization.authentications:type_name -> trellis.policy.v1.Authentication
-	7, // 6: trellis.policy.v1.Authentication.networks:type_name -> trellis.policy.v1.Network
-	0, // 7: trellis.policy.v1.InboundPolicies.Watch:input_type -> trellis.policy.v1.WatchInbound
-	1, // 8: trellis.policy.v1.InboundPolicies.Watch:output_type -> trellis.policy.v1.InboundPolicy
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	2,  // 0: trellis.policy.v1.EgressPolicy.networks:type_name -> trellis.policy.v1.EgressNetwork
+	10, // 1: trellis.policy.v1.EgressNetwork.networks:type_name -> trellis.policy.v1.Network
+	5,  // 2: trellis.policy.v1.InboundPolicy.servers:type_name -> trellis.policy.v1.Server
+	8,  // 3: trellis.policy.v1.Server.authorizations:type_name -> trellis.policy.v1.Authorization
+	6,  // 4: trellis.policy.v1.Server.rate_limit:type_name -> trellis.policy.v1.RateLimit
+	11, // 5: trellis.policy.v1.Server.routes:type_name -> trellis.destination.v1.Profile
+	7,  // 6: trellis.policy.v1.RateLimit.overrides:type_name -> trellis.policy.v1.RateOverride
+	9,  // 7: trellis.policy.v1.Authorization.authentications:type_name -> trellis.policy.v1.Authentication
+	10, // 8: trellis.policy.v1.Authentication.networks:type_name -> trellis.policy.v1.Network
+	3,  // 9: trellis.policy.v1.InboundPolicies.Watch:input_type -> trellis.policy.v1.WatchInbound
+	0,  // 10: trellis.policy.v1.EgressPolicies.Watch:input_type -> trellis.policy.v1.WatchEgress
+	4,  // 11: trellis.policy.v1.InboundPolicies.Watch:output_type -> trellis.policy.v1.InboundPolicy
+	1,  // 12: trellis.policy.v1.EgressPolicies.Watch:output_type -> trellis.policy.v1.EgressPolicy
+	11, // [11:13] is the sub-list for method output_type
+	9,  // [9:11] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_api_policy_v1_policy_proto_init() }
@@ -632,9 +799,9 @@ func file_api_policy_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_policy_v1_policy_proto_rawDesc), len(file_api_policy_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_api_policy_v1_policy_proto_goTypes,
 		DependencyIndexes: file_api_policy_v1_policy_proto_depIdxs,

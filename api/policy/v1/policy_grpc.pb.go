@@ -132,3 +132,120 @@ var InboundPolicies_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "api/policy/v1/policy.proto",
 }
+
+const (
+	EgressPolicies_Watch_FullMethodName = "/trellis.policy.v1.EgressPolicies/Watch"
+)
+
+// EgressPoliciesClient is the client API for EgressPolicies service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// EgressPolicies serves each proxy the EgressNetworks that decide whether
+// its workload's traffic may leave the mesh.
+type EgressPoliciesClient interface {
+	// Watch streams the EgressNetworks of the caller's namespace and of the
+	// mesh-wide egress namespace: all of them now, and again after every
+	// change.
+	Watch(ctx context.Context, in *WatchEgress, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EgressPolicy], error)
+}
+
+type egressPoliciesClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewEgressPoliciesClient(cc grpc.ClientConnInterface) EgressPoliciesClient {
+	return &egressPoliciesClient{cc}
+}
+
+func (c *egressPoliciesClient) Watch(ctx context.Context, in *WatchEgress, opts ...grpc.CallOption) (grpc.ServerStreamingClient[EgressPolicy], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &EgressPolicies_ServiceDesc.Streams[0], EgressPolicies_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEgress, EgressPolicy]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EgressPolicies_WatchClient = grpc.ServerStreamingClient[EgressPolicy]
+
+// EgressPoliciesServer is the server API for EgressPolicies service.
+// All implementations must embed UnimplementedEgressPoliciesServer
+// for forward compatibility.
+//
+// EgressPolicies serves each proxy the EgressNetworks that decide whether
+// its workload's traffic may leave the mesh.
+type EgressPoliciesServer interface {
+	// Watch streams the EgressNetworks of the caller's namespace and of the
+	// mesh-wide egress namespace: all of them now, and again after every
+	// change.
+	Watch(*WatchEgress, grpc.ServerStreamingServer[EgressPolicy]) error
+	mustEmbedUnimplementedEgressPoliciesServer()
+}
+
+// UnimplementedEgressPoliciesServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedEgressPoliciesServer struct{}
+
+func (UnimplementedEgressPoliciesServer) Watch(*WatchEgress, grpc.ServerStreamingServer[EgressPolicy]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedEgressPoliciesServer) mustEmbedUnimplementedEgressPoliciesServer() {}
+func (UnimplementedEgressPoliciesServer) testEmbeddedByValue()                        {}
+
+// UnsafeEgressPoliciesServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to EgressPoliciesServer will
+// result in compilation errors.
+type UnsafeEgressPoliciesServer interface {
+	mustEmbedUnimplementedEgressPoliciesServer()
+}
+
+func RegisterEgressPoliciesServer(s grpc.ServiceRegistrar, srv EgressPoliciesServer) {
+	// If the following call panics, it indicates UnimplementedEgressPoliciesServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&EgressPolicies_ServiceDesc, srv)
+}
+
+func _EgressPolicies_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEgress)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(EgressPoliciesServer).Watch(m, &grpc.GenericServerStream[WatchEgress, EgressPolicy]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type EgressPolicies_WatchServer = grpc.ServerStreamingServer[EgressPolicy]
+
+// EgressPolicies_ServiceDesc is the grpc.ServiceDesc for EgressPolicies service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var EgressPolicies_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "trellis.policy.v1.EgressPolicies",
+	HandlerType: (*EgressPoliciesServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _EgressPolicies_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "api/policy/v1/policy.proto",
+}

@@ -33,8 +33,15 @@ func NewServer(st store.Store, trustDomain string, caller func(context.Context) 
 	return &Server{store: st, trustDomain: trustDomain, caller: caller, log: log}
 }
 
-// Register adds the service to r.
-func (s *Server) Register(r grpc.ServiceRegistrar) { policyv1.RegisterInboundPoliciesServer(r, s) }
+// GlobalEgressNamespace holds the EgressNetworks that apply to every
+// namespace (Linkerd's linkerd-egress).
+const GlobalEgressNamespace = "trellis-egress"
+
+// Register adds the InboundPolicies and EgressPolicies services to r.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	policyv1.RegisterInboundPoliciesServer(r, s)
+	policyv1.RegisterEgressPoliciesServer(r, egressServer{Server: s})
+}
 
 // Watch streams the inbound policy of the caller's workload.
 func (s *Server) Watch(req *policyv1.WatchInbound, stream grpc.ServerStreamingServer[policyv1.InboundPolicy]) error {
@@ -44,19 +51,74 @@ func (s *Server) Watch(req *policyv1.WatchInbound, stream grpc.ServerStreamingSe
 		return err
 	}
 	key := store.Key{Kind: resources.KindWorkload, Namespace: id.Namespace, Name: req.GetWorkload()}
-	var sent *policyv1.InboundPolicy
+	relevant := func(k store.Key) bool {
+		return k == key || k.Namespace == key.Namespace && slices.Contains(policyKinds, k.Kind)
+	}
+	return follow(ctx, s.store, func() (*policyv1.InboundPolicy, uint64, error) { return s.policy(ctx, key) }, relevant, stream.Send)
+}
+
+// egressServer is the EgressPolicies service.
+type egressServer struct {
+	policyv1.UnimplementedEgressPoliciesServer
+	*Server
+}
+
+// Watch streams the EgressNetworks of the caller's namespace and the
+// global egress namespace.
+func (s egressServer) Watch(_ *policyv1.WatchEgress, stream grpc.ServerStreamingServer[policyv1.EgressPolicy]) error {
+	ctx := stream.Context()
+	id, err := s.caller(ctx)
+	if err != nil {
+		return err
+	}
+	namespaces := []string{id.Namespace, GlobalEgressNamespace}
+	relevant := func(k store.Key) bool {
+		return k.Kind == resources.KindEgressNetwork && slices.Contains(namespaces, k.Namespace)
+	}
+	compile := func() (*policyv1.EgressPolicy, uint64, error) {
+		out := &policyv1.EgressPolicy{}
+		var rv uint64
+		for _, ns := range namespaces {
+			rs, v, err := s.store.List(ctx, resources.KindEgressNetwork, ns, nil)
+			if err != nil {
+				return nil, 0, status.Errorf(codes.Unavailable, "listing egress networks: %v", err)
+			}
+			rv = max(rv, v)
+			for _, r := range rs {
+				var spec resources.EgressNetworkSpec
+				if resources.Decode(r.Spec, &spec) != nil {
+					continue
+				}
+				en := &policyv1.EgressNetwork{Namespace: ns, Name: r.Metadata.Name, Allow: spec.TrafficPolicy == "Allow"}
+				for _, n := range spec.Networks {
+					en.Networks = append(en.Networks, &policyv1.Network{Cidr: n.CIDR, Except: n.Except})
+				}
+				out.Networks = append(out.Networks, en)
+			}
+		}
+		return out, rv, nil
+	}
+	return follow(ctx, s.store, compile, relevant, stream.Send)
+}
+
+// follow sends what compile makes now, and again whenever an object
+// relevant says it depends on changes and it compiles to something else,
+// until ctx ends or send fails.
+func follow[M proto.Message](ctx context.Context, st store.Store, compile func() (M, uint64, error), relevant func(store.Key) bool, send func(M) error) error {
+	var sent M
+	first := true
 	for {
-		p, rv, err := s.policy(ctx, key)
+		m, rv, err := compile()
 		if err != nil {
 			return err
 		}
-		if sent == nil || !proto.Equal(p, sent) {
-			if err := stream.Send(p); err != nil {
+		if first || !proto.Equal(m, sent) {
+			if err := send(m); err != nil {
 				return err
 			}
-			sent = p
+			sent, first = m, false
 		}
-		if err := s.waitChange(ctx, key, rv); err != nil {
+		if err := waitChange(ctx, st, relevant, rv); err != nil {
 			return err
 		}
 	}
@@ -83,10 +145,10 @@ func (s *Server) policy(ctx context.Context, key store.Key) (*policyv1.InboundPo
 	return compile(key.Namespace, w, s.trustDomain, objs), rv, nil
 }
 
-// waitChange returns once an object the policy of key depends on changed
-// after rv (or the watch had to start over).
-func (s *Server) waitChange(ctx context.Context, key store.Key, rv uint64) error {
-	events, err := s.store.Watch(ctx, "", rv)
+// waitChange returns once an object relevant says matters changed after
+// rv (or the watch had to start over).
+func waitChange(ctx context.Context, st store.Store, relevant func(store.Key) bool, rv uint64) error {
+	events, err := st.Watch(ctx, "", rv)
 	if errors.Is(err, store.ErrGone) {
 		return nil
 	}
@@ -101,8 +163,7 @@ func (s *Server) waitChange(ctx context.Context, key store.Key, rv uint64) error
 			if !ok {
 				return ctx.Err() // fell behind (nil: compile again) or ended
 			}
-			k := ev.Object.Key()
-			if k == key || k.Namespace == key.Namespace && slices.Contains(policyKinds, k.Kind) {
+			if relevant(ev.Object.Key()) {
 				return nil
 			}
 		}

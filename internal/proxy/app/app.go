@@ -25,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/egress"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/inbound"
@@ -58,8 +59,10 @@ type Proxy struct {
 	identity  *identity.Manager // nil without an identity
 	control   *control          // nil without a destination service
 	decisions *explain.Log
-	// authorizer decides who may reach the application (inbound).
+	// authorizer decides who may reach the application (inbound); egress
+	// what may leave the mesh (nil without a control plane).
 	authorizer *authz.Authorizer
+	egress     *egress.Guard
 	tapHub     *tap.Hub // nil unless the proxy registers a workload
 	tapSrv     *tap.Server
 	tapLn      net.Listener
@@ -119,7 +122,10 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	p.authorizer = authz.New(cfg.Authz, p.reg, log)
 	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, obs, p.authorizer, log)
 	p.decisions = &explain.Log{}
-	out := outbound.New(cfg, p.reg, dialer, creds, res, p.decisions, obs, log)
+	if p.control != nil {
+		p.egress = egress.New(p.identity.ID().Namespace, p.reg, log)
+	}
+	out := outbound.New(cfg, p.reg, dialer, creds, res, p.egress, p.decisions, obs, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
@@ -310,6 +316,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		go p.authorizer.Watch(hard, policyv1.NewInboundPoliciesClient(p.control.conn), p.cfg.Workload)
 	} else {
 		close(registered)
+	}
+	if p.egress != nil {
+		go p.egress.Watch(hard, policyv1.NewEgressPoliciesClient(p.control.conn))
 	}
 	if p.cfg.ReadyFile != "" {
 		if err := p.writeReadyFile(); err != nil {

@@ -2,14 +2,13 @@ package authz
 
 import (
 	"context"
-	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"time"
 
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
+	"github.com/trellis-mesh/trellis/internal/proxy/follow"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
@@ -159,30 +158,14 @@ func containsAny(ps []netip.Prefix, a netip.Addr) bool {
 // plane streams it through client, until ctx ends. While the control
 // plane is away the last policy stays in force.
 func (a *Authorizer) Watch(ctx context.Context, client policyv1.InboundPoliciesClient, workload string) {
-	failures := 0
-	for ctx.Err() == nil {
+	follow.Stream(ctx, a.log, "inbound policy", func(ctx context.Context) (func() (*policyv1.InboundPolicy, error), error) {
 		stream, err := client.Watch(ctx, &policyv1.WatchInbound{Workload: workload})
-		for err == nil {
-			var p *policyv1.InboundPolicy
-			if p, err = stream.Recv(); err == nil {
-				a.policy.Store(compilePolicy(p))
-				a.log.Info("inbound policy updated", "servers", len(p.GetServers()))
-				failures = 0
-			}
+		if err != nil {
+			return nil, err
 		}
-		if ctx.Err() != nil {
-			return
-		}
-		failures++
-		lvl := slog.LevelDebug
-		if failures == 1 {
-			lvl = slog.LevelWarn
-		}
-		a.log.Log(ctx, lvl, "watching the inbound policy failed; keeping the last one and retrying", "error", err)
-		d := min(100*time.Millisecond<<min(failures, 6), 5*time.Second)
-		select {
-		case <-ctx.Done():
-		case <-time.After(d/2 + rand.N(d/2+1)):
-		}
-	}
+		return stream.Recv, nil
+	}, func(p *policyv1.InboundPolicy) {
+		a.policy.Store(compilePolicy(p))
+		a.log.Info("inbound policy updated", "servers", len(p.GetServers()))
+	})
 }

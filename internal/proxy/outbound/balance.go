@@ -9,6 +9,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/egress"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -26,6 +27,7 @@ const (
 // went. Targets discovery does not know go where they were addressed.
 type balancer struct {
 	res        *discover.Resolver
+	egress     *egress.Guard // nil: traffic leaves the mesh unchecked
 	classes    balance.Classes
 	failFast   time.Duration
 	maxPending int64
@@ -99,8 +101,10 @@ func (b *balancer) http() httpproxy.Layer {
 		}
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			svc := serviceFrom(r.Context()) // resolved by the route stage, just above
-			if svc == nil {
-				next.ServeHTTP(w, r)
+			if svc == nil {                 // outside the mesh
+				if b.egress == nil || b.egress.AllowHTTP(w, r) {
+					next.ServeHTTP(w, r)
+				}
 				return
 			}
 			d := explain.From(r.Context())
@@ -148,6 +152,9 @@ func (b *balancer) http() httpproxy.Layer {
 	}
 }
 
+// errEgressDenied refuses a connection an EgressNetwork keeps in the mesh.
+var errEgressDenied = errors.New("egress denied by an EgressNetwork")
+
 // Fail-fast reasons: a retry cannot help with these.
 const (
 	reasonUnresolved  = "service not yet resolved by the control plane"
@@ -192,7 +199,10 @@ func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, p
 		return m.Target, m.PeerIdentity, func(error) {}, nil
 	}
 	svc := b.res.Resolve(ctx, m.Target)
-	if svc == nil {
+	if svc == nil { // outside the mesh
+		if b.egress != nil && !b.egress.AllowConn(m) {
+			return "", "", nil, errEgressDenied
+		}
 		return m.Target, m.PeerIdentity, func(error) {}, nil
 	}
 	ep, err := b.pick(ctx, svc)

@@ -12,6 +12,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/egress"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
@@ -47,7 +48,7 @@ type Stacks struct {
 // decisions receives what the route and balance stages decided per request.
 // Observability stages obs leaves nil are not in the stack; reg holds the
 // transport metrics.
-func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, decisions *explain.Log, obs observe.Stages, log *slog.Logger) *Stacks {
+func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, guard *egress.Guard, decisions *explain.Log, obs observe.Stages, log *slog.Logger) *Stacks {
 	s := &Stacks{peers: newPeers(cfg)}
 	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
 	var md *mesh.Dialer
@@ -68,7 +69,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 			return c, err
 		}
 	}
-	bal := &balancer{res: res, classes: cfg.Balance.FailureClasses(), failFast: cfg.FailFast, maxPending: DefaultMaxPending}
+	bal := &balancer{res: res, egress: guard, classes: cfg.Balance.FailureClasses(), failFast: cfg.FailFast, maxPending: DefaultMaxPending}
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
 		target, peer, release, err := bal.pickTarget(ctx, m)
 		if err != nil {

@@ -1,0 +1,84 @@
+package plane
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/metricstest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
+)
+
+// Traffic to a destination outside the mesh leaves until an EgressNetwork
+// denies its network (HTTP 403, a connection refused), and again when a
+// more specific one in the mesh-wide egress namespace allows it; each
+// request is counted by hostname.
+func TestEgressNetworks(t *testing.T) {
+	p, api := startPlane(t)
+	outside := backend(t, "outside", 0)
+	echo := testkit.EchoServer(t)
+	httpLocal, tcpLocal := testkit.FreeAddr(t), testkit.FreeAddr(t)
+	_, hport, _ := net.SplitHostPort(httpLocal)
+	_, tport, _ := net.SplitHostPort(tcpLocal)
+	client, _ := proxy(t, p, api, "client", "--upstream=out="+hport+":"+outside, "--upstream=echo="+tport+":"+echo, "--opaque-ports="+portOf(echo))
+	get := func() int {
+		resp, err := http.Get("http://" + httpLocal + "/")
+		if err != nil {
+			return 0
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	echoes := func() bool {
+		c, err := net.DialTimeout("tcp", tcpLocal, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		io.WriteString(c, "\x00hi")
+		b := make([]byte, 3)
+		_, err = io.ReadFull(c, b)
+		return err == nil && string(b) == "\x00hi"
+	}
+	expect := func(status int, echo bool) {
+		t.Helper()
+		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			s, e := get(), echoes()
+			if s == status && e == echo {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("HTTP %d (want %d), TCP echoed %v (want %v)", s, status, e, echo)
+			}
+		}
+	}
+	expect(200, true)
+	apply(t, api, "apiVersion: policy.trellis.dev/v1alpha1\nkind: EgressNetwork\nmetadata: {name: no-loopback, namespace: default}\n"+
+		"spec: {networks: [{cidr: 127.0.0.0/8}], trafficPolicy: Deny}\n")
+	expect(403, false)
+	apply(t, api, "apiVersion: policy.trellis.dev/v1alpha1\nkind: EgressNetwork\nmetadata: {name: this-host, namespace: trellis-egress}\n"+
+		"spec: {networks: [{cidr: 127.0.0.1/32}], trafficPolicy: Allow}\n")
+	expect(200, true)
+	m := metricstest.Scrape(t, "http://"+client.AdminAddr.String()+"/metrics")
+	for _, tc := range []struct {
+		labels map[string]string
+		family string
+	}{
+		{map[string]string{"hostname": "127.0.0.1", "result": "denied", "egress_network": "no-loopback", "egress_namespace": "default"}, "outbound_http_egress_total"},
+		{map[string]string{"hostname": "127.0.0.1", "result": "allowed", "egress_network": "this-host", "egress_namespace": "trellis-egress"}, "outbound_http_egress_total"},
+		{map[string]string{"result": "denied", "egress_network": "no-loopback"}, "outbound_tcp_egress_total"},
+	} {
+		if n := m.Sum(tc.family, tc.labels); n < 1 {
+			t.Errorf("%s%v = %v, want at least 1", tc.family, tc.labels, n)
+		}
+	}
+}
+
+func portOf(addr string) string {
+	_, port, _ := net.SplitHostPort(addr)
+	return port
+}

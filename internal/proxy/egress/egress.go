@@ -1,0 +1,185 @@
+// Package egress decides, on the outbound proxy, whether traffic to a
+// destination outside the mesh (no service, no instance the control plane
+// knows) may leave: the EgressNetworks of the workload's namespace and of
+// the mesh-wide egress namespace, as the control plane streams them. The
+// most specific network covering the destination decides (a workload's
+// own namespace before the global one, Deny before Allow); a destination
+// none covers may leave. Denied HTTP gets 403 (gRPC PERMISSION_DENIED), a
+// denied connection is refused; everything that leaves or is kept in is
+// counted by hostname (the Host asked for, or the TLS server name).
+package egress
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+
+	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/follow"
+	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+)
+
+// Guard holds the egress networks and decides.
+type Guard struct {
+	namespace string
+	nets      atomic.Pointer[[]network]
+	http, tcp *metrics.Counters
+	log       *slog.Logger
+}
+
+type network struct {
+	namespace, name string
+	allow           bool
+	spans           []span // none: every address
+}
+
+// span is a CIDR less some of its subnets.
+type span struct {
+	in     netip.Prefix
+	except []netip.Prefix
+}
+
+// New returns a guard for a workload of namespace, its counters in reg.
+func New(namespace string, reg *metrics.Registry, log *slog.Logger) *Guard {
+	return &Guard{namespace: namespace, log: log,
+		http: reg.Counters("outbound_http_egress_total", "Total count of outbound HTTP requests to destinations outside the mesh, by hostname and whether they were let out."),
+		tcp:  reg.Counters("outbound_tcp_egress_total", "Total count of outbound connections to destinations outside the mesh, by hostname and whether they were let out."),
+	}
+}
+
+// decide says whether traffic to addr may leave, and which network decided
+// ("" when none covers it).
+func (g *Guard) decide(addr netip.Addr) (bool, *network) {
+	nets := g.nets.Load()
+	if nets == nil {
+		return true, nil
+	}
+	var best *network
+	bestBits := -2
+	for i := range *nets {
+		n := &(*nets)[i]
+		bits, ok := n.covers(addr)
+		if !ok {
+			continue
+		}
+		switch {
+		case bits > bestBits,
+			bits == bestBits && n.namespace == g.namespace && best.namespace != g.namespace,
+			bits == bestBits && n.namespace == best.namespace && !n.allow:
+			best, bestBits = n, bits
+		}
+	}
+	if best == nil {
+		return true, nil
+	}
+	return best.allow, best
+}
+
+// covers reports whether n covers addr, and how specifically (the prefix
+// length; -1 for a network of every address).
+func (n *network) covers(addr netip.Addr) (int, bool) {
+	if len(n.spans) == 0 {
+		return -1, true
+	}
+	bits, ok := -1, false
+	for _, s := range n.spans {
+		if s.in.Contains(addr) && s.in.Bits() > bits && !slices.ContainsFunc(s.except, func(e netip.Prefix) bool { return e.Contains(addr) }) {
+			bits, ok = s.in.Bits(), true
+		}
+	}
+	return bits, ok
+}
+
+// count counts one request or connection to hostname.
+func (g *Guard) count(c *metrics.Counters, hostname string, allow bool, n *network) {
+	result, name, ns := "allowed", "", ""
+	if !allow {
+		result = "denied"
+	}
+	if n != nil {
+		name, ns = n.name, n.namespace
+	}
+	c.With("hostname", hostname, "egress_network", name, "egress_namespace", ns, "result", result).Add(1)
+}
+
+// AllowHTTP lets a request to a destination outside the mesh out, or
+// answers it (403) and returns false.
+func (g *Guard) AllowHTTP(w http.ResponseWriter, r *http.Request) bool {
+	m := transport.MetaFrom(r.Context())
+	host, _, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		host = r.Host
+	}
+	allow, n := g.decide(targetAddr(m.Target))
+	g.count(g.http, host, allow, n)
+	if !allow {
+		g.log.Debug("egress denied", "target", m.Target, "host", host, "egress_network", n.namespace+"/"+n.name)
+		httpproxy.WriteError(w, r, http.StatusForbidden, "egress to "+host+" denied by EgressNetwork "+n.namespace+"/"+n.name)
+	}
+	return allow
+}
+
+// AllowConn reports whether a connection (opaque TCP, or TLS the proxy
+// does not terminate) to a destination outside the mesh may leave.
+func (g *Guard) AllowConn(m *transport.Meta) bool {
+	allow, n := g.decide(targetAddr(m.Target))
+	g.count(g.tcp, m.SNI, allow, n)
+	if !allow {
+		g.log.Debug("egress denied", "target", m.Target, "sni", m.SNI, "egress_network", n.namespace+"/"+n.name)
+	}
+	return allow
+}
+
+// targetAddr is the IP of a host:port target; the zero Addr (covered by
+// no network but the every-address ones) when it is a name.
+func targetAddr(target string) netip.Addr {
+	ap, err := netip.ParseAddrPort(target)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// Watch keeps the guard's networks those the control plane streams
+// through client, until ctx ends.
+func (g *Guard) Watch(ctx context.Context, client policyv1.EgressPoliciesClient) {
+	follow.Stream(ctx, g.log, "egress networks", func(ctx context.Context) (func() (*policyv1.EgressPolicy, error), error) {
+		stream, err := client.Watch(ctx, &policyv1.WatchEgress{})
+		if err != nil {
+			return nil, err
+		}
+		return stream.Recv, nil
+	}, func(p *policyv1.EgressPolicy) {
+		nets := compile(p)
+		g.nets.Store(&nets)
+		g.log.Info("egress networks updated", "networks", len(nets))
+	})
+}
+
+func compile(p *policyv1.EgressPolicy) []network {
+	var out []network
+	for _, en := range p.GetNetworks() {
+		n := network{namespace: en.GetNamespace(), name: en.GetName(), allow: en.GetAllow()}
+		for _, nw := range en.GetNetworks() {
+			pr, err := netip.ParsePrefix(nw.GetCidr())
+			if err != nil {
+				continue // validated by the control plane
+			}
+			sp := span{in: pr.Masked()}
+			for _, e := range nw.GetExcept() {
+				if q, err := netip.ParsePrefix(e); err == nil {
+					sp.except = append(sp.except, q.Masked())
+				}
+			}
+			n.spans = append(n.spans, sp)
+		}
+		out = append(out, n)
+	}
+	return out
+}
