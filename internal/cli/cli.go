@@ -41,7 +41,7 @@ or ~/.trellis.`,
 		c.GroupID = "local"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{applyCmd(dataDir), getCmd(t), deleteCmd(dataDir)} {
+	for _, c := range []*cobra.Command{applyCmd(dataDir), getCmd(t), deleteCmd(dataDir), authzCmd(t)} {
 		c.GroupID = "resources"
 		root.AddCommand(c)
 	}

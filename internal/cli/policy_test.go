@@ -70,3 +70,27 @@ func TestApplyPolicies(t *testing.T) {
 }
 
 func regexpMatch(re, s string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+// authz shows a workload's Servers, their policies and rate limits, as
+// the control plane compiles them for its proxies.
+func TestAuthzShowsAWorkloadsPolicy(t *testing.T) {
+	dir := startUp(t)
+	workload := "apiVersion: trellis.dev/v1alpha1\nkind: Workload\nmetadata: {name: emoji-0, namespace: emojivoto, labels: {app: emoji, trellis.dev/workload: emoji}}\n" +
+		"spec: {service: emoji, address: 10.0.0.5, ports: [{port: 8080, targetPort: 8080}]}\n"
+	if out, err := execute("--data-dir", dir, "apply", "-f", writeFile(t, workload+"---\n"+policyManifest)); err != nil {
+		t.Fatalf("apply: %q, %v", out, err)
+	}
+	out, err := execute("--data-dir", dir, "authz", "emoji", "-n", "emojivoto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"SERVER", "emoji-grpc", "8080", "deny", "emoji-limit (total -, per identity 20/s)", "emoji-from-web",
+		"MeshTLSAuthentication/web-only(spiffe://cluster.local/ns/emojivoto/sa/web)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("authz output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := execute("--data-dir", dir, "authz", "nobody", "-n", "emojivoto"); err == nil || !strings.Contains(err.Error(), `no workload "nobody"`) {
+		t.Errorf("authz of an unknown workload: %v", err)
+	}
+}

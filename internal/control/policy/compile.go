@@ -20,16 +20,16 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/store"
 )
 
-// namespaceObjects are the policy resources of one namespace, by kind.
-type namespaceObjects map[string][]store.Resource
+// Objects are the policy resources of one namespace, by kind.
+type Objects map[string][]store.Resource
 
-// policyKinds are the kinds an inbound policy is compiled from.
-var policyKinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication,
+// Kinds are the kinds an inbound policy is compiled from.
+var Kinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication,
 	resources.KindHTTPLocalRateLimitPolicy, resources.KindHTTPRoute}
 
-// compile is the inbound policy of workload w (labels and spec) in
-// namespace ns, whose identities are in trustDomain.
-func compile(ns string, w store.Resource, trustDomain string, objs namespaceObjects) *policyv1.InboundPolicy {
+// Compile is the inbound policy of workload w (its labels) in namespace
+// ns, whose identities are in trustDomain, from the namespace's objects.
+func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *policyv1.InboundPolicy {
 	out := &policyv1.InboundPolicy{}
 	for _, srv := range objs[resources.KindServer] {
 		var s resources.ServerSpec
@@ -69,7 +69,7 @@ func compile(ns string, w store.Resource, trustDomain string, objs namespaceObje
 
 // rateLimit is the rate limit policy of Server server (the store allows
 // one), or nil.
-func rateLimit(server, ns, trustDomain string, objs namespaceObjects) *policyv1.RateLimit {
+func rateLimit(server, ns, trustDomain string, objs Objects) *policyv1.RateLimit {
 	for _, r := range objs[resources.KindHTTPLocalRateLimitPolicy] {
 		var s resources.HTTPLocalRateLimitPolicySpec
 		if resources.Decode(r.Spec, &s) != nil || s.TargetRef.Name != server {
@@ -133,7 +133,7 @@ func targets(ref resources.PolicyRef, server, ns string) bool {
 
 // authentication resolves a required authentication. One that does not
 // exist passes nobody.
-func authentication(ref resources.PolicyRef, ns, trustDomain string, objs namespaceObjects) *policyv1.Authentication {
+func authentication(ref resources.PolicyRef, ns, trustDomain string, objs Objects) *policyv1.Authentication {
 	a := &policyv1.Authentication{Kind: ref.Kind, Name: ref.Name}
 	switch ref.Kind {
 	case "ServiceAccount":

@@ -25,7 +25,7 @@ func object(t *testing.T, kind, name, spec string) store.Resource {
 // resolved; a missing authentication passes nobody.
 func TestCompile(t *testing.T) {
 	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}}}
-	objs := namespaceObjects{
+	objs := Objects{
 		resources.KindServer: {
 			object(t, resources.KindServer, "api-http", "podSelector: {matchLabels: {app: api}}\nport: 8080\naccessPolicy: audit"),
 			object(t, resources.KindServer, "web-http", "podSelector: {matchLabels: {app: web}}\nport: 8080"),
@@ -44,7 +44,7 @@ func TestCompile(t *testing.T) {
 			object(t, resources.KindNetworkAuthentication, "office", "networks: [{cidr: 192.168.0.0/16, except: [192.168.9.0/24]}]"),
 		},
 	}
-	got, err := protojson.Marshal(compile("shop", w, "cluster.local", objs))
+	got, err := protojson.Marshal(Compile("shop", w, "cluster.local", objs))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,7 +52,7 @@ func (s *Server) Watch(req *policyv1.WatchInbound, stream grpc.ServerStreamingSe
 	}
 	key := store.Key{Kind: resources.KindWorkload, Namespace: id.Namespace, Name: req.GetWorkload()}
 	relevant := func(k store.Key) bool {
-		return k == key || k.Namespace == key.Namespace && slices.Contains(policyKinds, k.Kind)
+		return k == key || k.Namespace == key.Namespace && slices.Contains(Kinds, k.Kind)
 	}
 	return follow(ctx, s.store, func() (*policyv1.InboundPolicy, uint64, error) { return s.policy(ctx, key) }, relevant, stream.Send)
 }
@@ -126,9 +126,9 @@ func follow[M proto.Message](ctx context.Context, st store.Store, compile func()
 
 // policy compiles the policy of the workload under key, at store version rv.
 func (s *Server) policy(ctx context.Context, key store.Key) (*policyv1.InboundPolicy, uint64, error) {
-	objs := namespaceObjects{}
+	objs := Objects{}
 	var rv uint64
-	for _, kind := range policyKinds {
+	for _, kind := range Kinds {
 		rs, v, err := s.store.List(ctx, kind, key.Namespace, nil)
 		if err != nil {
 			return nil, 0, status.Errorf(codes.Unavailable, "listing %s: %v", kind, err)
@@ -142,7 +142,7 @@ func (s *Server) policy(ctx context.Context, key store.Key) (*policyv1.InboundPo
 	case err != nil:
 		return nil, 0, status.Errorf(codes.Unavailable, "workload %s: %v", key, err)
 	}
-	return compile(key.Namespace, w, s.trustDomain, objs), rv, nil
+	return Compile(key.Namespace, w, s.trustDomain, objs), rv, nil
 }
 
 // waitChange returns once an object relevant says matters changed after
