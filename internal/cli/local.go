@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/local/netns"
 	"github.com/trellis-mesh/trellis/internal/local/up"
+	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 )
 
 func apiClient(dataDir string) *localapi.Client {
@@ -84,6 +86,7 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 	fs.MarkHidden("dns-addr")
 	fs.StringVar(&o.Network, "network", "auto", "instance network: auto (a bridge when root), bridge, or none (explicit mode only)")
 	o.Bridge.Flags(fs)
+	fs.StringVar(&o.DefaultInboundPolicy, "default-inbound-policy", "", "the mesh's default inbound policy, which 'trellis run' gives its proxies unless its own flag says otherwise: "+strings.Join(authz.Policies, ", ")+" (default: all-unauthenticated)")
 	fs.IntVar(&o.ControlPort, "control-port", up.DefaultControlPort, "gRPC port of identity and destination (on the bridge address when bridged, else 127.0.0.1; 0 picks one)")
 	fs.BoolVarP(&detach, "detach", "d", false, "run in the background and return once serving")
 	fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -144,6 +147,9 @@ func printStatus(cmd *cobra.Command, st localapi.Status) {
 	fmt.Fprintf(w, "identity, destination\t%s (gRPC, TLS)\n", st.ControlAddr)
 	fmt.Fprintf(w, "admin\thttp://%s/metrics\n", st.AdminAddr)
 	fmt.Fprintf(w, "trust anchor\t%s\n", st.TrustAnchor)
+	if st.DefaultInboundPolicy != "" {
+		fmt.Fprintf(w, "inbound policy\t%s (the default of the proxies trellis run starts)\n", st.DefaultInboundPolicy)
+	}
 	if st.Network != "" {
 		fmt.Fprintf(w, "network\t%s on %s (instances in their own network namespaces)\n", st.Network, st.Bridge)
 		fmt.Fprintf(w, "DNS\t%s (*.svc.%s)\n", st.DNSAddr, st.ClusterDomain)

@@ -94,3 +94,10 @@ func TestAuthzShowsAWorkloadsPolicy(t *testing.T) {
 		t.Errorf("authz of an unknown workload: %v", err)
 	}
 }
+
+func TestUpRefusesAnUnknownDefaultPolicy(t *testing.T) {
+	_, err := execute("--data-dir", t.TempDir(), "up", "--network", "none", "--control-port", "0", "--admin-addr", "127.0.0.1:0", "--default-inbound-policy", "allow")
+	if err == nil || !strings.Contains(err.Error(), `--default-inbound-policy "allow": must be one of all-unauthenticated`) {
+		t.Fatalf("up --default-inbound-policy allow: %v", err)
+	}
+}

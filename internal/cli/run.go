@@ -107,7 +107,7 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringVar(&o.TraceCollector, "trace-collector", "", "OTLP/gRPC receiver HOST:PORT the proxies export a span per request to, reachable from the instances (default: no tracing)")
 	fs.StringArrayVar(&o.Env, "env", nil, "KEY=VALUE added to the application's environment (repeatable)")
 	fs.StringVar(&o.Restart, "restart", run.RestartAlways, "when a replica's application or proxy exits: always restart it (after a backoff from 1s, doubling to 1m), on-failure (a non-zero exit), or never")
-	fs.StringVar(&o.DefaultInboundPolicy, "default-inbound-policy", "", "who may call the instances: "+strings.Join(authz.Policies, ", ")+" (default all-unauthenticated; all-authenticated admits meshed clients only)")
+	fs.StringVar(&o.DefaultInboundPolicy, "default-inbound-policy", "", "who may call the instances: "+strings.Join(authz.Policies, ", ")+" (default: the control plane's --default-inbound-policy, else all-unauthenticated; all-authenticated admits meshed clients only)")
 	fs.BoolVar(&o.AllowUDP, "allow-udp", false, "transparent mode: let UDP leave the instances in plaintext (the mesh carries TCP only); by default only DNS to the control plane does, other UDP is refused")
 	fs.StringVar(&o.User, "user", "", "as root: the user the application runs as, NAME|UID[:GROUP|GID], with no capabilities (default nobody; root keeps root, and lets the application read the mesh's keys)")
 	cmd.MarkFlagRequired("name")

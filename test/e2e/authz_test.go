@@ -17,7 +17,8 @@ import (
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
-// In transparent mode, with emoji's default inbound policy deny and one
+// In transparent mode, with the mesh's default inbound policy deny (trellis
+// up --default-inbound-policy) and one
 // AuthorizationPolicy letting only web in: web's calls to emoji (through
 // web's proxy, as its application makes them) succeed, other's get 403,
 // and so does a client on the host outside the mesh; emoji's proxy counts
@@ -30,7 +31,7 @@ func TestAuthorizationTransparent(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := startTrellis(t, -1, nil, "--data-dir", dataDir, "up", "--network", "bridge", "--control-port", strconv.Itoa(freePort(t)),
-		"--admin-addr", loopback(freePort(t)))
+		"--admin-addr", loopback(freePort(t)), "--default-inbound-policy", "deny")
 	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
 	manifest := filepath.Join(t.TempDir(), "policy.yaml")
 	os.WriteFile(manifest, []byte(`apiVersion: policy.trellis.dev/v1alpha1
@@ -55,9 +56,6 @@ spec:
 	}
 	for _, name := range []string{"emoji", "web", "other"} {
 		args := []string{"--data-dir", dataDir, "run", "--name", name, "--port", "8080"}
-		if name == "emoji" {
-			args = append(args, "--default-inbound-policy", "deny")
-		}
 		r := startTrellis(t, -1, nil, append(args, "--", fortio, "server", "-http-port", "$LISTEN_ADDR", "-grpc-port", "disabled",
 			"-redirect-port", "disabled", "-tcp-port", "disabled", "-udp-port", "disabled")...)
 		r.waitOutput(t, regexp.MustCompile(name+`-0: started`), 20*time.Second)

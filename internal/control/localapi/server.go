@@ -54,6 +54,9 @@ type Status struct {
 	TargetsFile string `json:"targetsFile"`
 	// ScrapeInterval is how often proxies are scraped.
 	ScrapeInterval string `json:"scrapeInterval"`
+	// DefaultInboundPolicy is the mesh's default inbound policy for the
+	// proxies `trellis run` starts ("": the proxies' own default).
+	DefaultInboundPolicy string `json:"defaultInboundPolicy,omitempty"`
 }
 
 // Config is what the API serves from.

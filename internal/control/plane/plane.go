@@ -69,6 +69,10 @@ type Options struct {
 	// the Sources alone (in Kubernetes a proxy cannot add itself to a
 	// Service; the EndpointSlices say who serves it).
 	NoRegistry bool
+	// DefaultInboundPolicy, if set, is the mesh's default inbound policy,
+	// which `trellis run` gives its proxies unless told otherwise (status
+	// only: the proxies enforce it).
+	DefaultInboundPolicy string
 	// ViewAddr, if set, serves the API's read-only part (status,
 	// resources, metrics, tap) over TCP: in Kubernetes, on the Pod's
 	// loopback, for the CLI's port-forward.
@@ -263,7 +267,7 @@ func (p *Plane) Status() localapi.Status {
 		Version: buildinfo.Version, PID: os.Getpid(), DataDir: p.opts.Identity.DataDir,
 		ControlAddr: p.identity.Addr().String(), AdminAddr: p.identity.AdminAddr().String(),
 		TrustDomain: p.opts.Identity.TrustDomain, ClusterDomain: p.opts.ClusterDomain, TrustAnchor: filepath.Join(p.opts.Identity.DataDir, pki.AnchorFile),
-		Bridge: p.opts.Bridge, Started: p.started,
+		Bridge: p.opts.Bridge, Started: p.started, DefaultInboundPolicy: p.opts.DefaultInboundPolicy,
 		Metrics: "embedded", TargetsFile: p.TargetsFile(), ScrapeInterval: p.opts.Metrics.ScrapeInterval.String(),
 	}
 	if p.opts.Metrics.PrometheusURL != "" {

@@ -214,8 +214,8 @@ func (in *instance) proxyArgs() ([]string, error) {
 	if in.o.AccessLog != "" {
 		args = append(args, "--access-log", in.o.AccessLog)
 	}
-	if in.o.DefaultInboundPolicy != "" {
-		args = append(args, "--default-inbound-policy", in.o.DefaultInboundPolicy)
+	if policy := cmp.Or(in.o.DefaultInboundPolicy, in.st.DefaultInboundPolicy); policy != "" {
+		args = append(args, "--default-inbound-policy", policy)
 	}
 	if in.o.TraceCollector != "" {
 		args = append(args, "--trace-collector", in.o.TraceCollector)

@@ -15,7 +15,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/plane"
 	"github.com/trellis-mesh/trellis/internal/control/registry"
 	"github.com/trellis-mesh/trellis/internal/local/netns"
+	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 )
 
 // DefaultControlPort is the gRPC port of identity and destination.
@@ -38,6 +41,9 @@ type Options struct {
 	Network     string
 	ControlPort int
 	Bridge      BridgeNetwork
+	// DefaultInboundPolicy is the mesh's default inbound policy ("": the
+	// proxies' own, all-unauthenticated).
+	DefaultInboundPolicy string
 }
 
 // BridgeNetwork is the bridge instances join in bridge mode and its
@@ -117,7 +123,11 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Up, error) {
 	if o.ControlPort < 0 || o.ControlPort > 65535 {
 		return nil, fmt.Errorf("--control-port %d: not a port", o.ControlPort)
 	}
+	if o.DefaultInboundPolicy != "" && !slices.Contains(authz.Policies, o.DefaultInboundPolicy) {
+		return nil, fmt.Errorf("--default-inbound-policy %q: must be one of %s", o.DefaultInboundPolicy, strings.Join(authz.Policies, ", "))
+	}
 	po := o.Plane
+	po.DefaultInboundPolicy = o.DefaultInboundPolicy
 	host := "127.0.0.1"
 	u := &Up{log: log}
 	if bridged {
