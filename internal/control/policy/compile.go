@@ -25,7 +25,7 @@ type Objects map[string][]store.Resource
 
 // Kinds are the kinds an inbound policy is compiled from.
 var Kinds = []string{resources.KindServer, resources.KindAuthorizationPolicy, resources.KindMeshTLSAuthentication, resources.KindNetworkAuthentication,
-	resources.KindHTTPLocalRateLimitPolicy, resources.KindHTTPRoute}
+	resources.KindHTTPLocalRateLimitPolicy, resources.KindHTTPRoute, resources.KindGRPCRoute}
 
 // Compile is the inbound policy of workload w (its labels) in namespace
 // ns, whose identities are in trustDomain, from the namespace's objects.
@@ -37,7 +37,7 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 			continue // a named port is not resolved yet
 		}
 		ps := &policyv1.Server{Name: srv.Metadata.Name, Port: uint32(s.Port.IntValue()), ProxyProtocol: s.ProxyProtocol, Audit: s.AccessPolicy == "audit"}
-		routes := serverRoutes(srv.Metadata.Name, objs[resources.KindHTTPRoute])
+		routes := serverRoutes(srv.Metadata.Name, append(slices.Clone(objs[resources.KindHTTPRoute]), objs[resources.KindGRPCRoute]...))
 		if len(routes) > 0 {
 			ps.Routes = destination.InboundRoutes(routes)
 		}
@@ -49,7 +49,7 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 			authz := &policyv1.Authorization{Name: ap.Metadata.Name}
 			switch {
 			case targets(a.TargetRef, srv.Metadata.Name, ns):
-			case a.TargetRef.Kind == resources.KindHTTPRoute && slices.ContainsFunc(routes, func(r store.Resource) bool { return r.Metadata.Name == a.TargetRef.Name }):
+			case slices.ContainsFunc(routes, func(r store.Resource) bool { return r.Kind == a.TargetRef.Kind && r.Metadata.Name == a.TargetRef.Name }):
 				authz.Route = ns + "/" + a.TargetRef.Name
 			default:
 				continue
@@ -100,7 +100,7 @@ func selects(sel *metav1.LabelSelector, l map[string]string) bool {
 	return err == nil && s.Matches(labels.Set(l))
 }
 
-// serverRoutes are the HTTPRoutes attached to Server server.
+// serverRoutes are the HTTPRoutes and GRPCRoutes attached to Server server.
 func serverRoutes(server string, routes []store.Resource) []store.Resource {
 	var out []store.Resource
 	for _, r := range routes {

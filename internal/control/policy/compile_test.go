@@ -64,3 +64,22 @@ func TestCompile(t *testing.T) {
 		t.Errorf("compiled:\n%s\nwant:\n%s", gb, wb)
 	}
 }
+
+// A GRPCRoute attached to a Server authorizes as an HTTPRoute does.
+func TestCompileGRPCRoute(t *testing.T) {
+	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}}}
+	objs := Objects{
+		resources.KindServer: {object(t, resources.KindServer, "api-grpc", "podSelector: {matchLabels: {app: api}}\nport: 9090\nproxyProtocol: gRPC")},
+		resources.KindGRPCRoute: {object(t, resources.KindGRPCRoute, "reads",
+			"parentRefs: [{group: policy.trellis.dev, kind: Server, name: api-grpc}]\nrules: [{matches: [{method: {service: shop.Catalog, method: List}}]}]")},
+		resources.KindAuthorizationPolicy: {object(t, resources.KindAuthorizationPolicy, "reads-from-web",
+			"targetRef: {group: gateway.networking.k8s.io, kind: GRPCRoute, name: reads}\nrequiredAuthenticationRefs: [{kind: ServiceAccount, name: web}]")},
+	}
+	p := Compile("shop", w, "cluster.local", objs)
+	if len(p.Servers) != 1 || p.Servers[0].Routes == nil || len(p.Servers[0].Routes.Rules) != 1 || p.Servers[0].Routes.Rules[0].Kind != resources.KindGRPCRoute {
+		t.Fatalf("compiled %v", p)
+	}
+	if a := p.Servers[0].Authorizations; len(a) != 1 || a[0].Route != "shop/reads" || a[0].Authentications[0].Identities[0] != "spiffe://cluster.local/ns/shop/sa/web" {
+		t.Fatalf("authorizations %v", a)
+	}
+}
