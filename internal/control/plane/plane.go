@@ -108,6 +108,7 @@ type Plane struct {
 	store    *store.DB
 	index    *destination.Index
 	registry *registry.Registry
+	policy   *policy.Server
 	dns      *dns.Server
 	api      *localapi.Server
 	view     net.Listener // --view-addr, or nil
@@ -155,7 +156,8 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	}
 	p.index = destination.NewIndex(p.store, o.ClusterDomain, destination.DefaultQueue, log.With("component", "destination"))
 	destination.NewServer(p.index).Register(p.identity.GRPC())
-	policy.NewServer(p.store, o.Identity.TrustDomain, p.registry.Caller, log.With("component", "policy")).Register(p.identity.GRPC())
+	p.policy = policy.NewServer(p.store, o.Identity.TrustDomain, p.registry.Caller, log.With("component", "policy"))
+	p.policy.Register(p.identity.GRPC())
 	if !o.NoRegistry {
 		p.registry.AddTo(p.identity.GRPC())
 	}
@@ -303,6 +305,7 @@ func (p *Plane) Run(ctx context.Context) error {
 	g.Go(func() error { return p.index.Run(gctx) })
 	g.Go(func() error { return p.registry.Run(gctx) })
 	g.Go(func() error { return p.identity.Run(gctx) })
+	g.Go(func() error { <-gctx.Done(); p.policy.Close(); return nil }) // its streams end, so the graceful stop does not wait for them
 	g.Go(func() error { return p.api.Serve(gctx) })
 	g.Go(func() error { return p.keepTargetsFile(gctx) })
 	if p.embedded != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,13 +26,21 @@ type Server struct {
 	// caller is the identity the client proved with its certificate.
 	caller func(ctx context.Context) (meshid.ID, error)
 	log    *slog.Logger
+	// closed ends every stream: the control plane is stopping, and a
+	// graceful stop waits for them.
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 // NewServer serves the inbound policies of st's workloads to callers that
 // caller identifies.
 func NewServer(st store.Store, trustDomain string, caller func(context.Context) (meshid.ID, error), log *slog.Logger) *Server {
-	return &Server{store: st, trustDomain: trustDomain, caller: caller, log: log}
+	return &Server{store: st, trustDomain: trustDomain, caller: caller, log: log, closed: make(chan struct{})}
 }
+
+// Close ends every stream (UNAVAILABLE: the proxies keep their policy and
+// reconnect to the next control plane).
+func (s *Server) Close() { s.closeOnce.Do(func() { close(s.closed) }) }
 
 // GlobalEgressNamespace holds the EgressNetworks that apply to every
 // namespace (Linkerd's linkerd-egress).
@@ -54,7 +63,7 @@ func (s *Server) Watch(req *policyv1.WatchInbound, stream grpc.ServerStreamingSe
 	relevant := func(k store.Key) bool {
 		return k == key || k.Namespace == key.Namespace && slices.Contains(Kinds, k.Kind)
 	}
-	return follow(ctx, s.store, func() (*policyv1.InboundPolicy, uint64, error) { return s.policy(ctx, key) }, relevant, stream.Send)
+	return follow(ctx, s.store, s.closed, func() (*policyv1.InboundPolicy, uint64, error) { return s.policy(ctx, key) }, relevant, stream.Send)
 }
 
 // egressServer is the EgressPolicies service.
@@ -98,13 +107,13 @@ func (s egressServer) Watch(_ *policyv1.WatchEgress, stream grpc.ServerStreaming
 		}
 		return out, rv, nil
 	}
-	return follow(ctx, s.store, compile, relevant, stream.Send)
+	return follow(ctx, s.store, s.closed, compile, relevant, stream.Send)
 }
 
 // follow sends what compile makes now, and again whenever an object
 // relevant says it depends on changes and it compiles to something else,
-// until ctx ends or send fails.
-func follow[M proto.Message](ctx context.Context, st store.Store, compile func() (M, uint64, error), relevant func(store.Key) bool, send func(M) error) error {
+// until ctx ends, closed closes or send fails.
+func follow[M proto.Message](ctx context.Context, st store.Store, closed <-chan struct{}, compile func() (M, uint64, error), relevant func(store.Key) bool, send func(M) error) error {
 	var sent M
 	first := true
 	for {
@@ -118,7 +127,7 @@ func follow[M proto.Message](ctx context.Context, st store.Store, compile func()
 			}
 			sent, first = m, false
 		}
-		if err := waitChange(ctx, st, relevant, rv); err != nil {
+		if err := waitChange(ctx, st, closed, relevant, rv); err != nil {
 			return err
 		}
 	}
@@ -147,7 +156,7 @@ func (s *Server) policy(ctx context.Context, key store.Key) (*policyv1.InboundPo
 
 // waitChange returns once an object relevant says matters changed after
 // rv (or the watch had to start over).
-func waitChange(ctx context.Context, st store.Store, relevant func(store.Key) bool, rv uint64) error {
+func waitChange(ctx context.Context, st store.Store, closed <-chan struct{}, relevant func(store.Key) bool, rv uint64) error {
 	events, err := st.Watch(ctx, "", rv)
 	if errors.Is(err, store.ErrGone) {
 		return nil
@@ -159,6 +168,8 @@ func waitChange(ctx context.Context, st store.Store, relevant func(store.Key) bo
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-closed:
+			return status.Error(codes.Unavailable, "the control plane is stopping")
 		case ev, ok := <-events:
 			if !ok {
 				return ctx.Err() // fell behind (nil: compile again) or ended

@@ -310,15 +310,31 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.control != nil {
 		defer p.control.close()
 	}
+	// The policy watches start once the proxy has its certificate, and end
+	// before the connection to the control plane closes (defers run last
+	// first).
+	watchCtx, stopWatches := context.WithCancel(hard)
+	defer stopWatches()
+	watch := func(f func(context.Context)) {
+		go func() {
+			select {
+			case <-p.identity.Ready():
+				f(watchCtx)
+			case <-watchCtx.Done():
+			}
+		}()
+	}
 	if p.control != nil && p.cfg.Workload != "" {
 		r := p.control.registrar(p.cfg, p.identity, p.InboundAddr, p.AdminAddr, p.TapAddr, p.log)
 		go func() { r.Run(regCtx); close(registered) }()
-		go p.authorizer.Watch(hard, policyv1.NewInboundPoliciesClient(p.control.conn), p.cfg.Workload)
+		client := policyv1.NewInboundPoliciesClient(p.control.conn)
+		watch(func(ctx context.Context) { p.authorizer.Watch(ctx, client, p.cfg.Workload) })
 	} else {
 		close(registered)
 	}
 	if p.egress != nil {
-		go p.egress.Watch(hard, policyv1.NewEgressPoliciesClient(p.control.conn))
+		client := policyv1.NewEgressPoliciesClient(p.control.conn)
+		watch(func(ctx context.Context) { p.egress.Watch(ctx, client) })
 	}
 	if p.cfg.ReadyFile != "" {
 		if err := p.writeReadyFile(); err != nil {
