@@ -10,16 +10,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/metricstest"
+	"github.com/trellis-mesh/trellis/internal/proxy/app"
 	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
-// Who may call a workload follows the policy resources, as the control
-// plane streams them to its proxy: a Server of emoji's port with one
-// AuthorizationPolicy lets web in and keeps other out (403); in audit mode
-// other gets through, counted; each change is in force within a second,
-// and fails none of web's calls meanwhile.
-func TestAuthorizationPolicy(t *testing.T) {
+// emojiAndCallers starts a plane, emoji (an instance labelled app=emoji
+// behind its proxy) and the proxies of two callers, web and other, each
+// with an upstream port to emoji: it returns the plane's API, emoji's
+// proxy, emoji's application port and the callers' URLs.
+func emojiAndCallers(t *testing.T) (*localapi.Client, *app.Proxy, string, map[string]string) {
+	t.Helper()
 	p, api := startPlane(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -39,6 +41,16 @@ func TestAuthorizationPolicy(t *testing.T) {
 		proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
 		callers[sa] = "http://" + local + "/"
 	}
+	return api, emoji, appPort, callers
+}
+
+// Who may call a workload follows the policy resources, as the control
+// plane streams them to its proxy: a Server of emoji's port with one
+// AuthorizationPolicy lets web in and keeps other out (403); in audit mode
+// other gets through, counted; each change is in force within a second,
+// and fails none of web's calls meanwhile.
+func TestAuthorizationPolicy(t *testing.T) {
+	api, emoji, appPort, callers := emojiAndCallers(t)
 	status := func(sa string) int {
 		resp, err := http.Get(callers[sa])
 		if err != nil {
@@ -127,18 +139,7 @@ func TestAuthorizationPolicy(t *testing.T) {
 // burst) within 10 %, with Retry-After; other, at 10 a second, is never
 // limited; a gRPC call over the limit gets RESOURCE_EXHAUSTED.
 func TestRateLimitPerIdentity(t *testing.T) {
-	p, api := startPlane(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "emoji") })}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	_, appPort, _ := net.SplitHostPort(ln.Addr().String())
-	emoji, _ := proxy(t, p, api, "emoji", "--app-addr="+ln.Addr().String(), "--workload=emoji-0", "--service=emoji",
-		"--service-port=8080="+appPort, "--workload-label=app=emoji")
-	waitWorkloads(t, api, 1)
+	api, emoji, appPort, callers := emojiAndCallers(t)
 	apply(t, api,
 		fmt.Sprintf("apiVersion: policy.trellis.dev/v1alpha1\nkind: Server\nmetadata: {name: emoji-http, namespace: default}\n"+
 			"spec: {podSelector: {matchLabels: {app: emoji}}, port: %s}\n", appPort),
@@ -148,13 +149,6 @@ func TestRateLimitPerIdentity(t *testing.T) {
 			"requiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: meshed}]}\n",
 		"apiVersion: policy.trellis.dev/v1alpha1\nkind: HTTPLocalRateLimitPolicy\nmetadata: {name: emoji-limit, namespace: default}\n"+
 			"spec: {targetRef: {group: policy.trellis.dev, kind: Server, name: emoji-http}, identity: {requestsPerSecond: 20}}\n")
-	callers := map[string]string{}
-	for _, sa := range []string{"web", "other"} {
-		local := testkit.FreeAddr(t)
-		_, lport, _ := net.SplitHostPort(local)
-		proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
-		callers[sa] = "http://" + local + "/"
-	}
 	// Wait until the limit is in force (a burst of web's gets a 429).
 	for deadline := time.Now().Add(5 * time.Second); ; {
 		limited := false
@@ -241,25 +235,7 @@ func TestRateLimitPerIdentity(t *testing.T) {
 // /api/list, only web (by the Server's own policy) may call /api/vote, and
 // a path no route matches gets 404.
 func TestRouteAuthorization(t *testing.T) {
-	p, api := startPlane(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "emoji") })}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	_, appPort, _ := net.SplitHostPort(ln.Addr().String())
-	emoji, _ := proxy(t, p, api, "emoji", "--app-addr="+ln.Addr().String(), "--workload=emoji-0", "--service=emoji",
-		"--service-port=8080="+appPort, "--workload-label=app=emoji")
-	waitWorkloads(t, api, 1)
-	callers := map[string]string{}
-	for _, sa := range []string{"web", "other"} {
-		local := testkit.FreeAddr(t)
-		_, lport, _ := net.SplitHostPort(local)
-		proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
-		callers[sa] = "http://" + local
-	}
+	api, emoji, appPort, callers := emojiAndCallers(t)
 	route := func(name, method, path string) string {
 		return fmt.Sprintf("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: %s, namespace: default}\n"+
 			"spec:\n  parentRefs: [{group: policy.trellis.dev, kind: Server, name: emoji-http}]\n"+
@@ -290,7 +266,7 @@ func TestRouteAuthorization(t *testing.T) {
 	} {
 		got := 0
 		for deadline := time.Now().Add(3 * time.Second); got != tc.want && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			req, _ := http.NewRequest(tc.method, callers[tc.sa]+tc.path, nil)
+			req, _ := http.NewRequest(tc.method, callers[tc.sa]+strings.TrimPrefix(tc.path, "/"), nil)
 			if resp, err := http.DefaultClient.Do(req); err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()

@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
@@ -30,7 +31,14 @@ type Guard struct {
 	namespace string
 	nets      atomic.Pointer[[]network]
 	http, tcp *metrics.Counters
+	series    sync.Map // seriesKey -> *atomic.Uint64: no labels built per request
 	log       *slog.Logger
+}
+
+type seriesKey struct {
+	family                *metrics.Counters
+	hostname, network, ns string
+	allow                 bool
 }
 
 type network struct {
@@ -98,14 +106,19 @@ func (n *network) covers(addr netip.Addr) (int, bool) {
 
 // count counts one request or connection to hostname.
 func (g *Guard) count(c *metrics.Counters, hostname string, allow bool, n *network) {
-	result, name, ns := "allowed", "", ""
-	if !allow {
-		result = "denied"
-	}
+	k := seriesKey{family: c, hostname: hostname, allow: allow}
 	if n != nil {
-		name, ns = n.name, n.namespace
+		k.network, k.ns = n.name, n.namespace
 	}
-	c.With("hostname", hostname, "egress_network", name, "egress_namespace", ns, "result", result).Add(1)
+	v, ok := g.series.Load(k)
+	if !ok {
+		result := "allowed"
+		if !allow {
+			result = "denied"
+		}
+		v, _ = g.series.LoadOrStore(k, c.With("hostname", hostname, "egress_network", k.network, "egress_namespace", k.ns, "result", result))
+	}
+	v.(*atomic.Uint64).Add(1)
 }
 
 // AllowHTTP lets a request to a destination outside the mesh out, or
