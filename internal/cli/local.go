@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -215,15 +216,24 @@ another data directory's network is touched. The data directory is kept.`,
 }
 
 func statusCmd(dataDir *string) *cobra.Command {
-	return &cobra.Command{
+	var output string
+	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show the local control plane and what is registered with it",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "" && output != "json" {
+				return fmt.Errorf("--output %q: must be json (or none, for a table)", output)
+			}
 			api := apiClient(*dataDir)
 			st, err := api.Status(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
 			}
 			printStatus(cmd, st)
 			svcs, err := api.List(cmd.Context(), resources.KindService, "")
@@ -238,4 +248,6 @@ func statusCmd(dataDir *string) *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "json: the control plane's status as JSON (its addresses, network, gateway), for scripts")
+	return cmd
 }

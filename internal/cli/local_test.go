@@ -189,6 +189,8 @@ func TestRunFailsFast(t *testing.T) {
 		{"client with a protocol", []string{"run", "--name", "job", "--protocol", "grpc", "--", "true"}, "--protocol grpc without --port"},
 		{"bad local port", []string{"run", "--name", "web", "--upstream", "api:80=0", "--", "true"}, "NAME[.NAMESPACE]:PORT[=LOCALPORT]"},
 		{"bad inbound policy", []string{"run", "--name", "web", "--port", "8080", "--default-inbound-policy", "allow-all", "--", "true"}, `--default-inbound-policy "allow-all": must be one of all-unauthenticated`},
+		{"require identity of a client", []string{"run", "--name", "web", "--require-identity", "--", "true"}, `--require-identity and --probe-path are about the application's port: give --port`},
+		{"probe path not a path", []string{"run", "--name", "web", "--port", "8080", "--probe-path", "healthz", "--", "true"}, `--probe-path "healthz": must be a path such as /healthz`},
 		{"pinned port, replicas", []string{"run", "--name", "web", "--port", "8080", "--replicas", "2", "--upstream", "api:80=9000", "--", "true"}, "serves one replica"},
 		{"bad upstream", []string{"run", "--name", "web", "--port", "8080", "--upstream", "api", "--", "true"}, "--upstream"},
 		{"unknown user", []string{"run", "--name", "web", "--port", "8080", "--user", "no-such-user-here", "--", "true"}, "--user no-such-user-here"},

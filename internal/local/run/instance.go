@@ -220,6 +220,14 @@ func (in *instance) proxyArgs() ([]string, error) {
 	if in.o.TraceCollector != "" {
 		args = append(args, "--trace-collector", in.o.TraceCollector)
 	}
+	if in.o.RequireIdentity && in.appPort != 0 {
+		args = append(args, "--require-identity-inbound-ports", strconv.Itoa(in.appPort))
+	}
+	if len(in.o.ProbePaths) > 0 {
+		// Probes come from this host: its address on the bridge, or loopback.
+		host := cmp.Or(in.st.Gateway, "127.0.0.1")
+		args = append(args, "--probe-paths", strings.Join(in.o.ProbePaths, ","), "--probe-networks", host+"/32")
+	}
 	if in.transparent {
 		args = append(args, "--inbound-addr", "0.0.0.0:"+strconv.Itoa(inboundPort), "--outbound-addr", "127.0.0.1:"+strconv.Itoa(outboundPort),
 			"--admin-addr", "0.0.0.0:"+strconv.Itoa(adminPort), "--tap-addr", "0.0.0.0:"+strconv.Itoa(tapPort), "--run-as-uid", strconv.Itoa(in.proxyUID))

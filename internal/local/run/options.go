@@ -59,6 +59,13 @@ type Options struct {
 	// DefaultInboundPolicy is the proxies' default inbound policy (""
 	// leaves the proxy's default, all-unauthenticated).
 	DefaultInboundPolicy string
+	// RequireIdentity admits only meshed clients (mTLS from a peer proxy)
+	// on the application's port, whatever the inbound policy.
+	RequireIdentity bool
+	// ProbePaths are the application's health checks: GETs of them from
+	// this host are allowed whatever the policy, unless routes of the
+	// port's Server say otherwise.
+	ProbePaths []string
 	// AllowUDP lets UDP leave a transparent-mode instance unencrypted;
 	// otherwise only DNS to the control plane does, the rest is refused.
 	AllowUDP bool
@@ -185,6 +192,14 @@ func (o *Options) Validate() error {
 	}
 	if o.DefaultInboundPolicy != "" && !slices.Contains(authz.Policies, o.DefaultInboundPolicy) {
 		return fmt.Errorf("--default-inbound-policy %q: must be one of %s", o.DefaultInboundPolicy, strings.Join(authz.Policies, ", "))
+	}
+	if (o.RequireIdentity || len(o.ProbePaths) > 0) && o.Port == 0 {
+		return errors.New("--require-identity and --probe-path are about the application's port: give --port")
+	}
+	for _, p := range o.ProbePaths {
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, ", ?#") {
+			return fmt.Errorf("--probe-path %q: must be a path such as /healthz (no query, no comma)", p)
+		}
 	}
 	switch o.AccessLog {
 	case "", "apache", "json":

@@ -56,6 +56,11 @@ type Config struct {
 	// RequireIdentity are the application ports whose clients must have a
 	// mesh identity, whatever the default policy.
 	RequireIdentity map[uint16]bool
+	// ProbePaths are the application's health probes: a GET (or HEAD) of
+	// one from ProbeNetworks is allowed whatever the policy, unless the
+	// port's Server has routes (they decide then), as Linkerd does.
+	ProbePaths    []string
+	ProbeNetworks []netip.Prefix
 }
 
 // Check reports what makes the configuration unusable, naming the flag.
@@ -138,11 +143,18 @@ func (a *Authorizer) decide(m *transport.Meta, port uint16, r *http.Request) dec
 	addr := m.Client.Addr().Unmap()
 	if p := a.policy.Load(); p != nil {
 		if s, ok := p.servers[port]; ok {
+			if s.routes == nil && a.probe(r, addr) {
+				return decision{allow: true, srv: ref{policyGroup, "server", s.name}, authz: probeAuthz}
+			}
 			return s.decide(m.ClientID, addr, r)
 		}
 	}
 	policy := a.cfg.Default
 	d := decision{srv: ref{"", kindDefault, policy}, authz: ref{"", kindDefault, policy}}
+	if a.probe(r, addr) {
+		d.allow, d.authz = true, probeAuthz
+		return d
+	}
 	if a.cfg.RequireIdentity[port] && !authenticated && policy != Deny {
 		d.reason = fmt.Sprintf("port %d requires a mesh identity", port)
 		return d
@@ -161,6 +173,15 @@ func (a *Authorizer) decide(m *transport.Meta, port uint16, r *http.Request) dec
 		d.reason = "the default policy denies every client"
 	}
 	return d
+}
+
+// probeAuthz is what allows a health probe (Linkerd's default:probe).
+var probeAuthz = ref{"", kindDefault, "probe"}
+
+// probe reports whether r is a health probe of the application's.
+func (a *Authorizer) probe(r *http.Request, addr netip.Addr) bool {
+	return r != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && slices.Contains(a.cfg.ProbePaths, r.URL.Path) &&
+		slices.ContainsFunc(a.cfg.ProbeNetworks, func(p netip.Prefix) bool { return p.Contains(addr) })
 }
 
 // count counts a decision of proto on port.

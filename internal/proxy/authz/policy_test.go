@@ -1,11 +1,16 @@
 package authz
 
 import (
+	"log/slog"
+	"net/http/httptest"
 	"net/netip"
 	"testing"
 	"time"
 
+	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
 func TestAuthenticationPasses(t *testing.T) {
@@ -122,5 +127,40 @@ func TestRateLimitScopes(t *testing.T) {
 	}
 	if a, s := count("spiffe://cluster.local/ns/shop/sa/other", 10); a != 0 || s["total"] != 10 {
 		t.Errorf("after 50 in total: %d allowed, %v refused; want 0, 10 by total", a, s)
+	}
+}
+
+// A GET of a probe path from a probe network is allowed whatever the
+// policy, unless the port's Server has routes: they decide then.
+func TestProbesAllowed(t *testing.T) {
+	reg := metrics.NewRegistry()
+	a := New(Config{Default: Deny, ProbePaths: []string{"/healthz"}, ProbeNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}, reg, slog.New(slog.DiscardHandler))
+	a.policy.Store(compilePolicy(&policyv1.InboundPolicy{Servers: []*policyv1.Server{
+		{Name: "plain", Port: 81},
+		{Name: "routed", Port: 82, Routes: &destinationv1.Profile{
+			Matches: []*destinationv1.RouteMatch{{Rule: 0, Path: &destinationv1.PathMatch{Value: "/"}}},
+			Rules:   []*destinationv1.RouteRule{{Route: "default/all", Kind: "HTTPRoute", Name: "all"}},
+		}},
+	}}))
+	host, other := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
+	for _, tc := range []struct {
+		port         uint16
+		from         netip.Addr
+		method, path string
+		allow        bool
+	}{
+		{80, host, "GET", "/healthz", true},
+		{80, host, "HEAD", "/healthz", true},
+		{80, host, "POST", "/healthz", false},
+		{80, host, "GET", "/other", false},
+		{80, other, "GET", "/healthz", false},
+		{81, host, "GET", "/healthz", true},
+		{82, host, "GET", "/healthz", false},
+	} {
+		r := httptest.NewRequest(tc.method, tc.path, nil)
+		d := a.decide(&transport.Meta{Client: netip.AddrPortFrom(tc.from, 40000)}, tc.port, r)
+		if d.allow != tc.allow || d.allow && d.authz != probeAuthz {
+			t.Errorf("%s %s on port %d from %v: allow %v by %v, want %v by the probe authorization", tc.method, tc.path, tc.port, tc.from, d.allow, d.authz, tc.allow)
+		}
 	}
 }

@@ -191,7 +191,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	var failureHTTP, failureGRPC string
 	opaque := portsFlag{ports: DefaultOpaquePorts}
 	var tcpProbes, requireIdentity portsFlag
-	var clusterNetworks string
+	var clusterNetworks, probeNetworks, probePaths string
 	fs.StringVar(&c.InboundAddr, "inbound-addr", "0.0.0.0:4143", "inbound listener: traffic to the local application")
 	fs.StringVar(&c.OutboundAddr, "outbound-addr", "127.0.0.1:4140", "outbound listener: the application's outgoing traffic and HTTP_PROXY clients")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "0.0.0.0:4191", "admin server: /metrics, /ready, /live; POST /shutdown, /debug/pprof and /debug/decisions answer loopback clients only")
@@ -230,6 +230,8 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.Var(&opaque, "opaque-ports", "comma-separated ports proxied as TCP without protocol detection")
 	fs.StringVar(&c.Authz.Default, "default-inbound-policy", authz.Policies[0], "who may reach the application when no policy says more: "+strings.Join(authz.Policies, ", ")+" (cluster-*: clients from cluster-networks; audit: everyone, counted)")
 	fs.StringVar(&clusterNetworks, "cluster-networks", authz.DefaultClusterNetworks, "comma-separated client networks the cluster-* inbound policies admit")
+	fs.StringVar(&probeNetworks, "probe-networks", "0.0.0.0/0,::/0", "comma-separated networks whose GET requests of probe-paths are allowed whatever the policy, unless the port's Server has routes")
+	fs.StringVar(&probePaths, "probe-paths", "", "comma-separated paths of the application's health probes (Kubernetes HTTP probes, trellis run --probe-path)")
 	fs.Var(&requireIdentity, "require-identity-inbound-ports", "comma-separated application ports whose clients must have a mesh identity (mTLS from a peer proxy), whatever the default inbound policy")
 	fs.Var(&tcpProbes, "tcp-probe-ports", "comma-separated application ports the admin server's GET /probe/tcp/PORT checks by connecting to them (Kubernetes TCP probes, rewritten by the injector)")
 	fs.DurationVar(&c.DetectTimeout, "detect-timeout", 10*time.Second, "how long to wait for a client's first bytes before treating the connection as opaque TCP")
@@ -323,15 +325,19 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 		c.ServeTap = fs.Changed("tap-addr")
 		c.TCPProbePorts = tcpProbes.set()
 		c.Authz.RequireIdentity = requireIdentity.set()
-		for _, n := range strings.Split(clusterNetworks, ",") {
-			if n = strings.TrimSpace(n); n == "" {
-				continue
+		if c.Authz.ClusterNetworks, err = parseNetworks("cluster-networks", clusterNetworks); err != nil {
+			return nil, err
+		}
+		if c.Authz.ProbeNetworks, err = parseNetworks("probe-networks", probeNetworks); err != nil {
+			return nil, err
+		}
+		for _, p := range strings.Split(probePaths, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				if !strings.HasPrefix(p, "/") {
+					return nil, fmt.Errorf("probe-paths %q: %q is not a path such as /healthz", probePaths, p)
+				}
+				c.Authz.ProbePaths = append(c.Authz.ProbePaths, p)
 			}
-			p, err := netip.ParsePrefix(n)
-			if err != nil {
-				return nil, fmt.Errorf("cluster-networks %q: %q is not a network such as 10.0.0.0/8", clusterNetworks, n)
-			}
-			c.Authz.ClusterNetworks = append(c.Authz.ClusterNetworks, p.Masked())
 		}
 		if err := c.Authz.Check(); err != nil {
 			return nil, err
@@ -743,3 +749,19 @@ func (p *portsFlag) Set(v string) error {
 }
 
 func (p *portsFlag) Type() string { return "ports" }
+
+// parseNetworks parses the comma-separated networks of flag.
+func parseNetworks(flag, value string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, n := range strings.Split(value, ",") {
+		if n = strings.TrimSpace(n); n == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %q is not a network such as 10.0.0.0/8", flag, value, n)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}

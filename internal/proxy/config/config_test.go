@@ -129,6 +129,8 @@ func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
 		{args: []string{"--endpoint-identity=host:80=spiffe://cluster.local/ns/a/sa/b"}, want: "neither IP"},
 		{args: []string{"--mesh-port=70000"}, want: "mesh-port"},
 		{args: []string{"--default-inbound-policy=allow"}, want: `default-inbound-policy "allow": must be one of all-unauthenticated`},
+		{args: []string{"--probe-networks=10.0.0.1"}, want: `probe-networks "10.0.0.1": "10.0.0.1" is not a network such as 10.0.0.0/8`},
+		{args: []string{"--probe-paths=/live,ready"}, want: `probe-paths "/live,ready": "ready" is not a path such as /healthz`},
 		{args: []string{"--cluster-networks=10.0.0.0/8,10.1"}, want: `cluster-networks "10.0.0.0/8,10.1": "10.1" is not a network`},
 		{args: []string{"--require-identity-inbound-ports=80,x"}, want: "require-identity-inbound-ports"},
 		{args: []string{"--failure-accrual=sometimes"}, want: "failure accrual mode"},
