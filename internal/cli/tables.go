@@ -21,25 +21,41 @@ func printStat(w io.Writer, rows []metricsapi.StatRow, namespaces, wide bool) {
 	}
 	tw := newTable(w)
 	defer tw.Flush()
+	servers := rows[0].Kind == metricsapi.KindServer
 	header := "NAME\tMESHED\tSUCCESS\tRPS\tLATENCY_P50\tLATENCY_P95\tLATENCY_P99\tTCP_CONN"
+	if servers {
+		header = "NAME\tINSTANCES\tRPS\tUNAUTHORIZED"
+	}
 	if namespaces && rows[0].Kind != "namespace" {
 		header = "NAMESPACE\t" + header
 	}
-	if wide {
-		header += "\tREAD_BYTES/SEC\tWRITE_BYTES/SEC"
+	if wide && !servers {
+		header += "\tUNAUTHORIZED\tREAD_BYTES/SEC\tWRITE_BYTES/SEC"
 	}
 	fmt.Fprintln(tw, header)
 	for _, r := range rows {
 		if namespaces && r.Kind != "namespace" {
 			fmt.Fprintf(tw, "%s\t", r.Namespace)
 		}
+		if servers {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", r.Name, r.Instances, rps(r), unauthorized(r))
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d/%d\t%s\t%s\t%s\t%s\t%s\t%d", r.Name, r.Meshed, r.Instances, percent(r.Success), rps(r),
 			latency(r.LatencyP50), latency(r.LatencyP95), latency(r.LatencyP99), r.TCPConnections)
 		if wide {
-			fmt.Fprintf(tw, "\t%s\t%s", bytesRate(r.ReadBytesPerSec), bytesRate(r.WriteBytesPerSec))
+			fmt.Fprintf(tw, "\t%s\t%s\t%s", unauthorized(r), bytesRate(r.ReadBytesPerSec), bytesRate(r.WriteBytesPerSec))
 		}
 		fmt.Fprintln(tw)
 	}
+}
+
+// unauthorized is the rate of calls the row's policies denied.
+func unauthorized(r metricsapi.StatRow) string {
+	if r.UnauthorizedPerSec == 0 {
+		return "-"
+	}
+	return strconv.FormatFloat(r.UnauthorizedPerSec, 'f', 1, 64) + "rps"
 }
 
 func printRoutes(w io.Writer, rows []metricsapi.RouteRow, wide bool) {

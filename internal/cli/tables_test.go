@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
 	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 	"github.com/trellis-mesh/trellis/internal/control/tap"
 )
@@ -114,8 +115,8 @@ func statWorkloads() []metricsapi.StatRow {
 		},
 		{
 			Namespace: "default", Kind: "workload", Name: "voting", Meshed: 1, Instances: 2,
-			Golden:         metricsapi.Golden{Success: f64(0.8125), RPS: 0.4, LatencyP50: f64(12.4), LatencyP95: f64(95), LatencyP99: f64(1234.6)},
-			TCPConnections: 1, ReadBytesPerSec: 2048, WriteBytesPerSec: 3.5 * (1 << 20),
+			Golden:             metricsapi.Golden{Success: f64(0.8125), RPS: 0.4, LatencyP50: f64(12.4), LatencyP95: f64(95), LatencyP99: f64(1234.6)},
+			UnauthorizedPerSec: 0.25, TCPConnections: 1, ReadBytesPerSec: 2048, WriteBytesPerSec: 3.5 * (1 << 20),
 		},
 		{
 			Namespace: "default", Kind: "workload", Name: "web", Meshed: 3, Instances: 3,
@@ -213,6 +214,11 @@ func TestStatGolden(t *testing.T) {
 		{"stat_namespace_kind_all_wide", statNamespaces(), true, true},
 		{"stat_no_traffic_row", statWorkloads()[3:], false, false},
 		{"stat_empty", nil, true, true},
+		// Servers: what their policies allowed and denied, per second.
+		{"stat_servers", []metricsapi.StatRow{
+			{Namespace: "default", Kind: "server", Name: "emoji-grpc", Instances: 2, Golden: metricsapi.Golden{RPS: 9.5}, UnauthorizedPerSec: 0.5},
+			{Namespace: "default", Kind: "server", Name: "idle", Instances: 0},
+		}, false, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer
@@ -450,7 +456,7 @@ var (
 	statKeys = []string{
 		"namespace", "kind", "name", "meshed", "instances",
 		"success", "rps", "latencyP50Ms", "latencyP95Ms", "latencyP99Ms",
-		"tcpConnections", "readBytesPerSec", "writeBytesPerSec",
+		"tcpConnections", "unauthorizedPerSec", "readBytesPerSec", "writeBytesPerSec",
 	}
 	routeKeys = []string{
 		"route", "kind", "service",
@@ -681,4 +687,29 @@ func TestTopTieOrder(t *testing.T) {
 		}
 	}
 	checkGolden(t, "top_tie_order", first)
+}
+
+// authz puts what the proxies decided beside the policy: each
+// authorization's rate, then the Server's denials and audits, then what no
+// Server of the policy explains (a default policy's decisions).
+func TestGoldenAuthzDecisions(t *testing.T) {
+	web := &policyv1.Authentication{Kind: "MeshTLSAuthentication", Name: "web-only", Identities: []string{"spiffe://cluster.local/ns/default/sa/web"}}
+	p := &policyv1.InboundPolicy{Servers: []*policyv1.Server{
+		{Name: "emoji-grpc", Port: 8080, Audit: true, Authorizations: []*policyv1.Authorization{
+			{Name: "emoji-from-web", Authentications: []*policyv1.Authentication{web}},
+			{Name: "list-from-web", Route: "default/list", Authentications: []*policyv1.Authentication{web}},
+		}},
+		{Name: "admin", Port: 9000},
+	}}
+	decided := []metricsapi.AuthzRow{
+		{ServerKind: "server", Server: "emoji-grpc", AuthzKind: "authorizationpolicy", Authz: "emoji-from-web", PerSec: 12.25},
+		{ServerKind: "server", Server: "emoji-grpc", AuthzKind: "audit", Authz: "emoji-grpc", PerSec: 0.5},
+		{ServerKind: "server", Server: "emoji-grpc", Route: "list", AuthzKind: "default", Authz: "probe", PerSec: 0.2},
+		{ServerKind: "server", Server: "admin", Denied: true, PerSec: 3},
+		{ServerKind: "default", Server: "all-authenticated", AuthzKind: "default", Authz: "all-authenticated", PerSec: 1},
+		{ServerKind: "default", Server: "all-authenticated", Denied: true, PerSec: 0.1},
+	}
+	var b bytes.Buffer
+	printAuthz(&b, "emoji", p, decided)
+	checkGolden(t, "authz_decisions", b.String())
 }

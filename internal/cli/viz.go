@@ -74,8 +74,13 @@ func statCmd(t *target) *cobra.Command {
 		Long: `stat shows, per resource, its meshed instances, success rate, requests per
 second, latency percentiles (time to the response head) and open TCP
 connections, over --time-window, from the metrics API. KIND is workload
-(wl, deploy; the default), service (svc) or namespace (ns); NAME, or
-KIND/NAME, selects one.
+(wl, deploy; the default), service (svc), namespace (ns) or server (srv);
+NAME, or KIND/NAME, selects one. -o wide adds UNAUTHORIZED: the calls
+the resource's proxies denied by authorization policy, per second.
+
+Servers (policy.trellis.dev) show the instances they select, the
+requests and connections their authorization policies allowed (RPS) and
+those they denied (UNAUTHORIZED), per second.
 
 Without --from or --to the numbers are what the resource's own proxies
 received (inbound). --from X shows what X's proxies sent to the
@@ -83,7 +88,8 @@ resources; --to Y what the resources' proxies sent to Y.`,
 		Example: `  trellis stat
   trellis stat svc web
   trellis stat workload/web --from workload/traffic
-  trellis stat ns -A -o json`,
+  trellis stat ns -A -o json
+  trellis stat srv`,
 		Args: cobra.MaximumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			q, err := f.query()

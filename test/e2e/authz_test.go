@@ -96,7 +96,7 @@ func TestAuthorizationTransparent(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := startTrellis(t, -1, nil, "--data-dir", dataDir, "up", "--network", "bridge", "--control-port", strconv.Itoa(freePort(t)),
-		"--admin-addr", loopback(freePort(t)), "--default-inbound-policy", "deny")
+		"--admin-addr", loopback(freePort(t)), "--default-inbound-policy", "deny", "--metrics-scrape-interval", "1s")
 	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
 	applyManifest(t, dataDir, demoPolicy)
 	app := func(name string, args ...string) []string {
@@ -255,6 +255,27 @@ spec:
 	}
 
 	t.Run("egress", func(t *testing.T) { testEgress(t, dataDir, "trellis-default-web-0", admin("web")) })
+
+	// The CLI's view of it: what web's Server and authorizations let
+	// through and what the audit would have denied (the traffic
+	// generator's votes), per second.
+	views := []struct {
+		args []string
+		want *regexp.Regexp
+	}{
+		{[]string{"authz", "web", "-t", "30s"}, regexp.MustCompile(`(?m)^web-http .* web-read +web-read-meshed .* [0-9.]+rps$`)},
+		{[]string{"authz", "web", "-t", "30s"}, regexp.MustCompile(`(?m)^web-http .* web-vote +\[AUDIT: would deny\] +- +[0-9.]+rps$`)},
+		{[]string{"stat", "srv", "-t", "30s"}, regexp.MustCompile(`(?m)^web-http +1 +[0-9.]+rps +`)},
+	}
+	for _, v := range views {
+		var out []byte
+		for deadline := time.Now().Add(15 * time.Second); !v.want.Match(out) && time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+			out, _ = exec.Command(trellisBin, append([]string{"--data-dir", dataDir}, v.args...)...).CombinedOutput()
+		}
+		if !v.want.Match(out) {
+			t.Errorf("trellis %s: no line matching %s:\n%s", strings.Join(v.args, " "), v.want, out)
+		}
+	}
 }
 
 // testEgress has a meshed workload (the test's sockets in its namespace)

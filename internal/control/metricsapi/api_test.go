@@ -7,9 +7,14 @@ import (
 	"math"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/control/resources"
+	"github.com/trellis-mesh/trellis/internal/control/store"
 )
 
 // scrapeEvery10s feeds the embedded store: six scrapes 10 s apart (in the
@@ -220,5 +225,72 @@ func TestHandler(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(body.String(), `request_total{direction="inbound"`) {
 		t.Errorf("proxy-metrics of web-0 lacks its inbound requests:\n%s", body)
+	}
+}
+
+// Servers' rows count what their proxies' authorization policies allowed
+// and denied; a workload's UNAUTHORIZED what its proxies denied.
+func TestEmbeddedStatServers(t *testing.T) {
+	m := newMesh(t)
+	e := openEmbedded(t, m)
+	if _, err := m.store.Apply(context.Background(), store.Resource{APIVersion: resources.PolicyAPIVersion, Kind: resources.KindServer,
+		Metadata: store.Metadata{Name: "web-http", Namespace: "default"},
+		Spec:     []byte(`{"podSelector": {"matchLabels": {"trellis.dev/workload": "web"}}, "port": 8080}`)}); err != nil {
+		t.Fatal(err)
+	}
+	// Each web instance: 4 requests and 1 connection allowed a second, 1 request denied.
+	srv := []string{"srv_group", "policy.trellis.dev", "srv_kind", "server", "srv_name", "web-http", "srv_port", "8080"}
+	authz := append(slices.Clone(srv), "authz_group", "policy.trellis.dev", "authz_kind", "authorizationpolicy", "authz_name", "web-from-traffic")
+	type counter struct {
+		perScrape uint64
+		c         *atomic.Uint64
+	}
+	var counters []counter
+	for _, web := range []string{"web-0", "web-1"} {
+		reg := m.proxies[web].reg
+		counters = append(counters, counter{40, reg.Counters("inbound_http_authz_allow_total", "").With(authz...)},
+			counter{10, reg.Counters("inbound_tcp_authz_allow_total", "").With(authz...)},
+			counter{10, reg.Counters("inbound_http_authz_deny_total", "").With(srv...)})
+	}
+	t0 := time.Now().Add(-2 * time.Minute)
+	var at time.Time
+	for i := 0; i <= 6; i++ {
+		at = t0.Add(time.Duration(i) * 10 * time.Second)
+		e.scraper.scrapeAll(context.Background(), at)
+		for _, c := range counters {
+			c.c.Add(c.perScrape)
+		}
+	}
+	api := &API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	rows, err := api.Stat(context.Background(), StatRequest{Kind: KindServer, Namespace: "default", Window: time.Minute})
+	if err != nil || len(rows) != 1 || rows[0].Name != "web-http" {
+		t.Fatalf("stat srv = %+v, %v; want web-http", rows, err)
+	}
+	if r := rows[0]; r.Instances != 2 || math.Abs(r.RPS-10) > 0.01 || math.Abs(r.UnauthorizedPerSec-2) > 0.01 {
+		t.Errorf("web-http: %d instances, %v rps allowed, %v denied; want 2, 10 and 2", r.Instances, r.RPS, r.UnauthorizedPerSec)
+	}
+	wl, err := api.Stat(context.Background(), StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: time.Minute})
+	if err != nil || len(wl) != 1 || math.Abs(wl[0].UnauthorizedPerSec-2) > 0.01 {
+		t.Errorf("stat wl web = %+v, %v; want 2 unauthorized a second", wl, err)
+	}
+	if _, err := api.Stat(context.Background(), StatRequest{Kind: KindServer, From: &Ref{Kind: "workload", Name: "traffic"}, Window: time.Minute}); err == nil {
+		t.Error("stat srv --from: no error")
+	}
+	decisions, err := api.Authz(context.Background(), AuthzRequest{Workload: "web", Window: time.Minute})
+	want := []AuthzRow{
+		{ServerKind: "server", Server: "web-http", AuthzKind: "authorizationpolicy", Authz: "web-from-traffic", PerSec: 10},
+		{ServerKind: "server", Server: "web-http", Denied: true, PerSec: 2},
+	}
+	if err != nil || len(decisions) != len(want) {
+		t.Fatalf("authz web = %+v, %v; want %+v", decisions, err, want)
+	}
+	for i := range want {
+		got := decisions[i]
+		if math.Abs(got.PerSec-want[i].PerSec) > 0.01 {
+			t.Errorf("authz web row %d: %v a second, want %v", i, got.PerSec, want[i].PerSec)
+		}
+		if got.PerSec = want[i].PerSec; got != want[i] {
+			t.Errorf("authz web row %d = %+v, want %+v", i, got, want[i])
+		}
 	}
 }

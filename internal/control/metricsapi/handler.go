@@ -15,6 +15,7 @@ import (
 //	GET /v1/stat?kind=&name=&namespace=&from=&to=&window=
 //	GET /v1/routes?service=&namespace=&from=&window=
 //	GET /v1/edges?namespace=&window=
+//	GET /v1/authz?workload=&namespace=&window=
 //	GET /v1/proxy-metrics/{namespace}/{name}   (a workload's raw /metrics)
 //
 // Bad parameters are 400s naming the parameter.
@@ -55,6 +56,20 @@ func (a *API) Handler() http.Handler {
 			return
 		}
 		rows, err := a.Edges(r.Context(), req)
+		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
+	})
+	mux.HandleFunc("GET /v1/authz", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		req := AuthzRequest{Workload: q.Get("workload"), Namespace: q.Get("namespace")}
+		err := parseWindow(q, &req.Window)
+		if req.Workload == "" {
+			err = errors.Join(err, errors.New("workload: required"))
+		}
+		if err != nil {
+			badRequest(w, err)
+			return
+		}
+		rows, err := a.Authz(r.Context(), req)
 		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
 	})
 	mux.HandleFunc("GET /v1/proxy-metrics/{namespace}/{name}", a.proxyMetrics)

@@ -21,14 +21,19 @@ var aliases = map[string]string{
 	"svc": "service", "service": "service", "services": "service",
 	"wl": "workload", "workload": "workload", "workloads": "workload",
 	"deploy": "workload", "deployment": "workload", "deployments": "workload",
+	"srv": KindServer, "server": KindServer, "servers": KindServer,
 }
+
+// KindServer is the kind of stat rows per Server (policy.trellis.dev): its
+// authorized and unauthorized traffic.
+const KindServer = "server"
 
 // ParseKind resolves a resource kind or alias (svc, wl, ns, deploy, …).
 func ParseKind(s string) (string, error) {
 	if k, ok := aliases[strings.ToLower(s)]; ok {
 		return k, nil
 	}
-	return "", invalid("unknown resource kind %q: use service (svc), workload (wl) or namespace (ns)", s)
+	return "", invalid("unknown resource kind %q: use service (svc), workload (wl), namespace (ns) or server (srv)", s)
 }
 
 // Ref names a resource: KIND/NAME (KIND defaults to workload).

@@ -52,6 +52,9 @@ type StatRow struct {
 	Meshed    int `json:"meshed"`
 	Instances int `json:"instances"`
 	Golden
+	// UnauthorizedPerSec is the rate of requests and connections the
+	// resource's proxies denied by policy (inbound rows only).
+	UnauthorizedPerSec float64 `json:"unauthorizedPerSec"`
 	// TCPConnections is the number of open inbound connections.
 	TCPConnections   int     `json:"tcpConnections"`
 	ReadBytesPerSec  float64 `json:"readBytesPerSec"`
@@ -63,17 +66,25 @@ type StatRow struct {
 // (unless From or To restrict the rows to traffic).
 func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 	label, ok := resourceLabels[req.Kind]
-	if !ok {
+	if !ok && req.Kind != KindServer {
 		return nil, invalid("unknown resource kind %q", req.Kind)
 	}
 	if req.From != nil && req.To != nil {
 		return nil, invalid("from and to cannot be used together")
+	}
+	for _, r := range []*Ref{req.From, req.To} {
+		if _, ok := resourceLabels[refKind(r)]; r != nil && !ok {
+			return nil, invalid("from and to take a workload, service or namespace, not a %s", r.Kind)
+		}
 	}
 	if err := a.checkWindow(req.Window); err != nil {
 		return nil, err
 	}
 	if err := checkNames(req.Name, req.Namespace, refName(req.From), refName(req.To)); err != nil {
 		return nil, err
+	}
+	if req.Kind == KindServer {
+		return a.statServers(ctx, req)
 	}
 	if req.Kind == "namespace" && req.Name != "" {
 		req.Namespace = req.Name
@@ -152,6 +163,13 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 		for k, n := range written {
 			row(k).WriteBytesPerSec = n
 		}
+		denied, err := authzRate(ctx, a.Backend, "deny", sel, by, req.Window, at)
+		if err != nil {
+			return nil, err
+		}
+		for k, n := range denied {
+			row(k).UnauthorizedPerSec = n
+		}
 	}
 	// Instances come from the registry: every registered workload runs a proxy.
 	insts, err := a.instances(ctx, req)
@@ -164,6 +182,11 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 			r.Meshed, r.Instances = n, n
 		}
 	}
+	return sortedRows(rows), nil
+}
+
+// sortedRows are the rows sorted by namespace and name.
+func sortedRows(rows map[groupKey]*StatRow) []StatRow {
 	out := make([]StatRow, 0, len(rows))
 	for _, r := range rows {
 		out = append(out, *r)
@@ -174,7 +197,7 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 		}
 		return out[i].Name < out[j].Name
 	})
-	return out, nil
+	return out
 }
 
 func refName(r *Ref) string {
@@ -182,6 +205,13 @@ func refName(r *Ref) string {
 		return ""
 	}
 	return r.Name
+}
+
+func refKind(r *Ref) string {
+	if r == nil {
+		return ""
+	}
+	return r.Kind
 }
 
 // instances counts the registered instances of each resource req selects.

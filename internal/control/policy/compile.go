@@ -10,8 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	policyv1 "github.com/trellis-mesh/trellis/api/policy/v1"
@@ -33,7 +31,7 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 	out := &policyv1.InboundPolicy{}
 	for _, srv := range objs[resources.KindServer] {
 		var s resources.ServerSpec
-		if resources.Decode(srv.Spec, &s) != nil || s.Port.Type != intstr.Int || !selects(s.PodSelector, w.Metadata.Labels) {
+		if resources.Decode(srv.Spec, &s) != nil || s.Port.Type != intstr.Int || !s.Selects(w.Metadata.Labels) {
 			continue // a named port is not resolved yet
 		}
 		ps := &policyv1.Server{Name: srv.Metadata.Name, Port: uint32(s.Port.IntValue()), ProxyProtocol: s.ProxyProtocol, Audit: s.AccessPolicy == "audit"}
@@ -92,12 +90,6 @@ func rateLimit(server, ns, trustDomain string, objs Objects) *policyv1.RateLimit
 		return rl
 	}
 	return nil
-}
-
-// selects reports whether sel selects a workload with these labels.
-func selects(sel *metav1.LabelSelector, l map[string]string) bool {
-	s, err := metav1.LabelSelectorAsSelector(sel)
-	return err == nil && s.Matches(labels.Set(l))
 }
 
 // serverRoutes are the HTTPRoutes and GRPCRoutes attached to Server server.

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/selection"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -50,6 +51,12 @@ type ServerSpec struct {
 	// AccessPolicy, when no AuthorizationPolicy allows a call: deny (the
 	// default) or audit (let it through, count and log it).
 	AccessPolicy string `json:"accessPolicy,omitempty"`
+}
+
+// Selects reports whether the Server selects a workload with these labels.
+func (s ServerSpec) Selects(l map[string]string) bool {
+	sel, err := metav1.LabelSelectorAsSelector(s.PodSelector)
+	return err == nil && sel.Matches(labels.Set(l))
 }
 
 // The proxy protocols and access policies a Server may declare.
