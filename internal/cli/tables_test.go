@@ -713,3 +713,28 @@ func TestGoldenAuthzDecisions(t *testing.T) {
 	printAuthz(&b, "emoji", p, decided)
 	checkGolden(t, "authz_decisions", b.String())
 }
+
+// explain: a decision per request, newest first, with what was decided
+// for it below.
+func TestGoldenExplain(t *testing.T) {
+	at := time.Date(2026, 12, 6, 7, 21, 3, 123e6, time.UTC)
+	list := []tap.Explained{
+		{Workload: "emoji-0", Namespace: "default", Time: at, Direction: "inbound", Method: "POST", Authority: "emoji:8080", Path: "/emoji.Emoji/List",
+			Status: 403, Client: "10.0.0.9:5000", ClientID: "spiffe://cluster.local/ns/default/sa/traffic",
+			Policy: &tap.Policy{Server: "emoji-grpc", Reason: "no authorization policy of Server emoji-grpc allows the client"}},
+		{Workload: "web-0", Namespace: "default", Time: at.Add(-time.Millisecond), Direction: "inbound", Method: "POST", Authority: "web:8080", Path: "/api/vote",
+			Client: "10.0.0.9:5001", ClientID: "spiffe://cluster.local/ns/default/sa/traffic",
+			Policy: &tap.Policy{Server: "web-http", Route: "web-vote", Authorization: "audit", Allowed: true, Reason: "no authorization policy of Server web-http allows the client"}},
+		{Workload: "web-0", Namespace: "default", Time: at.Add(-2 * time.Millisecond), Direction: "inbound", Method: "GET", Authority: "10.0.0.4:8080", Path: "/healthz",
+			Client: "10.0.0.1:40000", Policy: &tap.Policy{Server: "default:deny", Authorization: "probe", Allowed: true}},
+		{Workload: "web-0", Namespace: "default", Time: at.Add(-3 * time.Millisecond), Direction: "outbound", Method: "POST", Authority: "emoji:8080", Path: "/emoji.Emoji/List",
+			Status: 200, Route: "default/list", RouteKind: "GRPCRoute", Rule: "0", Backend: "emoji",
+			Attempts: []tap.Attempt{{Endpoint: "10.0.0.7:4143", Status: 200, GRPCStatus: 14}, {Endpoint: "10.0.0.8:4143", Status: 200, Why: "retry"}},
+			Ejected:  []string{"10.0.0.7:4143"}},
+		{Workload: "web-0", Namespace: "default", Time: at.Add(-4 * time.Millisecond), Direction: "outbound", Method: "GET", Authority: "voting:8080", Path: "/",
+			Status: 503, FailFast: "no endpoint of voting available for 3s"},
+	}
+	var b bytes.Buffer
+	printExplained(&b, list)
+	checkGolden(t, "explain", b.String())
+}

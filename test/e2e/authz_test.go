@@ -266,6 +266,13 @@ spec:
 		{[]string{"authz", "web", "-t", "30s"}, regexp.MustCompile(`(?m)^web-http .* web-read +web-read-meshed .* [0-9.]+rps$`)},
 		{[]string{"authz", "web", "-t", "30s"}, regexp.MustCompile(`(?m)^web-http .* web-vote +\[AUDIT: would deny\] +- +[0-9.]+rps$`)},
 		{[]string{"stat", "srv", "-t", "30s"}, regexp.MustCompile(`(?m)^web-http +1 +[0-9.]+rps +`)},
+		// And what the proxies decided, request by request.
+		{[]string{"explain", "web", "--direction", "inbound", "--path", "/api/vote", "--limit", "1"},
+			regexp.MustCompile(`policy +let through by audit on Server web-http, route web-vote: it would be denied, no authorization policy`)},
+		{[]string{"explain", "emoji", "--direction", "inbound", "--limit", "1"},
+			regexp.MustCompile(`client +\S+ spiffe://cluster.local/ns/default/sa/(web|traffic)\n.*policy +allowed on Server emoji-grpc by emoji-from-(web|traffic)`)},
+		{[]string{"explain", "web", "--direction", "outbound", "--to", "emoji", "--limit", "1"},
+			regexp.MustCompile(`outbound +POST emoji\.default\.svc\.cluster\.local:8080/\S+ +200\n.*attempt 1 +\S+ → 200`)},
 	}
 	for _, v := range views {
 		var out []byte

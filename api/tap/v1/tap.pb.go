@@ -31,6 +31,445 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// RecentRequest selects recent requests.
+type RecentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// filter selects them as it selects the requests of Observe (its
+	// max_rps is ignored).
+	Filter *ObserveRequest `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// limit is how many to return at most: 0 means 100, and larger values
+	// than the proxy keeps are lowered to it.
+	Limit         uint32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecentRequest) Reset() {
+	*x = RecentRequest{}
+	mi := &file_api_tap_v1_tap_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecentRequest) ProtoMessage() {}
+
+func (x *RecentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_api_tap_v1_tap_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecentRequest.ProtoReflect.Descriptor instead.
+func (*RecentRequest) Descriptor() ([]byte, []int) {
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RecentRequest) GetFilter() *ObserveRequest {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *RecentRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// RecentResponse lists decisions, newest first.
+type RecentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Decisions     []*Decision            `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecentResponse) Reset() {
+	*x = RecentResponse{}
+	mi := &file_api_tap_v1_tap_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecentResponse) ProtoMessage() {}
+
+func (x *RecentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_api_tap_v1_tap_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecentResponse.ProtoReflect.Descriptor instead.
+func (*RecentResponse) Descriptor() ([]byte, []int) {
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RecentResponse) GetDecisions() []*Decision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+// Decision is what the proxy decided for one request.
+type Decision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Time  *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=time,proto3" json:"time,omitempty"`
+	// direction is "inbound" or "outbound".
+	Direction string `protobuf:"bytes,2,opt,name=direction,proto3" json:"direction,omitempty"`
+	Method    string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	Authority string `protobuf:"bytes,4,opt,name=authority,proto3" json:"authority,omitempty"`
+	Path      string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	// status is the response status, 0 when the proxy did not see one it
+	// answered or forwarded (an inbound request the application answered).
+	Status uint32 `protobuf:"varint,6,opt,name=status,proto3" json:"status,omitempty"`
+	// Outbound: the route ("namespace/name") and its kind and rule, the
+	// backend service the rule chose, every attempt, why no endpoint was
+	// tried, and the endpoints failure accrual ejected because of it.
+	Route     string     `protobuf:"bytes,7,opt,name=route,proto3" json:"route,omitempty"`
+	RouteKind string     `protobuf:"bytes,8,opt,name=route_kind,json=routeKind,proto3" json:"route_kind,omitempty"`
+	Rule      string     `protobuf:"bytes,9,opt,name=rule,proto3" json:"rule,omitempty"`
+	Backend   string     `protobuf:"bytes,10,opt,name=backend,proto3" json:"backend,omitempty"`
+	Attempts  []*Attempt `protobuf:"bytes,11,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	FailFast  string     `protobuf:"bytes,12,opt,name=fail_fast,json=failFast,proto3" json:"fail_fast,omitempty"`
+	Ejected   []string   `protobuf:"bytes,13,rep,name=ejected,proto3" json:"ejected,omitempty"`
+	// Inbound: the client (address, and SPIFFE ID when meshed) and the
+	// authorization decision.
+	Client        string          `protobuf:"bytes,14,opt,name=client,proto3" json:"client,omitempty"`
+	ClientId      string          `protobuf:"bytes,15,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	Policy        *PolicyDecision `protobuf:"bytes,16,opt,name=policy,proto3" json:"policy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Decision) Reset() {
+	*x = Decision{}
+	mi := &file_api_tap_v1_tap_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Decision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Decision) ProtoMessage() {}
+
+func (x *Decision) ProtoReflect() protoreflect.Message {
+	mi := &file_api_tap_v1_tap_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Decision.ProtoReflect.Descriptor instead.
+func (*Decision) Descriptor() ([]byte, []int) {
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Decision) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Decision) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+func (x *Decision) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Decision) GetAuthority() string {
+	if x != nil {
+		return x.Authority
+	}
+	return ""
+}
+
+func (x *Decision) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Decision) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *Decision) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *Decision) GetRouteKind() string {
+	if x != nil {
+		return x.RouteKind
+	}
+	return ""
+}
+
+func (x *Decision) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *Decision) GetBackend() string {
+	if x != nil {
+		return x.Backend
+	}
+	return ""
+}
+
+func (x *Decision) GetAttempts() []*Attempt {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+func (x *Decision) GetFailFast() string {
+	if x != nil {
+		return x.FailFast
+	}
+	return ""
+}
+
+func (x *Decision) GetEjected() []string {
+	if x != nil {
+		return x.Ejected
+	}
+	return nil
+}
+
+func (x *Decision) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *Decision) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Decision) GetPolicy() *PolicyDecision {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+// Attempt is one try of an outbound request.
+type Attempt struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Endpoint string                 `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	Status   uint32                 `protobuf:"varint,2,opt,name=status,proto3" json:"status,omitempty"`
+	// grpc_status is the gRPC status of the try (0 also when it had none).
+	GrpcStatus int32 `protobuf:"varint,3,opt,name=grpc_status,json=grpcStatus,proto3" json:"grpc_status,omitempty"`
+	// why the try was made: "" (the first), "retry" or "hedge".
+	Why           string `protobuf:"bytes,4,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Attempt) Reset() {
+	*x = Attempt{}
+	mi := &file_api_tap_v1_tap_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Attempt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Attempt) ProtoMessage() {}
+
+func (x *Attempt) ProtoReflect() protoreflect.Message {
+	mi := &file_api_tap_v1_tap_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Attempt.ProtoReflect.Descriptor instead.
+func (*Attempt) Descriptor() ([]byte, []int) {
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Attempt) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *Attempt) GetStatus() uint32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *Attempt) GetGrpcStatus() int32 {
+	if x != nil {
+		return x.GrpcStatus
+	}
+	return 0
+}
+
+func (x *Attempt) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+// PolicyDecision is how the inbound authorization policy decided.
+type PolicyDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// server is the Server (policy.trellis.dev) of the port, or
+	// "default:POLICY" for a port no Server selects.
+	Server string `protobuf:"bytes,1,opt,name=server,proto3" json:"server,omitempty"`
+	// route is the Server's route the request matched, if it has routes.
+	Route string `protobuf:"bytes,2,opt,name=route,proto3" json:"route,omitempty"`
+	// authorization is what allowed it: an AuthorizationPolicy, "audit"
+	// (let through although none allowed it), "probe" or a default policy.
+	Authorization string `protobuf:"bytes,3,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	Allowed       bool   `protobuf:"varint,4,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// reason says why it was denied (or would have been, under audit).
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// rate_limit names the HTTPLocalRateLimitPolicy and scope that refused
+	// it (429), if one did.
+	RateLimit     string `protobuf:"bytes,6,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyDecision) Reset() {
+	*x = PolicyDecision{}
+	mi := &file_api_tap_v1_tap_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyDecision) ProtoMessage() {}
+
+func (x *PolicyDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_api_tap_v1_tap_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyDecision.ProtoReflect.Descriptor instead.
+func (*PolicyDecision) Descriptor() ([]byte, []int) {
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PolicyDecision) GetServer() string {
+	if x != nil {
+		return x.Server
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetRoute() string {
+	if x != nil {
+		return x.Route
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetAuthorization() string {
+	if x != nil {
+		return x.Authorization
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *PolicyDecision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *PolicyDecision) GetRateLimit() string {
+	if x != nil {
+		return x.RateLimit
+	}
+	return ""
+}
+
 // ObserveRequest selects requests. Every field is optional; the ones set
 // must all match.
 type ObserveRequest struct {
@@ -58,7 +497,7 @@ type ObserveRequest struct {
 
 func (x *ObserveRequest) Reset() {
 	*x = ObserveRequest{}
-	mi := &file_api_tap_v1_tap_proto_msgTypes[0]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -70,7 +509,7 @@ func (x *ObserveRequest) String() string {
 func (*ObserveRequest) ProtoMessage() {}
 
 func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_tap_v1_tap_proto_msgTypes[0]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -83,7 +522,7 @@ func (x *ObserveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObserveRequest.ProtoReflect.Descriptor instead.
 func (*ObserveRequest) Descriptor() ([]byte, []int) {
-	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{0}
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ObserveRequest) GetMethod() string {
@@ -169,7 +608,7 @@ type TapEvent struct {
 
 func (x *TapEvent) Reset() {
 	*x = TapEvent{}
-	mi := &file_api_tap_v1_tap_proto_msgTypes[1]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -181,7 +620,7 @@ func (x *TapEvent) String() string {
 func (*TapEvent) ProtoMessage() {}
 
 func (x *TapEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_api_tap_v1_tap_proto_msgTypes[1]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -194,7 +633,7 @@ func (x *TapEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TapEvent.ProtoReflect.Descriptor instead.
 func (*TapEvent) Descriptor() ([]byte, []int) {
-	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{1}
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TapEvent) GetId() uint64 {
@@ -338,7 +777,7 @@ type RequestInit struct {
 
 func (x *RequestInit) Reset() {
 	*x = RequestInit{}
-	mi := &file_api_tap_v1_tap_proto_msgTypes[2]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +789,7 @@ func (x *RequestInit) String() string {
 func (*RequestInit) ProtoMessage() {}
 
 func (x *RequestInit) ProtoReflect() protoreflect.Message {
-	mi := &file_api_tap_v1_tap_proto_msgTypes[2]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +802,7 @@ func (x *RequestInit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestInit.ProtoReflect.Descriptor instead.
 func (*RequestInit) Descriptor() ([]byte, []int) {
-	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{2}
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RequestInit) GetMethod() string {
@@ -412,7 +851,7 @@ type ResponseInit struct {
 
 func (x *ResponseInit) Reset() {
 	*x = ResponseInit{}
-	mi := &file_api_tap_v1_tap_proto_msgTypes[3]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +863,7 @@ func (x *ResponseInit) String() string {
 func (*ResponseInit) ProtoMessage() {}
 
 func (x *ResponseInit) ProtoReflect() protoreflect.Message {
-	mi := &file_api_tap_v1_tap_proto_msgTypes[3]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +876,7 @@ func (x *ResponseInit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseInit.ProtoReflect.Descriptor instead.
 func (*ResponseInit) Descriptor() ([]byte, []int) {
-	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{3}
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ResponseInit) GetStatus() uint32 {
@@ -473,7 +912,7 @@ type ResponseEnd struct {
 
 func (x *ResponseEnd) Reset() {
 	*x = ResponseEnd{}
-	mi := &file_api_tap_v1_tap_proto_msgTypes[4]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +924,7 @@ func (x *ResponseEnd) String() string {
 func (*ResponseEnd) ProtoMessage() {}
 
 func (x *ResponseEnd) ProtoReflect() protoreflect.Message {
-	mi := &file_api_tap_v1_tap_proto_msgTypes[4]
+	mi := &file_api_tap_v1_tap_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +937,7 @@ func (x *ResponseEnd) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResponseEnd.ProtoReflect.Descriptor instead.
 func (*ResponseEnd) Descriptor() ([]byte, []int) {
-	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{4}
+	return file_api_tap_v1_tap_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ResponseEnd) GetGrpcStatus() int32 {
@@ -533,7 +972,45 @@ var File_api_tap_v1_tap_proto protoreflect.FileDescriptor
 
 const file_api_tap_v1_tap_proto_rawDesc = "" +
 	"\n" +
-	"\x14api/tap/v1/tap.proto\x12\x0etrellis.tap.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n" +
+	"\x14api/tap/v1/tap.proto\x12\x0etrellis.tap.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"]\n" +
+	"\rRecentRequest\x126\n" +
+	"\x06filter\x18\x01 \x01(\v2\x1e.trellis.tap.v1.ObserveRequestR\x06filter\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"H\n" +
+	"\x0eRecentResponse\x126\n" +
+	"\tdecisions\x18\x01 \x03(\v2\x18.trellis.tap.v1.DecisionR\tdecisions\"\xf6\x03\n" +
+	"\bDecision\x12.\n" +
+	"\x04time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
+	"\tdirection\x18\x02 \x01(\tR\tdirection\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x1c\n" +
+	"\tauthority\x18\x04 \x01(\tR\tauthority\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12\x16\n" +
+	"\x06status\x18\x06 \x01(\rR\x06status\x12\x14\n" +
+	"\x05route\x18\a \x01(\tR\x05route\x12\x1d\n" +
+	"\n" +
+	"route_kind\x18\b \x01(\tR\trouteKind\x12\x12\n" +
+	"\x04rule\x18\t \x01(\tR\x04rule\x12\x18\n" +
+	"\abackend\x18\n" +
+	" \x01(\tR\abackend\x123\n" +
+	"\battempts\x18\v \x03(\v2\x17.trellis.tap.v1.AttemptR\battempts\x12\x1b\n" +
+	"\tfail_fast\x18\f \x01(\tR\bfailFast\x12\x18\n" +
+	"\aejected\x18\r \x03(\tR\aejected\x12\x16\n" +
+	"\x06client\x18\x0e \x01(\tR\x06client\x12\x1b\n" +
+	"\tclient_id\x18\x0f \x01(\tR\bclientId\x126\n" +
+	"\x06policy\x18\x10 \x01(\v2\x1e.trellis.tap.v1.PolicyDecisionR\x06policy\"p\n" +
+	"\aAttempt\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\rR\x06status\x12\x1f\n" +
+	"\vgrpc_status\x18\x03 \x01(\x05R\n" +
+	"grpcStatus\x12\x10\n" +
+	"\x03why\x18\x04 \x01(\tR\x03why\"\xb5\x01\n" +
+	"\x0ePolicyDecision\x12\x16\n" +
+	"\x06server\x18\x01 \x01(\tR\x06server\x12\x14\n" +
+	"\x05route\x18\x02 \x01(\tR\x05route\x12$\n" +
+	"\rauthorization\x18\x03 \x01(\tR\rauthorization\x12\x18\n" +
+	"\aallowed\x18\x04 \x01(\bR\aallowed\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x06 \x01(\tR\trateLimit\"\xae\x01\n" +
 	"\x0eObserveRequest\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x1f\n" +
 	"\vpath_prefix\x18\x02 \x01(\tR\n" +
@@ -575,9 +1052,10 @@ const file_api_tap_v1_tap_proto_rawDesc = "" +
 	"grpcStatus\x12G\n" +
 	"\x12since_request_init\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x10sinceRequestInit\x12%\n" +
 	"\x0eresponse_bytes\x18\x03 \x01(\x04R\rresponseBytes\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error2L\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error2\x95\x01\n" +
 	"\x03Tap\x12E\n" +
-	"\aObserve\x12\x1e.trellis.tap.v1.ObserveRequest\x1a\x18.trellis.tap.v1.TapEvent0\x01B2Z0github.com/trellis-mesh/trellis/api/tap/v1;tapv1b\x06proto3"
+	"\aObserve\x12\x1e.trellis.tap.v1.ObserveRequest\x1a\x18.trellis.tap.v1.TapEvent0\x01\x12G\n" +
+	"\x06Recent\x12\x1d.trellis.tap.v1.RecentRequest\x1a\x1e.trellis.tap.v1.RecentResponseB2Z0github.com/trellis-mesh/trellis/api/tap/v1;tapv1b\x06proto3"
 
 var (
 	file_api_tap_v1_tap_proto_rawDescOnce sync.Once
@@ -591,32 +1069,44 @@ func file_api_tap_v1_tap_proto_rawDescGZIP() []byte {
 	return file_api_tap_v1_tap_proto_rawDescData
 }
 
-var file_api_tap_v1_tap_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_api_tap_v1_tap_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_api_tap_v1_tap_proto_goTypes = []any{
-	(*ObserveRequest)(nil),        // 0: trellis.tap.v1.ObserveRequest
-	(*TapEvent)(nil),              // 1: trellis.tap.v1.TapEvent
-	(*RequestInit)(nil),           // 2: trellis.tap.v1.RequestInit
-	(*ResponseInit)(nil),          // 3: trellis.tap.v1.ResponseInit
-	(*ResponseEnd)(nil),           // 4: trellis.tap.v1.ResponseEnd
-	nil,                           // 5: trellis.tap.v1.TapEvent.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
+	(*RecentRequest)(nil),         // 0: trellis.tap.v1.RecentRequest
+	(*RecentResponse)(nil),        // 1: trellis.tap.v1.RecentResponse
+	(*Decision)(nil),              // 2: trellis.tap.v1.Decision
+	(*Attempt)(nil),               // 3: trellis.tap.v1.Attempt
+	(*PolicyDecision)(nil),        // 4: trellis.tap.v1.PolicyDecision
+	(*ObserveRequest)(nil),        // 5: trellis.tap.v1.ObserveRequest
+	(*TapEvent)(nil),              // 6: trellis.tap.v1.TapEvent
+	(*RequestInit)(nil),           // 7: trellis.tap.v1.RequestInit
+	(*ResponseInit)(nil),          // 8: trellis.tap.v1.ResponseInit
+	(*ResponseEnd)(nil),           // 9: trellis.tap.v1.ResponseEnd
+	nil,                           // 10: trellis.tap.v1.TapEvent.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
 }
 var file_api_tap_v1_tap_proto_depIdxs = []int32{
-	5, // 0: trellis.tap.v1.TapEvent.labels:type_name -> trellis.tap.v1.TapEvent.LabelsEntry
-	2, // 1: trellis.tap.v1.TapEvent.request_init:type_name -> trellis.tap.v1.RequestInit
-	3, // 2: trellis.tap.v1.TapEvent.response_init:type_name -> trellis.tap.v1.ResponseInit
-	4, // 3: trellis.tap.v1.TapEvent.response_end:type_name -> trellis.tap.v1.ResponseEnd
-	6, // 4: trellis.tap.v1.RequestInit.timestamp:type_name -> google.protobuf.Timestamp
-	7, // 5: trellis.tap.v1.ResponseInit.since_request_init:type_name -> google.protobuf.Duration
-	7, // 6: trellis.tap.v1.ResponseEnd.since_request_init:type_name -> google.protobuf.Duration
-	0, // 7: trellis.tap.v1.Tap.Observe:input_type -> trellis.tap.v1.ObserveRequest
-	1, // 8: trellis.tap.v1.Tap.Observe:output_type -> trellis.tap.v1.TapEvent
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	5,  // 0: trellis.tap.v1.RecentRequest.filter:type_name -> trellis.tap.v1.ObserveRequest
+	2,  // 1: trellis.tap.v1.RecentResponse.decisions:type_name -> trellis.tap.v1.Decision
+	11, // 2: trellis.tap.v1.Decision.time:type_name -> google.protobuf.Timestamp
+	3,  // 3: trellis.tap.v1.Decision.attempts:type_name -> trellis.tap.v1.Attempt
+	4,  // 4: trellis.tap.v1.Decision.policy:type_name -> trellis.tap.v1.PolicyDecision
+	10, // 5: trellis.tap.v1.TapEvent.labels:type_name -> trellis.tap.v1.TapEvent.LabelsEntry
+	7,  // 6: trellis.tap.v1.TapEvent.request_init:type_name -> trellis.tap.v1.RequestInit
+	8,  // 7: trellis.tap.v1.TapEvent.response_init:type_name -> trellis.tap.v1.ResponseInit
+	9,  // 8: trellis.tap.v1.TapEvent.response_end:type_name -> trellis.tap.v1.ResponseEnd
+	11, // 9: trellis.tap.v1.RequestInit.timestamp:type_name -> google.protobuf.Timestamp
+	12, // 10: trellis.tap.v1.ResponseInit.since_request_init:type_name -> google.protobuf.Duration
+	12, // 11: trellis.tap.v1.ResponseEnd.since_request_init:type_name -> google.protobuf.Duration
+	5,  // 12: trellis.tap.v1.Tap.Observe:input_type -> trellis.tap.v1.ObserveRequest
+	0,  // 13: trellis.tap.v1.Tap.Recent:input_type -> trellis.tap.v1.RecentRequest
+	6,  // 14: trellis.tap.v1.Tap.Observe:output_type -> trellis.tap.v1.TapEvent
+	1,  // 15: trellis.tap.v1.Tap.Recent:output_type -> trellis.tap.v1.RecentResponse
+	14, // [14:16] is the sub-list for method output_type
+	12, // [12:14] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_api_tap_v1_tap_proto_init() }
@@ -624,7 +1114,7 @@ func file_api_tap_v1_tap_proto_init() {
 	if File_api_tap_v1_tap_proto != nil {
 		return
 	}
-	file_api_tap_v1_tap_proto_msgTypes[1].OneofWrappers = []any{
+	file_api_tap_v1_tap_proto_msgTypes[6].OneofWrappers = []any{
 		(*TapEvent_RequestInit)(nil),
 		(*TapEvent_ResponseInit)(nil),
 		(*TapEvent_ResponseEnd)(nil),
@@ -635,7 +1125,7 @@ func file_api_tap_v1_tap_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_tap_v1_tap_proto_rawDesc), len(file_api_tap_v1_tap_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Tap_Observe_FullMethodName = "/trellis.tap.v1.Tap/Observe"
+	Tap_Recent_FullMethodName  = "/trellis.tap.v1.Tap/Recent"
 )
 
 // TapClient is the client API for Tap service.
@@ -47,6 +48,13 @@ type TapClient interface {
 	//	RESOURCE_EXHAUSTED  the proxy serves as many tap streams as it allows;
 	//	UNAVAILABLE         the proxy is shutting down.
 	Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TapEvent], error)
+	// Recent returns what the proxy decided for its most recent requests
+	// that match, newest first (for `trellis explain`): for requests its
+	// application sent (outbound), the route, backend and every attempt; for
+	// requests its application received (inbound), the policy that allowed
+	// or denied each and why. The proxy keeps the last 1,024 of each
+	// direction. Errors are those of Observe.
+	Recent(ctx context.Context, in *RecentRequest, opts ...grpc.CallOption) (*RecentResponse, error)
 }
 
 type tapClient struct {
@@ -76,6 +84,16 @@ func (c *tapClient) Observe(ctx context.Context, in *ObserveRequest, opts ...grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Tap_ObserveClient = grpc.ServerStreamingClient[TapEvent]
 
+func (c *tapClient) Recent(ctx context.Context, in *RecentRequest, opts ...grpc.CallOption) (*RecentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecentResponse)
+	err := c.cc.Invoke(ctx, Tap_Recent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // TapServer is the server API for Tap service.
 // All implementations must embed UnimplementedTapServer
 // for forward compatibility.
@@ -93,6 +111,13 @@ type TapServer interface {
 	//	RESOURCE_EXHAUSTED  the proxy serves as many tap streams as it allows;
 	//	UNAVAILABLE         the proxy is shutting down.
 	Observe(*ObserveRequest, grpc.ServerStreamingServer[TapEvent]) error
+	// Recent returns what the proxy decided for its most recent requests
+	// that match, newest first (for `trellis explain`): for requests its
+	// application sent (outbound), the route, backend and every attempt; for
+	// requests its application received (inbound), the policy that allowed
+	// or denied each and why. The proxy keeps the last 1,024 of each
+	// direction. Errors are those of Observe.
+	Recent(context.Context, *RecentRequest) (*RecentResponse, error)
 	mustEmbedUnimplementedTapServer()
 }
 
@@ -105,6 +130,9 @@ type UnimplementedTapServer struct{}
 
 func (UnimplementedTapServer) Observe(*ObserveRequest, grpc.ServerStreamingServer[TapEvent]) error {
 	return status.Error(codes.Unimplemented, "method Observe not implemented")
+}
+func (UnimplementedTapServer) Recent(context.Context, *RecentRequest) (*RecentResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Recent not implemented")
 }
 func (UnimplementedTapServer) mustEmbedUnimplementedTapServer() {}
 func (UnimplementedTapServer) testEmbeddedByValue()             {}
@@ -138,13 +166,36 @@ func _Tap_Observe_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Tap_ObserveServer = grpc.ServerStreamingServer[TapEvent]
 
+func _Tap_Recent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TapServer).Recent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Tap_Recent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TapServer).Recent(ctx, req.(*RecentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Tap_ServiceDesc is the grpc.ServiceDesc for Tap service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
 var Tap_ServiceDesc = grpc.ServiceDesc{
 	ServiceName: "trellis.tap.v1.Tap",
 	HandlerType: (*TapServer)(nil),
-	Methods:     []grpc.MethodDesc{},
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Recent",
+			Handler:    _Tap_Recent_Handler,
+		},
+	},
 	Streams: []grpc.StreamDesc{
 		{
 			StreamName:    "Observe",

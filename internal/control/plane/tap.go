@@ -17,8 +17,19 @@ import (
 // them with the control plane's own certificate — the only identity
 // proxies serve tap to.
 func (p *Plane) tapHandler() http.Handler {
-	client := &tap.Client{GetClientCertificate: p.identity.ClientCertificate, Roots: p.identity.CA().AnchorPool()}
-	return tap.Handler(client, p.tapTargets)
+	return tap.Handler(p.tapClient(), p.tapTargets)
+}
+
+// explainHandler answers what the proxies a request names
+// (?target=KIND/NAME, as tap's) decided for their recent requests.
+func (p *Plane) explainHandler() http.Handler {
+	return tap.RecentHandler(p.tapClient(), p.tapTargets)
+}
+
+// tapClient reaches proxies' tap ports with the control plane's own
+// certificate.
+func (p *Plane) tapClient() *tap.Client {
+	return &tap.Client{GetClientCertificate: p.identity.ClientCertificate, Roots: p.identity.CA().AnchorPool()}
 }
 
 // tapTargets resolves a tap request to the tap ports of the instances of

@@ -27,7 +27,7 @@ type State interface {
 
 // Handler returns the admin HTTP handler; decisions (may be nil) is served
 // on /debug/decisions, and tcpProbes are the ports /probe/tcp/ checks.
-func Handler(reg *metrics.Registry, st State, decisions *explain.Log, tcpProbes map[uint16]bool) http.Handler {
+func Handler(reg *metrics.Registry, st State, decisions *explain.Journal, tcpProbes map[uint16]bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /probe/tcp/{port}", tcpProbe(tcpProbes))
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
@@ -55,7 +55,7 @@ func Handler(reg *metrics.Registry, st State, decisions *explain.Log, tcpProbes 
 		}
 		list := []explain.Decision{}
 		if decisions != nil {
-			list = decisions.Recent(n)
+			list = decisions.Recent(n, nil)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]any{"decisions": list})

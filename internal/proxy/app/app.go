@@ -58,7 +58,7 @@ type Proxy struct {
 	closers   []interface{ CloseIdle() }
 	identity  *identity.Manager // nil without an identity
 	control   *control          // nil without a destination service
-	decisions *explain.Log
+	decisions *explain.Journal
 	// authorizer decides who may reach the application (inbound); egress
 	// what may leave the mesh (nil without a control plane).
 	authorizer *authz.Authorizer
@@ -79,7 +79,8 @@ type boundListener struct {
 // New binds every listener; an address that cannot be bound is an error
 // naming the setting.
 func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
-	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{}}
+	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{},
+		decisions: &explain.Journal{}}
 	p.reg.RegisterProcess()
 	p.srv.Limits, p.srv.OnRefused = connectionLimits(cfg), newRefusals(p.reg, log).refused
 	dialer := &transport.Dialer{Timeout: cfg.ConnectTimeout, Registry: p.reg}
@@ -95,7 +96,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		// workload's registration, or, in Kubernetes, the Pod (the
 		// injector gives --tap-addr): otherwise a proxy has none.
 		if cfg.DestinationAddr != "" && (cfg.Workload != "" || cfg.ServeTap) {
-			p.tapHub = tap.NewHub(tap.HubConfig{Identity: cfg.Identity})
+			p.tapHub = tap.NewHub(tap.HubConfig{Identity: cfg.Identity, Decisions: p.decisions})
 			if p.tapSrv, err = tap.NewServer(p.tapHub, m, meshid.IdentityServiceID(m.ID().TrustDomain), log); err != nil {
 				return nil, err
 			}
@@ -119,13 +120,12 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	if !cfg.DisableHTTPMetrics {
 		obs.HTTPMetrics = p.reg
 	}
-	p.authorizer = authz.New(cfg.Authz, p.reg, log)
+	p.authorizer = authz.New(cfg.Authz, p.reg, &p.decisions.Inbound, log)
 	in, inFwd := inbound.Stack(cfg, p.reg, dialer, creds, obs, p.authorizer, log)
-	p.decisions = &explain.Log{}
 	if p.control != nil {
 		p.egress = egress.New(p.identity.ID().Namespace, p.reg, log)
 	}
-	out := outbound.New(cfg, p.reg, dialer, creds, res, p.egress, p.decisions, obs, log)
+	out := outbound.New(cfg, p.reg, dialer, creds, res, p.egress, &p.decisions.Outbound, obs, log)
 	p.closers = append(p.closers, inFwd, out.Forwarder)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {

@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -83,6 +84,8 @@ type Authorizer struct {
 	// limited counts requests rate limits refused.
 	limited      *metrics.Counters
 	limitedCache sync.Map // limitedKey -> *atomic.Uint64
+	// decisions records every HTTP decision for explain (nil: none).
+	decisions *explain.Log
 }
 
 type limitedKey struct {
@@ -106,9 +109,10 @@ type seriesKey struct {
 // authorization.
 type ref struct{ group, kind, name string }
 
-// New returns the authorizer of cfg, its counters registered in reg.
-func New(cfg Config, reg *metrics.Registry, log *slog.Logger) *Authorizer {
-	a := &Authorizer{cfg: cfg, log: log}
+// New returns the authorizer of cfg, its counters registered in reg, its
+// HTTP decisions recorded in decisions (if not nil).
+func New(cfg Config, reg *metrics.Registry, decisions *explain.Log, log *slog.Logger) *Authorizer {
+	a := &Authorizer{cfg: cfg, log: log, decisions: decisions}
 	a.series[tcp][deny] = reg.Counters("inbound_tcp_authz_deny_total", "Total count of inbound TCP connections the authorization policy denied.")
 	a.series[tcp][pass] = reg.Counters("inbound_tcp_authz_allow_total", "Total count of inbound TCP connections the authorization policy allowed.")
 	a.series[http1][deny] = reg.Counters("inbound_http_authz_deny_total", "Total count of inbound HTTP requests the authorization policy denied.")
@@ -270,25 +274,53 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 		d := a.decide(m, port, r)
 		if d.noRoute {
 			a.notFound.With("srv_group", d.srv.group, "srv_kind", d.srv.kind, "srv_name", d.srv.name, "srv_port", strconv.Itoa(int(port))).Add(1)
+			a.record(r, m, d, http.StatusNotFound, "")
 			httpproxy.WriteError(w, r, http.StatusNotFound, d.reason)
 			return
 		}
 		a.count(http1, port, d)
 		a.logDecision(m, d, "request")
 		if !d.allow {
+			a.record(r, m, d, http.StatusForbidden, "")
 			httpproxy.WriteError(w, r, http.StatusForbidden, "unauthorized request on port "+strconv.Itoa(int(port))+": "+d.reason)
 			return
 		}
 		if d.limit != nil {
 			if scope, retry := d.limit.take(m.ClientID, time.Now()); scope != "" {
 				a.countLimited(port, d, scope)
+				limit := d.limit.name + " (" + scope + " limit)"
+				a.record(r, m, d, http.StatusTooManyRequests, limit)
 				w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
-				httpproxy.WriteError(w, r, http.StatusTooManyRequests, httpproxy.ReasonRateLimited+" by "+d.limit.name+" ("+scope+" limit)")
+				httpproxy.WriteError(w, r, http.StatusTooManyRequests, httpproxy.ReasonRateLimited+" by "+limit)
 				return
 			}
 		}
+		a.record(r, m, d, 0, "")
 		next.ServeHTTP(w, r)
 	})
+}
+
+// explained is a decision recorded for explain, with its policy: one
+// allocation.
+type explained struct {
+	explain.Decision
+	policy explain.Policy
+}
+
+// record records the decision d for r, answered with status (0: by the
+// application), refused by rate limit limit ("": none).
+func (a *Authorizer) record(r *http.Request, m *transport.Meta, d decision, status int, limit string) {
+	if a.decisions == nil {
+		return
+	}
+	e := &explained{policy: explain.Policy{Server: d.srv.name, Default: d.srv.kind == kindDefault, Route: d.route.name, Allowed: d.allow && limit == "",
+		Reason: d.reason, RateLimit: limit}}
+	if d.allow {
+		e.policy.Authorization, e.policy.AuthorizationKind = d.authz.name, d.authz.kind
+	}
+	e.Decision = explain.Decision{Time: time.Now(), Direction: "inbound", Method: r.Method, Authority: r.Host, Path: r.URL.Path, Status: status,
+		Client: m.Client, ClientID: m.ClientID, Policy: &e.policy}
+	a.decisions.Record(&e.Decision)
 }
 
 // TCP is the stage that closes a denied connection (opaque TCP).

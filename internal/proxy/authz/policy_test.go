@@ -134,7 +134,7 @@ func TestRateLimitScopes(t *testing.T) {
 // policy, unless the port's Server has routes: they decide then.
 func TestProbesAllowed(t *testing.T) {
 	reg := metrics.NewRegistry()
-	a := New(Config{Default: Deny, ProbePaths: []string{"/healthz"}, ProbeNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}, reg, slog.New(slog.DiscardHandler))
+	a := New(Config{Default: Deny, ProbePaths: []string{"/healthz"}, ProbeNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}, reg, nil, slog.New(slog.DiscardHandler))
 	a.policy.Store(compilePolicy(&policyv1.InboundPolicy{Servers: []*policyv1.Server{
 		{Name: "plain", Port: 81},
 		{Name: "routed", Port: 82, Routes: &destinationv1.Profile{

@@ -1,14 +1,18 @@
-// Package explain records, per outbound request, the decisions the proxy
-// made — which route and rule matched, which backend and endpoints were
-// chosen, which attempts were retried and why, whether it was hedged or
-// failed fast, which endpoints were ejected — in a fixed ring of recent
-// requests that costs one allocation per request and no lock. The admin
-// server serves it (loopback only) for `explain`, and the tap stream will
-// carry it.
+// Package explain records, per request, the decisions the proxy made — for
+// a request the application sends (outbound): which route and rule
+// matched, which backend and endpoints were chosen, which attempts were
+// retried and why, whether it was hedged or failed fast, which endpoints
+// were ejected; for a request the application receives (inbound): which
+// Server and authorization allowed or denied it, and why — in a fixed ring
+// of recent requests per direction (a Journal) that costs one allocation
+// per request and no lock. The tap server serves it to the control plane
+// for `trellis explain`, the admin server to the proxy's own host.
 package explain
 
 import (
 	"context"
+	"net/netip"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,10 +20,12 @@ import (
 
 // Decision is what happened to one request.
 type Decision struct {
-	Time      time.Time `json:"time"`
-	Method    string    `json:"method"`
-	Authority string    `json:"authority"`
-	Path      string    `json:"path"`
+	Time time.Time `json:"time"`
+	// Direction is "inbound" or "outbound".
+	Direction string `json:"direction"`
+	Method    string `json:"method"`
+	Authority string `json:"authority"`
+	Path      string `json:"path"`
 	// Route is the matched route ("namespace/name"), RouteKind HTTPRoute or
 	// GRPCRoute, Rule the rule's name; empty without routes.
 	Route     string `json:"route,omitempty"`
@@ -37,6 +43,33 @@ type Decision struct {
 	// EjectedEndpoints lists endpoints failure accrual took out because of this request.
 	EjectedEndpoints []string `json:"ejected,omitempty"`
 	Status           int      `json:"status"`
+
+	// Inbound: the client (address, and SPIFFE ID when meshed) and how
+	// the authorization policy decided; set before the decision is
+	// recorded, never changed after.
+	Client   netip.AddrPort `json:"client,omitzero"`
+	ClientID string         `json:"clientID,omitempty"`
+	Policy   *Policy        `json:"policy,omitempty"`
+}
+
+// Policy is how the inbound authorization policy decided a request.
+type Policy struct {
+	// Server is the Server of the port or, when Default, the default
+	// policy that decides for a port no Server selects.
+	Server  string `json:"server"`
+	Default bool   `json:"default,omitempty"`
+	// Route is the Server's route the request matched, if it has routes.
+	Route string `json:"route,omitempty"`
+	// Authorization is what allowed the request: an AuthorizationPolicy
+	// (kind authorizationpolicy), the Server's audit (audit), a health
+	// probe or a default policy (default); empty when denied.
+	Authorization     string `json:"authorization,omitempty"`
+	AuthorizationKind string `json:"authorizationKind,omitempty"`
+	Allowed           bool   `json:"allowed"`
+	// Reason is why it was denied (or, under audit, would have been).
+	Reason string `json:"reason,omitempty"`
+	// RateLimit names the rate limit and scope that refused it (429).
+	RateLimit string `json:"rateLimit,omitempty"`
 }
 
 // Attempt is one try of a request.
@@ -83,9 +116,10 @@ func (d *Decision) Ejected(addr string) {
 func (d *Decision) Snapshot() Decision {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return Decision{Time: d.Time, Method: d.Method, Authority: d.Authority, Path: d.Path, Route: d.Route, RouteKind: d.RouteKind,
+	return Decision{Time: d.Time, Direction: d.Direction, Method: d.Method, Authority: d.Authority, Path: d.Path, Route: d.Route, RouteKind: d.RouteKind,
 		Rule: d.Rule, Backend: d.Backend, Attempts: append([]Attempt(nil), d.Attempts...), FailFast: d.FailFast,
-		EjectedEndpoints: append([]string(nil), d.EjectedEndpoints...), Status: d.Status}
+		EjectedEndpoints: append([]string(nil), d.EjectedEndpoints...), Status: d.Status,
+		Client: d.Client, ClientID: d.ClientID, Policy: d.Policy}
 }
 
 type key struct{}
@@ -113,7 +147,7 @@ func Why(ctx context.Context) string {
 	return s
 }
 
-// Size is how many recent decisions a Log keeps.
+// Size is how many recent decisions a Log keeps (a Journal, of each direction).
 const Size = 1024
 
 // Log is a ring of the most recent decisions.
@@ -131,14 +165,32 @@ func (l *Log) Record(d *Decision) {
 	l.slots[i%Size].Store(d)
 }
 
-// Recent returns up to n decisions, newest first.
-func (l *Log) Recent(n int) []Decision {
+// Recent returns up to n decisions that keep accepts (nil: all), newest
+// first.
+func (l *Log) Recent(n int, keep func(*Decision) bool) []Decision {
 	end := l.next.Load()
 	var out []Decision
 	for i := end; i > 0 && len(out) < n && end-i < Size; i-- {
 		if d := l.slots[(i-1)%Size].Load(); d != nil {
 			out = append(out, d.Snapshot())
+			if keep != nil && !keep(&out[len(out)-1]) {
+				out = out[:len(out)-1]
+			}
 		}
 	}
 	return out
+}
+
+// Journal keeps the recent decisions of each direction apart, so that a
+// busy direction does not push the other's out.
+type Journal struct {
+	Inbound, Outbound Log
+}
+
+// Recent returns up to n decisions of both directions that keep accepts
+// (nil: all), newest first.
+func (j *Journal) Recent(n int, keep func(*Decision) bool) []Decision {
+	all := append(j.Inbound.Recent(n, keep), j.Outbound.Recent(n, keep)...)
+	sort.SliceStable(all, func(i, k int) bool { return all[i].Time.After(all[k].Time) })
+	return all[:min(n, len(all))]
 }

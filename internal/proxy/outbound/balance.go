@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/egress"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -153,7 +155,7 @@ func (b *balancer) http() httpproxy.Layer {
 }
 
 // errEgressDenied refuses a connection an EgressNetwork keeps in the mesh.
-var errEgressDenied = errors.New("egress denied by an EgressNetwork")
+var errEgressDenied = fmt.Errorf("%w: egress denied by an EgressNetwork", tcpproxy.ErrDenied)
 
 // Fail-fast reasons: a retry cannot help with these.
 const (

@@ -84,7 +84,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.next.ServeHTTP(w, r)
 		return
 	}
-	d := &explain.Decision{Time: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.Path}
+	d := &explain.Decision{Time: time.Now(), Direction: "outbound", Method: r.Method, Authority: r.Host, Path: r.URL.Path}
 	defer rt.decisions.Record(d)
 	ctx := explain.With(r.Context(), d)
 	var rule *route.Rule

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,6 +29,7 @@ import (
 	"golang.org/x/time/rate"
 
 	tapv1 "github.com/trellis-mesh/trellis/api/tap/v1"
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 )
 
@@ -53,6 +55,9 @@ type HubConfig struct {
 	// Identity is the proxy's own SPIFFE ID, if it has one: the server_id
 	// of inbound and the client_id of outbound requests over mTLS.
 	Identity string
+	// Decisions are what the proxy decided for its recent requests, which
+	// the server's Recent answers from (nil: none).
+	Decisions *explain.Journal
 }
 
 // ErrTooManySubscribers is returned by Subscribe when the hub is full.
@@ -210,19 +215,25 @@ func newMatch(req *tapv1.ObserveRequest) (match, error) {
 
 // matches reports whether a request in direction dir is selected.
 func (m *match) matches(dir string, r *http.Request) bool {
+	return m.selects(dir, r.Method, r.URL.Path, r.Host, httpproxy.Target(r.Context()))
+}
+
+// selects reports whether a request in direction dir, with this method,
+// path and authority, sent to targets, is selected.
+func (m *match) selects(dir, method, path, authority string, targets ...string) bool {
 	if m.direction != "" && m.direction != dir {
 		return false
 	}
-	if m.method != "" && !strings.EqualFold(m.method, r.Method) {
+	if m.method != "" && !strings.EqualFold(m.method, method) {
 		return false
 	}
-	if m.pathPrefix != "" && !strings.HasPrefix(r.URL.Path, m.pathPrefix) {
+	if m.pathPrefix != "" && !strings.HasPrefix(path, m.pathPrefix) {
 		return false
 	}
-	if m.authority != "" && !strings.EqualFold(m.authority, r.Host) {
+	if m.authority != "" && !strings.EqualFold(m.authority, authority) {
 		return false
 	}
-	if m.to != "" && !strings.Contains(r.Host, m.to) && !strings.Contains(httpproxy.Target(r.Context()), m.to) {
+	if m.to != "" && !strings.Contains(authority, m.to) && !slices.ContainsFunc(targets, func(t string) bool { return strings.Contains(t, m.to) }) {
 		return false
 	}
 	return true

@@ -23,6 +23,10 @@ type Forwarder struct {
 	Log     *slog.Logger
 }
 
+// ErrDenied marks the error of a Connect that a policy refused: the
+// connection is reset without a warning.
+var ErrDenied = errors.New("denied by policy")
+
 // ServeConn forwards c to its target. A target that cannot be reached resets
 // the client connection, which is how TCP says "unreachable".
 func (f *Forwarder) ServeConn(ctx context.Context, c net.Conn) {
@@ -35,6 +39,11 @@ func (f *Forwarder) ServeConn(ctx context.Context, c net.Conn) {
 			return
 		}
 		d, err := f.Connect(ctx, m)
+		if errors.Is(err, ErrDenied) { // a policy's decision, counted where it is made
+			f.Log.Debug("connection refused", "direction", m.Direction, "client", m.Client.String(), "target", m.Target, "error", err)
+			reset(c)
+			return
+		}
 		if err != nil {
 			f.Log.Warn("connecting to target failed", "direction", m.Direction, "client", m.Client.String(), "target", m.Target, "error", err)
 			reset(c)
