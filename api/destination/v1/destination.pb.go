@@ -121,7 +121,7 @@ func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathMatch_Kind.Descriptor instead.
 func (PathMatch_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{8, 0}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{10, 0}
 }
 
 type GetDestination struct {
@@ -521,8 +521,14 @@ type Profile struct {
 	// HTTPRoute and GRPCRoute attached to the service); the first that
 	// matches picks its rule. With no matches at all, requests go to the
 	// service itself; with matches but none matching, the proxy answers 404.
-	Matches       []*RouteMatch `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
-	Rules         []*RouteRule  `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	Matches []*RouteMatch `protobuf:"bytes,3,rep,name=matches,proto3" json:"matches,omitempty"`
+	Rules   []*RouteRule  `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// rate_limit, if set, limits the requests each calling proxy sends to
+	// the service (an HTTPLocalRateLimitPolicy whose target is the
+	// Service): the proxy refuses those over it itself (429, gRPC
+	// RESOURCE_EXHAUSTED), so a misbehaving caller is throttled at its own
+	// proxy.
+	RateLimit     *ClientRateLimit `protobuf:"bytes,5,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -585,6 +591,131 @@ func (x *Profile) GetRules() []*RouteRule {
 	return nil
 }
 
+func (x *Profile) GetRateLimit() *ClientRateLimit {
+	if x != nil {
+		return x.RateLimit
+	}
+	return nil
+}
+
+// ClientRateLimit is the limit of each caller of a service.
+type ClientRateLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the policy's namespace/name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// total is how many requests a second each calling proxy may send; 0
+	// leaves the callers no override names unlimited.
+	Total uint32 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	// overrides give the callers they name a rate of their own.
+	Overrides     []*ClientRateOverride `protobuf:"bytes,3,rep,name=overrides,proto3" json:"overrides,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClientRateLimit) Reset() {
+	*x = ClientRateLimit{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientRateLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientRateLimit) ProtoMessage() {}
+
+func (x *ClientRateLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientRateLimit.ProtoReflect.Descriptor instead.
+func (*ClientRateLimit) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ClientRateLimit) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClientRateLimit) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+func (x *ClientRateLimit) GetOverrides() []*ClientRateOverride {
+	if x != nil {
+		return x.Overrides
+	}
+	return nil
+}
+
+type ClientRateOverride struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	RequestsPerSecond uint32                 `protobuf:"varint,1,opt,name=requests_per_second,json=requestsPerSecond,proto3" json:"requests_per_second,omitempty"`
+	// service_accounts name the callers, as namespace/name.
+	ServiceAccounts []string `protobuf:"bytes,2,rep,name=service_accounts,json=serviceAccounts,proto3" json:"service_accounts,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClientRateOverride) Reset() {
+	*x = ClientRateOverride{}
+	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClientRateOverride) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClientRateOverride) ProtoMessage() {}
+
+func (x *ClientRateOverride) ProtoReflect() protoreflect.Message {
+	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClientRateOverride.ProtoReflect.Descriptor instead.
+func (*ClientRateOverride) Descriptor() ([]byte, []int) {
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ClientRateOverride) GetRequestsPerSecond() uint32 {
+	if x != nil {
+		return x.RequestsPerSecond
+	}
+	return 0
+}
+
+func (x *ClientRateOverride) GetServiceAccounts() []string {
+	if x != nil {
+		return x.ServiceAccounts
+	}
+	return nil
+}
+
 type RouteMatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// rule indexes Profile.rules.
@@ -600,7 +731,7 @@ type RouteMatch struct {
 
 func (x *RouteMatch) Reset() {
 	*x = RouteMatch{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -612,7 +743,7 @@ func (x *RouteMatch) String() string {
 func (*RouteMatch) ProtoMessage() {}
 
 func (x *RouteMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[7]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -625,7 +756,7 @@ func (x *RouteMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
 func (*RouteMatch) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{7}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RouteMatch) GetRule() uint32 {
@@ -673,7 +804,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +816,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[8]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +829,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{8}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PathMatch) GetKind() PathMatch_Kind {
@@ -728,7 +859,7 @@ type ValueMatch struct {
 
 func (x *ValueMatch) Reset() {
 	*x = ValueMatch{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +871,7 @@ func (x *ValueMatch) String() string {
 func (*ValueMatch) ProtoMessage() {}
 
 func (x *ValueMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[9]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +884,7 @@ func (x *ValueMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValueMatch.ProtoReflect.Descriptor instead.
 func (*ValueMatch) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{9}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ValueMatch) GetName() string {
@@ -806,7 +937,7 @@ type RouteRule struct {
 
 func (x *RouteRule) Reset() {
 	*x = RouteRule{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +949,7 @@ func (x *RouteRule) String() string {
 func (*RouteRule) ProtoMessage() {}
 
 func (x *RouteRule) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[10]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +962,7 @@ func (x *RouteRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
 func (*RouteRule) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{10}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RouteRule) GetRoute() string {
@@ -936,7 +1067,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1079,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[11]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1092,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{11}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Mirror) GetAuthority() string {
@@ -990,7 +1121,7 @@ type Fault struct {
 
 func (x *Fault) Reset() {
 	*x = Fault{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1002,7 +1133,7 @@ func (x *Fault) String() string {
 func (*Fault) ProtoMessage() {}
 
 func (x *Fault) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[12]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1015,7 +1146,7 @@ func (x *Fault) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Fault.ProtoReflect.Descriptor instead.
 func (*Fault) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{12}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Fault) GetAbortStatus() uint32 {
@@ -1058,7 +1189,7 @@ type Hedge struct {
 
 func (x *Hedge) Reset() {
 	*x = Hedge{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1201,7 @@ func (x *Hedge) String() string {
 func (*Hedge) ProtoMessage() {}
 
 func (x *Hedge) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[13]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1214,7 @@ func (x *Hedge) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hedge.ProtoReflect.Descriptor instead.
 func (*Hedge) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{13}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Hedge) GetDelay() *durationpb.Duration {
@@ -1111,7 +1242,7 @@ type WeightedBackend struct {
 
 func (x *WeightedBackend) Reset() {
 	*x = WeightedBackend{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1254,7 @@ func (x *WeightedBackend) String() string {
 func (*WeightedBackend) ProtoMessage() {}
 
 func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[14]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1267,7 @@ func (x *WeightedBackend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightedBackend.ProtoReflect.Descriptor instead.
 func (*WeightedBackend) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{14}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WeightedBackend) GetAuthority() string {
@@ -1164,7 +1295,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1307,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[15]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1320,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{15}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *HeaderModifier) GetSet() []*Header {
@@ -1223,7 +1354,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1366,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[16]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1379,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{16}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Header) GetName() string {
@@ -1280,7 +1411,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1292,7 +1423,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[17]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1305,7 +1436,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{17}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1372,7 +1503,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1515,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[18]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1528,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{18}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Retry) GetAttempts() uint32 {
@@ -1476,7 +1607,7 @@ type RetryBudget struct {
 
 func (x *RetryBudget) Reset() {
 	*x = RetryBudget{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1619,7 @@ func (x *RetryBudget) String() string {
 func (*RetryBudget) ProtoMessage() {}
 
 func (x *RetryBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[19]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1632,7 @@ func (x *RetryBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryBudget.ProtoReflect.Descriptor instead.
 func (*RetryBudget) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{19}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RetryBudget) GetRatio() float64 {
@@ -1548,7 +1679,7 @@ type RegisterRequest struct {
 
 func (x *RegisterRequest) Reset() {
 	*x = RegisterRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1691,7 @@ func (x *RegisterRequest) String() string {
 func (*RegisterRequest) ProtoMessage() {}
 
 func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[20]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1704,7 @@ func (x *RegisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterRequest.ProtoReflect.Descriptor instead.
 func (*RegisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{20}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegisterRequest) GetName() string {
@@ -1645,7 +1776,7 @@ type Port struct {
 
 func (x *Port) Reset() {
 	*x = Port{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1788,7 @@ func (x *Port) String() string {
 func (*Port) ProtoMessage() {}
 
 func (x *Port) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[21]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1801,7 @@ func (x *Port) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Port.ProtoReflect.Descriptor instead.
 func (*Port) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{21}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Port) GetPort() uint32 {
@@ -1705,7 +1836,7 @@ type Lease struct {
 
 func (x *Lease) Reset() {
 	*x = Lease{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +1848,7 @@ func (x *Lease) String() string {
 func (*Lease) ProtoMessage() {}
 
 func (x *Lease) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[22]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +1861,7 @@ func (x *Lease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lease.ProtoReflect.Descriptor instead.
 func (*Lease) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{22}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Lease) GetWorkload() string {
@@ -1756,7 +1887,7 @@ type RenewRequest struct {
 
 func (x *RenewRequest) Reset() {
 	*x = RenewRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[23]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1768,7 +1899,7 @@ func (x *RenewRequest) String() string {
 func (*RenewRequest) ProtoMessage() {}
 
 func (x *RenewRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[23]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1781,7 +1912,7 @@ func (x *RenewRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
 func (*RenewRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{23}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RenewRequest) GetName() string {
@@ -1800,7 +1931,7 @@ type DeregisterRequest struct {
 
 func (x *DeregisterRequest) Reset() {
 	*x = DeregisterRequest{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[24]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +1943,7 @@ func (x *DeregisterRequest) String() string {
 func (*DeregisterRequest) ProtoMessage() {}
 
 func (x *DeregisterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[24]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +1956,7 @@ func (x *DeregisterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterRequest) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{24}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeregisterRequest) GetName() string {
@@ -1843,7 +1974,7 @@ type DeregisterResponse struct {
 
 func (x *DeregisterResponse) Reset() {
 	*x = DeregisterResponse{}
-	mi := &file_api_destination_v1_destination_proto_msgTypes[25]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +1986,7 @@ func (x *DeregisterResponse) String() string {
 func (*DeregisterResponse) ProtoMessage() {}
 
 func (x *DeregisterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_api_destination_v1_destination_proto_msgTypes[25]
+	mi := &file_api_destination_v1_destination_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +1999,7 @@ func (x *DeregisterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterResponse) Descriptor() ([]byte, []int) {
-	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{25}
+	return file_api_destination_v1_destination_proto_rawDescGZIP(), []int{27}
 }
 
 var File_api_destination_v1_destination_proto protoreflect.FileDescriptor
@@ -1903,12 +2034,21 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"\rmetric_labels\x18\x06 \x03(\v22.trellis.destination.v1.Endpoint.MetricLabelsEntryR\fmetricLabels\x1a?\n" +
 	"\x11MetricLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xca\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x02\n" +
 	"\aProfile\x120\n" +
 	"\x14fully_qualified_name\x18\x01 \x01(\tR\x12fullyQualifiedName\x12\x16\n" +
 	"\x06opaque\x18\x02 \x01(\bR\x06opaque\x12<\n" +
 	"\amatches\x18\x03 \x03(\v2\".trellis.destination.v1.RouteMatchR\amatches\x127\n" +
-	"\x05rules\x18\x04 \x03(\v2!.trellis.destination.v1.RouteRuleR\x05rules\"\xf4\x01\n" +
+	"\x05rules\x18\x04 \x03(\v2!.trellis.destination.v1.RouteRuleR\x05rules\x12F\n" +
+	"\n" +
+	"rate_limit\x18\x05 \x01(\v2'.trellis.destination.v1.ClientRateLimitR\trateLimit\"\x85\x01\n" +
+	"\x0fClientRateLimit\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\rR\x05total\x12H\n" +
+	"\toverrides\x18\x03 \x03(\v2*.trellis.destination.v1.ClientRateOverrideR\toverrides\"o\n" +
+	"\x12ClientRateOverride\x12.\n" +
+	"\x13requests_per_second\x18\x01 \x01(\rR\x11requestsPerSecond\x12)\n" +
+	"\x10service_accounts\x18\x02 \x03(\tR\x0fserviceAccounts\"\xf4\x01\n" +
 	"\n" +
 	"RouteMatch\x12\x12\n" +
 	"\x04rule\x18\x01 \x01(\rR\x04rule\x125\n" +
@@ -2041,7 +2181,7 @@ func file_api_destination_v1_destination_proto_rawDescGZIP() []byte {
 }
 
 var file_api_destination_v1_destination_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_api_destination_v1_destination_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_api_destination_v1_destination_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_api_destination_v1_destination_proto_goTypes = []any{
 	(ProtocolHint)(0),           // 0: trellis.destination.v1.ProtocolHint
 	(PathMatch_Kind)(0),         // 1: trellis.destination.v1.PathMatch.Kind
@@ -2052,80 +2192,84 @@ var file_api_destination_v1_destination_proto_goTypes = []any{
 	(*NoEndpoints)(nil),         // 6: trellis.destination.v1.NoEndpoints
 	(*Endpoint)(nil),            // 7: trellis.destination.v1.Endpoint
 	(*Profile)(nil),             // 8: trellis.destination.v1.Profile
-	(*RouteMatch)(nil),          // 9: trellis.destination.v1.RouteMatch
-	(*PathMatch)(nil),           // 10: trellis.destination.v1.PathMatch
-	(*ValueMatch)(nil),          // 11: trellis.destination.v1.ValueMatch
-	(*RouteRule)(nil),           // 12: trellis.destination.v1.RouteRule
-	(*Mirror)(nil),              // 13: trellis.destination.v1.Mirror
-	(*Fault)(nil),               // 14: trellis.destination.v1.Fault
-	(*Hedge)(nil),               // 15: trellis.destination.v1.Hedge
-	(*WeightedBackend)(nil),     // 16: trellis.destination.v1.WeightedBackend
-	(*HeaderModifier)(nil),      // 17: trellis.destination.v1.HeaderModifier
-	(*Header)(nil),              // 18: trellis.destination.v1.Header
-	(*Redirect)(nil),            // 19: trellis.destination.v1.Redirect
-	(*Retry)(nil),               // 20: trellis.destination.v1.Retry
-	(*RetryBudget)(nil),         // 21: trellis.destination.v1.RetryBudget
-	(*RegisterRequest)(nil),     // 22: trellis.destination.v1.RegisterRequest
-	(*Port)(nil),                // 23: trellis.destination.v1.Port
-	(*Lease)(nil),               // 24: trellis.destination.v1.Lease
-	(*RenewRequest)(nil),        // 25: trellis.destination.v1.RenewRequest
-	(*DeregisterRequest)(nil),   // 26: trellis.destination.v1.DeregisterRequest
-	(*DeregisterResponse)(nil),  // 27: trellis.destination.v1.DeregisterResponse
-	nil,                         // 28: trellis.destination.v1.AddSet.MetricLabelsEntry
-	nil,                         // 29: trellis.destination.v1.Endpoint.MetricLabelsEntry
-	nil,                         // 30: trellis.destination.v1.RegisterRequest.LabelsEntry
-	(*durationpb.Duration)(nil), // 31: google.protobuf.Duration
+	(*ClientRateLimit)(nil),     // 9: trellis.destination.v1.ClientRateLimit
+	(*ClientRateOverride)(nil),  // 10: trellis.destination.v1.ClientRateOverride
+	(*RouteMatch)(nil),          // 11: trellis.destination.v1.RouteMatch
+	(*PathMatch)(nil),           // 12: trellis.destination.v1.PathMatch
+	(*ValueMatch)(nil),          // 13: trellis.destination.v1.ValueMatch
+	(*RouteRule)(nil),           // 14: trellis.destination.v1.RouteRule
+	(*Mirror)(nil),              // 15: trellis.destination.v1.Mirror
+	(*Fault)(nil),               // 16: trellis.destination.v1.Fault
+	(*Hedge)(nil),               // 17: trellis.destination.v1.Hedge
+	(*WeightedBackend)(nil),     // 18: trellis.destination.v1.WeightedBackend
+	(*HeaderModifier)(nil),      // 19: trellis.destination.v1.HeaderModifier
+	(*Header)(nil),              // 20: trellis.destination.v1.Header
+	(*Redirect)(nil),            // 21: trellis.destination.v1.Redirect
+	(*Retry)(nil),               // 22: trellis.destination.v1.Retry
+	(*RetryBudget)(nil),         // 23: trellis.destination.v1.RetryBudget
+	(*RegisterRequest)(nil),     // 24: trellis.destination.v1.RegisterRequest
+	(*Port)(nil),                // 25: trellis.destination.v1.Port
+	(*Lease)(nil),               // 26: trellis.destination.v1.Lease
+	(*RenewRequest)(nil),        // 27: trellis.destination.v1.RenewRequest
+	(*DeregisterRequest)(nil),   // 28: trellis.destination.v1.DeregisterRequest
+	(*DeregisterResponse)(nil),  // 29: trellis.destination.v1.DeregisterResponse
+	nil,                         // 30: trellis.destination.v1.AddSet.MetricLabelsEntry
+	nil,                         // 31: trellis.destination.v1.Endpoint.MetricLabelsEntry
+	nil,                         // 32: trellis.destination.v1.RegisterRequest.LabelsEntry
+	(*durationpb.Duration)(nil), // 33: google.protobuf.Duration
 }
 var file_api_destination_v1_destination_proto_depIdxs = []int32{
 	4,  // 0: trellis.destination.v1.Update.add:type_name -> trellis.destination.v1.AddSet
 	5,  // 1: trellis.destination.v1.Update.remove:type_name -> trellis.destination.v1.RemoveSet
 	6,  // 2: trellis.destination.v1.Update.no_endpoints:type_name -> trellis.destination.v1.NoEndpoints
 	7,  // 3: trellis.destination.v1.AddSet.endpoints:type_name -> trellis.destination.v1.Endpoint
-	28, // 4: trellis.destination.v1.AddSet.metric_labels:type_name -> trellis.destination.v1.AddSet.MetricLabelsEntry
+	30, // 4: trellis.destination.v1.AddSet.metric_labels:type_name -> trellis.destination.v1.AddSet.MetricLabelsEntry
 	0,  // 5: trellis.destination.v1.Endpoint.protocol_hint:type_name -> trellis.destination.v1.ProtocolHint
-	29, // 6: trellis.destination.v1.Endpoint.metric_labels:type_name -> trellis.destination.v1.Endpoint.MetricLabelsEntry
-	9,  // 7: trellis.destination.v1.Profile.matches:type_name -> trellis.destination.v1.RouteMatch
-	12, // 8: trellis.destination.v1.Profile.rules:type_name -> trellis.destination.v1.RouteRule
-	10, // 9: trellis.destination.v1.RouteMatch.path:type_name -> trellis.destination.v1.PathMatch
-	11, // 10: trellis.destination.v1.RouteMatch.headers:type_name -> trellis.destination.v1.ValueMatch
-	11, // 11: trellis.destination.v1.RouteMatch.query_params:type_name -> trellis.destination.v1.ValueMatch
-	1,  // 12: trellis.destination.v1.PathMatch.kind:type_name -> trellis.destination.v1.PathMatch.Kind
-	16, // 13: trellis.destination.v1.RouteRule.backends:type_name -> trellis.destination.v1.WeightedBackend
-	17, // 14: trellis.destination.v1.RouteRule.request_headers:type_name -> trellis.destination.v1.HeaderModifier
-	17, // 15: trellis.destination.v1.RouteRule.response_headers:type_name -> trellis.destination.v1.HeaderModifier
-	19, // 16: trellis.destination.v1.RouteRule.redirect:type_name -> trellis.destination.v1.Redirect
-	31, // 17: trellis.destination.v1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
-	31, // 18: trellis.destination.v1.RouteRule.backend_timeout:type_name -> google.protobuf.Duration
-	20, // 19: trellis.destination.v1.RouteRule.retry:type_name -> trellis.destination.v1.Retry
-	13, // 20: trellis.destination.v1.RouteRule.mirror:type_name -> trellis.destination.v1.Mirror
-	14, // 21: trellis.destination.v1.RouteRule.fault:type_name -> trellis.destination.v1.Fault
-	15, // 22: trellis.destination.v1.RouteRule.hedge:type_name -> trellis.destination.v1.Hedge
-	31, // 23: trellis.destination.v1.Fault.delay:type_name -> google.protobuf.Duration
-	31, // 24: trellis.destination.v1.Hedge.delay:type_name -> google.protobuf.Duration
-	18, // 25: trellis.destination.v1.HeaderModifier.set:type_name -> trellis.destination.v1.Header
-	18, // 26: trellis.destination.v1.HeaderModifier.add:type_name -> trellis.destination.v1.Header
-	31, // 27: trellis.destination.v1.Retry.per_try_timeout:type_name -> google.protobuf.Duration
-	31, // 28: trellis.destination.v1.Retry.backoff:type_name -> google.protobuf.Duration
-	21, // 29: trellis.destination.v1.Retry.budget:type_name -> trellis.destination.v1.RetryBudget
-	31, // 30: trellis.destination.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
-	23, // 31: trellis.destination.v1.RegisterRequest.ports:type_name -> trellis.destination.v1.Port
-	30, // 32: trellis.destination.v1.RegisterRequest.labels:type_name -> trellis.destination.v1.RegisterRequest.LabelsEntry
-	31, // 33: trellis.destination.v1.Lease.ttl:type_name -> google.protobuf.Duration
-	2,  // 34: trellis.destination.v1.Destination.Get:input_type -> trellis.destination.v1.GetDestination
-	2,  // 35: trellis.destination.v1.Destination.GetProfile:input_type -> trellis.destination.v1.GetDestination
-	22, // 36: trellis.destination.v1.Registry.Register:input_type -> trellis.destination.v1.RegisterRequest
-	25, // 37: trellis.destination.v1.Registry.Renew:input_type -> trellis.destination.v1.RenewRequest
-	26, // 38: trellis.destination.v1.Registry.Deregister:input_type -> trellis.destination.v1.DeregisterRequest
-	3,  // 39: trellis.destination.v1.Destination.Get:output_type -> trellis.destination.v1.Update
-	8,  // 40: trellis.destination.v1.Destination.GetProfile:output_type -> trellis.destination.v1.Profile
-	24, // 41: trellis.destination.v1.Registry.Register:output_type -> trellis.destination.v1.Lease
-	24, // 42: trellis.destination.v1.Registry.Renew:output_type -> trellis.destination.v1.Lease
-	27, // 43: trellis.destination.v1.Registry.Deregister:output_type -> trellis.destination.v1.DeregisterResponse
-	39, // [39:44] is the sub-list for method output_type
-	34, // [34:39] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	31, // 6: trellis.destination.v1.Endpoint.metric_labels:type_name -> trellis.destination.v1.Endpoint.MetricLabelsEntry
+	11, // 7: trellis.destination.v1.Profile.matches:type_name -> trellis.destination.v1.RouteMatch
+	14, // 8: trellis.destination.v1.Profile.rules:type_name -> trellis.destination.v1.RouteRule
+	9,  // 9: trellis.destination.v1.Profile.rate_limit:type_name -> trellis.destination.v1.ClientRateLimit
+	10, // 10: trellis.destination.v1.ClientRateLimit.overrides:type_name -> trellis.destination.v1.ClientRateOverride
+	12, // 11: trellis.destination.v1.RouteMatch.path:type_name -> trellis.destination.v1.PathMatch
+	13, // 12: trellis.destination.v1.RouteMatch.headers:type_name -> trellis.destination.v1.ValueMatch
+	13, // 13: trellis.destination.v1.RouteMatch.query_params:type_name -> trellis.destination.v1.ValueMatch
+	1,  // 14: trellis.destination.v1.PathMatch.kind:type_name -> trellis.destination.v1.PathMatch.Kind
+	18, // 15: trellis.destination.v1.RouteRule.backends:type_name -> trellis.destination.v1.WeightedBackend
+	19, // 16: trellis.destination.v1.RouteRule.request_headers:type_name -> trellis.destination.v1.HeaderModifier
+	19, // 17: trellis.destination.v1.RouteRule.response_headers:type_name -> trellis.destination.v1.HeaderModifier
+	21, // 18: trellis.destination.v1.RouteRule.redirect:type_name -> trellis.destination.v1.Redirect
+	33, // 19: trellis.destination.v1.RouteRule.request_timeout:type_name -> google.protobuf.Duration
+	33, // 20: trellis.destination.v1.RouteRule.backend_timeout:type_name -> google.protobuf.Duration
+	22, // 21: trellis.destination.v1.RouteRule.retry:type_name -> trellis.destination.v1.Retry
+	15, // 22: trellis.destination.v1.RouteRule.mirror:type_name -> trellis.destination.v1.Mirror
+	16, // 23: trellis.destination.v1.RouteRule.fault:type_name -> trellis.destination.v1.Fault
+	17, // 24: trellis.destination.v1.RouteRule.hedge:type_name -> trellis.destination.v1.Hedge
+	33, // 25: trellis.destination.v1.Fault.delay:type_name -> google.protobuf.Duration
+	33, // 26: trellis.destination.v1.Hedge.delay:type_name -> google.protobuf.Duration
+	20, // 27: trellis.destination.v1.HeaderModifier.set:type_name -> trellis.destination.v1.Header
+	20, // 28: trellis.destination.v1.HeaderModifier.add:type_name -> trellis.destination.v1.Header
+	33, // 29: trellis.destination.v1.Retry.per_try_timeout:type_name -> google.protobuf.Duration
+	33, // 30: trellis.destination.v1.Retry.backoff:type_name -> google.protobuf.Duration
+	23, // 31: trellis.destination.v1.Retry.budget:type_name -> trellis.destination.v1.RetryBudget
+	33, // 32: trellis.destination.v1.RetryBudget.ttl:type_name -> google.protobuf.Duration
+	25, // 33: trellis.destination.v1.RegisterRequest.ports:type_name -> trellis.destination.v1.Port
+	32, // 34: trellis.destination.v1.RegisterRequest.labels:type_name -> trellis.destination.v1.RegisterRequest.LabelsEntry
+	33, // 35: trellis.destination.v1.Lease.ttl:type_name -> google.protobuf.Duration
+	2,  // 36: trellis.destination.v1.Destination.Get:input_type -> trellis.destination.v1.GetDestination
+	2,  // 37: trellis.destination.v1.Destination.GetProfile:input_type -> trellis.destination.v1.GetDestination
+	24, // 38: trellis.destination.v1.Registry.Register:input_type -> trellis.destination.v1.RegisterRequest
+	27, // 39: trellis.destination.v1.Registry.Renew:input_type -> trellis.destination.v1.RenewRequest
+	28, // 40: trellis.destination.v1.Registry.Deregister:input_type -> trellis.destination.v1.DeregisterRequest
+	3,  // 41: trellis.destination.v1.Destination.Get:output_type -> trellis.destination.v1.Update
+	8,  // 42: trellis.destination.v1.Destination.GetProfile:output_type -> trellis.destination.v1.Profile
+	26, // 43: trellis.destination.v1.Registry.Register:output_type -> trellis.destination.v1.Lease
+	26, // 44: trellis.destination.v1.Registry.Renew:output_type -> trellis.destination.v1.Lease
+	29, // 45: trellis.destination.v1.Registry.Deregister:output_type -> trellis.destination.v1.DeregisterResponse
+	41, // [41:46] is the sub-list for method output_type
+	36, // [36:41] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_api_destination_v1_destination_proto_init() }
@@ -2144,7 +2288,7 @@ func file_api_destination_v1_destination_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_api_destination_v1_destination_proto_rawDesc), len(file_api_destination_v1_destination_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   29,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

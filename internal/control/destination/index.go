@@ -29,11 +29,12 @@ type endpointSet struct {
 	labels    map[string]string
 	matches   []*destinationv1.RouteMatch
 	rules     []*destinationv1.RouteRule
+	limit     *destinationv1.ClientRateLimit
 }
 
 // profile is the set's Profile message.
 func (s *endpointSet) profile() *destinationv1.Profile {
-	return &destinationv1.Profile{FullyQualifiedName: s.fqn, Opaque: s.opaque, Matches: s.matches, Rules: s.rules}
+	return &destinationv1.Profile{FullyQualifiedName: s.fqn, Opaque: s.opaque, Matches: s.matches, Rules: s.rules, RateLimit: s.limit}
 }
 
 // service is the index's state of one namespace/name: its Service
@@ -67,7 +68,9 @@ type Index struct {
 	byIP     map[netip.Addr]string
 	owner    map[string]string // workload "namespace/name" -> service key
 	routes   map[string]route  // "Kind/namespace/name"
-	subs     map[string]map[*subscription]struct{}
+	// clientLimits are the rate limit policies, by "namespace/name".
+	clientLimits map[string]clientLimit
+	subs         map[string]map[*subscription]struct{}
 	// ipSubs wait for a service to take a virtual IP nobody has yet.
 	ipSubs    map[netip.Addr]map[*subscription]struct{}
 	overflows int
@@ -78,7 +81,7 @@ type Index struct {
 func NewIndex(st store.Store, domain string, queue int, log *slog.Logger) *Index {
 	return &Index{store: st, domain: domain, queue: queue, log: log, ready: make(chan struct{}), done: make(chan struct{}),
 		services: map[string]*service{}, byIP: map[netip.Addr]string{}, owner: map[string]string{}, routes: map[string]route{},
-		subs: map[string]map[*subscription]struct{}{}, ipSubs: map[netip.Addr]map[*subscription]struct{}{}}
+		clientLimits: map[string]clientLimit{}, subs: map[string]map[*subscription]struct{}{}, ipSubs: map[netip.Addr]map[*subscription]struct{}{}}
 }
 
 // Run lists the store, then follows its watch; when the watch ends early
@@ -143,9 +146,17 @@ func (ix *Index) resync(ctx context.Context) (uint64, error) {
 		}
 		rts = append(rts, l...)
 	}
+	limits, _, err := ix.store.List(ctx, resources.KindHTTPLocalRateLimitPolicy, "", nil)
+	if err != nil {
+		return 0, err
+	}
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	ix.services, ix.byIP, ix.owner, ix.routes = map[string]*service{}, map[netip.Addr]string{}, map[string]string{}, map[string]route{}
+	ix.clientLimits = map[string]clientLimit{}
+	for _, r := range limits {
+		ix.clientLimits[r.Metadata.Namespace+"/"+r.Metadata.Name] = newClientLimit(r)
+	}
 	for _, r := range svcs {
 		ix.setService(r)
 	}
@@ -197,6 +208,17 @@ func (ix *Index) apply(ev store.Event) {
 		}
 		for svc := range affected {
 			ix.publish(svc)
+		}
+	case resources.KindHTTPLocalRateLimitPolicy:
+		old := ix.clientLimits[key].service
+		delete(ix.clientLimits, key)
+		if ev.Type != store.Deleted {
+			ix.clientLimits[key] = newClientLimit(r)
+		}
+		for _, svc := range []string{old, ix.clientLimits[key].service} {
+			if svc != "" {
+				ix.publish(svc)
+			}
 		}
 	case resources.KindWorkload:
 		old := ix.owner[key]
@@ -351,6 +373,7 @@ func (ix *Index) build(key string, port int) *endpointSet {
 	if attached := ix.attached(key, port); len(attached) > 0 {
 		set.matches, set.rules = compileRoutes(port, ix.domain, attached)
 	}
+	set.limit = ix.clientLimitOf(key)
 	s := ix.services[key]
 	if s == nil {
 		return set

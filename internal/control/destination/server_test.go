@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
@@ -325,5 +326,52 @@ func TestGetByEndpointAddress(t *testing.T) {
 	}
 	if u := recv(t, unserved); u.GetNoEndpoints() == nil || u.GetNoEndpoints().Exists {
 		t.Fatalf("a port the instance does not listen on: %v", u)
+	}
+}
+
+// A rate limit policy whose target is a Service is in the service's
+// profile, with its overrides' service accounts; changing or deleting it
+// streams a new profile.
+func TestProfileCarriesTheCallersLimit(t *testing.T) {
+	h := start(t, DefaultQueue)
+	h.apply(t, resources.KindService, "shop", "db", resources.ServiceSpec{Ports: []resources.ServicePort{{Port: 80}}}, nil)
+	s, err := h.client.GetProfile(context.Background(), &destinationv1.GetDestination{Authority: "db.shop:80"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() *destinationv1.Profile {
+		t.Helper()
+		p, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if p := next(); p.RateLimit != nil {
+		t.Fatalf("first profile: limit %v, want none", p.RateLimit)
+	}
+	limit := func(total int) {
+		raw := fmt.Sprintf(`{"targetRef": {"kind": "Service", "name": "db"}, "total": {"requestsPerSecond": %d},
+			"overrides": [{"requestsPerSecond": 2, "clientRefs": [{"kind": "ServiceAccount", "name": "batch"}, {"kind": "ServiceAccount", "name": "ops", "namespace": "tools"}]}]}`, total)
+		if _, err := h.store.Apply(context.Background(), store.Resource{APIVersion: resources.PolicyAPIVersion, Kind: resources.KindHTTPLocalRateLimitPolicy,
+			Metadata: store.Metadata{Name: "db-callers", Namespace: "shop"}, Spec: json.RawMessage(raw)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	limit(50)
+	want := &destinationv1.ClientRateLimit{Name: "shop/db-callers", Total: 50, Overrides: []*destinationv1.ClientRateOverride{
+		{RequestsPerSecond: 2, ServiceAccounts: []string{"shop/batch", "tools/ops"}}}}
+	if p := next(); !proto.Equal(p.RateLimit, want) {
+		t.Errorf("after the policy: limit %v, want %v", p.RateLimit, want)
+	}
+	limit(60)
+	if p := next(); p.RateLimit.GetTotal() != 60 {
+		t.Errorf("after a change: limit %v, want a total of 60", p.RateLimit)
+	}
+	if err := h.store.Delete(context.Background(), store.Key{Kind: resources.KindHTTPLocalRateLimitPolicy, Namespace: "shop", Name: "db-callers"}); err != nil {
+		t.Fatal(err)
+	}
+	if p := next(); p.RateLimit != nil {
+		t.Errorf("after the policy was deleted: limit %v, want none", p.RateLimit)
 	}
 }

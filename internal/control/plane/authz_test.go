@@ -20,7 +20,7 @@ import (
 // behind its proxy) and the proxies of two callers, web and other, each
 // with an upstream port to emoji: it returns the plane's API, emoji's
 // proxy, emoji's application port and the callers' URLs.
-func emojiAndCallers(t *testing.T) (*localapi.Client, *app.Proxy, string, map[string]string) {
+func emojiAndCallers(t *testing.T) (*localapi.Client, *app.Proxy, string, map[string]string, map[string]*app.Proxy) {
 	t.Helper()
 	p, api := startPlane(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -34,14 +34,14 @@ func emojiAndCallers(t *testing.T) (*localapi.Client, *app.Proxy, string, map[st
 	emoji, _ := proxy(t, p, api, "emoji", "--app-addr="+ln.Addr().String(), "--workload=emoji-0", "--service=emoji",
 		"--service-port=8080="+appPort, "--workload-label=app=emoji")
 	waitWorkloads(t, api, 1)
-	callers := map[string]string{}
+	callers, proxies := map[string]string{}, map[string]*app.Proxy{}
 	for _, sa := range []string{"web", "other"} {
 		local := testkit.FreeAddr(t)
 		_, lport, _ := net.SplitHostPort(local)
-		proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
+		proxies[sa], _ = proxy(t, p, api, sa, "--upstream=emoji="+lport+":emoji.default.svc.cluster.local:8080")
 		callers[sa] = "http://" + local + "/"
 	}
-	return api, emoji, appPort, callers
+	return api, emoji, appPort, callers, proxies
 }
 
 // Who may call a workload follows the policy resources, as the control
@@ -50,7 +50,7 @@ func emojiAndCallers(t *testing.T) (*localapi.Client, *app.Proxy, string, map[st
 // other gets through, counted; each change is in force within a second,
 // and fails none of web's calls meanwhile.
 func TestAuthorizationPolicy(t *testing.T) {
-	api, emoji, appPort, callers := emojiAndCallers(t)
+	api, emoji, appPort, callers, _ := emojiAndCallers(t)
 	status := func(sa string) int {
 		resp, err := http.Get(callers[sa])
 		if err != nil {
@@ -139,7 +139,7 @@ func TestAuthorizationPolicy(t *testing.T) {
 // burst) within 10 %, with Retry-After; other, at 10 a second, is never
 // limited; a gRPC call over the limit gets RESOURCE_EXHAUSTED.
 func TestRateLimitPerIdentity(t *testing.T) {
-	api, emoji, appPort, callers := emojiAndCallers(t)
+	api, emoji, appPort, callers, _ := emojiAndCallers(t)
 	apply(t, api,
 		fmt.Sprintf("apiVersion: policy.trellis.dev/v1alpha1\nkind: Server\nmetadata: {name: emoji-http, namespace: default}\n"+
 			"spec: {podSelector: {matchLabels: {app: emoji}}, port: %s}\n", appPort),
@@ -149,49 +149,14 @@ func TestRateLimitPerIdentity(t *testing.T) {
 			"requiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: meshed}]}\n",
 		"apiVersion: policy.trellis.dev/v1alpha1\nkind: HTTPLocalRateLimitPolicy\nmetadata: {name: emoji-limit, namespace: default}\n"+
 			"spec: {targetRef: {group: policy.trellis.dev, kind: Server, name: emoji-http}, identity: {requestsPerSecond: 20}}\n")
-	// Wait until the limit is in force (a burst of web's gets a 429).
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		limited := false
-		for range 30 {
-			if resp, err := http.Get(callers["web"]); err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				limited = limited || resp.StatusCode == 429
-			}
-		}
-		if limited {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the rate limit never came into force")
-		}
-	}
+	untilLimited(t, callers["web"])
 	time.Sleep(1500 * time.Millisecond) // web's burst allowance refills
 
 	const duration = 5 * time.Second
-	load := func(sa string, rps int) (codes map[int]int, retryAfter string) {
-		codes = map[int]int{}
-		tick := time.NewTicker(time.Second / time.Duration(rps))
-		defer tick.Stop()
-		for end := time.Now().Add(duration); time.Now().Before(end); <-tick.C {
-			resp, err := http.Get(callers[sa])
-			if err != nil {
-				codes[0]++
-				continue
-			}
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			codes[resp.StatusCode]++
-			if resp.StatusCode == 429 {
-				retryAfter = resp.Header.Get("Retry-After")
-			}
-		}
-		return codes, retryAfter
-	}
 	var other map[int]int
 	done := make(chan struct{})
-	go func() { other, _ = load("other", 10); close(done) }()
-	web, retryAfter := load("web", 100)
+	go func() { other, _ = statusesAt(callers["other"], 10, duration); close(done) }()
+	web, retryAfter := statusesAt(callers["web"], 100, duration)
 	<-done
 	sent := web[200] + web[429]
 	excess := float64(sent) - 20*duration.Seconds() - 20 // the limit, and its one-second burst
@@ -210,12 +175,18 @@ func TestRateLimitPerIdentity(t *testing.T) {
 		t.Errorf("inbound_http_local_ratelimit_total = %v, want at least %d", n, web[429])
 	}
 
-	// A gRPC call over the limit: RESOURCE_EXHAUSTED.
+	grpcExhausted(t, callers["web"])
+}
+
+// grpcExhausted makes 60 gRPC calls through url at once: one over the
+// limit gets RESOURCE_EXHAUSTED.
+func grpcExhausted(t *testing.T, url string) {
+	t.Helper()
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	c := &http.Client{Transport: &http.Transport{Protocols: &h2c}}
 	for i := range 60 {
-		req, _ := http.NewRequest("POST", callers["web"]+"pkg.Svc/Call", strings.NewReader("\x00\x00\x00\x00\x00"))
+		req, _ := http.NewRequest("POST", url+"pkg.Svc/Call", strings.NewReader("\x00\x00\x00\x00\x00"))
 		req.Header.Set("Content-Type", "application/grpc")
 		resp, err := c.Do(req)
 		if err != nil {
@@ -231,11 +202,99 @@ func TestRateLimitPerIdentity(t *testing.T) {
 	}
 }
 
+// untilLimited sends bursts of 30 GETs to url until one gets a 429: a
+// rate limit is in force.
+func untilLimited(t *testing.T, url string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		limited := false
+		for range 30 {
+			if resp, err := http.Get(url); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				limited = limited || resp.StatusCode == 429
+			}
+		}
+		if limited {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the rate limit never came into force")
+		}
+	}
+}
+
+// statusesAt sends GETs to url at rps for d and counts their statuses (0: no
+// answer), with the Retry-After of a 429.
+func statusesAt(url string, rps int, d time.Duration) (codes map[int]int, retryAfter string) {
+	codes = map[int]int{}
+	tick := time.NewTicker(time.Second / time.Duration(rps))
+	defer tick.Stop()
+	for end := time.Now().Add(d); time.Now().Before(end); <-tick.C {
+		resp, err := http.Get(url)
+		if err != nil {
+			codes[0]++
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes[resp.StatusCode]++
+		if resp.StatusCode == 429 {
+			retryAfter = resp.Header.Get("Retry-After")
+		}
+	}
+	return codes, retryAfter
+}
+
+// A limit on a Service is each caller's, enforced at the caller's own
+// proxy: web at 100 a second is held to the total of 30 (its 429s are the
+// excess less the one-second burst, within 10 %), other to its override
+// of 5, each counted by its own proxy; emoji's proxy refuses nothing; a
+// gRPC call over the limit gets RESOURCE_EXHAUSTED.
+func TestClientRateLimit(t *testing.T) {
+	api, emoji, _, callers, proxies := emojiAndCallers(t)
+	apply(t, api, "apiVersion: policy.trellis.dev/v1alpha1\nkind: HTTPLocalRateLimitPolicy\nmetadata: {name: emoji-callers, namespace: default}\n"+
+		"spec: {targetRef: {kind: Service, name: emoji}, total: {requestsPerSecond: 30}, overrides: [{requestsPerSecond: 5, clientRefs: [{kind: ServiceAccount, name: other}]}]}\n")
+	untilLimited(t, callers["web"])
+	untilLimited(t, callers["other"])
+	time.Sleep(1500 * time.Millisecond) // the burst allowances refill
+
+	const duration = 4 * time.Second
+	var other map[int]int
+	done := make(chan struct{})
+	go func() { other, _ = statusesAt(callers["other"], 10, duration); close(done) }()
+	web, retryAfter := statusesAt(callers["web"], 100, duration)
+	<-done
+	t.Logf("web: %v, Retry-After %q; other: %v", web, retryAfter, other)
+	for _, tc := range []struct {
+		sa    string
+		codes map[int]int
+		limit int
+	}{{"web", web, 30}, {"other", other, 5}} {
+		sent := tc.codes[200] + tc.codes[429]
+		excess := float64(sent) - float64(tc.limit)*(duration.Seconds()+1) // the limit, and its one-second burst
+		if tc.codes[0] > 0 || math.Abs(float64(tc.codes[429])-excess) > max(0.1*excess, 2) {
+			t.Errorf("%s: %d answered 429 of %d, want the excess %.0f ± 10 %%", tc.sa, tc.codes[429], sent, excess)
+		}
+		m := metricstest.Scrape(t, "http://"+proxies[tc.sa].AdminAddr.String()+"/metrics")
+		if n := m.Sum("outbound_http_local_ratelimit_total", map[string]string{"ratelimit_name": "default/emoji-callers", "dst_service": "emoji"}); n < float64(tc.codes[429]) {
+			t.Errorf("%s's outbound_http_local_ratelimit_total = %v, want at least %d", tc.sa, n, tc.codes[429])
+		}
+	}
+	if retryAfter != "1" {
+		t.Errorf("Retry-After %q, want 1", retryAfter)
+	}
+	if n := metricstest.Scrape(t, "http://"+emoji.AdminAddr.String()+"/metrics").Sum("inbound_http_local_ratelimit_total", nil); n > 0 {
+		t.Errorf("emoji's proxy refused %v requests itself", n)
+	}
+	grpcExhausted(t, callers["other"])
+}
+
 // Routes attached to a Server authorize per route: anyone meshed may GET
 // /api/list, only web (by the Server's own policy) may call /api/vote, and
 // a path no route matches gets 404.
 func TestRouteAuthorization(t *testing.T) {
-	api, emoji, appPort, callers := emojiAndCallers(t)
+	api, emoji, appPort, callers, _ := emojiAndCallers(t)
 	route := func(name, method, path string) string {
 		return fmt.Sprintf("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: %s, namespace: default}\n"+
 			"spec:\n  parentRefs: [{group: policy.trellis.dev, kind: Server, name: emoji-http}]\n"+

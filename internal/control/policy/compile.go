@@ -70,7 +70,7 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 func rateLimit(server, ns, trustDomain string, objs Objects) *policyv1.RateLimit {
 	for _, r := range objs[resources.KindHTTPLocalRateLimitPolicy] {
 		var s resources.HTTPLocalRateLimitPolicySpec
-		if resources.Decode(r.Spec, &s) != nil || s.TargetRef.Name != server {
+		if resources.Decode(r.Spec, &s) != nil || s.TargetRef.Kind != resources.KindServer || s.TargetRef.Name != server {
 			continue
 		}
 		rl := &policyv1.RateLimit{Name: r.Metadata.Name}

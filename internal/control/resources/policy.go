@@ -102,7 +102,11 @@ type NetworkAuthenticationSpec struct {
 }
 
 // HTTPLocalRateLimitPolicySpec limits the requests a Server's proxy
-// accepts: in total, per client identity, and per identity overrides.
+// accepts: in total, per client identity, and per identity overrides. A
+// policy whose target is a Service (beyond Linkerd) limits each caller at
+// its own proxy instead: total is what each calling proxy may send a
+// second, an override what the callers it names may; identity does not
+// apply.
 type HTTPLocalRateLimitPolicySpec struct {
 	TargetRef PolicyRef           `json:"targetRef"`
 	Total     *RateLimit          `json:"total,omitempty"`
@@ -274,8 +278,11 @@ func checkHTTPLocalRateLimitPolicy(r *store.Resource) error {
 	if err := Decode(r.Spec, &s); err != nil {
 		return err
 	}
-	if err := checkRef("spec.targetRef", s.TargetRef, false, refKind{PolicyGroup, KindServer}); err != nil {
+	if err := checkRef("spec.targetRef", s.TargetRef, false, refKind{PolicyGroup, KindServer}, refKind{"", KindService}); err != nil {
 		return err
+	}
+	if s.TargetRef.Kind == KindService && s.Identity != nil {
+		return invalid("spec.identity", "a limit on a Service applies at each caller's proxy to that caller alone: use total and overrides")
 	}
 	if s.Total == nil && s.Identity == nil && len(s.Overrides) == 0 {
 		return invalid("spec", "total, identity or overrides is required")
@@ -342,7 +349,7 @@ func checkRef(f string, ref PolicyRef, namespaced bool, allowed ...refKind) erro
 
 // Conflict refuses a Server for a port of workloads another Server of the
 // namespace selects for the same port, and a second rate limit policy for
-// a Server (store.ConflictChecker).
+// a Server or a Service (store.ConflictChecker).
 func (Kinds) Conflict(r store.Resource, others []store.Resource) error {
 	switch r.Kind {
 	case KindServer:
@@ -364,8 +371,9 @@ func (Kinds) Conflict(r store.Resource, others []store.Resource) error {
 		}
 		for _, o := range others {
 			var os HTTPLocalRateLimitPolicySpec
-			if Decode(o.Spec, &os) == nil && os.TargetRef.Name == s.TargetRef.Name {
-				return invalid("spec.targetRef", fmt.Sprintf("Server %q has rate limit policy %q already: one per Server", s.TargetRef.Name, o.Metadata.Name))
+			if Decode(o.Spec, &os) == nil && os.TargetRef.Kind == s.TargetRef.Kind && os.TargetRef.Name == s.TargetRef.Name {
+				return invalid("spec.targetRef", fmt.Sprintf("%s %q has rate limit policy %q already: one per %s",
+					s.TargetRef.Kind, s.TargetRef.Name, o.Metadata.Name, s.TargetRef.Kind))
 			}
 		}
 	}

@@ -35,6 +35,7 @@ func TestPolicyKindsAcceptLinkerdShapes(t *testing.T) {
 		{KindMeshTLSAuthentication, "identityRefs: [{kind: ServiceAccount, name: web}, {kind: Namespace, name: ops}]"},
 		{KindNetworkAuthentication, "networks: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}, {cidr: 'fd00::/8'}]"},
 		{KindHTTPLocalRateLimitPolicy, "targetRef: {group: policy.trellis.dev, kind: Server, name: web-http}\ntotal: {requestsPerSecond: 100}\nidentity: {requestsPerSecond: 20}\noverrides:\n- requestsPerSecond: 50\n  clientRefs: [{kind: ServiceAccount, name: batch}]"},
+		{KindHTTPLocalRateLimitPolicy, "targetRef: {kind: Service, name: web}\ntotal: {requestsPerSecond: 100}\noverrides:\n- requestsPerSecond: 5\n  clientRefs: [{kind: ServiceAccount, name: batch}]"},
 		{KindEgressNetwork, "networks: [{cidr: 0.0.0.0/0, except: [10.0.0.0/8]}]\ntrafficPolicy: Deny"},
 		{KindEgressNetwork, "trafficPolicy: Allow"},
 	} {
@@ -71,6 +72,7 @@ func TestPolicyKindsNameTheField(t *testing.T) {
 		{KindHTTPLocalRateLimitPolicy, "targetRef: {group: policy.trellis.dev, kind: Server, name: s}\ntotal: {requestsPerSecond: 0}", "spec.total.requestsPerSecond: 0"},
 		{KindHTTPLocalRateLimitPolicy, "targetRef: {group: policy.trellis.dev, kind: Server, name: s}\noverrides: [{requestsPerSecond: 5}]", "spec.overrides[0].clientRefs"},
 		{KindHTTPLocalRateLimitPolicy, "targetRef: {group: gateway.networking.k8s.io, kind: HTTPRoute, name: s}\ntotal: {requestsPerSecond: 5}", "spec.targetRef"},
+		{KindHTTPLocalRateLimitPolicy, "targetRef: {kind: Service, name: emoji}\nidentity: {requestsPerSecond: 5}", "spec.identity: a limit on a Service applies at each caller's proxy"},
 		{KindEgressNetwork, "trafficPolicy: allow", `spec.trafficPolicy: "allow"`},
 		{KindEgressNetwork, "networks: [{cidr: 300.0.0.0/8}]\ntrafficPolicy: Deny", "spec.networks[0].cidr"},
 	} {
@@ -170,6 +172,10 @@ func TestStoreRefusesConflictingPolicies(t *testing.T) {
 		}, `Server/shop/db-a: spec.podSelector: may select workloads that Server "db-b" selects`},
 		{[]store.Resource{policyObject(t, KindHTTPLocalRateLimitPolicy, "web-limit-2", "targetRef: {group: policy.trellis.dev, kind: Server, name: web-http}\nidentity: {requestsPerSecond: 5}")},
 			`spec.targetRef: Server "web-http" has rate limit policy "web-limit" already`},
+		{[]store.Resource{ // a limit on the Service web-http may be added, but not two
+			policyObject(t, KindHTTPLocalRateLimitPolicy, "callers-1", "targetRef: {kind: Service, name: web-http}\ntotal: {requestsPerSecond: 5}"),
+			policyObject(t, KindHTTPLocalRateLimitPolicy, "callers-2", "targetRef: {kind: Service, name: web-http}\ntotal: {requestsPerSecond: 6}")},
+			`rate limit policy "callers-2" already: one per Service`},
 	} {
 		_, err := db.ApplyAll(ctx, tc.batch)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -49,7 +49,8 @@ func newControl(cfg *config.Config, m *identity.Manager, log *slog.Logger) (*con
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	res := discover.NewResolver(ctx, discover.Config{
-		Client: destinationv1.NewDestinationClient(conn), Namespace: m.ID().Namespace, Ready: m.Ready(), Balance: cfg.Balance,
+		Client: destinationv1.NewDestinationClient(conn), Namespace: m.ID().Namespace, Caller: m.ID().Namespace + "/" + m.ID().ServiceAccount,
+		Ready: m.Ready(), Balance: cfg.Balance,
 		ClusterDomain: cfg.ClusterDomain, Log: log,
 	})
 	return &control{conn: conn, resolver: res, stop: stop}, nil

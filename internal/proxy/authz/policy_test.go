@@ -80,25 +80,6 @@ func TestServerDecision(t *testing.T) {
 	}
 }
 
-// GCRA admits one second's worth of requests at once, then one per
-// interval; it says when the next would be admitted.
-func TestGCRA(t *testing.T) {
-	g := newGCRA(20)
-	now := int64(1e12)
-	for i := range 20 {
-		if ok, _ := g.take(now); !ok {
-			t.Fatalf("request %d of the burst refused", i)
-		}
-	}
-	ok, retry := g.take(now)
-	if ok || retry <= 0 || retry > 50*time.Millisecond {
-		t.Fatalf("21st request: ok %v, retry %v; want refused, retry within 50ms", ok, retry)
-	}
-	if ok, _ := g.take(now + int64(50*time.Millisecond)); !ok {
-		t.Fatal("refused after one interval")
-	}
-}
-
 // Each identity has its limit (unauthenticated clients share one), an
 // override has its own, and the total caps them all.
 func TestRateLimitScopes(t *testing.T) {

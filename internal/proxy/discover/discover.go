@@ -62,6 +62,9 @@ type Config struct {
 	Client destinationv1.DestinationClient
 	// Namespace qualifies short names (the proxy's own namespace).
 	Namespace string
+	// Caller is the proxy's service account, namespace/name: the caller
+	// the limits of services (ClientLimit) name in their overrides.
+	Caller string
 	// Ready, if set, is waited for before the first stream opens (the
 	// proxy's certificate).
 	Ready <-chan struct{}
@@ -120,6 +123,7 @@ type Service struct {
 	mesh   bool
 	bal    *balance.Balancer
 	routes atomic.Pointer[route.Table]
+	limit  atomic.Pointer[ClientLimit]
 	// opaque: the port is declared opaque (no protocol detection);
 	// profiled closes with the first profile.
 	opaque       atomic.Bool
@@ -389,6 +393,7 @@ func (r *Resolver) followProfile(ctx context.Context, s *Service) (got bool, err
 		}
 		got = true
 		s.routes.Store(route.Compile(p, r.cfg.Balance.Now))
+		s.setLimit(p.GetRateLimit(), r.cfg.Caller)
 		s.opaque.Store(p.GetOpaque())
 		s.profiledOnce.Do(func() { close(s.profiled) })
 	}

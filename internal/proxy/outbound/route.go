@@ -67,6 +67,10 @@ type router struct {
 	mirrors   chan struct{}
 	decisions *explain.Log
 	reg       *metrics.Registry
+	// limited counts the requests the services' client limits refused,
+	// a series per limit (*discover.ClientLimit -> *atomic.Uint64).
+	limited       *metrics.Counters
+	limitedSeries sync.Map
 }
 
 func routes(res *discover.Resolver, reg *metrics.Registry, decisions *explain.Log) httpproxy.Layer {
@@ -74,7 +78,11 @@ func routes(res *discover.Resolver, reg *metrics.Registry, decisions *explain.Lo
 		if res == nil {
 			return next
 		}
-		return &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions, reg: reg}
+		rt := &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions, reg: reg}
+		if reg != nil {
+			rt.limited = reg.Counters("outbound_http_local_ratelimit_total", "Total count of outbound HTTP requests a service's client rate limit refused at this proxy (429).")
+		}
+		return rt
 	}
 }
 
@@ -94,6 +102,12 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rule, prefix = table.Match(r)
 	}
 	serve := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if lim := svc.RateLimit(); lim != nil {
+			if ok, retry := lim.Take(time.Now().UnixNano()); !ok {
+				rt.refuse(w, r, svc, lim, retry, d)
+				return
+			}
+		}
 		switch {
 		case table == nil:
 			rt.next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))

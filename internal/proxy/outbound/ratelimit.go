@@ -1,0 +1,39 @@
+package outbound
+
+import (
+	"math"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/discover"
+	"github.com/trellis-mesh/trellis/internal/proxy/explain"
+	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+)
+
+// A service's client limit (an HTTPLocalRateLimitPolicy whose target is
+// the Service) is enforced by the router, before a route or an endpoint
+// is chosen: a caller over it is throttled at its own proxy.
+
+// refuse answers a request the service's client limit refused: 429 (gRPC
+// RESOURCE_EXHAUSTED) with Retry-After, counted and explained; no
+// endpoint is tried, so none is blamed.
+func (rt *router) refuse(w http.ResponseWriter, r *http.Request, svc *discover.Service, lim *discover.ClientLimit, retry time.Duration, d *explain.Decision) {
+	reason := httpproxy.ReasonRateLimited + " by " + lim.Name + " (" + lim.Scope + " limit of each caller)"
+	d.Status = http.StatusTooManyRequests
+	d.FailedFast(reason)
+	if rt.limited != nil {
+		c, ok := rt.limitedSeries.Load(lim)
+		if !ok {
+			labels := []string{"ratelimit_name", lim.Name, "ratelimit_scope", lim.Scope}
+			if set := svc.Set(); set != nil {
+				labels = append(labels, "dst_service", set.Labels["dst_service"], "dst_namespace", set.Labels["dst_namespace"])
+			}
+			c, _ = rt.limitedSeries.LoadOrStore(lim, rt.limited.With(labels...))
+		}
+		c.(*atomic.Uint64).Add(1)
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
+	httpproxy.WriteError(w, r, http.StatusTooManyRequests, reason)
+}
