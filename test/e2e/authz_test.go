@@ -309,13 +309,7 @@ func testEgress(t *testing.T, dataDir, netns, metricsURL string) {
 	get := func() int {
 		req, _ := http.NewRequest("GET", outside.URL+"/", nil)
 		req.Host = "api.outside.test"
-		resp, err := c.Do(req)
-		if err != nil {
-			return 0
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode
+		return statusOfRequest(c, req)
 	}
 	handshake := func() bool {
 		d := &NetNSDialer{NetNS: netns, Dialer: net.Dialer{Timeout: 2 * time.Second}}
@@ -382,6 +376,11 @@ func statusOf(c *http.Client, method, url string) int {
 	if err != nil {
 		return 0
 	}
+	return statusOfRequest(c, req)
+}
+
+// statusOfRequest is the status of req's response, 0 if none came.
+func statusOfRequest(c *http.Client, req *http.Request) int {
 	resp, err := c.Do(req)
 	if err != nil {
 		return 0

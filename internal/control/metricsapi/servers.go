@@ -54,14 +54,7 @@ func (a *API) statServers(ctx context.Context, req StatRequest) ([]StatRow, erro
 	if err != nil {
 		return nil, err
 	}
-	rows := map[groupKey]*StatRow{}
-	row := func(k groupKey) *StatRow {
-		if rows[k] == nil {
-			v := k.values()
-			rows[k] = &StatRow{Namespace: v[0], Kind: "server", Name: v[1]}
-		}
-		return rows[k]
-	}
+	rows, row := statRows(KindServer)
 	for k, v := range allowed {
 		row(k).RPS = v
 	}

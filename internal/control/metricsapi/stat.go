@@ -121,18 +121,7 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	rows := map[groupKey]*StatRow{}
-	row := func(k groupKey) *StatRow {
-		if rows[k] == nil {
-			v := k.values()
-			r := &StatRow{Namespace: v[0], Kind: req.Kind, Name: v[0]}
-			if len(v) > 1 {
-				r.Name = v[1]
-			}
-			rows[k] = r
-		}
-		return rows[k]
-	}
+	rows, row := statRows(req.Kind)
 	for k, g := range gold {
 		if k.values()[len(by)-1] == "" {
 			continue // traffic to something that is not this kind of resource
@@ -183,6 +172,23 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 		}
 	}
 	return sortedRows(rows), nil
+}
+
+// statRows are rows of kind, made by row on first use from their group
+// labels: namespace, and name (a namespace's row is named by it).
+func statRows(kind string) (rows map[groupKey]*StatRow, row func(groupKey) *StatRow) {
+	rows = map[groupKey]*StatRow{}
+	return rows, func(k groupKey) *StatRow {
+		if rows[k] == nil {
+			v := k.values()
+			r := &StatRow{Namespace: v[0], Kind: kind, Name: v[0]}
+			if len(v) > 1 {
+				r.Name = v[1]
+			}
+			rows[k] = r
+		}
+		return rows[k]
+	}
 }
 
 // sortedRows are the rows sorted by namespace and name.
