@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -88,6 +90,7 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 	fs.StringVar(&o.Network, "network", "auto", "instance network: auto (a bridge when root), bridge, or none (explicit mode only)")
 	o.Bridge.Flags(fs)
 	fs.StringVar(&o.DefaultInboundPolicy, "default-inbound-policy", "", "the mesh's default inbound policy, which 'trellis run' gives its proxies unless its own flag says otherwise: "+strings.Join(authz.Policies, ", ")+" (default: all-unauthenticated)")
+	fs.StringToStringVar(&o.NamespaceInboundPolicies, "namespace-inbound-policy", nil, "NAMESPACE=POLICY: the default inbound policy of a namespace's workloads, before the mesh's (repeatable, or comma-separated)")
 	fs.IntVar(&o.ControlPort, "control-port", up.DefaultControlPort, "gRPC port of identity and destination (on the bridge address when bridged, else 127.0.0.1; 0 picks one)")
 	fs.BoolVarP(&detach, "detach", "d", false, "run in the background and return once serving")
 	fs.String("log-level", "info", "log level: debug, info, warn or error")
@@ -150,6 +153,9 @@ func printStatus(cmd *cobra.Command, st localapi.Status) {
 	fmt.Fprintf(w, "trust anchor\t%s\n", st.TrustAnchor)
 	if st.DefaultInboundPolicy != "" {
 		fmt.Fprintf(w, "inbound policy\t%s (the default of the proxies trellis run starts)\n", st.DefaultInboundPolicy)
+	}
+	for _, ns := range slices.Sorted(maps.Keys(st.NamespaceInboundPolicies)) {
+		fmt.Fprintf(w, "inbound policy\t%s in namespace %s\n", st.NamespaceInboundPolicies[ns], ns)
 	}
 	if st.Network != "" {
 		fmt.Fprintf(w, "network\t%s on %s (instances in their own network namespaces)\n", st.Network, st.Bridge)

@@ -57,6 +57,9 @@ type Status struct {
 	// DefaultInboundPolicy is the mesh's default inbound policy for the
 	// proxies `trellis run` starts ("": the proxies' own default).
 	DefaultInboundPolicy string `json:"defaultInboundPolicy,omitempty"`
+	// NamespaceInboundPolicies are namespaces' default inbound policies,
+	// before the mesh's.
+	NamespaceInboundPolicies map[string]string `json:"namespaceInboundPolicies,omitempty"`
 }
 
 // Config is what the API serves from.

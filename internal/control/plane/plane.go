@@ -73,6 +73,9 @@ type Options struct {
 	// which `trellis run` gives its proxies unless told otherwise (status
 	// only: the proxies enforce it).
 	DefaultInboundPolicy string
+	// NamespaceInboundPolicies, if set, are namespaces' default inbound
+	// policies, before the mesh's (status only, as DefaultInboundPolicy).
+	NamespaceInboundPolicies map[string]string
 	// ViewAddr, if set, serves the API's read-only part (status,
 	// resources, metrics, tap) over TCP: in Kubernetes, on the Pod's
 	// loopback, for the CLI's port-forward.
@@ -270,7 +273,8 @@ func (p *Plane) Status() localapi.Status {
 		ControlAddr: p.identity.Addr().String(), AdminAddr: p.identity.AdminAddr().String(),
 		TrustDomain: p.opts.Identity.TrustDomain, ClusterDomain: p.opts.ClusterDomain, TrustAnchor: filepath.Join(p.opts.Identity.DataDir, pki.AnchorFile),
 		Bridge: p.opts.Bridge, Started: p.started, DefaultInboundPolicy: p.opts.DefaultInboundPolicy,
-		Metrics: "embedded", TargetsFile: p.TargetsFile(), ScrapeInterval: p.opts.Metrics.ScrapeInterval.String(),
+		NamespaceInboundPolicies: p.opts.NamespaceInboundPolicies,
+		Metrics:                  "embedded", TargetsFile: p.TargetsFile(), ScrapeInterval: p.opts.Metrics.ScrapeInterval.String(),
 	}
 	if p.opts.Metrics.PrometheusURL != "" {
 		s.Metrics = p.opts.Metrics.PrometheusURL

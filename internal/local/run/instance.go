@@ -214,7 +214,7 @@ func (in *instance) proxyArgs() ([]string, error) {
 	if in.o.AccessLog != "" {
 		args = append(args, "--access-log", in.o.AccessLog)
 	}
-	if policy := cmp.Or(in.o.DefaultInboundPolicy, in.st.DefaultInboundPolicy); policy != "" {
+	if policy := cmp.Or(in.o.DefaultInboundPolicy, in.st.NamespaceInboundPolicies[in.o.Namespace], in.st.DefaultInboundPolicy); policy != "" {
 		args = append(args, "--default-inbound-policy", policy)
 	}
 	if in.o.TraceCollector != "" {

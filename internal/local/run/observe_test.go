@@ -18,27 +18,35 @@ func TestProxyArgsPassAccessLogAndTracing(t *testing.T) {
 			AccessLog: tc.accessLog, TraceCollector: tc.collector}
 		in := &instance{name: "web-0", o: o, upstream: map[string]string{},
 			st: localapi.Status{TrustDomain: "cluster.local", ControlAddr: "127.0.0.1:8086", ClusterDomain: "cluster.local"}}
-		in.setupExplicit()
-		args, err := in.proxyArgs()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(args) < 2 || args[1] != "proxy" {
-			t.Fatalf("args %v", args)
-		}
-		fs := pflag.NewFlagSet("proxy", pflag.ContinueOnError)
-		finish := config.Flags(fs)
-		if err := fs.Parse(args[2:]); err != nil {
-			t.Fatalf("the proxy refuses %v: %v", args, err)
-		}
-		cfg, err := finish()
-		if err != nil {
-			t.Fatalf("the proxy refuses %v: %v", args, err)
-		}
+		cfg := proxyConfig(t, in)
 		if cfg.AccessLog != tc.accessLog || cfg.TraceCollector != tc.collector || cfg.TraceServiceName != "web" {
 			t.Errorf("%+v: proxy got access log %q, collector %q, trace service %q", tc, cfg.AccessLog, cfg.TraceCollector, cfg.TraceServiceName)
 		}
 	}
+}
+
+// proxyConfig is the configuration the proxy of explicit-mode instance in
+// reads from the command line trellis run gives it.
+func proxyConfig(t *testing.T, in *instance) *config.Config {
+	t.Helper()
+	in.setupExplicit()
+	args, err := in.proxyArgs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(args) < 2 || args[1] != "proxy" {
+		t.Fatalf("args %v", args)
+	}
+	fs := pflag.NewFlagSet("proxy", pflag.ContinueOnError)
+	finish := config.Flags(fs)
+	if err := fs.Parse(args[2:]); err != nil {
+		t.Fatalf("the proxy refuses %v: %v", args, err)
+	}
+	cfg, err := finish()
+	if err != nil {
+		t.Fatalf("the proxy refuses %v: %v", args, err)
+	}
+	return cfg
 }
 
 func TestValidateAccessLogAndTracing(t *testing.T) {

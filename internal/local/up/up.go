@@ -20,6 +20,7 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/plane"
@@ -44,6 +45,9 @@ type Options struct {
 	// DefaultInboundPolicy is the mesh's default inbound policy ("": the
 	// proxies' own, all-unauthenticated).
 	DefaultInboundPolicy string
+	// NamespaceInboundPolicies are namespaces' default inbound policies,
+	// before the mesh's.
+	NamespaceInboundPolicies map[string]string
 }
 
 // BridgeNetwork is the bridge instances join in bridge mode and its
@@ -126,8 +130,16 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Up, error) {
 	if o.DefaultInboundPolicy != "" && !slices.Contains(authz.Policies, o.DefaultInboundPolicy) {
 		return nil, fmt.Errorf("--default-inbound-policy %q: must be one of %s", o.DefaultInboundPolicy, strings.Join(authz.Policies, ", "))
 	}
+	for ns, p := range o.NamespaceInboundPolicies {
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return nil, fmt.Errorf("--namespace-inbound-policy %s=%s: %q is not a namespace: %s", ns, p, ns, strings.Join(errs, "; "))
+		}
+		if !slices.Contains(authz.Policies, p) {
+			return nil, fmt.Errorf("--namespace-inbound-policy %s=%s: the policy must be one of %s", ns, p, strings.Join(authz.Policies, ", "))
+		}
+	}
 	po := o.Plane
-	po.DefaultInboundPolicy = o.DefaultInboundPolicy
+	po.DefaultInboundPolicy, po.NamespaceInboundPolicies = o.DefaultInboundPolicy, o.NamespaceInboundPolicies
 	host := "127.0.0.1"
 	u := &Up{log: log}
 	if bridged {
