@@ -34,11 +34,11 @@ func TestRecentMergesProxies(t *testing.T) {
 	webJ.Outbound.Record(&explain.Decision{Time: t0, Direction: "outbound", Method: "POST", Authority: "emoji:8080", Path: "/emoji.Emoji/List",
 		Route: "default/list", RouteKind: "GRPCRoute", Rule: "0", Backend: "emoji", Status: 200,
 		Attempts: []explain.Attempt{{Endpoint: "10.0.0.7:4143", Status: 200, GRPC: 14}, {Endpoint: "10.0.0.8:4143", Status: 200, Why: "retry"}}})
-	emojiJ.Inbound.Record(&explain.Decision{Time: t0.Add(time.Millisecond), Direction: "inbound", Method: "POST", Authority: "emoji:8080",
+	emojiJ.Inbound.Record(&explain.Inbound{Time: t0.Add(time.Millisecond), Method: "POST", Authority: "emoji:8080",
 		Path: "/emoji.Emoji/List", Status: 403, Client: netip.MustParseAddrPort("10.0.0.9:5000"), ClientID: "spiffe://cluster.local/ns/default/sa/traffic",
-		Policy: &explain.Policy{Server: "emoji-grpc", Reason: "no authorization policy of Server emoji-grpc allows the client"}})
-	emojiJ.Inbound.Record(&explain.Decision{Time: t0.Add(2 * time.Millisecond), Direction: "inbound", Method: "GET", Authority: "emoji:8080",
-		Path: "/healthz", Policy: &explain.Policy{Server: "deny", Default: true, Allowed: true, Authorization: "probe", AuthorizationKind: "default"}})
+		Policy: explain.Policy{Server: "emoji-grpc", Reason: "no authorization policy of Server emoji-grpc allows the client"}})
+	emojiJ.Inbound.Record(&explain.Inbound{Time: t0.Add(2 * time.Millisecond), Method: "GET", Authority: "emoji:8080",
+		Path: "/healthz", Policy: explain.Policy{Server: "deny", Default: true, Allowed: true, Authorization: "probe", AuthorizationKind: "default"}})
 	gone := tap.Target{Addr: deadAddr(t), Workload: "gone-0", Namespace: "default", Identity: taptest.ID(t, "default", "gone").String()}
 
 	c := client(t, p)

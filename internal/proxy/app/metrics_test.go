@@ -52,8 +52,14 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 	}
 	client.CloseIdleConnections()
 
-	fams := scrape(t, p.AdminAddr.String())
+	// A response is counted when the proxy's handler returns, which may be
+	// a moment after the client read its last byte.
 	in := map[string]string{"direction": "inbound", "target_addr": b.Listener.Addr().String(), "tls": "disabled"}
+	fams := scrape(t, p.AdminAddr.String())
+	for deadline := time.Now().Add(2 * time.Second); sum(fams, "response_latency_seconds", in) < ok+failed && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		fams = scrape(t, p.AdminAddr.String())
+	}
 	if got := sum(fams, "request_total", in); got != ok+failed {
 		t.Errorf("request_total = %v; want %d", got, ok+failed)
 	}

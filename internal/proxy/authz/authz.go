@@ -85,7 +85,7 @@ type Authorizer struct {
 	limited      *metrics.Counters
 	limitedCache sync.Map // limitedKey -> *atomic.Uint64
 	// decisions records every HTTP decision for explain (nil: none).
-	decisions *explain.Log
+	decisions *explain.InboundLog
 }
 
 type limitedKey struct {
@@ -111,7 +111,7 @@ type ref struct{ group, kind, name string }
 
 // New returns the authorizer of cfg, its counters registered in reg, its
 // HTTP decisions recorded in decisions (if not nil).
-func New(cfg Config, reg *metrics.Registry, decisions *explain.Log, log *slog.Logger) *Authorizer {
+func New(cfg Config, reg *metrics.Registry, decisions *explain.InboundLog, log *slog.Logger) *Authorizer {
 	a := &Authorizer{cfg: cfg, log: log, decisions: decisions}
 	a.series[tcp][deny] = reg.Counters("inbound_tcp_authz_deny_total", "Total count of inbound TCP connections the authorization policy denied.")
 	a.series[tcp][pass] = reg.Counters("inbound_tcp_authz_allow_total", "Total count of inbound TCP connections the authorization policy allowed.")
@@ -300,27 +300,19 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 	})
 }
 
-// explained is a decision recorded for explain, with its policy: one
-// allocation.
-type explained struct {
-	explain.Decision
-	policy explain.Policy
-}
-
 // record records the decision d for r, answered with status (0: by the
 // application), refused by rate limit limit ("": none).
 func (a *Authorizer) record(r *http.Request, m *transport.Meta, d decision, status int, limit string) {
 	if a.decisions == nil {
 		return
 	}
-	e := &explained{policy: explain.Policy{Server: d.srv.name, Default: d.srv.kind == kindDefault, Route: d.route.name, Allowed: d.allow && limit == "",
-		Reason: d.reason, RateLimit: limit}}
+	in := explain.Inbound{Time: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.Path, Status: status, Client: m.Client, ClientID: m.ClientID,
+		Policy: explain.Policy{Server: d.srv.name, Default: d.srv.kind == kindDefault, Route: d.route.name, Allowed: d.allow && limit == "",
+			Reason: d.reason, RateLimit: limit}}
 	if d.allow {
-		e.policy.Authorization, e.policy.AuthorizationKind = d.authz.name, d.authz.kind
+		in.Policy.Authorization, in.Policy.AuthorizationKind = d.authz.name, d.authz.kind
 	}
-	e.Decision = explain.Decision{Time: time.Now(), Direction: "inbound", Method: r.Method, Authority: r.Host, Path: r.URL.Path, Status: status,
-		Client: m.Client, ClientID: m.ClientID, Policy: &e.policy}
-	a.decisions.Record(&e.Decision)
+	a.decisions.Record(&in)
 }
 
 // TCP is the stage that closes a denied connection (opaque TCP).

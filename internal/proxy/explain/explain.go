@@ -45,8 +45,7 @@ type Decision struct {
 	Status           int      `json:"status"`
 
 	// Inbound: the client (address, and SPIFFE ID when meshed) and how
-	// the authorization policy decided; set before the decision is
-	// recorded, never changed after.
+	// the authorization policy decided (recorded as an Inbound).
 	Client   netip.AddrPort `json:"client,omitzero"`
 	ClientID string         `json:"clientID,omitempty"`
 	Policy   *Policy        `json:"policy,omitempty"`
@@ -181,10 +180,69 @@ func (l *Log) Recent(n int, keep func(*Decision) bool) []Decision {
 	return out
 }
 
+// Inbound is what the inbound proxy decided for one request, complete
+// when recorded: an InboundLog keeps it by value.
+type Inbound struct {
+	Time                    time.Time
+	Method, Authority, Path string
+	// Status is the proxy's answer (403, 404, 429), 0 when the request
+	// went on to the application.
+	Status   int
+	Client   netip.AddrPort
+	ClientID string
+	Policy   Policy
+}
+
+// InboundLog is a ring of the most recent inbound decisions, copied into
+// its slots: recording one allocates nothing (every inbound request is
+// recorded, so this is on the hot path). A slot's lock is only ever
+// contended by a reader, or by a writer a full ring later.
+type InboundLog struct {
+	slots [Size]struct {
+		mu sync.Mutex
+		d  Inbound
+	}
+	next atomic.Uint64
+}
+
+// Record adds a copy of d.
+func (l *InboundLog) Record(d *Inbound) {
+	if l == nil {
+		return
+	}
+	s := &l.slots[(l.next.Add(1)-1)%Size]
+	s.mu.Lock()
+	s.d = *d
+	s.mu.Unlock()
+}
+
+// Recent returns up to n decisions that keep accepts (nil: all), newest
+// first.
+func (l *InboundLog) Recent(n int, keep func(*Decision) bool) []Decision {
+	end := l.next.Load()
+	var out []Decision
+	for i := end; i > 0 && len(out) < n && end-i < Size; i-- {
+		s := &l.slots[(i-1)%Size]
+		s.mu.Lock()
+		in := s.d
+		s.mu.Unlock()
+		if in.Time.IsZero() {
+			continue
+		}
+		out = append(out, Decision{Time: in.Time, Direction: "inbound", Method: in.Method, Authority: in.Authority, Path: in.Path,
+			Status: in.Status, Client: in.Client, ClientID: in.ClientID, Policy: &in.Policy})
+		if keep != nil && !keep(&out[len(out)-1]) {
+			out = out[:len(out)-1]
+		}
+	}
+	return out
+}
+
 // Journal keeps the recent decisions of each direction apart, so that a
 // busy direction does not push the other's out.
 type Journal struct {
-	Inbound, Outbound Log
+	Inbound  InboundLog
+	Outbound Log
 }
 
 // Recent returns up to n decisions of both directions that keep accepts

@@ -13,9 +13,9 @@ func TestJournalRecent(t *testing.T) {
 	for i := range Size + 10 { // the oldest 10 outbound decisions fall out
 		j.Outbound.Record(&Decision{Time: t0.Add(time.Duration(2*i) * time.Millisecond), Direction: "outbound", Path: "/out"})
 	}
-	j.Inbound.Record(&Decision{Time: t0.Add(time.Duration(2*Size+21) * time.Millisecond), Direction: "inbound", Path: "/in",
-		Policy: &Policy{Server: "web-http", Allowed: true}})
-	j.Inbound.Record(&Decision{Time: t0.Add(-time.Hour), Direction: "inbound", Path: "/old"})
+	j.Inbound.Record(&Inbound{Time: t0.Add(time.Duration(2*Size+21) * time.Millisecond), Path: "/in",
+		Policy: Policy{Server: "web-http", Allowed: true}})
+	j.Inbound.Record(&Inbound{Time: t0.Add(-time.Hour), Path: "/old"})
 
 	got := j.Recent(3, nil)
 	if len(got) != 3 || got[0].Path != "/in" || got[1].Path != "/out" || !got[1].Time.After(got[2].Time) {
