@@ -4,8 +4,9 @@
 // retried and why, whether it was hedged or failed fast, which endpoints
 // were ejected; for a request the application receives (inbound): which
 // Server and authorization allowed or denied it, and why — in a fixed ring
-// of recent requests per direction (a Journal) that costs one allocation
-// per request and no lock. The tap server serves it to the control plane
+// of recent requests per direction (a Journal): outbound, a pointer to the
+// request's Decision (one allocation); inbound, a copy in a preallocated
+// slot (none). The tap server serves it to the control plane
 // for `trellis explain`, the admin server to the proxy's own host.
 package explain
 
