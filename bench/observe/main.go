@@ -1,5 +1,5 @@
 // Command observe measures what observability costs the proxies: CPU per
-// request of a client proxy and a server proxy (two trellis proxy
+// request of a client proxy and a server proxy (two trellis-proxy
 // processes, mTLS between them, keep-alive HTTP/1.1 from 8 clients) with
 // the per-request HTTP metrics on and off, and with tap idle and active
 // (a `trellis tap` of the server's workload streaming through the control
@@ -40,7 +40,7 @@ func main() {
 	rounds := flag.Int("rounds", 5, "rounds; each runs every scenario once, and the table gives medians")
 	cpus := flag.String("cpus", "0,1", "GEN,SUT: the CPU of the load generator, backend and control plane, and the CPU of the proxies (needs taskset; empty: no pinning)")
 	requests := flag.Int("requests", 20000, "requests per scenario and round")
-	trellis := flag.String("trellis", "", "trellis binary (default: go build ./cmd/trellis)")
+	trellis := flag.String("trellis", "", "trellis binary, with trellis-proxy beside it (default: go build both)")
 	flag.Parse()
 	if *rounds < 1 || *requests < 1000 {
 		fatalf("need -rounds >= 1 and -requests >= 1000")
@@ -53,12 +53,12 @@ func main() {
 	defer os.RemoveAll(dir)
 	if *trellis == "" {
 		*trellis = filepath.Join(dir, "trellis")
-		log.Printf("building trellis")
-		if out, err := exec.Command("go", "build", "-o", *trellis, "./cmd/trellis").CombinedOutput(); err != nil {
+		log.Printf("building trellis and trellis-proxy")
+		if out, err := exec.Command("go", "build", "-o", dir+"/", "./cmd/trellis", "./cmd/trellis-proxy").CombinedOutput(); err != nil {
 			fatalf("go build: %v\n%s", err, out)
 		}
 	}
-	b := &bench{exe: *trellis, dir: dir, sutCPU: sut}
+	b := &bench{exe: *trellis, proxy: filepath.Join(filepath.Dir(*trellis), "trellis-proxy"), dir: dir, sutCPU: sut}
 	defer stopAll()
 	b.startControlPlane()
 	backend := b.startBackend()
@@ -112,10 +112,10 @@ func main() {
 }
 
 type bench struct {
-	exe, dir string
-	sutCPU   string // the proxies' CPU, "" unpinned
-	api      *localapi.Client
-	st       localapi.Status
+	exe, proxy, dir string // trellis, trellis-proxy, the work directory
+	sutCPU          string // the proxies' CPU, "" unpinned
+	api             *localapi.Client
+	st              localapi.Status
 }
 
 // procs are the processes the bench started, stopped on every exit.
@@ -137,8 +137,11 @@ func fatalf(format string, args ...any) {
 
 func (b *bench) start(args ...string) *exec.Cmd {
 	cmd := exec.Command(b.exe, args...)
-	if b.sutCPU != "" && args[0] == "proxy" {
-		cmd = exec.Command("taskset", append([]string{"-c", b.sutCPU, b.exe}, args...)...)
+	if args[0] == "proxy" {
+		cmd = exec.Command(b.proxy, args[1:]...)
+		if b.sutCPU != "" {
+			cmd = exec.Command("taskset", append([]string{"-c", b.sutCPU, b.proxy}, args[1:]...)...)
+		}
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -53,7 +53,7 @@ or ~/.trellis.`,
 		c.GroupID = "kubernetes"
 		root.AddCommand(c)
 	}
-	root.AddCommand(buildinfo.Command(), proxyCmd(), services.Command())
+	root.AddCommand(buildinfo.Command(), services.Command())
 	return root
 }
 

@@ -41,6 +41,9 @@ everything and removes every process, namespace, link and file it created.`,
 			if err != nil {
 				return err
 			}
+			if o.ProxyExe, err = sibling(proxyBinary); err != nil {
+				return err
+			}
 			level := slog.LevelWarn
 			if verbose {
 				level = slog.LevelDebug

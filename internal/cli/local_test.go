@@ -152,7 +152,19 @@ func bigBatch() string {
 	return b.String()
 }
 
+// proxyOnPath puts a trellis-proxy on PATH for the test (one that fails
+// if run): trellis run finds it before it checks the rest.
+func proxyOnPath(t *testing.T) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, proxyBinary), []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+}
+
 func TestCommandsWithoutAControlPlaneSaySo(t *testing.T) {
+	proxyOnPath(t)
 	dir := t.TempDir()
 	for _, args := range [][]string{{"status"}, {"get", "svc"}, {"run", "--name", "web", "--port", "8080", "--", "true"}} {
 		_, err := execute(append([]string{"--data-dir", dir}, args...)...)
@@ -165,6 +177,7 @@ func TestCommandsWithoutAControlPlaneSaySo(t *testing.T) {
 // run fails fast, leaving nothing registered, when the application
 // cannot start.
 func TestRunFailsFast(t *testing.T) {
+	proxyOnPath(t)
 	dir := startUp(t)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -212,5 +225,16 @@ func TestRunFailsFast(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(dir, "run")); len(ents) != 0 {
 		t.Errorf("instance files left behind: %v", ents)
+	}
+}
+
+// Without trellis-proxy beside trellis or on PATH, run says so and how to
+// build it.
+func TestRunNamesAMissingProxyBinary(t *testing.T) {
+	dir := startUp(t)
+	t.Setenv("PATH", t.TempDir())
+	_, err := execute("--data-dir", dir, "run", "--name", "web", "--port", "8080", "--", "true")
+	if err == nil || !strings.Contains(err.Error(), "trellis-proxy is neither beside") || !strings.Contains(err.Error(), "go build -o bin/ ./cmd/...") {
+		t.Fatalf("run without trellis-proxy: %v", err)
 	}
 }

@@ -80,11 +80,14 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 				}
 				o.Upstreams = append(o.Upstreams, up)
 			}
-			exe, err := os.Executable()
+			if err := o.Validate(); err != nil { // the user's mistakes first
+				return err
+			}
+			proxy, err := sibling(proxyBinary)
 			if err != nil {
 				return err
 			}
-			o.DataDir, o.Exe = *dataDir, exe
+			o.DataDir, o.ProxyExe = *dataDir, proxy
 			o.Out, o.Err = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			o.Log = textLogger(0)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)

@@ -36,10 +36,11 @@ type Options struct {
 	Bridge up.BridgeNetwork
 	// Metrics configures the control plane's metrics store.
 	Metrics plane.MetricsOptions
-	// Exe is the trellis binary that runs the proxies and the apps.
-	Exe      string
-	Out, Err io.Writer
-	Log      *slog.Logger
+	// Exe is the trellis binary that runs the apps (trellis demo-app),
+	// ProxyExe the trellis-proxy binary of every proxy.
+	Exe, ProxyExe string
+	Out, Err      io.Writer
+	Log           *slog.Logger
 	// Started, if set, receives the running demo's description.
 	Started func(Info)
 }
@@ -118,7 +119,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	info := Info{DataDir: dir, Instances: map[string]string{}}
 	for _, s := range services {
 		ro := run.Options{Name: s.name, Port: ports[s.name], Protocol: s.protocol, Replicas: s.replicas,
-			Command: append([]string{o.Exe, "demo-app", s.name}, s.args...), DataDir: dir, Exe: o.Exe,
+			Command: append([]string{o.Exe, "demo-app", s.name}, s.args...), DataDir: dir, ProxyExe: o.ProxyExe,
 			ProxyLogLevel: "warn", Out: io.Discard, Err: o.Err, Log: o.Log}
 		if s.name == "traffic" {
 			ro.Out = o.Out

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -122,6 +123,29 @@ func workloads(t *testing.T, dataDir string) map[string]workload {
 		m[w.Metadata.Name] = w
 	}
 	return m
+}
+
+// checkLeanProxies asserts that the proxies of the control plane in
+// dataDir (the processes given its files) are want trellis-proxy
+// processes: the lean binary, not the CLI.
+func checkLeanProxies(t *testing.T, dataDir string, want int) {
+	t.Helper()
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	n := 0
+	for _, f := range procs {
+		b, err := os.ReadFile(f)
+		args := strings.Split(string(b), "\x00")
+		if err != nil || !slices.Contains(args, "--destination-addr") || !strings.Contains(string(b), dataDir) {
+			continue
+		}
+		n++
+		if exe, err := os.Readlink(filepath.Join(filepath.Dir(f), "exe")); err != nil || exe != proxyBin {
+			t.Errorf("proxy process %s (%s) runs %q (%v), want %s", filepath.Dir(f), args[0], exe, err, proxyBin)
+		}
+	}
+	if n != want {
+		t.Errorf("%d proxy processes, want %d", n, want)
+	}
 }
 
 // checkMeshed asserts that every request between the demo's services was
@@ -285,6 +309,7 @@ func TestDemoTransparent(t *testing.T) {
 	demo.waitOutput(t, trafficOK, 10*time.Second)
 	t.Logf("serving meshed traffic %v after start", time.Since(start).Round(time.Millisecond))
 	checkMeshed(t, dataDir)
+	checkLeanProxies(t, dataDir, 5)
 
 	killReplica(t, client, webURL, "trellis-default-emoji-0")
 

@@ -149,7 +149,7 @@ func (in *instance) setupNamespace(ctx context.Context) error {
 			return err
 		}
 	}
-	initArgs := in.ns.Exec(in.o.Exe, "proxy", "init", "--proxy-uid", strconv.Itoa(in.proxyUID),
+	initArgs := in.ns.Exec(in.o.ProxyExe, "init", "--proxy-uid", strconv.Itoa(in.proxyUID),
 		"--skip-inbound-ports", strconv.Itoa(adminPort)+","+strconv.Itoa(tapPort))
 	if out, err := exec.CommandContext(ctx, initArgs[0], initArgs[1:]...).CombinedOutput(); err != nil {
 		return fmt.Errorf("iptables in %s: %w: %s", in.ns.Name, err, strings.TrimSpace(string(out)))
@@ -187,7 +187,7 @@ func (in *instance) setupExplicit() {
 }
 
 func (in *instance) proxyArgs() ([]string, error) {
-	args := []string{in.o.Exe, "proxy",
+	args := []string{in.o.ProxyExe,
 		"--identity", in.identity(), "--identity-addr", in.st.ControlAddr,
 		"--identity-token-file", filepath.Join(in.dir, "token"), "--trust-anchors", filepath.Join(in.dir, "trust-anchors.pem"),
 		"--destination-addr", in.st.ControlAddr, "--cluster-domain", in.st.ClusterDomain, "--workload", in.name,

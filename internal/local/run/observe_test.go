@@ -14,7 +14,7 @@ import (
 // the proxy accepts it.
 func TestProxyArgsPassAccessLogAndTracing(t *testing.T) {
 	for _, tc := range []struct{ accessLog, collector string }{{"", ""}, {"json", "127.0.0.1:4317"}, {"apache", ""}} {
-		o := &Options{Name: "web", Namespace: "default", Service: "web", Port: 8080, ProxyLogLevel: "warn",
+		o := &Options{Name: "web", Namespace: "default", Service: "web", Port: 8080, ProxyLogLevel: "warn", ProxyExe: "/usr/bin/trellis-proxy",
 			AccessLog: tc.accessLog, TraceCollector: tc.collector}
 		in := &instance{name: "web-0", o: o, upstream: map[string]string{},
 			st: localapi.Status{TrustDomain: "cluster.local", ControlAddr: "127.0.0.1:8086", ClusterDomain: "cluster.local"}}
@@ -34,12 +34,12 @@ func proxyConfig(t *testing.T, in *instance) *config.Config {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(args) < 2 || args[1] != "proxy" {
-		t.Fatalf("args %v", args)
+	if len(args) < 2 || args[0] != in.o.ProxyExe {
+		t.Fatalf("args %v, want %s and its flags", args, in.o.ProxyExe)
 	}
 	fs := pflag.NewFlagSet("proxy", pflag.ContinueOnError)
 	finish := config.Flags(fs)
-	if err := fs.Parse(args[2:]); err != nil {
+	if err := fs.Parse(args[1:]); err != nil {
 		t.Fatalf("the proxy refuses %v: %v", args, err)
 	}
 	cfg, err := finish()

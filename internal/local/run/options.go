@@ -75,8 +75,8 @@ type Options struct {
 	User string
 	// DataDir is the control plane's data directory.
 	DataDir string
-	// Exe is the trellis binary, which also runs the proxy.
-	Exe string
+	// ProxyExe is the trellis-proxy binary.
+	ProxyExe string
 	// ProxyLogLevel is the proxies' log level.
 	ProxyLogLevel string
 	Out, Err      io.Writer

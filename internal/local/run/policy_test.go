@@ -21,7 +21,7 @@ func TestProxyArgsCarryThePolicy(t *testing.T) {
 		{"shop", "", "deny"},
 		{"shop", "audit", "audit"},
 	} {
-		o := &Options{Name: "web", Namespace: tc.namespace, Service: "web", Port: 8080, ProxyLogLevel: "warn", DefaultInboundPolicy: tc.own,
+		o := &Options{Name: "web", Namespace: tc.namespace, Service: "web", Port: 8080, ProxyLogLevel: "warn", DefaultInboundPolicy: tc.own, ProxyExe: "/usr/bin/trellis-proxy",
 			RequireIdentity: true, ProbePaths: []string{"/healthz", "/ready"}}
 		in := &instance{name: "web-0", index: 1, o: o, upstream: map[string]string{}, st: st}
 		cfg := proxyConfig(t, in)
