@@ -111,6 +111,7 @@ $PORT, $LISTEN_ADDR and $NAME_ADDR are also expanded in ARGS.`,
 	fs.StringArrayVar(&o.Env, "env", nil, "KEY=VALUE added to the application's environment (repeatable)")
 	fs.StringVar(&o.Restart, "restart", run.RestartAlways, "when a replica's application or proxy exits: always restart it (after a backoff from 1s, doubling to 1m), on-failure (a non-zero exit), or never")
 	fs.StringVar(&o.DefaultInboundPolicy, "default-inbound-policy", "", "who may call the instances: "+strings.Join(authz.Policies, ", ")+" (default: the control plane's --default-inbound-policy, else all-unauthenticated; all-authenticated admits meshed clients only)")
+	fs.StringVar(&o.PortName, "port-name", "", "name of the application's port, by which a Server may select it (default: the --protocol, e.g. grpc)")
 	fs.BoolVar(&o.RequireIdentity, "require-identity", false, "admit only meshed clients (mTLS from a peer proxy) on the application's port, whatever the inbound policy")
 	fs.StringArrayVar(&o.ProbePaths, "probe-path", nil, "PATH of the application's health check: GETs of it from this host are allowed whatever the inbound policy, unless routes of the port's Server say otherwise (repeatable)")
 	fs.BoolVar(&o.AllowUDP, "allow-udp", false, "transparent mode: let UDP leave the instances in plaintext (the mesh carries TCP only); by default only DNS to the control plane does, other UDP is refused")

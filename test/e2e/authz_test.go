@@ -29,13 +29,14 @@ import (
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 )
 
-// The policy of TestAuthorizationTransparent: only web may call emoji;
+// The policy of TestAuthorizationTransparent: only web may call emoji
+// (whose port its Server names, as Linkerd's manifests do);
 // web's GET /api/list and /api/results admit meshed clients only, its
 // POST /api/vote nobody.
 const demoPolicy = `apiVersion: policy.trellis.dev/v1alpha1
 kind: Server
 metadata: {name: emoji-grpc, namespace: default}
-spec: {podSelector: {matchLabels: {trellis.dev/workload: emoji}}, port: 8080, proxyProtocol: gRPC}
+spec: {podSelector: {matchLabels: {trellis.dev/workload: emoji}}, port: grpc, proxyProtocol: gRPC}
 ---
 apiVersion: policy.trellis.dev/v1alpha1
 kind: MeshTLSAuthentication
@@ -106,7 +107,8 @@ func TestAuthorizationTransparent(t *testing.T) {
 		name string
 		args []string
 	}{
-		{"emoji", app("emoji")},
+		// Emoji's port is named after its protocol: emoji-grpc selects it so.
+		{"emoji", append([]string{"--protocol", "grpc"}, app("emoji")...)},
 		// Voting's port admits every client with a mesh identity, and only them.
 		{"voting", append([]string{"--default-inbound-policy", "all-unauthenticated", "--require-identity"}, app("voting", "--fail-rate", "0")...)},
 		{"web", append([]string{"--upstream", "emoji:8080", "--upstream", "voting:8080"}, app("web", "--emoji-addr", "$EMOJI_ADDR", "--voting-addr", "$VOTING_ADDR")...)},

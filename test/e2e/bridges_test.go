@@ -48,7 +48,7 @@ func TestControlPlanesSideBySide(t *testing.T) {
 		if err := get(http.DefaultClient, "http://"+web.Spec.Address+":8080/"); err != nil {
 			t.Errorf("%s: web-0: %v", p.bridge, err)
 		}
-		pid, err := netnsProcess(p.netns, "trellis")
+		pid, err := netnsProcess(p.netns, "trellis-proxy")
 		if err != nil {
 			t.Fatalf("%s: the proxy in %s: %v", p.bridge, p.netns, err)
 		}

@@ -96,10 +96,10 @@ func TestFaultDrill(t *testing.T) {
 		restarts bool
 	}{
 		{"kill an application replica (SIGKILL)", signal(syscall.SIGKILL, "fortio"), 0, true},
-		{"stop a proxy (SIGTERM)", signal(syscall.SIGTERM, "trellis"), 0, true},
-		{"kill a proxy (SIGKILL)", signal(syscall.SIGKILL, "trellis"), drillConns, true},
+		{"stop a proxy (SIGTERM)", signal(syscall.SIGTERM, "trellis-proxy"), 0, true},
+		{"kill a proxy (SIGKILL)", signal(syscall.SIGKILL, "trellis-proxy"), drillConns, true},
 		{"pause an application for 5 s", pause("fortio"), 0, false},
-		{"pause a proxy for 5 s", pause("trellis"), 0, false},
+		{"pause a proxy for 5 s", pause("trellis-proxy"), 0, false},
 		{"fill the control plane's disk for 5 s", func() { fillDisk(t, dataDir, drillPause) }, 0, false},
 		{"restart the control plane (trellis down, up)", func() { restartControlPlane(false) }, 0, false},
 		{"kill the control plane (kill -9) and start it again", func() { restartControlPlane(true) }, 0, false},
@@ -155,12 +155,12 @@ func waitEcho(t *testing.T, dataDir string) {
 		wls := workloads(t, dataDir)
 		_, a := wls["echo-0"]
 		_, b := wls["echo-1"]
-		if a && b && echoProcessOK("fortio") && echoProcessOK("trellis") {
+		if a && b && echoProcessOK("fortio") && echoProcessOK("trellis-proxy") {
 			break
 		}
 		if time.Now().After(deadline) {
 			_, errApp := netnsProcess(echoNetNS, "fortio")
-			_, errProxy := netnsProcess(echoNetNS, "trellis")
+			_, errProxy := netnsProcess(echoNetNS, "trellis-proxy")
 			t.Fatalf("echo did not come back within 30s: %v; %v; %v", wls, errApp, errProxy)
 		}
 		time.Sleep(100 * time.Millisecond) // polling interval, not synchronisation
@@ -172,7 +172,7 @@ func waitEcho(t *testing.T, dataDir string) {
 const echoNetNS = "trellis-default-echo-1"
 
 // netnsProcess finds the process whose program is prog (fortio: the
-// application; trellis: the proxy) in network namespace ns.
+// application; trellis-proxy: the proxy) in network namespace ns.
 func netnsProcess(ns, prog string) (int, error) {
 	out, err := exec.Command("ip", "netns", "pids", ns).Output()
 	if err != nil {

@@ -91,11 +91,11 @@ func TestHostileApplicationCannotOwnTheMesh(t *testing.T) {
 	// runs as a user of its own, the victim's single-use join token was
 	// spent and removed once its proxy was ready, and one proxy cannot
 	// signal another.
-	victimProxy, err := netnsProcess("trellis-default-victim-0", "trellis")
+	victimProxy, err := netnsProcess("trellis-default-victim-0", "trellis-proxy")
 	if err != nil {
 		t.Fatal(err)
 	}
-	attackerProxy, err := netnsProcess("trellis-default-attacker-0", "trellis")
+	attackerProxy, err := netnsProcess("trellis-default-attacker-0", "trellis-proxy")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -563,7 +563,7 @@ func TestCrashedInstanceLeavesDiscovery(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
 	}
 	t.Logf("gone from the registry %v after the crash (lease 5s)", time.Since(killed).Round(10*time.Millisecond))
-	if out, err := exec.Command("pgrep", "-af", trellisBin+" proxy").Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
+	if out, err := exec.Command("pgrep", "-af", proxyBin).Output(); err == nil && len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("the instance's proxy outlived trellis run: %s", out)
 	}
 }

@@ -1769,7 +1769,10 @@ type Port struct {
 	Port       uint32                 `protobuf:"varint,1,opt,name=port,proto3" json:"port,omitempty"`
 	TargetPort uint32                 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
 	// protocol is "http", "grpc", "tcp" or "opaque"; empty means detect.
-	Protocol      string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	Protocol string `protobuf:"bytes,3,opt,name=protocol,proto3" json:"protocol,omitempty"`
+	// name, if set, names the instance's port (as a container port's name
+	// does): a Server may select the port by it.
+	Name          string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1821,6 +1824,13 @@ func (x *Port) GetTargetPort() uint32 {
 func (x *Port) GetProtocol() string {
 	if x != nil {
 		return x.Protocol
+	}
+	return ""
+}
+
+func (x *Port) GetName() string {
+	if x != nil {
+		return x.Name
 	}
 	return ""
 }
@@ -2141,12 +2151,13 @@ const file_api_destination_v1_destination_proto_rawDesc = "" +
 	"\btap_port\x18\b \x01(\rR\atapPort\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"k\n" +
 	"\x04Port\x12\x12\n" +
 	"\x04port\x18\x01 \x01(\rR\x04port\x12\x1f\n" +
 	"\vtarget_port\x18\x02 \x01(\rR\n" +
 	"targetPort\x12\x1a\n" +
-	"\bprotocol\x18\x03 \x01(\tR\bprotocol\"P\n" +
+	"\bprotocol\x18\x03 \x01(\tR\bprotocol\x12\x12\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name\"P\n" +
 	"\x05Lease\x12\x1a\n" +
 	"\bworkload\x18\x01 \x01(\tR\bworkload\x12+\n" +
 	"\x03ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\"\"\n" +

@@ -31,10 +31,14 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 	out := &policyv1.InboundPolicy{}
 	for _, srv := range objs[resources.KindServer] {
 		var s resources.ServerSpec
-		if resources.Decode(srv.Spec, &s) != nil || s.Port.Type != intstr.Int || !s.Selects(w.Metadata.Labels) {
-			continue // a named port is not resolved yet
+		if resources.Decode(srv.Spec, &s) != nil || !s.Selects(w.Metadata.Labels) {
+			continue
 		}
-		ps := &policyv1.Server{Name: srv.Metadata.Name, Port: uint32(s.Port.IntValue()), ProxyProtocol: s.ProxyProtocol, Audit: s.AccessPolicy == "audit"}
+		port, ok := serverPort(s.Port, w)
+		if !ok {
+			continue // a port name the workload does not have
+		}
+		ps := &policyv1.Server{Name: srv.Metadata.Name, Port: uint32(port), ProxyProtocol: s.ProxyProtocol, Audit: s.AccessPolicy == "audit"}
 		routes := serverRoutes(srv.Metadata.Name, append(slices.Clone(objs[resources.KindHTTPRoute]), objs[resources.KindGRPCRoute]...))
 		if len(routes) > 0 {
 			ps.Routes = destination.InboundRoutes(routes)
@@ -63,6 +67,24 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 	}
 	slices.SortFunc(out.Servers, func(a, b *policyv1.Server) int { return int(a.Port) - int(b.Port) })
 	return out
+}
+
+// serverPort is the application port of workload w a Server's port
+// means: its number, or the target port of w's port of that name.
+func serverPort(p intstr.IntOrString, w store.Resource) (int, bool) {
+	if p.Type == intstr.Int {
+		return p.IntValue(), true
+	}
+	var spec resources.WorkloadSpec
+	if resources.Decode(w.Spec, &spec) != nil {
+		return 0, false
+	}
+	for _, wp := range spec.Ports {
+		if wp.Name == p.StrVal {
+			return wp.TargetPort, true
+		}
+	}
+	return 0, false
 }
 
 // rateLimit is the rate limit policy of Server server (the store allows

@@ -20,16 +20,19 @@ func object(t *testing.T, kind, name, spec string) store.Resource {
 	return store.Resource{Kind: kind, Metadata: store.Metadata{Namespace: "shop", Name: name}, Spec: json.RawMessage(js)}
 }
 
-// A workload gets the Servers that select it, each with the
-// authorizations that target it or its namespace, their authentications
-// resolved; a missing authentication passes nobody.
+// A workload gets the Servers that select it (a named port: the target
+// port of the workload's port of that name), each with the authorizations
+// that target it or its namespace, their authentications resolved; a
+// missing authentication passes nobody.
 func TestCompile(t *testing.T) {
-	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}}}
+	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}},
+		Spec: json.RawMessage(`{"service": "api", "ports": [{"name": "grpc", "port": 80, "targetPort": 9091}]}`)}
 	objs := Objects{
 		resources.KindServer: {
 			object(t, resources.KindServer, "api-http", "podSelector: {matchLabels: {app: api}}\nport: 8080\naccessPolicy: audit"),
 			object(t, resources.KindServer, "web-http", "podSelector: {matchLabels: {app: web}}\nport: 8080"),
 			object(t, resources.KindServer, "api-named", "podSelector: {}\nport: metrics"),
+			object(t, resources.KindServer, "api-grpc", "podSelector: {matchLabels: {app: api}}\nport: grpc"),
 			object(t, resources.KindServer, "all-admin", "podSelector: {}\nport: 9090\nproxyProtocol: HTTP/1"),
 		},
 		resources.KindAuthorizationPolicy: {
@@ -54,6 +57,8 @@ func TestCompile(t *testing.T) {
 		`{"name":"whole-namespace","authentications":[{"kind":"ServiceAccount","name":"ops","identities":["spiffe://cluster.local/ns/infra/sa/ops"]}]}]},` +
 		`{"name":"all-admin","port":9090,"proxyProtocol":"HTTP/1","authorizations":[` +
 		`{"name":"dangling","authentications":[{"kind":"MeshTLSAuthentication","name":"nobody"}]},` +
+		`{"name":"whole-namespace","authentications":[{"kind":"ServiceAccount","name":"ops","identities":["spiffe://cluster.local/ns/infra/sa/ops"]}]}]},` +
+		`{"name":"api-grpc","port":9091,"authorizations":[` +
 		`{"name":"whole-namespace","authentications":[{"kind":"ServiceAccount","name":"ops","identities":["spiffe://cluster.local/ns/infra/sa/ops"]}]}]}]}`
 	var g, w2 any
 	json.Unmarshal(got, &g)

@@ -242,7 +242,7 @@ func (g *Registry) Register(ctx context.Context, req *destinationv1.RegisterRequ
 		MeshPort: int(req.GetMeshPort()), AdminPort: int(req.GetAdminPort()), TapPort: int(req.GetTapPort())}
 	svcPorts := make([]resources.ServicePort, 0, len(req.GetPorts()))
 	for _, p := range req.GetPorts() {
-		spec.Ports = append(spec.Ports, resources.WorkloadPort{Port: int(p.GetPort()), TargetPort: int(p.GetTargetPort()), Protocol: p.GetProtocol()})
+		spec.Ports = append(spec.Ports, resources.WorkloadPort{Port: int(p.GetPort()), TargetPort: int(p.GetTargetPort()), Protocol: p.GetProtocol(), Name: p.GetName()})
 		svcPorts = append(svcPorts, resources.ServicePort{Port: int(p.GetPort()), Protocol: p.GetProtocol()})
 	}
 	raw, _ := json.Marshal(spec)

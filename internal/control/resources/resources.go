@@ -106,6 +106,9 @@ type WorkloadSpec struct {
 
 // WorkloadPort maps a service port to the port the instance listens on.
 type WorkloadPort struct {
+	// Name, if set, names the instance's port: a Server may select it by
+	// the name.
+	Name       string `json:"name,omitempty"`
 	Port       int    `json:"port"`
 	TargetPort int    `json:"targetPort"`
 	Protocol   string `json:"protocol,omitempty"`

@@ -200,6 +200,9 @@ func (in *instance) proxyArgs() ([]string, error) {
 		if in.o.Protocol != "" {
 			sp += "/" + in.o.Protocol
 		}
+		if name := cmp.Or(in.o.PortName, in.o.Protocol); name != "" {
+			sp = name + ":" + sp
+		}
 		args = append(args, "--service", in.o.Service, "--service-port", sp)
 	} else {
 		// A client only: its spans still name what it is.

@@ -59,6 +59,9 @@ type Options struct {
 	// DefaultInboundPolicy is the proxies' default inbound policy (""
 	// leaves the proxy's default, all-unauthenticated).
 	DefaultInboundPolicy string
+	// PortName names the application's port, for Servers that select it
+	// by name ("": the Protocol, if one is declared).
+	PortName string
 	// RequireIdentity admits only meshed clients (mTLS from a peer proxy)
 	// on the application's port, whatever the inbound policy.
 	RequireIdentity bool
@@ -193,8 +196,13 @@ func (o *Options) Validate() error {
 	if o.DefaultInboundPolicy != "" && !slices.Contains(authz.Policies, o.DefaultInboundPolicy) {
 		return fmt.Errorf("--default-inbound-policy %q: must be one of %s", o.DefaultInboundPolicy, strings.Join(authz.Policies, ", "))
 	}
-	if (o.RequireIdentity || len(o.ProbePaths) > 0) && o.Port == 0 {
-		return errors.New("--require-identity and --probe-path are about the application's port: give --port")
+	if (o.RequireIdentity || len(o.ProbePaths) > 0 || o.PortName != "") && o.Port == 0 {
+		return errors.New("--require-identity, --probe-path and --port-name are about the application's port: give --port")
+	}
+	if o.PortName != "" {
+		if errs := validation.IsValidPortName(o.PortName); len(errs) > 0 {
+			return fmt.Errorf("--port-name %q: %s", o.PortName, strings.Join(errs, "; "))
+		}
 	}
 	for _, p := range o.ProbePaths {
 		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, ", ?#") {

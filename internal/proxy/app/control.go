@@ -67,7 +67,7 @@ func (c *control) registrar(cfg *config.Config, m *identity.Manager, inbound, ad
 		req.TapPort = uint32(portOf(tapAddr))
 	}
 	for _, p := range cfg.ServicePorts {
-		req.Ports = append(req.Ports, &destinationv1.Port{Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), Protocol: p.Protocol})
+		req.Ports = append(req.Ports, &destinationv1.Port{Port: uint32(p.Port), TargetPort: uint32(p.TargetPort), Protocol: p.Protocol, Name: p.Name})
 	}
 	// A client-only workload (no service port) has no application to wait for.
 	var appAddr string

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -55,6 +56,9 @@ func (u Upstream) String() string {
 type ServicePort struct {
 	Port, TargetPort uint16
 	Protocol         string
+	// Name, if set, names the application's port (a Server may select it
+	// by the name).
+	Name string
 }
 
 // Config is every setting of the proxy.
@@ -213,7 +217,7 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 	fs.StringVar(&c.Workload, "workload", "", "register this instance under this name (unique in its namespace, which is the identity's) and keep a lease on it; without service-port it is a client only, in no service")
 	fs.StringVar(&c.Service, "service", "", "the service the registered workload serves (default: the workload name)")
 	fs.StringVar(&c.WorkloadAddress, "workload-address", "", "IP peers reach the registered workload on (default: inbound-addr's host, if it is not a wildcard)")
-	fs.StringArrayVar(&servicePorts, "service-port", nil, "PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque) (repeatable)")
+	fs.StringArrayVar(&servicePorts, "service-port", nil, "[NAME:]PORT[=TARGETPORT][/PROTOCOL]: a port of the service and the port the application listens on for it (default TARGETPORT=PORT; PROTOCOL http (HTTP/1.1), http2 (h2c), grpc, tcp or opaque; NAME names the application's port, for Servers) (repeatable)")
 	fs.StringArrayVar(&workloadLabels, "workload-label", nil, "KEY=VALUE label of the registered workload (repeatable)")
 	fs.StringVar(&c.Balance.Accrual.Mode, "failure-accrual", balance.Consecutive, "when an endpoint is ejected: consecutive (failures in a row), success-rate (over a window), or off")
 	fs.IntVar(&c.Balance.Accrual.Consecutive, "failure-accrual-consecutive", balance.DefaultConsecutive, "consecutive mode: failures in a row that eject an endpoint")
@@ -600,7 +604,13 @@ func codeSet(s string, lo, hi int) (map[int]bool, error) {
 
 // ParseServicePort parses PORT[=TARGETPORT][/PROTOCOL].
 func ParseServicePort(s string) (ServicePort, error) {
-	spec, proto, _ := strings.Cut(s, "/")
+	name, spec, named := strings.Cut(s, ":")
+	if !named {
+		name, spec = "", s
+	} else if err := checkPortName(name); err != nil {
+		return ServicePort{}, fmt.Errorf("%q: %w", s, err)
+	}
+	spec, proto, _ := strings.Cut(spec, "/")
 	switch proto {
 	case "", "http", "http2", "grpc", "tcp", "opaque":
 	default:
@@ -617,7 +627,20 @@ func ParseServicePort(s string) (ServicePort, error) {
 			return ServicePort{}, fmt.Errorf("%q: target port: %w", s, err)
 		}
 	}
-	return ServicePort{Port: port, TargetPort: target, Protocol: proto}, nil
+	return ServicePort{Port: port, TargetPort: target, Protocol: proto, Name: name}, nil
+}
+
+// portName is the shape of a port's name (IANA service names, as
+// Kubernetes' container port names).
+var portName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// checkPortName says what makes name unfit to name a port (Kubernetes'
+// IsValidPortName, which the proxy does not link).
+func checkPortName(name string) error {
+	if !portName.MatchString(name) || len(name) > 15 || !strings.ContainsAny(name, "abcdefghijklmnopqrstuvwxyz") {
+		return fmt.Errorf("port name %q must be at most 15 lower-case letters, digits and '-', with a letter, starting and ending with a letter or digit", name)
+	}
+	return nil
 }
 
 // validateIdentity checks that mTLS settings come complete: a proxy that

@@ -174,3 +174,33 @@ func FuzzParseUpstream(f *testing.F) {
 		}
 	})
 }
+
+// A service port may name the application's port; a bad name is refused,
+// naming the rule.
+func TestParseServicePort(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want ServicePort
+		err  string
+	}{
+		{in: "8080", want: ServicePort{Port: 8080, TargetPort: 8080}},
+		{in: "80=8080/grpc", want: ServicePort{Port: 80, TargetPort: 8080, Protocol: "grpc"}},
+		{in: "grpc:80=8080/grpc", want: ServicePort{Port: 80, TargetPort: 8080, Protocol: "grpc", Name: "grpc"}},
+		{in: "admin-http:9000", want: ServicePort{Port: 9000, TargetPort: 9000, Name: "admin-http"}},
+		{in: "Grpc:80", err: `port name "Grpc" must be`},
+		{in: "8080:80", err: `port name "8080" must be`},
+		{in: "a-very-long-port-name:80", err: `port name "a-very-long-port-name" must be at most 15`},
+		{in: "grpc:", err: `"grpc:"`},
+	} {
+		got, err := ParseServicePort(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("%q: %v, want an error with %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q: %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
