@@ -157,6 +157,8 @@ Trellis demo is running — %s.
                         TRELLIS_DATA_DIR=%[3]s trellis edges
   live requests:        TRELLIS_DATA_DIR=%[3]s trellis tap workload/web
                         TRELLIS_DATA_DIR=%[3]s trellis top workload/web
+  each request's path:  TRELLIS_DATA_DIR=%[3]s trellis explain web
+                        (route, endpoint, retries, the policy that let it in)
 
 Press Ctrl-C to stop; everything it started is removed.
 
