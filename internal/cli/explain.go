@@ -69,6 +69,9 @@ The filters select requests as tap's do.`,
 			if err := api.Query(cmd.Context(), "/v1/explain?"+q.Encode(), &res); err != nil {
 				return err
 			}
+			if len(res.Decisions) == 0 && len(res.Errors) > 0 {
+				return fmt.Errorf("no proxy of %s answered: %s", target, strings.Join(res.Errors, "; "))
+			}
 			for _, e := range res.Errors {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning: "+e)
 			}

@@ -6,6 +6,7 @@
 package policy
 
 import (
+	"cmp"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -65,7 +66,35 @@ func Compile(ns string, w store.Resource, trustDomain string, objs Objects) *pol
 		ps.RateLimit = rateLimit(srv.Metadata.Name, ns, trustDomain, objs)
 		out.Servers = append(out.Servers, ps)
 	}
-	slices.SortFunc(out.Servers, func(a, b *policyv1.Server) int { return int(a.Port) - int(b.Port) })
+	slices.SortFunc(out.Servers, func(a, b *policyv1.Server) int {
+		return cmp.Or(cmp.Compare(a.Port, b.Port), strings.Compare(a.Name, b.Name))
+	})
+	out.Servers = denyConflicts(out.Servers)
+	return out
+}
+
+// denyConflicts replaces the Servers (sorted by port) that claim the same
+// port of the workload — a named port and a number the store could not
+// tell apart — by one that denies every call: neither's policy may win by
+// chance, nor may the default policy decide.
+func denyConflicts(servers []*policyv1.Server) []*policyv1.Server {
+	var out []*policyv1.Server
+	for i := 0; i < len(servers); {
+		j := i + 1
+		for j < len(servers) && servers[j].Port == servers[i].Port {
+			j++
+		}
+		if j-i == 1 {
+			out = append(out, servers[i])
+		} else {
+			var names []string
+			for _, s := range servers[i:j] {
+				names = append(names, s.Name)
+			}
+			out = append(out, &policyv1.Server{Name: "conflict:" + strings.Join(names, ","), Port: servers[i].Port})
+		}
+		i = j
+	}
 	return out
 }
 

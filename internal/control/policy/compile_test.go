@@ -70,6 +70,34 @@ func TestCompile(t *testing.T) {
 	}
 }
 
+// Two Servers that claim the same port of a workload — one by name, one
+// by number, which the store cannot tell apart — leave it a Server that
+// denies every call, naming both.
+func TestCompileConflictingServersDeny(t *testing.T) {
+	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}},
+		Spec: json.RawMessage(`{"service": "api", "ports": [{"name": "grpc", "port": 80, "targetPort": 9091}]}`)}
+	objs := Objects{
+		resources.KindServer: {
+			object(t, resources.KindServer, "strict", "podSelector: {matchLabels: {app: api}}\nport: grpc"),
+			object(t, resources.KindServer, "open", "podSelector: {}\nport: 9091"),
+			object(t, resources.KindServer, "admin", "podSelector: {}\nport: 9090"),
+		},
+		resources.KindAuthorizationPolicy: {
+			object(t, resources.KindAuthorizationPolicy, "anyone", "targetRef: {group: policy.trellis.dev, kind: Server, name: open}\nrequiredAuthenticationRefs: [{group: policy.trellis.dev, kind: NetworkAuthentication, name: all}]"),
+		},
+	}
+	got, err := protojson.Marshal(Compile("shop", w, "cluster.local", objs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g any
+	json.Unmarshal(got, &g)
+	gb, _ := json.Marshal(g)
+	if want := `{"servers":[{"name":"admin","port":9090},{"name":"conflict:open,strict","port":9091}]}`; string(gb) != want {
+		t.Errorf("compiled %s, want %s", gb, want)
+	}
+}
+
 // A GRPCRoute attached to a Server authorizes as an HTTPRoute does.
 func TestCompileGRPCRoute(t *testing.T) {
 	w := store.Resource{Kind: resources.KindWorkload, Metadata: store.Metadata{Namespace: "shop", Name: "api-0", Labels: map[string]string{"app": "api"}}}

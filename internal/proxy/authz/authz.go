@@ -28,6 +28,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/ratelimit"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -57,9 +58,10 @@ type Config struct {
 	// RequireIdentity are the application ports whose clients must have a
 	// mesh identity, whatever the default policy.
 	RequireIdentity map[uint16]bool
-	// ProbePaths are the application's health probes: a GET (or HEAD) of
-	// one from ProbeNetworks is allowed whatever the policy, unless the
-	// port's Server has routes (they decide then), as Linkerd does.
+	// ProbePaths are the application's health probes: a GET of one from
+	// ProbeNetworks is allowed whatever the policy, unless the port's
+	// Server has routes (they decide then), as Linkerd does, or the port
+	// requires an identity.
 	ProbePaths    []string
 	ProbeNetworks []netip.Prefix
 }
@@ -155,12 +157,12 @@ func (a *Authorizer) decide(m *transport.Meta, port uint16, r *http.Request) dec
 	}
 	policy := a.cfg.Default
 	d := decision{srv: ref{"", kindDefault, policy}, authz: ref{"", kindDefault, policy}}
-	if a.probe(r, addr) {
-		d.allow, d.authz = true, probeAuthz
+	if a.cfg.RequireIdentity[port] && !authenticated { // probes too: the port's owner said so
+		d.reason = fmt.Sprintf("port %d requires a mesh identity", port)
 		return d
 	}
-	if a.cfg.RequireIdentity[port] && !authenticated && policy != Deny {
-		d.reason = fmt.Sprintf("port %d requires a mesh identity", port)
+	if a.probe(r, addr) {
+		d.allow, d.authz = true, probeAuthz
 		return d
 	}
 	inCluster := slices.ContainsFunc(a.cfg.ClusterNetworks, func(p netip.Prefix) bool { return p.Contains(addr) })
@@ -184,7 +186,7 @@ var probeAuthz = ref{"", kindDefault, "probe"}
 
 // probe reports whether r is a health probe of the application's.
 func (a *Authorizer) probe(r *http.Request, addr netip.Addr) bool {
-	return r != nil && (r.Method == http.MethodGet || r.Method == http.MethodHead) && slices.Contains(a.cfg.ProbePaths, r.URL.Path) &&
+	return r != nil && r.Method == http.MethodGet && slices.Contains(a.cfg.ProbePaths, r.URL.Path) &&
 		slices.ContainsFunc(a.cfg.ProbeNetworks, func(p netip.Prefix) bool { return p.Contains(addr) })
 }
 
@@ -286,7 +288,7 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 			return
 		}
 		if d.limit != nil {
-			if scope, retry := d.limit.take(m.ClientID, time.Now()); scope != "" {
+			if scope, retry := d.limit.take(m.ClientID, ratelimit.Now()); scope != "" {
 				a.countLimited(port, d, scope)
 				limit := d.limit.name + " (" + scope + " limit)"
 				a.record(r, m, d, http.StatusTooManyRequests, limit)
@@ -306,11 +308,14 @@ func (a *Authorizer) record(r *http.Request, m *transport.Meta, d decision, stat
 	if a.decisions == nil {
 		return
 	}
-	in := explain.Inbound{Time: time.Now(), Method: r.Method, Authority: r.Host, Path: r.URL.Path, Status: status, Client: m.Client, ClientID: m.ClientID,
-		Policy: explain.Policy{Server: d.srv.name, Default: d.srv.kind == kindDefault, Route: d.route.name, Allowed: d.allow && limit == "",
-			Reason: d.reason, RateLimit: limit}}
+	in := explain.Inbound{Time: time.Now(), Method: explain.Clip(r.Method), Authority: explain.Clip(r.Host), Path: explain.Clip(r.URL.Path),
+		Status: status, Client: m.Client, ClientID: m.ClientID,
+		Policy: explain.Policy{Server: d.srv.name, Default: d.srv.kind == kindDefault, Route: d.route.name, Allowed: d.allow && limit == "", RateLimit: limit}}
 	if d.allow {
 		in.Policy.Authorization, in.Policy.AuthorizationKind = d.authz.name, d.authz.kind
+	}
+	if !d.allow || d.authz.kind == "audit" { // why it was (or would be) denied
+		in.Policy.Reason = d.reason
 	}
 	a.decisions.Record(&in)
 }

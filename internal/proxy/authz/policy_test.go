@@ -85,7 +85,7 @@ func TestServerDecision(t *testing.T) {
 func TestRateLimitScopes(t *testing.T) {
 	web, ops := "spiffe://cluster.local/ns/shop/sa/web", "spiffe://cluster.local/ns/ops/sa/tool"
 	r := compileRateLimit(&policyv1.RateLimit{Name: "l", Total: 50, Identity: 10, Overrides: []*policyv1.RateOverride{{RequestsPerSecond: 30, Identities: []string{ops}}}})
-	now := time.Unix(1000, 0)
+	now := int64(1000 * time.Second)
 	count := func(id string, n int) (allowed int, scopes map[string]int) {
 		scopes = map[string]int{}
 		for range n {
@@ -111,11 +111,13 @@ func TestRateLimitScopes(t *testing.T) {
 	}
 }
 
-// A GET of a probe path from a probe network is allowed whatever the
-// policy, unless the port's Server has routes: they decide then.
+// A GET of a probe path from a probe network is allowed as a probe
+// whatever the policy, unless the port's Server has routes (they decide
+// then) or the port requires an identity.
 func TestProbesAllowed(t *testing.T) {
 	reg := metrics.NewRegistry()
-	a := New(Config{Default: Deny, ProbePaths: []string{"/healthz"}, ProbeNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}, reg, nil, slog.New(slog.DiscardHandler))
+	a := New(Config{Default: Deny, ProbePaths: []string{"/healthz"}, ProbeNetworks: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")},
+		RequireIdentity: map[uint16]bool{83: true}}, reg, nil, slog.New(slog.DiscardHandler))
 	a.policy.Store(compilePolicy(&policyv1.InboundPolicy{Servers: []*policyv1.Server{
 		{Name: "plain", Port: 81},
 		{Name: "routed", Port: 82, Routes: &destinationv1.Profile{
@@ -131,17 +133,18 @@ func TestProbesAllowed(t *testing.T) {
 		allow        bool
 	}{
 		{80, host, "GET", "/healthz", true},
-		{80, host, "HEAD", "/healthz", true},
+		{80, host, "HEAD", "/healthz", false},
 		{80, host, "POST", "/healthz", false},
 		{80, host, "GET", "/other", false},
 		{80, other, "GET", "/healthz", false},
 		{81, host, "GET", "/healthz", true},
 		{82, host, "GET", "/healthz", false},
+		{83, host, "GET", "/healthz", false}, // requires an identity
 	} {
 		r := httptest.NewRequest(tc.method, tc.path, nil)
 		d := a.decide(&transport.Meta{Client: netip.AddrPortFrom(tc.from, 40000)}, tc.port, r)
-		if d.allow != tc.allow || d.allow && d.authz != probeAuthz {
-			t.Errorf("%s %s on port %d from %v: allow %v by %v, want %v by the probe authorization", tc.method, tc.path, tc.port, tc.from, d.allow, d.authz, tc.allow)
+		if probed := d.allow && d.authz == probeAuthz; probed != tc.allow {
+			t.Errorf("%s %s on port %d from %v: allow %v by %v; allowed as a probe: want %v", tc.method, tc.path, tc.port, tc.from, d.allow, d.authz, tc.allow)
 		}
 	}
 }

@@ -34,10 +34,9 @@ func compileRateLimit(rl *policyv1.RateLimit) *rateLimit {
 	return r
 }
 
-// take admits a request of client id now, or says which limit refused it
+// take admits a request of client id at ns (ratelimit.Now), or says which limit refused it
 // ("identity", "override", "total") and when to retry.
-func (r *rateLimit) take(id string, now time.Time) (scope string, retry time.Duration) {
-	ns := now.UnixNano()
+func (r *rateLimit) take(id string, ns int64) (scope string, retry time.Duration) {
 	rate, scope := r.perClient, "identity"
 	if o, ok := r.overrides[id]; ok {
 		rate, scope = o, "override"

@@ -41,14 +41,14 @@ is TRELLIS_PROXY_DETECT_TIMEOUT. Flags win over the environment.`,
 	uid := -1
 	root.Flags().IntVar(&uid, "run-as-uid", -1, "switch to this user and group ID before starting (trellis run's transparent mode)")
 	root.RunE = func(cmd *cobra.Command, _ []string) error {
-		if uid >= 0 { // first: the configuration's files are read as that user
+		cfg, err := finish() // also reads the environment, TRELLIS_PROXY_RUN_AS_UID too
+		if err != nil {
+			return fmt.Errorf("invalid configuration: %w", err)
+		}
+		if uid >= 0 {
 			if err := runAs(uid); err != nil {
 				return err
 			}
-		}
-		cfg, err := finish()
-		if err != nil {
-			return fmt.Errorf("invalid configuration: %w", err)
 		}
 		return run(cmd.Context(), cfg)
 	}

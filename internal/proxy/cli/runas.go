@@ -15,6 +15,7 @@ import (
 // signal `trellis run` set is cleared by the switch: it is set again, and
 // a proxy whose parent is already gone stops.
 func runAs(uid int) error {
+	parent := os.Getppid()
 	if err := syscall.Setgroups(nil); err != nil {
 		return fmt.Errorf("--run-as-uid: %w", err)
 	}
@@ -27,7 +28,7 @@ func runAs(uid int) error {
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGKILL), 0, 0, 0); err != nil {
 		return fmt.Errorf("--run-as-uid: %w", err)
 	}
-	if os.Getppid() == 1 {
+	if os.Getppid() != parent { // it died before the signal was set again
 		return errors.New("--run-as-uid: the process that started this proxy is gone")
 	}
 	return nil

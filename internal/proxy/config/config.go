@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -303,6 +304,9 @@ func Flags(fs *pflag.FlagSet) func() (*Config, error) {
 			p, err := ParseServicePort(sp)
 			if err != nil {
 				return nil, fmt.Errorf("service-port: %w", err)
+			}
+			if p.Name != "" && slices.ContainsFunc(c.ServicePorts, func(q ServicePort) bool { return q.Name == p.Name }) {
+				return nil, fmt.Errorf("service-port %q: the name %s is given to another port too", sp, p.Name)
 			}
 			c.ServicePorts = append(c.ServicePorts, p)
 		}

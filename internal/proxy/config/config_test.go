@@ -143,6 +143,7 @@ func TestRejectsBadValuesNamingTheSetting(t *testing.T) {
 		{args: []string{"--cluster-domain=.cluster.local"}, want: "cluster-domain"},
 		{args: []string{"--workload=web-0"}, want: "workload needs destination-addr"},
 		{args: []string{"--service-port=80"}, want: "service-port is set but workload is not"},
+		{args: []string{"--service-port=http:80", "--service-port=http:81"}, want: `service-port "http:81": the name http is given to another port too`},
 		{args: []string{"--destination-addr=127.0.0.1:8086"}, want: "destination-addr needs identity"},
 	}
 	for _, tt := range tests {

@@ -14,6 +14,7 @@ import (
 	"context"
 	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,6 +148,20 @@ func Why(ctx context.Context) string {
 	return s
 }
 
+// MaxField is the longest method, authority or path a decision keeps: a
+// client's long path must not pin memory in the ring, nor swell the
+// answer to explain.
+const MaxField = 256
+
+// Clip is s, cut to MaxField bytes as a copy (the request's memory is not
+// kept); it may end inside a UTF-8 sequence, which readers replace.
+func Clip(s string) string {
+	if len(s) <= MaxField {
+		return s
+	}
+	return strings.Clone(s[:MaxField])
+}
+
 // Size is how many recent decisions a Log keeps (a Journal, of each direction).
 const Size = 1024
 
@@ -249,6 +264,9 @@ type Journal struct {
 // Recent returns up to n decisions of both directions that keep accepts
 // (nil: all), newest first.
 func (j *Journal) Recent(n int, keep func(*Decision) bool) []Decision {
+	if n <= 0 {
+		return nil
+	}
 	all := append(j.Inbound.Recent(n, keep), j.Outbound.Recent(n, keep)...)
 	sort.SliceStable(all, func(i, k int) bool { return all[i].Time.After(all[k].Time) })
 	return all[:min(n, len(all))]

@@ -16,6 +16,9 @@ import (
 // the Service) is enforced by the router, before a route or an endpoint
 // is chosen: a caller over it is throttled at its own proxy.
 
+// limitedKey is a series of outbound_http_local_ratelimit_total.
+type limitedKey struct{ name, scope, service, namespace string }
+
 // refuse answers a request the service's client limit refused: 429 (gRPC
 // RESOURCE_EXHAUSTED) with Retry-After, counted and explained; no
 // endpoint is tried, so none is blamed.
@@ -24,13 +27,14 @@ func (rt *router) refuse(w http.ResponseWriter, r *http.Request, svc *discover.S
 	d.Status = http.StatusTooManyRequests
 	d.FailedFast(reason)
 	if rt.limited != nil {
-		c, ok := rt.limitedSeries.Load(lim)
+		k := limitedKey{name: lim.Name, scope: lim.Scope}
+		if set := svc.Set(); set != nil {
+			k.service, k.namespace = set.Labels["dst_service"], set.Labels["dst_namespace"]
+		}
+		c, ok := rt.limitedSeries.Load(k)
 		if !ok {
-			labels := []string{"ratelimit_name", lim.Name, "ratelimit_scope", lim.Scope}
-			if set := svc.Set(); set != nil {
-				labels = append(labels, "dst_service", set.Labels["dst_service"], "dst_namespace", set.Labels["dst_namespace"])
-			}
-			c, _ = rt.limitedSeries.LoadOrStore(lim, rt.limited.With(labels...))
+			c, _ = rt.limitedSeries.LoadOrStore(k, rt.limited.With("ratelimit_name", k.name, "ratelimit_scope", k.scope,
+				"dst_service", k.service, "dst_namespace", k.namespace))
 		}
 		c.(*atomic.Uint64).Add(1)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
+	"github.com/trellis-mesh/trellis/internal/proxy/ratelimit"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
@@ -68,7 +69,7 @@ type router struct {
 	decisions *explain.Log
 	reg       *metrics.Registry
 	// limited counts the requests the services' client limits refused,
-	// a series per limit (*discover.ClientLimit -> *atomic.Uint64).
+	// a series per limit and service (limitedKey -> *atomic.Uint64).
 	limited       *metrics.Counters
 	limitedSeries sync.Map
 }
@@ -92,7 +93,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rt.next.ServeHTTP(w, r)
 		return
 	}
-	d := &explain.Decision{Time: time.Now(), Direction: "outbound", Method: r.Method, Authority: r.Host, Path: r.URL.Path}
+	d := &explain.Decision{Time: time.Now(), Direction: "outbound", Method: explain.Clip(r.Method), Authority: explain.Clip(r.Host), Path: explain.Clip(r.URL.Path)}
 	defer rt.decisions.Record(d)
 	ctx := explain.With(r.Context(), d)
 	var rule *route.Rule
@@ -103,7 +104,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	serve := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if lim := svc.RateLimit(); lim != nil {
-			if ok, retry := lim.Take(time.Now().UnixNano()); !ok {
+			if ok, retry := lim.Take(ratelimit.Now()); !ok {
 				rt.refuse(w, r, svc, lim, retry, d)
 				return
 			}

@@ -13,6 +13,14 @@ import (
 	"time"
 )
 
+// epoch is what Now counts from.
+var epoch = time.Now()
+
+// Now is the time limits are kept in: nanoseconds of the monotonic clock
+// since the process started, so that a wall clock stepped back (NTP, a
+// resumed VM) does not refuse every request until it catches up.
+func Now() int64 { return int64(time.Since(epoch)) }
+
 // Burst is how far ahead of now a limit's arrival time may run.
 const Burst = time.Second
 
@@ -27,8 +35,7 @@ func New(perSecond uint32) *GCRA {
 	return &GCRA{interval: int64(time.Second) / int64(max(perSecond, 1))}
 }
 
-// Take admits a request at now (Unix nanoseconds) or says how long until
-// one would be.
+// Take admits a request at now (Now) or says how long until one would be.
 func (g *GCRA) Take(now int64) (bool, time.Duration) {
 	for {
 		tat := g.tat.Load()

@@ -2,6 +2,7 @@ package tap
 
 import (
 	"context"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -44,9 +45,13 @@ func (s *Server) Recent(_ context.Context, req *tapv1.RecentRequest) (*tapv1.Rec
 	return out, nil
 }
 
+// validUTF8 is s as proto3 strings must be: valid UTF-8 (a decoded path need
+// not be, and a clipped one may end inside a sequence).
+func validUTF8(s string) string { return strings.ToValidUTF8(s, "\uFFFD") }
+
 func decisionProto(d *explain.Decision) *tapv1.Decision {
 	out := &tapv1.Decision{
-		Time: timestamppb.New(d.Time), Direction: d.Direction, Method: d.Method, Authority: d.Authority, Path: d.Path,
+		Time: timestamppb.New(d.Time), Direction: d.Direction, Method: validUTF8(d.Method), Authority: validUTF8(d.Authority), Path: validUTF8(d.Path),
 		Status: uint32(d.Status), Route: d.Route, RouteKind: d.RouteKind, Rule: d.Rule, Backend: d.Backend,
 		FailFast: d.FailFast, Ejected: d.EjectedEndpoints, ClientId: d.ClientID,
 	}
