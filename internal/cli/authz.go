@@ -132,13 +132,20 @@ func printAuthz(out io.Writer, workload string, p *policyv1.InboundPolicy, decid
 		rates[d] += r.PerSec
 	}
 	shown := map[decision]bool{}
-	rps := func(d decision) string {
-		shown[d] = true
-		if v, ok := rates[d]; ok {
-			return strconv.FormatFloat(v, 'f', 1, 64) + "rps"
+	// rpsOf is the rate of the decisions match accepts, shown from then on.
+	rpsOf := func(match func(decision) bool) string {
+		sum, any := 0.0, false
+		for _, d := range order {
+			if match(d) {
+				sum, any, shown[d] = sum+rates[d], true, true
+			}
 		}
-		return "-"
+		if !any {
+			return "-"
+		}
+		return strconv.FormatFloat(sum, 'f', 1, 64) + "rps"
 	}
+	rps := func(d decision) string { return rpsOf(func(x decision) bool { return x == d }) }
 	if len(p.GetServers()) == 0 {
 		fmt.Fprintf(out, "No Server selects %s: its proxies' default inbound policy decides (trellis run --default-inbound-policy).\n", workload)
 	}
@@ -167,7 +174,11 @@ func printAuthz(out io.Writer, workload string, p *policyv1.InboundPolicy, decid
 			}
 			_, route, _ := strings.Cut(a.GetRoute(), "/")
 			d := decision{s.GetName(), cmp.Or(route, "*"), a.GetName()}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", head, d.route, a.GetName(), strings.Join(auths, " and "), rps(d))
+			r := rps(d)
+			if route == "" { // the whole Server's: what it allowed on any of its routes
+				r = rpsOf(func(x decision) bool { return x.server == d.server && x.by == d.by })
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", head, d.route, a.GetName(), strings.Join(auths, " and "), r)
 		}
 		for _, d := range order {
 			if d.server == s.GetName() && !shown[d] {

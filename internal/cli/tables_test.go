@@ -703,6 +703,7 @@ func TestGoldenAuthzDecisions(t *testing.T) {
 	}}
 	decided := []metricsapi.AuthzRow{
 		{ServerKind: "server", Server: "emoji-grpc", AuthzKind: "authorizationpolicy", Authz: "emoji-from-web", PerSec: 12.25},
+		{ServerKind: "server", Server: "emoji-grpc", Route: "list", AuthzKind: "authorizationpolicy", Authz: "emoji-from-web", PerSec: 1}, // a Server-wide one, on a route
 		{ServerKind: "server", Server: "emoji-grpc", AuthzKind: "audit", Authz: "emoji-grpc", PerSec: 0.5},
 		{ServerKind: "server", Server: "emoji-grpc", Route: "list", AuthzKind: "default", Authz: "probe", PerSec: 0.2},
 		{ServerKind: "server", Server: "admin", Denied: true, PerSec: 3},
