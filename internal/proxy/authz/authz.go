@@ -14,7 +14,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -292,8 +291,7 @@ func (a *Authorizer) HTTP(next http.Handler) http.Handler {
 				a.countLimited(port, d, scope)
 				limit := d.limit.name + " (" + scope + " limit)"
 				a.record(r, m, d, http.StatusTooManyRequests, limit)
-				w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
-				httpproxy.WriteError(w, r, http.StatusTooManyRequests, httpproxy.ReasonRateLimited+" by "+limit)
+				httpproxy.WriteRateLimited(w, r, retry, limit)
 				return
 			}
 		}

@@ -23,6 +23,10 @@ func (s *Service) RateLimit() *ClientLimit { return s.limit.Load() }
 // setLimit applies a profile's limit for the caller (namespace/name of
 // this proxy's service account). An unchanged limit keeps its state.
 func (s *Service) setLimit(l *destinationv1.ClientRateLimit, caller string) {
+	if l == nil {
+		s.limit.Store(nil)
+		return
+	}
 	next := &ClientLimit{Name: l.GetName(), Scope: "total", Rate: l.GetTotal()}
 	for _, o := range l.GetOverrides() {
 		if slices.Contains(o.GetServiceAccounts(), caller) {
@@ -30,7 +34,7 @@ func (s *Service) setLimit(l *destinationv1.ClientRateLimit, caller string) {
 			break
 		}
 	}
-	if l == nil || next.Rate == 0 {
+	if next.Rate == 0 {
 		s.limit.Store(nil)
 		return
 	}

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 )
@@ -66,6 +68,13 @@ const reasonUpstreamCancel = "upstream cancelled the stream"
 // ReasonRateLimited starts the reason of a request a rate limit refused
 // (429; gRPC RESOURCE_EXHAUSTED).
 const ReasonRateLimited = "rate limited"
+
+// WriteRateLimited answers a request the rate limit by refused: 429 (gRPC
+// RESOURCE_EXHAUSTED), with Retry-After in whole seconds.
+func WriteRateLimited(w http.ResponseWriter, r *http.Request, retry time.Duration, by string) {
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
+	WriteError(w, r, http.StatusTooManyRequests, ReasonRateLimited+" by "+by)
+}
 
 // Reasons of the client's faults, answered with a 4xx.
 const (

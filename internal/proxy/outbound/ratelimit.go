@@ -1,9 +1,7 @@
 package outbound
 
 import (
-	"math"
 	"net/http"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -23,9 +21,9 @@ type limitedKey struct{ name, scope, service, namespace string }
 // RESOURCE_EXHAUSTED) with Retry-After, counted and explained; no
 // endpoint is tried, so none is blamed.
 func (rt *router) refuse(w http.ResponseWriter, r *http.Request, svc *discover.Service, lim *discover.ClientLimit, retry time.Duration, d *explain.Decision) {
-	reason := httpproxy.ReasonRateLimited + " by " + lim.Name + " (" + lim.Scope + " limit of each caller)"
+	by := lim.Name + " (" + lim.Scope + " limit of each caller)"
 	d.Status = http.StatusTooManyRequests
-	d.FailedFast(reason)
+	d.FailedFast(httpproxy.ReasonRateLimited + " by " + by)
 	if rt.limited != nil {
 		k := limitedKey{name: lim.Name, scope: lim.Scope}
 		if set := svc.Set(); set != nil {
@@ -38,6 +36,5 @@ func (rt *router) refuse(w http.ResponseWriter, r *http.Request, svc *discover.S
 		}
 		c.(*atomic.Uint64).Add(1)
 	}
-	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(retry.Seconds()))))
-	httpproxy.WriteError(w, r, http.StatusTooManyRequests, reason)
+	httpproxy.WriteRateLimited(w, r, retry, by)
 }

@@ -215,12 +215,18 @@ func newMatch(req *tapv1.ObserveRequest) (match, error) {
 
 // matches reports whether a request in direction dir is selected.
 func (m *match) matches(dir string, r *http.Request) bool {
-	return m.selects(dir, r.Method, r.URL.Path, r.Host, httpproxy.Target(r.Context()))
+	return m.selects(dir, r.Method, r.URL.Path, r.Host) && (m.to == "" || m.reaches(r.Host, httpproxy.Target(r.Context())))
+}
+
+// reaches reports whether a request for authority, sent to targets, goes
+// where the subscriber asked (to).
+func (m *match) reaches(authority string, targets ...string) bool {
+	return strings.Contains(authority, m.to) || slices.ContainsFunc(targets, func(t string) bool { return strings.Contains(t, m.to) })
 }
 
 // selects reports whether a request in direction dir, with this method,
-// path and authority, sent to targets, is selected.
-func (m *match) selects(dir, method, path, authority string, targets ...string) bool {
+// path and authority, is selected, where it goes aside (reaches).
+func (m *match) selects(dir, method, path, authority string) bool {
 	if m.direction != "" && m.direction != dir {
 		return false
 	}
@@ -230,11 +236,5 @@ func (m *match) selects(dir, method, path, authority string, targets ...string) 
 	if m.pathPrefix != "" && !strings.HasPrefix(path, m.pathPrefix) {
 		return false
 	}
-	if m.authority != "" && !strings.EqualFold(m.authority, authority) {
-		return false
-	}
-	if m.to != "" && !strings.Contains(authority, m.to) && !slices.ContainsFunc(targets, func(t string) bool { return strings.Contains(t, m.to) }) {
-		return false
-	}
-	return true
+	return m.authority == "" || strings.EqualFold(m.authority, authority)
 }

@@ -32,11 +32,17 @@ func (s *Server) Recent(_ context.Context, req *tapv1.RecentRequest) (*tapv1.Rec
 		return out, nil
 	}
 	keep := func(d *explain.Decision) bool {
+		if !m.selects(d.Direction, d.Method, d.Path, d.Authority) {
+			return false
+		}
+		if m.to == "" {
+			return true
+		}
 		endpoints := make([]string, len(d.Attempts))
 		for i, a := range d.Attempts {
 			endpoints[i] = a.Endpoint
 		}
-		return m.selects(d.Direction, d.Method, d.Path, d.Authority, endpoints...)
+		return m.reaches(d.Authority, endpoints...)
 	}
 	list := s.hub.cfg.Decisions.Recent(n, keep)
 	for i := range list {
