@@ -110,7 +110,11 @@ spec:
 		time.Sleep(5 * time.Second)
 		sent, ok = trafficSince(t, ns, from)
 		t.Logf("with retries: %d of %d requests answered 200", ok, sent)
-		if sent < 100 || ok != sent {
+		// A vote fails for good only when all six attempts fail: 0.2^6 =
+		// 6.4e-5 per vote, so ~1 run in 100 sees one such vote among its
+		// ~150. Without retries a tenth of the requests fail; with them at
+		// most 1 % may.
+		if sent < 100 || (sent-ok)*100 > sent {
 			t.Errorf("with retries %d of %d requests failed", sent-ok, sent)
 		}
 		// trellis routes shows the route with its retries, read from the
