@@ -53,8 +53,8 @@ func main() {
 	defer os.RemoveAll(dir)
 	if *trellis == "" {
 		*trellis = filepath.Join(dir, "trellis")
-		log.Printf("building trellis and trellis-proxy")
-		if out, err := exec.Command("go", "build", "-o", dir+"/", "./cmd/trellis", "./cmd/trellis-proxy").CombinedOutput(); err != nil {
+		log.Printf("building trellis, trellis-proxy and trellis-control")
+		if out, err := exec.Command("go", "build", "-o", dir+"/", "./cmd/trellis", "./cmd/trellis-proxy", "./cmd/trellis-control").CombinedOutput(); err != nil {
 			fatalf("go build: %v\n%s", err, out)
 		}
 	}

@@ -11,6 +11,10 @@ import (
 // trellis demo start next to every instance.
 const proxyBinary = "trellis-proxy"
 
+// controlBinary is the control plane's binary, which trellis up and
+// trellis demo run.
+const controlBinary = "trellis-control"
+
 // sibling finds the binary name beside this one (symbolic links followed),
 // else on PATH; the error says how to build it.
 func sibling(name string) (string, error) {

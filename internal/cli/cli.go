@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/demo/services"
-	"github.com/trellis-mesh/trellis/internal/local/up"
 )
 
 // New returns the root command.
@@ -31,13 +31,13 @@ or ~/.trellis.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	dataDir := root.PersistentFlags().String("data-dir", up.DataDir(), "the local control plane's data directory")
+	dataDir := root.PersistentFlags().String("data-dir", localapi.DataDir(), "the local control plane's data directory")
 	kube := &kubeFlags{}
 	kube.bind(root)
 	t := &target{dataDir: dataDir, kube: kube}
 	root.AddGroup(&cobra.Group{ID: "local", Title: "Local mode:"}, &cobra.Group{ID: "resources", Title: "Resources:"},
 		&cobra.Group{ID: "observe", Title: "Observability:"}, &cobra.Group{ID: "kubernetes", Title: "Kubernetes:"})
-	for _, c := range []*cobra.Command{upCmd(dataDir), downCmd(dataDir), statusCmd(dataDir), runCmd(dataDir), demoCmd()} {
+	for _, c := range []*cobra.Command{upCmd(), downCmd(dataDir), statusCmd(dataDir), runCmd(dataDir), demoCmd()} {
 		c.GroupID = "local"
 		root.AddCommand(c)
 	}

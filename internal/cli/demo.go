@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -44,10 +45,14 @@ everything and removes every process, namespace, link and file it created.`,
 			if o.ProxyExe, err = sibling(proxyBinary); err != nil {
 				return err
 			}
+			if o.ControlExe, err = sibling(controlBinary); err != nil {
+				return err
+			}
 			level := slog.LevelWarn
 			if verbose {
 				level = slog.LevelDebug
 			}
+			o.LogLevel = strings.ToLower(level.String())
 			o.Exe, o.Out, o.Err, o.Log = exe, cmd.OutOrStdout(), cmd.ErrOrStderr(), textLogger(level)
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -59,7 +64,7 @@ everything and removes every process, namespace, link and file it created.`,
 	cmd.Flags().StringVar(&o.Network, "network", "auto", "auto (network namespaces when root), bridge, or none (explicit mode)")
 	o.Bridge.Flags(cmd.Flags())
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "log what the control plane does")
-	cmd.Flags().StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server for stat, routes and edges instead of the embedded store (configure it with `trellis prometheus-config`)")
-	cmd.Flags().DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", 5*time.Second, "how often the embedded store scrapes the proxies")
+	cmd.Flags().StringVar(&o.PrometheusURL, "prometheus-url", "", "query this Prometheus server for stat, routes and edges instead of the embedded store (configure it with `trellis prometheus-config`)")
+	cmd.Flags().DurationVar(&o.ScrapeInterval, "metrics-scrape-interval", 5*time.Second, "how often the embedded store scrapes the proxies")
 	return cmd
 }

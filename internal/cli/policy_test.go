@@ -94,16 +94,3 @@ func TestAuthzShowsAWorkloadsPolicy(t *testing.T) {
 		t.Errorf("authz of an unknown workload: %v", err)
 	}
 }
-
-func TestUpRefusesAnUnknownDefaultPolicy(t *testing.T) {
-	for _, tc := range []struct{ flag, want string }{
-		{"--default-inbound-policy=allow", `--default-inbound-policy "allow": must be one of all-unauthenticated`},
-		{"--namespace-inbound-policy=shop=allow", `--namespace-inbound-policy shop=allow: the policy must be one of all-unauthenticated`},
-		{"--namespace-inbound-policy=Shop=deny", `--namespace-inbound-policy Shop=deny: "Shop" is not a namespace`},
-	} {
-		_, err := execute("--data-dir", t.TempDir(), "up", "--network", "none", "--control-port", "0", "--admin-addr", "127.0.0.1:0", tc.flag)
-		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("up %s: %v; want %q", tc.flag, err, tc.want)
-		}
-	}
-}

@@ -6,6 +6,7 @@
 package demo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,14 +15,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
+	"syscall"
 	"time"
 
-	"github.com/spf13/pflag"
-
-	"github.com/trellis-mesh/trellis/internal/control/plane"
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/local/netns"
 	"github.com/trellis-mesh/trellis/internal/local/run"
-	"github.com/trellis-mesh/trellis/internal/local/up"
 )
 
 // Options tune the demo.
@@ -33,14 +34,21 @@ type Options struct {
 	// Network is up's --network: auto (namespaces when root), bridge or none.
 	Network string
 	// Bridge is up's --bridge and --network-cidr.
-	Bridge up.BridgeNetwork
-	// Metrics configures the control plane's metrics store.
-	Metrics plane.MetricsOptions
+	Bridge netns.BridgeNetwork
+	// PrometheusURL, if set, is the Prometheus server the metrics API
+	// queries; otherwise the embedded store scrapes the proxies every
+	// ScrapeInterval (the control plane's default if zero).
+	PrometheusURL  string
+	ScrapeInterval time.Duration
 	// Exe is the trellis binary that runs the apps (trellis demo-app),
-	// ProxyExe the trellis-proxy binary of every proxy.
-	Exe, ProxyExe string
-	Out, Err      io.Writer
-	Log           *slog.Logger
+	// ProxyExe the trellis-proxy binary of every proxy, ControlExe the
+	// trellis-control binary of the control plane.
+	Exe, ProxyExe, ControlExe string
+	Out, Err                  io.Writer
+	// Log logs what the demo does, at LogLevel, which the control plane
+	// logs at too.
+	Log      *slog.Logger
+	LogLevel string
 	// Started, if set, receives the running demo's description.
 	Started func(Info)
 }
@@ -70,30 +78,15 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	po := plane.Options{ClusterDomain: "cluster.local", LeaseTTL: 3 * time.Second}
-	fs := pflag.NewFlagSet("demo", pflag.ContinueOnError)
-	po.Flags(fs)
-	if err := fs.Parse([]string{"--data-dir", dir, "--admin-addr", "127.0.0.1:0"}); err != nil {
-		return err
-	}
-	if o.Metrics.ScrapeInterval > 0 {
-		po.Metrics.ScrapeInterval = o.Metrics.ScrapeInterval
-	}
-	po.Metrics.PrometheusURL = o.Metrics.PrometheusURL
-	cp, err := up.Start(ctx, up.Options{Plane: po, Network: o.Network, ControlPort: 0, Bridge: o.Bridge}, o.Log)
+	st, planeExit, stopPlane, err := startPlane(ctx, o, dir)
 	if err != nil {
 		return err
 	}
-	planeCtx, stopPlane := context.WithCancel(context.WithoutCancel(ctx))
-	planeDone := make(chan error, 1)
-	go func() { planeDone <- cp.Run(planeCtx) }()
 	defer func() {
-		stopPlane()
-		if perr := <-planeDone; perr != nil && err == nil {
+		if perr := stopPlane(); perr != nil && err == nil {
 			err = perr
 		}
 	}()
-	st := cp.Status()
 	transparent := st.Network != ""
 
 	ports := map[string]int{}
@@ -173,12 +166,54 @@ Press Ctrl-C to stop; everything it started is removed.
 	select {
 	case <-ctx.Done():
 		return nil
+	case err := <-planeExit:
+		planeExit <- err // for stopPlane
+		return fmt.Errorf("the control plane stopped: %v", err)
 	case err := <-waitErr:
 		if err == nil {
 			err = errors.New("a demo service stopped")
 		}
 		return err
 	}
+}
+
+// startPlane runs the control plane, trellis-control up, on the data
+// directory dir and waits until it serves. stop ends it (SIGTERM; SIGKILL
+// after 30 s) and returns what went wrong.
+func startPlane(ctx context.Context, o Options, dir string) (st localapi.Status, exited chan error, stop func() error, err error) {
+	args := append([]string{"up", "--data-dir", dir, "--admin-addr", "127.0.0.1:0", "--control-port", "0",
+		"--lease-ttl", "3s", "--network", o.Network, "--log-level", cmp.Or(o.LogLevel, "warn"), "--log-format", "text"},
+		o.Bridge.Args()...)
+	if o.ScrapeInterval > 0 {
+		args = append(args, "--metrics-scrape-interval", o.ScrapeInterval.String())
+	}
+	if o.PrometheusURL != "" {
+		args = append(args, "--prometheus-url", o.PrometheusURL)
+	}
+	cmd := exec.Command(o.ControlExe, args...)
+	cmd.Stdout, cmd.Stderr = io.Discard, o.Err // the demo says what runs where
+	// Its own process group, so the terminal's Ctrl-C reaches only the
+	// demo, which stops the instances before the control plane; SIGTERM
+	// if the demo dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	st, done, err := localapi.Launch(ctx, cmd, dir, 60*time.Second, "its log above")
+	if err != nil {
+		return st, nil, nil, err
+	}
+	exited = make(chan error, 1)
+	go func() { exited <- <-done }()
+	stop = func() error {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			return err
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			return errors.New("the control plane did not stop within 30s")
+		}
+	}
+	return st, exited, stop, nil
 }
 
 // servicePort is the port a service listens on: 8080 in its own

@@ -125,11 +125,18 @@ func workloads(t *testing.T, dataDir string) map[string]workload {
 	return m
 }
 
-// checkLeanProxies asserts that the proxies of the control plane in
-// dataDir (the processes given its files) are want trellis-proxy
-// processes: the lean binary, not the CLI.
-func checkLeanProxies(t *testing.T, dataDir string, want int) {
+// checkLeanBinaries asserts that the control plane in dataDir runs
+// trellis-control and its proxies (the processes given its files) are want
+// trellis-proxy processes: each the lean binary for its job, not the CLI.
+func checkLeanBinaries(t *testing.T, dataDir string, want int) {
 	t.Helper()
+	out, err := exec.Command(trellisBin, "--data-dir", dataDir, "status", "-o", "json").Output()
+	var st struct{ PID int }
+	if err != nil || json.Unmarshal(out, &st) != nil || st.PID == 0 {
+		t.Errorf("trellis status -o json: %v\n%s", err, out)
+	} else if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", st.PID)); err != nil || exe != controlBin {
+		t.Errorf("the control plane (pid %d) runs %q (%v), want %s", st.PID, exe, err, controlBin)
+	}
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	n := 0
 	for _, f := range procs {
@@ -309,7 +316,7 @@ func TestDemoTransparent(t *testing.T) {
 	demo.waitOutput(t, trafficOK, 10*time.Second)
 	t.Logf("serving meshed traffic %v after start", time.Since(start).Round(time.Millisecond))
 	checkMeshed(t, dataDir)
-	checkLeanProxies(t, dataDir, 5)
+	checkLeanBinaries(t, dataDir, 5)
 
 	killReplica(t, client, webURL, "trellis-default-emoji-0")
 

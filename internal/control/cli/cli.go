@@ -34,8 +34,9 @@ func New() *cobra.Command {
 		Long: `trellis-control runs the Trellis control-plane components. Each is a
 subcommand: identity (the mesh's certificate authority), destination
 (service discovery and workload registration over the embedded store),
-injector (the Kubernetes admission webhook that meshes Pods), and all, which
-runs every component in one process (what 'trellis up' runs).`,
+injector (the Kubernetes admission webhook that meshes Pods), all, which
+runs every component in one process, and up, which is all with local
+mode's defaults and bridge network (what 'trellis up' runs).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -43,7 +44,7 @@ runs every component in one process (what 'trellis up' runs).`,
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	logger := func() (*slog.Logger, error) { return buildinfo.NewLogger(os.Stderr, logLevel, logFormat) }
-	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), injectorCmd(logger), joinTokenCmd(), buildinfo.Command())
+	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), upCmd(&logLevel, &logFormat), injectorCmd(logger), joinTokenCmd(), buildinfo.Command())
 	return root
 }
 
@@ -179,8 +180,8 @@ func allCmd(logger func() (*slog.Logger, error)) *cobra.Command {
 		`all runs the identity service, the destination service and workload
 registry, the embedded store (one bbolt file in --data-dir), the optional
 DNS server for service names (--dns-addr), and the local API socket the
-trellis CLI uses, in one process, on one gRPC/TLS port (--addr). It is what
-'trellis up' starts; see 'trellis-control identity --help' for the
+trellis CLI uses, in one process, on one gRPC/TLS port (--addr). 'up'
+adds local mode's network and defaults to it; see 'trellis-control identity --help' for the
 certificate authority's flags.`)
 }
 

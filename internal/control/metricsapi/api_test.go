@@ -1,4 +1,4 @@
-package metricsapi
+package metricsapi_test
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi/embedded"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
 )
@@ -20,23 +22,23 @@ import (
 // scrapeEvery10s feeds the embedded store: six scrapes 10 s apart (in the
 // past, so the TSDB takes them), with 100 calls to each web instance
 // between two scrapes — 10 rps per instance. It returns the last scrape's time.
-func scrapeEvery10s(t *testing.T, m *mesh, e *Embedded) time.Time {
+func scrapeEvery10s(t *testing.T, m *mesh, e *embedded.Store) time.Time {
 	t.Helper()
 	t0 := time.Now().Add(-2 * time.Minute)
 	var ts time.Time
 	for i := 0; i <= 6; i++ {
 		ts = t0.Add(time.Duration(i) * 10 * time.Second)
-		e.scraper.scrapeAll(context.Background(), ts)
+		e.ScrapeAt(context.Background(), ts)
 		m.traffic("web-0", 100, 10, 3*time.Millisecond)
 		m.traffic("web-1", 100, 0, 30*time.Millisecond)
 	}
 	return ts
 }
 
-func openEmbedded(t *testing.T, m *mesh) *Embedded {
+func openEmbedded(t *testing.T, m *mesh) *embedded.Store {
 	t.Helper()
-	e, err := OpenEmbedded(EmbeddedOptions{Dir: t.TempDir(), Interval: time.Second,
-		Targets: func(ctx context.Context) ([]Target, error) { return Targets(ctx, m.store) }})
+	e, err := embedded.Open(embedded.Options{Dir: t.TempDir(), Interval: time.Second,
+		Targets: func(ctx context.Context) ([]metricsapi.Target, error) { return metricsapi.Targets(ctx, m.store) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,14 +61,14 @@ func TestEmbeddedStat(t *testing.T) {
 	m := newMesh(t)
 	e := openEmbedded(t, m)
 	at := scrapeEvery10s(t, m, e)
-	api := &API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	api := &metricsapi.API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
 	ctx := context.Background()
 
-	rows, err := api.Stat(ctx, StatRequest{Kind: "workload", Namespace: "default", Window: time.Minute})
+	rows, err := api.Stat(ctx, metricsapi.StatRequest{Kind: "workload", Namespace: "default", Window: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	byName := map[string]StatRow{}
+	byName := map[string]metricsapi.StatRow{}
 	for _, r := range rows {
 		byName[r.Name] = r
 	}
@@ -89,21 +91,21 @@ func TestEmbeddedStat(t *testing.T) {
 		t.Errorf("traffic (receives nothing) = %+v, want no traffic and 1 instance", tr)
 	}
 
-	one, err := api.Stat(ctx, StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: time.Minute})
+	one, err := api.Stat(ctx, metricsapi.StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: time.Minute})
 	if err != nil || len(one) != 1 || one[0].Name != "web" {
 		t.Fatalf("stat workload web = %+v, %v", one, err)
 	}
-	from, err := api.Stat(ctx, StatRequest{Kind: "service", Namespace: "default", From: &Ref{Kind: "workload", Name: "traffic"}, Window: time.Minute})
+	from, err := api.Stat(ctx, metricsapi.StatRequest{Kind: "service", Namespace: "default", From: &metricsapi.Ref{Kind: "workload", Name: "traffic"}, Window: time.Minute})
 	if err != nil || len(from) != 1 || from[0].Name != "web" {
 		t.Fatalf("stat svc --from workload/traffic = %+v, %v", from, err)
 	}
 	rps = from[0].RPS
 	near(t, "traffic→web rps", &rps, 20, 0.01)
-	to, err := api.Stat(ctx, StatRequest{Kind: "workload", Namespace: "default", To: &Ref{Kind: "service", Name: "web"}, Window: time.Minute})
+	to, err := api.Stat(ctx, metricsapi.StatRequest{Kind: "workload", Namespace: "default", To: &metricsapi.Ref{Kind: "service", Name: "web"}, Window: time.Minute})
 	if err != nil || len(to) != 1 || to[0].Name != "traffic" {
 		t.Fatalf("stat wl --to svc/web = %+v, %v", to, err)
 	}
-	ns, err := api.Stat(ctx, StatRequest{Kind: "namespace", Window: time.Minute})
+	ns, err := api.Stat(ctx, metricsapi.StatRequest{Kind: "namespace", Window: time.Minute})
 	if err != nil || len(ns) != 1 || ns[0].Name != "default" || ns[0].Instances != 4 {
 		t.Fatalf("stat ns = %+v, %v", ns, err)
 	}
@@ -111,9 +113,9 @@ func TestEmbeddedStat(t *testing.T) {
 	// An instance that leaves: its series go stale, it no longer counts.
 	m.remove(t, "web-1")
 	next := at.Add(10 * time.Second)
-	e.scraper.scrapeAll(ctx, next)
+	e.ScrapeAt(ctx, next)
 	api.Now = func() time.Time { return next.Add(time.Second) }
-	after, err := api.Stat(ctx, StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: 15 * time.Second})
+	after, err := api.Stat(ctx, metricsapi.StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: 15 * time.Second})
 	if err != nil || len(after) != 1 {
 		t.Fatalf("stat after web-1 left = %+v, %v", after, err)
 	}
@@ -128,23 +130,23 @@ func TestEmbeddedEdgesAndRoutes(t *testing.T) {
 	m := newMesh(t)
 	e := openEmbedded(t, m)
 	at := scrapeEvery10s(t, m, e)
-	api := &API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	api := &metricsapi.API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
 	ctx := context.Background()
 
-	edges, err := api.Edges(ctx, EdgesRequest{Namespace: "default", Window: time.Minute})
+	edges, err := api.Edges(ctx, metricsapi.EdgesRequest{Namespace: "default", Window: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
+	want := metricsapi.Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
 	if len(edges) != 1 || edges[0] != want {
 		t.Fatalf("edges = %+v, want [%+v]", edges, want)
 	}
 
-	routes, err := api.Routes(ctx, RoutesRequest{Service: "web", Namespace: "default", Window: time.Minute})
+	routes, err := api.Routes(ctx, metricsapi.RoutesRequest{Service: "web", Namespace: "default", Window: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(routes) != 1 || routes[0].Route != DefaultRoute {
+	if len(routes) != 1 || routes[0].Route != metricsapi.DefaultRoute {
 		t.Fatalf("routes = %+v, want the default route", routes)
 	}
 	r := routes[0]
@@ -159,7 +161,7 @@ func TestHandler(t *testing.T) {
 	m := newMesh(t)
 	e := openEmbedded(t, m)
 	at := scrapeEvery10s(t, m, e)
-	srv := httptest.NewServer((&API{Backend: e, Store: m.store, Now: func() time.Time { return at }}).Handler())
+	srv := httptest.NewServer((&metricsapi.API{Backend: e, Store: m.store, Now: func() time.Time { return at }}).Handler())
 	defer srv.Close()
 
 	resp, err := http.Get(srv.URL + "/v1/stat?kind=svc&namespace=default&window=1m")
@@ -167,7 +169,7 @@ func TestHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	var res struct {
-		Rows []StatRow `json:"rows"`
+		Rows []metricsapi.StatRow `json:"rows"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("stat: %s %v", resp.Status, err)
@@ -201,7 +203,7 @@ func TestHandler(t *testing.T) {
 	}
 
 	// Windows must hold two scrapes.
-	strict := httptest.NewServer((&API{Backend: e, Store: m.store, ScrapeInterval: 10 * time.Second}).Handler())
+	strict := httptest.NewServer((&metricsapi.API{Backend: e, Store: m.store, ScrapeInterval: 10 * time.Second}).Handler())
 	defer strict.Close()
 	resp, err = http.Get(strict.URL + "/v1/stat?window=15s")
 	if err != nil {
@@ -256,28 +258,28 @@ func TestEmbeddedStatServers(t *testing.T) {
 	var at time.Time
 	for i := 0; i <= 6; i++ {
 		at = t0.Add(time.Duration(i) * 10 * time.Second)
-		e.scraper.scrapeAll(context.Background(), at)
+		e.ScrapeAt(context.Background(), at)
 		for _, c := range counters {
 			c.c.Add(c.perScrape)
 		}
 	}
-	api := &API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
-	rows, err := api.Stat(context.Background(), StatRequest{Kind: KindServer, Namespace: "default", Window: time.Minute})
+	api := &metricsapi.API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	rows, err := api.Stat(context.Background(), metricsapi.StatRequest{Kind: metricsapi.KindServer, Namespace: "default", Window: time.Minute})
 	if err != nil || len(rows) != 1 || rows[0].Name != "web-http" {
 		t.Fatalf("stat srv = %+v, %v; want web-http", rows, err)
 	}
 	if r := rows[0]; r.Instances != 2 || math.Abs(r.RPS-10) > 0.01 || math.Abs(r.UnauthorizedPerSec-2) > 0.01 {
 		t.Errorf("web-http: %d instances, %v rps allowed, %v denied; want 2, 10 and 2", r.Instances, r.RPS, r.UnauthorizedPerSec)
 	}
-	wl, err := api.Stat(context.Background(), StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: time.Minute})
+	wl, err := api.Stat(context.Background(), metricsapi.StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: time.Minute})
 	if err != nil || len(wl) != 1 || math.Abs(wl[0].UnauthorizedPerSec-2) > 0.01 {
 		t.Errorf("stat wl web = %+v, %v; want 2 unauthorized a second", wl, err)
 	}
-	if _, err := api.Stat(context.Background(), StatRequest{Kind: KindServer, From: &Ref{Kind: "workload", Name: "traffic"}, Window: time.Minute}); err == nil {
+	if _, err := api.Stat(context.Background(), metricsapi.StatRequest{Kind: metricsapi.KindServer, From: &metricsapi.Ref{Kind: "workload", Name: "traffic"}, Window: time.Minute}); err == nil {
 		t.Error("stat srv --from: no error")
 	}
-	decisions, err := api.Authz(context.Background(), AuthzRequest{Workload: "web", Window: time.Minute})
-	want := []AuthzRow{
+	decisions, err := api.Authz(context.Background(), metricsapi.AuthzRequest{Workload: "web", Window: time.Minute})
+	want := []metricsapi.AuthzRow{
 		{ServerKind: "server", Server: "web-http", AuthzKind: "authorizationpolicy", Authz: "web-from-traffic", PerSec: 10},
 		{ServerKind: "server", Server: "web-http", Denied: true, PerSec: 2},
 	}

@@ -105,7 +105,7 @@ func (a *API) proxyMetrics(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
-		io.Copy(w, io.LimitReader(resp.Body, maxScrapeBytes))
+		io.Copy(w, io.LimitReader(resp.Body, MaxScrapeBytes))
 		return
 	}
 	writeError(w, http.StatusNotFound, fmt.Errorf("workload %s/%s: not registered, or its proxy has no admin port", ns, name))

@@ -1,4 +1,4 @@
-package metricsapi
+package metricsapi_test
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package metricsapi
+package metricsapi_test
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 )
 
 // startPrometheus runs Debian's prometheus server scraping the targets in
@@ -21,7 +23,7 @@ func startPrometheus(t *testing.T, targets string) string {
 	}
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
-	if err := os.WriteFile(cfg, []byte(PrometheusConfig(targets, time.Second)), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(metricsapi.PrometheusConfig(targets, time.Second)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -58,19 +60,19 @@ func startPrometheus(t *testing.T, targets string) string {
 func TestExternalPrometheus(t *testing.T) {
 	m := newMesh(t)
 	dir := t.TempDir()
-	targets, err := Targets(context.Background(), m.store)
+	targets, err := metricsapi.Targets(context.Background(), m.store)
 	if err != nil {
 		t.Fatal(err)
 	}
 	file := filepath.Join(dir, "targets.json")
-	if err := WriteFileSD(file, targets); err != nil {
+	if err := metricsapi.WriteFileSD(file, targets); err != nil {
 		t.Fatal(err)
 	}
-	ext, err := NewExternal(startPrometheus(t, file))
+	ext, err := metricsapi.NewExternal(startPrometheus(t, file))
 	if err != nil {
 		t.Fatal(err)
 	}
-	api := &API{Backend: ext, Store: m.store}
+	api := &metricsapi.API{Backend: ext, Store: m.store}
 
 	// 30 rps to web-0 at 3 ms, one in fifteen failing; 10 rps to web-1 at
 	// 30 ms, all fine: the median is well inside web-0's bucket (2–3 ms),
@@ -94,10 +96,10 @@ func TestExternalPrometheus(t *testing.T) {
 			m.traffic("web-1", 1, 0, 30*time.Millisecond)
 		}
 	}()
-	var web StatRow
+	var web metricsapi.StatRow
 	deadline := time.Now().Add(45 * time.Second)
 	for {
-		rows, err := api.Stat(context.Background(), StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: 5 * time.Second})
+		rows, err := api.Stat(context.Background(), metricsapi.StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: 5 * time.Second})
 		if err == nil && len(rows) == 1 && rows[0].RPS > 36 && rows[0].RPS < 44 {
 			web = rows[0]
 			break
@@ -114,11 +116,11 @@ func TestExternalPrometheus(t *testing.T) {
 	near(t, "web p50", web.LatencyP50, 2+20.0/30, 0.3) // rank 20 of the 30 in (2, 3]
 	near(t, "web p99", web.LatencyP99, 29.6, 0.3)      // rank 39.6: 9.6 of the 10 in (20, 30]
 
-	edges, err := api.Edges(context.Background(), EdgesRequest{Window: 5 * time.Second})
+	edges, err := api.Edges(context.Background(), metricsapi.EdgesRequest{Window: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
+	want := metricsapi.Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
 	if len(edges) != 1 || edges[0] != want {
 		t.Fatalf("edges = %+v, want [%+v]", edges, want)
 	}

@@ -19,6 +19,9 @@ import (
 // Job is the job label of every proxy target.
 const Job = "trellis-proxy"
 
+// MaxScrapeBytes bounds one proxy's /metrics response.
+const MaxScrapeBytes = 32 << 20
+
 // Target is one proxy to scrape: its admin address and the labels its
 // samples get — namespace, workload, pod (the instance) and service, the
 // names the queries group by.

@@ -28,6 +28,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/identity"
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi/embedded"
 	"github.com/trellis-mesh/trellis/internal/control/policy"
 	"github.com/trellis-mesh/trellis/internal/control/registry"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
@@ -98,8 +99,8 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.DNSAddr, "dns-addr", "", "address serving service names over DNS (UDP and TCP); empty: no DNS")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", registry.DefaultTTL, "how long a workload stays registered without its proxy renewing the lease")
 	fs.StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server (scraping the targets file, see `trellis prometheus-config`) instead of the embedded metrics store")
-	fs.DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", metricsapi.DefaultScrapeInterval, "how often the embedded store scrapes every proxy (and the targets file is refreshed)")
-	fs.DurationVar(&o.Metrics.Retention, "metrics-retention", metricsapi.DefaultRetention, "how long the embedded store keeps samples")
+	fs.DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", embedded.DefaultScrapeInterval, "how often the embedded store scrapes every proxy (and the targets file is refreshed)")
+	fs.DurationVar(&o.Metrics.Retention, "metrics-retention", embedded.DefaultRetention, "how long the embedded store keeps samples")
 	fs.StringVar(&o.ViewAddr, "view-addr", "", "address serving the API's read-only part (status, resources, metrics, tap) over plain HTTP; keep it on loopback (in Kubernetes the CLI port-forwards to it)")
 }
 
@@ -116,7 +117,7 @@ type Plane struct {
 	api      *localapi.Server
 	view     net.Listener // --view-addr, or nil
 	metrics  metricsapi.Backend
-	embedded *metricsapi.Embedded // nil with an external Prometheus
+	embedded *embedded.Store // nil with an external Prometheus
 	started  time.Time
 	stop     context.CancelFunc
 	stopped  chan struct{}
@@ -208,7 +209,7 @@ func (p *Plane) openMetrics() error {
 		p.metrics = ext
 		return nil
 	}
-	e, err := metricsapi.OpenEmbedded(metricsapi.EmbeddedOptions{
+	e, err := embedded.Open(embedded.Options{
 		Dir: filepath.Join(p.opts.Identity.DataDir, MetricsDir), Retention: o.Retention, Interval: o.ScrapeInterval,
 		Targets: func(ctx context.Context) ([]metricsapi.Target, error) { return metricsapi.Targets(ctx, p.store) },
 		Log:     p.log.With("component", "metrics"),
@@ -269,7 +270,7 @@ func (p *Plane) reserveAddresses(a *localapi.Addresses) {
 // Status describes the running control plane.
 func (p *Plane) Status() localapi.Status {
 	s := localapi.Status{
-		Version: buildinfo.Version, PID: os.Getpid(), DataDir: p.opts.Identity.DataDir,
+		Version: buildinfo.String(), PID: os.Getpid(), DataDir: p.opts.Identity.DataDir,
 		ControlAddr: p.identity.Addr().String(), AdminAddr: p.identity.AdminAddr().String(),
 		TrustDomain: p.opts.Identity.TrustDomain, ClusterDomain: p.opts.ClusterDomain, TrustAnchor: filepath.Join(p.opts.Identity.DataDir, pki.AnchorFile),
 		Bridge: p.opts.Bridge, Started: p.started, DefaultInboundPolicy: p.opts.DefaultInboundPolicy,

@@ -6,7 +6,6 @@
 package up
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,7 +18,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/spf13/pflag"
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
@@ -32,74 +30,19 @@ import (
 // DefaultControlPort is the gRPC port of identity and destination.
 const DefaultControlPort = 8086
 
-// DefaultNetwork is the bridge network; its first address is the bridge's.
-var DefaultNetwork = netip.MustParsePrefix("10.239.0.0/16")
-
 // Options configure a local control plane.
 type Options struct {
 	Plane plane.Options
 	// Network is "auto" (a bridge when root), "bridge" or "none".
 	Network     string
 	ControlPort int
-	Bridge      BridgeNetwork
+	Bridge      netns.BridgeNetwork
 	// DefaultInboundPolicy is the mesh's default inbound policy ("": the
 	// proxies' own, all-unauthenticated).
 	DefaultInboundPolicy string
 	// NamespaceInboundPolicies are namespaces' default inbound policies,
 	// before the mesh's.
 	NamespaceInboundPolicies map[string]string
-}
-
-// BridgeNetwork is the bridge instances join in bridge mode and its
-// network: one control plane per bridge, networks that overlap nothing.
-type BridgeNetwork struct {
-	Name string // the bridge interface; netns.DefaultBridge if empty
-	CIDR string // an IPv4 network; DefaultNetwork if empty
-}
-
-// Flags registers --bridge and --network-cidr.
-func (b *BridgeNetwork) Flags(fs *pflag.FlagSet) {
-	fs.StringVar(&b.Name, "bridge", netns.DefaultBridge, "bridge mode: the bridge interface instances join; each control plane on a host needs its own")
-	fs.StringVar(&b.CIDR, "network-cidr", DefaultNetwork.String(), "bridge mode: the IPv4 network of the bridge (its first address) and its instances; must overlap no other network of the host")
-}
-
-// parse validates b and returns its name and network.
-func (b BridgeNetwork) parse() (string, netip.Prefix, error) {
-	name, cidr := cmp.Or(b.Name, netns.DefaultBridge), cmp.Or(b.CIDR, DefaultNetwork.String())
-	if err := netns.ValidLinkName(name); err != nil {
-		return "", netip.Prefix{}, fmt.Errorf("--bridge %q: %w", name, err)
-	}
-	p, err := netip.ParsePrefix(cidr)
-	switch {
-	case err != nil:
-		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %q: not a network such as 10.239.0.0/16", cidr)
-	case !p.Addr().Is4():
-		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s: must be IPv4 (instances have no IPv6)", p)
-	case p.Bits() < 8 || p.Bits() > 28:
-		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s: the prefix length must be between /8 and /28", p)
-	case p != p.Masked():
-		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s: host bits are set; did you mean %s?", p, p.Masked())
-	case p.Overlaps(registry.DefaultServiceCIDR):
-		return "", netip.Prefix{}, fmt.Errorf("--network-cidr %s overlaps the services' virtual addresses (%s)", p, registry.DefaultServiceCIDR)
-	}
-	return name, p, nil
-}
-
-// DataDir is the default data directory: $TRELLIS_DATA_DIR, else
-// /var/lib/trellis for root (proxies dropping privileges must reach their
-// files), else ~/.trellis.
-func DataDir() string {
-	if d := os.Getenv("TRELLIS_DATA_DIR"); d != "" {
-		return d
-	}
-	if os.Geteuid() == 0 {
-		return "/var/lib/trellis"
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return ".trellis"
-	}
-	return filepath.Join(home, ".trellis")
 }
 
 // Up is a started local control plane.
@@ -143,9 +86,12 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (*Up, error) {
 	host := "127.0.0.1"
 	u := &Up{log: log}
 	if bridged {
-		bridge, network, err := o.Bridge.parse()
+		bridge, network, err := o.Bridge.Parse()
 		if err != nil {
 			return nil, err
+		}
+		if network.Overlaps(registry.DefaultServiceCIDR) {
+			return nil, fmt.Errorf("--network-cidr %s overlaps the services' virtual addresses (%s)", network, registry.DefaultServiceCIDR)
 		}
 		gw := netip.PrefixFrom(network.Addr().Next(), network.Bits())
 		dataDir, err := filepath.Abs(po.Identity.DataDir)

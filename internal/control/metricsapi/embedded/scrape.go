@@ -1,4 +1,4 @@
-package metricsapi
+package embedded
 
 import (
 	"context"
@@ -16,10 +16,9 @@ import (
 	"github.com/prometheus/prometheus/model/textparse"
 	"github.com/prometheus/prometheus/model/value"
 	"github.com/prometheus/prometheus/storage"
-)
 
-// maxScrapeBytes bounds one proxy's /metrics response.
-const maxScrapeBytes = 32 << 20
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
+)
 
 // scraper fetches every target's /metrics once per interval, all targets
 // in parallel, and appends the samples with the target's labels, as
@@ -29,7 +28,7 @@ const maxScrapeBytes = 32 << 20
 type scraper struct {
 	app      storage.Appendable
 	interval time.Duration
-	targets  func(context.Context) ([]Target, error)
+	targets  func(context.Context) ([]metricsapi.Target, error)
 	client   *http.Client
 	log      *slog.Logger
 
@@ -37,7 +36,7 @@ type scraper struct {
 	last map[string]map[string]labels.Labels // target addr → series it had, by their string
 }
 
-func newScraper(app storage.Appendable, interval time.Duration, targets func(context.Context) ([]Target, error), log *slog.Logger) *scraper {
+func newScraper(app storage.Appendable, interval time.Duration, targets func(context.Context) ([]metricsapi.Target, error), log *slog.Logger) *scraper {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -89,7 +88,7 @@ func (s *scraper) scrapeAll(ctx context.Context, ts time.Time) {
 }
 
 // scrape fetches one target and appends what it exposed at ts.
-func (s *scraper) scrape(ctx context.Context, t Target, ts time.Time) {
+func (s *scraper) scrape(ctx context.Context, t metricsapi.Target, ts time.Time) {
 	body, ctype, err := s.fetch(ctx, t.Addr)
 	app := s.app.Appender(ctx)
 	base := targetLabels(t)
@@ -151,19 +150,19 @@ func (s *scraper) fetch(ctx context.Context, addr string) ([]byte, string, error
 	if resp.StatusCode != http.StatusOK {
 		return nil, "", fmt.Errorf("GET /metrics: %s", resp.Status)
 	}
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxScrapeBytes+1))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, metricsapi.MaxScrapeBytes+1))
 	if err != nil {
 		return nil, "", err
 	}
-	if len(b) > maxScrapeBytes {
-		return nil, "", fmt.Errorf("GET /metrics: more than %d bytes", maxScrapeBytes)
+	if len(b) > metricsapi.MaxScrapeBytes {
+		return nil, "", fmt.Errorf("GET /metrics: more than %d bytes", metricsapi.MaxScrapeBytes)
 	}
 	return b, resp.Header.Get("Content-Type"), nil
 }
 
-func targetLabels(t Target) labels.Labels {
+func targetLabels(t metricsapi.Target) labels.Labels {
 	b := labels.NewScratchBuilder(len(t.Labels) + 2)
-	b.Add("job", Job)
+	b.Add("job", metricsapi.Job)
 	b.Add("instance", t.Addr)
 	for k, v := range t.Labels {
 		if v != "" {

@@ -1,4 +1,4 @@
-package metricsapi
+package embedded
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/tsdb"
+
+	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
 )
 
 // Defaults of the embedded store: Linkerd viz's Prometheus scrapes every
@@ -20,8 +22,8 @@ const (
 	DefaultRetention      = 6 * time.Hour
 )
 
-// EmbeddedOptions configure the embedded metrics store.
-type EmbeddedOptions struct {
+// Options configure the embedded metrics store.
+type Options struct {
 	// Dir holds the TSDB (its write-ahead log and blocks).
 	Dir string
 	// Retention is how long samples are kept.
@@ -29,21 +31,21 @@ type EmbeddedOptions struct {
 	// Interval is how often every proxy is scraped.
 	Interval time.Duration
 	// Targets lists the proxies to scrape, once per interval.
-	Targets func(context.Context) ([]Target, error)
+	Targets func(context.Context) ([]metricsapi.Target, error)
 	Log     *slog.Logger
 }
 
-// Embedded is the local-mode backend: Prometheus's own TSDB and PromQL
+// Store is the local-mode backend: Prometheus's own TSDB and PromQL
 // engine in this process, fed by a scraper of every registered proxy.
-type Embedded struct {
-	opts    EmbeddedOptions
+type Store struct {
+	opts    Options
 	db      *tsdb.DB
 	engine  *promql.Engine
 	scraper *scraper
 }
 
-// OpenEmbedded opens (or creates) the TSDB in o.Dir.
-func OpenEmbedded(o EmbeddedOptions) (*Embedded, error) {
+// Open opens (or creates) the TSDB in o.Dir.
+func Open(o Options) (*Store, error) {
 	if o.Interval <= 0 {
 		o.Interval = DefaultScrapeInterval
 	}
@@ -64,7 +66,7 @@ func OpenEmbedded(o EmbeddedOptions) (*Embedded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics store %s: %w", o.Dir, err)
 	}
-	e := &Embedded{opts: o, db: db,
+	e := &Store{opts: o, db: db,
 		engine: promql.NewEngine(promql.EngineOpts{
 			Logger: quiet(o.Log), MaxSamples: 50_000_000, Timeout: 30 * time.Second,
 			// Samples older than two scrapes are stale: a stopped proxy's
@@ -95,16 +97,20 @@ func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 }
 
 // Run scrapes until ctx ends, then closes the TSDB.
-func (e *Embedded) Run(ctx context.Context) error {
+func (e *Store) Run(ctx context.Context) error {
 	e.scraper.run(ctx)
 	return e.db.Close()
 }
 
+// ScrapeAt scrapes every proxy once, stamping the samples ts: what Run
+// does each interval, for a caller that replays a stretch of history.
+func (e *Store) ScrapeAt(ctx context.Context, ts time.Time) { e.scraper.scrapeAll(ctx, ts) }
+
 // Close closes the TSDB without running (a plane that failed to start).
-func (e *Embedded) Close() error { return e.db.Close() }
+func (e *Store) Close() error { return e.db.Close() }
 
 // Query evaluates q with the PromQL engine over the TSDB.
-func (e *Embedded) Query(ctx context.Context, q string, t time.Time) (model.Vector, error) {
+func (e *Store) Query(ctx context.Context, q string, t time.Time) (model.Vector, error) {
 	qry, err := e.engine.NewInstantQuery(ctx, e.db, nil, q, t)
 	if err != nil {
 		return nil, fmt.Errorf("query %q: %w", q, err)
