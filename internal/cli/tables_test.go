@@ -469,9 +469,11 @@ var (
 		"success", "rps", "latencyP50Ms", "latencyP95Ms", "latencyP99Ms",
 		"retriesPerSec", "timeoutsPerSec",
 	}
-	unsecuredEdgeKeys = []string{"src", "srcNamespace", "dst", "dstNamespace", "secured", "clientId", "serverId", "noTlsReason"}
+	unsecuredEdgeKeys = []string{"src", "srcNamespace", "dst", "dstNamespace", "secured", "clientId", "serverId", "noTlsReason",
+		"success", "rps", "latencyP50Ms", "latencyP95Ms", "latencyP99Ms"}
 	// A secured edge has no noTlsReason.
-	securedEdgeKeys = []string{"src", "srcNamespace", "dst", "dstNamespace", "secured", "clientId", "serverId"}
+	securedEdgeKeys = []string{"src", "srcNamespace", "dst", "dstNamespace", "secured", "clientId", "serverId",
+		"success", "rps", "latencyP50Ms", "latencyP95Ms", "latencyP99Ms"}
 	// A fully populated tap event.
 	tapEventKeys = []string{
 		"type", "time", "id", "proxyAddr", "workload", "namespace", "proxy", "source", "destination",

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -138,9 +139,15 @@ func TestEmbeddedEdgesAndRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := metricsapi.Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
-	if len(edges) != 1 || edges[0] != want {
+	if len(edges) != 1 {
 		t.Fatalf("edges = %+v, want [%+v]", edges, want)
 	}
+	gold := edges[0].Golden
+	if edges[0].Golden = (metricsapi.Golden{}); edges[0] != want {
+		t.Fatalf("edges = %+v, want [%+v]", edges, want)
+	}
+	near(t, "edge success", gold.Success, 0.95, 0.01)
+	near(t, "edge rps", &gold.RPS, 20, 0.5)
 
 	routes, err := api.Routes(ctx, metricsapi.RoutesRequest{Service: "web", Namespace: "default", Window: time.Minute})
 	if err != nil {
@@ -293,6 +300,40 @@ func TestEmbeddedStatServers(t *testing.T) {
 		}
 		if got.PerSec = want[i].PerSec; got != want[i] {
 			t.Errorf("authz web row %d = %+v, want %+v", i, got, want[i])
+		}
+	}
+}
+
+func TestEmbeddedSeries(t *testing.T) {
+	m := newMesh(t)
+	e := openEmbedded(t, m)
+	at := scrapeEvery10s(t, m, e)
+	api := &metricsapi.API{Backend: e, Store: m.store, Now: func() time.Time { return at }, ScrapeInterval: time.Second}
+	ctx := context.Background()
+	// Six scrapes, 10 s apart: rates over 20 s exist from the third on.
+	reply, err := api.Series(ctx, metricsapi.SeriesRequest{StatRequest: metricsapi.StatRequest{Kind: "workload", Name: "web", Namespace: "default", Window: 20 * time.Second},
+		Points: 6, Step: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(reply.Times) != 6 || reply.Times[5] != at.UnixMilli() || reply.Times[5]-reply.Times[4] != 10_000 {
+		t.Fatalf("times %v, want 6 ending at %d, 10 s apart", reply.Times, at.UnixMilli())
+	}
+	if len(reply.Series) != 1 || reply.Series[0].Name != "web" {
+		t.Fatalf("series %+v, want web's", reply.Series)
+	}
+	web := reply.Series[0]
+	for i := 2; i < 6; i++ {
+		near(t, fmt.Sprintf("web rps at point %d", i), web.RPS[i], 20, 0.5)
+		near(t, fmt.Sprintf("web success at point %d", i), web.Success[i], 0.95, 0.01)
+	}
+	if web.Success[0] != nil {
+		t.Errorf("web success before any traffic: %v, want none", *web.Success[0])
+	}
+	for _, bad := range []metricsapi.SeriesRequest{{Points: 1, Step: 10 * time.Second}, {Points: 61, Step: 10 * time.Second}, {Points: 10, Step: time.Millisecond}} {
+		bad.StatRequest = metricsapi.StatRequest{Kind: "workload", Window: time.Minute}
+		if _, err := api.Series(ctx, bad); err == nil {
+			t.Errorf("series of %d points %v apart: no error", bad.Points, bad.Step)
 		}
 	}
 }

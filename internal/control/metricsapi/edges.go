@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"sort"
+
+	"strings"
 	"time"
 )
 
@@ -27,6 +29,8 @@ type Edge struct {
 	ClientID    string `json:"clientId"`
 	ServerID    string `json:"serverId"`
 	NoTLSReason string `json:"noTlsReason,omitempty"`
+	// Golden is what the source's proxy saw of the edge's requests.
+	Golden
 }
 
 // Edges lists the workload pairs with HTTP traffic over the window, from
@@ -65,6 +69,10 @@ func (a *API) Edges(ctx context.Context, req EdgesRequest) ([]Edge, error) {
 	if err != nil {
 		return nil, err
 	}
+	gold, err := golden(ctx, a.Backend, "", matchers{"direction": "outbound"}, by[:4], req.Window, at)
+	if err != nil {
+		return nil, err
+	}
 	edges := map[string]*Edge{}
 	for k, n := range out {
 		if n <= 0 {
@@ -72,6 +80,9 @@ func (a *API) Edges(ctx context.Context, req EdgesRequest) ([]Edge, error) {
 		}
 		v := k.values()
 		e := &Edge{SrcNamespace: v[0], Src: v[1], DstNamespace: v[2], Dst: v[3], Secured: v[4] == "true", ServerID: v[5], NoTLSReason: v[6]}
+		if g := gold[groupKey(strings.Join(v[:4], "\x00"))]; g != nil {
+			e.Golden = *g
+		}
 		if req.Namespace != "" && e.SrcNamespace != req.Namespace && e.DstNamespace != req.Namespace {
 			continue
 		}

@@ -7,12 +7,14 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 )
 
 // Handler serves the API as JSON for the CLI:
 //
 //	GET /v1/stat?kind=&name=&namespace=&from=&to=&window=
+//	GET /v1/series?kind=&name=&namespace=&from=&to=&window=&points=&step=
 //	GET /v1/routes?service=&namespace=&from=&window=
 //	GET /v1/edges?namespace=&window=
 //	GET /v1/authz?workload=&namespace=&window=
@@ -22,17 +24,39 @@ import (
 func (a *API) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/stat", func(w http.ResponseWriter, r *http.Request) {
-		q := r.URL.Query()
-		req := StatRequest{Name: q.Get("name"), Namespace: q.Get("namespace")}
-		var err error
-		req.Kind, err = ParseKind(orDefault(q.Get("kind"), "workload"))
-		err = errors.Join(err, parseWindow(q, &req.Window), parseRef(q, "from", &req.From), parseRef(q, "to", &req.To))
+		req, err := parseStat(r.URL.Query())
 		if err != nil {
 			badRequest(w, err)
 			return
 		}
 		rows, err := a.Stat(r.Context(), req)
 		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
+	})
+	mux.HandleFunc("GET /v1/series", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		req := SeriesRequest{Points: 30, Step: 10 * time.Second}
+		var err error
+		req.StatRequest, err = parseStat(q)
+		if s := q.Get("points"); s != "" {
+			n, perr := strconv.Atoi(s)
+			if perr != nil {
+				perr = fmt.Errorf("points %q: not a number", s)
+			}
+			req.Points, err = n, errors.Join(err, perr)
+		}
+		if s := q.Get("step"); s != "" {
+			d, perr := time.ParseDuration(s)
+			if perr != nil {
+				perr = fmt.Errorf("step %q: %w", s, perr)
+			}
+			req.Step, err = d, errors.Join(err, perr)
+		}
+		if err != nil {
+			badRequest(w, err)
+			return
+		}
+		series, err := a.Series(r.Context(), req)
+		reply(w, series, err)
 	})
 	mux.HandleFunc("GET /v1/routes", func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
@@ -116,6 +140,15 @@ func orDefault(v, def string) string {
 		return def
 	}
 	return v
+}
+
+// parseStat reads a StatRequest's parameters.
+func parseStat(q url.Values) (StatRequest, error) {
+	req := StatRequest{Name: q.Get("name"), Namespace: q.Get("namespace")}
+	var err error
+	req.Kind, err = ParseKind(orDefault(q.Get("kind"), "workload"))
+	err = errors.Join(err, parseWindow(q, &req.Window), parseRef(q, "from", &req.From), parseRef(q, "to", &req.To))
+	return req, err
 }
 
 // parseWindow reads the window parameter into w (DefaultWindow if absent).

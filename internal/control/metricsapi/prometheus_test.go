@@ -121,7 +121,15 @@ func TestExternalPrometheus(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := metricsapi.Edge{Src: "traffic", SrcNamespace: "default", Dst: "web", DstNamespace: "default", Secured: true, ClientID: trafficID, ServerID: webID}
-	if len(edges) != 1 || edges[0] != want {
+	if len(edges) != 1 {
 		t.Fatalf("edges = %+v, want [%+v]", edges, want)
+	}
+	gold := edges[0].Golden
+	if edges[0].Golden = (metricsapi.Golden{}); edges[0] != want {
+		t.Fatalf("edges = %+v, want [%+v]", edges, want)
+	}
+	near(t, "edge success", gold.Success, 0.95, 0.02)
+	if gold.RPS <= 0 {
+		t.Errorf("edge rps %v, want > 0", gold.RPS)
 	}
 }

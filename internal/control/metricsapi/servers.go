@@ -45,7 +45,7 @@ func (a *API) statServers(ctx context.Context, req StatRequest) ([]StatRow, erro
 	}
 	sel := matchers{"namespace": req.Namespace, "srv_kind": "server", "srv_name": req.Name}
 	by := []string{"namespace", "srv_name"}
-	at := a.now()
+	at := a.at(req.At)
 	allowed, err := authzRate(ctx, a.Backend, "allow", sel, by, req.Window, at)
 	if err != nil {
 		return nil, err

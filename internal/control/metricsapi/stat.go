@@ -21,6 +21,14 @@ type API struct {
 	Now func() time.Time
 }
 
+// at is t, or now if t is zero.
+func (a *API) at(t time.Time) time.Time {
+	if t.IsZero() {
+		return a.now()
+	}
+	return t
+}
+
 func (a *API) now() time.Time {
 	if a.Now != nil {
 		return a.Now()
@@ -40,6 +48,8 @@ type StatRequest struct {
 	// or sent to, another resource (outbound metrics of the sender).
 	From, To *Ref
 	Window   time.Duration
+	// At is when the window ends (now if zero).
+	At time.Time
 }
 
 // StatRow is one resource's golden metrics.
@@ -89,7 +99,7 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 	if req.Kind == "namespace" && req.Name != "" {
 		req.Namespace = req.Name
 	}
-	at := a.now()
+	at := a.at(req.At)
 	// sel selects the series; by groups them; names are the group labels
 	// holding the row's namespace and name.
 	sel := matchers{"direction": "inbound"}
