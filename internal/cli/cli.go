@@ -45,7 +45,7 @@ or ~/.trellis.`,
 		c.GroupID = "resources"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{statCmd(t), routesCmd(t), edgesCmd(t), topCmd(t), tapCmd(t), explainCmd(t), diagnosticsCmd(t), prometheusConfigCmd(dataDir)} {
+	for _, c := range []*cobra.Command{statCmd(t), routesCmd(t), edgesCmd(t), topCmd(t), tapCmd(t), explainCmd(t), dashboardCmd(t), diagnosticsCmd(t), prometheusConfigCmd(dataDir)} {
 		c.GroupID = "observe"
 		root.AddCommand(c)
 	}

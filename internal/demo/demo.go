@@ -60,6 +60,8 @@ type Info struct {
 	Instances map[string]string
 	// WebURL reaches the web front end (through its proxy in transparent mode).
 	WebURL string
+	// DashboardURL is the control plane's dashboard.
+	DashboardURL string
 }
 
 // service is one program of the sample application.
@@ -109,7 +111,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			sets[i].Stop()
 		}
 	}()
-	info := Info{DataDir: dir, Instances: map[string]string{}}
+	info := Info{DataDir: dir, Instances: map[string]string{}, DashboardURL: "http://" + st.WebAddr + "/"}
 	for _, s := range services {
 		ro := run.Options{Name: s.name, Port: ports[s.name], Protocol: s.protocol, Replicas: s.replicas,
 			Command: append([]string{o.Exe, "demo-app", s.name}, s.args...), DataDir: dir, ProxyExe: o.ProxyExe,
@@ -142,20 +144,21 @@ Trellis demo is running — %s.
 
   traffic → web → emoji (2 replicas) and voting, every hop mTLS between proxies
 
+  the dashboard:        %s
   the front end:        curl %s/api/list
   the mesh's view:      TRELLIS_DATA_DIR=%s trellis get workloads
                         TRELLIS_DATA_DIR=%s trellis get services
   a proxy's metrics:    curl http://%s/metrics
-  golden metrics:       TRELLIS_DATA_DIR=%[3]s trellis stat workloads
-                        TRELLIS_DATA_DIR=%[3]s trellis edges
-  live requests:        TRELLIS_DATA_DIR=%[3]s trellis tap workload/web
-                        TRELLIS_DATA_DIR=%[3]s trellis top workload/web
-  each request's path:  TRELLIS_DATA_DIR=%[3]s trellis explain web
+  golden metrics:       TRELLIS_DATA_DIR=%[4]s trellis stat workloads
+                        TRELLIS_DATA_DIR=%[4]s trellis edges
+  live requests:        TRELLIS_DATA_DIR=%[4]s trellis tap workload/web
+                        TRELLIS_DATA_DIR=%[4]s trellis top workload/web
+  each request's path:  TRELLIS_DATA_DIR=%[4]s trellis explain web
                         (route, endpoint, retries, the policy that let it in)
 
 Press Ctrl-C to stop; everything it started is removed.
 
-`, mode, info.WebURL, dir, dir, info.Instances["web-0"])
+`, mode, info.DashboardURL, info.WebURL, dir, dir, info.Instances["web-0"])
 	if o.Started != nil {
 		o.Started(info)
 	}
@@ -181,7 +184,7 @@ Press Ctrl-C to stop; everything it started is removed.
 // directory dir and waits until it serves. stop ends it (SIGTERM; SIGKILL
 // after 30 s) and returns what went wrong.
 func startPlane(ctx context.Context, o Options, dir string) (st localapi.Status, exited chan error, stop func() error, err error) {
-	args := append([]string{"up", "--data-dir", dir, "--admin-addr", "127.0.0.1:0", "--control-port", "0",
+	args := append([]string{"up", "--data-dir", dir, "--admin-addr", "127.0.0.1:0", "--control-port", "0", "--web-addr", "127.0.0.1:0",
 		"--lease-ttl", "3s", "--network", o.Network, "--log-level", cmp.Or(o.LogLevel, "warn"), "--log-format", "text"},
 		o.Bridge.Args()...)
 	if o.ScrapeInterval > 0 {

@@ -50,6 +50,7 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 			if detach {
 				return startDetached(cmd, o.Plane.Identity.DataDir)
 			}
+			o.Plane.Web.AnyPort = !cmd.Flags().Changed("web-addr")
 			if !cmd.Flags().Changed("log-format") {
 				*logFormat = "text"
 			}
@@ -71,7 +72,7 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 	o.Plane.Flags(fs)
 	// Local mode's defaults: its data directory, the admin port, and the
 	// control port chosen for the network mode.
-	for name, value := range map[string]string{"data-dir": localapi.DataDir(), "admin-addr": "127.0.0.1:9990"} {
+	for name, value := range map[string]string{"data-dir": localapi.DataDir(), "admin-addr": "127.0.0.1:9990", "web-addr": "127.0.0.1:50750"} {
 		fs.Lookup(name).DefValue = value
 		fs.Set(name, value)
 	}

@@ -36,6 +36,8 @@ type Status struct {
 	DataDir     string `json:"dataDir"`
 	ControlAddr string `json:"controlAddr"` // identity + destination (gRPC, TLS)
 	AdminAddr   string `json:"adminAddr"`
+	// WebAddr serves the dashboard, if it runs.
+	WebAddr     string `json:"webAddr,omitempty"`
 	DNSAddr     string `json:"dnsAddr,omitempty"`
 	TrustDomain string `json:"trustDomain"`
 	// ClusterDomain is the DNS domain of services: NAME.NAMESPACE.svc.DOMAIN.

@@ -34,6 +34,9 @@ func (s Status) WriteTable(out io.Writer) error {
 	fmt.Fprintf(w, "data directory\t%s\n", s.DataDir)
 	fmt.Fprintf(w, "identity, destination\t%s (gRPC, TLS)\n", s.ControlAddr)
 	fmt.Fprintf(w, "admin\thttp://%s/metrics\n", s.AdminAddr)
+	if s.WebAddr != "" {
+		fmt.Fprintf(w, "dashboard\thttp://%s/\n", s.WebAddr)
+	}
 	fmt.Fprintf(w, "trust anchor\t%s\n", s.TrustAnchor)
 	if s.DefaultInboundPolicy != "" {
 		fmt.Fprintf(w, "inbound policy\t%s (the default of the proxies trellis run starts)\n", s.DefaultInboundPolicy)

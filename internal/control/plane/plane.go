@@ -33,6 +33,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/registry"
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
+	"github.com/trellis-mesh/trellis/internal/control/web"
 	"github.com/trellis-mesh/trellis/internal/pki"
 )
 
@@ -81,6 +82,8 @@ type Options struct {
 	// resources, metrics, tap) over TCP: in Kubernetes, on the Pod's
 	// loopback, for the CLI's port-forward.
 	ViewAddr string
+	// Web, if its Addr is set, serves the dashboard.
+	Web web.Options
 }
 
 // MetricsOptions choose and tune the metrics store.
@@ -101,6 +104,9 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server (scraping the targets file, see `trellis prometheus-config`) instead of the embedded metrics store")
 	fs.DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", embedded.DefaultScrapeInterval, "how often the embedded store scrapes every proxy (and the targets file is refreshed)")
 	fs.DurationVar(&o.Metrics.Retention, "metrics-retention", embedded.DefaultRetention, "how long the embedded store keeps samples")
+	fs.StringVar(&o.Web.Addr, "web-addr", "", "address serving the dashboard (a browser's view of the mesh, read-only); empty: none")
+	fs.BoolVar(&o.Web.Expose, "web-expose", false, "allow --web-addr beyond loopback: whoever reaches it sees the whole mesh")
+	fs.StringSliceVar(&o.Web.Hosts, "web-host", nil, "a host name the dashboard answers to besides its address, localhost and loopback (requests naming any other Host are refused, against DNS rebinding); repeatable")
 	fs.StringVar(&o.ViewAddr, "view-addr", "", "address serving the API's read-only part (status, resources, metrics, tap) over plain HTTP; keep it on loopback (in Kubernetes the CLI port-forwards to it)")
 }
 
@@ -116,6 +122,7 @@ type Plane struct {
 	dns      *dns.Server
 	api      *localapi.Server
 	view     net.Listener // --view-addr, or nil
+	web      net.Listener // --web-addr, or nil
 	metrics  metricsapi.Backend
 	embedded *embedded.Store // nil with an external Prometheus
 	started  time.Time
@@ -280,6 +287,9 @@ func (p *Plane) Status() localapi.Status {
 	if p.opts.Metrics.PrometheusURL != "" {
 		s.Metrics = p.opts.Metrics.PrometheusURL
 	}
+	if p.web != nil {
+		s.WebAddr = p.web.Addr().String()
+	}
 	if p.opts.Identity.TrustAnchorPEM != "" {
 		s.TrustAnchor = p.opts.Identity.TrustAnchorPEM
 	}
@@ -322,6 +332,9 @@ func (p *Plane) Run(ctx context.Context) error {
 	if p.view != nil {
 		g.Go(func() error { return p.serveView(gctx) })
 	}
+	if p.web != nil {
+		g.Go(func() error { return p.serveWeb(gctx) })
+	}
 	for _, src := range p.opts.Sources {
 		g.Go(func() error { return src(gctx, p.store) })
 	}
@@ -339,6 +352,9 @@ func (p *Plane) close() {
 	}
 	if p.view != nil {
 		p.view.Close()
+	}
+	if p.web != nil {
+		p.web.Close()
 	}
 	if p.store != nil {
 		p.store.Close()

@@ -8,18 +8,25 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/control/web"
 )
 
-// listenView binds --view-addr, if set.
+// listenView binds --view-addr and --web-addr, if set.
 func (p *Plane) listenView() error {
-	if p.opts.ViewAddr == "" {
-		return nil
+	if p.opts.ViewAddr != "" {
+		ln, err := net.Listen("tcp", p.opts.ViewAddr)
+		if err != nil {
+			return fmt.Errorf("--view-addr: %w", err)
+		}
+		p.view = ln
 	}
-	ln, err := net.Listen("tcp", p.opts.ViewAddr)
-	if err != nil {
-		return fmt.Errorf("--view-addr: %w", err)
+	if p.opts.Web.Addr != "" {
+		ln, err := web.Listen(p.opts.Web)
+		if err != nil {
+			return err
+		}
+		p.web = ln
 	}
-	p.view = ln
 	return nil
 }
 
@@ -28,4 +35,10 @@ func (p *Plane) listenView() error {
 func (p *Plane) serveView(ctx context.Context) error {
 	srv := &http.Server{Handler: p.api.View(), ReadHeaderTimeout: 10 * time.Second}
 	return localapi.ServeUntil(ctx, srv, p.view, "view API")
+}
+
+// serveWeb serves the dashboard on --web-addr until ctx ends.
+func (p *Plane) serveWeb(ctx context.Context) error {
+	srv := &http.Server{Handler: web.Handler(p.api.View(), p.web.Addr(), p.opts.Web.Hosts), ReadHeaderTimeout: 10 * time.Second}
+	return localapi.ServeUntil(ctx, srv, p.web, "dashboard")
 }

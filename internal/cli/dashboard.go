@@ -1,0 +1,89 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/trellis-mesh/trellis/internal/control/localapi"
+	"github.com/trellis-mesh/trellis/internal/control/web"
+	"github.com/trellis-mesh/trellis/internal/kube/auth"
+	"github.com/trellis-mesh/trellis/internal/kube/forward"
+	"github.com/trellis-mesh/trellis/internal/kube/install"
+)
+
+func dashboardCmd(t *target) *cobra.Command {
+	var addr string
+	var open bool
+	cmd := &cobra.Command{
+		Use:   "dashboard",
+		Short: "Show the dashboard: the mesh's topology, golden metrics, routes and live requests in a browser",
+		Long: `dashboard prints the URL of the dashboard (with --open, opens it in a
+browser). In local mode the control plane serves it ('trellis up
+--web-addr', 127.0.0.1:50750 by default). In Kubernetes (--kubeconfig or
+--context) this command serves it on --address, reading the cluster's
+read-only API through a port-forward, until Ctrl-C.
+
+The dashboard is read-only and answers only requests addressed to
+localhost, a loopback address or the address it listens on.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !t.kube.set() {
+				st, err := apiClient(*t.dataDir).Status(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if st.WebAddr == "" {
+					return errors.New("the control plane serves no dashboard: start it with 'trellis up --web-addr 127.0.0.1:50750'")
+				}
+				return show(cmd, "http://"+st.WebAddr+"/", open)
+			}
+			cfg, err := auth.UserConfig(t.kube.kubeconfig, t.kube.context)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			f, err := forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			ln, err := web.Listen(web.Options{Addr: addr, AnyPort: !cmd.Flags().Changed("address")})
+			if err != nil {
+				return err
+			}
+			api := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: f.Addr})
+			srv := &http.Server{Handler: web.Handler(api, ln.Addr(), nil), ReadHeaderTimeout: 10 * time.Second}
+			if err := show(cmd, "http://"+ln.Addr().String()+"/", open); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "serving the dashboard through a port-forward to %s; Ctrl-C stops it\n", f.Pod)
+			return localapi.ServeUntil(ctx, srv, ln, "dashboard")
+		},
+	}
+	cmd.Flags().StringVar(&addr, "address", "127.0.0.1:50750", "Kubernetes: where to serve the dashboard (loopback)")
+	cmd.Flags().BoolVar(&open, "open", false, "open the dashboard in the desktop's browser (xdg-open)")
+	return cmd
+}
+
+// show prints url, and opens it when asked.
+func show(cmd *cobra.Command, u string, open bool) error {
+	fmt.Fprintln(cmd.OutOrStdout(), u)
+	if !open {
+		return nil
+	}
+	if err := exec.Command("xdg-open", u).Start(); err != nil {
+		return fmt.Errorf("opening %s: %w (open it yourself)", u, err)
+	}
+	return nil
+}
