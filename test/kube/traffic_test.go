@@ -182,8 +182,9 @@ func trafficSince(t *testing.T, ns string, t0 time.Time) (sent, ok int) {
 // The CLI reads the cluster's mesh as it reads a local one: stat shows
 // the demo's Deployments meshed, with traffic and their success rate;
 // edges shows every hop secured with the ServiceAccounts' identities; tap
-// streams web's live requests — all through the destination service's
-// read-only API, port-forwarded by the API server. The metrics come from
+// streams web's live requests, and the dashboard draws the topology — all
+// through the destination service's read-only API, port-forwarded by the
+// API server. The metrics come from
 // the destination service's embedded store, then, after `trellis upgrade
 // --prometheus`, from the Prometheus it deploys.
 func TestCLIReadsTheClusterMesh(t *testing.T) {
@@ -192,6 +193,7 @@ func TestCLIReadsTheClusterMesh(t *testing.T) {
 	t.Cleanup(func() { diagnose(t, "cli"); diagnose(t, "trellis") })
 	deployDemo(t, "cli", 1, "--rps=20")
 	statShowsTheDemo(t, "cli")
+	dashboardShowsTheDemo(t, "cli")
 
 	kubectl(t, mustTrellis(t, controlPlaneFlags("upgrade", "--prometheus")...), "apply", "-f", "-")
 	if out, err := trellis(t, "", "check", "--wait", "90s"); err != nil {

@@ -115,7 +115,8 @@ async function loadNamespaces() {
     const names = [...new Set(list.items.map((w) => w.metadata.namespace))].sort();
     const chosen = route().params.get("ns") || nsSelect.value;
     nsSelect.replaceChildren(h("option", { value: "" }, "all"), ...names.map((n) => h("option", { value: n }, n)));
-    nsSelect.value = names.includes(chosen) ? chosen : "";
+    if (chosen && !names.includes(chosen)) nsSelect.append(h("option", { value: chosen }, chosen));
+    nsSelect.value = chosen;
   } catch (err) {
     showError(err);
   }
@@ -131,7 +132,9 @@ nsSelect.addEventListener("change", () => {
 function render() {
   if (current) current.stop();
   const r = route();
-  if (r.params.has("ns")) nsSelect.value = r.params.get("ns");
+  const ns = r.params.get("ns");
+  if (ns && ![...nsSelect.options].some((o) => o.value === ns)) nsSelect.append(h("option", { value: ns }, ns));
+  if (r.params.has("ns")) nsSelect.value = ns;
   for (const a of document.querySelectorAll("header nav a")) {
     a.toggleAttribute("aria-current", a.dataset.view === r.name || (r.name === "workload" && a.dataset.view === "overview"));
     if (a.hasAttribute("aria-current")) a.setAttribute("aria-current", "page");
