@@ -1,14 +1,16 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -53,17 +55,19 @@ localhost, a loopback address or the address it listens on.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			f, err := forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+			fw := &forwarder{start: func() (*forward.Forward, error) {
+				return forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+			}}
+			f, err := fw.get()
 			if err != nil {
 				return err
 			}
-			defer f.Close()
+			defer fw.close()
 			ln, err := web.Listen(web.Options{Addr: addr, AnyPort: !cmd.Flags().Changed("address")})
 			if err != nil {
 				return err
 			}
-			api := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: f.Addr})
-			srv := &http.Server{Handler: web.Handler(api, ln.Addr(), nil), ReadHeaderTimeout: 10 * time.Second}
+			srv := &http.Server{Handler: web.Handler(fw.proxy(), ln.Addr(), nil), ReadHeaderTimeout: 10 * time.Second}
 			if err := show(cmd, "http://"+ln.Addr().String()+"/", open); err != nil {
 				return err
 			}
@@ -75,6 +79,79 @@ localhost, a loopback address or the address it listens on.`,
 	cmd.Flags().BoolVar(&open, "open", false, "open the dashboard in the desktop's browser (xdg-open)")
 	return cmd
 }
+
+// forwarder keeps a port-forward to the cluster's read-only API, starting
+// a new one (to whichever destination Pod is ready) when a request through
+// the current one fails: the Pod it reached was replaced, by an upgrade or
+// a rollout.
+type forwarder struct {
+	start func() (*forward.Forward, error)
+
+	mu      sync.Mutex
+	current *forward.Forward
+}
+
+func (fw *forwarder) get() (*forward.Forward, error) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.current == nil {
+		f, err := fw.start()
+		if err != nil {
+			return nil, err
+		}
+		fw.current = f
+	}
+	return fw.current, nil
+}
+
+// drop forgets f (if it is still the current one), for the next request to
+// start another.
+func (fw *forwarder) drop(f *forward.Forward) {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.current == f {
+		f.Close()
+		fw.current = nil
+	}
+}
+
+func (fw *forwarder) close() {
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.current != nil {
+		fw.current.Close()
+	}
+}
+
+// proxy relays the dashboard's API calls through the current forward.
+func (fw *forwarder) proxy() http.Handler {
+	return &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			if f, err := fw.get(); err == nil {
+				r.Out.URL.Scheme, r.Out.URL.Host = "http", f.Addr
+				r.Out = r.Out.WithContext(context.WithValue(r.Out.Context(), forwardKey{}, f))
+			} else {
+				r.Out = r.Out.WithContext(context.WithValue(r.Out.Context(), forwardErr{}, err))
+			}
+		},
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if ferr, ok := r.Context().Value(forwardErr{}).(error); ok {
+				err = ferr
+			} else if f, ok := r.Context().Value(forwardKey{}).(*forward.Forward); ok {
+				fw.drop(f)
+				err = fmt.Errorf("the port-forward to %s failed (the next request starts another): %w", f.Pod, err)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadGateway)
+			json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+		},
+	}
+}
+
+type (
+	forwardKey struct{}
+	forwardErr struct{}
+)
 
 // show prints url, and opens it when asked.
 func show(cmd *cobra.Command, u string, open bool) error {

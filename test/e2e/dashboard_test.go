@@ -97,6 +97,7 @@ func TestDashboard(t *testing.T) {
 	b.Go("#/workload/default/web?kind=service&ns=default")
 	b.WaitFor("web's charts", `document.querySelectorAll("svg[data-points]").length === 3 && [...document.querySelectorAll("svg[data-points]")].every((s) => Number(s.dataset.points) > 0)`, 30*time.Second)
 	b.WaitFor("web's routes, edges and instances", `document.querySelectorAll("table").length === 3`, 15*time.Second)
+	b.WaitFor("web-0's certificate expiry", `[...document.querySelectorAll("td")].some((td) => /\(in [0-9.]+ h\)/.test(td.textContent))`, 15*time.Second)
 	b.Screenshot(shots, "service")
 
 	// Policy: the demo runs without Servers.

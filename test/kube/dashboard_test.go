@@ -14,9 +14,14 @@ import (
 // dashboardShowsTheDemo runs `trellis dashboard` against the cluster (it
 // serves the dashboard on loopback through a port-forward to the
 // destination service's read-only API) and checks in headless Chromium
-// that the topology shows the demo in ns, every edge mutual TLS.
+// that the topology shows the demo in ns, every edge mutual TLS. Both stop
+// when it returns.
 func dashboardShowsTheDemo(t *testing.T, ns string) {
 	t.Helper()
+	t.Run("dashboard", func(t *testing.T) { dashboardTopology(t, ns) })
+}
+
+func dashboardTopology(t *testing.T, ns string) {
 	cmd := exec.Command(trellisBin, "dashboard", "--kubeconfig", kubeconfig, "--address", "127.0.0.1:0")
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -337,3 +337,21 @@ func TestEmbeddedSeries(t *testing.T) {
 		}
 	}
 }
+
+func TestEmbeddedCertificates(t *testing.T) {
+	m := newMesh(t)
+	expires := time.Now().Add(20 * time.Hour).Truncate(time.Second).UTC()
+	m.proxies["web-0"].reg.Gauge("identity_cert_expiration_timestamp_seconds", "expiry", func() float64 { return float64(expires.Unix()) })
+	m.proxies["web-1"].reg.Gauge("identity_cert_expiration_timestamp_seconds", "expiry", func() float64 { return 0 }) // none yet
+	e := openEmbedded(t, m)
+	at := scrapeEvery10s(t, m, e)
+	api := &metricsapi.API{Backend: e, Store: m.store, Now: func() time.Time { return at }}
+	certs, err := api.Certificates(context.Background(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []metricsapi.Certificate{{Namespace: "default", Instance: "web-0", Expires: expires}}
+	if !slices.Equal(certs, want) {
+		t.Errorf("certificates %+v, want %+v", certs, want)
+	}
+}

@@ -18,6 +18,7 @@ import (
 //	GET /v1/routes?service=&namespace=&from=&window=
 //	GET /v1/edges?namespace=&window=
 //	GET /v1/authz?workload=&namespace=&window=
+//	GET /v1/certificates?namespace=
 //	GET /v1/proxy-metrics/{namespace}/{name}   (a workload's raw /metrics)
 //
 // Bad parameters are 400s naming the parameter.
@@ -95,6 +96,10 @@ func (a *API) Handler() http.Handler {
 		}
 		rows, err := a.Authz(r.Context(), req)
 		reply(w, map[string]any{"rows": rows, "window": req.Window.String()}, err)
+	})
+	mux.HandleFunc("GET /v1/certificates", func(w http.ResponseWriter, r *http.Request) {
+		rows, err := a.Certificates(r.Context(), r.URL.Query().Get("namespace"))
+		reply(w, map[string]any{"rows": rows}, err)
 	})
 	mux.HandleFunc("GET /v1/proxy-metrics/{namespace}/{name}", a.proxyMetrics)
 	return mux

@@ -189,7 +189,7 @@ func New(o Options, log *slog.Logger) (*Plane, error) {
 	if p.api, err = localapi.Listen(filepath.Join(o.Identity.DataDir, localapi.SocketName), localapi.Config{
 		Store: p.store, IPs: ips, TokenKey: p.identity.JoinTokenKey(), TrustDomain: o.Identity.TrustDomain,
 		Kinds: resources.Kinds{}, Addresses: addrs, Status: p.Status, Shutdown: p.Shutdown, Log: log.With("component", "api"),
-		Mount: map[string]http.Handler{"GET /v1/stat": metricsAPI, "GET /v1/series": metricsAPI, "GET /v1/routes": metricsAPI, "GET /v1/edges": metricsAPI, "GET /v1/authz": metricsAPI,
+		Mount: map[string]http.Handler{"GET /v1/stat": metricsAPI, "GET /v1/series": metricsAPI, "GET /v1/routes": metricsAPI, "GET /v1/edges": metricsAPI, "GET /v1/authz": metricsAPI, "GET /v1/certificates": metricsAPI,
 			"GET /v1/proxy-metrics/{namespace}/{name}": metricsAPI, "GET /v1/tap": p.tapHandler(), "GET /v1/explain": p.explainHandler()},
 	}); err != nil {
 		return nil, err

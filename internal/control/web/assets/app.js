@@ -44,6 +44,14 @@ const ms = (v) => (v === null || v === undefined ? "-" : v < 10 ? v.toFixed(1) +
 const successClass = (v) => (v === null || v === undefined ? "" : v >= 0.99 ? "good" : v >= 0.95 ? "warn" : "bad");
 const failing = (v) => v !== null && v !== undefined && v < 0.99;
 
+// expiry says when a certificate expires and how soon.
+function expiry(iso) {
+  if (!iso) return "-";
+  const left = (new Date(iso) - Date.now()) / 3600000;
+  const soon = left < 1 ? `${Math.round(left * 60)} min` : `${left.toFixed(1)} h`;
+  return `${new Date(iso).toLocaleString()} (in ${soon})`;
+}
+
 // ---- the API -----------------------------------------------------------------
 
 async function api(path) {
@@ -379,11 +387,14 @@ function workload(r) {
         { label: "p99", color: "#d33a2c", values: x.latencyP99Ms }], ms));
   }, 15000);
   const rest = every(async () => {
-    const [wls, edges] = await Promise.all([api("/v1/resources/Workload?" + query({ namespace: ns })), api("/v1/edges?" + query({ namespace: ns, window: WINDOW }))]);
+    const [wls, edges, certs] = await Promise.all([api("/v1/resources/Workload?" + query({ namespace: ns })),
+      api("/v1/edges?" + query({ namespace: ns, window: WINDOW })), api("/v1/certificates?" + query({ namespace: ns }))]);
+    const expires = new Map(certs.rows.map((c) => [c.instance, c.expires]));
     const mine = wls.items.filter((w) => kind === "service" ? w.spec.service === name : (w.metadata.labels || {})["trellis.dev/workload"] === name);
     instances.replaceChildren(mine.length ? h("table", {},
-      h("thead", {}, h("tr", {}, ["Instance", "Address", "Service", "Identity", "Mesh port"].map((c) => h("th", { class: "left" }, c)))),
-      h("tbody", {}, mine.map((w) => h("tr", {}, [w.metadata.name, w.spec.address, w.spec.service, w.spec.identity || "(no proxy identity)", String(w.spec.meshPort || "-")].map((c) => h("td", { class: "left" }, c))))))
+      h("thead", {}, h("tr", {}, ["Instance", "Address", "Service", "Identity", "Certificate expires", "Mesh port"].map((c) => h("th", { class: "left" }, c)))),
+      h("tbody", {}, mine.map((w) => h("tr", {}, [w.metadata.name, w.spec.address, w.spec.service, w.spec.identity || "(no proxy identity)",
+        expiry(expires.get(w.metadata.name)), String(w.spec.meshPort || "-")].map((c) => h("td", { class: "left" }, c))))))
       : h("p", { class: "muted" }, "No registered instance."));
     const mineEdges = edges.rows.filter((e) => (e.srcNamespace === ns && e.src === name) || (e.dstNamespace === ns && e.dst === name));
     edgesBox.replaceChildren(mineEdges.length ? h("table", {},
