@@ -35,8 +35,9 @@ func New() *cobra.Command {
 subcommand: identity (the mesh's certificate authority), destination
 (service discovery and workload registration over the embedded store),
 injector (the Kubernetes admission webhook that meshes Pods), all, which
-runs every component in one process, and up, which is all with local
-mode's defaults and bridge network (what 'trellis up' runs).`,
+runs every component in one process, up, which is all with local mode's
+defaults and bridge network (what 'trellis up' runs), and web, the
+dashboard on its own in front of a read-only API.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -44,7 +45,7 @@ mode's defaults and bridge network (what 'trellis up' runs).`,
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&logFormat, "log-format", "json", "log format: json or text")
 	logger := func() (*slog.Logger, error) { return buildinfo.NewLogger(os.Stderr, logLevel, logFormat) }
-	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), upCmd(&logLevel, &logFormat), injectorCmd(logger), joinTokenCmd(), buildinfo.Command())
+	root.AddCommand(identityCmd(logger), destinationCmd(logger), allCmd(logger), upCmd(&logLevel, &logFormat), webCmd(), injectorCmd(logger), joinTokenCmd(), buildinfo.Command())
 	return root
 }
 

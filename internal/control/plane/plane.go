@@ -104,9 +104,7 @@ func (o *Options) Flags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Metrics.PrometheusURL, "prometheus-url", "", "query this Prometheus server (scraping the targets file, see `trellis prometheus-config`) instead of the embedded metrics store")
 	fs.DurationVar(&o.Metrics.ScrapeInterval, "metrics-scrape-interval", embedded.DefaultScrapeInterval, "how often the embedded store scrapes every proxy (and the targets file is refreshed)")
 	fs.DurationVar(&o.Metrics.Retention, "metrics-retention", embedded.DefaultRetention, "how long the embedded store keeps samples")
-	fs.StringVar(&o.Web.Addr, "web-addr", "", "address serving the dashboard (a browser's view of the mesh, read-only); empty: none")
-	fs.BoolVar(&o.Web.Expose, "web-expose", false, "allow --web-addr beyond loopback: whoever reaches it sees the whole mesh")
-	fs.StringSliceVar(&o.Web.Hosts, "web-host", nil, "a host name the dashboard answers to besides its address, localhost and loopback (requests naming any other Host are refused, against DNS rebinding); repeatable")
+	o.Web.Flags(fs, "")
 	fs.StringVar(&o.ViewAddr, "view-addr", "", "address serving the API's read-only part (status, resources, metrics, tap) over plain HTTP; keep it on loopback (in Kubernetes the CLI port-forwards to it)")
 }
 

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/pflag"
 )
 
 //go:embed assets
@@ -30,6 +32,13 @@ type Options struct {
 	// loopback addresses, that requests may address it by (the Host
 	// header), e.g. a name a reverse proxy forwards.
 	Hosts []string
+}
+
+// Flags registers --web-addr, --web-expose and --web-host.
+func (o *Options) Flags(fs *pflag.FlagSet, defaultAddr string) {
+	fs.StringVar(&o.Addr, "web-addr", defaultAddr, "address serving the dashboard (a browser's view of the mesh, read-only); empty: none")
+	fs.BoolVar(&o.Expose, "web-expose", false, "allow --web-addr beyond loopback: whoever reaches it sees the whole mesh")
+	fs.StringSliceVar(&o.Hosts, "web-host", nil, "a host name the dashboard answers to besides its address, localhost and loopback (requests naming any other Host are refused, against DNS rebinding); repeatable")
 }
 
 // Listen binds o.Addr, refusing an address beyond loopback unless

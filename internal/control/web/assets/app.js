@@ -7,6 +7,14 @@ const WINDOW = "1m";        // the rate window of every golden metric
 const REFRESH_MS = 5000;    // how often a view refreshes
 const TAP_ROWS = 200;       // live requests kept on screen
 const TAP_MAX_RPS = 100;    // what a tap asks each proxy for, as the CLI
+// The charts' spans: points × step, each point's rates over window.
+const CHART_SPANS = {
+  "5m": { points: 30, step: "10s", window: "30s" },
+  "10m": { points: 40, step: "15s", window: "30s" },
+  "30m": { points: 60, step: "30s", window: "1m" },
+  "1h": { points: 60, step: "1m", window: "2m" },
+  "6h": { points: 60, step: "6m", window: "12m" },
+};
 
 // ---- DOM helpers -----------------------------------------------------------
 
@@ -371,12 +379,16 @@ function drawGraph(nodes, edges) {
 function workload(r) {
   const ns = r.parts[1] || "default", name = r.parts[2] || "";
   const kind = r.params.get("kind") === "service" ? "service" : "workload";
+  const span = CHART_SPANS[r.params.get("span")] ? r.params.get("span") : "10m";
   const charts = h("div", { class: "charts" });
   const routes = h("div"), edgesBox = h("div"), instances = h("div");
-  view.append(h("h1", {}, `${kind} ${ns}/${name}`), charts,
+  const spans = h("label", {}, "Charts over the last ", h("select", { "aria-label": "chart span", onchange: (ev) => {
+    location.hash = link(`/workload/${encodeURIComponent(ns)}/${encodeURIComponent(name)}`, { ...Object.fromEntries(r.params), span: ev.target.value });
+  } }, Object.keys(CHART_SPANS).map((k) => h("option", { value: k, selected: k === span }, k))));
+  view.append(h("h1", {}, `${kind} ${ns}/${name}`), h("div", { class: "toolbar" }, spans), charts,
     h("h2", {}, "Routes"), routes, h("h2", {}, "Edges"), edgesBox, h("h2", {}, "Instances"), instances);
   const trend = every(async () => {
-    const reply = await api("/v1/series?" + query({ kind, name, namespace: ns, window: "30s", points: 40, step: "15s" }));
+    const reply = await api("/v1/series?" + query({ kind, name, namespace: ns, ...CHART_SPANS[span] }));
     const x = reply.series.find((v) => v.name === name) || { success: [], rps: [], latencyP50Ms: [], latencyP95Ms: [], latencyP99Ms: [] };
     charts.replaceChildren(
       chart("Success rate", reply.times, [{ label: "success", color: "#1f9d55", values: x.success }], pct, 1),
