@@ -12,11 +12,9 @@ import (
 	"os/signal"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/web"
 	"github.com/trellis-mesh/trellis/internal/kube/auth"
 	"github.com/trellis-mesh/trellis/internal/kube/forward"
@@ -35,8 +33,10 @@ browser). In local mode the control plane serves it ('trellis up
 --context) this command serves it on --address, reading the cluster's
 read-only API through a port-forward, until Ctrl-C.
 
-The dashboard is read-only and answers only requests addressed to
-localhost, a loopback address or the address it listens on.`,
+The dashboard is read-only. Its URL carries a token, which the page trades
+for a cookie; its API answers no request without it. It answers only
+requests addressed to localhost, 127.0.0.1, ::1 or the address it listens
+on.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !t.kube.set() {
@@ -44,10 +44,10 @@ localhost, a loopback address or the address it listens on.`,
 				if err != nil {
 					return err
 				}
-				if st.WebAddr == "" {
+				if st.DashboardURL == "" {
 					return errors.New("the control plane serves no dashboard: start it with 'trellis up --web-addr 127.0.0.1:50750'")
 				}
-				return show(cmd, "http://"+st.WebAddr+"/", open)
+				return show(cmd, st.DashboardURL, open)
 			}
 			cfg, err := auth.UserConfig(t.kube.kubeconfig, t.kube.context)
 			if err != nil {
@@ -63,16 +63,16 @@ localhost, a loopback address or the address it listens on.`,
 				return err
 			}
 			defer fw.close()
-			ln, err := web.Listen(web.Options{Addr: addr, AnyPort: !cmd.Flags().Changed("address")})
+			w, err := web.Start(web.Options{Addr: addr, AnyPort: !cmd.Flags().Changed("address")}, fw.proxy())
 			if err != nil {
-				return err
+				return fmt.Errorf("--address: %w", err)
 			}
-			srv := &http.Server{Handler: web.Handler(fw.proxy(), ln.Addr(), nil), ReadHeaderTimeout: 10 * time.Second}
-			if err := show(cmd, "http://"+ln.Addr().String()+"/", open); err != nil {
+			if err := show(cmd, w.URL(), open); err != nil {
+				w.Close()
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "serving the dashboard through a port-forward to %s; Ctrl-C stops it\n", f.Pod)
-			return localapi.ServeUntil(ctx, srv, ln, "dashboard")
+			return w.Serve(ctx)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "address", "127.0.0.1:50750", "Kubernetes: where to serve the dashboard (loopback)")
@@ -135,6 +135,9 @@ func (fw *forwarder) proxy() http.Handler {
 			}
 		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				return // the browser went away, not the forward
+			}
 			if ferr, ok := r.Context().Value(forwardErr{}).(error); ok {
 				err = ferr
 			} else if f, ok := r.Context().Value(forwardKey{}).(*forward.Forward); ok {
@@ -159,8 +162,10 @@ func show(cmd *cobra.Command, u string, open bool) error {
 	if !open {
 		return nil
 	}
-	if err := exec.Command("xdg-open", u).Start(); err != nil {
+	c := exec.Command("xdg-open", u)
+	if err := c.Start(); err != nil {
 		return fmt.Errorf("opening %s: %w (open it yourself)", u, err)
 	}
+	go c.Wait()
 	return nil
 }

@@ -111,7 +111,7 @@ func Run(ctx context.Context, o Options) (err error) {
 			sets[i].Stop()
 		}
 	}()
-	info := Info{DataDir: dir, Instances: map[string]string{}, DashboardURL: "http://" + st.WebAddr + "/"}
+	info := Info{DataDir: dir, Instances: map[string]string{}, DashboardURL: st.DashboardURL}
 	for _, s := range services {
 		ro := run.Options{Name: s.name, Port: ports[s.name], Protocol: s.protocol, Replicas: s.replicas,
 			Command: append([]string{o.Exe, "demo-app", s.name}, s.args...), DataDir: dir, ProxyExe: o.ProxyExe,

@@ -17,7 +17,7 @@ import (
 
 var screenshots = flag.String("screenshots", "", "directory for the dashboard test's screenshots (docs/dashboard updates the README's); default a temporary one")
 
-var demoDashboard = regexp.MustCompile(`the dashboard:\s+(http://\S+/)`)
+var demoDashboard = regexp.MustCompile(`the dashboard:\s+((http://[^/\s]+)/\?token=\S+)`)
 
 // TestDashboard drives the dashboard of a running `trellis demo` (transparent mode) in
 // headless Chromium, as a person would, and compares what it shows with
@@ -26,7 +26,8 @@ var demoDashboard = regexp.MustCompile(`the dashboard:\s+(http://\S+/)`)
 func TestDashboard(t *testing.T) {
 	requireTransparent(t) // the test's own request reaches web through its proxy
 	demo := startTrellis(t, -1, nil, "demo", "--rps", "20", "--fail-rate", "0.2", "--metrics-scrape-interval", "1s")
-	dash := demo.waitOutput(t, demoDashboard, 30*time.Second)[1]
+	m := demo.waitOutput(t, demoDashboard, 30*time.Second)
+	dash, base := m[1], m[2]
 	dataDir := demo.waitOutput(t, demoDataDir, time.Second)[1]
 	webURL := demo.waitOutput(t, demoWebURL, time.Second)[1]
 	shots := *screenshots
@@ -36,11 +37,17 @@ func TestDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The dashboard answers its own host only.
+	// The dashboard answers its own host only, and its API only to a
+	// browser that opened its URL (with the token).
 	req, _ := http.NewRequest(http.MethodGet, dash, nil)
 	req.Host = "rebound.example:80"
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusMisdirectedRequest {
 		t.Errorf("GET %s with Host %s: %v %v, want 421", dash, req.Host, resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	if resp, err := http.Get(base + "/v1/stat"); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("GET %s/v1/stat without the token: %v %v, want 401", base, resp, err)
 	} else {
 		resp.Body.Close()
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func dashboardTopology(t *testing.T, ns string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr strings.Builder
+	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -59,12 +60,30 @@ func dashboardTopology(t *testing.T, ns string) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("trellis dashboard printed no URL within 60s: %s", stderr.String())
 	}
-	if !strings.HasPrefix(url, "http://127.0.0.1:") {
+	if !strings.HasPrefix(url, "http://127.0.0.1:") || !strings.Contains(url, "/?token=") {
 		t.Fatalf("trellis dashboard printed %q, want its URL on loopback (stderr: %s)", url, stderr.String())
 	}
 	b := webtest.Open(t, url)
 	b.Go("#/topology?ns=" + ns)
 	b.WaitFor("the demo's three edges, all mTLS, in the cluster's topology",
 		`[...document.querySelectorAll("g.edge")].filter((e) => e.dataset.mtls === "true").length === 3`, 60*time.Second)
-	t.Logf("trellis dashboard at %s shows the cluster's topology", url)
+	t.Logf("trellis dashboard at %s shows the cluster's topology", strings.Split(url, "?")[0])
+}
+
+// syncBuffer is a strings.Builder a process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

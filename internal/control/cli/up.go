@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"github.com/trellis-mesh/trellis/internal/buildinfo"
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
@@ -70,11 +69,12 @@ DATA_DIR/trellis.log, and returns once it serves.`,
 	}
 	fs := cmd.Flags()
 	o.Plane.Flags(fs)
-	// Local mode's defaults: its data directory, the admin port, and the
-	// control port chosen for the network mode.
+	// Local mode's defaults: its data directory, the admin port and the
+	// dashboard's (set as defaults, so Changed still says what was given).
 	for name, value := range map[string]string{"data-dir": localapi.DataDir(), "admin-addr": "127.0.0.1:9990", "web-addr": "127.0.0.1:50750"} {
-		fs.Lookup(name).DefValue = value
-		fs.Set(name, value)
+		f := fs.Lookup(name)
+		f.DefValue = value
+		f.Value.Set(value)
 	}
 	fs.MarkHidden("addr")
 	fs.MarkHidden("dns-addr")
@@ -96,13 +96,14 @@ func startDetached(cmd *cobra.Command, dataDir string) error {
 	if err != nil {
 		return err
 	}
-	args := []string{"up", "--data-dir=" + dataDir}
-	visit := func(f *pflag.Flag) {
-		if f.Name != "detach" && f.Name != "data-dir" {
-			args = append(args, "--"+f.Name+"="+f.Value.String())
+	// The child gets this process's own arguments (lists and maps as they
+	// were written), less the detach flag, and its environment.
+	var args []string
+	for _, a := range os.Args[1:] {
+		if a != "-d" && a != "--detach" && !strings.HasPrefix(a, "--detach=") {
+			args = append(args, a)
 		}
 	}
-	cmd.Flags().Visit(visit)
 	logPath := filepath.Join(dataDir, "trellis.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {

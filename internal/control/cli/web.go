@@ -3,17 +3,13 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/control/web"
 )
 
@@ -40,15 +36,14 @@ host or a --web-host name, and changes nothing.`,
 			if o.Addr == "" {
 				return errors.New("--web-addr: required")
 			}
-			ln, err := web.Listen(o)
+			w, err := web.Start(o, web.Proxy(u))
 			if err != nil {
-				return err
+				return fmt.Errorf("--web-addr: %w", err)
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			srv := &http.Server{Handler: web.Handler(httputil.NewSingleHostReverseProxy(u), ln.Addr(), o.Hosts), ReadHeaderTimeout: 10 * time.Second}
-			fmt.Fprintf(cmd.OutOrStdout(), "dashboard on http://%s/, reading %s\n", ln.Addr(), u)
-			return localapi.ServeUntil(ctx, srv, ln, "dashboard")
+			fmt.Fprintf(cmd.OutOrStdout(), "dashboard on %s, reading %s\n", w.URL(), u)
+			return w.Serve(ctx)
 		},
 	}
 	o.Flags(cmd.Flags(), "127.0.0.1:50750")

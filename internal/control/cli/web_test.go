@@ -1,10 +1,11 @@
 package cli
 
 import (
+	"bufio"
 	"context"
 	"io"
-	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -17,36 +18,36 @@ func TestWebServesTheDashboardInFrontOfAnAPI(t *testing.T) {
 		io.WriteString(w, `{"rows":[],"path":"`+r.URL.Path+`"}`)
 	}))
 	defer api.Close()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := New()
+	out, w := io.Pipe()
+	cmd.SetOut(w)
+	cmd.SetArgs([]string{"web", "--web-addr", "127.0.0.1:0", "--api-url", api.URL})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	line, err := bufio.NewReader(out).ReadString('\n')
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := New()
-	cmd.SetOut(io.Discard)
-	cmd.SetArgs([]string{"web", "--web-addr", addr, "--api-url", api.URL})
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
-	get := func(path string) (int, string) {
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			resp, err := http.Get("http://" + addr + path)
-			if err == nil {
-				b, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				return resp.StatusCode, string(b)
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("GET %s: %v", path, err)
-			}
+	go io.Copy(io.Discard, out)
+	// "dashboard on URL, reading API"
+	url := strings.TrimSuffix(strings.Fields(line)[2], ",")
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+	get := func(u string) (int, string) {
+		resp, err := c.Get(u)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
 		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
 	}
-	if code, body := get("/"); code != http.StatusOK || !strings.Contains(body, "/app.js") {
-		t.Errorf("GET /: %d %q", code, body)
+	if code, body := get(url); code != http.StatusOK || !strings.Contains(body, "/app.js") {
+		t.Errorf("GET %s: %d %q", url, code, body)
 	}
-	if code, body := get("/v1/stat?kind=workload"); code != http.StatusOK || !strings.Contains(body, `"path":"/v1/stat"`) {
+	base := strings.Split(url, "/?")[0]
+	if code, body := get(base + "/v1/stat?kind=workload"); code != http.StatusOK || !strings.Contains(body, `"path":"/v1/stat"`) {
 		t.Errorf("GET /v1/stat: %d %q, want the API's answer", code, body)
 	}
 	cancel()

@@ -5,15 +5,16 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
 // Launch starts cmd, a control plane serving the data directory dataDir
 // (trellis-control up), and waits until it answers on the directory's
 // socket. It returns the control plane's status and a channel that gets
-// the process's exit. If the process exits first or does not answer within
-// timeout, it is killed and the error says so; where names its output for
-// the error ("see ...").
+// the process's exit. If the process exits first, does not answer within
+// timeout or ctx ends, it is stopped (SIGTERM, SIGKILL 30 s later) and the
+// error says so; where names its output for the error ("see ...").
 func Launch(ctx context.Context, cmd *exec.Cmd, dataDir string, timeout time.Duration, where string) (Status, <-chan error, error) {
 	if err := cmd.Start(); err != nil {
 		return Status{}, nil, err
@@ -21,8 +22,15 @@ func Launch(ctx context.Context, cmd *exec.Cmd, dataDir string, timeout time.Dur
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	fail := func(err error) (Status, <-chan error, error) {
-		cmd.Process.Kill()
-		<-exited
+		// SIGTERM first: a control plane half way through creating its
+		// network removes it as it stops.
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+		}
 		return Status{}, nil, err
 	}
 	api := NewClient(filepath.Join(dataDir, SocketName))

@@ -36,10 +36,11 @@ type Status struct {
 	DataDir     string `json:"dataDir"`
 	ControlAddr string `json:"controlAddr"` // identity + destination (gRPC, TLS)
 	AdminAddr   string `json:"adminAddr"`
-	// WebAddr serves the dashboard, if it runs.
-	WebAddr     string `json:"webAddr,omitempty"`
-	DNSAddr     string `json:"dnsAddr,omitempty"`
-	TrustDomain string `json:"trustDomain"`
+	// DashboardURL opens the dashboard, if it runs: its token is in the
+	// URL, so only the socket's status has it.
+	DashboardURL string `json:"dashboardUrl,omitempty"`
+	DNSAddr      string `json:"dnsAddr,omitempty"`
+	TrustDomain  string `json:"trustDomain"`
 	// ClusterDomain is the DNS domain of services: NAME.NAMESPACE.svc.DOMAIN.
 	ClusterDomain string `json:"clusterDomain"`
 	TrustAnchor   string `json:"trustAnchor"` // PEM file proxies verify against
@@ -114,7 +115,13 @@ func Listen(path string, cfg Config) (*Server, error) {
 // that changes the mesh, mints a token or stops the control plane, and
 // mounted handlers of other methods than GET.
 func (s *Server) route(mux *http.ServeMux, readOnly bool) {
-	mux.HandleFunc("GET /v1/status", s.status)
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, _ *http.Request) {
+		st := s.cfg.Status()
+		if readOnly {
+			st.DashboardURL = ""
+		}
+		writeJSON(w, http.StatusOK, st)
+	})
 	mux.HandleFunc("GET /v1/resources/{kind}", s.list)
 	mux.HandleFunc("GET /v1/resources/{kind}/{namespace}/{name}", s.get)
 	if !readOnly {
@@ -198,10 +205,6 @@ func fail(w http.ResponseWriter, err error) {
 }
 
 var errBadRequest = errors.New("bad request")
-
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, s.cfg.Status())
-}
 
 // List is the body of a list answer.
 type List struct {

@@ -34,8 +34,8 @@ func (s Status) WriteTable(out io.Writer) error {
 	fmt.Fprintf(w, "data directory\t%s\n", s.DataDir)
 	fmt.Fprintf(w, "identity, destination\t%s (gRPC, TLS)\n", s.ControlAddr)
 	fmt.Fprintf(w, "admin\thttp://%s/metrics\n", s.AdminAddr)
-	if s.WebAddr != "" {
-		fmt.Fprintf(w, "dashboard\thttp://%s/\n", s.WebAddr)
+	if s.DashboardURL != "" {
+		fmt.Fprintf(w, "dashboard\t%s\n", s.DashboardURL)
 	}
 	fmt.Fprintf(w, "trust anchor\t%s\n", s.TrustAnchor)
 	if s.DefaultInboundPolicy != "" {

@@ -16,8 +16,10 @@ type SeriesRequest struct {
 // MaxSeriesPoints bounds a SeriesRequest (each point is a Stat).
 const MaxSeriesPoints = 60
 
-// Series is one resource's golden metrics at each of Series' times; a
-// value is nil where the resource had no traffic.
+// Series is one resource's golden metrics at each of SeriesReply's times;
+// a value is nil where the resource had no traffic (and a latency where it
+// had no responses), and a resource without traffic in the whole span has
+// no Series.
 type Series struct {
 	Namespace string     `json:"namespace"`
 	Kind      string     `json:"kind"`
@@ -49,6 +51,7 @@ func (a *API) Series(ctx context.Context, req SeriesRequest) (SeriesReply, error
 	index := map[[2]string]int{}
 	for i := range req.Points {
 		r := req.StatRequest
+		r.goldenOnly = true
 		r.At = end.Add(-time.Duration(req.Points-1-i) * req.Step)
 		reply.Times[i] = r.At.UnixMilli()
 		rows, err := a.Stat(ctx, r)

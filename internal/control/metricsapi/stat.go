@@ -50,6 +50,9 @@ type StatRequest struct {
 	Window   time.Duration
 	// At is when the window ends (now if zero).
 	At time.Time
+	// goldenOnly leaves out what a series does not draw: TCP, denials
+	// and the resources without traffic.
+	goldenOnly bool
 }
 
 // StatRow is one resource's golden metrics.
@@ -137,6 +140,9 @@ func (a *API) Stat(ctx context.Context, req StatRequest) ([]StatRow, error) {
 			continue // traffic to something that is not this kind of resource
 		}
 		row(k).Golden = *g
+	}
+	if req.goldenOnly {
+		return sortedRows(rows), nil
 	}
 	if req.From == nil && req.To == nil {
 		tcpSel := sel.with("peer", "src").String()

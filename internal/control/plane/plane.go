@@ -120,7 +120,7 @@ type Plane struct {
 	dns      *dns.Server
 	api      *localapi.Server
 	view     net.Listener // --view-addr, or nil
-	web      net.Listener // --web-addr, or nil
+	web      *web.Server  // --web-addr, or nil
 	metrics  metricsapi.Backend
 	embedded *embedded.Store // nil with an external Prometheus
 	started  time.Time
@@ -286,7 +286,7 @@ func (p *Plane) Status() localapi.Status {
 		s.Metrics = p.opts.Metrics.PrometheusURL
 	}
 	if p.web != nil {
-		s.WebAddr = p.web.Addr().String()
+		s.DashboardURL = p.web.URL()
 	}
 	if p.opts.Identity.TrustAnchorPEM != "" {
 		s.TrustAnchor = p.opts.Identity.TrustAnchorPEM
@@ -331,7 +331,7 @@ func (p *Plane) Run(ctx context.Context) error {
 		g.Go(func() error { return p.serveView(gctx) })
 	}
 	if p.web != nil {
-		g.Go(func() error { return p.serveWeb(gctx) })
+		g.Go(func() error { return p.web.Serve(gctx) })
 	}
 	for _, src := range p.opts.Sources {
 		g.Go(func() error { return src(gctx, p.store) })

@@ -21,11 +21,11 @@ func (p *Plane) listenView() error {
 		p.view = ln
 	}
 	if p.opts.Web.Addr != "" {
-		ln, err := web.Listen(p.opts.Web)
+		w, err := web.Start(p.opts.Web, p.api.View())
 		if err != nil {
-			return err
+			return fmt.Errorf("--web-addr: %w", err)
 		}
-		p.web = ln
+		p.web = w
 	}
 	return nil
 }
@@ -35,10 +35,4 @@ func (p *Plane) listenView() error {
 func (p *Plane) serveView(ctx context.Context) error {
 	srv := &http.Server{Handler: p.api.View(), ReadHeaderTimeout: 10 * time.Second}
 	return localapi.ServeUntil(ctx, srv, p.view, "view API")
-}
-
-// serveWeb serves the dashboard on --web-addr until ctx ends.
-func (p *Plane) serveWeb(ctx context.Context) error {
-	srv := &http.Server{Handler: web.Handler(p.api.View(), p.web.Addr(), p.opts.Web.Hosts), ReadHeaderTimeout: 10 * time.Second}
-	return localapi.ServeUntil(ctx, srv, p.web, "dashboard")
 }

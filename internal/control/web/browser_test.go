@@ -69,8 +69,8 @@ func synthetic(n, e int) http.Handler {
 // the first render took (docs/benchmarks.md records it).
 func TestLargeMeshRendersInChromium(t *testing.T) {
 	const workloads, edges = 200, 1000
-	addr := serve(t, synthetic(workloads, edges))
-	b := webtest.Open(t, "http://"+addr+"/")
+	s, _ := serve(t, synthetic(workloads, edges))
+	b := webtest.Open(t, s.URL())
 
 	start := time.Now()
 	b.Go("#/?ns=big")

@@ -52,6 +52,9 @@ const ms = (v) => (v === null || v === undefined ? "-" : v < 10 ? v.toFixed(1) +
 const successClass = (v) => (v === null || v === undefined ? "" : v >= 0.99 ? "good" : v >= 0.95 ? "warn" : "bad");
 const failing = (v) => v !== null && v !== undefined && v < 0.99;
 
+// seconds reads a duration such as "15s" or "6m".
+function seconds(d) { return parseFloat(d) * ({ s: 1, m: 60, h: 3600 }[d.slice(-1)] || 1); }
+
 // expiry says when a certificate expires and how soon.
 function expiry(iso) {
   if (!iso) return "-";
@@ -62,8 +65,8 @@ function expiry(iso) {
 
 // ---- the API -----------------------------------------------------------------
 
-async function api(path) {
-  const resp = await fetch(path, { headers: { Accept: "application/json" } });
+async function api(path, signal) {
+  const resp = await fetch(path, { headers: { Accept: "application/json" }, signal });
   if (!resp.ok) {
     let msg = resp.status + " " + resp.statusText;
     try { msg = (await resp.json()).error || msg; } catch { /* not JSON */ }
@@ -101,28 +104,40 @@ function link(path, params = {}) {
 
 function namespace() { return nsSelect.value; }
 
-function showError(err) {
-  if (!err) { errorBox.hidden = true; errorBox.textContent = ""; return; }
-  errorBox.hidden = false;
-  errorBox.textContent = String(err.message || err);
+// errors holds what each poller last failed with, so one poller's success
+// does not hide another's failure.
+const errors = new Map();
+
+function setError(id, err) {
+  if (err) errors.set(id, String(err.message || err));
+  else errors.delete(id);
+  errorBox.hidden = errors.size === 0;
+  errorBox.textContent = [...new Set(errors.values())].join("\n");
 }
 
-// every runs fn now and every REFRESH_MS until the view changes.
+let pollers = 0;
+
+// every runs fn now and every ms until the view changes; fn gets a get(path)
+// whose requests are cancelled then, so nothing late lands on another view.
 function every(fn, ms = REFRESH_MS) {
+  const id = ++pollers;
+  const ctrl = new AbortController();
+  const get = (path) => api(path, ctrl.signal);
   let timer = null;
-  let stopped = false;
   const tick = async () => {
     try {
-      await fn();
-      showError(null);
+      await fn(get);
+      if (ctrl.signal.aborted) return;
+      setError(id, null);
       updated.textContent = "updated " + new Date().toLocaleTimeString();
     } catch (err) {
-      showError(err);
+      if (ctrl.signal.aborted) return;
+      setError(id, err);
     }
-    if (!stopped) timer = setTimeout(tick, ms);
+    timer = setTimeout(tick, ms);
   };
   tick();
-  return { stop() { stopped = true; clearTimeout(timer); } };
+  return { stop() { ctrl.abort(); clearTimeout(timer); setError(id, null); } };
 }
 
 async function loadNamespaces() {
@@ -133,8 +148,9 @@ async function loadNamespaces() {
     nsSelect.replaceChildren(h("option", { value: "" }, "all"), ...names.map((n) => h("option", { value: n }, n)));
     if (chosen && !names.includes(chosen)) nsSelect.append(h("option", { value: chosen }, chosen));
     nsSelect.value = chosen;
+    setError("namespaces", null);
   } catch (err) {
-    showError(err);
+    setError("namespaces", err);
   }
 }
 
@@ -156,7 +172,6 @@ function render() {
     if (a.hasAttribute("aria-current")) a.setAttribute("aria-current", "page");
   }
   view.replaceChildren();
-  showError(null);
   const views = { overview, topology, workload, tap, authz };
   current = (views[r.name] || notFound)(r);
   document.title = "Trellis · " + (r.parts.slice(1).join("/") || r.name);
@@ -176,9 +191,11 @@ function notFound(r) {
 // table builds a sortable table: columns [{key, label, value(row), cell(row), left}].
 function table(columns, rows, sort, onSort, rowKey) {
   const col = columns.find((c) => c.key === sort.key) || columns[0];
+  const none = (v) => v === null || v === undefined;
   const sorted = [...rows].sort((a, b) => {
     const x = col.value(a), y = col.value(b);
-    const c = x === y ? 0 : x === null || x === undefined ? 1 : y === null || y === undefined ? -1 : x < y ? -1 : 1;
+    if (none(x) || none(y)) return none(x) - none(y); // rows without a value last, either way
+    const c = x === y ? 0 : x < y ? -1 : 1;
     return sort.desc ? -c : c;
   });
   return h("table", {},
@@ -281,12 +298,12 @@ function overview(r) {
   ];
   const draw = () => holder.replaceChildren(rows.length ? table(columns, rows, sorter.st, (k) => { sorter.toggle(k); draw(); }, key)
     : h("p", { class: "muted" }, "Nothing registered yet."));
-  const stats = every(async () => {
-    rows = (await api("/v1/stat?" + query({ kind, namespace: namespace(), window: WINDOW }))).rows;
+  const stats = every(async (get) => {
+    rows = (await get("/v1/stat?" + query({ kind, namespace: namespace(), window: WINDOW }))).rows;
     draw();
   });
-  const trends = every(async () => {
-    const reply = await api("/v1/series?" + query({ kind, namespace: namespace(), window: "30s", points: 20, step: "30s" }));
+  const trends = every(async (get) => {
+    const reply = await get("/v1/series?" + query({ kind, namespace: namespace(), window: "30s", points: 20, step: "30s" }));
     series = new Map(reply.series.map((x) => [key(x), x]));
     draw();
   }, 30000);
@@ -300,10 +317,10 @@ function topology() {
   view.append(h("h1", {}, "Topology"),
     h("p", { class: "muted" }, `Who calls whom over the last ${WINDOW}: green edges are mutual TLS, red ones fail more than 1 % of requests; hover an edge for the identities.`),
     holder);
-  const poll = every(async () => {
+  const poll = every(async (get) => {
     const [edges, stat] = await Promise.all([
-      api("/v1/edges?" + query({ namespace: namespace(), window: WINDOW })),
-      api("/v1/stat?" + query({ kind: "workload", namespace: namespace(), window: WINDOW })),
+      get("/v1/edges?" + query({ namespace: namespace(), window: WINDOW })),
+      get("/v1/stat?" + query({ kind: "workload", namespace: namespace(), window: WINDOW })),
     ]);
     holder.replaceChildren(drawGraph(stat.rows, edges.rows));
   });
@@ -330,14 +347,15 @@ function drawGraph(nodes, edges) {
     }
     if (!changed) break;
   }
-  const columns = [];
-  for (const [k, d] of depth) (columns[d] ||= []).push(k);
-  columns.forEach((c) => c && c.sort());
+  const byDepth = [];
+  for (const [k, d] of depth) (byDepth[d] ||= []).push(k);
+  const columns = byDepth.filter(Boolean); // a cycle can leave a depth empty
+  columns.forEach((c) => c.sort());
   const NW = 200, NH = 40, GX = 170, GY = 28, PAD = 20;
   const pos = new Map();
-  columns.forEach((c, i) => (c || []).forEach((k, j) => pos.set(k, { x: PAD + i * (NW + GX), y: PAD + j * (NH + GY) })));
+  columns.forEach((c, i) => c.forEach((k, j) => pos.set(k, { x: PAD + i * (NW + GX), y: PAD + j * (NH + GY) })));
   const width = PAD * 2 + columns.length * (NW + GX) - GX;
-  const height = PAD * 2 + Math.max(...columns.map((c) => (c || []).length), 1) * (NH + GY) - GY;
+  const height = PAD * 2 + Math.max(...columns.map((c) => c.length), 1) * (NH + GY) - GY;
   const svg = s("svg", { width: Math.max(width, 300), height: Math.max(height, 120), role: "img", "aria-label": `call graph: ${byId.size} workloads, ${edges.length} edges` },
     s("defs", {}, s("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 8, markerHeight: 8, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" },
       s("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9aa7b8" }))));
@@ -387,8 +405,8 @@ function workload(r) {
   } }, Object.keys(CHART_SPANS).map((k) => h("option", { value: k, selected: k === span }, k))));
   view.append(h("h1", {}, `${kind} ${ns}/${name}`), h("div", { class: "toolbar" }, spans), charts,
     h("h2", {}, "Routes"), routes, h("h2", {}, "Edges"), edgesBox, h("h2", {}, "Instances"), instances);
-  const trend = every(async () => {
-    const reply = await api("/v1/series?" + query({ kind, name, namespace: ns, ...CHART_SPANS[span] }));
+  const trend = every(async (get) => {
+    const reply = await get("/v1/series?" + query({ kind, name, namespace: ns, ...CHART_SPANS[span] }));
     const x = reply.series.find((v) => v.name === name) || { success: [], rps: [], latencyP50Ms: [], latencyP95Ms: [], latencyP99Ms: [] };
     charts.replaceChildren(
       chart("Success rate", reply.times, [{ label: "success", color: "#1f9d55", values: x.success }], pct, 1),
@@ -397,10 +415,10 @@ function workload(r) {
         { label: "p50", color: "#1f9d55", values: x.latencyP50Ms },
         { label: "p95", color: "#d08a00", values: x.latencyP95Ms },
         { label: "p99", color: "#d33a2c", values: x.latencyP99Ms }], ms));
-  }, 15000);
-  const rest = every(async () => {
-    const [wls, edges, certs] = await Promise.all([api("/v1/resources/Workload?" + query({ namespace: ns })),
-      api("/v1/edges?" + query({ namespace: ns, window: WINDOW })), api("/v1/certificates?" + query({ namespace: ns }))]);
+  }, Math.max(15000, seconds(CHART_SPANS[span].step) * 1000)); // a new point per step
+  const rest = every(async (get) => {
+    const [wls, edges, certs] = await Promise.all([get("/v1/resources/Workload?" + query({ namespace: ns })),
+      get("/v1/edges?" + query({ namespace: ns, window: WINDOW })), get("/v1/certificates?" + query({ namespace: ns }))]);
     const expires = new Map(certs.rows.map((c) => [c.instance, c.expires]));
     const mine = wls.items.filter((w) => kind === "service" ? w.spec.service === name : (w.metadata.labels || {})["trellis.dev/workload"] === name);
     instances.replaceChildren(mine.length ? h("table", {},
@@ -418,7 +436,7 @@ function workload(r) {
         h("td", { class: "left" }, e.clientId || "-"), h("td", { class: "left" }, e.serverId || "-")))))
       : h("p", { class: "muted" }, "No traffic in or out over the window."));
     const services = [...new Set(mine.map((w) => w.spec.service).filter(Boolean))];
-    const rows = (await Promise.all(services.map((svc) => api("/v1/routes?" + query({ service: svc, namespace: ns, window: WINDOW }))))).flatMap((x) => x.rows);
+    const rows = (await Promise.all(services.map((svc) => get("/v1/routes?" + query({ service: svc, namespace: ns, window: WINDOW }))))).flatMap((x) => x.rows);
     routes.replaceChildren(rows.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["Route", "Kind", "Service", "Success", "RPS", "P50", "P99", "Retries/s", "Timeouts/s"].map((c, i) => h("th", { class: i < 3 ? "left" : null }, c)))),
       h("tbody", {}, rows.map((x) => h("tr", {},
@@ -435,21 +453,29 @@ function workload(r) {
 function authz(r) {
   const chosen = r.params.get("workload") || "";
   const servers = h("div"), detail = h("div");
-  view.append(h("h1", {}, "Policy"), h("h2", {}, "Servers"), servers, h("h2", {}, "Authorizations"), detail);
-  return every(async () => {
-    const [srv, wl] = await Promise.all([api("/v1/stat?" + query({ kind: "server", namespace: namespace(), window: WINDOW })),
-      api("/v1/stat?" + query({ kind: "workload", namespace: namespace(), window: WINDOW }))]);
+  // The picker is built once and only its options change: rebuilding it
+  // would close it under the user's pointer.
+  const pick = h("select", { "aria-label": "workload", onchange: (ev) => { location.hash = link("/authz", { ns: namespace(), workload: ev.target.value }); } },
+    h("option", { value: "" }, "choose a workload"));
+  if (chosen) pick.append(h("option", { value: chosen, selected: true }, chosen));
+  view.append(h("h1", {}, "Policy"), h("h2", {}, "Servers"), servers, h("h2", {}, "Authorizations"), h("div", { class: "toolbar" }, pick), detail);
+  return every(async (get) => {
+    const [srv, wl] = await Promise.all([get("/v1/stat?" + query({ kind: "server", namespace: namespace(), window: WINDOW })),
+      get("/v1/stat?" + query({ kind: "workload", namespace: namespace(), window: WINDOW }))]);
     servers.replaceChildren(srv.rows.length ? h("table", {},
       h("thead", {}, h("tr", {}, ["Namespace", "Server", "Instances", "Allowed RPS", "Unauthorized/s"].map((c, i) => h("th", { class: i < 2 ? "left" : null }, c)))),
       h("tbody", {}, srv.rows.map((x) => h("tr", {}, h("td", { class: "left" }, x.namespace), h("td", { class: "left" }, x.name),
         h("td", {}, String(x.instances)), h("td", {}, rps(x.rps)), h("td", {}, h("span", { class: x.unauthorizedPerSec > 0 ? "bad" : "" }, x.unauthorizedPerSec.toFixed(2)))))))
       : h("p", { class: "muted" }, "No Server resource: every port follows its default policy."));
-    const pick = h("select", { "aria-label": "workload", onchange: (ev) => { location.hash = link("/authz", { ns: namespace(), workload: ev.target.value }); } },
-      h("option", { value: "" }, "choose a workload"), wl.rows.map((x) => h("option", { value: x.namespace + "/" + x.name, selected: chosen === x.namespace + "/" + x.name }, x.namespace + "/" + x.name)));
-    const parts = [h("div", { class: "toolbar" }, pick)];
+    const have = new Set([...pick.options].map((o) => o.value));
+    for (const x of wl.rows) {
+      const v = x.namespace + "/" + x.name;
+      if (!have.has(v)) pick.append(h("option", { value: v }, v));
+    }
+    const parts = [];
     if (chosen) {
       const [ns, name] = chosen.split("/");
-      const rows = (await api("/v1/authz?" + query({ workload: name, namespace: ns, window: WINDOW }))).rows;
+      const rows = (await get("/v1/authz?" + query({ workload: name, namespace: ns, window: WINDOW }))).rows;
       parts.push(rows.length ? h("table", {},
         h("thead", {}, h("tr", {}, ["Server", "Route", "Authorization", "Kind", "Outcome", "Per second"].map((c, i) => h("th", { class: i < 5 ? "left" : null }, c)))),
         h("tbody", {}, rows.map((x) => h("tr", {}, h("td", { class: "left" }, `${x.serverKind}/${x.server}`), h("td", { class: "left" }, x.route || "*"),
@@ -507,7 +533,7 @@ function tap(r) {
   }
 
   function onEvent(ev) {
-    if (ev.type === "error") { showError(new Error(`tap of ${ev.namespace}/${ev.workload}: ${ev.error}`)); return; }
+    if (ev.type === "error") { setError("tap", new Error(`tap of ${ev.namespace}/${ev.workload}: ${ev.error}`)); return; }
     const key = ev.proxyAddr + "#" + ev.id;
     if (ev.type === "requestInit") {
       if (pending.size > 10000) pending.clear(); // their ends were dropped
@@ -523,6 +549,7 @@ function tap(r) {
     const okay = (ev.grpcStatus === undefined || ev.grpcStatus === null ? status > 0 && status < 500 : ev.grpcStatus === 0) && !ev.error;
     const latency = (req.latencyMicros || ev.durationMicros || 0) / 1000;
     const k = req.method + " " + req.path;
+    if (!agg.has(k) && agg.size >= 1000) agg.clear(); // bounded: paths can be endless
     const a = agg.get(k) || { count: 0, ok: 0, best: Infinity, worst: 0, last: 0 };
     a.count++; if (okay) a.ok++; a.best = Math.min(a.best, latency); a.worst = Math.max(a.worst, latency); a.last = latency;
     agg.set(k, a);
@@ -542,6 +569,7 @@ function tap(r) {
       authority: form.authority.value.trim(), max_rps: TAP_MAX_RPS };
     history.replaceState(null, "", link("/tap", { ...params, ns: namespace(), namespace: undefined, max_rps: undefined }));
     if (ctrl) ctrl.abort();
+    setError("tap", null);
     ctrl = new AbortController();
     const mine = ctrl;
     toggle.textContent = "Pause";
@@ -567,10 +595,10 @@ function tap(r) {
     } catch (err) {
       if (err.name === "AbortError") return;
       if (ctrl === mine) stop("stopped");
-      showError(err);
+      setError("tap", err);
     }
   }
 
   if (p.get("target")) start();
-  return { stop() { if (ctrl) ctrl.abort(); ctrl = null; } };
+  return { stop() { if (ctrl) ctrl.abort(); ctrl = null; setError("tap", null); } };
 }

@@ -42,7 +42,8 @@ func chromium() (string, error) {
 	return "", fmt.Errorf("no chromium on PATH (apt-get install chromium; .ci/run installs it)")
 }
 
-// Open starts Chromium with a 1280×800 viewport for the dashboard at base (its URL);
+// Open starts Chromium with a 1280×800 viewport on the dashboard at base
+// (its URL, with its token);
 // the test's end closes it and reports what went wrong in the page.
 func Open(t *testing.T, base string) *Browser {
 	t.Helper()
@@ -60,11 +61,14 @@ func Open(t *testing.T, base string) *Browser {
 	b := &Browser{t: t, base: u}
 	ctx, cancel := chromedp.NewContext(actx, chromedp.WithListener(b.listen))
 	b.ctx = ctx
-	if _, err := chromedp.Run(ctx, chromedp.EmulateViewport(1280, 800)); err != nil {
+	// The first page is base itself: its token, if any, becomes the
+	// dashboard's cookie; later pages go by the address without it.
+	if err := chromedp.Do(ctx, chromedp.EmulateViewport(1280, 800), chromedp.Navigate(base)); err != nil {
 		cancel()
 		cancelAlloc()
-		t.Fatalf("starting chromium: %v", err)
+		t.Fatalf("starting chromium on %s: %v", base, err)
 	}
+	b.base.RawQuery = ""
 	t.Cleanup(func() {
 		cancel()
 		cancelAlloc()
