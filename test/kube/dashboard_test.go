@@ -4,12 +4,12 @@ import (
 	"bufio"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control/web/webtest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // dashboardShowsTheDemo runs `trellis dashboard` against the cluster (it
@@ -28,7 +28,7 @@ func dashboardTopology(t *testing.T, ns string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
+	var stderr testkit.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -68,22 +68,4 @@ func dashboardTopology(t *testing.T, ns string) {
 	b.WaitFor("the demo's three edges, all mTLS, in the cluster's topology",
 		`[...document.querySelectorAll("g.edge")].filter((e) => e.dataset.mtls === "true").length === 3`, 60*time.Second)
 	t.Logf("trellis dashboard at %s shows the cluster's topology", strings.Split(url, "?")[0])
-}
-
-// syncBuffer is a strings.Builder a process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
