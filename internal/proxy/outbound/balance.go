@@ -28,7 +28,7 @@ const (
 // feeds the endpoint's latency estimate and failure accrual with how it
 // went. Targets discovery does not know go where they were addressed.
 type balancer struct {
-	res        *discover.Resolver
+	res        services      // nil without a control plane
 	egress     *egress.Guard // nil: traffic leaves the mesh unchecked
 	classes    balance.Classes
 	failFast   time.Duration

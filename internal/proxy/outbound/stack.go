@@ -4,11 +4,8 @@
 package outbound
 
 import (
-	"context"
 	"log/slog"
-	"net"
 
-	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
@@ -40,8 +37,8 @@ type Stacks struct {
 //	                 │        → balance (discovered services: one endpoint per request)
 //	                 │        → span: route and endpoint
 //	                 │        → http metrics → tap → forward (meshed targets: HTTP/2 over mTLS)
-//	                 └─ TLS, opaque: tcp metrics → balance (one endpoint per connection)
-//	                          → TCP forward (meshed targets: over mTLS)
+//	                 └─ TLS, opaque: tcp metrics → TCP forward, whose connect (upstream.connect)
+//	                          balances (one endpoint per connection) and dials (meshed targets: mTLS)
 //
 // creds is nil when the proxy has no identity; then no target is meshed.
 // res is nil without a control plane; then targets are used as addressed.
@@ -51,45 +48,25 @@ type Stacks struct {
 func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, creds mesh.Credentials, res *discover.Resolver, guard *egress.Guard, decisions *explain.Log, obs observe.Stages, log *slog.Logger) *Stacks {
 	s := &Stacks{peers: newPeers(cfg)}
 	fc := httpproxy.ForwardConfig{Direction: transport.Outbound, PoolIdleTimeout: cfg.PoolIdleTimeout}
-	var md *mesh.Dialer
-	if creds != nil {
-		md = &mesh.Dialer{TCP: dialer, Creds: creds, Port: cfg.MeshPort}
-		if res != nil {
-			md.PortOf = res.MeshPort
-		}
-		fc.MeshDial = func(ctx context.Context, target, peer string, proto mesh.Protocol) (net.Conn, error) {
-			id, err := identity.Parse(peer)
-			if err != nil {
-				return nil, err
-			}
-			c, err := md.Dial(ctx, transport.Outbound, target, id, proto)
-			if err != nil && res != nil && ctx.Err() == nil {
-				res.Failed(target) // not when the caller gave up
-			}
-			return c, err
-		}
+	bal := &balancer{egress: guard, classes: cfg.Balance.FailureClasses(), failFast: cfg.FailFast, maxPending: DefaultMaxPending}
+	var svcs services // a nil *discover.Resolver must stay a nil interface
+	if res != nil {
+		bal.res, svcs = res, res
 	}
-	bal := &balancer{res: res, egress: guard, classes: cfg.Balance.FailureClasses(), failFast: cfg.FailFast, maxPending: DefaultMaxPending}
-	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
-		target, peer, release, err := bal.pickTarget(ctx, m)
-		if err != nil {
-			return nil, err
+	up := &upstream{tcp: dialer, res: res, bal: bal}
+	if creds != nil {
+		up.mesh = &mesh.Dialer{TCP: dialer, Creds: creds, Port: cfg.MeshPort}
+		if res != nil {
+			up.mesh.PortOf = res.MeshPort
 		}
-		var c net.Conn
-		if peer != "" && fc.MeshDial != nil {
-			c, err = fc.MeshDial(ctx, target, peer, mesh.Opaque)
-		} else {
-			c, err = dialer.DialContext(ctx, m.Direction, target)
-		}
-		release(err)
-		return c, err
+		fc.MeshDial = up.meshDial
 	}
 	s.Forwarder = httpproxy.NewForwarder(fc, dialer, log)
 	http := httpproxy.Stack(s.Forwarder,
 		obs.Tracer.Layer(transport.Outbound), // sends the request on as the span's child
 		obs.AccessLog.Layer,
 		forwardProxy(dialer, s.peers, log),
-		routes(res, obs.HTTPMetrics, decisions),
+		routes(svcs, obs.HTTPMetrics, decisions),
 		bal.http(),
 		obs.Tracer.Annotate(),
 		httpproxy.Metrics(obs.HTTPMetrics),
@@ -99,9 +76,9 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
 		ResetFloods: httpproxy.CountResetFloods(reg, transport.Outbound),
 	}, log), transport.Meter(reg))
-	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg))
+	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: up.connect, Log: log}, transport.Meter(reg))
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
-	s.detect = detect.Stage(detector, skipOpaque(cfg.OpaquePorts, res), connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
+	s.detect = detect.Stage(detector, skipOpaque(cfg.OpaquePorts, res), up.connect, log, detect.Routes{HTTP: httpServer, TLS: opaque, Opaque: opaque})
 	return s
 }
 
