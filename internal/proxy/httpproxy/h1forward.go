@@ -194,9 +194,9 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 func (ex *h1Exchange) relay(resp *http.Response) {
 	w := ex.w
 	h := w.Header()
-	skip := connectionFields(resp.Header)
+	hop := connectionFields(resp.Header)
 	for k, vs := range resp.Header {
-		if !skip(k) {
+		if !hop.skip(k) {
 			h[k] = vs
 		}
 	}
@@ -367,9 +367,9 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 	}
 	bw.WriteString(host)
 	bw.WriteString("\r\n")
-	skip := connectionFields(r.Header)
+	hop := connectionFields(r.Header)
 	for k, vs := range r.Header {
-		if skip(k) || k == "Host" || k == "Content-Length" || k == "Expect" && !r.ProtoAtLeast(1, 1) {
+		if hop.skip(k) || k == "Host" || k == "Content-Length" || k == "Expect" && !r.ProtoAtLeast(1, 1) {
 			continue
 		}
 		for _, v := range vs {

@@ -268,11 +268,25 @@ func (w *h1Writer) trailerKeys() []string {
 
 // statusLine is "CODE Reason-Phrase".
 func statusLine(code int) string {
+	if code >= 100 && code < len(statusLines) && statusLines[code] != "" {
+		return statusLines[code]
+	}
 	text := http.StatusText(code)
 	if text == "" {
 		text = "status code " + strconv.Itoa(code)
 	}
 	return strconv.Itoa(code) + " " + text
 }
+
+// statusLines are the status lines of the registered codes, made once:
+// a response head costs no allocation for its status line.
+var statusLines = func() (lines [600]string) {
+	for code := 100; code < len(lines); code++ {
+		if text := http.StatusText(code); text != "" {
+			lines[code] = strconv.Itoa(code) + " " + text
+		}
+	}
+	return lines
+}()
 
 func itoa(n int) string { return strconv.Itoa(n) }

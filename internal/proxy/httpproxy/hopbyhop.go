@@ -21,11 +21,15 @@ var hopByHop = map[string]bool{
 	"Upgrade":             true,
 }
 
-// connectionFields returns a predicate reporting whether a field must not
-// be forwarded: a hop-by-hop field or one the Connection field names. It
-// allocates only when Connection names fields beyond the usual options.
-func connectionFields(h http.Header) func(string) bool {
-	var named map[string]bool
+// hopFields says which fields of a message must not be forwarded: the
+// hop-by-hop fields and those its Connection field names (nil when it
+// names none beyond the usual options).
+type hopFields map[string]bool
+
+// connectionFields reads h's Connection field. It allocates only when
+// Connection names fields beyond the usual options.
+func connectionFields(h http.Header) hopFields {
+	var named hopFields
 	for _, v := range h["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
 			f = textproto.TrimString(f)
@@ -34,13 +38,16 @@ func connectionFields(h http.Header) func(string) bool {
 				continue
 			}
 			if named == nil {
-				named = map[string]bool{}
+				named = hopFields{}
 			}
 			named[http.CanonicalHeaderKey(f)] = true
 		}
 	}
-	return func(k string) bool { return hopByHop[k] || named[k] }
+	return named
 }
+
+// skip reports whether the field k stays on this hop.
+func (n hopFields) skip(k string) bool { return hopByHop[k] || n[k] }
 
 // upgradeRequested returns the protocol a request asks to switch to
 // ("websocket"), or "". HTTP/1.0 has no upgrades (RFC 9110 §7.8).
