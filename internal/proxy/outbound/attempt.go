@@ -9,6 +9,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
@@ -21,6 +22,7 @@ type attempt struct {
 	body    *replay
 	perTry  time.Duration
 	modify  *route.HeaderModifier
+	series  *metrics.Route // counts retries and timeouts; nil counts nothing
 	decide  func(status, grpc int, h http.Header) bool
 	racing  bool
 	mu      sync.Mutex
@@ -106,7 +108,7 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 	ctx := a.ctx
 	if why != "" {
 		ctx = explain.As(ctx, why)
-		routeSeries(ctx).Retry()
+		a.series.Retry()
 	}
 	var cancel context.CancelFunc
 	if a.perTry > 0 {
@@ -140,7 +142,7 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 			// The forwarder gives up silently on a cancelled request (the
 			// client left); here the route's timeout did it: answer 504,
 			// which the policy may retry.
-			routeSeries(ctx).Timeout()
+			a.series.Timeout()
 			reason := "request timed out (route timeout)"
 			if a.ctx.Err() == nil {
 				reason = "backend request timed out (route timeout)"

@@ -6,12 +6,14 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
 // serveRule sends r (already aimed at its backend) within the rule's
-// timeouts, hedging and retrying as its policy and budget allow.
-func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.Rule) {
+// timeouts, hedging and retrying as its policy and budget allow, counting
+// retries and timeouts on series.
+func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.Rule, series *metrics.Route) {
 	ctx := r.Context()
 	if rule.RequestTimeout > 0 {
 		var cancel context.CancelFunc
@@ -47,7 +49,7 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 	withdraw := func() bool { return budget == nil || budget.Withdraw() }
 	start := time.Now()
 	for n := 0; ; n++ {
-		a := &attempt{rt: rt, w: w, r: r, ctx: ctx, body: body, perTry: perTry, modify: rule.ResponseHeaders}
+		a := &attempt{rt: rt, w: w, r: r, ctx: ctx, body: body, perTry: perTry, modify: rule.ResponseHeaders, series: series}
 		if n < retries {
 			a.decide = func(status, grpc int, h http.Header) bool {
 				return ctx.Err() == nil && body.replayable() && !failingFast(h) && policy.Retryable(status, grpc) && withdraw()
@@ -66,7 +68,7 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 		}
 		if policy.Backoff > 0 && !sleep(ctx, policy.Backoff) {
 			if r.Context().Err() == nil { // the route's deadline, not the client, ended it
-				routeSeries(r.Context()).Timeout()
+				series.Timeout()
 				httpproxy.WriteError(w, r, http.StatusGatewayTimeout, "request timed out (route timeout)")
 			}
 			return

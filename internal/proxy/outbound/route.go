@@ -21,21 +21,6 @@ func withService(ctx context.Context, s *discover.Service) context.Context {
 	return context.WithValue(ctx, serviceKey{}, s)
 }
 
-type routeSeriesKey struct{}
-
-// withRouteSeries carries the matched route's series to the attempts,
-// which count retries and timeouts on it.
-func withRouteSeries(ctx context.Context, s *metrics.Route) context.Context {
-	return context.WithValue(ctx, routeSeriesKey{}, s)
-}
-
-// routeSeries is the request's route series; nil (which counts nothing)
-// without HTTP metrics.
-func routeSeries(ctx context.Context) *metrics.Route {
-	s, _ := ctx.Value(routeSeriesKey{}).(*metrics.Route)
-	return s
-}
-
 func serviceFrom(ctx context.Context) *discover.Service {
 	s, _ := ctx.Value(serviceKey{}).(*discover.Service)
 	return s
@@ -86,6 +71,19 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if table != nil {
 		rule, prefix = table.Match(r)
 	}
+	// series is the matched route's metrics, which the attempts count
+	// retries and timeouts on; nil (counting nothing) without HTTP metrics.
+	var series *metrics.Route
+	if rt.reg != nil {
+		labels := metrics.RouteLabels{Authority: r.Host} // the default route
+		if set := svc.Set(); set != nil {
+			labels.Service = set.MetricLabels
+		}
+		if rule != nil {
+			labels.RouteName, labels.RouteKind = rule.Route, rule.Kind
+		}
+		series = rt.reg.Route(labels)
+	}
 	serve := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if lim := svc.RateLimit(); lim != nil {
 			if ok, retry := lim.Take(ratelimit.Now()); !ok {
@@ -100,30 +98,22 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			d.Status = http.StatusNotFound
 			httpproxy.WriteError(w, r, http.StatusNotFound, "no route matches the request")
 		default:
-			rt.serveRoute(w, r, svc, rule, prefix)
+			rt.serveRoute(w, r, svc, rule, prefix, series)
 		}
 	})
-	if rt.reg == nil { // no HTTP metrics
+	if series == nil { // no HTTP metrics
 		serve(w, r.WithContext(ctx))
 		return
 	}
-	labels := metrics.RouteLabels{Authority: r.Host} // the default route
-	if set := svc.Set(); set != nil {
-		labels.Service = set.MetricLabels
-	}
-	if rule != nil {
-		labels.RouteName, labels.RouteKind = rule.Route, rule.Kind
-	}
-	series := rt.reg.Route(labels)
 	series.Request()
-	httpproxy.Observe(serve, w, r.WithContext(withRouteSeries(ctx, series)), func(o httpproxy.Outcome) {
+	httpproxy.Observe(serve, w, r.WithContext(ctx), func(o httpproxy.Outcome) {
 		series.Response(o.Status, o.GRPCStatus, o.Failed(), o.Latency)
 	})
 }
 
 // serveRoute sends r by the rule it matched: a redirect, or to the rule's
 // backend after its faults and header changes.
-func (rt *router) serveRoute(w http.ResponseWriter, r *http.Request, svc *discover.Service, rule *route.Rule, prefix string) {
+func (rt *router) serveRoute(w http.ResponseWriter, r *http.Request, svc *discover.Service, rule *route.Rule, prefix string, series *metrics.Route) {
 	ctx := r.Context()
 	d := explain.From(ctx)
 	d.Route, d.RouteKind, d.Rule = rule.Route, rule.Kind, rule.Name
@@ -156,7 +146,7 @@ func (rt *router) serveRoute(w http.ResponseWriter, r *http.Request, svc *discov
 		}
 	}
 	rule.RequestHeaders.Apply(r.Header)
-	rt.serveRule(w, r.WithContext(httpproxy.WithRoute(withService(ctx, backend), rule.Route, rule.Kind)), rule)
+	rt.serveRule(w, r.WithContext(httpproxy.WithRoute(withService(ctx, backend), rule.Route, rule.Kind)), rule, series)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

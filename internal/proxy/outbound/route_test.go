@@ -14,9 +14,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	destinationv1 "github.com/trellis-mesh/trellis/api/destination/v1"
+	"github.com/trellis-mesh/trellis/internal/metricstest"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
 	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
+	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 )
 
 // fixed is discovery with a fixed set of services.
@@ -29,7 +31,13 @@ func (f fixed) Resolve(_ context.Context, authority string) *discover.Service { 
 // the backend service the stage chose.
 func routed(t *testing.T, svcs fixed, next func(w http.ResponseWriter, r *http.Request, backend *discover.Service), method, authority, path, body string) *httptest.ResponseRecorder {
 	t.Helper()
-	h := routes(svcs, nil, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return routedWith(t, nil, svcs, next, method, authority, path, body)
+}
+
+// routedWith is routed, the route stage counting in reg.
+func routedWith(t *testing.T, reg *metrics.Registry, svcs fixed, next func(w http.ResponseWriter, r *http.Request, backend *discover.Service), method, authority, path, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	h := routes(svcs, reg, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		next(w, r, serviceFrom(r.Context()))
 	}))
 	r := httptest.NewRequest(method, "http://"+authority+path, strings.NewReader(body))
@@ -134,9 +142,19 @@ func TestRouteRetriesWithReplayedBody(t *testing.T) {
 	}
 
 	calls.Store(0)
-	w = routed(t, retrying(1, 3), failTwice, "POST", "web:80", "/vote", "yes")
+	reg := metrics.NewRegistry()
+	w = routedWith(t, reg, retrying(1, 3), failTwice, "POST", "web:80", "/vote", "yes")
 	if w.Code != http.StatusServiceUnavailable || calls.Load() != 2 {
 		t.Errorf("with 1 retry: %d after %d calls; want the second failure", w.Code, calls.Load())
+	}
+	var text strings.Builder
+	reg.WriteText(&text)
+	fams, err := metricstest.Parse(strings.NewReader(text.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := fams.Sum("route_retry_total", map[string]string{"route_name": "default/web"}); n != 1 {
+		t.Errorf("route_retry_total of the route: %v, want 1\n%s", n, text.String())
 	}
 }
 
