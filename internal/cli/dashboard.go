@@ -18,7 +18,6 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/web"
 	"github.com/trellis-mesh/trellis/internal/kube/auth"
 	"github.com/trellis-mesh/trellis/internal/kube/forward"
-	"github.com/trellis-mesh/trellis/internal/kube/install"
 )
 
 func dashboardCmd(t *target) *cobra.Command {
@@ -56,7 +55,7 @@ on.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			fw := &forwarder{start: func() (*forward.Forward, error) {
-				return forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+				return forwardView(ctx, cfg)
 			}}
 			f, err := fw.get()
 			if err != nil {

@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 
+	"k8s.io/client-go/rest"
+
 	"github.com/trellis-mesh/trellis/internal/control/localapi"
 	"github.com/trellis-mesh/trellis/internal/kube/auth"
 	"github.com/trellis-mesh/trellis/internal/kube/forward"
@@ -28,9 +30,15 @@ func (t *target) api(ctx context.Context) (c *localapi.Client, done func(), err 
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+	f, err := forwardView(ctx, cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	return localapi.NewTCPClient(f.Addr, "port-forward to "+f.Pod), f.Close, nil
+}
+
+// forwardView port-forwards to the read-only API of a ready destination
+// Pod of the cluster's control plane.
+func forwardView(ctx context.Context, cfg *rest.Config) (*forward.Forward, error) {
+	return forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
 }

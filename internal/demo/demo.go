@@ -80,12 +80,12 @@ func Run(ctx context.Context, o Options) (err error) {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	st, planeExit, stopPlane, err := startPlane(ctx, o, dir)
+	st, plane, err := startPlane(ctx, o, dir)
 	if err != nil {
 		return err
 	}
 	defer func() {
-		if perr := stopPlane(); perr != nil && err == nil {
+		if perr := plane.Stop(); perr != nil && err == nil {
 			err = perr
 		}
 	}()
@@ -169,9 +169,8 @@ Press Ctrl-C to stop; everything it started is removed.
 	select {
 	case <-ctx.Done():
 		return nil
-	case err := <-planeExit:
-		planeExit <- err // for stopPlane
-		return fmt.Errorf("the control plane stopped: %v", err)
+	case <-plane.Done():
+		return fmt.Errorf("the control plane stopped: %v", plane.Err())
 	case err := <-waitErr:
 		if err == nil {
 			err = errors.New("a demo service stopped")
@@ -181,9 +180,8 @@ Press Ctrl-C to stop; everything it started is removed.
 }
 
 // startPlane runs the control plane, trellis-control up, on the data
-// directory dir and waits until it serves. stop ends it (SIGTERM; SIGKILL
-// after 30 s) and returns what went wrong.
-func startPlane(ctx context.Context, o Options, dir string) (st localapi.Status, exited chan error, stop func() error, err error) {
+// directory dir and waits until it serves.
+func startPlane(ctx context.Context, o Options, dir string) (localapi.Status, *localapi.Process, error) {
 	args := append([]string{"up", "--data-dir", dir, "--admin-addr", "127.0.0.1:0", "--control-port", "0", "--web-addr", "127.0.0.1:0",
 		"--lease-ttl", "3s", "--network", o.Network, "--log-level", cmp.Or(o.LogLevel, "warn"), "--log-format", "text"},
 		o.Bridge.Args()...)
@@ -199,24 +197,7 @@ func startPlane(ctx context.Context, o Options, dir string) (st localapi.Status,
 	// demo, which stops the instances before the control plane; SIGTERM
 	// if the demo dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	st, done, err := localapi.Launch(ctx, cmd, dir, 60*time.Second, "its log above")
-	if err != nil {
-		return st, nil, nil, err
-	}
-	exited = make(chan error, 1)
-	go func() { exited <- <-done }()
-	stop = func() error {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			return err
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-exited
-			return errors.New("the control plane did not stop within 30s")
-		}
-	}
-	return st, exited, stop, nil
+	return localapi.Launch(ctx, cmd, dir, 60*time.Second, "its log above")
 }
 
 // servicePort is the port a service listens on: 8080 in its own

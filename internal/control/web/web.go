@@ -142,8 +142,12 @@ func (s *Server) handler(api http.Handler, hosts []string) http.Handler {
 			return
 		}
 		isAPI := strings.HasPrefix(r.URL.Path, "/v1/")
-		if r.Method != http.MethodGet && (isAPI || r.Method != http.MethodHead) {
-			h.Set("Allow", map[bool]string{true: "GET", false: "GET, HEAD"}[isAPI])
+		allow := "GET, HEAD" // pages; the API's streams have no HEAD
+		if isAPI {
+			allow = "GET"
+		}
+		if r.Method != http.MethodGet && !(r.Method == http.MethodHead && !isAPI) {
+			h.Set("Allow", allow)
 			http.Error(w, "the dashboard is read-only", http.StatusMethodNotAllowed)
 			return
 		}
