@@ -1,6 +1,7 @@
 package repotest
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -44,4 +45,25 @@ func TestGoVet(t *testing.T) {
 func TestStaticcheck(t *testing.T) {
 	root := repoRoot(t)
 	run(t, root, testkit.Tool(t, "staticcheck", "honnef.co/go/tools/cmd/staticcheck@v0.8.2"), "./...")
+}
+
+// TestGovulncheck checks the module against the Go vulnerability database
+// that .ci/run indexes into .tools/vulndb: no known vulnerability that the
+// code can reach, in a dependency or in the standard library of the Go it
+// is built with.
+func TestGovulncheck(t *testing.T) {
+	root := repoRoot(t)
+	db := filepath.Join(root, ".tools", "vulndb")
+	if _, err := os.Stat(filepath.Join(db, "index", "db.json")); err != nil {
+		t.Fatalf("no vulnerability database in %s: run .ci/run, which builds it from golang.org/x/vulndb", db)
+	}
+	// govulncheck asks the go command on PATH for the Go version with
+	// modules off, which ignores GOTOOLCHAIN: put this build's Go first.
+	goroot := strings.TrimSpace(run(t, root, "go", "env", "GOROOT"))
+	cmd := exec.Command(testkit.Tool(t, "govulncheck", "golang.org/x/vuln/cmd/govulncheck@v1.10.0"), "-db", "file://"+db, "./...")
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Join(goroot, "bin")+string(os.PathListSeparator)+os.Getenv("PATH"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("govulncheck: %v\n%s", err, out)
+	}
 }

@@ -13,6 +13,9 @@
 # 10.96.0.0/16; the node is 10.250.0.1/32 on lo. Nothing is masqueraded or
 # forwarded off the machine. Binaries come from test/kube/build-kubernetes.sh.
 set -euo pipefail
+# The Go that go.mod names; the go command fetches it once when the
+# machine's own is older.
+export GOTOOLCHAIN=${GOTOOLCHAIN:-go1.27.3}
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)

@@ -41,9 +41,8 @@ type EmojiClient interface {
 	// Find returns the emoji with the given shortcode.
 	//
 	// Errors:
-	//
-	//	INVALID_ARGUMENT  the shortcode is empty;
-	//	NOT_FOUND         no emoji has that shortcode.
+	//   INVALID_ARGUMENT  the shortcode is empty;
+	//   NOT_FOUND         no emoji has that shortcode.
 	Find(ctx context.Context, in *FindRequest, opts ...grpc.CallOption) (*EmojiEntry, error)
 }
 
@@ -86,9 +85,8 @@ type EmojiServer interface {
 	// Find returns the emoji with the given shortcode.
 	//
 	// Errors:
-	//
-	//	INVALID_ARGUMENT  the shortcode is empty;
-	//	NOT_FOUND         no emoji has that shortcode.
+	//   INVALID_ARGUMENT  the shortcode is empty;
+	//   NOT_FOUND         no emoji has that shortcode.
 	Find(context.Context, *FindRequest) (*EmojiEntry, error)
 	mustEmbedUnimplementedEmojiServer()
 }
@@ -199,9 +197,8 @@ type VotingClient interface {
 	// not check the shortcode; the caller looks it up in Emoji first.
 	//
 	// Errors:
-	//
-	//	INVALID_ARGUMENT  the shortcode is empty;
-	//	UNAVAILABLE       voting had a bad moment; retrying may succeed.
+	//   INVALID_ARGUMENT  the shortcode is empty;
+	//   UNAVAILABLE       voting had a bad moment; retrying may succeed.
 	Vote(ctx context.Context, in *VoteRequest, opts ...grpc.CallOption) (*VoteResponse, error)
 	// Results returns the vote count of every emoji voted for at least once,
 	// most votes first.
@@ -247,9 +244,8 @@ type VotingServer interface {
 	// not check the shortcode; the caller looks it up in Emoji first.
 	//
 	// Errors:
-	//
-	//	INVALID_ARGUMENT  the shortcode is empty;
-	//	UNAVAILABLE       voting had a bad moment; retrying may succeed.
+	//   INVALID_ARGUMENT  the shortcode is empty;
+	//   UNAVAILABLE       voting had a bad moment; retrying may succeed.
 	Vote(context.Context, *VoteRequest) (*VoteResponse, error)
 	// Results returns the vote count of every emoji voted for at least once,
 	// most votes first.

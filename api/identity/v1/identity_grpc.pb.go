@@ -38,15 +38,14 @@ type IdentityClient interface {
 	// for a leaf certificate naming that identity.
 	//
 	// Errors:
-	//
-	//	INVALID_ARGUMENT    the identity is not a SPIFFE ID of this trust domain,
-	//	                    or the CSR is malformed, badly signed, or names
-	//	                    anything other than exactly that identity;
-	//	UNAUTHENTICATED     the token is missing, malformed, expired, or not
-	//	                    signed by a key this server trusts;
-	//	PERMISSION_DENIED   the token is valid but for a different identity;
-	//	RESOURCE_EXHAUSTED  the caller asked too often; retry with backoff;
-	//	UNAVAILABLE         the proof could not be checked right now; retry.
+	//   INVALID_ARGUMENT    the identity is not a SPIFFE ID of this trust domain,
+	//                       or the CSR is malformed, badly signed, or names
+	//                       anything other than exactly that identity;
+	//   UNAUTHENTICATED     the token is missing, malformed, expired, or not
+	//                       signed by a key this server trusts;
+	//   PERMISSION_DENIED   the token is valid but for a different identity;
+	//   RESOURCE_EXHAUSTED  the caller asked too often; retry with backoff;
+	//   UNAVAILABLE         the proof could not be checked right now; retry.
 	Certify(ctx context.Context, in *CertifyRequest, opts ...grpc.CallOption) (*CertifyResponse, error)
 }
 
@@ -78,15 +77,14 @@ type IdentityServer interface {
 	// for a leaf certificate naming that identity.
 	//
 	// Errors:
-	//
-	//	INVALID_ARGUMENT    the identity is not a SPIFFE ID of this trust domain,
-	//	                    or the CSR is malformed, badly signed, or names
-	//	                    anything other than exactly that identity;
-	//	UNAUTHENTICATED     the token is missing, malformed, expired, or not
-	//	                    signed by a key this server trusts;
-	//	PERMISSION_DENIED   the token is valid but for a different identity;
-	//	RESOURCE_EXHAUSTED  the caller asked too often; retry with backoff;
-	//	UNAVAILABLE         the proof could not be checked right now; retry.
+	//   INVALID_ARGUMENT    the identity is not a SPIFFE ID of this trust domain,
+	//                       or the CSR is malformed, badly signed, or names
+	//                       anything other than exactly that identity;
+	//   UNAUTHENTICATED     the token is missing, malformed, expired, or not
+	//                       signed by a key this server trusts;
+	//   PERMISSION_DENIED   the token is valid but for a different identity;
+	//   RESOURCE_EXHAUSTED  the caller asked too often; retry with backoff;
+	//   UNAVAILABLE         the proof could not be checked right now; retry.
 	Certify(context.Context, *CertifyRequest) (*CertifyResponse, error)
 	mustEmbedUnimplementedIdentityServer()
 }

@@ -42,11 +42,10 @@ type TapClient interface {
 	// max_rps gets all three events.
 	//
 	// Errors:
-	//
-	//	PERMISSION_DENIED   the caller's identity may not tap this proxy;
-	//	INVALID_ARGUMENT    the request is malformed (unknown direction);
-	//	RESOURCE_EXHAUSTED  the proxy serves as many tap streams as it allows;
-	//	UNAVAILABLE         the proxy is shutting down.
+	//   PERMISSION_DENIED   the caller's identity may not tap this proxy;
+	//   INVALID_ARGUMENT    the request is malformed (unknown direction);
+	//   RESOURCE_EXHAUSTED  the proxy serves as many tap streams as it allows;
+	//   UNAVAILABLE         the proxy is shutting down.
 	Observe(ctx context.Context, in *ObserveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TapEvent], error)
 	// Recent returns what the proxy decided for its most recent requests
 	// that match, newest first (for `trellis explain`): for requests its
@@ -105,11 +104,10 @@ type TapServer interface {
 	// max_rps gets all three events.
 	//
 	// Errors:
-	//
-	//	PERMISSION_DENIED   the caller's identity may not tap this proxy;
-	//	INVALID_ARGUMENT    the request is malformed (unknown direction);
-	//	RESOURCE_EXHAUSTED  the proxy serves as many tap streams as it allows;
-	//	UNAVAILABLE         the proxy is shutting down.
+	//   PERMISSION_DENIED   the caller's identity may not tap this proxy;
+	//   INVALID_ARGUMENT    the request is malformed (unknown direction);
+	//   RESOURCE_EXHAUSTED  the proxy serves as many tap streams as it allows;
+	//   UNAVAILABLE         the proxy is shutting down.
 	Observe(*ObserveRequest, grpc.ServerStreamingServer[TapEvent]) error
 	// Recent returns what the proxy decided for its most recent requests
 	// that match, newest first (for `trellis explain`): for requests its

@@ -236,6 +236,9 @@ func TestHandler(t *testing.T) {
 	if got.GetMethod() != "GET" || got.GetPathPrefix() != "/a" || got.GetAuthority() != "x" || got.GetTo() != "y" || got.GetDirection() != "inbound" || got.GetMaxRps() != 5 {
 		t.Errorf("query read as %v", got)
 	}
+	// The handler answers before it taps: the proxy's subscription must
+	// exist before the stream ends, or it could outlive this check.
+	waitFor(t, "the proxy to be tapped", web.hub.Active)
 	resp.Body.Close()
 	waitFor(t, "the stream to end with the client", func() bool { return !web.hub.Active() })
 
@@ -247,6 +250,9 @@ func TestHandler(t *testing.T) {
 	waitFor(t, "the proxy to be tapped", web.hub.Active)
 	get(t, web.front+"/b")
 	get(t, web.front+"/a")
+	// Events that never come fail the test rather than hang it.
+	watchdog := time.AfterFunc(10*time.Second, func() { resp.Body.Close() })
+	defer watchdog.Stop()
 	lines := bufio.NewScanner(resp.Body)
 	var types []string
 	for len(types) < 3 && lines.Scan() {

@@ -14,6 +14,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -80,6 +82,51 @@ func diffApp(w http.ResponseWriter, r *http.Request) {
 		w.Write(pattern(1000))
 		flush()
 		panic(http.ErrAbortHandler)
+	case "/upgrade": // switches to an echo protocol (HTTP/1.1 only)
+		if r.Header.Get("Upgrade") != "echo" {
+			w.WriteHeader(http.StatusUpgradeRequired)
+			return
+		}
+		c, rw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		defer c.Close()
+		rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		rw.Flush()
+		io.Copy(c, rw)
+	case "/hold": // answers only once the client has gone
+		select {
+		case <-r.Context().Done():
+			observed(r, "cancelled")
+		case <-time.After(5 * time.Second):
+			observed(r, "not cancelled")
+		}
+	case "/upload": // reads the whole upload
+		if _, err := io.Copy(io.Discard, r.Body); err != nil {
+			observed(r, "upload broken")
+			return
+		}
+		observed(r, "upload complete")
+	case "/download": // 64 MiB, more than every buffer on the way holds
+		chunk := pattern(64 << 10)
+		for range 1024 {
+			if _, err := w.Write(chunk); err != nil {
+				observed(r, "download broken")
+				return
+			}
+		}
+		observed(r, "download complete")
+	}
+}
+
+// observations are what diffApp saw of the requests an abort test names
+// by their X-Abort header, one each.
+var observations sync.Map // string -> chan string
+
+func observed(r *http.Request, what string) {
+	if ch, ok := observations.Load(r.Header.Get("X-Abort")); ok {
+		ch.(chan string) <- what
 	}
 }
 
@@ -271,6 +318,120 @@ func TestBehaviourDifferential(t *testing.T) {
 					gc, gb := diff1_0(t, entry, path)
 					if gc != wc || gb != wb {
 						t.Errorf("mesh: %d %s; direct: %d %s", gc, gb, wc, wb)
+					}
+				})
+			}
+		}
+	}
+}
+
+// diffUpgrade asks for the echo protocol over HTTP/1.1 and, when the
+// server switches, sends a line through it; it says what came back.
+func diffUpgrade(t *testing.T, addr string) string {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET /upgrade HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return resp.Status
+	}
+	io.WriteString(c, "ping 1")
+	echo := make([]byte, len("ping 1"))
+	if _, err := io.ReadFull(br, echo); err != nil {
+		return fmt.Sprintf("%s, then %v", resp.Status, err)
+	}
+	return fmt.Sprintf("%s %s, echoed %q", resp.Status, resp.Header.Get("Upgrade"), echo)
+}
+
+var abortSeq atomic.Int64
+
+// diffAbort sends a request that the client abandons at stage (before
+// the response, mid-upload or mid-download) and returns what the
+// application saw of it.
+func diffAbort(t *testing.T, c *http.Client, base, stage string) string {
+	id := strconv.FormatInt(abortSeq.Add(1), 10)
+	seen := make(chan string, 1)
+	observations.Store(id, seen)
+	defer observations.Delete(id)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var req *http.Request
+	switch stage {
+	case "before the response":
+		req, _ = http.NewRequestWithContext(ctx, "GET", base+"/hold", nil)
+		time.AfterFunc(200*time.Millisecond, cancel)
+	case "mid-upload":
+		pr, pw := io.Pipe()
+		go func() {
+			pw.Write(pattern(64 << 10))
+			time.Sleep(200 * time.Millisecond)
+			cancel()
+			pw.CloseWithError(context.Canceled)
+		}()
+		req, _ = http.NewRequestWithContext(ctx, "POST", base+"/upload", pr)
+	case "mid-download":
+		req, _ = http.NewRequestWithContext(ctx, "GET", base+"/download", nil)
+	}
+	req.Header.Set("X-Abort", id)
+	if resp, err := c.Do(req); err == nil {
+		io.CopyN(io.Discard, resp.Body, 64<<10)
+		cancel()
+		resp.Body.Close()
+	}
+	select {
+	case what := <-seen:
+		return what
+	case <-time.After(10 * time.Second):
+		return "nothing within 10s"
+	}
+}
+
+// Through two meshed proxies as directly, an HTTP/1.1 Upgrade switches
+// protocols and carries bytes both ways, and a client that gives up —
+// before the response, mid-upload or mid-download — is seen to give up
+// by the application.
+func TestBehaviourDifferentialUpgradeAndAborts(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	dual := serveApp(t, diffApp)
+	for _, srv := range []struct {
+		name, addr, declare string
+	}{
+		{"http1-only", serveOnly(t, false, diffApp), ""},
+		{"h2c-only", serveOnly(t, true, diffApp), "http2"},
+	} {
+		entry, _, _, _ := meshPairWith(t, ids, srv.addr, func(c *config.Config) {
+			c.OpaquePorts = nil
+			if srv.declare != "" {
+				c.ServicePorts = []config.ServicePort{{Port: 8080, TargetPort: port(srv.addr), Protocol: srv.declare}}
+			}
+		})
+		if srv.declare == "" {
+			t.Run(srv.name+"/HTTP/1.1/Upgrade", func(t *testing.T) {
+				want, got := diffUpgrade(t, dual), diffUpgrade(t, entry)
+				if !strings.Contains(want, `echoed "ping 1"`) || got != want {
+					t.Errorf("mesh: %s; direct: %s", got, want)
+				}
+			})
+		}
+		for _, h2 := range []bool{false, true} {
+			proto := map[bool]string{false: "HTTP/1.1", true: "h2c"}[h2]
+			c := client(h2)
+			for _, stage := range []string{"before the response", "mid-upload", "mid-download"} {
+				t.Run(srv.name+"/"+proto+"/client aborts "+stage, func(t *testing.T) {
+					want := diffAbort(t, c, "http://"+dual, stage)
+					if want == "nothing within 10s" || strings.Contains(want, "complete") || want == "not cancelled" {
+						t.Fatalf("directly, the application saw %q", want)
+					}
+					if got := diffAbort(t, c, "http://"+entry, stage); got != want {
+						t.Errorf("the application saw %q through the mesh, %q directly", got, want)
 					}
 				})
 			}

@@ -47,10 +47,10 @@ const (
 	flagEndHeaders     = 0x4
 	flagPadded         = 0x8
 	flagPriority       = 0x20
-	maxReadFrameSize   = 1 << 20 // the server's SETTINGS_MAX_FRAME_SIZE
-	headerChunk        = 1 << 14 // a rewritten header block's frames
-	maxHeldSettings    = 100 * 6 // net/http's server hangs up on more values anyway
-	maxHeldHeaderBlock = 1 << 20 // beyond it, blocks pass unchecked
+	maxReadFrameSize   = 16 << 10 // the server's SETTINGS_MAX_FRAME_SIZE
+	headerChunk        = 1 << 14  // a rewritten header block's frames
+	maxHeldSettings    = 100 * 6  // net/http's server hangs up on more values anyway
+	maxHeldHeaderBlock = 1 << 20  // beyond it, blocks pass unchecked
 	readChunk          = 4 << 10
 )
 

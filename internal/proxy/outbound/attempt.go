@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/explain"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
@@ -16,6 +17,7 @@ import (
 // attempt is one try of a request, possibly raced by a hedge.
 type attempt struct {
 	rt      *router
+	svc     *discover.Service // the backend
 	w       http.ResponseWriter
 	r       *http.Request
 	ctx     context.Context
@@ -137,7 +139,7 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 				hw.panicked = p
 			}
 		}()
-		a.rt.next.ServeHTTP(hw, req)
+		a.rt.next.send(hw, req, a.svc)
 		if !hw.written && !hw.hijacked && errors.Is(ctx.Err(), context.DeadlineExceeded) && a.r.Context().Err() == nil {
 			// The forwarder gives up silently on a cancelled request (the
 			// client left); here the route's timeout did it: answer 504,

@@ -94,63 +94,63 @@ func available(svc *discover.Service, ep *discover.Endpoint) {
 	}
 }
 
-// http is the balance stage of the HTTP stack; the route stage before it
-// resolved the service.
-func (b *balancer) http() httpproxy.Layer {
-	return func(next http.Handler) http.Handler {
-		if b.res == nil {
-			return next
+// balanced is the balance stage of the HTTP stack, in front of next (what
+// sends a request to the endpoint it picked).
+type balanced struct {
+	b    *balancer
+	next http.Handler
+}
+
+// send sends r to an endpoint of svc, which the route stage resolved, or,
+// outside the mesh (svc nil), as addressed where egress policy allows.
+func (s balanced) send(w http.ResponseWriter, r *http.Request, svc *discover.Service) {
+	b, next := s.b, s.next
+	if svc == nil {
+		if b.egress == nil || b.egress.AllowHTTP(w, r) {
+			next.ServeHTTP(w, r)
 		}
-		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			svc := serviceFrom(r.Context()) // resolved by the route stage, just above
-			if svc == nil {                 // outside the mesh
-				if b.egress == nil || b.egress.AllowHTTP(w, r) {
-					next.ServeHTTP(w, r)
-				}
-				return
+		return
+	}
+	d := explain.From(r.Context())
+	ep, err := b.pick(r.Context(), svc)
+	if err != nil && r.Context().Err() != nil {
+		return // the client left, or the route's timeout answers for it
+	}
+	if err != nil {
+		reason := failFastReason(err)
+		d.FailedFast(reason)
+		httpproxy.WriteError(w, r, http.StatusServiceUnavailable, reason)
+		return
+	}
+	u := newUnprocessed(r)
+	for why := explain.Why(r.Context()); ; why = "unprocessed" {
+		ww, req := w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels))
+		var uw *unprocessedWriter
+		if u != nil {
+			req.Body, req.ContentLength = u.attemptBody() // the copy's own body
+			uw = &unprocessedWriter{w: w, header: http.Header{}, canRetry: func() bool { return u.retry(svc, ep, r) }}
+			ww = uw
+		}
+		ep.Start()
+		httpproxy.Observe(next, ww, req, func(o httpproxy.Outcome) {
+			// Nothing is learnt of the endpoint when the client broke the
+			// request, or from the DEADLINE_EXCEEDED of a call whose own
+			// deadline ran out (the caller's budget, not the endpoint).
+			outcome := balance.Abandoned
+			switch {
+			case o.ClientFault, o.GRPCStatus == 4 && httpproxy.CallerDeadlinePassed(r, o.Latency):
+			default:
+				outcome = b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())
 			}
-			d := explain.From(r.Context())
-			ep, err := b.pick(r.Context(), svc)
-			if err != nil && r.Context().Err() != nil {
-				return // the client left, or the route's timeout answers for it
+			if ep.End(o.Latency, outcome) {
+				d.Ejected(ep.Addr)
 			}
-			if err != nil {
-				reason := failFastReason(err)
-				d.FailedFast(reason)
-				httpproxy.WriteError(w, r, http.StatusServiceUnavailable, reason)
-				return
-			}
-			u := newUnprocessed(r)
-			for why := explain.Why(r.Context()); ; why = "unprocessed" {
-				ww, req := w, r.WithContext(httpproxy.WithTarget(r.Context(), ep.Addr, ep.Identity, ep.MetricLabels))
-				var uw *unprocessedWriter
-				if u != nil {
-					req.Body, req.ContentLength = u.attemptBody() // the copy's own body
-					uw = &unprocessedWriter{w: w, header: http.Header{}, canRetry: func() bool { return u.retry(svc, ep, r) }}
-					ww = uw
-				}
-				ep.Start()
-				httpproxy.Observe(next, ww, req, func(o httpproxy.Outcome) {
-					// Nothing is learnt of the endpoint when the client broke the
-					// request, or from the DEADLINE_EXCEEDED of a call whose own
-					// deadline ran out (the caller's budget, not the endpoint).
-					outcome := balance.Abandoned
-					switch {
-					case o.ClientFault, o.GRPCStatus == 4 && httpproxy.CallerDeadlinePassed(r, o.Latency):
-					default:
-						outcome = b.classes.Classify(o.Completed, o.Status, o.GRPCStatus, r.Context().Err())
-					}
-					if ep.End(o.Latency, outcome) {
-						d.Ejected(ep.Addr)
-					}
-					d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: why})
-				})
-				if uw == nil || !uw.retry {
-					return
-				}
-				ep = u.next
-			}
+			d.AddAttempt(explain.Attempt{Endpoint: ep.Addr, Status: o.Status, GRPC: max(o.GRPCStatus, 0), Why: why})
 		})
+		if uw == nil || !uw.retry {
+			return
+		}
+		ep = u.next
 	}
 }
 

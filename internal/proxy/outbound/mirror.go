@@ -35,7 +35,7 @@ func (rt *router) mirror(r *http.Request, rule *route.Rule, body []byte) {
 		if svc == nil {
 			return
 		}
-		rt.next.ServeHTTP(discardWriter{http.Header{}}, req.WithContext(withService(ctx, svc)))
+		rt.next.send(discardWriter{http.Header{}}, req, svc)
 	}()
 }
 

@@ -5,15 +5,16 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/discover"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
-// serveRule sends r (already aimed at its backend) within the rule's
-// timeouts, hedging and retrying as its policy and budget allow, counting
-// retries and timeouts on series.
-func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.Rule, series *metrics.Route) {
+// serveRule sends r to backend within the rule's timeouts, hedging and
+// retrying as its policy and budget allow, counting retries and timeouts
+// on series.
+func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, backend *discover.Service, rule *route.Rule, series *metrics.Route) {
 	ctx := r.Context()
 	if rule.RequestTimeout > 0 {
 		var cancel context.CancelFunc
@@ -49,7 +50,7 @@ func (rt *router) serveRule(w http.ResponseWriter, r *http.Request, rule *route.
 	withdraw := func() bool { return budget == nil || budget.Withdraw() }
 	start := time.Now()
 	for n := 0; ; n++ {
-		a := &attempt{rt: rt, w: w, r: r, ctx: ctx, body: body, perTry: perTry, modify: rule.ResponseHeaders, series: series}
+		a := &attempt{rt: rt, svc: backend, w: w, r: r, ctx: ctx, body: body, perTry: perTry, modify: rule.ResponseHeaders, series: series}
 		if n < retries {
 			a.decide = func(status, grpc int, h http.Header) bool {
 				return ctx.Err() == nil && body.replayable() && !failingFast(h) && policy.Retryable(status, grpc) && withdraw()

@@ -14,16 +14,11 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/route"
 )
 
-type serviceKey struct{}
-
-// withService tells the balance stage which service to pick an endpoint of.
-func withService(ctx context.Context, s *discover.Service) context.Context {
-	return context.WithValue(ctx, serviceKey{}, s)
-}
-
-func serviceFrom(ctx context.Context) *discover.Service {
-	s, _ := ctx.Value(serviceKey{}).(*discover.Service)
-	return s
+// sender is the stage after the route stage (the balance stage): it sends
+// a request to an endpoint of svc, the service the route stage resolved,
+// or as addressed when svc is nil (outside the mesh).
+type sender interface {
+	send(w http.ResponseWriter, r *http.Request, svc *discover.Service)
 }
 
 // router is the route stage: a request to a service with routes is
@@ -33,7 +28,7 @@ func serviceFrom(ctx context.Context) *discover.Service {
 // copied to its mirror.
 type router struct {
 	res       services
-	next      http.Handler
+	next      sender
 	mirrors   chan struct{}
 	decisions *explain.Log
 	reg       *metrics.Registry
@@ -43,23 +38,30 @@ type router struct {
 	limitedSeries sync.Map
 }
 
-func routes(res services, reg *metrics.Registry, decisions *explain.Log) httpproxy.Layer {
+// routeAndBalance is the route stage followed by the balance stage, which
+// it hands each request's service as an argument; next is what follows
+// the balance stage. Without discovery (res nil) there is neither.
+func routeAndBalance(res services, bal *balancer, reg *metrics.Registry, decisions *explain.Log) httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		if res == nil {
 			return next
 		}
-		rt := &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions, reg: reg}
-		if reg != nil {
-			rt.limited = reg.Counters("outbound_http_local_ratelimit_total", "Total count of outbound HTTP requests a service's client rate limit refused at this proxy (429).")
-		}
-		return rt
+		return newRouter(res, balanced{bal, next}, reg, decisions)
 	}
+}
+
+func newRouter(res services, next sender, reg *metrics.Registry, decisions *explain.Log) *router {
+	rt := &router{res: res, next: next, mirrors: make(chan struct{}, maxMirrors), decisions: decisions, reg: reg}
+	if reg != nil {
+		rt.limited = reg.Counters("outbound_http_local_ratelimit_total", "Total count of outbound HTTP requests a service's client rate limit refused at this proxy (429).")
+	}
+	return rt
 }
 
 func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	svc := rt.res.Resolve(r.Context(), httpproxy.Target(r.Context()))
 	if svc == nil {
-		rt.next.ServeHTTP(w, r)
+		rt.next.send(w, r, nil)
 		return
 	}
 	d := &explain.Decision{Time: time.Now(), Direction: "outbound", Method: explain.Clip(r.Method), Authority: explain.Clip(r.Host), Path: explain.Clip(r.URL.Path)}
@@ -93,7 +95,7 @@ func (rt *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		switch {
 		case table == nil:
-			rt.next.ServeHTTP(w, r.WithContext(withService(r.Context(), svc)))
+			rt.next.send(w, r, svc)
 		case rule == nil:
 			d.Status = http.StatusNotFound
 			httpproxy.WriteError(w, r, http.StatusNotFound, "no route matches the request")
@@ -146,7 +148,7 @@ func (rt *router) serveRoute(w http.ResponseWriter, r *http.Request, svc *discov
 		}
 	}
 	rule.RequestHeaders.Apply(r.Header)
-	rt.serveRule(w, r.WithContext(httpproxy.WithRoute(withService(ctx, backend), rule.Route, rule.Kind)), rule, series)
+	rt.serveRule(w, r.WithContext(httpproxy.WithRoute(ctx, rule.Route, rule.Kind)), backend, rule, series)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -37,15 +37,18 @@ func routed(t *testing.T, svcs fixed, next func(w http.ResponseWriter, r *http.R
 // routedWith is routed, the route stage counting in reg.
 func routedWith(t *testing.T, reg *metrics.Registry, svcs fixed, next func(w http.ResponseWriter, r *http.Request, backend *discover.Service), method, authority, path, body string) *httptest.ResponseRecorder {
 	t.Helper()
-	h := routes(svcs, reg, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		next(w, r, serviceFrom(r.Context()))
-	}))
+	h := newRouter(svcs, sendFunc(next), reg, nil)
 	r := httptest.NewRequest(method, "http://"+authority+path, strings.NewReader(body))
 	r = r.WithContext(httpproxy.WithTarget(r.Context(), authority, "", ""))
 	w := httptest.NewRecorder()
 	h.ServeHTTP(w, r)
 	return w
 }
+
+// sendFunc stands for the balance stage.
+type sendFunc func(w http.ResponseWriter, r *http.Request, svc *discover.Service)
+
+func (f sendFunc) send(w http.ResponseWriter, r *http.Request, svc *discover.Service) { f(w, r, svc) }
 
 func prefix(p string) *destinationv1.PathMatch {
 	return &destinationv1.PathMatch{Kind: destinationv1.PathMatch_PREFIX, Value: p}

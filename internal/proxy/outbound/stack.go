@@ -66,8 +66,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 		obs.Tracer.Layer(transport.Outbound), // sends the request on as the span's child
 		obs.AccessLog.Layer,
 		forwardProxy(dialer, s.peers, log),
-		routes(svcs, obs.HTTPMetrics, decisions),
-		bal.http(),
+		routeAndBalance(svcs, bal, obs.HTTPMetrics, decisions),
 		obs.Tracer.Annotate(),
 		httpproxy.Metrics(obs.HTTPMetrics),
 		tap.Layer(obs.Tap, "outbound"), // per attempt, as its endpoint saw it
