@@ -21,13 +21,13 @@ var (
 // control is a real identity service on loopback that a test can stop and
 // start again on the same address with the same hierarchy.
 type control struct {
-	t    *testing.T
+	t    testing.TB
 	opts ctrl.Options
 	srv  *ctrl.Server
 	stop func()
 }
 
-func startControl(t *testing.T, leafLifetime time.Duration) *control {
+func startControl(t testing.TB, leafLifetime time.Duration) *control {
 	t.Helper()
 	c := &control{t: t, opts: ctrl.Options{
 		Addr:                "127.0.0.1:0",
@@ -207,7 +207,7 @@ func echo(t *testing.T, c *tls.Conn, msg string) {
 
 // tlsPipe returns the two ends of a loopback TCP connection wrapped as a TLS
 // server and client, not yet handshaken.
-func tlsPipe(t *testing.T, server, client *tls.Config) (*tls.Conn, *tls.Conn) {
+func tlsPipe(t testing.TB, server, client *tls.Config) (*tls.Conn, *tls.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

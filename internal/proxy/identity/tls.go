@@ -16,6 +16,7 @@ import (
 // client authentication, and names exactly one workload identity. After the
 // handshake PeerID returns that identity. The caller sets NextProtos (ALPN).
 func ServerConfig(anchors *x509.CertPool, getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tls.Config {
+	clients := newVerifier(anchors, x509.ExtKeyUsageClientAuth)
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
 		MaxVersion:     tls.VersionTLS13,
@@ -25,7 +26,7 @@ func ServerConfig(anchors *x509.CertPool, getCert func(*tls.ClientHelloInfo) (*t
 		// sessions are checked again (expiry) and the identity is checked in
 		// the same place as the chain.
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			_, err := VerifyPeer(anchors, cs.PeerCertificates, x509.ExtKeyUsageClientAuth, time.Now())
+			_, err := clients.verify(cs.PeerCertificates, time.Now())
 			if err != nil {
 				return fmt.Errorf("client certificate refused: %w", err)
 			}
@@ -41,6 +42,7 @@ func ServerConfig(anchors *x509.CertPool, getCert func(*tls.ClientHelloInfo) (*t
 // Build it once per peer identity, not per connection. The caller sets
 // NextProtos (ALPN) and, if it wants, ServerName (SNI).
 func ClientConfig(anchors *x509.CertPool, expected meshid.ID, getCert func(*tls.CertificateRequestInfo) (*tls.Certificate, error)) *tls.Config {
+	servers := newVerifier(anchors, x509.ExtKeyUsageServerAuth)
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS13,
 		MaxVersion:           tls.VersionTLS13,
@@ -49,7 +51,7 @@ func ClientConfig(anchors *x509.CertPool, expected meshid.ID, getCert func(*tls.
 		// VerifyConnection verifies the chain and the name instead.
 		InsecureSkipVerify: true,
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			got, err := VerifyPeer(anchors, cs.PeerCertificates, x509.ExtKeyUsageServerAuth, time.Now())
+			got, err := servers.verify(cs.PeerCertificates, time.Now())
 			if err != nil {
 				return fmt.Errorf("server certificate refused: %w", err)
 			}
@@ -65,23 +67,32 @@ func ClientConfig(anchors *x509.CertPool, expected meshid.ID, getCert func(*tls.
 // against anchors at now, for usage, and returns the workload identity its
 // leaf names.
 func VerifyPeer(anchors *x509.CertPool, chain []*x509.Certificate, usage x509.ExtKeyUsage, now time.Time) (meshid.ID, error) {
+	id, _, err := verifyPeer(anchors, chain, usage, now)
+	return id, err
+}
+
+// verifyPeer is VerifyPeer, also returning the chain it verified (leaf
+// first, to an anchor).
+func verifyPeer(anchors *x509.CertPool, chain []*x509.Certificate, usage x509.ExtKeyUsage, now time.Time) (meshid.ID, []*x509.Certificate, error) {
 	if len(chain) == 0 {
-		return meshid.ID{}, errors.New("no certificate presented")
+		return meshid.ID{}, nil, errors.New("no certificate presented")
 	}
 	leaf := chain[0]
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
+	verified, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         anchors,
 		Intermediates: inter,
 		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{usage},
-	}); err != nil {
-		return meshid.ID{}, err
+	})
+	if err != nil {
+		return meshid.ID{}, nil, err
 	}
-	return meshid.FromCertificate(leaf)
+	id, err := meshid.FromCertificate(leaf)
+	return id, verified[0], err
 }
 
 // PeerID returns the workload identity of the peer of a connection

@@ -16,7 +16,7 @@ import (
 
 // staticCert issues a certificate for id from c's CA valid from issuedAt
 // for lifetime, outside any manager.
-func staticCert(t *testing.T, c *control, id meshid.ID, issuedAt time.Time, lifetime time.Duration) *tls.Certificate {
+func staticCert(t testing.TB, c *control, id meshid.ID, issuedAt time.Time, lifetime time.Duration) *tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
