@@ -11,20 +11,37 @@ import (
 	"github.com/trellis-mesh/trellis/internal/meshtest"
 )
 
-// A response of known length whose body trickles (the head, then a byte
-// every 300 ms) reaches the client as the application writes it, through
-// both proxies of a meshed pair, to HTTP/1.1 and HTTP/2 clients: the head
-// at once, each byte well before the next.
+// A response whose body trickles (the head, then a byte every 300 ms)
+// reaches the client as the application writes it, through both proxies of
+// a meshed pair (and so across the HTTP/2 mesh hop), to HTTP/1.1 and HTTP/2
+// clients: the head at once, each byte well before the next — with a known
+// length and without one (chunked).
 func TestTricklingResponseFlowsAsWritten(t *testing.T) {
+	t.Run("known length", func(t *testing.T) {
+		testTrickle(t, "Content-Length: 3", func(b string) string { return b })
+	})
+	t.Run("chunked", func(t *testing.T) {
+		testTrickle(t, "Transfer-Encoding: chunked", func(b string) string {
+			if b == "c" {
+				return "1\r\nc\r\n0\r\n\r\n"
+			}
+			return "1\r\n" + b + "\r\n"
+		})
+	})
+}
+
+// testTrickle serves the trickling response with the framing field given,
+// each byte written as frame says.
+func testTrickle(t *testing.T, framing string, frame func(string) string) {
 	const step = 300 * time.Millisecond
 	app := rawApp(t, func(c net.Conn, br *bufio.Reader) {
 		if _, err := http.ReadRequest(br); err != nil {
 			return
 		}
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\n")
+		io.WriteString(c, "HTTP/1.1 200 OK\r\n"+framing+"\r\nContent-Type: text/plain\r\n\r\n")
 		for _, b := range []string{"a", "b", "c"} {
 			time.Sleep(step)
-			io.WriteString(c, b)
+			io.WriteString(c, frame(b))
 		}
 	})
 	ids := meshtest.StartIdentity(t, time.Hour)

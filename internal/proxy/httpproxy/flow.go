@@ -8,19 +8,22 @@ import (
 )
 
 // Response bytes flow to the client as the upstream sends them, at no cost
-// to responses that arrive whole. ReverseProxy flushes bodies of unknown
-// length after every write by itself; for the rest, flowWriter (the
-// ResponseWriter it is given) flushes:
+// to responses that arrive whole. flowWriter, the ResponseWriter of an
+// HTTP/2 exchange (h2forward.go), flushes:
 //
 //   - the head, headWait after it was written if no body byte followed
 //     (the upstream sent its head and is slow with the body);
 //   - after a write that leaves the body incomplete (a body of known
-//     length that trickles, or a large one arriving in pieces).
+//     length that trickles, or a large one arriving in pieces), and after
+//     every write of a body of unknown length (a stream: gRPC, server-sent
+//     events).
 //
 // A response whose body arrives with its head in one read is written once,
-// when the handler returns, as without any of this. ReverseProxy's own
-// FlushInterval would instead arm a timer per response that, under load,
-// fires for most of them and splits every response into more writes.
+// when the handler returns, as without any of this; a gRPC response's head
+// and first message go out in one write. ReverseProxy instead flushes the
+// head of a body of unknown length at once from a timer's goroutine, and
+// its FlushInterval would arm a timer per response that, under load, fires
+// for most of them and splits every response into more writes.
 //
 // It never flushes the head of a gRPC trailers-only response (grpc-status
 // in the head): that head must end the stream, or gRPC clients see a
@@ -29,11 +32,13 @@ import (
 // headWait is how long a head waits for the first body bytes.
 const headWait = time.Millisecond
 
-// flowWriter is the ResponseWriter of one ReverseProxy exchange.
+// flowWriter is the ResponseWriter of one HTTP/2 exchange.
 type flowWriter struct {
 	http.ResponseWriter
 	mu        sync.Mutex // the head timer flushes from its own goroutine
+	bodyless  bool       // the response ends with its head (set before WriteHeader)
 	length    int64      // the declared body length, -1 if none
+	final     bool       // the final head was written
 	written   int64
 	wroteBody bool
 	timer     *time.Timer
@@ -48,14 +53,14 @@ func (f *flowWriter) WriteHeader(code int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.ResponseWriter.WriteHeader(code)
-	if code < 200 || f.length >= 0 {
+	if code < 200 || f.final {
 		return // 1xx: the final head follows; or a second WriteHeader
 	}
+	f.final = true
 	if n, err := strconv.ParseInt(f.Header().Get("Content-Length"), 10, 64); err == nil {
 		f.length = n
 	}
-	// A body of unknown length is flushed at once by ReverseProxy itself.
-	if f.length > 0 && !f.trailersOnly() {
+	if !f.bodyless && f.length != 0 && !f.trailersOnly() {
 		f.timer = time.AfterFunc(headWait, f.flushHead)
 	}
 }
@@ -66,7 +71,7 @@ func (f *flowWriter) Write(p []byte) (int, error) {
 	f.wroteBody = true
 	n, err := f.ResponseWriter.Write(p)
 	f.written += int64(n)
-	if err == nil && f.length > 0 && f.written < f.length {
+	if err == nil && (f.length < 0 || f.written < f.length) {
 		err = http.NewResponseController(f.ResponseWriter).Flush()
 	}
 	return n, err

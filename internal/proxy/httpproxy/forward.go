@@ -5,9 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -42,7 +39,7 @@ const OrigProtoHeader = "L5d-Orig-Proto"
 // HTTP/1 requests take a path written for the purpose (h1forward.go): the
 // exchange runs in the handler's goroutine on a connection from h1Pool,
 // avoiding http.Transport's per-connection goroutines and hand-offs.
-// HTTP/2 requests go through ReverseProxy over an h2c http.Transport. To an
+// HTTP/2 requests take h2forward.go's path over pooled h2c connections. To an
 // unmeshed target a request travels in the version the target speaks
 // (appproto.go), translated when it is not the client's.
 //
@@ -53,7 +50,6 @@ const OrigProtoHeader = "L5d-Orig-Proto"
 type Forwarder struct {
 	apps   *appProtocols
 	pool   *h1Pool
-	proxy  *httputil.ReverseProxy
 	h2     *h2Pool
 	meshH2 *h2Pool // nil without MeshDial
 	meshH1 *h1Pool
@@ -94,70 +90,7 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 		})
 		f.meshH1 = newH1Pool(meshDial(mesh.HTTP1), cfg.PoolIdleTimeout)
 	}
-	f.proxy = &httputil.ReverseProxy{
-		Rewrite:   rewrite,
-		Transport: roundTripper{f},
-		// A response that ended with its head (gRPC's trailers-only) has no
-		// length: ReverseProxy would flush the head at once, on a timer,
-		// racing the end of the stream — sent as HEADERS without END_STREAM,
-		// gRPC clients see no trailers. Its length is zero.
-		ModifyResponse: func(res *http.Response) error {
-			if res.Body == http.NoBody {
-				res.ContentLength = 0
-			}
-			if Peer(res.Request.Context()) == "" {
-				res.Header.Del(UnprocessedHeader) // only a peer proxy's mark counts
-			}
-			return nil
-		},
-		BufferPool:   bufferPool{},
-		ErrorHandler: f.fail,
-		ErrorLog:     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
 	return f
-}
-
-// rewrite points the outgoing request at its target and keeps everything
-// the client sent that ReverseProxy would otherwise normalise: the query
-// string byte for byte and the forwarding headers (a transparent proxy
-// neither adds nor removes X-Forwarded-*).
-func rewrite(pr *httputil.ProxyRequest) {
-	out, in := pr.Out, pr.In
-	out.URL.Scheme = "http"
-	out.URL.Host = Target(in.Context())
-	out.URL.RawQuery = in.URL.RawQuery
-	// The path byte for byte too, unless a stage changed it: URL.EscapedPath
-	// would re-escape what a client sent unescaped ("/a|b"), which breaks
-	// signed paths.
-	if path, _, _ := strings.Cut(in.RequestURI, "?"); strings.HasPrefix(path, "/") && !strings.HasPrefix(path, "//") {
-		if p, err := url.PathUnescape(path); err == nil && p == in.URL.Path {
-			out.URL.Opaque = path
-		}
-	}
-	// The clone's trailer map was copied before the body was read: share
-	// the client's, which holds the values once the body has ended.
-	out.Trailer = in.Trailer
-	for _, h := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
-		if v, ok := in.Header[h]; ok {
-			out.Header[h] = v
-		}
-	}
-	if _, ok := in.Header["User-Agent"]; !ok {
-		out.Header["User-Agent"] = []string{""} // don't let net/http add its own
-	}
-	if in.ProtoMajor == 1 && Peer(in.Context()) != "" {
-		out.Header.Set(OrigProtoHeader, in.Proto)
-	}
-}
-
-// roundTripper sends meshed requests over mesh HTTP/2 and the rest over h2c.
-type roundTripper struct{ f *Forwarder }
-
-func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	if Peer(r.Context()) != "" {
-		return rt.f.meshH2.RoundTrip(r)
-	}
-	return rt.f.h2.RoundTrip(r)
 }
 
 func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -175,10 +108,10 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.forwardH1(w, r, Target(r.Context()), f.pool)
 	case r.ProtoMajor == 1 && (upgradeRequested(r) != "" || r.Method == http.MethodConnect):
 		f.forwardH1(w, r, Target(r.Context()), f.meshH1)
+	case meshed:
+		f.forwardH2(w, r, Target(r.Context()), f.meshH2)
 	default:
-		fw := newFlowWriter(w)
-		defer fw.done()
-		f.proxy.ServeHTTP(fw, r)
+		f.forwardH2(w, r, Target(r.Context()), f.h2)
 	}
 }
 
@@ -219,10 +152,5 @@ func (f *Forwarder) CloseIdle() {
 	}
 }
 
-// bufferPool recycles the 32 KiB copy buffers of response bodies.
-type bufferPool struct{}
-
+// buffers recycles the 32 KiB copy buffers of bodies.
 var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-func (bufferPool) Get() []byte  { return *(buffers.Get().(*[]byte)) }
-func (bufferPool) Put(b []byte) { buffers.Put(&b) }

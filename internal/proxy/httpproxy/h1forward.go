@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -175,87 +174,23 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			return resp, nil
 		}
-		h := ex.w.Header()
-		for k, vs := range resp.Header {
-			h[k] = vs
-		}
-		ex.w.WriteHeader(resp.StatusCode)
-		for k := range resp.Header {
-			delete(h, k)
-		}
+		relay1xx(ex.w, resp.StatusCode, resp.Header)
 		if resp.StatusCode == http.StatusContinue && expect && ex.bodyErr == nil {
 			ex.sendBody()
 		}
 	}
 }
 
-// relay sends the response head, body and trailers to the client. A body
-// that breaks off upstream aborts the client's response too.
+// relay sends the response to the client. A body that breaks off upstream
+// aborts the client's response too.
 func (ex *h1Exchange) relay(resp *http.Response) {
-	w := ex.w
-	h := w.Header()
-	hop := connectionFields(resp.Header)
-	for k, vs := range resp.Header {
-		if !hop.skip(k) {
-			h[k] = vs
-		}
-	}
-	if Peer(ex.r.Context()) == "" {
-		delete(h, UnprocessedHeader) // only a peer proxy's mark counts
-	}
-	if len(resp.Trailer) > 0 {
-		keys := make([]string, 0, len(resp.Trailer))
-		for k := range resp.Trailer {
-			keys = append(keys, k)
-		}
-		h["Trailer"] = []string{strings.Join(keys, ", ")}
-	}
-	w.WriteHeader(resp.StatusCode)
-	if err := copyBody(w, resp.Body, func() bool { return ex.uc.br.Buffered() > 0 }); err != nil {
-		if errors.Is(err, errUpstreamBody) {
-			ex.uc.Close()
-			panic(http.ErrAbortHandler)
-		}
+	err := relayResponse(ex.w, ex.r, resp, func() bool { return ex.uc.br.Buffered() == 0 })
+	switch {
+	case errors.Is(err, errUpstreamBody):
+		ex.uc.Close()
+		panic(http.ErrAbortHandler)
+	case err != nil:
 		resp.Close = true // the client is gone; the upstream connection is not reusable
-		return
-	}
-	for k, vs := range resp.Trailer {
-		h[k] = vs
-	}
-}
-
-// errUpstreamBody marks a failure reading the upstream's body, as opposed to
-// writing to the client.
-var errUpstreamBody = errors.New("upstream body broke off")
-
-// copyBody copies a body to the client as the upstream sends it: before a
-// read that may wait — ready says nothing more of the upstream's is
-// buffered here — what was written so far (the head first) is flushed. A
-// body that trickles reaches the client byte by byte; one that arrives in
-// bulk is written in the same large pieces as before, with no extra
-// writes. A nil ready flushes before every read.
-func copyBody(w http.ResponseWriter, body io.Reader, ready func() bool) error {
-	buf := buffers.Get().(*[]byte)
-	defer buffers.Put(buf)
-	rc := http.NewResponseController(w)
-	for {
-		if ready == nil || !ready() {
-			if err := rc.Flush(); err != nil {
-				return err
-			}
-		}
-		n, rerr := body.Read(*buf)
-		if n > 0 {
-			if _, err := w.Write((*buf)[:n]); err != nil {
-				return err
-			}
-		}
-		if rerr == io.EOF {
-			return nil
-		}
-		if rerr != nil {
-			return errors.Join(errUpstreamBody, rerr)
-		}
 	}
 }
 
@@ -377,7 +312,7 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request) {
 		}
 	}
 	up := upgradeRequested(r)
-	te := slices.ContainsFunc(r.Header["Te"], func(v string) bool { return strings.Contains(strings.ToLower(v), "trailers") })
+	te := wantsTrailers(r)
 	// TE is itself hop-by-hop: Connection names it (RFC 9110 §10.1.4).
 	switch {
 	case up != "" && te:
