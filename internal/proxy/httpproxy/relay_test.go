@@ -1,0 +1,87 @@
+package httpproxy
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+// headHolder is a stage's writer that keeps the head in a map of its own
+// until WriteHeader, as the outbound retry stages do.
+type headHolder struct {
+	http.ResponseWriter
+	own     http.Header
+	written bool
+}
+
+func (h *headHolder) Header() http.Header {
+	if h.written {
+		return h.ResponseWriter.Header()
+	}
+	return h.own
+}
+
+func (h *headHolder) WriteHeader(code int) {
+	for k, vs := range h.own {
+		h.ResponseWriter.Header()[k] = vs
+	}
+	h.written = true
+	h.ResponseWriter.WriteHeader(code)
+}
+
+// Trailers reach the client whether the upstream announced them or not,
+// through a writer that held the head in a map of its own; hop-by-hop
+// fields and a non-peer's unprocessed mark do not.
+func TestRelayResponseTrailers(t *testing.T) {
+	trailer := http.Header{"Announced": nil}
+	resp := &http.Response{
+		StatusCode: http.StatusOK,
+		Header: http.Header{"Content-Type": {"application/grpc"}, "Connection": {"X-Hop"}, "X-Hop": {"1"},
+			"Keep-Alive": {"timeout=5"}, UnprocessedHeader: {"1"}},
+		Trailer: trailer,
+		Body: bodyThen(strings.NewReader("hello"), func() {
+			trailer["Announced"] = []string{"a"}
+			trailer["Grpc-Status"] = []string{"0"} // not announced, as gRPC servers send it
+		}),
+	}
+	rec := httptest.NewRecorder()
+	r := httptest.NewRequest(http.MethodPost, "/svc/Method", nil)
+	if err := relayResponse(&headHolder{ResponseWriter: rec, own: http.Header{}}, r, resp, nil); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.Result()
+	body, _ := io.ReadAll(got.Body)
+	if string(body) != "hello" {
+		t.Errorf("body %q", body)
+	}
+	for _, k := range []string{"X-Hop", "Keep-Alive", "Connection", UnprocessedHeader} {
+		if v, ok := got.Header[k]; ok {
+			t.Errorf("%s: %q reached the client", k, v)
+		}
+	}
+	if got.Trailer.Get("Announced") != "a" || got.Trailer.Get("Grpc-Status") != "0" {
+		t.Errorf("trailers %v, want Announced: a and Grpc-Status: 0", got.Trailer)
+	}
+}
+
+// bodyThen reads r, then calls end before reporting io.EOF (an HTTP
+// client fills the response's trailers then).
+func bodyThen(r io.Reader, end func()) io.ReadCloser {
+	return io.NopCloser(&endReader{r: r, end: end})
+}
+
+type endReader struct {
+	r   io.Reader
+	end func()
+}
+
+func (e *endReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err == io.EOF && e.end != nil {
+		e.end()
+		e.end = nil
+	}
+	return n, err
+}
