@@ -46,13 +46,8 @@ func h2Request(r *http.Request, target string, w http.ResponseWriter) *http.Requ
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
-	hop := connectionFields(r.Header)
 	h := make(http.Header, len(r.Header)+1)
-	for k, vs := range r.Header {
-		if !hop.skip(k) {
-			h[k] = vs
-		}
-	}
+	copyEndToEnd(h, r.Header)
 	if wantsTrailers(r) {
 		h["Te"] = []string{"trailers"}
 	}

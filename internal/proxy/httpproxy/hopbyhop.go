@@ -49,6 +49,17 @@ func connectionFields(h http.Header) hopFields {
 // skip reports whether the field k stays on this hop.
 func (n hopFields) skip(k string) bool { return hopByHop[k] || n[k] }
 
+// copyEndToEnd copies src's fields into dst, less those that stay on
+// src's hop. The values are shared, not copied.
+func copyEndToEnd(dst, src http.Header) {
+	hop := connectionFields(src)
+	for k, vs := range src {
+		if !hop.skip(k) {
+			dst[k] = vs
+		}
+	}
+}
+
 // upgradeRequested returns the protocol a request asks to switch to
 // ("websocket"), or "". HTTP/1.0 has no upgrades (RFC 9110 §7.8).
 func upgradeRequested(r *http.Request) string {

@@ -19,12 +19,7 @@ import (
 // written to.
 func relayResponse(w http.ResponseWriter, r *http.Request, resp *http.Response, mayWait func() bool) error {
 	h := w.Header()
-	hop := connectionFields(resp.Header)
-	for k, vs := range resp.Header {
-		if !hop.skip(k) {
-			h[k] = vs
-		}
-	}
+	copyEndToEnd(h, resp.Header)
 	if Peer(r.Context()) == "" {
 		delete(h, UnprocessedHeader)
 	}
