@@ -118,6 +118,11 @@ type run struct {
 	// processes other than the benchmark's own, plus steal time; NaN if
 	// unknown.
 	otherSUT, otherGen float64
+
+	// System calls the proxy processes made during the run (perf stat),
+	// and TCP segments the whole host sent (/proc/net/snmp OutSegs: the
+	// client, the proxies and the backend); -1 if not measured.
+	syscalls, segments int64
 }
 
 // cpus says where bench/run pinned things (from meta.tsv).
@@ -239,7 +244,60 @@ func (r *run) parse(dir string) error {
 	r.otherSUT, r.otherGen = math.NaN(), math.NaN()
 	r.parseHost(dir)
 	r.parseMetrics(dir)
+	r.syscalls = perfCount(filepath.Join(dir, "syscalls.perf"))
+	r.segments = -1
+	if before, after := outSegs(filepath.Join(dir, "snmp.before")), outSegs(filepath.Join(dir, "snmp.after")); before >= 0 && after >= before {
+		r.segments = after - before
+	}
 	return nil
+}
+
+// perfCount reads the event count from perf stat's CSV output (-x,), or
+// -1 if there is none.
+func perfCount(path string) int64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	for line := range strings.Lines(string(data)) {
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		count, _, _ := strings.Cut(line, ",")
+		if n, err := strconv.ParseInt(count, 10, 64); err == nil {
+			return n
+		}
+	}
+	return -1
+}
+
+// outSegs returns the TCP OutSegs counter from a copy of /proc/net/snmp,
+// or -1.
+func outSegs(path string) int64 {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return -1
+	}
+	var names []string
+	for line := range strings.Lines(string(data)) {
+		rest, ok := strings.CutPrefix(line, "Tcp:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "OutSegs" && i < len(f) {
+				if n, err := strconv.ParseInt(f[i], 10, 64); err == nil {
+					return n
+				}
+			}
+		}
+	}
+	return -1
 }
 
 // parseMetrics counts the connections trellis-proxy A opened to the next
@@ -741,6 +799,13 @@ const legend = `## Setup
   (plus hypervisor steal) took on the proxies' CPU / on the generator's CPU
   during the run, from ` + "`/proc/stat`" + `. Above a few percent the row is
   disturbed by other work on the machine; re-run on an idle machine.
+- **proxy syscalls/req**: system calls of all kinds (reads, writes, epoll,
+  futex, ...) the proxy processes made during the run, counted by
+  ` + "`perf stat -e raw_syscalls:sys_enter`" + `, per request; "–" where perf cannot
+  count them. **host TCP segments/req**: TCP segments the whole host sent
+  (` + "`OutSegs`" + ` of ` + "`/proc/net/snmp`" + `: client, proxies and backend, ACKs
+  included) per request; *direct* is the floor, and anything else running on
+  the machine adds to it.
 - The load generator and backend share one CPU and the proxies have one CPU,
   so max-rate numbers are bounded by whichever side saturates first (see proxy
   CPU %). Latency percentiles at 1,000 rps and for h2load are exact (every
@@ -837,8 +902,8 @@ func cell(format string, v, ref float64, showRatio bool) string {
 
 func writeTable(w io.Writer, runs map[string]*run, l load, clk float64) {
 	direct := runs[runKey(l.key, "direct", 0)]
-	fmt.Fprintln(w, "| scenario | p50 ms | p90 ms | p99 ms | p99.9 ms | rps | CPU µs/req | proxy CPU % | RSS idle MiB | RSS load MiB | errors | other CPU % |")
-	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| scenario | p50 ms | p90 ms | p99 ms | p99.9 ms | rps | CPU µs/req | proxy CPU % | RSS idle MiB | RSS load MiB | errors | other CPU % | proxy syscalls/req | host TCP segments/req |")
+	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	var notes []string
 	for _, sc := range scenarios {
 		r := runs[runKey(l.key, sc.target, sc.hops)]
@@ -852,7 +917,7 @@ func writeTable(w io.Writer, runs map[string]*run, l load, clk float64) {
 				why = "failed: " + r.err
 			}
 			word, _, _ := strings.Cut(why, ":")
-			fmt.Fprintf(w, "| %s | %s | | | | | | | | | | |\n", name, word)
+			fmt.Fprintf(w, "| %s | %s | | | | | | | | | | | | |\n", name, word)
 			if word != "skipped" { // skip reasons are in the header
 				notes = append(notes, fmt.Sprintf("%s: %s", name, why))
 			}
@@ -868,7 +933,7 @@ func writeTable(w io.Writer, runs map[string]*run, l load, clk float64) {
 			if sutCPU != genCPU && !math.IsNaN(r.otherGen) {
 				oc = fmt.Sprintf("– / %.0f", r.otherGen)
 			}
-			cells = append(cells, cell("%.0f", r.rps, 0, false), "–", "–", "–", "–", errCell(r), oc)
+			cells = append(cells, cell("%.0f", r.rps, 0, false), "–", "–", "–", "–", errCell(r), oc, "–", perReqCell(r, nil, false, segmentsOf))
 			fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 			continue
 		}
@@ -894,7 +959,8 @@ func writeTable(w io.Writer, runs map[string]*run, l load, clk float64) {
 			cell("%.0f", r.cpuPercent(clk), math.NaN(), false),
 			cell("%.1f", r.mib(r.rssIdleKB), refv(func(x *run) float64 { return x.mib(x.rssIdleKB) }), showRatio),
 			cell("%.1f", r.mib(r.rssLoadKB), refv(func(x *run) float64 { return x.mib(x.rssLoadKB) }), showRatio),
-			errCell(r), otherCell(r))
+			errCell(r), otherCell(r),
+			perReqCell(r, ref, showRatio, syscallsOf), perReqCell(r, ref, showRatio, segmentsOf))
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells, " | "))
 	}
 	if len(notes) > 0 {
@@ -916,6 +982,22 @@ func otherCell(r *run) string {
 	}
 	return fmt.Sprintf("%.0f / %.0f", r.otherSUT, r.otherGen)
 }
+
+// perReqCell shows what n counts per completed request, with its ratio to
+// ref's when showRatio.
+func perReqCell(r, ref *run, showRatio bool, n func(*run) int64) string {
+	if n(r) < 0 {
+		return "–"
+	}
+	refv := math.NaN()
+	if ref != nil && n(ref) >= 0 {
+		refv = float64(n(ref)) / float64(ref.count)
+	}
+	return cell("%.1f", float64(n(r))/float64(r.count), refv, showRatio)
+}
+
+func syscallsOf(r *run) int64 { return r.syscalls }
+func segmentsOf(r *run) int64 { return r.segments }
 
 func errCell(r *run) string {
 	if r.errs == 0 {

@@ -77,6 +77,23 @@ func TestReport(t *testing.T) {
 		"requests: 3 total, 3 started, 3 done, 3 succeeded, 0 failed, 0 errored, 0 timeout\n")
 	write(t, filepath.Join(dir, "runs/5/h2load.log"), "1\t200\t300\n2\t200\t100\n3\t200\t200\n")
 
+	// System calls of the proxies (perf stat -x,) and the host's TCP
+	// segments: direct 2 per request, nginx 5 and 4, HAProxy 6 and 4.
+	for id, c := range map[string]struct{ syscalls, segsBefore, segsAfter int }{
+		"1": {-1, 1000, 21000}, "2": {25000, 2000, 22000}, "3": {24000, 0, 16000},
+	} {
+		if c.syscalls >= 0 {
+			write(t, filepath.Join(dir, "runs", id, "syscalls.perf"),
+				fmt.Sprintf("# started on Sun Dec  6 17:51:00 2026\n\n%d,,raw_syscalls:sys_enter,1010942076,100.00,,\n", c.syscalls))
+		}
+		for suffix, segs := range map[string]int{"before": c.segsBefore, "after": c.segsAfter} {
+			write(t, filepath.Join(dir, "runs", id, "snmp."+suffix),
+				"Ip: Forwarding DefaultTTL\nIp: 1 64\n"+
+					"Tcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails EstabResets CurrEstab InSegs OutSegs RetransSegs InErrs OutRsts InCsumErrors\n"+
+					fmt.Sprintf("Tcp: 1 200 120000 -1 100 50 0 0 10 %d %d 0 0 0 0\n", 3*segs, segs))
+		}
+	}
+
 	meta, keys, err := readMeta(filepath.Join(dir, "meta.tsv"))
 	if err != nil {
 		t.Fatal(err)
@@ -123,6 +140,9 @@ func TestReport(t *testing.T) {
 		"| HAProxy, 1 hop | +0.400 (8.00×) |",
 		"| 4000 (0.80×) | 30.0 (1.00×) | 12 | 3.0 (1.50×) | 6.0 (1.50×) | 2 (0.05%) |",
 		"| trellis-proxy, 1 hop | skipped |",
+		// Syscalls and segments per request, the last two columns.
+		"| 10000 | – | – | – | – | 0 | – | – | 2.0 |",
+		"| 2 (0.05%) | – | 6.0 (1.20×) | 4.0 (1.00×) |",
 		"## HTTP/2 (h2c), max rate, 64 B body",
 	} {
 		if !strings.Contains(s, want) {
