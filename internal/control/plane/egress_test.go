@@ -1,9 +1,12 @@
 package plane
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -14,7 +17,9 @@ import (
 // Traffic to a destination outside the mesh leaves until an EgressNetwork
 // denies its network (HTTP 403, a connection refused), and again when a
 // more specific one in the mesh-wide egress namespace allows it; each
-// request is counted by hostname.
+// request is counted by hostname. Clients that use the outbound port as
+// their HTTP proxy are held to the same policy, absolute-form requests and
+// CONNECT tunnels alike.
 func TestEgressNetworks(t *testing.T) {
 	p, api := startPlane(t)
 	outside := backend(t, "outside", 0)
@@ -44,15 +49,43 @@ func TestEgressNetworks(t *testing.T) {
 		_, err = io.ReadFull(c, b)
 		return err == nil && string(b) == "\x00hi"
 	}
+	viaProxy := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: client.OutboundAddr.String()})}}
+	getViaProxy := func() int {
+		resp, err := viaProxy.Get("http://" + outside + "/")
+		if err != nil {
+			return 0
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	tunnels := func() bool { // CONNECT to the echo server through the outbound port
+		c, err := net.DialTimeout("tcp", client.OutboundAddr.String(), time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", echo, echo)
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return false
+		}
+		io.WriteString(c, "\x00hi")
+		b := make([]byte, 3)
+		_, err = io.ReadFull(br, b)
+		return err == nil && string(b) == "\x00hi"
+	}
 	expect := func(status int, echo bool) {
 		t.Helper()
 		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			s, e := get(), echoes()
-			if s == status && e == echo {
+			s, e, ps, pe := get(), echoes(), getViaProxy(), tunnels()
+			if s == status && e == echo && ps == status && pe == echo {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("HTTP %d (want %d), TCP echoed %v (want %v)", s, status, e, echo)
+				t.Fatalf("HTTP %d (want %d), TCP echoed %v (want %v); as HTTP proxy: HTTP %d, CONNECT tunnel echoed %v", s, status, e, echo, ps, pe)
 			}
 		}
 	}

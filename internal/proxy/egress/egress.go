@@ -124,15 +124,15 @@ func (g *Guard) count(c *metrics.Counters, hostname string, allow bool, n *netwo
 // AllowHTTP lets a request to a destination outside the mesh out, or
 // answers it (403) and returns false.
 func (g *Guard) AllowHTTP(w http.ResponseWriter, r *http.Request) bool {
-	m := transport.MetaFrom(r.Context())
+	target := httpproxy.Target(r.Context()) // a forward-proxy request's own
 	host, _, err := net.SplitHostPort(r.Host)
 	if err != nil {
 		host = r.Host
 	}
-	allow, n := g.decide(targetAddr(m.Target))
+	allow, n := g.decide(targetAddr(target))
 	g.count(g.http, host, allow, n)
 	if !allow {
-		g.log.Debug("egress denied", "target", m.Target, "host", host, "egress_network", n.namespace+"/"+n.name)
+		g.log.Debug("egress denied", "target", target, "host", host, "egress_network", n.namespace+"/"+n.name)
 		httpproxy.WriteError(w, r, http.StatusForbidden, "egress to "+host+" denied by EgressNetwork "+n.namespace+"/"+n.name)
 	}
 	return allow

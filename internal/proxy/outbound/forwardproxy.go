@@ -1,6 +1,8 @@
 package outbound
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,10 +14,16 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
+// dialFunc opens a connection to m.Target as opaque traffic does: to an
+// endpoint of its service over mTLS when it is meshed, else where the
+// egress policy lets it out.
+type dialFunc func(ctx context.Context, m *transport.Meta) (net.Conn, error)
+
 // forwardProxy serves clients that use the outbound port as their
 // HTTP_PROXY: absolute-form requests go to the host they name, and CONNECT
-// opens a TCP tunnel. Connections that already have a target pass through.
-func forwardProxy(dialer *transport.Dialer, peers *peers, log *slog.Logger) httpproxy.Layer {
+// opens a TCP tunnel through dial. Connections that already have a target
+// pass through.
+func forwardProxy(dial dialFunc, peers *peers, log *slog.Logger) httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if httpproxy.Target(r.Context()) != "" {
@@ -24,7 +32,7 @@ func forwardProxy(dialer *transport.Dialer, peers *peers, log *slog.Logger) http
 			}
 			m := transport.MetaFrom(r.Context())
 			if r.Method == http.MethodConnect {
-				connect(w, r, m, dialer, log)
+				connect(w, r, m, dial, peers, log)
 				return
 			}
 			if !r.URL.IsAbs() || r.URL.Host == "" {
@@ -45,9 +53,11 @@ func forwardProxy(dialer *transport.Dialer, peers *peers, log *slog.Logger) http
 	}
 }
 
-// connect answers CONNECT host:port by dialing the host, replying 200 and
-// piping bytes both ways.
-func connect(w http.ResponseWriter, r *http.Request, m *transport.Meta, dialer *transport.Dialer, log *slog.Logger) {
+// connect answers CONNECT host:port by opening a connection to it as
+// opaque traffic to that target would go (a meshed service's endpoint over
+// mTLS; anything else only where egress policy allows: 403 otherwise),
+// replying 200 and piping bytes both ways.
+func connect(w http.ResponseWriter, r *http.Request, m *transport.Meta, dial dialFunc, peers *peers, log *slog.Logger) {
 	if r.ProtoMajor != 1 {
 		httpproxy.WriteError(w, r, http.StatusNotImplemented, "CONNECT is supported over HTTP/1.1 only")
 		return
@@ -57,7 +67,13 @@ func connect(w http.ResponseWriter, r *http.Request, m *transport.Meta, dialer *
 		httpproxy.WriteError(w, r, http.StatusLoopDetected, "CONNECT to the proxy itself")
 		return
 	}
-	up, err := dialer.DialContext(r.Context(), transport.Outbound, target)
+	tm := *m
+	tm.Target, tm.PeerIdentity, tm.Protocol, tm.Early = target, peers.Lookup(target), "opaque", nil
+	up, err := dial(r.Context(), &tm)
+	if errors.Is(err, tcpproxy.ErrDenied) {
+		httpproxy.WriteError(w, r, http.StatusForbidden, "CONNECT to "+target+" "+err.Error())
+		return
+	}
 	if err != nil {
 		status, reason := httpproxy.UpstreamError(err)
 		log.Warn("CONNECT failed", "client", m.Client.String(), "target", target, "status", status, "error", err)

@@ -65,7 +65,7 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	http := httpproxy.Stack(s.Forwarder,
 		obs.Tracer.Layer(transport.Outbound), // sends the request on as the span's child
 		obs.AccessLog.Layer,
-		forwardProxy(dialer, s.peers, log),
+		forwardProxy(up.connect, s.peers, log),
 		routeAndBalance(svcs, bal, obs.HTTPMetrics, decisions),
 		obs.Tracer.Annotate(),
 		httpproxy.Metrics(obs.HTTPMetrics),
