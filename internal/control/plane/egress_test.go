@@ -19,7 +19,8 @@ import (
 // more specific one in the mesh-wide egress namespace allows it; each
 // request is counted by hostname. Clients that use the outbound port as
 // their HTTP proxy are held to the same policy, absolute-form requests and
-// CONNECT tunnels alike.
+// CONNECT tunnels alike, and so is a destination named by a host name
+// (localhost: the address it resolves to decides).
 func TestEgressNetworks(t *testing.T) {
 	p, api := startPlane(t)
 	outside := backend(t, "outside", 0)
@@ -50,8 +51,8 @@ func TestEgressNetworks(t *testing.T) {
 		return err == nil && string(b) == "\x00hi"
 	}
 	viaProxy := &http.Client{Transport: &http.Transport{Proxy: http.ProxyURL(&url.URL{Scheme: "http", Host: client.OutboundAddr.String()})}}
-	getViaProxy := func() int {
-		resp, err := viaProxy.Get("http://" + outside + "/")
+	getViaProxy := func(target string) int {
+		resp, err := viaProxy.Get("http://" + target + "/")
 		if err != nil {
 			return 0
 		}
@@ -59,14 +60,14 @@ func TestEgressNetworks(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode
 	}
-	tunnels := func() bool { // CONNECT to the echo server through the outbound port
+	tunnels := func(target string) bool { // CONNECT through the outbound port
 		c, err := net.DialTimeout("tcp", client.OutboundAddr.String(), time.Second)
 		if err != nil {
 			return false
 		}
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(2 * time.Second))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", echo, echo)
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
 		br := bufio.NewReader(c)
 		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 		if err != nil || resp.StatusCode != http.StatusOK {
@@ -77,15 +78,18 @@ func TestEgressNetworks(t *testing.T) {
 		_, err = io.ReadFull(br, b)
 		return err == nil && string(b) == "\x00hi"
 	}
-	expect := func(status int, echo bool) {
+	expect := func(status int, echoed bool) {
 		t.Helper()
 		for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			s, e, ps, pe := get(), echoes(), getViaProxy(), tunnels()
-			if s == status && e == echo && ps == status && pe == echo {
+			s, e := get(), echoes()
+			ps, pe := getViaProxy(outside), tunnels(echo)
+			ns, ne := getViaProxy("localhost:"+portOf(outside)), tunnels("localhost:"+portOf(echo))
+			if s == status && e == echoed && ps == status && pe == echoed && ns == status && ne == echoed {
 				return
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("HTTP %d (want %d), TCP echoed %v (want %v); as HTTP proxy: HTTP %d, CONNECT tunnel echoed %v", s, status, e, echo, ps, pe)
+				t.Fatalf("HTTP %d (want %d), TCP echoed %v (want %v); as HTTP proxy: HTTP %d, CONNECT tunnel echoed %v; by name: HTTP %d, CONNECT tunnel echoed %v",
+					s, status, e, echoed, ps, pe, ns, ne)
 			}
 		}
 	}

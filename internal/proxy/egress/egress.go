@@ -6,7 +6,9 @@
 // own namespace before the global one, Deny before Allow); a destination
 // none covers may leave. Denied HTTP gets 403 (gRPC PERMISSION_DENIED), a
 // denied connection is refused; everything that leaves or is kept in is
-// counted by hostname (the Host asked for, or the TLS server name).
+// counted by hostname (the Host asked for, or the TLS server name). A
+// target given by name is resolved here and pinned to the address decided
+// on (Pin), so that a name cannot take traffic around a network.
 package egress
 
 import (
@@ -28,6 +30,10 @@ import (
 
 // Guard holds the egress networks and decides.
 type Guard struct {
+	// Lookup resolves a target's host name (net.DefaultResolver's
+	// LookupNetIP for "ip" unless set before use).
+	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+
 	namespace string
 	nets      atomic.Pointer[[]network]
 	http, tcp *metrics.Counters
@@ -56,6 +62,9 @@ type span struct {
 // New returns a guard for a workload of namespace, its counters in reg.
 func New(namespace string, reg *metrics.Registry, log *slog.Logger) *Guard {
 	return &Guard{namespace: namespace, log: log,
+		Lookup: func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		},
 		http: reg.Counters("outbound_http_egress_total", "Total count of outbound HTTP requests to destinations outside the mesh, by hostname and whether they were let out."),
 		tcp:  reg.Counters("outbound_tcp_egress_total", "Total count of outbound connections to destinations outside the mesh, by hostname and whether they were let out."),
 	}
@@ -121,8 +130,37 @@ func (g *Guard) count(c *metrics.Counters, hostname string, allow bool, n *netwo
 	v.(*atomic.Uint64).Add(1)
 }
 
+// Pin returns target (host:port) with a host name resolved to the address
+// traffic to it must then use, when some network is given by address;
+// otherwise, or for an address, target itself. Of several addresses the
+// first IPv4 one is taken.
+func (g *Guard) Pin(ctx context.Context, target string) (string, error) {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil || targetAddr(target).IsValid() || !g.byAddress() {
+		return target, nil
+	}
+	addrs, err := g.Lookup(ctx, host)
+	if err != nil {
+		return "", err
+	}
+	if len(addrs) == 0 {
+		return "", &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+	}
+	addr := addrs[0]
+	if i := slices.IndexFunc(addrs, func(a netip.Addr) bool { return a.Unmap().Is4() }); i >= 0 {
+		addr = addrs[i]
+	}
+	return net.JoinHostPort(addr.Unmap().String(), port), nil
+}
+
+// byAddress reports whether some network covers only some addresses.
+func (g *Guard) byAddress() bool {
+	nets := g.nets.Load()
+	return nets != nil && slices.ContainsFunc(*nets, func(n network) bool { return len(n.spans) > 0 })
+}
+
 // AllowHTTP lets a request to a destination outside the mesh out, or
-// answers it (403) and returns false.
+// answers it (403) and returns false; its target is pinned (Pin).
 func (g *Guard) AllowHTTP(w http.ResponseWriter, r *http.Request) bool {
 	target := httpproxy.Target(r.Context()) // a forward-proxy request's own
 	host, _, err := net.SplitHostPort(r.Host)
@@ -139,12 +177,13 @@ func (g *Guard) AllowHTTP(w http.ResponseWriter, r *http.Request) bool {
 }
 
 // AllowConn reports whether a connection (opaque TCP, or TLS the proxy
-// does not terminate) to a destination outside the mesh may leave.
-func (g *Guard) AllowConn(m *transport.Meta) bool {
-	allow, n := g.decide(targetAddr(m.Target))
+// does not terminate) of m to target, a destination outside the mesh
+// pinned by Pin, may leave.
+func (g *Guard) AllowConn(m *transport.Meta, target string) bool {
+	allow, n := g.decide(targetAddr(target))
 	g.count(g.tcp, m.SNI, allow, n)
 	if !allow {
-		g.log.Debug("egress denied", "target", m.Target, "sni", m.SNI, "egress_network", n.namespace+"/"+n.name)
+		g.log.Debug("egress denied", "target", target, "sni", m.SNI, "egress_network", n.namespace+"/"+n.name)
 	}
 	return allow
 }

@@ -1,6 +1,8 @@
 package egress
 
 import (
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -40,6 +42,50 @@ func TestDecide(t *testing.T) {
 		}
 		if allow != tc.allow || by != tc.by {
 			t.Errorf("%s: allow %v by %q, want %v by %q", tc.addr, allow, by, tc.allow, tc.by)
+		}
+	}
+}
+
+// A name is resolved, and pinned to its first IPv4 address, only while
+// some network is given by address; an address, or a name when every
+// network covers everything, stays as it is.
+func TestPin(t *testing.T) {
+	g := New("shop", metrics.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	lookups := 0
+	g.Lookup = func(_ context.Context, host string) ([]netip.Addr, error) {
+		lookups++
+		if host == "nowhere.example" {
+			return nil, errors.New("no such host")
+		}
+		return []netip.Addr{netip.MustParseAddr("::1"), netip.MustParseAddr("::ffff:127.0.0.1")}, nil
+	}
+	pin := func(target string) string {
+		t.Helper()
+		got, err := g.Pin(context.Background(), target)
+		if err != nil {
+			return "error"
+		}
+		return got
+	}
+	if got := pin("localhost:80"); got != "localhost:80" || lookups != 0 {
+		t.Errorf("no networks: Pin = %s after %d lookups, want the name unresolved", got, lookups)
+	}
+	everything := compile(&policyv1.EgressPolicy{Networks: []*policyv1.EgressNetwork{{Namespace: "shop", Name: "all", Allow: false}}})
+	g.nets.Store(&everything)
+	if got := pin("localhost:80"); got != "localhost:80" || lookups != 0 {
+		t.Errorf("a network of every address: Pin = %s after %d lookups, want the name unresolved", got, lookups)
+	}
+	loopback := compile(&policyv1.EgressPolicy{Networks: []*policyv1.EgressNetwork{
+		{Namespace: "shop", Name: "no-loopback", Allow: false, Networks: []*policyv1.Network{{Cidr: "127.0.0.0/8"}}}}})
+	g.nets.Store(&loopback)
+	for target, want := range map[string]string{
+		"localhost:80":         "127.0.0.1:80",
+		"10.0.0.1:443":         "10.0.0.1:443",
+		"[2001:db8::1]:443":    "[2001:db8::1]:443",
+		"nowhere.example:8080": "error",
+	} {
+		if got := pin(target); got != want {
+			t.Errorf("Pin(%s) = %s, want %s", target, got, want)
 		}
 	}
 }

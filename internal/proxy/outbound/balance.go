@@ -106,7 +106,21 @@ type balanced struct {
 func (s balanced) send(w http.ResponseWriter, r *http.Request, svc *discover.Service) {
 	b, next := s.b, s.next
 	if svc == nil {
-		if b.egress == nil || b.egress.AllowHTTP(w, r) {
+		if b.egress == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx := r.Context()
+		target := httpproxy.Target(ctx)
+		pinned, err := b.egress.Pin(ctx, target)
+		if err != nil {
+			httpproxy.WriteError(w, r, http.StatusBadGateway, "cannot resolve "+target+": "+err.Error())
+			return
+		}
+		if pinned != target {
+			r = r.WithContext(httpproxy.WithTarget(ctx, pinned, httpproxy.Peer(ctx), httpproxy.Dst(ctx)))
+		}
+		if b.egress.AllowHTTP(w, r) {
 			next.ServeHTTP(w, r)
 		}
 		return
@@ -202,10 +216,16 @@ func (b *balancer) pickTarget(ctx context.Context, m *transport.Meta) (target, p
 	}
 	svc := b.res.Resolve(ctx, m.Target)
 	if svc == nil { // outside the mesh
-		if b.egress != nil && !b.egress.AllowConn(m) {
-			return "", "", nil, errEgressDenied
+		target = m.Target
+		if b.egress != nil {
+			if target, err = b.egress.Pin(ctx, target); err != nil {
+				return "", "", nil, err
+			}
+			if !b.egress.AllowConn(m, target) {
+				return "", "", nil, errEgressDenied
+			}
 		}
-		return m.Target, m.PeerIdentity, func(error) {}, nil
+		return target, m.PeerIdentity, func(error) {}, nil
 	}
 	ep, err := b.pick(ctx, svc)
 	if err != nil {
