@@ -59,7 +59,7 @@ type Outcome struct {
 func (o Outcome) Failed() bool { return !o.Completed || o.Status >= 500 || o.GRPCStatus > 0 }
 
 // Observe serves r with next and calls done with the outcome — also when
-// next panics (as ReverseProxy does to abort a response), before the panic
+// next panics (as the forwarders do to abort a response), before the panic
 // goes on.
 func Observe(next http.Handler, w http.ResponseWriter, r *http.Request, done func(Outcome)) {
 	rec := &recorder{ResponseWriter: w, start: time.Now()}

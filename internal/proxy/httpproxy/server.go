@@ -63,8 +63,14 @@ func NewServer(h http.Handler, cfg ServerConfig, log *slog.Logger) *Server {
 		// 4.2 #3 fail).
 		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: 1000, MaxReceiveBufferPerStream: 1 << 20,
 			MaxReceiveBufferPerConnection: 4<<20 - 1, MaxReadFrameSize: maxReadFrameSize},
-		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnContext: func(_ context.Context, c net.Conn) context.Context { return serving(c.(*trackedConn).ctx, s.h2) },
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// The connection's context, still marked as this server's: net/http
+		// logs what it finds wrong with a response (a superfluous
+		// WriteHeader, ...) to the ErrorLog of the server the request's
+		// context names, else to the process's standard logger.
+		ConnContext: func(_ context.Context, c net.Conn) context.Context {
+			return context.WithValue(c.(*trackedConn).ctx, http.ServerContextKey, s.h2)
+		},
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st == http.StateClosed || st == http.StateHijacked {
 				c.(*trackedConn).finish()
@@ -86,7 +92,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		m.Early.Close() // HTTP servers never speak first: the probe is not needed
 	}
 	if m.Protocol != "h2" {
-		serveH1(serving(ctx, s.h2), s.cfg, s.log, s.handler, c)
+		serveH1(ctx, s.cfg, s.log, s.handler, c)
 		return
 	}
 	stop := context.AfterFunc(m.Drain, s.drain)
@@ -104,14 +110,6 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	<-tc.done
-}
-
-// serving marks ctx as a server's, as net/http's own servers do: handlers
-// may then abort a broken response by panicking with http.ErrAbortHandler
-// — which ReverseProxy does when an upstream body breaks, and otherwise
-// (without the mark) ends the response as if it were complete.
-func serving(ctx context.Context, srv *http.Server) context.Context {
-	return context.WithValue(ctx, http.ServerContextKey, srv)
 }
 
 // trackedConn carries a connection's context into net/http and reports

@@ -129,7 +129,7 @@ func (a *attempt) prepare(why string, first bool) (*holdWriter, func()) {
 	return hw, func() {
 		defer close(hw.done)
 		defer cancel()
-		// A racer's panic (ReverseProxy aborts a broken response with
+		// A racer's panic (a forwarder aborts a broken response with
 		// http.ErrAbortHandler) must not kill the process from another
 		// goroutine: it is kept, and the winner's raised on the handler's.
 		// An abort of a response nobody wants (retried, or another racer's

@@ -194,7 +194,7 @@ func (t *tapped) responseInit(status int) {
 }
 
 // end reports the end of the response; completed is false when the handler
-// broke off (panicked, as ReverseProxy does to abort a response).
+// broke off (panicked, as the forwarders do to abort a response).
 func (t *tapped) end(r *http.Request, completed bool) {
 	h := t.Header()
 	var reason string
