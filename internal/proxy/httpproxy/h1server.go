@@ -71,17 +71,21 @@ func serveH1(ctx context.Context, cfg ServerConfig, log *slog.Logger, h http.Han
 	}
 }
 
-// awaitRequest waits, up to the idle timeout, for the next request's first byte.
+// awaitRequest waits, up to the idle timeout, for the next request's first
+// byte, or until the drain. The idle deadline is set before the drain is
+// checked: a drain after the check then wakes the read (its deadline is
+// now), and one before it is seen; the other order let a drain between
+// the check and the deadline wait out the idle timeout.
 func (hc *h1Conn) awaitRequest(drain context.Context) bool {
 	if hc.br.Buffered() > 0 {
 		return true
 	}
 	hc.idle.Store(true)
 	defer hc.idle.Store(false)
+	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.IdleTimeout))
 	if drain.Err() != nil {
 		return false
 	}
-	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.IdleTimeout))
 	_, err := hc.br.Peek(1)
 	return err == nil
 }

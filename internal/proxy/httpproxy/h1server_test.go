@@ -68,3 +68,49 @@ func FuzzServeH1(f *testing.F) {
 		}
 	})
 }
+
+// drainRaceConn is the server's end of an idle connection whose first long
+// read deadline — the idle wait's — lands just as the proxy starts to
+// drain: the drain's own deadline (now) comes in first, the idle one
+// after it, the order a preempted server could see.
+type drainRaceConn struct {
+	net.Conn
+	drain    context.CancelFunc
+	drainSet chan struct{} // the drain's deadline arrived
+	raced    bool
+}
+
+func (c *drainRaceConn) SetReadDeadline(t time.Time) error {
+	if !c.raced && time.Until(t) > time.Second {
+		c.raced = true
+		c.drain()
+		<-c.drainSet
+		return c.Conn.SetReadDeadline(t)
+	}
+	if !t.IsZero() && time.Until(t) <= 0 {
+		defer close(c.drainSet)
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// An idle client connection ends with the drain, however the drain's
+// wake-up and the idle wait's deadline interleave: the idle timeout is
+// not waited out.
+func TestDrainEndsAnIdleConnectionWhateverTheOrder(t *testing.T) {
+	server, client := net.Pipe()
+	defer client.Close()
+	drain, start := context.WithCancel(context.Background())
+	c := &drainRaceConn{Conn: server, drain: start, drainSet: make(chan struct{})}
+	ctx := transport.WithMeta(context.Background(), &transport.Meta{Direction: transport.Inbound, Drain: drain})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serveH1(ctx, ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: 30 * time.Second},
+			slog.New(slog.DiscardHandler), http.NotFoundHandler(), c)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("an idle connection outlived the drain by more than 5s (the idle timeout is 30s)")
+	}
+}
