@@ -15,6 +15,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/metricstest"
 	"github.com/trellis-mesh/trellis/internal/proxy/authz"
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
+	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
 	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
@@ -130,5 +131,43 @@ func TestDeniedGRPCAndTCP(t *testing.T) {
 		if echoed := err == nil && string(b) == msg; echoed != tc.echoed {
 			t.Errorf("%s TCP client: echoed %v (%v), want %v", tc.who, echoed, err, tc.echoed)
 		}
+	}
+}
+
+// A client that stays silent long enough for the proxy to dial the
+// application (to see whether it speaks first) and is then refused leaves
+// no connection to the application behind: the early connection closes
+// with the refused one.
+func TestRefusedConnectionLeavesNoEarlyConnection(t *testing.T) {
+	accepted, closed := make(chan struct{}, 1), make(chan struct{}, 1)
+	app := testkit.Serve(t, func(c net.Conn) {
+		accepted <- struct{}{}
+		io.Copy(io.Discard, c)
+		closed <- struct{}{}
+	})
+	cfg := proxytest.Config(t)
+	cfg.AppAddr = app
+	cfg.Authz = authz.Config{Default: authz.Deny}
+	p := proxytest.Start(t, cfg)
+
+	c, err := net.Dial("tcp", p.InboundAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	select {
+	case <-accepted: // the proxy dialled the application for the silent client
+	case <-time.After(5 * time.Second):
+		t.Fatal("the proxy never dialled the application for a silent client")
+	}
+	io.WriteString(c, "\x00not a protocol the proxy knows")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatalf("the refused connection did not end: %v", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the proxy's connection to the application outlived the refused client connection")
 	}
 }

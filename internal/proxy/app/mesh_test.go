@@ -28,7 +28,11 @@ type wire struct {
 	conns atomic.Int64
 }
 
-func newWire(t *testing.T, to string) *wire {
+func newWire(t *testing.T, to string) *wire { return newSlowWire(t, to, 0) }
+
+// newSlowWire is a wire that holds the client's first bytes back for
+// delay, as a slow network or a client that waits would.
+func newSlowWire(t *testing.T, to string, delay time.Duration) *wire {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -49,7 +53,11 @@ func newWire(t *testing.T, to string) *wire {
 					return
 				}
 				defer up.Close()
-				go func() { io.Copy(io.MultiWriter(up, w), c); up.(*net.TCPConn).CloseWrite() }()
+				go func() {
+					time.Sleep(delay)
+					io.Copy(io.MultiWriter(up, w), c)
+					up.(*net.TCPConn).CloseWrite()
+				}()
 				io.Copy(io.MultiWriter(c, w), up)
 			}()
 		}
@@ -70,6 +78,56 @@ func (w *wire) contains(s string) bool {
 }
 
 func (w *wire) port() uint16 { return port(w.ln.Addr().String()) }
+
+// A mesh connection whose client waits before its handshake (so that the
+// server proxy has already dialled the port the connection came in for, to
+// see whether the server speaks first) goes to the port its header names,
+// which that port's policy decides, never over the early connection to the
+// other port.
+func TestMeshSessionGoesToThePortItsHeaderNames(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	var received atomic.Int64 // bytes the application's main port got
+	mainPort := testkit.Serve(t, func(c net.Conn) {
+		buf := make([]byte, 512)
+		for {
+			n, err := c.Read(buf)
+			received.Add(int64(n))
+			if err != nil {
+				return
+			}
+		}
+	})
+	other := testkit.EchoServer(t)
+	in := proxytest.Config(t)
+	in.AppAddr = mainPort
+	in.ServicePorts = []config.ServicePort{{Port: port(other), TargetPort: port(other)}}
+	server := ids.Join(t, in, "shop", "api")
+	b := proxytest.Start(t, in)
+
+	w := newSlowWire(t, b.InboundAddr.String(), 3*in.ServerFirstDelay)
+	out := proxytest.Config(t)
+	ids.Join(t, out, "shop", "web")
+	out.MeshPort = w.port()
+	out.OpaquePorts = map[uint16]bool{port(other): true}
+	local := port(testkit.FreeAddr(t))
+	out.Upstreams = []config.Upstream{{Name: "other", LocalPort: local, Target: other, Identity: server}}
+	a := proxytest.Start(t, out)
+
+	c, err := net.Dial("tcp", a.UpstreamAddrs["other"].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "for the other port\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || line != "for the other port\n" {
+		t.Errorf("the port the header named echoed %q, %v", line, err)
+	}
+	if n := received.Load(); n != 0 {
+		t.Errorf("the port the client first dialled received %d bytes", n)
+	}
+}
 
 // meshPair starts a server-side proxy in front of app and a client-side
 // proxy whose upstream port leads to it over mTLS, through a recording

@@ -59,6 +59,11 @@ func Stage(d Detector, opaque func(*transport.Meta) OpaquePolicy, connect transp
 		m.Protocol, m.SNI, m.ALPN = res.Protocol.String(), res.Hello.SNI, res.Hello.ALPN
 		if res.Upstream != nil {
 			m.Early = res.Upstream
+			// Whatever the route does with it — forwards over it, or closes
+			// the connection unforwarded (a denial, a failed mesh handshake)
+			// — the early connection ends with this one: it was opened
+			// before any policy looked, and must not outlive a refusal.
+			defer res.Upstream.Close()
 		}
 		if res.TimedOut {
 			log.Info("protocol detection timed out; proxying as opaque TCP", "direction", m.Direction, "client", m.Client.String(), "target", m.Target)

@@ -33,6 +33,13 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 			opaque.ServeConn(ctx, c)
 			return
 		}
+		if m.Early != nil {
+			// Detection's early connection went to the port the client
+			// dialled; the mesh header names the one it is for, and that
+			// port's policy decides: never forward over the other.
+			m.Early.Close()
+			m.Early = nil
+		}
 		tc := tls.Server(c, cfg)
 		hctx, cancel := context.WithTimeout(ctx, mesh.HandshakeTimeout)
 		err := tc.HandshakeContext(hctx)
