@@ -188,14 +188,16 @@ func (g *Guard) AllowConn(m *transport.Meta, target string) bool {
 	return allow
 }
 
-// targetAddr is the IP of a host:port target; the zero Addr (covered by
-// no network but the every-address ones) when it is a name.
+// targetAddr is the IP of a host:port target, without an IPv6 zone (no
+// prefix contains a zoned address: fe80::1%eth0 is fe80::1 to a network);
+// the zero Addr (covered by no network but the every-address ones) when it
+// is a name.
 func targetAddr(target string) netip.Addr {
 	ap, err := netip.ParseAddrPort(target)
 	if err != nil {
 		return netip.Addr{}
 	}
-	return ap.Addr().Unmap()
+	return ap.Addr().WithZone("").Unmap()
 }
 
 // Watch keeps the guard's networks those the control plane streams

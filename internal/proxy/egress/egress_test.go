@@ -19,6 +19,7 @@ func TestDecide(t *testing.T) {
 	g := New("shop", metrics.NewRegistry(), slog.New(slog.NewTextHandler(io.Discard, nil)))
 	nets := compile(&policyv1.EgressPolicy{Networks: []*policyv1.EgressNetwork{
 		{Namespace: "trellis-egress", Name: "internet", Allow: false, Networks: []*policyv1.Network{{Cidr: "0.0.0.0/0", Except: []string{"10.0.0.0/8"}}}},
+		{Namespace: "trellis-egress", Name: "internet-v6", Allow: false, Networks: []*policyv1.Network{{Cidr: "fd00::/8"}}},
 		{Namespace: "trellis-egress", Name: "partner", Allow: true, Networks: []*policyv1.Network{{Cidr: "203.0.113.0/24"}}},
 		{Namespace: "shop", Name: "partner-off", Allow: false, Networks: []*policyv1.Network{{Cidr: "203.0.113.0/24"}}},
 		{Namespace: "shop", Name: "payments", Allow: true, Networks: []*policyv1.Network{{Cidr: "198.51.100.7/32"}}},
@@ -34,8 +35,9 @@ func TestDecide(t *testing.T) {
 		{"10.1.2.3", true, ""},
 		{"203.0.113.9", false, "partner-off"},
 		{"198.51.100.7", false, "payments-off"},
+		{"[fd00::5%eth0]", false, "internet-v6"}, // a zone does not take an address out of its network
 	} {
-		allow, n := g.decide(netip.MustParseAddr(tc.addr))
+		allow, n := g.decide(targetAddr(tc.addr + ":80"))
 		by := ""
 		if n != nil {
 			by = n.name
