@@ -82,7 +82,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 	p := &Proxy{cfg: cfg, log: log, reg: metrics.NewRegistry(), srv: transport.NewServer(log), shutdownC: make(chan struct{}), UpstreamAddrs: map[string]net.Addr{},
 		decisions: &explain.Journal{}}
 	p.reg.RegisterProcess()
-	p.srv.Limits, p.srv.OnRefused = connectionLimits(cfg), newRefusals(p.reg, log).refused
+	refusals := newRefusals(p.reg, log)
+	p.srv.Limits, p.srv.OnRefused = connectionLimits(cfg), refusals.refused
 	dialer := &transport.Dialer{Timeout: cfg.ConnectTimeout, Registry: p.reg}
 	var creds mesh.Credentials
 	if cfg.Identity != "" {
@@ -164,12 +165,14 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		return nil, err
 	}
 	p.AdminAddr = p.adminLn.Addr()
+	p.adminLn = limitListener(p.adminLn, adminListener, refusals)
 	if p.tapSrv != nil {
 		if p.tapLn, err = net.Listen("tcp", cfg.TapAddr); err != nil {
 			err = fmt.Errorf("tap-addr %s: %w", cfg.TapAddr, err)
 			return nil, err
 		}
 		p.TapAddr = p.tapLn.Addr()
+		p.tapLn = limitListener(p.tapLn, tapListener, refusals)
 	}
 	return p, nil
 }
@@ -279,7 +282,10 @@ func (p *Proxy) Shutdown() { p.once.Do(func() { close(p.shutdownC) }) }
 func (p *Proxy) Run(ctx context.Context) error {
 	hard, stopAll := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopAll()
-	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p, p.decisions, p.cfg.TCPProbePorts), ReadHeaderTimeout: 10 * time.Second}
+	// Idle keep-alive connections (a scraper's, a prober's) close after a
+	// minute: a client cannot hold them open by saying nothing.
+	adminSrv := &http.Server{Handler: admin.Handler(p.reg, p, p.decisions, p.cfg.TCPProbePorts),
+		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 64 << 10}
 	serveErr := make(chan error, len(p.listeners)+2)
 	go func() {
 		if err := adminSrv.Serve(p.adminLn); !errors.Is(err, http.ErrServerClosed) {

@@ -2,6 +2,7 @@ package app
 
 import (
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,17 @@ func connectionLimits(cfg *config.Config) map[transport.Direction]transport.Limi
 	}
 }
 
+// Servers outside the transport stack (the admin server: probes, scrapes
+// and the loopback endpoints; tap, which only the control plane may use)
+// serve few clients: their connections are bounded so that nobody on the
+// network can hold enough of them to take the proxy's descriptors.
+const (
+	adminListener transport.Direction = "admin"
+	tapListener   transport.Direction = "tap"
+)
+
+var serverLimits = transport.Limits{Max: 1024, PerSource: 64}
+
 // refusals counts and logs the connections a limit refused; the log says
 // so at most every 10 s per direction, with the count since.
 type refusals struct {
@@ -49,12 +61,15 @@ type refusals struct {
 
 func newRefusals(reg *metrics.Registry, log *slog.Logger) *refusals {
 	r := &refusals{log: log, count: map[transport.Direction]*atomic.Uint64{}, last: map[transport.Direction]time.Time{}, since: map[transport.Direction]uint64{}}
-	for _, dir := range []transport.Direction{transport.Inbound, transport.Outbound} {
+	for dir, help := range map[transport.Direction]string{
+		transport.Inbound:  "Connections the inbound listener closed as accepted: over --max-connections, or --max-connections-per-source from one client.",
+		transport.Outbound: "Connections the outbound listener closed as accepted: over --max-connections.",
+		adminListener:      "Connections the admin server closed as accepted: over 1,024, or over 64 from one client.",
+		tapListener:        "Connections the tap server closed as accepted: over 1,024, or over 64 from one client.",
+	} {
 		c := &atomic.Uint64{}
 		r.count[dir] = c
-		reg.Counter(string(dir)+"_connections_refused_total",
-			"Connections the "+string(dir)+" listener closed as accepted: over --max-connections, or (inbound) --max-connections-per-source from one client.",
-			func() float64 { return float64(c.Load()) })
+		reg.Counter(string(dir)+"_connections_refused_total", help, func() float64 { return float64(c.Load()) })
 	}
 	return r
 }
@@ -69,4 +84,10 @@ func (r *refusals) refused(dir transport.Direction, reason string, client netip.
 			"refused_since_last_report", r.since[dir])
 		r.last[dir], r.since[dir] = now, 0
 	}
+}
+
+// limitListener bounds ln's connections by serverLimits, counting and
+// logging refusals as dir's.
+func limitListener(ln net.Listener, dir transport.Direction, r *refusals) net.Listener {
+	return transport.LimitListener(ln, serverLimits, func(reason string, client netip.AddrPort) { r.refused(dir, reason, client) })
 }

@@ -86,3 +86,37 @@ func TestConnectionLimits(t *testing.T) {
 		t.Errorf("inbound_connections_refused_total = %v, want at least 2", n)
 	}
 }
+
+// Nobody on the network can hold the admin server's connections open: a
+// client gets at most 64 at once (one more is closed as accepted and
+// counted), while others — the kubelet's probes, a scraper — are served.
+func TestAdminConnectionsAreBounded(t *testing.T) {
+	p := proxytest.Start(t, proxytest.Config(t))
+	admin := p.AdminAddr.String()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := d.Dial("tcp", admin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	for range 64 {
+		dial()
+	}
+	c := dial()
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a 65th idle connection from one client was kept (read: %v)", err)
+	}
+	resp, err := http.Get("http://" + admin + "/live")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("another client's probe: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if n := scrape(t, admin).Sum("admin_connections_refused_total", nil); n != 1 {
+		t.Errorf("admin_connections_refused_total = %v, want 1", n)
+	}
+}

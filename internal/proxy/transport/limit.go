@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"net"
 	"net/netip"
 	"sync"
 )
@@ -53,4 +54,54 @@ func (l *limiter) release(src netip.Addr) {
 	if l.bySrc[src]--; l.bySrc[src] <= 0 {
 		delete(l.bySrc, src)
 	}
+}
+
+// LimitListener applies l to the connections ln accepts for a server that
+// is not a transport.Server (the admin and tap servers): a connection over
+// a limit is closed as accepted, and refused (if set) told why.
+func LimitListener(ln net.Listener, l Limits, refused func(reason string, client netip.AddrPort)) net.Listener {
+	return &limitListener{Listener: ln, lim: newLimiter(l), refused: refused}
+}
+
+type limitListener struct {
+	net.Listener
+	lim     *limiter
+	refused func(reason string, client netip.AddrPort)
+}
+
+func (ll *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := ll.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		src := clientAddr(c)
+		if reason := ll.lim.admit(src.Addr().Unmap()); reason != "" {
+			c.Close()
+			if ll.refused != nil {
+				ll.refused(reason, src)
+			}
+			continue
+		}
+		return &limitedConn{Conn: c, release: sync.OnceFunc(func() { ll.lim.release(src.Addr().Unmap()) })}, nil
+	}
+}
+
+// limitedConn uncounts itself once, when closed.
+type limitedConn struct {
+	net.Conn
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	c.release()
+	return c.Conn.Close()
+}
+
+// clientAddr is the address c's client connected from (zero if not TCP).
+func clientAddr(c net.Conn) netip.AddrPort {
+	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ra.AddrPort()
+	}
+	return netip.AddrPort{}
 }

@@ -57,10 +57,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, dir Direction, h Ha
 			return err
 		}
 		delay = 0
-		var src netip.AddrPort
-		if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-			src = ra.AddrPort()
-		}
+		src := clientAddr(c)
 		if reason := lim.admit(src.Addr().Unmap()); reason != "" {
 			c.Close()
 			if s.OnRefused != nil {
