@@ -68,8 +68,17 @@ func Classify(b []byte) (p Protocol, hello Hello, more bool) {
 	return classifyHTTP1(b)
 }
 
-// classifyHTTP1 recognises an HTTP/1.x request line: token SP target SP HTTP/1.x CRLF.
+// classifyHTTP1 recognises an HTTP/1.x request line: token SP target SP
+// HTTP/1.x CRLF, after any blank lines (RFC 9112 §2.2: servers ignore
+// them, and the proxy's HTTP/1 server does — so must detection, or a
+// request would pass as opaque bytes, past every HTTP policy).
 func classifyHTTP1(b []byte) (Protocol, Hello, bool) {
+	if lead := bytes.TrimLeft(b, "\r\n"); len(lead) < len(b) {
+		if len(lead) == 0 {
+			return Opaque, Hello{}, len(b) < MaxPeek
+		}
+		b = lead
+	}
 	sp := -1
 	for i, c := range b {
 		if c == ' ' {

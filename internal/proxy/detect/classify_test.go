@@ -22,6 +22,8 @@ func TestClassify(t *testing.T) {
 		{"partial h2 preface", "PRI * HTTP/2", Opaque, "", true},
 		{"http/1.1 get", "GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n", HTTP1, "", false},
 		{"http/1.0 bare LF", "POST /x HTTP/1.0\n", HTTP1, "", false},
+		{"blank lines before the request line", "\r\n\nGET / HTTP/1.1\r\n", HTTP1, "", false},
+		{"only blank lines so far", "\r\n\r\n", Opaque, "", true},
 		{"custom method", "PURGE /cache HTTP/1.1\r\n", HTTP1, "", false},
 		{"partial request line", "GET /index.ht", Opaque, "", true},
 		{"method only", "GET", Opaque, "", true},
