@@ -183,9 +183,11 @@ func (a *Authorizer) decide(m *transport.Meta, port uint16, r *http.Request) dec
 // probeAuthz is what allows a health probe (Linkerd's default:probe).
 var probeAuthz = ref{"", kindDefault, "probe"}
 
-// probe reports whether r is a health probe of the application's.
+// probe reports whether r is a health probe of the application's: a GET
+// without a body or an upgrade (nothing a tunnel could start with).
 func (a *Authorizer) probe(r *http.Request, addr netip.Addr) bool {
-	return r != nil && r.Method == http.MethodGet && slices.Contains(a.cfg.ProbePaths, r.URL.Path) &&
+	return r != nil && r.Method == http.MethodGet && r.ContentLength == 0 && r.Header.Get("Upgrade") == "" &&
+		slices.Contains(a.cfg.ProbePaths, r.URL.Path) &&
 		slices.ContainsFunc(a.cfg.ProbeNetworks, func(p netip.Prefix) bool { return p.Contains(addr) })
 }
 
@@ -318,12 +320,27 @@ func (a *Authorizer) record(r *http.Request, m *transport.Meta, d decision, stat
 	a.decisions.Record(&in)
 }
 
-// TCP is the stage that closes a denied connection (opaque TCP).
+// Opaque reports whether the Server of port declares it opaque (its
+// proxyProtocol): connections to it are not inspected.
+func (a *Authorizer) Opaque(port uint16) bool {
+	p := a.policy.Load()
+	return p != nil && p.servers[port] != nil && p.servers[port].opaque
+}
+
+// TCP is the stage that closes a denied connection (opaque TCP). A port
+// whose Server declares an HTTP protocol takes nothing but HTTP: opaque
+// bytes to it (a request the detection could not read in time, a peer's
+// opaque session) would pass its routes, route authorizations and rate
+// limit.
 func (a *Authorizer) TCP(next transport.Handler) transport.Handler {
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
 		port := m.TargetPort()
 		d := a.decide(m, port, nil)
+		if p := a.policy.Load(); p != nil && p.servers[port] != nil && p.servers[port].http && !p.servers[port].audit && d.allow {
+			d.allow, d.authz = false, ref{}
+			d.reason = "Server " + p.servers[port].name + " declares an HTTP protocol; the connection is not HTTP"
+		}
 		a.count(tcp, port, d)
 		a.logDecision(m, d, "connection")
 		if !d.allow {

@@ -21,6 +21,8 @@ type policy struct {
 type server struct {
 	name   string
 	audit  bool
+	http   bool // its proxyProtocol is HTTP/1, HTTP/2 or gRPC: nothing else may reach the port
+	opaque bool // its proxyProtocol is opaque: no detection
 	authz  []authorization
 	limit  *rateLimit   // nil: none
 	routes *route.Table // nil: no routes attached
@@ -53,6 +55,12 @@ func compilePolicy(p *policyv1.InboundPolicy) *policy {
 	out := &policy{servers: map[uint16]*server{}}
 	for _, s := range p.GetServers() {
 		srv := &server{name: s.GetName(), audit: s.GetAudit(), limit: compileRateLimit(s.GetRateLimit())}
+		switch s.GetProxyProtocol() {
+		case "HTTP/1", "HTTP/2", "gRPC":
+			srv.http = true
+		case "opaque":
+			srv.opaque = true
+		}
 		if s.GetRoutes() != nil {
 			srv.routes = route.Compile(s.GetRoutes(), time.Now)
 		}

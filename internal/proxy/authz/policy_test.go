@@ -1,9 +1,13 @@
 package authz
 
 import (
+	"context"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"net/netip"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -140,11 +144,54 @@ func TestProbesAllowed(t *testing.T) {
 		{81, host, "GET", "/healthz", true},
 		{82, host, "GET", "/healthz", false},
 		{83, host, "GET", "/healthz", false}, // requires an identity
+		{80, host, "GET", "/healthz with a body", false},
+		{80, host, "GET", "/healthz upgrading", false},
 	} {
-		r := httptest.NewRequest(tc.method, tc.path, nil)
+		path, extra, _ := strings.Cut(tc.path, " ")
+		var body *strings.Reader
+		if extra == "with a body" {
+			body = strings.NewReader("x")
+		}
+		r := httptest.NewRequest(tc.method, path, nil)
+		if body != nil {
+			r = httptest.NewRequest(tc.method, path, body)
+		}
+		if extra == "upgrading" {
+			r.Header.Set("Upgrade", "websocket")
+		}
 		d := a.decide(&transport.Meta{Client: netip.AddrPortFrom(tc.from, 40000)}, tc.port, r)
 		if probed := d.allow && d.authz == probeAuthz; probed != tc.allow {
 			t.Errorf("%s %s on port %d from %v: allow %v by %v; allowed as a probe: want %v", tc.method, tc.path, tc.port, tc.from, d.allow, d.authz, tc.allow)
+		}
+	}
+}
+
+// A port whose Server declares an HTTP protocol takes only HTTP: an opaque
+// connection to it is refused even from a client its policy allows (not in
+// audit mode); a Server declaring opaque skips detection.
+func TestDeclaredProtocols(t *testing.T) {
+	a := New(Config{Default: AllUnauthenticated}, metrics.NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	everyone := []*policyv1.Authorization{{Name: "all", Authentications: []*policyv1.Authentication{{Networks: []*policyv1.Network{{Cidr: "0.0.0.0/0"}}}}}}
+	a.policy.Store(compilePolicy(&policyv1.InboundPolicy{Servers: []*policyv1.Server{
+		{Name: "web", Port: 80, ProxyProtocol: "HTTP/1", Authorizations: everyone},
+		{Name: "grpc", Port: 81, ProxyProtocol: "gRPC", Authorizations: everyone},
+		{Name: "trial", Port: 82, ProxyProtocol: "HTTP/2", Audit: true},
+		{Name: "db", Port: 83, ProxyProtocol: "opaque", Authorizations: everyone},
+		{Name: "detected", Port: 84, Authorizations: everyone},
+	}}))
+	for port, want := range map[uint16]bool{80: false, 81: false, 82: true, 83: true, 84: true, 85: true} {
+		server, client := net.Pipe()
+		served := false
+		m := &transport.Meta{Client: netip.MustParseAddrPort("10.0.0.1:40000"), Target: "10.0.0.9:" + strconv.Itoa(int(port))}
+		a.TCP(transport.HandlerFunc(func(context.Context, net.Conn) { served = true })).ServeConn(transport.WithMeta(context.Background(), m), server)
+		client.Close()
+		if served != want {
+			t.Errorf("opaque connection to port %d served: %v, want %v", port, served, want)
+		}
+	}
+	for port, want := range map[uint16]bool{80: false, 83: true, 84: false} {
+		if got := a.Opaque(port); got != want {
+			t.Errorf("port %d declared opaque: %v, want %v", port, got, want)
 		}
 	}
 }

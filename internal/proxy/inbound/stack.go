@@ -62,7 +62,7 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	opaque := transport.Stack(&tcpproxy.Forwarder{Connect: connect, Log: log}, transport.Meter(reg), authorizer.TCP)
 	detector := detect.Detector{Timeout: cfg.DetectTimeout, ServerFirstDelay: cfg.ServerFirstDelay, MaxWait: cfg.IdleTimeout}
 	return transport.Stack(
-		detect.Stage(detector, inboundOpaque(opaquePorts(cfg)), connect, log, detect.Routes{
+		detect.Stage(detector, inboundOpaque(opaquePorts(cfg), authorizer.Opaque), connect, log, detect.Routes{
 			HTTP:   httpServer,
 			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), log, httpServer, opaque),
 			Opaque: opaque,
@@ -87,15 +87,17 @@ func opaquePorts(cfg *config.Config) map[uint16]bool {
 }
 
 // inboundOpaque skips detection for connections redirected to an opaque
-// application port. Connections addressed to the inbound port itself may be
-// peer proxies' mTLS (which carries opaque ports too): for an opaque app
-// port they are opaque from their first byte unless it starts TLS.
-func inboundOpaque(ports map[uint16]bool) func(*transport.Meta) detect.OpaquePolicy {
+// application port: one of ports, or one its Server declares opaque
+// (declared). Connections addressed to the inbound port itself may be peer
+// proxies' mTLS (which carries opaque ports too): for an opaque app port
+// they are opaque from their first byte unless it starts TLS.
+func inboundOpaque(ports map[uint16]bool, declared func(port uint16) bool) func(*transport.Meta) detect.OpaquePolicy {
+	opaque := func(port uint16) bool { return ports[port] || declared(port) }
 	return func(m *transport.Meta) detect.OpaquePolicy {
 		switch {
-		case m.Redirected && ports[m.OrigDst.Port()]:
+		case m.Redirected && opaque(m.OrigDst.Port()):
 			return detect.SkipDetection
-		case !m.Redirected && ports[m.TargetPort()]:
+		case !m.Redirected && opaque(m.TargetPort()):
 			return detect.OpaqueUnlessTLS
 		}
 		return detect.NotOpaque
