@@ -164,6 +164,13 @@ func meshPairWith(t *testing.T, ids *meshtest.Identity, app string, edit func(*c
 func identityEcho(t *testing.T) string {
 	return serveApp(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("X-Client-Id", strings.Join(r.Header.Values("L5d-Client-Id"), ";"))
+		// What a CGI-style framework would read as the client id too
+		// (HTTP_L5D_CLIENT_ID: "_" and "-" alike).
+		for k, vs := range r.Header {
+			if k != "L5d-Client-Id" && strings.EqualFold(strings.ReplaceAll(k, "_", "-"), "L5d-Client-Id") {
+				w.Header()["X-Client-Id-Alike"] = vs
+			}
+		}
 		w.Header().Set("X-Proto", r.Proto)
 		w.Header().Set("X-Orig-Proto", r.Header.Get("L5d-Orig-Proto"))
 		body, _ := io.ReadAll(r.Body)
@@ -196,6 +203,7 @@ func TestMeshCarriesHTTPEncryptedWithProvenIdentity(t *testing.T) {
 	const secret = "the-quick-brown-fox-secret-payload"
 	req, _ := http.NewRequest("POST", "http://"+entry+"/"+secret, strings.NewReader(secret))
 	req.Header.Set("L5d-Client-Id", "spiffe://cluster.local/ns/evil/sa/forged")
+	req.Header["L5d_client_id"] = []string{"spiffe://cluster.local/ns/evil/sa/forged-too"}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +215,9 @@ func TestMeshCarriesHTTPEncryptedWithProvenIdentity(t *testing.T) {
 	}
 	if got := resp.Header.Get("X-Client-Id"); got != client {
 		t.Errorf("the application saw l5d-client-id %q; want the proven %q and nothing forged", got, client)
+	}
+	if got := resp.Header.Get("X-Client-Id-Alike"); got != "" {
+		t.Errorf("the application saw a forged l5d_client_id %q", got)
 	}
 	if resp.Header.Get("X-Proto") != "HTTP/1.1" || resp.Header.Get("X-Orig-Proto") != "" {
 		t.Errorf("the application saw %s with l5d-orig-proto %q; want HTTP/1.1 restored and the field gone", resp.Header.Get("X-Proto"), resp.Header.Get("X-Orig-Proto"))

@@ -2,6 +2,7 @@ package inbound
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -12,10 +13,16 @@ import (
 const ClientIDHeader = "L5d-Client-Id"
 
 // clientID removes any client-id field a client sent — it cannot be
-// trusted — and sets the one mTLS proved.
+// trusted, nor can one spelt with underscores, which CGI-style frameworks
+// read as the same (HTTP_L5D_CLIENT_ID) — and sets the one mTLS proved.
 func clientID(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		r.Header.Del(ClientIDHeader)
+		for k := range r.Header {
+			if len(k) == len(ClientIDHeader) && strings.Contains(k, "_") && strings.EqualFold(strings.ReplaceAll(k, "_", "-"), ClientIDHeader) {
+				delete(r.Header, k)
+			}
+		}
 		if m := transport.MetaFrom(r.Context()); m.ClientID != "" {
 			r.Header.Set(ClientIDHeader, m.ClientID)
 		}
