@@ -28,6 +28,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/metrics"
 	"github.com/trellis-mesh/trellis/internal/proxy/ratelimit"
+	"github.com/trellis-mesh/trellis/internal/proxy/route"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
@@ -222,6 +223,12 @@ func (s *server) decide(id string, addr netip.Addr, r *http.Request) decision {
 	d := decision{srv: ref{policyGroup, "server", s.name}, limit: s.limit}
 	matched := "" // the route of an HTTP request, when the Server has routes
 	if s.routes != nil && r != nil {
+		if p := route.CleanPath(r.URL.Path); p != r.URL.Path {
+			u := *r.URL
+			u.Path, u.RawPath = p, ""
+			r = r.WithContext(r.Context()) // a copy: the request goes on as sent
+			r.URL = &u
+		}
 		rule, _ := s.routes.Match(r)
 		if rule == nil {
 			d.noRoute, d.reason = true, "no route of Server "+s.name+" matches the request"

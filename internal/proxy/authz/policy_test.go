@@ -195,3 +195,49 @@ func TestDeclaredProtocols(t *testing.T) {
 		}
 	}
 }
+
+// Routes are matched on the path as a normalizing server would serve it:
+// dot segments and doubled slashes do not take a request for one route's
+// path under another route's authorization.
+func TestRoutesMatchTheNormalizedPath(t *testing.T) {
+	ops := "spiffe://cluster.local/ns/ops/sa/tool"
+	a := New(Config{Default: Deny}, metrics.NewRegistry(), nil, slog.New(slog.DiscardHandler))
+	everyone := []*policyv1.Authentication{{Networks: []*policyv1.Network{{Cidr: "0.0.0.0/0"}}}}
+	onlyOps := []*policyv1.Authentication{{Identities: []string{ops}}}
+	a.policy.Store(compilePolicy(&policyv1.InboundPolicy{Servers: []*policyv1.Server{{
+		Name: "web", Port: 80,
+		Routes: &destinationv1.Profile{
+			Matches: []*destinationv1.RouteMatch{
+				{Rule: 0, Path: &destinationv1.PathMatch{Value: "/public"}},
+				{Rule: 1, Path: &destinationv1.PathMatch{Value: "/admin"}},
+			},
+			Rules: []*destinationv1.RouteRule{{Route: "default/public", Kind: "HTTPRoute"}, {Route: "default/admin", Kind: "HTTPRoute"}},
+		},
+		Authorizations: []*policyv1.Authorization{
+			{Name: "public", Route: "default/public", Authentications: everyone},
+			{Name: "admin", Route: "default/admin", Authentications: onlyOps},
+		},
+	}}}))
+	for target, want := range map[string]bool{
+		"/public/page":             true,
+		"/public/../admin":         false,
+		"/public/%2e%2e/admin":     false,
+		"/public/./../admin/users": false,
+		"//admin":                  false,
+		"/admin":                   false,
+	} {
+		r := httptest.NewRequest("GET", target, nil)
+		sent := r.URL.Path
+		d := a.decide(&transport.Meta{Client: netip.MustParseAddrPort("10.0.0.1:40000")}, 80, r)
+		if d.allow != want {
+			t.Errorf("GET %s by an unauthenticated client: allow %v, want %v (%s)", target, d.allow, want, d.reason)
+		}
+		if r.URL.Path != sent {
+			t.Errorf("GET %s: the request's path was changed to %q (it goes on as sent)", target, r.URL.Path)
+		}
+	}
+	d := a.decide(&transport.Meta{Client: netip.MustParseAddrPort("10.0.0.1:40000"), ClientID: ops}, 80, httptest.NewRequest("GET", "/public/../admin", nil))
+	if !d.allow {
+		t.Errorf("ops on /public/../admin: denied (%s); the admin route allows it", d.reason)
+	}
+}

@@ -159,3 +159,23 @@ func TestPolicy(t *testing.T) {
 		t.Errorf("per-request retry headers: %+v, headers left %v", q, h)
 	}
 }
+
+func TestCleanPath(t *testing.T) {
+	for p, want := range map[string]string{
+		"/":                "/",
+		"/a/b":             "/a/b",
+		"/a/b/":            "/a/b/",
+		"*":                "*",
+		"/public/../admin": "/admin",
+		"//admin":          "/admin",
+		"/a/./b":           "/a/b",
+		"/a/b/..":          "/a/",
+		"/a/b/.":           "/a/b/",
+		"/../../etc":       "/etc",
+		"/a//b//":          "/a/b/",
+	} {
+		if got := CleanPath(p); got != want {
+			t.Errorf("CleanPath(%q) = %q, want %q", p, got, want)
+		}
+	}
+}

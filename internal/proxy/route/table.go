@@ -8,6 +8,7 @@ package route
 import (
 	"math/rand/v2"
 	"net/http"
+	urlpath "path"
 	"regexp"
 	"strings"
 	"time"
@@ -280,4 +281,21 @@ func (m *HeaderModifier) Apply(h http.Header) {
 	for _, name := range m.remove {
 		h.Del(name)
 	}
+}
+
+// CleanPath is p as a server that normalizes paths serves it: dot segments
+// removed and repeated slashes merged (RFC 3986 §5.2.4), a trailing slash
+// kept. Authorization matches routes on it, so that /public/../admin is
+// judged as the /admin the application may well serve. p itself when it is
+// clean already (no allocation) or not a path ("*").
+func CleanPath(p string) string {
+	if !strings.HasPrefix(p, "/") || !strings.Contains(p, "//") && !strings.Contains(p, "/./") && !strings.Contains(p, "/../") &&
+		!strings.HasSuffix(p, "/.") && !strings.HasSuffix(p, "/..") {
+		return p
+	}
+	c := urlpath.Clean(p)
+	if c != "/" && (strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) {
+		c += "/"
+	}
+	return c
 }
