@@ -84,7 +84,7 @@ type h1Exchange struct {
 // yet; failures after the response head went out abort the response.
 func (ex *h1Exchange) run() error {
 	r, uc := ex.r, ex.uc
-	stop := context.AfterFunc(r.Context(), func() { uc.Close() }) // the client left: abandon the upstream
+	stop := context.AfterFunc(r.Context(), uc.abandon) // the client left: abandon the upstream
 	reusable := false
 	defer func() {
 		if stop() && reusable {

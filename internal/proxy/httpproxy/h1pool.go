@@ -44,6 +44,7 @@ type upConn struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	abandon   func() // Close as a func value made once, for context.AfterFunc per exchange
 }
 
 func newH1Pool(dial func(ctx context.Context, addr string) (net.Conn, error), idleTimeout time.Duration) *h1Pool {
@@ -75,7 +76,9 @@ func (p *h1Pool) get(ctx context.Context, addr string) (uc *upConn, reused bool,
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{Conn: c, addr: addr, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}, false, nil
+	nc := &upConn{Conn: c, addr: addr, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
+	nc.abandon = func() { nc.Close() } // nc, not uc: a captured result would be on the heap for every call
+	return nc, false, nil
 }
 
 // put returns a connection whose last exchange completed cleanly.

@@ -36,6 +36,7 @@ type h1Conn struct {
 	idle     atomic.Bool
 	hijacked bool
 	hangup   hangupWatch
+	remote   string // the client's address, as every request's RemoteAddr
 }
 
 // serveH1 serves requests on c one after another (pipelined requests are
@@ -44,6 +45,7 @@ func serveH1(ctx context.Context, cfg ServerConfig, log *slog.Logger, h http.Han
 	hc := &h1Conn{cfg: cfg, log: log, handler: h, c: c, br: bufio.NewReaderSize(c, 4096), bw: bufio.NewWriterSize(c, 4096)}
 	hc.hangup.c = c
 	m := transport.MetaFrom(ctx)
+	hc.remote = m.Client.String()
 	stop := context.AfterFunc(m.Drain, func() {
 		if hc.idle.Load() {
 			c.SetReadDeadline(time.Now()) // wake the idle wait; the loop sees the drain
@@ -115,7 +117,7 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	req = req.WithContext(rctx)
-	req.RemoteAddr = m.Client.String()
+	req.RemoteAddr = hc.remote
 	w := newH1Writer(hc, req)
 	if m.Drain.Err() != nil {
 		w.closeAfter = true
