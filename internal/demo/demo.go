@@ -100,9 +100,14 @@ func Run(ctx context.Context, o Options) (err error) {
 		{name: "traffic", replicas: 1, protocol: "http", upstreams: []string{"web"},
 			args: []string{"--listen", "$LISTEN_ADDR", "--web-url", "http://$WEB_ADDR", "--rps", strconv.Itoa(o.RPS)}},
 	}
-	for _, s := range services {
-		if ports[s.name], err = servicePort(transparent, s.replicas); err != nil {
+	if !transparent {
+		// Below Linux's ephemeral ports, which proxies' free ports come from.
+		if ports, err = loopbackPorts(services, func() int { return 20000 + rand.IntN(12000) }); err != nil {
 			return err
+		}
+	} else {
+		for _, s := range services {
+			ports[s.name] = 8080 // each instance has an address of its own
 		}
 	}
 	var sets []*run.Set
@@ -200,26 +205,39 @@ func startPlane(ctx context.Context, o Options, dir string) (localapi.Status, *l
 	return localapi.Launch(ctx, cmd, dir, 60*time.Second, "its log above")
 }
 
-// servicePort is the port a service listens on: 8080 in its own
-// namespaces, else a free loopback range for its replicas.
-func servicePort(transparent bool, replicas int) (int, error) {
-	if transparent {
-		return 8080, nil
-	}
-	for range 100 {
-		p := 20000 + rand.IntN(12000) // below Linux's ephemeral ports, which proxies' free ports come from
-		free := true
-		for i := range replicas {
-			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))
-			if err != nil {
-				free = false
-				break
-			}
+// loopbackPorts picks each service's application ports on loopback for
+// explicit mode: a run of free ports per service (one per replica),
+// starting where pick says. Every port tried stays bound until all are
+// chosen, so no two services get the same port (probing and releasing one
+// service's ports before the next picked let two services share one).
+func loopbackPorts(services []service, pick func() int) (map[string]int, error) {
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
 			l.Close()
 		}
-		if free {
-			return p, nil
+	}()
+	ports := map[string]int{}
+	for _, s := range services {
+		for try := 0; ; try++ {
+			if try == 100 {
+				return nil, errors.New("no free loopback ports for the demo")
+			}
+			p := pick()
+			var ls []net.Listener
+			for i := range s.replicas {
+				l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+i))
+				if err != nil {
+					break
+				}
+				ls = append(ls, l)
+			}
+			held = append(held, ls...)
+			if len(ls) == s.replicas {
+				ports[s.name] = p
+				break
+			}
 		}
 	}
-	return 0, errors.New("no free loopback ports for the demo")
+	return ports, nil
 }
