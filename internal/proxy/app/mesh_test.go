@@ -129,6 +129,50 @@ func TestMeshSessionGoesToThePortItsHeaderNames(t *testing.T) {
 	}
 }
 
+// A CONNECT tunnel through the outbound port to a meshed destination is
+// served as a connection intercepted on its way there: the HTTP inside it
+// crosses the mesh over mTLS and reaches the application with the client's
+// proven identity.
+func TestConnectTunnelToAMeshedTargetIsMeshed(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	app := identityEcho(t)
+	in := proxytest.Config(t)
+	in.AppAddr = app
+	server := ids.Join(t, in, "shop", "api")
+	b := proxytest.Start(t, in)
+	w := newWire(t, b.InboundAddr.String())
+	out := proxytest.Config(t)
+	client := ids.Join(t, out, "shop", "web")
+	out.MeshPort = w.port()
+	out.EndpointIdentities = map[string]string{app: server}
+	a := proxytest.Start(t, out)
+
+	c, err := net.Dial("tcp", a.OutboundAddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", app, app)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	fmt.Fprintf(c, "GET /through-the-tunnel HTTP/1.1\r\nHost: api\r\n\r\n")
+	resp, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := resp.Header.Get("X-Client-Id"); got != client {
+		t.Errorf("the application saw l5d-client-id %q through the tunnel, want the proven %q", got, client)
+	}
+	if w.contains("/through-the-tunnel") || !w.contains("trellis.mesh/v1") {
+		t.Error("the tunnel's request did not cross the mesh over mTLS")
+	}
+}
+
 // meshPair starts a server-side proxy in front of app and a client-side
 // proxy whose upstream port leads to it over mTLS, through a recording
 // wire. It returns the upstream address and both identities.

@@ -1,8 +1,6 @@
 package outbound
 
 import (
-	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -10,20 +8,14 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
 	"github.com/trellis-mesh/trellis/internal/proxy/httpproxy"
-	"github.com/trellis-mesh/trellis/internal/proxy/tcpproxy"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
-// dialFunc opens a connection to m.Target as opaque traffic does: to an
-// endpoint of its service over mTLS when it is meshed, else where the
-// egress policy lets it out.
-type dialFunc func(ctx context.Context, m *transport.Meta) (net.Conn, error)
-
 // forwardProxy serves clients that use the outbound port as their
-// HTTP_PROXY: absolute-form requests go to the host they name, and CONNECT
-// opens a TCP tunnel through dial. Connections that already have a target
-// pass through.
-func forwardProxy(dial dialFunc, peers *peers, log *slog.Logger) httpproxy.Layer {
+// HTTP_PROXY: absolute-form requests go to the host they name, and a
+// CONNECT tunnel is served by tunnel as a connection to its target.
+// Connections that already have a target pass through.
+func forwardProxy(tunnel transport.Handler, peers *peers, log *slog.Logger) httpproxy.Layer {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if httpproxy.Target(r.Context()) != "" {
@@ -32,7 +24,7 @@ func forwardProxy(dial dialFunc, peers *peers, log *slog.Logger) httpproxy.Layer
 			}
 			m := transport.MetaFrom(r.Context())
 			if r.Method == http.MethodConnect {
-				connect(w, r, m, dial, peers, log)
+				connect(w, r, m, tunnel, peers)
 				return
 			}
 			if !r.URL.IsAbs() || r.URL.Host == "" {
@@ -53,11 +45,13 @@ func forwardProxy(dial dialFunc, peers *peers, log *slog.Logger) httpproxy.Layer
 	}
 }
 
-// connect answers CONNECT host:port by opening a connection to it as
-// opaque traffic to that target would go (a meshed service's endpoint over
-// mTLS; anything else only where egress policy allows: 403 otherwise),
-// replying 200 and piping bytes both ways.
-func connect(w http.ResponseWriter, r *http.Request, m *transport.Meta, dial dialFunc, peers *peers, log *slog.Logger) {
+// connect answers CONNECT host:port with 200 and hands the client's
+// connection to tunnel as one intercepted on its way to host:port would
+// be: what it carries is detected, HTTP goes through the routes, balancing
+// and mTLS of a request to that target, anything else as opaque traffic to
+// it — a meshed service's endpoint over mTLS, elsewhere only where egress
+// policy allows (the tunnel is closed otherwise).
+func connect(w http.ResponseWriter, r *http.Request, m *transport.Meta, tunnel transport.Handler, peers *peers) {
 	if r.ProtoMajor != 1 {
 		httpproxy.WriteError(w, r, http.StatusNotImplemented, "CONNECT is supported over HTTP/1.1 only")
 		return
@@ -67,33 +61,20 @@ func connect(w http.ResponseWriter, r *http.Request, m *transport.Meta, dial dia
 		httpproxy.WriteError(w, r, http.StatusLoopDetected, "CONNECT to the proxy itself")
 		return
 	}
-	tm := *m
-	tm.Target, tm.PeerIdentity, tm.Protocol, tm.Early = target, peers.Lookup(target), "opaque", nil
-	up, err := dial(r.Context(), &tm)
-	if errors.Is(err, tcpproxy.ErrDenied) {
-		httpproxy.WriteError(w, r, http.StatusForbidden, "CONNECT to "+target+" "+err.Error())
-		return
-	}
-	if err != nil {
-		status, reason := httpproxy.UpstreamError(err)
-		log.Warn("CONNECT failed", "client", m.Client.String(), "target", target, "status", status, "error", err)
-		httpproxy.WriteError(w, r, status, reason)
-		return
-	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		up.Close()
 		httpproxy.WriteError(w, r, http.StatusInternalServerError, "cannot take over the connection")
 		return
 	}
 	brw.WriteString("HTTP/1.1 200 Connection established\r\n\r\n")
 	if err := brw.Flush(); err != nil {
 		conn.Close()
-		up.Close()
 		return
 	}
 	buffered, _ := brw.Reader.Peek(brw.Reader.Buffered())
-	tcpproxy.Pipe(detect.NewConn(conn, append([]byte(nil), buffered...)), up)
+	tm := &transport.Meta{Direction: transport.Outbound, Client: m.Client, Local: m.Local, Target: target,
+		PeerIdentity: peers.Lookup(target), TLS: m.TLS, NoTLSReason: m.NoTLSReason, Drain: m.Drain}
+	tunnel.ServeConn(transport.WithMeta(r.Context(), tm), detect.NewConn(conn, append([]byte(nil), buffered...)))
 }
 
 func withDefaultPort(host, port string) string {

@@ -4,7 +4,9 @@
 package outbound
 
 import (
+	"context"
 	"log/slog"
+	"net"
 
 	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/detect"
@@ -65,7 +67,9 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 	http := httpproxy.Stack(s.Forwarder,
 		obs.Tracer.Layer(transport.Outbound), // sends the request on as the span's child
 		obs.AccessLog.Layer,
-		forwardProxy(up.connect, s.peers, log),
+		// A CONNECT tunnel is served as a connection to its target from
+		// detection on (s.detect is set below, before any connection).
+		forwardProxy(transport.HandlerFunc(func(ctx context.Context, c net.Conn) { s.detect.ServeConn(ctx, c) }), s.peers, log),
 		routeAndBalance(svcs, bal, obs.HTTPMetrics, decisions),
 		obs.Tracer.Annotate(),
 		httpproxy.Metrics(obs.HTTPMetrics),
