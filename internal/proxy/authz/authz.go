@@ -221,6 +221,13 @@ func (a *Authorizer) count(proto int, port uint16, d decision) {
 // logged as audit.
 func (s *server) decide(id string, addr netip.Addr, r *http.Request) decision {
 	d := decision{srv: ref{policyGroup, "server", s.name}, limit: s.limit}
+	if r == nil && s.http {
+		d.reason = "Server " + s.name + " declares an HTTP protocol; the connection is not HTTP"
+		if s.audit {
+			d.allow, d.authz = true, ref{policyGroup, "audit", s.name}
+		}
+		return d
+	}
 	matched := "" // the route of an HTTP request, when the Server has routes
 	if s.routes != nil && r != nil {
 		if p := route.CleanPath(r.URL.Path); p != r.URL.Path {
@@ -335,19 +342,15 @@ func (a *Authorizer) Opaque(port uint16) bool {
 }
 
 // TCP is the stage that closes a denied connection (opaque TCP). A port
-// whose Server declares an HTTP protocol takes nothing but HTTP: opaque
-// bytes to it (a request the detection could not read in time, a peer's
-// opaque session) would pass its routes, route authorizations and rate
-// limit.
+// whose Server declares an HTTP protocol takes nothing but HTTP (server.
+// decide): opaque bytes to it (a request the detection could not read in
+// time, a peer's opaque session) would pass its routes, route
+// authorizations and rate limit.
 func (a *Authorizer) TCP(next transport.Handler) transport.Handler {
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
 		port := m.TargetPort()
 		d := a.decide(m, port, nil)
-		if p := a.policy.Load(); p != nil && p.servers[port] != nil && p.servers[port].http && !p.servers[port].audit && d.allow {
-			d.allow, d.authz = false, ref{}
-			d.reason = "Server " + p.servers[port].name + " declares an HTTP protocol; the connection is not HTTP"
-		}
 		a.count(tcp, port, d)
 		a.logDecision(m, d, "connection")
 		if !d.allow {

@@ -73,9 +73,12 @@ func Classify(b []byte) (p Protocol, hello Hello, more bool) {
 // them, and the proxy's HTTP/1 server does — so must detection, or a
 // request would pass as opaque bytes, past every HTTP policy).
 func classifyHTTP1(b []byte) (Protocol, Hello, bool) {
+	full := len(b) >= MaxPeek // all detection may buffer: the answer is final
 	if lead := bytes.TrimLeft(b, "\r\n"); len(lead) < len(b) {
-		if len(lead) == 0 {
-			return Opaque, Hello{}, len(b) < MaxPeek
+		if len(lead) == 0 || full {
+			// The HTTP/1 server discards the blank lines and answers what
+			// follows (400 if it is no request): at the limit, let it.
+			return HTTP1, Hello{}, !full
 		}
 		b = lead
 	}
@@ -93,11 +96,11 @@ func classifyHTTP1(b []byte) (Protocol, Hello, bool) {
 		return Opaque, Hello{}, false
 	}
 	if sp < 0 {
-		return Opaque, Hello{}, len(b) < MaxPeek
+		return Opaque, Hello{}, !full
 	}
 	nl := bytes.IndexByte(b[sp:], '\n')
 	if nl < 0 {
-		if len(b) >= MaxPeek {
+		if full {
 			// A request line longer than we peek: let the HTTP/1 server
 			// answer it (414) rather than tunnel it blindly.
 			return HTTP1, Hello{}, false

@@ -40,8 +40,8 @@ type Result struct {
 	// Client replays the bytes read during detection.
 	Client *Conn
 	// Upstream is the early connection to the target, if one was dialed; it
-	// replays any bytes the server already sent. The caller owns it: use it
-	// for opaque traffic or close it.
+	// replays any bytes the server already sent. The caller uses it for
+	// opaque traffic or closes it, and closes it when the connection ends.
 	Upstream *Conn
 	// ServerFirst reports that the server spoke before the client.
 	ServerFirst bool

@@ -133,7 +133,10 @@ func (g *Guard) count(c *metrics.Counters, hostname string, allow bool, n *netwo
 // Pin returns target (host:port) with a host name resolved to the address
 // traffic to it must then use, when some network is given by address;
 // otherwise, or for an address, target itself. Of several addresses the
-// first IPv4 one is taken.
+// resolver's first is taken (Go orders DNS answers by RFC 6724, usable
+// families first, so an IPv6-only host gets an IPv6 one); the dialler's
+// fallback to the others is lost, the price of deciding on the address
+// that is used (a name resolved again at dial time could have changed).
 func (g *Guard) Pin(ctx context.Context, target string) (string, error) {
 	host, port, err := net.SplitHostPort(target)
 	if err != nil || targetAddr(target).IsValid() || !g.byAddress() {
@@ -146,11 +149,7 @@ func (g *Guard) Pin(ctx context.Context, target string) (string, error) {
 	if len(addrs) == 0 {
 		return "", &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
 	}
-	addr := addrs[0]
-	if i := slices.IndexFunc(addrs, func(a netip.Addr) bool { return a.Unmap().Is4() }); i >= 0 {
-		addr = addrs[i]
-	}
-	return net.JoinHostPort(addr.Unmap().String(), port), nil
+	return net.JoinHostPort(addrs[0].Unmap().String(), port), nil
 }
 
 // byAddress reports whether some network covers only some addresses.
@@ -160,7 +159,7 @@ func (g *Guard) byAddress() bool {
 }
 
 // AllowHTTP lets a request to a destination outside the mesh out, or
-// answers it (403) and returns false; its target is pinned (Pin).
+// answers it (403) and returns false. The caller pins its target first (Pin).
 func (g *Guard) AllowHTTP(w http.ResponseWriter, r *http.Request) bool {
 	target := httpproxy.Target(r.Context()) // a forward-proxy request's own
 	host, _, err := net.SplitHostPort(r.Host)

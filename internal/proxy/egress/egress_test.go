@@ -48,7 +48,7 @@ func TestDecide(t *testing.T) {
 	}
 }
 
-// A name is resolved, and pinned to its first IPv4 address, only while
+// A name is resolved, and pinned to its first address, only while
 // some network is given by address; an address, or a name when every
 // network covers everything, stays as it is.
 func TestPin(t *testing.T) {
@@ -59,7 +59,7 @@ func TestPin(t *testing.T) {
 		if host == "nowhere.example" {
 			return nil, errors.New("no such host")
 		}
-		return []netip.Addr{netip.MustParseAddr("::1"), netip.MustParseAddr("::ffff:127.0.0.1")}, nil
+		return []netip.Addr{netip.MustParseAddr("::ffff:127.0.0.1"), netip.MustParseAddr("::1")}, nil
 	}
 	pin := func(target string) string {
 		t.Helper()

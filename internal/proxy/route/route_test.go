@@ -162,17 +162,21 @@ func TestPolicy(t *testing.T) {
 
 func TestCleanPath(t *testing.T) {
 	for p, want := range map[string]string{
-		"/":                "/",
-		"/a/b":             "/a/b",
-		"/a/b/":            "/a/b/",
-		"*":                "*",
-		"/public/../admin": "/admin",
-		"//admin":          "/admin",
-		"/a/./b":           "/a/b",
-		"/a/b/..":          "/a/",
-		"/a/b/.":           "/a/b/",
-		"/../../etc":       "/etc",
-		"/a//b//":          "/a/b/",
+		"/":                  "/",
+		"/a/b":               "/a/b",
+		"/a/b/":              "/a/b/",
+		"*":                  "*",
+		"/public/../admin":   "/admin",
+		"//admin":            "/admin",
+		"/a/./b":             "/a/b",
+		"/a/b/..":            "/a/",
+		"/a/b/.":             "/a/b/",
+		"/../../etc":         "/etc",
+		"/a//b//":            "/a/b/",
+		"/public/..;/admin":  "/admin",
+		"/public\\..\\admin": "/admin",
+		"/.well-known/x":     "/.well-known/x",
+		"/a;b/c":             "/a;b/c",
 	} {
 		if got := CleanPath(p); got != want {
 			t.Errorf("CleanPath(%q) = %q, want %q", p, got, want)

@@ -285,13 +285,24 @@ func (m *HeaderModifier) Apply(h http.Header) {
 
 // CleanPath is p as a server that normalizes paths serves it: dot segments
 // removed and repeated slashes merged (RFC 3986 §5.2.4), a trailing slash
-// kept. Authorization matches routes on it, so that /public/../admin is
-// judged as the /admin the application may well serve. p itself when it is
-// clean already (no allocation) or not a path ("*").
+// kept; a backslash taken for a slash and a dot segment with parameters
+// ("..;x", which Java servers read as "..") for the dot segment, as some
+// servers do. Authorization matches routes on it, so that /public/../admin
+// is judged as the /admin the application may well serve. p itself when
+// it is clean already (no allocation) or not a path ("*").
 func CleanPath(p string) string {
-	if !strings.HasPrefix(p, "/") || !strings.Contains(p, "//") && !strings.Contains(p, "/./") && !strings.Contains(p, "/../") &&
-		!strings.HasSuffix(p, "/.") && !strings.HasSuffix(p, "/..") {
+	if !strings.HasPrefix(p, "/") || !strings.Contains(p, "//") && !strings.Contains(p, "/.") && !strings.Contains(p, "\\") {
 		return p
+	}
+	p = strings.ReplaceAll(p, "\\", "/")
+	if strings.Contains(p, ";") {
+		segs := strings.Split(p, "/")
+		for i, s := range segs {
+			if dots, _, ok := strings.Cut(s, ";"); ok && (dots == "." || dots == "..") {
+				segs[i] = dots
+			}
+		}
+		p = strings.Join(segs, "/")
 	}
 	c := urlpath.Clean(p)
 	if c != "/" && (strings.HasSuffix(p, "/") || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) {

@@ -98,6 +98,14 @@ func (c *limitedConn) Close() error {
 	return c.Conn.Close()
 }
 
+// CloseWrite half-closes, as the server may before closing.
+func (c *limitedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // clientAddr is the address c's client connected from (zero if not TCP).
 func clientAddr(c net.Conn) netip.AddrPort {
 	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {

@@ -46,7 +46,9 @@ type Meta struct {
 	// Target is meshed: connections to it go over mTLS.
 	PeerIdentity string
 	// Early is an upstream connection opened during detection (server-speaks-
-	// first probing); the stage that uses the connection owns it.
+	// first probing), to Target as it was then. A stage may forward over it
+	// (opaque traffic) or close it; detection closes it when the
+	// connection ends in any case.
 	Early net.Conn
 	// Drain is done when the proxy stops accepting and starts draining:
 	// protocol servers finish in-flight work and close idle connections.
