@@ -101,8 +101,10 @@ func Run(ctx context.Context, o Options) (err error) {
 			args: []string{"--listen", "$LISTEN_ADDR", "--web-url", "http://$WEB_ADDR", "--rps", strconv.Itoa(o.RPS)}},
 	}
 	if !transparent {
-		// Below Linux's ephemeral ports, which proxies' free ports come from.
-		if ports, err = loopbackPorts(services, func() int { return 20000 + rand.IntN(12000) }); err != nil {
+		// Below Linux's ephemeral ports, which proxies' free ports come from,
+		// and Kubernetes' NodePorts (30000 and up), which kube-proxy's rules
+		// take on every local address.
+		if ports, err = loopbackPorts(services, func() int { return 20000 + rand.IntN(10000) }); err != nil {
 			return err
 		}
 	} else {

@@ -31,7 +31,7 @@ func TestLoopbackPortsAreDistinct(t *testing.T) {
 			seen[p] = s.name
 		}
 	}
-	random, err := loopbackPorts(services, func() int { return 20000 + rand.IntN(12000) })
+	random, err := loopbackPorts(services, func() int { return 20000 + rand.IntN(10000) })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,11 +8,13 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -42,16 +44,33 @@ func Command(t testing.TB, env string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// FreeAddr returns a loopback address with a port nobody listens on now.
+// FreeAddr returns a loopback address with a port nobody listens on now,
+// for something the test starts to bind. The port is below Linux's
+// ephemeral range (32768 and up), from which the kernel picks the source
+// port of every connection the machine opens: one from there could be
+// taken by another test's connection before the caller binds it (seen
+// under load: "bind: address already in use"); and below Kubernetes'
+// NodePorts (30000 and up), which the test cluster's kube-proxy rules
+// take on every local address. A port is handed out once per process.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		p := 20000 + rand.IntN(10000)
+		if _, taken := handedOut.LoadOrStore(p, true); taken {
+			continue
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(p)
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no free loopback port below the ephemeral range")
+	return ""
 }
+
+// handedOut is the ports FreeAddr returned in this process.
+var handedOut sync.Map
 
 // Serve accepts TCP connections on a loopback port until the test ends and
 // handles each with h in its own goroutine, closing it afterwards.
