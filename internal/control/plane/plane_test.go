@@ -207,11 +207,14 @@ func TestDiscoveryRegistrationAndFailover(t *testing.T) {
 	}
 }
 
-// Three instances, one 50 ms slower: with real proxies and the real
+// Three instances, one 250 ms slower: with real proxies and the real
 // control plane, after warm-up it receives under 10% of the requests.
+// (With 50 ms, a loaded machine — the soak's — slowed the fast instances'
+// eight-deep queues enough that balancing by latency × load rightly sent
+// the idle slow one 12.8%: the gap must stay clear of scheduling delays.)
 func TestSlowInstanceGetsLittleTraffic(t *testing.T) {
 	p, api := startPlane(t)
-	for i, delay := range []time.Duration{0, 0, 50 * time.Millisecond} {
+	for i, delay := range []time.Duration{0, 0, 250 * time.Millisecond} {
 		name := "echo-" + strconv.Itoa(i)
 		addr := backend(t, name, delay)
 		_, port, _ := net.SplitHostPort(addr)
