@@ -1,0 +1,112 @@
+package h2
+
+import (
+	"errors"
+	"net/http"
+	"sync"
+)
+
+// body is a request's body as the client sends it: DATA frames' payloads
+// buffered until the handler reads them, when the window they took is
+// given back to the client.
+type body struct {
+	st   *stream
+	mu   sync.Mutex
+	cond sync.Cond
+	buf  []byte // received and not read, from off
+	off  int
+	err  error // io.EOF at the end of the stream, or why it broke off
+	// closed: the handler closed the body; what arrives is dropped.
+	closed  bool
+	trailer http.Header // the request's Trailer, filled at the end
+	got     http.Header // the trailers received, copied by Read at the end
+}
+
+func newBody(st *stream, trailer http.Header) *body {
+	b := &body{st: st, trailer: trailer}
+	b.cond.L = &b.mu
+	return b
+}
+
+// write buffers p (the read loop's frame buffer: copied) and returns how
+// many bytes were dropped because the handler closed the body.
+func (b *body) write(p []byte) (dropped int64) {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed || b.err != nil {
+		return int64(len(p))
+	}
+	if b.off == len(b.buf) {
+		b.buf, b.off = b.buf[:0], 0
+	}
+	b.buf = append(b.buf, p...)
+	b.cond.Signal()
+	return 0
+}
+
+// finish ends the body with err; trailers (at io.EOF) fill the request's
+// announced ones when the handler reads the end, in its own goroutine (the
+// request's Trailer is the handler's to read as it likes until then).
+func (b *body) finish(err error, trailers http.Header) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return
+	}
+	b.err, b.got = err, trailers
+	b.cond.Broadcast()
+}
+
+func (b *body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	for b.off == len(b.buf) && b.err == nil && !b.closed {
+		b.cond.Wait()
+	}
+	if b.closed {
+		b.mu.Unlock()
+		return 0, errBodyClosed
+	}
+	n := copy(p, b.buf[b.off:])
+	b.off += n
+	err := b.err
+	if b.off < len(b.buf) {
+		err = nil
+	}
+	if err != nil && b.got != nil {
+		for k, vs := range b.got {
+			if _, ok := b.trailer[k]; ok {
+				b.trailer[k] = vs
+			}
+		}
+		b.got = nil
+	}
+	b.mu.Unlock()
+	if n > 0 {
+		b.st.sc.refund(b.st, int64(n))
+	}
+	return n, err
+}
+
+var errBodyClosed = errors.New("http2: read on a closed request body")
+
+// Close drops what is buffered and what is still to come.
+func (b *body) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	unread := int64(len(b.buf) - b.off)
+	b.buf, b.off = nil, 0
+	b.cond.Broadcast()
+	b.mu.Unlock()
+	b.st.sc.refund(b.st, unread)
+	return nil
+}

@@ -1,0 +1,41 @@
+package h2
+
+// An HTTP/2 rapid-reset flood (CVE-2023-44487) opens streams and cancels
+// them at once: each costs the proxy a request forwarded upstream and
+// costs the client two frames. Bounding the streams in flight does not
+// stop a flood whose handlers end fast, so a connection on which most
+// recent streams were reset by the client before their response began is
+// closed with GOAWAY ENHANCE_YOUR_CALM, as Envoy's premature-reset check
+// and the h2 crate's pending-reset limit do.
+
+// Flood thresholds: a connection is a flood once, among the streams of the
+// current window, at least floodMinResets were reset by the client before
+// their response began and they are at least half of the streams. The
+// window halves every floodWindow streams, so a long-lived connection is
+// judged on its recent streams.
+const (
+	floodMinResets = 100
+	floodWindow    = 1000
+)
+
+// resetCount is a connection's recent streams and premature resets.
+type resetCount struct {
+	opened, premature int
+}
+
+// open counts a stream the client opened.
+func (c *resetCount) open() {
+	if c.opened++; c.opened >= floodWindow {
+		c.opened, c.premature = c.opened/2, c.premature/2
+	}
+}
+
+// reset counts a stream the client reset, and reports whether the
+// connection has become a flood.
+func (c *resetCount) reset(answered bool) bool {
+	if answered {
+		return false
+	}
+	c.premature++
+	return c.premature >= floodMinResets && 2*c.premature >= c.opened
+}

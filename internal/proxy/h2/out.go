@@ -1,0 +1,187 @@
+package h2
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// output is the write side of a connection: frames are appended to out
+// under mu, and the goroutine that finds no write under way writes all of
+// out, again and again until it stays empty, releasing mu during each
+// write. A goroutine that appends while another writes returns at once:
+// its frames leave with the writer's next write.
+type output struct {
+	conn    net.Conn
+	mu      *sync.Mutex // the connection's
+	drained sync.Cond   // a write ended, or the connection failed
+	out     []byte
+	spare   []byte
+	writing bool
+	err     error // the first write error, or errClosed: nothing more is written
+
+	enc    *hpack.Encoder
+	encBuf bytes.Buffer
+
+	maxFrame int // the peer's SETTINGS_MAX_FRAME_SIZE
+}
+
+// maxBuffered is how much output a handler may leave queued before it
+// waits for the connection to take it.
+const maxBuffered = 1 << 20
+
+// closeWait bounds the last write (a GOAWAY) of a connection that ends.
+const closeWait = time.Second
+
+var errClosed = errors.New("http2: connection closed")
+
+func (o *output) init(c net.Conn, mu *sync.Mutex) {
+	o.conn, o.mu = c, mu
+	o.drained.L = mu
+	o.enc = hpack.NewEncoder(&o.encBuf)
+	o.maxFrame = 16 << 10
+}
+
+// flush writes out until it is empty, unless another goroutine is at it.
+// Called with mu held; returns with mu held.
+func (o *output) flush() {
+	if o.writing {
+		return
+	}
+	o.writing = true
+	for len(o.out) > 0 && o.err == nil {
+		b := o.out
+		o.out = o.spare[:0]
+		o.mu.Unlock()
+		_, err := o.conn.Write(b)
+		o.mu.Lock()
+		if err != nil && o.err == nil {
+			o.err = err
+		}
+		if cap(b) <= 4*maxBuffered {
+			o.spare = b[:0]
+		}
+		o.drained.Broadcast()
+	}
+	o.writing = false
+}
+
+// wait blocks a producer while too much output is queued. Called with mu
+// held.
+func (o *output) wait() {
+	for len(o.out) >= maxBuffered && o.err == nil {
+		o.drained.Wait()
+	}
+}
+
+func (o *output) header(length int, typ http2.FrameType, flags http2.Flags, stream uint32) {
+	o.out = append(o.out, byte(length>>16), byte(length>>8), byte(length), byte(typ), byte(flags))
+	o.out = binary.BigEndian.AppendUint32(o.out, stream)
+}
+
+func (o *output) settings(s ...http2.Setting) {
+	o.header(6*len(s), http2.FrameSettings, 0, 0)
+	for _, v := range s {
+		o.out = binary.BigEndian.AppendUint16(o.out, uint16(v.ID))
+		o.out = binary.BigEndian.AppendUint32(o.out, v.Val)
+	}
+}
+
+func (o *output) settingsAck() { o.header(0, http2.FrameSettings, http2.FlagSettingsAck, 0) }
+
+func (o *output) pingAck(data [8]byte) {
+	o.header(8, http2.FramePing, http2.FlagPingAck, 0)
+	o.out = append(o.out, data[:]...)
+}
+
+func (o *output) windowUpdate(stream uint32, n uint32) {
+	o.header(4, http2.FrameWindowUpdate, 0, stream)
+	o.out = binary.BigEndian.AppendUint32(o.out, n)
+}
+
+func (o *output) rstStream(stream uint32, code http2.ErrCode) {
+	o.header(4, http2.FrameRSTStream, 0, stream)
+	o.out = binary.BigEndian.AppendUint32(o.out, uint32(code))
+}
+
+func (o *output) goAway(last uint32, code http2.ErrCode, debug string) {
+	o.header(8+len(debug), http2.FrameGoAway, 0, 0)
+	o.out = binary.BigEndian.AppendUint32(o.out, last)
+	o.out = binary.BigEndian.AppendUint32(o.out, uint32(code))
+	o.out = append(o.out, debug...)
+}
+
+func (o *output) data(stream uint32, p []byte, end bool) {
+	var flags http2.Flags
+	if end {
+		flags = http2.FlagDataEndStream
+	}
+	o.header(len(p), http2.FrameData, flags, stream)
+	o.out = append(o.out, p...)
+}
+
+// fields is a header block being encoded.
+type fields struct{ o *output }
+
+func (o *output) startFields() fields {
+	o.encBuf.Reset()
+	return fields{o}
+}
+
+func (f fields) add(name, value string) {
+	f.o.enc.WriteField(hpack.HeaderField{Name: name, Value: value})
+}
+
+// end frames the encoded block as HEADERS and CONTINUATION frames.
+func (f fields) end(stream uint32, endStream bool) {
+	o := f.o
+	block := o.encBuf.Bytes()
+	typ, flags := http2.FrameHeaders, http2.Flags(0)
+	if endStream {
+		flags = http2.FlagHeadersEndStream
+	}
+	for first := true; first || len(block) > 0; first = false {
+		chunk := block[:min(len(block), o.maxFrame)]
+		block = block[len(chunk):]
+		if len(block) == 0 {
+			flags |= http2.FlagHeadersEndHeaders
+		}
+		o.header(len(chunk), typ, flags, stream)
+		o.out = append(o.out, chunk...)
+		typ, flags = http2.FrameContinuation, 0
+	}
+}
+
+// lowerName is an HTTP/1 style field name as HTTP/2 writes it; common
+// names are looked up, not lowered, per field.
+func lowerName(k string) string {
+	if v, ok := commonLower[k]; ok {
+		return v
+	}
+	return strings.ToLower(k)
+}
+
+var commonLower = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range []string{
+		"Accept", "Accept-Encoding", "Accept-Language", "Accept-Ranges", "Age", "Allow",
+		"Authorization", "Cache-Control", "Content-Disposition", "Content-Encoding",
+		"Content-Language", "Content-Length", "Content-Location", "Content-Range",
+		"Content-Type", "Cookie", "Date", "Etag", "Expires", "Grpc-Encoding",
+		"Grpc-Accept-Encoding", "Grpc-Message", "Grpc-Status", "Grpc-Status-Details-Bin",
+		"Grpc-Timeout", "Last-Modified", "Link", "Location", "Range", "Referer",
+		"Retry-After", "Server", "Set-Cookie", "Strict-Transport-Security", "Trailer",
+		"User-Agent", "Vary", "Via", "Www-Authenticate", "X-Forwarded-For",
+		"X-Request-Id", "Traceparent", "Tracestate",
+	} {
+		m[k] = strings.ToLower(k)
+	}
+	return m
+}()

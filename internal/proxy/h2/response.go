@@ -1,0 +1,343 @@
+package h2
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+// responseWriter is a stream's http.ResponseWriter. Body bytes are
+// buffered up to bufSize until a flush, a larger write or the handler's
+// return, so a response written whole leaves in one system call with its
+// head (and END_STREAM on its last frame).
+type responseWriter struct {
+	st       *stream
+	req      *http.Request
+	header   http.Header // the handler's
+	head     http.Header // the final head, as it was at WriteHeader
+	status   int         // the final status, 0 until WriteHeader
+	headSent bool
+	bodyless bool
+	declared int64 // the response's Content-Length, -1 if none
+	written  int64
+	buf      []byte
+	done     bool // the handler returned: nothing more is written
+}
+
+const bufSize = 16 << 10
+
+var errStreamClosed = errors.New("http2: stream closed")
+
+func (w *responseWriter) Header() http.Header { return w.header }
+
+func (w *responseWriter) WriteHeader(code int) {
+	if w.done || w.status != 0 {
+		return
+	}
+	if code < 100 || code > 999 {
+		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
+	}
+	if code < 200 {
+		if code != http.StatusSwitchingProtocols { // not in HTTP/2 (RFC 9113 §8.6)
+			w.st.sc.send(w.st, w.interim(code), nil, nil, false)
+		}
+		return
+	}
+	w.status = code
+	w.head = w.header.Clone()
+	w.bodyless = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
+	if cl := w.head.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+			w.declared = n
+		} else {
+			delete(w.head, "Content-Length")
+		}
+	}
+}
+
+func (w *responseWriter) Write(p []byte) (int, error) {
+	if w.done {
+		return 0, errStreamClosed
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	switch {
+	case w.bodyless && w.req.Method == http.MethodHead:
+		return len(p), nil
+	case w.bodyless:
+		return 0, http.ErrBodyNotAllowed
+	case w.declared >= 0 && w.written+int64(len(p)) > w.declared:
+		return 0, http.ErrContentLength
+	}
+	w.written += int64(len(p))
+	if len(w.buf)+len(p) <= bufSize {
+		w.buf = append(w.buf, p...)
+		return len(p), nil
+	}
+	data := p
+	if len(w.buf) > 0 {
+		data = append(w.buf, p...)
+	}
+	w.buf = w.buf[:0]
+	if err := w.st.sc.send(w.st, w.pendingHead(false), data, nil, false); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// FlushError sends the head, if not sent yet, and the buffered body.
+func (w *responseWriter) FlushError() error {
+	if w.done {
+		return errStreamClosed
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	head := w.pendingHead(false)
+	if head == nil && len(w.buf) == 0 {
+		return nil
+	}
+	err := w.st.sc.send(w.st, head, w.buf, nil, false)
+	w.buf = w.buf[:0]
+	return err
+}
+
+func (w *responseWriter) Flush() { w.FlushError() }
+
+// finish ends the response when the handler returns.
+func (w *responseWriter) finish() {
+	if w.done {
+		return
+	}
+	if w.status == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+	if !w.bodyless && w.declared >= 0 && w.written != w.declared {
+		w.abort() // fewer bytes than the Content-Length it declared
+		return
+	}
+	head := w.pendingHead(true)
+	w.done = true
+	if err := w.st.sc.send(w.st, head, w.buf, w.trailers(), true); err != nil {
+		w.st.sc.abort(w.st)
+	}
+}
+
+// abort resets the stream (a handler that panicked, or broke off its
+// response).
+func (w *responseWriter) abort() {
+	w.done = true
+	w.st.sc.abort(w.st)
+}
+
+// pendingHead is the final head's fields if it was not sent yet. whole:
+// the handler returned, so the buffered body is all of it and, if no
+// length was declared, its length is given, as net/http's server does.
+func (w *responseWriter) pendingHead(whole bool) []field {
+	if w.headSent {
+		return nil
+	}
+	w.headSent = true
+	fs := make([]field, 0, len(w.head)+3)
+	fs = append(fs, field{":status", statusText(w.status)})
+	if _, ok := w.head["Date"]; !ok {
+		fs = append(fs, field{"date", httpDate()})
+	}
+	if whole && w.declared < 0 && !w.bodyless {
+		fs = append(fs, field{"content-length", strconv.Itoa(len(w.buf))})
+	}
+	return appendFields(fs, w.head, true)
+}
+
+// interim is a 1xx response's fields: its status and the handler's header.
+func (w *responseWriter) interim(code int) []field {
+	return appendFields([]field{{":status", statusText(code)}}, w.header, false)
+}
+
+// trailers are the response's trailers: the fields the head announced in
+// Trailer, and those set with http.TrailerPrefix.
+func (w *responseWriter) trailers() []field {
+	var fs []field
+	for _, v := range w.head["Trailer"] {
+		for k := range strings.SplitSeq(v, ",") {
+			k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+			for _, v := range w.header[k] {
+				fs = append(fs, field{lowerName(k), v})
+			}
+		}
+	}
+	for k, vs := range w.header {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+			for _, v := range vs {
+				fs = append(fs, field{strings.ToLower(name), v})
+			}
+		}
+	}
+	return fs
+}
+
+// field is one header field as written.
+type field struct{ name, value string }
+
+// appendFields appends h's fields as HTTP/2 writes them: lower-case names,
+// without connection-specific fields (RFC 9113 §8.2.2) or fields that
+// would be malformed; trailers (http.TrailerPrefix) are not in a head.
+func appendFields(fs []field, h http.Header, final bool) []field {
+	for k, vs := range h {
+		switch k {
+		case "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade":
+			continue
+		}
+		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
+			continue
+		}
+		name := lowerName(k)
+		for _, v := range vs {
+			if httpguts.ValidHeaderFieldValue(v) {
+				fs = append(fs, field{name, v})
+			}
+		}
+	}
+	return fs
+}
+
+// statusText is a status code's ":status" value.
+func statusText(code int) string {
+	if code >= 100 && code < len(statusCodes) {
+		return statusCodes[code]
+	}
+	return strconv.Itoa(code)
+}
+
+var statusCodes = func() (s [600]string) {
+	for i := range s {
+		s[i] = strconv.Itoa(i)
+	}
+	return s
+}()
+
+// httpDate is the current time as a Date field, formatted once a second.
+func httpDate() string {
+	now := time.Now().Unix()
+	dateCache.Lock()
+	defer dateCache.Unlock()
+	if now != dateCache.sec {
+		dateCache.sec, dateCache.s = now, time.Unix(now, 0).UTC().Format(http.TimeFormat)
+	}
+	return dateCache.s
+}
+
+var dateCache struct {
+	sync.Mutex
+	sec int64
+	s   string
+}
+
+// send writes, in order, a head (if not nil), data and trailers (if not
+// nil) of st; end ends the stream with the last of them. It waits as flow
+// control and the connection's backlog require, and fails once the stream
+// or the connection is gone.
+func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []field, end bool) error {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if err := sc.sendable(st); err != nil {
+		return err
+	}
+	if head != nil {
+		headEnds := end && len(data) == 0 && len(trailers) == 0
+		sc.writeFields(st.id, head, headEnds)
+		if head[0].value[0] != '1' {
+			st.answered = true
+		}
+		if headEnds {
+			sc.ended(st)
+			sc.o.flush()
+			return nil
+		}
+	}
+	for len(data) > 0 || end && len(trailers) == 0 {
+		n := min(int64(len(data)), int64(sc.o.maxFrame), st.sendWindow, sc.sendWindow)
+		if n <= 0 && len(data) > 0 {
+			sc.o.flush() // releases mu while it writes: check again after
+			for sc.sendable(st) == nil && min(st.sendWindow, sc.sendWindow) <= 0 {
+				sc.o.drained.Wait()
+			}
+			if err := sc.sendable(st); err != nil {
+				return err
+			}
+			continue
+		}
+		last := int(n) == len(data)
+		sc.o.data(st.id, data[:n], end && last && len(trailers) == 0)
+		st.sendWindow -= n
+		sc.sendWindow -= n
+		data = data[n:]
+		if last {
+			break
+		}
+		if len(sc.o.out) >= maxBuffered {
+			sc.o.flush()
+			sc.o.wait()
+			if err := sc.sendable(st); err != nil {
+				return err
+			}
+		}
+	}
+	if end && len(trailers) > 0 {
+		sc.writeFields(st.id, trailers, true)
+	}
+	if end {
+		sc.ended(st)
+	}
+	sc.o.flush()
+	return nil
+}
+
+// sendable reports why st can send no more, if it cannot. Called with mu
+// held.
+func (sc *serverConn) sendable(st *stream) error {
+	switch {
+	case sc.o.err != nil:
+		return sc.o.err
+	case st.reset || st.localDone:
+		return errStreamClosed
+	}
+	return nil
+}
+
+// ended marks st's response as sent whole. Called with mu held.
+func (sc *serverConn) ended(st *stream) {
+	st.localDone = true
+	if st.remoteDone {
+		sc.removeLocked(st)
+	}
+}
+
+func (sc *serverConn) writeFields(id uint32, fs []field, endStream bool) {
+	f := sc.o.startFields()
+	for _, hf := range fs {
+		f.add(hf.name, hf.value)
+	}
+	f.end(id, endStream)
+}
+
+// abort resets a stream whose response cannot be completed.
+func (sc *serverConn) abort(st *stream) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if st.reset || st.localDone || sc.closed {
+		return
+	}
+	sc.removeLocked(st)
+	sc.o.rstStream(st.id, http2.ErrCodeInternal)
+	sc.o.flush()
+}

@@ -1,0 +1,549 @@
+package h2
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Server serves HTTP/2 connections whose client speaks first with the
+// connection preface (prior knowledge, h2c, or HTTP/2 inside TLS the
+// caller terminated).
+type Server struct {
+	Handler http.Handler
+	// MaxConcurrentStreams is how many requests a client may have in
+	// flight on one connection (default 1000).
+	MaxConcurrentStreams uint32
+	// MaxHeaderBytes bounds a request's header list (SETTINGS_MAX_HEADER_LIST_SIZE,
+	// default http.DefaultMaxHeaderBytes); larger requests get 431.
+	MaxHeaderBytes int
+	// StreamWindow and ConnWindow are how much request body a client may
+	// send ahead on one stream and on the connection (defaults 1 MiB and
+	// 4 MiB): a connection's window well above a stream's keeps one slowly
+	// read upload on a shared connection from stalling the others.
+	StreamWindow int32
+	ConnWindow   int32
+	// IdleTimeout closes a connection without requests for that long
+	// (GOAWAY first); 0 means never.
+	IdleTimeout time.Duration
+	// Log takes handler panics and protocol errors (at debug level).
+	Log *slog.Logger
+	// ResetFlood, if set, is called for each connection closed as a
+	// rapid-reset flood.
+	ResetFlood func(remote net.Addr)
+}
+
+const (
+	defaultMaxStreams   = 1000
+	defaultStreamWindow = 1 << 20
+	defaultConnWindow   = 4<<20 - 1
+	initialWindow       = 65535 // RFC 9113 §6.9.2
+	maxWindow           = 1<<31 - 1
+	// maxReadFrame is the SETTINGS_MAX_FRAME_SIZE announced: the protocol's
+	// initial 16 KiB, as nginx, Envoy and linkerd2-proxy announce.
+	maxReadFrame = 16 << 10
+)
+
+// ServeConn serves c until the client closes it, it idles out, or drain
+// ends: then the client gets GOAWAY, the requests under way finish, and
+// the connection closes. Every request's context derives from ctx.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, drain context.Context) {
+	sc := newServerConn(s, ctx, c)
+	defer sc.handlers.Wait()
+	defer sc.cancel()
+	stop := context.AfterFunc(drain, sc.startDrain)
+	defer stop()
+	sc.serve()
+}
+
+// serverConn is one connection.
+type serverConn struct {
+	srv     *Server
+	conn    net.Conn
+	fr      *http2.Framer
+	ctx     context.Context
+	cancel  context.CancelFunc
+	remote  string
+	log     *slog.Logger
+	handler http.Handler
+
+	maxStreams   uint32
+	streamWindow int32
+	connWindow   int32
+
+	mu         sync.Mutex
+	o          output
+	streams    map[uint32]*stream
+	maxID      uint32 // the highest stream the client opened
+	sendWindow int64  // what the client lets the connection send
+	recvWindow int64  // what the client may still send on the connection
+	unrefunded int64  // received and consumed, not yet given back to the client
+	peerWindow int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
+	running    int    // handlers running
+	handlers   sync.WaitGroup
+	goAway     bool // GOAWAY sent: no new streams
+	closed     bool
+	idle       *time.Timer
+
+	flood resetCount // read loop only
+}
+
+func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
+	sc := &serverConn{
+		srv: s, conn: c, remote: c.RemoteAddr().String(), handler: s.Handler,
+		log:          s.Log,
+		maxStreams:   orDefault(s.MaxConcurrentStreams, defaultMaxStreams),
+		streamWindow: orDefault(s.StreamWindow, defaultStreamWindow),
+		connWindow:   orDefault(s.ConnWindow, defaultConnWindow),
+		streams:      map[uint32]*stream{},
+		sendWindow:   initialWindow,
+		peerWindow:   initialWindow,
+	}
+	if sc.log == nil {
+		sc.log = slog.New(slog.DiscardHandler)
+	}
+	sc.recvWindow = int64(sc.connWindow)
+	sc.ctx, sc.cancel = context.WithCancel(ctx)
+	sc.o.init(c, &sc.mu)
+	sc.fr = http2.NewFramer(nil, c)
+	sc.fr.SetMaxReadFrameSize(maxReadFrame)
+	maxHeader := s.MaxHeaderBytes
+	if maxHeader <= 0 {
+		maxHeader = http.DefaultMaxHeaderBytes
+	}
+	sc.fr.MaxHeaderListSize = uint32(maxHeader)
+	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	return sc
+}
+
+func orDefault[T int32 | uint32](v, d T) T {
+	if v <= 0 {
+		return d
+	}
+	return v
+}
+
+var clientPreface = []byte(http2.ClientPreface)
+
+func (sc *serverConn) serve() {
+	sc.mu.Lock()
+	sc.o.settings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: sc.maxStreams},
+		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(sc.streamWindow)},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: sc.fr.MaxHeaderListSize},
+	)
+	sc.o.windowUpdate(0, uint32(sc.connWindow-initialWindow))
+	sc.o.flush()
+	if sc.srv.IdleTimeout > 0 {
+		sc.idle = time.AfterFunc(sc.srv.IdleTimeout, sc.idleOut)
+	}
+	sc.mu.Unlock()
+
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(sc.conn, preface[:]); err != nil || !bytes.Equal(preface[:], clientPreface) {
+		sc.close()
+		return
+	}
+	first := true
+	for {
+		f, err := sc.fr.ReadFrame()
+		if err == nil && first {
+			if _, ok := f.(*http2.SettingsFrame); !ok {
+				err = connError(http2.ErrCodeProtocol, "the first frame is not SETTINGS")
+			}
+			first = false
+		}
+		if err == nil {
+			err = sc.process(f)
+		}
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			sc.resetStream(se.StreamID, se.Code)
+			continue
+		}
+		if err != nil {
+			sc.fail(err)
+			return
+		}
+	}
+}
+
+// connErr is a connection error with what to tell the client.
+type connErr struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connErr) Error() string {
+	return fmt.Sprintf("http2: connection error: %v: %s", e.code, e.reason)
+}
+
+func connError(code http2.ErrCode, reason string) error { return connErr{code, reason} }
+
+func streamError(id uint32, code http2.ErrCode) error {
+	return http2.StreamError{StreamID: id, Code: code}
+}
+
+// fail ends the connection after err: a protocol error is told to the
+// client with GOAWAY.
+func (sc *serverConn) fail(err error) {
+	var ce connErr
+	var fce http2.ConnectionError
+	code, reason := http2.ErrCode(0), ""
+	switch {
+	case errors.As(err, &ce):
+		code, reason = ce.code, ce.reason
+	case errors.As(err, &fce):
+		code, reason = http2.ErrCode(fce), err.Error()
+		if d := sc.fr.ErrorDetail(); d != nil {
+			reason = d.Error()
+		}
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		code, reason = http2.ErrCodeFrameSize, "frame too large"
+	default:
+		sc.close() // the client hung up, or the connection broke
+		return
+	}
+	sc.log.Debug("HTTP/2 connection error", "client", sc.remote, "code", code, "reason", reason)
+	sc.goAwayAndClose(code, reason)
+}
+
+// goAwayAndClose sends GOAWAY with code and closes the connection.
+func (sc *serverConn) goAwayAndClose(code http2.ErrCode, reason string) {
+	sc.mu.Lock()
+	if !sc.closed && sc.o.err == nil {
+		sc.goAway = true
+		sc.o.goAway(sc.maxID, code, reason)
+		sc.conn.SetWriteDeadline(time.Now().Add(closeWait))
+		sc.o.flush()
+	}
+	sc.mu.Unlock()
+	sc.close()
+}
+
+// close ends the connection: requests under way are cancelled, their
+// bodies broken off, and their writes fail.
+func (sc *serverConn) close() {
+	sc.mu.Lock()
+	if sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	sc.closed = true
+	if sc.o.err == nil {
+		sc.o.err = errClosed
+	}
+	sc.o.drained.Broadcast()
+	if sc.idle != nil {
+		sc.idle.Stop()
+	}
+	streams := make([]*stream, 0, len(sc.streams))
+	for _, st := range sc.streams {
+		streams = append(streams, st)
+	}
+	sc.mu.Unlock()
+	sc.cancel()
+	for _, st := range streams {
+		st.body.finish(errClientGone, nil)
+	}
+	sc.conn.Close()
+}
+
+var errClientGone = errors.New("http2: client connection closed")
+
+// startDrain sends GOAWAY: requests under way finish, new ones are
+// refused, and the connection closes once none is left.
+func (sc *serverConn) startDrain() {
+	sc.mu.Lock()
+	if sc.goAway || sc.closed {
+		sc.mu.Unlock()
+		return
+	}
+	sc.goAway = true
+	sc.o.goAway(sc.maxID, http2.ErrCodeNo, "")
+	sc.o.flush()
+	done := sc.running == 0
+	sc.mu.Unlock()
+	if done {
+		sc.close()
+	}
+}
+
+// idleOut closes a connection without requests.
+func (sc *serverConn) idleOut() {
+	sc.mu.Lock()
+	busy := sc.running > 0
+	sc.mu.Unlock()
+	if !busy {
+		sc.goAwayAndClose(http2.ErrCodeNo, "idle")
+	}
+}
+
+// process acts on one frame the client sent.
+func (sc *serverConn) process(f http2.Frame) error {
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return sc.processHeaders(f)
+	case *http2.DataFrame:
+		return sc.processData(f)
+	case *http2.SettingsFrame:
+		return sc.processSettings(f)
+	case *http2.WindowUpdateFrame:
+		return sc.processWindowUpdate(f)
+	case *http2.RSTStreamFrame:
+		return sc.processReset(f)
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			sc.mu.Lock()
+			sc.o.pingAck(f.Data)
+			err := sc.control()
+			sc.mu.Unlock()
+			return err
+		}
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			return streamError(f.StreamID, http2.ErrCodeProtocol) // RFC 9113 §5.3.1
+		}
+	case *http2.PushPromiseFrame:
+		return connError(http2.ErrCodeProtocol, "a client sent PUSH_PROMISE")
+	case *http2.GoAwayFrame:
+		// The client opens no more streams; those under way finish.
+	}
+	return nil
+}
+
+// maxControlBacklog bounds the output a client makes the connection owe
+// (acknowledgements, resets, window updates) while it does not read: a
+// client that sends PINGs or SETTINGS without reading the answers is
+// closed.
+const maxControlBacklog = maxBuffered + 256<<10
+
+// control writes the control frames just queued. Called with mu held.
+func (sc *serverConn) control() error {
+	if len(sc.o.out) > maxControlBacklog {
+		return connError(http2.ErrCodeEnhanceYourCalm, "the client does not read its control frames")
+	}
+	sc.o.flush()
+	return nil
+}
+
+func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - int64(sc.peerWindow)
+			sc.peerWindow = int32(s.Val)
+			for _, st := range sc.streams {
+				st.sendWindow += delta
+				if st.sendWindow > maxWindow {
+					return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
+				}
+			}
+			sc.o.drained.Broadcast()
+		case http2.SettingMaxFrameSize:
+			sc.o.maxFrame = int(s.Val)
+		case http2.SettingHeaderTableSize:
+			sc.o.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	sc.o.settingsAck()
+	return sc.control()
+}
+
+func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	inc := int64(f.Increment)
+	if f.StreamID == 0 {
+		if sc.sendWindow += inc; sc.sendWindow > maxWindow {
+			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
+		}
+		sc.o.drained.Broadcast()
+		return nil
+	}
+	st := sc.streams[f.StreamID]
+	if st == nil {
+		if sc.idleStream(f.StreamID) {
+			return connError(http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream")
+		}
+		return nil // a closed stream
+	}
+	if st.sendWindow += inc; st.sendWindow > maxWindow {
+		return streamError(f.StreamID, http2.ErrCodeFlowControl)
+	}
+	sc.o.drained.Broadcast()
+	return nil
+}
+
+// idleStream reports a stream the client has not opened yet (RFC 9113
+// §5.1). Called with mu held.
+func (sc *serverConn) idleStream(id uint32) bool { return id%2 == 0 || id > sc.maxID }
+
+func (sc *serverConn) processReset(f *http2.RSTStreamFrame) error {
+	sc.mu.Lock()
+	st := sc.streams[f.StreamID]
+	if st == nil {
+		idle := sc.idleStream(f.StreamID)
+		sc.mu.Unlock()
+		if idle {
+			return connError(http2.ErrCodeProtocol, "RST_STREAM on an idle stream")
+		}
+		return nil
+	}
+	answered := st.answered
+	sc.removeLocked(st)
+	sc.mu.Unlock()
+	st.cancel(errStreamReset)
+	st.body.finish(errStreamReset, nil)
+	if sc.flood.reset(answered) {
+		sc.log.Warn("HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: the client reset most streams before their response (rapid reset)",
+			"client", sc.remote)
+		if sc.srv.ResetFlood != nil {
+			sc.srv.ResetFlood(sc.conn.RemoteAddr())
+		}
+		return connError(http2.ErrCodeEnhanceYourCalm, "rapid reset")
+	}
+	return nil
+}
+
+var errStreamReset = errors.New("http2: the client reset the stream")
+
+// resetStream answers a stream error: the stream, if open, is reset.
+func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) {
+	sc.mu.Lock()
+	st := sc.streams[id]
+	if st != nil {
+		sc.removeLocked(st)
+	}
+	if id > sc.maxID && id%2 == 1 {
+		sc.maxID = id // a stream refused as it opened is closed
+	}
+	sc.o.rstStream(id, code)
+	err := sc.control()
+	sc.mu.Unlock()
+	if st != nil {
+		st.cancel(errStreamReset)
+		st.body.finish(errStreamReset, nil)
+	}
+	if err != nil {
+		sc.fail(err)
+	}
+}
+
+// removeLocked forgets a stream that is closed, or reset, and gives back
+// what its unread body took of the connection's window. Called with mu
+// held.
+func (sc *serverConn) removeLocked(st *stream) {
+	if sc.streams[st.id] != st {
+		return
+	}
+	delete(sc.streams, st.id)
+	st.reset = true
+	sc.o.drained.Broadcast() // writers waiting for its window give up
+}
+
+// refund gives n bytes of window back to the client once they were
+// consumed, on the connection and, while the client may still send on it,
+// on the stream. Updates are sent in batches of a quarter window.
+func (sc *serverConn) refund(st *stream, n int64) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	sc.refundLocked(st, n)
+	sc.o.flush()
+}
+
+func (sc *serverConn) refundLocked(st *stream, n int64) {
+	if sc.closed || n == 0 {
+		return
+	}
+	sc.unrefunded += n
+	if sc.unrefunded >= int64(sc.connWindow)/4 {
+		sc.o.windowUpdate(0, uint32(sc.unrefunded))
+		sc.recvWindow += sc.unrefunded
+		sc.unrefunded = 0
+	}
+	if st == nil || st.remoteDone || st.reset {
+		return
+	}
+	st.unrefunded += n
+	if st.unrefunded >= int64(sc.streamWindow)/4 {
+		sc.o.windowUpdate(st.id, uint32(st.unrefunded))
+		st.recvWindow += st.unrefunded
+		st.unrefunded = 0
+	}
+}
+
+func (sc *serverConn) processData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int64(f.Length)
+	sc.mu.Lock()
+	if sc.recvWindow < n {
+		sc.mu.Unlock()
+		return connError(http2.ErrCodeFlowControl, "DATA beyond the connection's window")
+	}
+	sc.recvWindow -= n
+	st := sc.streams[id]
+	if st == nil || st.remoteDone {
+		idle := st == nil && sc.idleStream(id)
+		sc.refundLocked(nil, n)
+		sc.mu.Unlock()
+		if idle {
+			return connError(http2.ErrCodeProtocol, "DATA on an idle stream")
+		}
+		return streamError(id, http2.ErrCodeStreamClosed)
+	}
+	if st.recvWindow < n {
+		sc.refundLocked(nil, n)
+		sc.mu.Unlock()
+		return streamError(id, http2.ErrCodeFlowControl)
+	}
+	st.recvWindow -= n
+	data := f.Data()
+	st.received += int64(len(data))
+	end := f.StreamEnded()
+	if st.declared >= 0 && (st.received > st.declared || end && st.received != st.declared) {
+		sc.refundLocked(nil, n)
+		sc.mu.Unlock()
+		return streamError(id, http2.ErrCodeProtocol) // RFC 9113 §8.1.1
+	}
+	if pad := n - int64(len(data)); pad > 0 {
+		sc.refundLocked(st, pad)
+	}
+	if end {
+		st.remoteDone = true
+		if st.localDone {
+			sc.removeLocked(st)
+		}
+	}
+	sc.mu.Unlock()
+	if len(data) > 0 {
+		if dropped := st.body.write(data); dropped > 0 {
+			sc.refund(st, dropped)
+		}
+	}
+	if end {
+		st.body.finish(io.EOF, nil)
+	}
+	return nil
+}

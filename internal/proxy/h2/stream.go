@@ -1,0 +1,262 @@
+package h2
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/net/http2"
+)
+
+// stream is one request and its response. Fields but body are guarded by
+// the connection's mu.
+type stream struct {
+	sc     *serverConn
+	id     uint32
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	body   *body // nil for a request without a body
+
+	sendWindow int64 // what the client lets this stream send
+	recvWindow int64 // what the client may still send on it
+	unrefunded int64
+	declared   int64 // the request's Content-Length, -1 if none
+	received   int64
+	remoteDone bool // the client ended its side (END_STREAM)
+	localDone  bool // the response ended
+	answered   bool // the response's head was sent
+	reset      bool // reset by either side, or the connection ended: nothing more is sent
+}
+
+func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 == 0 {
+		return connError(http2.ErrCodeProtocol, "a client stream with an even ID")
+	}
+	sc.mu.Lock()
+	if st := sc.streams[id]; st != nil {
+		sc.mu.Unlock()
+		return sc.processTrailers(st, f)
+	}
+	if id <= sc.maxID {
+		sc.mu.Unlock()
+		return connError(http2.ErrCodeProtocol, "HEADERS on a closed stream")
+	}
+	sc.maxID = id
+	if sc.goAway {
+		sc.mu.Unlock()
+		return nil // beyond the GOAWAY's last stream: ignored, as the client knows
+	}
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		sc.mu.Unlock()
+		return streamError(id, http2.ErrCodeProtocol) // RFC 9113 §5.3.1
+	}
+	if uint32(sc.running) >= sc.maxStreams {
+		sc.mu.Unlock()
+		return streamError(id, http2.ErrCodeRefusedStream) // RFC 9113 §5.1.2
+	}
+	sc.flood.open()
+	st := &stream{sc: sc, id: id, sendWindow: int64(sc.peerWindow), recvWindow: int64(sc.streamWindow), declared: -1}
+	req, err := st.request(f)
+	if err != nil {
+		sc.mu.Unlock()
+		return err
+	}
+	if f.StreamEnded() {
+		st.remoteDone = true
+	}
+	sc.streams[id] = st
+	sc.running++
+	if sc.idle != nil {
+		sc.idle.Stop()
+	}
+	sc.mu.Unlock()
+	h := sc.handler
+	if f.Truncated {
+		h = headerTooLarge
+	}
+	sc.handlers.Add(1)
+	go st.serve(req, h)
+	return nil
+}
+
+// headerTooLarge answers a request whose header list exceeds
+// SETTINGS_MAX_HEADER_LIST_SIZE.
+var headerTooLarge = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusRequestHeaderFieldsTooLarge)
+})
+
+// request makes the http.Request of a stream's request head, or a stream
+// error for a malformed one (RFC 9113 §8.1.1).
+func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
+	malformed := streamError(st.id, http2.ErrCodeProtocol)
+	method, scheme, path, authority := f.PseudoValue("method"), f.PseudoValue("scheme"), f.PseudoValue("path"), f.PseudoValue("authority")
+	if f.PseudoValue("protocol") != "" || f.PseudoValue("status") != "" {
+		return nil, malformed // no extended CONNECT (not announced); a response's field
+	}
+	if !httpguts.ValidHeaderFieldName(method) {
+		return nil, malformed // not a token
+	}
+	var u *url.URL
+	requestURI := path
+	switch {
+	case method == http.MethodConnect:
+		if scheme != "" || path != "" || authority == "" {
+			return nil, malformed // RFC 9113 §8.5
+		}
+		u, requestURI = &url.URL{Host: authority}, authority
+	case scheme == "" || path == "":
+		return nil, malformed // RFC 9113 §8.3.1
+	case path == "*" && method == http.MethodOptions:
+		u = &url.URL{Path: "*"}
+	default:
+		var err error
+		if u, err = url.ParseRequestURI(path); err != nil || !strings.HasPrefix(path, "/") {
+			return nil, malformed
+		}
+	}
+	regular := f.RegularFields()
+	header := make(http.Header, len(regular))
+	var cookies []string
+	for _, hf := range regular {
+		switch hf.Name {
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			return nil, malformed // connection-specific (RFC 9113 §8.2.2)
+		case "te":
+			if hf.Value != "trailers" {
+				return nil, malformed
+			}
+		case "cookie":
+			cookies = append(cookies, hf.Value) // joined below (RFC 9113 §8.2.3)
+			continue
+		}
+		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		header[k] = append(header[k], hf.Value)
+	}
+	if len(cookies) > 0 {
+		header["Cookie"] = []string{strings.Join(cookies, "; ")}
+	}
+	if hosts := header["Host"]; len(hosts) > 0 {
+		if authority == "" {
+			authority = hosts[0]
+		} else if len(hosts) > 1 || hosts[0] != authority {
+			return nil, malformed // RFC 9113 §8.3.1: Host and :authority name one target
+		}
+		delete(header, "Host")
+	}
+	if cls := header["Content-Length"]; len(cls) > 0 {
+		n, err := strconv.ParseInt(cls[0], 10, 64)
+		if err != nil || n < 0 || strings.ContainsAny(cls[0], "+-") {
+			return nil, malformed
+		}
+		for _, v := range cls[1:] {
+			if v != cls[0] {
+				return nil, malformed
+			}
+		}
+		if f.StreamEnded() && n != 0 {
+			return nil, malformed // RFC 9113 §8.1.1
+		}
+		st.declared = n
+	}
+	var trailer http.Header
+	for _, v := range header["Trailer"] {
+		for k := range strings.SplitSeq(v, ",") {
+			k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+			if k != "" && httpguts.ValidTrailerHeader(k) {
+				if trailer == nil {
+					trailer = http.Header{}
+				}
+				trailer[k] = nil
+			}
+		}
+	}
+	ctx, cancel := context.WithCancelCause(st.sc.ctx)
+	st.ctx, st.cancel = ctx, cancel
+	req := &http.Request{
+		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: header,
+		Host: authority, RemoteAddr: st.sc.remote, RequestURI: requestURI, Trailer: trailer,
+		Body: http.NoBody,
+	}
+	if !f.StreamEnded() {
+		st.body = newBody(st, trailer)
+		req.Body, req.ContentLength = st.body, st.declared
+	}
+	return req.WithContext(ctx), nil
+}
+
+// processTrailers takes a request's trailers, which end its stream.
+func (sc *serverConn) processTrailers(st *stream, f *http2.MetaHeadersFrame) error {
+	sc.mu.Lock()
+	if st.remoteDone {
+		sc.mu.Unlock()
+		return streamError(st.id, http2.ErrCodeStreamClosed)
+	}
+	if !f.StreamEnded() || len(f.PseudoFields()) > 0 || st.declared >= 0 && st.received != st.declared {
+		sc.mu.Unlock()
+		return streamError(st.id, http2.ErrCodeProtocol) // RFC 9113 §8.1
+	}
+	st.remoteDone = true
+	if st.localDone {
+		sc.removeLocked(st)
+	}
+	sc.mu.Unlock()
+	trailers := make(http.Header)
+	for _, hf := range f.RegularFields() {
+		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
+		if !httpguts.ValidTrailerHeader(k) {
+			return streamError(st.id, http2.ErrCodeProtocol)
+		}
+		trailers[k] = append(trailers[k], hf.Value)
+	}
+	st.body.finish(io.EOF, trailers)
+	return nil
+}
+
+// serve runs the handler of one request and ends its response.
+func (st *stream) serve(req *http.Request, h http.Handler) {
+	w := &responseWriter{st: st, req: req, header: http.Header{}, declared: -1}
+	defer st.sc.handlers.Done()
+	defer st.sc.handlerDone(st)
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				st.sc.log.Error("HTTP/2 handler panicked", "client", st.sc.remote, "panic", p)
+			}
+			w.abort()
+		}
+	}()
+	h.ServeHTTP(w, req)
+	w.finish()
+}
+
+// handlerDone ends a stream's handler: a request body the handler did not
+// read to its end is refused (RST_STREAM NO_ERROR, RFC 9113 §8.1), and
+// the connection, if it is going away, closes after its last request.
+func (sc *serverConn) handlerDone(st *stream) {
+	if st.body != nil {
+		st.body.Close()
+	}
+	st.cancel(context.Canceled)
+	sc.mu.Lock()
+	if !st.reset && !st.remoteDone {
+		sc.o.rstStream(st.id, http2.ErrCodeNo)
+		sc.o.flush()
+	}
+	sc.removeLocked(st)
+	sc.running--
+	last := sc.running == 0
+	if last && sc.idle != nil && !sc.closed {
+		sc.idle.Reset(sc.srv.IdleTimeout)
+	}
+	closing := last && sc.goAway
+	sc.mu.Unlock()
+	if closing {
+		sc.close()
+	}
+}
