@@ -6,23 +6,26 @@ import (
 	"sync"
 )
 
-// body is a request's body as the client sends it: DATA frames' payloads
-// buffered until the handler reads them, when the window they took is
-// given back to the client.
+// body is a message body as the peer sends it — a request's at the
+// server, a response's at the client: DATA frames' payloads buffered until
+// they are read, when the window they took is given back to the peer.
 type body struct {
-	st   *stream
+	st   consumer
 	mu   sync.Mutex
 	cond sync.Cond
 	buf  []byte // received and not read, from off
 	off  int
 	err  error // io.EOF at the end of the stream, or why it broke off
-	// closed: the handler closed the body; what arrives is dropped.
+	// closed: the reader closed the body; what arrives is dropped.
 	closed  bool
 	trailer http.Header // the request's Trailer, filled at the end
 	got     http.Header // the trailers received, copied by Read at the end
 }
 
-func newBody(st *stream, trailer http.Header) *body {
+// consumer is the stream a body belongs to, told of the bytes read.
+type consumer interface{ consumed(n int64) }
+
+func newBody(st consumer, trailer http.Header) *body {
 	b := &body{st: st, trailer: trailer}
 	b.cond.L = &b.mu
 	return b
@@ -88,12 +91,12 @@ func (b *body) Read(p []byte) (int, error) {
 	}
 	b.mu.Unlock()
 	if n > 0 {
-		b.st.sc.refund(b.st, int64(n))
+		b.st.consumed(int64(n))
 	}
 	return n, err
 }
 
-var errBodyClosed = errors.New("http2: read on a closed request body")
+var errBodyClosed = errors.New("http2: read on a closed body")
 
 // Close drops what is buffered and what is still to come.
 func (b *body) Close() error {
@@ -107,6 +110,6 @@ func (b *body) Close() error {
 	b.buf, b.off = nil, 0
 	b.cond.Broadcast()
 	b.mu.Unlock()
-	b.st.sc.refund(b.st, unread)
+	b.st.consumed(unread)
 	return nil
 }

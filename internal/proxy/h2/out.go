@@ -185,3 +185,66 @@ var commonLower = func() map[string]string {
 	}
 	return m
 }()
+
+// sendData appends p as DATA frames of stream id within the stream's and
+// the connection's send windows (both decremented), the last one ending
+// the stream if end. Where a window is spent, or the output backlog is
+// full, it writes what is queued and waits; ok says whether the stream may
+// still send (checked after every wait). Called with mu held.
+func (o *output) sendData(id uint32, p []byte, end bool, stream, conn *int64, ok func() error) error {
+	for first := true; first || len(p) > 0; first = false {
+		n := min(int64(len(p)), int64(o.maxFrame), *stream, *conn)
+		if n <= 0 && len(p) > 0 {
+			o.flush() // releases mu while it writes: check again after
+			for ok() == nil && min(*stream, *conn) <= 0 {
+				o.drained.Wait()
+			}
+			if err := ok(); err != nil {
+				return err
+			}
+			continue
+		}
+		o.data(id, p[:n], end && int(n) == len(p))
+		*stream -= n
+		*conn -= n
+		p = p[n:]
+		if len(o.out) >= maxBuffered && len(p) > 0 {
+			o.flush()
+			o.wait()
+			if err := ok(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// inflow is what the peer may still send on a stream or a connection, and
+// what was received and consumed but not yet given back.
+type inflow struct {
+	avail  int64
+	unsent int64
+}
+
+// take accounts for n bytes received; false if they exceed the window.
+func (f *inflow) take(n int64) bool {
+	if f.avail < n {
+		return false
+	}
+	f.avail -= n
+	return true
+}
+
+// give records n bytes consumed and returns the window increment to
+// announce: all that is pending once it reaches a quarter of window (fewer
+// WINDOW_UPDATE frames), else 0.
+func (f *inflow) give(n int64, window int32) uint32 {
+	f.unsent += n
+	if f.unsent < int64(window)/4 {
+		return 0
+	}
+	inc := f.unsent
+	f.avail += inc
+	f.unsent = 0
+	return uint32(inc)
+}

@@ -264,32 +264,10 @@ func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []fie
 			return nil
 		}
 	}
-	for len(data) > 0 || end && len(trailers) == 0 {
-		n := min(int64(len(data)), int64(sc.o.maxFrame), st.sendWindow, sc.sendWindow)
-		if n <= 0 && len(data) > 0 {
-			sc.o.flush() // releases mu while it writes: check again after
-			for sc.sendable(st) == nil && min(st.sendWindow, sc.sendWindow) <= 0 {
-				sc.o.drained.Wait()
-			}
-			if err := sc.sendable(st); err != nil {
-				return err
-			}
-			continue
-		}
-		last := int(n) == len(data)
-		sc.o.data(st.id, data[:n], end && last && len(trailers) == 0)
-		st.sendWindow -= n
-		sc.sendWindow -= n
-		data = data[n:]
-		if last {
-			break
-		}
-		if len(sc.o.out) >= maxBuffered {
-			sc.o.flush()
-			sc.o.wait()
-			if err := sc.sendable(st); err != nil {
-				return err
-			}
+	if len(data) > 0 || end && len(trailers) == 0 {
+		err := sc.o.sendData(st.id, data, end && len(trailers) == 0, &st.sendWindow, &sc.sendWindow, func() error { return sc.sendable(st) })
+		if err != nil {
+			return err
 		}
 	}
 	if end && len(trailers) > 0 {

@@ -86,8 +86,7 @@ type serverConn struct {
 	streams    map[uint32]*stream
 	maxID      uint32 // the highest stream the client opened
 	sendWindow int64  // what the client lets the connection send
-	recvWindow int64  // what the client may still send on the connection
-	unrefunded int64  // received and consumed, not yet given back to the client
+	recv       inflow // what the client may send on the connection
 	peerWindow int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	running    int    // handlers running
 	handlers   sync.WaitGroup
@@ -112,7 +111,7 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 	if sc.log == nil {
 		sc.log = slog.New(slog.DiscardHandler)
 	}
-	sc.recvWindow = int64(sc.connWindow)
+	sc.recv.avail = int64(sc.connWindow)
 	sc.ctx, sc.cancel = context.WithCancel(ctx)
 	sc.o.init(c, &sc.mu)
 	sc.fr = http2.NewFramer(nil, c)
@@ -478,31 +477,24 @@ func (sc *serverConn) refundLocked(st *stream, n int64) {
 	if sc.closed || n == 0 {
 		return
 	}
-	sc.unrefunded += n
-	if sc.unrefunded >= int64(sc.connWindow)/4 {
-		sc.o.windowUpdate(0, uint32(sc.unrefunded))
-		sc.recvWindow += sc.unrefunded
-		sc.unrefunded = 0
+	if inc := sc.recv.give(n, sc.connWindow); inc > 0 {
+		sc.o.windowUpdate(0, inc)
 	}
 	if st == nil || st.remoteDone || st.reset {
 		return
 	}
-	st.unrefunded += n
-	if st.unrefunded >= int64(sc.streamWindow)/4 {
-		sc.o.windowUpdate(st.id, uint32(st.unrefunded))
-		st.recvWindow += st.unrefunded
-		st.unrefunded = 0
+	if inc := st.recv.give(n, sc.streamWindow); inc > 0 {
+		sc.o.windowUpdate(st.id, inc)
 	}
 }
 
 func (sc *serverConn) processData(f *http2.DataFrame) error {
 	id, n := f.StreamID, int64(f.Length)
 	sc.mu.Lock()
-	if sc.recvWindow < n {
+	if !sc.recv.take(n) {
 		sc.mu.Unlock()
 		return connError(http2.ErrCodeFlowControl, "DATA beyond the connection's window")
 	}
-	sc.recvWindow -= n
 	st := sc.streams[id]
 	if st == nil || st.remoteDone {
 		idle := st == nil && sc.idleStream(id)
@@ -513,12 +505,11 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 		}
 		return streamError(id, http2.ErrCodeStreamClosed)
 	}
-	if st.recvWindow < n {
+	if !st.recv.take(n) {
 		sc.refundLocked(nil, n)
 		sc.mu.Unlock()
 		return streamError(id, http2.ErrCodeFlowControl)
 	}
-	st.recvWindow -= n
 	data := f.Data()
 	st.received += int64(len(data))
 	end := f.StreamEnded()

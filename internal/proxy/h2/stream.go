@@ -22,9 +22,8 @@ type stream struct {
 	cancel context.CancelCauseFunc
 	body   *body // nil for a request without a body
 
-	sendWindow int64 // what the client lets this stream send
-	recvWindow int64 // what the client may still send on it
-	unrefunded int64
+	sendWindow int64  // what the client lets this stream send
+	recv       inflow // what the client may still send on it
 	declared   int64 // the request's Content-Length, -1 if none
 	received   int64
 	remoteDone bool // the client ended its side (END_STREAM)
@@ -61,7 +60,7 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return streamError(id, http2.ErrCodeRefusedStream) // RFC 9113 §5.1.2
 	}
 	sc.flood.open()
-	st := &stream{sc: sc, id: id, sendWindow: int64(sc.peerWindow), recvWindow: int64(sc.streamWindow), declared: -1}
+	st := &stream{sc: sc, id: id, sendWindow: int64(sc.peerWindow), recv: inflow{avail: int64(sc.streamWindow)}, declared: -1}
 	req, err := st.request(f)
 	if err != nil {
 		sc.mu.Unlock()
@@ -217,6 +216,8 @@ func (sc *serverConn) processTrailers(st *stream, f *http2.MetaHeadersFrame) err
 	st.body.finish(io.EOF, trailers)
 	return nil
 }
+
+func (st *stream) consumed(n int64) { st.sc.refund(st, n) }
 
 // serve runs the handler of one request and ends its response.
 func (st *stream) serve(req *http.Request, h http.Handler) {
