@@ -17,16 +17,20 @@ type body struct {
 	off  int
 	err  error // io.EOF at the end of the stream, or why it broke off
 	// closed: the reader closed the body; what arrives is dropped.
-	closed  bool
-	trailer http.Header // the request's Trailer, filled at the end
-	got     http.Header // the trailers received, copied by Read at the end
+	closed bool
+	// trailer is the message's Trailer field, filled at the end: with
+	// every trailer received (a response, as net/http's client does), or
+	// only with those announced (a request, as net/http's server does).
+	trailer   *http.Header
+	announced bool
+	got       http.Header // the trailers received, copied by Read at the end
 }
 
 // consumer is the stream a body belongs to, told of the bytes read.
 type consumer interface{ consumed(n int64) }
 
-func newBody(st consumer, trailer http.Header) *body {
-	b := &body{st: st, trailer: trailer}
+func newBody(st consumer, trailer *http.Header, announced bool) *body {
+	b := &body{st: st, trailer: trailer, announced: announced}
 	b.cond.L = &b.mu
 	return b
 }
@@ -82,9 +86,14 @@ func (b *body) Read(p []byte) (int, error) {
 		err = nil
 	}
 	if err != nil && b.got != nil {
+		t := *b.trailer
 		for k, vs := range b.got {
-			if _, ok := b.trailer[k]; ok {
-				b.trailer[k] = vs
+			if _, ok := t[k]; ok || !b.announced {
+				if t == nil {
+					t = http.Header{}
+					*b.trailer = t
+				}
+				t[k] = vs
 			}
 		}
 		b.got = nil

@@ -1,6 +1,7 @@
 package h2
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -52,6 +53,7 @@ const (
 	// maxReadFrame is the SETTINGS_MAX_FRAME_SIZE announced: the protocol's
 	// initial 16 KiB, as nginx, Envoy and linkerd2-proxy announce.
 	maxReadFrame = 16 << 10
+	readBuffer   = 16 << 10
 )
 
 // ServeConn serves c until the client closes it, it idles out, or drain
@@ -70,6 +72,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, drain context.Contex
 type serverConn struct {
 	srv     *Server
 	conn    net.Conn
+	in      *bufio.Reader // conn's input: frames read with one system call for many
 	fr      *http2.Framer
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -114,7 +117,8 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 	sc.recv.avail = int64(sc.connWindow)
 	sc.ctx, sc.cancel = context.WithCancel(ctx)
 	sc.o.init(c, &sc.mu)
-	sc.fr = http2.NewFramer(nil, c)
+	sc.in = bufio.NewReaderSize(c, readBuffer)
+	sc.fr = http2.NewFramer(nil, sc.in)
 	sc.fr.SetMaxReadFrameSize(maxReadFrame)
 	maxHeader := s.MaxHeaderBytes
 	if maxHeader <= 0 {
@@ -149,7 +153,7 @@ func (sc *serverConn) serve() {
 	sc.mu.Unlock()
 
 	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(sc.conn, preface[:]); err != nil || !bytes.Equal(preface[:], clientPreface) {
+	if _, err := io.ReadFull(sc.in, preface[:]); err != nil || !bytes.Equal(preface[:], clientPreface) {
 		sc.close()
 		return
 	}
@@ -214,19 +218,31 @@ func (sc *serverConn) fail(err error) {
 		return
 	}
 	sc.log.Debug("HTTP/2 connection error", "client", sc.remote, "code", code, "reason", reason)
-	sc.goAwayAndClose(code, reason)
+	sc.goAwayAndClose(code, reason, true)
 }
 
-// goAwayAndClose sends GOAWAY with code and closes the connection.
-func (sc *serverConn) goAwayAndClose(code http2.ErrCode, reason string) {
+// goAwayAndClose sends GOAWAY with code and closes the connection. The
+// reading goroutine (reader) first reads what the client still sends, for
+// up to closeWait: closing with unread input would reset the connection,
+// and the reset can overtake the GOAWAY.
+func (sc *serverConn) goAwayAndClose(code http2.ErrCode, reason string, reader bool) {
 	sc.mu.Lock()
+	sent := false
 	if !sc.closed && sc.o.err == nil {
 		sc.goAway = true
 		sc.o.goAway(sc.maxID, code, reason)
 		sc.conn.SetWriteDeadline(time.Now().Add(closeWait))
 		sc.o.flush()
+		sent = sc.o.err == nil
 	}
 	sc.mu.Unlock()
+	if sent && reader {
+		if cw, ok := sc.conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		sc.conn.SetReadDeadline(time.Now().Add(closeWait))
+		io.Copy(io.Discard, io.LimitReader(sc.in, 1<<20))
+	}
 	sc.close()
 }
 
@@ -284,7 +300,7 @@ func (sc *serverConn) idleOut() {
 	busy := sc.running > 0
 	sc.mu.Unlock()
 	if !busy {
-		sc.goAwayAndClose(http2.ErrCodeNo, "idle")
+		sc.goAwayAndClose(http2.ErrCodeNo, "idle", false)
 	}
 }
 

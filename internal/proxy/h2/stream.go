@@ -24,7 +24,7 @@ type stream struct {
 
 	sendWindow int64  // what the client lets this stream send
 	recv       inflow // what the client may still send on it
-	declared   int64 // the request's Content-Length, -1 if none
+	declared   int64  // the request's Content-Length, -1 if none
 	received   int64
 	remoteDone bool // the client ended its side (END_STREAM)
 	localDone  bool // the response ended
@@ -177,16 +177,16 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 	}
 	ctx, cancel := context.WithCancelCause(st.sc.ctx)
 	st.ctx, st.cancel = ctx, cancel
-	req := &http.Request{
+	req := (&http.Request{
 		Method: method, URL: u, Proto: "HTTP/2.0", ProtoMajor: 2, Header: header,
 		Host: authority, RemoteAddr: st.sc.remote, RequestURI: requestURI, Trailer: trailer,
 		Body: http.NoBody,
-	}
+	}).WithContext(ctx)
 	if !f.StreamEnded() {
-		st.body = newBody(st, trailer)
+		st.body = newBody(st, &req.Trailer, true)
 		req.Body, req.ContentLength = st.body, st.declared
 	}
-	return req.WithContext(ctx), nil
+	return req, nil
 }
 
 // processTrailers takes a request's trailers, which end its stream.

@@ -13,7 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
+	"golang.org/x/net/http2"
 )
 
 // ErrorHeader names, on a response the proxy generated itself, what went
@@ -54,8 +56,7 @@ func connectionLost(err error) bool {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) {
 		return true
 	}
-	s := err.Error()
-	return strings.Contains(s, "client connection lost") || strings.Contains(s, "server sent GOAWAY")
+	return errors.Is(err, h2.ErrConnLost)
 }
 
 // reasonConnectTimeout: the upstream could not be connected to in time.
@@ -87,11 +88,12 @@ const (
 func UpstreamError(err error) (status int, reason string) {
 	var oe *net.OpError
 	var cbe *ClientBodyError
+	var se http2.StreamError
 	dial := errors.As(err, &oe) && oe.Op == "dial"
 	switch {
 	case errors.As(err, &cbe):
 		return http.StatusBadRequest, reasonClientBody
-	case strings.Contains(err.Error(), "request header list larger than"): // net/http's HTTP/2 transport, unexported
+	case errors.Is(err, h2.ErrHeaderListTooLarge):
 		return http.StatusRequestHeaderFieldsTooLarge, reasonHeaderListTooBig
 	case errors.Is(err, mesh.ErrHandshake):
 		return http.StatusBadGateway, "mTLS handshake with the peer proxy failed"
@@ -105,7 +107,7 @@ func UpstreamError(err error) (status int, reason string) {
 		return http.StatusGatewayTimeout, "response timed out"
 	case errors.Is(err, syscall.ECONNRESET):
 		return http.StatusBadGateway, "connection reset by upstream"
-	case strings.Contains(err.Error(), "stream error: ") && strings.Contains(err.Error(), "; CANCEL"): // net/http's HTTP/2 transport, unexported
+	case errors.As(err, &se) && se.Code == http2.ErrCodeCancel:
 		return http.StatusBadGateway, reasonUpstreamCancel
 	case errors.Is(err, errResponseHeadTooLarge):
 		return http.StatusBadGateway, "response head too large"

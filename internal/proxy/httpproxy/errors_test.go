@@ -13,7 +13,9 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
+	"golang.org/x/net/http2"
 )
 
 func TestUpstreamErrorMapping(t *testing.T) {
@@ -36,7 +38,7 @@ func TestUpstreamErrorMapping(t *testing.T) {
 		{&ClientBodyError{io.ErrUnexpectedEOF}, 400, reasonClientBody},
 		{fmt.Errorf("http2: %w", &ClientBodyError{errors.New("malformed chunked encoding")}), 400, reasonClientBody},
 		{headerListRefused(t), 431, reasonHeaderListTooBig},
-		{errors.New("stream error: stream ID 11; CANCEL; received from peer"), 502, reasonUpstreamCancel},
+		{http2.StreamError{StreamID: 11, Code: http2.ErrCodeCancel}, 502, reasonUpstreamCancel},
 	} {
 		status, reason := UpstreamError(tt.err)
 		if status != tt.status || reason != tt.reason {
@@ -45,7 +47,7 @@ func TestUpstreamErrorMapping(t *testing.T) {
 	}
 }
 
-// headerListRefused is the error net/http's HTTP/2 transport gives for a
+// headerListRefused is the error the proxy's HTTP/2 client gives for a
 // request whose header list is larger than the server advertised.
 func headerListRefused(t *testing.T) error {
 	var h2c http.Protocols
@@ -54,18 +56,25 @@ func headerListRefused(t *testing.T) error {
 	srv.Config.Protocols, srv.Config.MaxHeaderBytes = &h2c, 1024
 	srv.Start()
 	defer srv.Close()
-	tr := &http.Transport{Protocols: &h2c}
-	defer tr.CloseIdleConnections()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := h2.NewClientConn(c, h2.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
 	// A first request, so that the connection has the server's settings.
 	first, _ := http.NewRequest("GET", srv.URL, nil)
-	if resp, err := tr.RoundTrip(first); err != nil {
+	if resp, err := cc.RoundTrip(first); err != nil {
 		t.Fatal(err)
 	} else {
 		resp.Body.Close()
 	}
 	req, _ := http.NewRequest("GET", srv.URL, nil)
 	req.Header.Set("X-Big", strings.Repeat("x", 64<<10))
-	resp, err := tr.RoundTrip(req)
+	resp, err := cc.RoundTrip(req)
 	if err == nil {
 		resp.Body.Close()
 		t.Fatal("the server took a header list larger than it advertised")
@@ -125,7 +134,7 @@ func TestWriteErrorSpeaksGRPCToGRPCClients(t *testing.T) {
 // idempotent, has no body and its connection to the peer proxy broke
 // before any answer; never otherwise.
 func TestMayRepeat(t *testing.T) {
-	lost := errors.New("http2: client connection lost")
+	lost := h2.ErrConnLost
 	dial := &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}
 	req := func(method string, body string, peer string) *http.Request {
 		var r *http.Request

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/proxy/mesh"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
@@ -39,7 +40,8 @@ const OrigProtoHeader = "L5d-Orig-Proto"
 // HTTP/1 requests take a path written for the purpose (h1forward.go): the
 // exchange runs in the handler's goroutine on a connection from h1Pool,
 // avoiding http.Transport's per-connection goroutines and hand-offs.
-// HTTP/2 requests take h2forward.go's path over pooled h2c connections. To an
+// HTTP/2 requests take h2forward.go's path over pooled h2c connections
+// (package h2's client). To an
 // unmeshed target a request travels in the version the target speaks
 // (appproto.go), translated when it is not the client's.
 //
@@ -61,33 +63,17 @@ func NewForwarder(cfg ForwardConfig, d *transport.Dialer, log *slog.Logger) *For
 	dial := func(ctx context.Context, addr string) (net.Conn, error) {
 		return d.DialContext(ctx, cfg.Direction, addr)
 	}
-	var h2c http.Protocols
-	h2c.SetUnencryptedHTTP2(true)
 	f := &Forwarder{log: log, pool: newH1Pool(dial, cfg.PoolIdleTimeout), apps: newAppProtocols(cfg.DeclaredProtocol, dial)}
-	f.h2 = newH2Pool(&http.Transport{
-		Proxy:              nil, // never honour HTTP_PROXY: the proxy is the proxy
-		DialContext:        func(ctx context.Context, _, addr string) (net.Conn, error) { return dial(ctx, addr) },
-		Protocols:          &h2c,
-		DisableCompression: true, // pass content encodings through untouched
-		IdleConnTimeout:    cfg.PoolIdleTimeout,
-		HTTP2:              &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-	})
+	h2cfg := h2.ClientConfig{IdleTimeout: cfg.PoolIdleTimeout, PingAfter: 30 * time.Second, PingTimeout: 15 * time.Second}
+	f.h2 = newH2Pool(dial, h2cfg)
 	if cfg.MeshDial != nil {
 		meshDial := func(proto mesh.Protocol) func(ctx context.Context, addr string) (net.Conn, error) {
 			return func(ctx context.Context, addr string) (net.Conn, error) {
 				return cfg.MeshDial(ctx, addr, Peer(ctx), proto)
 			}
 		}
-		h2 := meshDial(mesh.HTTP2)
-		f.meshH2 = newH2Pool(&http.Transport{
-			Proxy:                 nil,
-			DialContext:           func(ctx context.Context, _, addr string) (net.Conn, error) { return h2(ctx, addr) },
-			Protocols:             &h2c, // TLS is the mesh dialer's; HTTP/2 runs inside it
-			DisableCompression:    true,
-			IdleConnTimeout:       cfg.PoolIdleTimeout,
-			ExpectContinueTimeout: time.Second,
-			HTTP2:                 &http.HTTP2Config{SendPingTimeout: 30 * time.Second, PingTimeout: 15 * time.Second},
-		})
+		// TLS is the mesh dialer's; HTTP/2 runs inside it.
+		f.meshH2 = newH2Pool(meshDial(mesh.HTTP2), h2cfg)
 		f.meshH1 = newH1Pool(meshDial(mesh.HTTP1), cfg.PoolIdleTimeout)
 	}
 	return f

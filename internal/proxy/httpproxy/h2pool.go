@@ -2,11 +2,14 @@ package httpproxy
 
 import (
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 )
 
 // h2Pool keeps multiplexed HTTP/2 connections per target: a request takes
@@ -17,29 +20,30 @@ import (
 // first one is up, which for the mesh means dozens of TLS handshakes where
 // one will do.
 type h2Pool struct {
-	t     *http.Transport // dialer, protocols and HTTP/2 settings
+	dial  func(ctx context.Context, addr string) (net.Conn, error)
+	cfg   h2.ClientConfig
 	mu    sync.Mutex
 	hosts map[string]*h2Host
 }
 
 // h2Host is one target's connections and the dial under way, if any.
 type h2Host struct {
-	conns   []*http.ClientConn
+	conns   []*h2.ClientConn
 	dialing *h2Dial
 }
 
 // h2Dial is a connection being opened for every request waiting on it.
 type h2Dial struct {
 	ready chan struct{}
-	cc    *http.ClientConn
+	cc    *h2.ClientConn
 	err   error
 }
 
 // h2DialTimeout bounds opening a connection on behalf of every waiting request.
 const h2DialTimeout = 15 * time.Second
 
-func newH2Pool(t *http.Transport) *h2Pool {
-	return &h2Pool{t: t, hosts: map[string]*h2Host{}}
+func newH2Pool(dial func(ctx context.Context, addr string) (net.Conn, error), cfg h2.ClientConfig) *h2Pool {
+	return &h2Pool{dial: dial, cfg: cfg, hosts: map[string]*h2Host{}}
 }
 
 // RoundTrip sends r on a connection to r.URL.Host. A request the upstream
@@ -59,13 +63,11 @@ func (p *h2Pool) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 }
 
-// unprocessed reports the errors net/http's HTTP/2 client gives for a
-// stream the server never acted on: refused, above a graceful GOAWAY's
-// last stream, or never sent on a connection that became unusable. (Its
-// error types are not exported; their texts are stable.)
+// unprocessed reports a stream the server never acted on: refused, above
+// a GOAWAY's last stream, or never sent on a connection that became
+// unusable.
 func unprocessed(err error) bool {
-	s := err.Error()
-	return strings.Contains(s, "REFUSED_STREAM") || strings.Contains(s, "graceful shutdown GOAWAY") || strings.Contains(s, "client conn not usable")
+	return errors.Is(err, h2.ErrRefused) || errors.Is(err, h2.ErrConnUnusable)
 }
 
 // rewind makes r's body ready to be sent again, if it can be.
@@ -85,7 +87,7 @@ func rewind(r *http.Request) bool {
 }
 
 // get returns a connection to addr with a stream reserved for the caller.
-func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error) {
+func (p *h2Pool) get(ctx context.Context, addr string) (*h2.ClientConn, error) {
 	for {
 		p.mu.Lock()
 		h := p.hosts[addr]
@@ -105,7 +107,10 @@ func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error)
 			// The connection outlives the request that opened it: dial with
 			// the request's values (the peer identity) but not its deadline.
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h2DialTimeout)
-			d.cc, d.err = p.t.NewClientConn(dctx, "http", addr)
+			var c net.Conn
+			if c, d.err = p.dial(dctx, addr); d.err == nil {
+				d.cc, d.err = h2.NewClientConn(c, p.cfg)
+			}
 			cancel()
 			p.mu.Lock()
 			h.dialing = nil
@@ -136,9 +141,9 @@ func (p *h2Pool) get(ctx context.Context, addr string) (*http.ClientConn, error)
 
 // reserve takes a stream on the first connection with one free, forgetting
 // closed connections; nil if none has one. Called with the pool locked.
-func (h *h2Host) reserve() *http.ClientConn {
+func (h *h2Host) reserve() *h2.ClientConn {
 	live := h.conns[:0]
-	var got *http.ClientConn
+	var got *h2.ClientConn
 	for _, cc := range h.conns {
 		if cc.Err() != nil {
 			cc.Close()
