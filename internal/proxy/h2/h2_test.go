@@ -1,0 +1,384 @@
+package h2
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// The tests drive each side against net/http's HTTP/2 (h2c), the
+// implementation most peers are measured against, and the two sides
+// against each other.
+
+// h2cServer starts net/http's h2c server with h.
+func h2cServer(t *testing.T, h http.HandlerFunc) *httptest.Server {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.Protocols = &p
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// dialClient opens a ClientConn to addr.
+func dialClient(t *testing.T, addr string, cfg ClientConfig) *ClientConn {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := NewClientConn(c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// ourServer serves h with Server on a loopback listener until the test
+// ends; drain, when cancelled, drains every connection.
+func ourServer(t *testing.T, s *Server, drain context.Context) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if drain == nil {
+		drain = context.Background()
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.ServeConn(t.Context(), c, drain)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// h2cClient is net/http's h2c client.
+func h2cClient(t *testing.T) *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &p}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 20 * time.Second}
+}
+
+// echo answers with the request body's length and hash, the request
+// trailers it got, and an unannounced response trailer (as gRPC sends).
+func echo(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	n, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("X-Got", r.Header.Get("X-Send"))
+	w.Write([]byte(strings.Repeat("r", int(n%7))))
+	w.(http.Flusher).Flush()
+	io.WriteString(w, "|")
+	w.Write(h.Sum(nil))
+	w.Header().Set(http.TrailerPrefix+"X-Request-Trailer", r.Trailer.Get("X-Req-Trailer"))
+	w.Header().Set(http.TrailerPrefix+"Grpc-Status", "0")
+}
+
+func roundTrip(t *testing.T, rt http.RoundTripper, url string, body []byte, trailer string) (*http.Response, []byte) {
+	t.Helper()
+	var rb io.Reader
+	if body != nil {
+		rb = bytes.NewReader(body)
+	}
+	req, _ := http.NewRequest("POST", url, rb)
+	req.Header.Set("X-Send", "hello")
+	if trailer != "" {
+		req.Trailer = http.Header{"X-Req-Trailer": nil}
+		req.ContentLength = -1
+		req.Body = io.NopCloser(io.MultiReader(rb, readerFunc(func() { req.Trailer.Set("X-Req-Trailer", trailer) })))
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, b
+}
+
+// readerFunc is an empty reader that calls f when read (to set trailers
+// once the body is sent).
+type readerFunc func()
+
+func (f readerFunc) Read([]byte) (int, error) { f(); return 0, io.EOF }
+
+func checkEcho(t *testing.T, resp *http.Response, b, sent []byte, trailer string) {
+	t.Helper()
+	sum := sha256.Sum256(sent)
+	want := strings.Repeat("r", len(sent)%7) + "|" + string(sum[:])
+	if resp.StatusCode != 200 || string(b) != want || resp.Header.Get("X-Got") != "hello" {
+		t.Fatalf("status %d, X-Got %q, body %d bytes (want %d)", resp.StatusCode, resp.Header.Get("X-Got"), len(b), len(want))
+	}
+	if resp.Trailer.Get("Grpc-Status") != "0" || resp.Trailer.Get("X-Request-Trailer") != trailer {
+		t.Fatalf("trailers %v; want Grpc-Status 0 and X-Request-Trailer %q", resp.Trailer, trailer)
+	}
+}
+
+// Bodies larger than every flow-control window cross both ways, with
+// trailers both ways, between every pairing of the two sides with
+// net/http's.
+func TestBodiesAndTrailers(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16) // 3 MiB: beyond the initial and the stream windows
+	small := []byte("ping")
+	ours := ourServer(t, &Server{Handler: http.HandlerFunc(echo), StreamWindow: 1 << 20}, nil)
+	theirs := h2cServer(t, echo).Listener.Addr().String()
+	for _, p := range []struct {
+		name   string
+		client func(addr string) http.RoundTripper
+		server string
+	}{
+		{"our client, net/http server", func(a string) http.RoundTripper { return dialClient(t, a, ClientConfig{StreamWindow: 1 << 20}) }, theirs},
+		{"net/http client, our server", func(string) http.RoundTripper { return h2cClient(t).Transport }, ours},
+		{"our client, our server", func(a string) http.RoundTripper { return dialClient(t, a, ClientConfig{}) }, ours},
+	} {
+		t.Run(p.name, func(t *testing.T) {
+			rt := p.client(p.server)
+			url := "http://" + p.server + "/"
+			for _, body := range [][]byte{nil, small, big} {
+				resp, b := roundTrip(t, rt, url, body, "")
+				checkEcho(t, resp, b, body, "")
+			}
+			resp, b := roundTrip(t, rt, url, big, "sum")
+			checkEcho(t, resp, b, big, "sum")
+		})
+	}
+}
+
+// A response's interim 1xx heads reach the request's trace, and a body
+// announced with "Expect: 100-continue" waits for the server's 100.
+func TestInterimResponses(t *testing.T) {
+	srv := h2cServer(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // net/http's server sends 100 here
+		w.Header().Set("Link", "</a.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+	})
+	cc := dialClient(t, srv.Listener.Addr().String(), ClientConfig{ExpectContinueWait: 10 * time.Second})
+	var interim []int
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		interim = append(interim, code)
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "PUT", srv.URL, strings.NewReader("body"))
+	req.Header.Set("Expect", "100-continue")
+	start := time.Now()
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if len(interim) != 2 || interim[0] != 100 || interim[1] != 103 || time.Since(start) > 5*time.Second {
+		t.Fatalf("interim responses %v after %v; want [100 103] well before the 10 s wait", interim, time.Since(start))
+	}
+}
+
+// A request the client cancels is reset: the server's handler sees its
+// context end, and the client's RoundTrip or body read fails at once.
+func TestCancelResetsTheStream(t *testing.T) {
+	handlerDone := make(chan error, 1)
+	handler := func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		handlerDone <- r.Context().Err()
+	}
+	for _, side := range []string{"our client", "our server"} {
+		t.Run(side, func(t *testing.T) {
+			var rt http.RoundTripper
+			var url string
+			if side == "our client" {
+				srv := h2cServer(t, handler)
+				rt, url = dialClient(t, srv.Listener.Addr().String(), ClientConfig{}), srv.URL
+			} else {
+				addr := ourServer(t, &Server{Handler: http.HandlerFunc(handler)}, nil)
+				rt, url = h2cClient(t).Transport, "http://"+addr
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+			resp, err := rt.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cancel()
+			if _, err := io.ReadAll(resp.Body); err == nil {
+				t.Fatal("the body of a cancelled request read to its end")
+			}
+			select {
+			case err := <-handlerDone:
+				if err == nil {
+					t.Fatal("handler context not done")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the server's handler did not see the reset")
+			}
+		})
+	}
+}
+
+// A handler that panics, or breaks off, resets its stream: the client
+// sees an error, not a response cut short that looks whole.
+func TestAbortedResponseIsReset(t *testing.T) {
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "10")
+		w.Write([]byte("12345"))
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	})}, nil)
+	resp, err := h2cClient(t).Get("http://" + addr)
+	if err == nil {
+		_, err = io.ReadAll(resp.Body)
+		resp.Body.Close()
+	}
+	if err == nil {
+		t.Fatal("an aborted response read as whole")
+	}
+}
+
+// Draining sends GOAWAY: the request in flight finishes, new ones go to a
+// new connection, and the connection closes once idle.
+func TestDrain(t *testing.T) {
+	release := make(chan struct{})
+	drain, startDrain := context.WithCancel(context.Background())
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			<-release
+		}
+		io.WriteString(w, "done")
+	})}, drain)
+	cc := dialClient(t, addr, ClientConfig{})
+	got := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/slow", nil)
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			var b []byte
+			b, err = io.ReadAll(resp.Body)
+			if err == nil && string(b) != "done" {
+				err = errors.New("body " + string(b))
+			}
+		}
+		got <- err
+	}()
+	waitFor(t, func() bool { return cc.InFlight() == 1 })
+	startDrain()
+	waitFor(t, func() bool { return cc.Reserve() != nil }) // the GOAWAY arrived
+	close(release)
+	if err := <-got; err != nil {
+		t.Fatalf("the request in flight during the drain: %v", err)
+	}
+	waitFor(t, func() bool { return cc.Err() != nil }) // closed once idle
+}
+
+// A connection without requests for IdleTimeout is closed with GOAWAY.
+func TestIdleTimeout(t *testing.T) {
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), IdleTimeout: 200 * time.Millisecond}, nil)
+	cc := dialClient(t, addr, ClientConfig{})
+	req, _ := http.NewRequest("GET", "http://"+addr, nil)
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	waitFor(t, func() bool { return cc.Err() != nil })
+}
+
+// Our client refuses to send a request header list beyond what the
+// server announced; our server answers one sent anyway with 431.
+func TestHeaderListLimits(t *testing.T) {
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), MaxHeaderBytes: 4096}, nil)
+	cc := dialClient(t, addr, ClientConfig{})
+	small, _ := http.NewRequest("GET", "http://"+addr, nil)
+	if resp, err := cc.RoundTrip(small); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close() // the server's SETTINGS have arrived
+	}
+	req, _ := http.NewRequest("GET", "http://"+addr, nil)
+	for _, k := range []string{"X-Big-1", "X-Big-2", "X-Big-3"} {
+		req.Header.Set(k, strings.Repeat("x", 2000)) // each field fits, not all
+	}
+	if _, err := cc.RoundTrip(req); !errors.Is(err, ErrHeaderListTooLarge) {
+		t.Fatalf("error %v; want ErrHeaderListTooLarge", err)
+	}
+	cc.mu.Lock()
+	cc.peerMaxList = 0 // as a client that ignores the limit
+	cc.mu.Unlock()
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Fatalf("status %d; want 431", resp.StatusCode)
+	}
+}
+
+// Streams beyond the server's limit are refused (REFUSED_STREAM), which
+// the client reports as not processed.
+func TestStreamLimit(t *testing.T) {
+	release := make(chan struct{})
+	var running atomic.Int32
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			running.Add(1)
+			<-release
+		}
+	}), MaxConcurrentStreams: 1}, nil)
+	defer close(release)
+	cc := dialClient(t, addr, ClientConfig{})
+	get := func(path string) error {
+		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get("/"); err != nil { // the server's SETTINGS arrived before its answer
+		t.Fatal(err)
+	}
+	go get("/hold")
+	waitFor(t, func() bool { return running.Load() == 1 })
+	if err := cc.Reserve(); !errors.Is(err, ErrConnUnusable) {
+		t.Fatalf("Reserve at the server's limit: %v", err)
+	}
+	cc.mu.Lock()
+	cc.maxStreams = 100 // as if the server had not said
+	cc.mu.Unlock()
+	if err := get("/"); !errors.Is(err, ErrRefused) {
+		t.Fatalf("error %v; want a refused stream", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5s")
+		}
+	}
+}
