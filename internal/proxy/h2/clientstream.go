@@ -3,6 +3,7 @@ package h2
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -241,8 +242,16 @@ func (cs *clientStream) writeBody() {
 	}
 	buf := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(buf)
+	var sent int64
 	for {
 		n, err := req.Body.Read(*buf)
+		sent += int64(n)
+		if err == nil && req.ContentLength >= 0 && sent > req.ContentLength || err == io.EOF && req.ContentLength >= 0 && sent != req.ContentLength {
+			// The server would take the stream for malformed (RFC 9113
+			// §8.1.1): the request fails here, as net/http's does.
+			cs.cancel(fmt.Errorf("http2: request body of %d bytes or more, its Content-Length %d", sent, req.ContentLength))
+			return
+		}
 		end := err == io.EOF && len(req.Trailer) == 0
 		if n > 0 || end {
 			if cs.send((*buf)[:n], end) != nil {

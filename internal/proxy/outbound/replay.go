@@ -32,10 +32,18 @@ func newReplay(r *http.Request, wanted bool) *replay {
 	case r.ContentLength > 0 && r.ContentLength <= maxRetryBody && !strings.EqualFold(r.Header.Get("Expect"), "100-continue"):
 		// (A client that asked to be told to go on is told by the upstream.)
 		buf, err := io.ReadAll(io.LimitReader(r.Body, r.ContentLength))
-		if err == nil && int64(len(buf)) == r.ContentLength {
+		switch {
+		case err == nil && int64(len(buf)) == r.ContentLength:
 			b.whole, b.buf = true, buf
-		} else {
-			// A short read: what was read goes first, the rest (and the error) after.
+		case err != nil:
+			// The client broke its body: what was read goes first, then
+			// the error (the body's next read might say EOF instead, and
+			// the request would look whole but short).
+			r.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(buf), errReader{err}), r.Body}
+		default: // short, then whatever the body says
 			r.Body = struct {
 				io.Reader
 				io.Closer
@@ -46,6 +54,11 @@ func newReplay(r *http.Request, wanted bool) *replay {
 	}
 	return b
 }
+
+// errReader fails every read with its error.
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // bytes is the whole body (whole only).
 func (b *replay) bytes() []byte { return b.buf }
