@@ -46,8 +46,11 @@ func (b *body) write(p []byte) (dropped int64) {
 	if b.closed || b.err != nil {
 		return int64(len(p))
 	}
-	if b.off == len(b.buf) {
-		b.buf, b.off = b.buf[:0], 0
+	if b.off > 0 && len(b.buf)+len(p) > cap(b.buf) {
+		// Room before growing: what was read goes (a reader that stays
+		// behind would otherwise keep everything ever received).
+		n := copy(b.buf, b.buf[b.off:])
+		b.buf, b.off = b.buf[:n], 0
 	}
 	b.buf = append(b.buf, p...)
 	b.cond.Signal()

@@ -302,8 +302,9 @@ func (cc *ClientConn) process(f http2.Frame) error {
 		if !f.IsAck() {
 			cc.mu.Lock()
 			cc.o.pingAck(f.Data)
-			cc.o.flush()
+			err := cc.control(17)
 			cc.mu.Unlock()
+			return err
 		}
 	case *http2.GoAwayFrame:
 		cc.processGoAway(f)
@@ -348,7 +349,16 @@ func (cc *ClientConn) processSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	cc.o.settingsAck()
-	cc.o.flush()
+	return cc.control(9)
+}
+
+// control has the control frames just queued (n bytes) written. Called
+// with mu held, from the reading goroutine.
+func (cc *ClientConn) control(n int) error {
+	if cc.o.controlled(n) {
+		return connError(http2.ErrCodeEnhanceYourCalm, "the server does not read its control frames")
+	}
+	cc.o.kick()
 	return nil
 }
 
@@ -400,10 +410,13 @@ func (cc *ClientConn) resetStream(id uint32, code http2.ErrCode, err error) {
 		cc.becameIdleLocked()
 	}
 	cc.o.rstStream(id, code)
-	cc.o.flush()
+	flood := cc.control(13)
 	cc.mu.Unlock()
 	if cs != nil {
 		cs.end(err)
+	}
+	if flood != nil {
+		cc.readFailed(flood)
 	}
 }
 
@@ -427,16 +440,23 @@ func (cc *ClientConn) becameIdleLocked() {
 	}
 }
 
+// idleOut closes a connection without requests; it takes no new ones
+// from the moment it is found idle.
 func (cc *ClientConn) idleOut() {
 	cc.mu.Lock()
-	idle := len(cc.streams) == 0 && cc.reserved == 0
+	idle := len(cc.streams) == 0 && cc.reserved == 0 && cc.err == nil
+	if idle {
+		cc.goAway = true
+	}
 	cc.mu.Unlock()
 	if idle {
 		cc.goAwayAndClose(http2.ErrCodeNo, "idle")
 	}
 }
 
-func (cc *ClientConn) refund(cs *clientStream, n int64) {
+// refund gives n consumed bytes of window back to the server: from the
+// reading goroutine (reader) without writing itself.
+func (cc *ClientConn) refund(cs *clientStream, n int64, reader bool) {
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
 	if cc.err != nil || n == 0 {
@@ -450,7 +470,11 @@ func (cc *ClientConn) refund(cs *clientStream, n int64) {
 			cc.o.windowUpdate(cs.id, inc)
 		}
 	}
-	cc.o.flush()
+	if reader {
+		cc.o.kick()
+	} else {
+		cc.o.flush()
+	}
 }
 
 // statusOf is a response's status from its ":status", 0 if malformed.

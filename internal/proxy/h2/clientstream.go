@@ -51,10 +51,19 @@ type clientStream struct {
 func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	fields, err := requestFields(req)
 	if err != nil {
+		cc.mu.Lock()
+		if cc.reserved > 0 {
+			cc.reserved-- // the caller's reservation
+			cc.becameIdleLocked()
+		}
+		cc.mu.Unlock()
 		closeBody(req)
 		return nil, err
 	}
-	hasBody := req.Body != nil && req.Body != http.NoBody
+	if req.Body == nil {
+		req.Body = http.NoBody // (trailers alone still take writeBody)
+	}
+	hasBody := req.Body != http.NoBody
 	cs := &clientStream{cc: cc, req: req, respc: make(chan struct{}), declared: -1,
 		trace: httptrace.ContextClientTrace(req.Context())}
 	if hasBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
@@ -243,7 +252,7 @@ func (cs *clientStream) writeBody() {
 	buf := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(buf)
 	var sent int64
-	for {
+	for req.Body != http.NoBody {
 		n, err := req.Body.Read(*buf)
 		sent += int64(n)
 		if err == nil && req.ContentLength >= 0 && sent > req.ContentLength || err == io.EOF && req.ContentLength >= 0 && sent != req.ContentLength {
@@ -371,7 +380,7 @@ func (cs *clientStream) deliver(resp *http.Response, err error) {
 	})
 }
 
-func (cs *clientStream) consumed(n int64) { cs.cc.refund(cs, n) }
+func (cs *clientStream) consumed(n int64) { cs.cc.refund(cs, n, false) }
 
 // responseBody is a response's Body: closing it before its end resets the
 // stream.
@@ -403,6 +412,15 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return nil // a stream this side reset
 	}
 	malformed := streamError(f.StreamID, http2.ErrCodeProtocol)
+	cc.mu.Lock()
+	done := cs.remoteDone
+	cc.mu.Unlock()
+	switch {
+	case done:
+		return streamError(f.StreamID, http2.ErrCodeStreamClosed)
+	case f.Truncated:
+		return malformed // beyond the header list this side announced
+	}
 	if cs.body != nil { // trailers
 		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
 			return malformed
@@ -446,8 +464,8 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	if cls := header["Content-Length"]; len(cls) == 1 {
 		if n, err := strconv.ParseInt(cls[0], 10, 64); err == nil && n >= 0 {
 			resp.ContentLength = n
-			if cs.req.Method != http.MethodHead {
-				cs.declared = n
+			if cs.req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+				cs.declared = n // (RFC 9110 §8.6: the length a HEAD or 304 would have had)
 			}
 		}
 	}
@@ -485,9 +503,9 @@ func (cc *ClientConn) remoteEnd(cs *clientStream, trailers http.Header) error {
 	cc.mu.Lock()
 	short := cs.declared >= 0 && cs.received != cs.declared
 	cs.remoteDone = true
-	if cs.localDone || short {
+	if cs.localDone && !short {
 		cs.forgetLocked()
-	}
+	} // a short one is reset, and ended, by the stream error
 	cc.mu.Unlock()
 	if short {
 		cs.body.finish(io.ErrUnexpectedEOF, nil)
@@ -508,7 +526,7 @@ func (cc *ClientConn) processData(f *http2.DataFrame) error {
 	if cs == nil || cs.body == nil || cs.remoteDone || !cs.recv.take(n) {
 		idle := id%2 == 0 || id >= cc.nextID
 		cc.mu.Unlock()
-		cc.refund(nil, n)
+		cc.refund(nil, n, true)
 		switch {
 		case idle:
 			return connError(http2.ErrCodeProtocol, "DATA on an idle stream")
@@ -525,14 +543,14 @@ func (cc *ClientConn) processData(f *http2.DataFrame) error {
 	cs.received += int64(len(data))
 	cc.mu.Unlock()
 	if cs.declared >= 0 && cs.received > cs.declared {
-		cc.refund(nil, n)
+		cc.refund(nil, n, true)
 		return streamError(id, http2.ErrCodeProtocol) // more than its Content-Length
 	}
 	if pad := n - int64(len(data)); pad > 0 {
-		cc.refund(cs, pad)
+		cc.refund(cs, pad, true)
 	}
 	if dropped := cs.body.write(data); dropped > 0 {
-		cc.refund(cs, dropped)
+		cc.refund(cs, dropped, true)
 	}
 	if f.StreamEnded() {
 		return cc.remoteEnd(cs, nil)

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -380,5 +381,48 @@ func waitFor(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met within 5s")
 		}
+	}
+}
+
+// A request with trailers and no body (HEADERS, then trailers ending the
+// stream) reaches the server with its trailers; the client must not read
+// a body that is not there.
+func TestTrailersWithoutBody(t *testing.T) {
+	got := make(chan string, 1)
+	srv := h2cServer(t, func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		got <- r.Trailer.Get("X-T")
+	})
+	cc := dialClient(t, srv.Listener.Addr().String(), ClientConfig{})
+	req, _ := http.NewRequest("POST", srv.URL, nil)
+	req.Body = nil
+	req.Trailer = http.Header{"X-T": {"v"}}
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if v := <-got; v != "v" {
+		t.Fatalf("trailer %q; want v", v)
+	}
+}
+
+// A stream window made negative by the peer's SETTINGS (RFC 9113 §6.9.2)
+// still lets an empty DATA frame end the stream, and holds data back.
+func TestNegativeWindow(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	go io.Copy(io.Discard, server)
+	var mu sync.Mutex
+	var o output
+	o.init(client, &mu)
+	mu.Lock()
+	defer mu.Unlock()
+	stream, conn := int64(-10), int64(100)
+	if err := o.sendData(1, nil, true, &stream, &conn, func() error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.out) != 9 || stream != -10 {
+		t.Fatalf("queued %d bytes, window %d; want one empty DATA frame, window -10", len(o.out), stream)
 	}
 }

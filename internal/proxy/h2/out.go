@@ -25,6 +25,7 @@ type output struct {
 	out     []byte
 	spare   []byte
 	writing bool
+	control int   // bytes of control frames queued since the last write began
 	err     error // the first write error, or errClosed: nothing more is written
 
 	enc    *hpack.Encoder
@@ -56,9 +57,32 @@ func (o *output) flush() {
 		return
 	}
 	o.writing = true
+	o.writeAll()
+}
+
+// kick has what is queued written without the caller becoming the
+// writer: a connection's reading goroutine must not block in a write (two
+// proxies each writing to the other with both TCP paths full would stop
+// reading for good), so the writing is left to the goroutine under way or
+// to a new one. Called with mu held.
+func (o *output) kick() {
+	if o.writing || len(o.out) == 0 {
+		return
+	}
+	o.writing = true
+	go func() {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.writeAll()
+	}()
+}
+
+// writeAll is the writer's loop; writing is set. Called with mu held.
+func (o *output) writeAll() {
 	for len(o.out) > 0 && o.err == nil {
 		b := o.out
-		o.out = o.spare[:0]
+		o.out, o.spare = o.spare[:0], nil
+		o.control = 0
 		o.mu.Unlock()
 		_, err := o.conn.Write(b)
 		o.mu.Lock()
@@ -80,6 +104,27 @@ func (o *output) wait() {
 		o.drained.Wait()
 	}
 }
+
+// room waits, before a producer queues more, while the backlog is full.
+// Called with mu held.
+func (o *output) room() {
+	if len(o.out) >= maxBuffered {
+		o.flush()
+		o.wait()
+	}
+}
+
+// controlled accounts for n bytes of control frames the reading goroutine
+// queued, and reports whether the peer makes the connection owe too many
+// (acknowledgements, resets, window updates it does not read: a flood).
+func (o *output) controlled(n int) bool {
+	o.control += n
+	return o.control > maxControlBacklog
+}
+
+// maxControlBacklog bounds the control frames queued since the last write
+// began.
+const maxControlBacklog = 256 << 10
 
 func (o *output) header(length int, typ http2.FrameType, flags http2.Flags, stream uint32) {
 	o.out = append(o.out, byte(length>>16), byte(length>>8), byte(length), byte(typ), byte(flags))
@@ -193,7 +238,7 @@ var commonLower = func() map[string]string {
 // still send (checked after every wait). Called with mu held.
 func (o *output) sendData(id uint32, p []byte, end bool, stream, conn *int64, ok func() error) error {
 	for first := true; first || len(p) > 0; first = false {
-		n := min(int64(len(p)), int64(o.maxFrame), *stream, *conn)
+		n := max(0, min(int64(len(p)), int64(o.maxFrame), *stream, *conn)) // a window may be negative (RFC 9113 §6.9.2)
 		if n <= 0 && len(p) > 0 {
 			o.flush() // releases mu while it writes: check again after
 			for ok() == nil && min(*stream, *conn) <= 0 {

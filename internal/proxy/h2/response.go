@@ -170,15 +170,22 @@ func (w *responseWriter) trailers() []field {
 	for _, v := range w.head["Trailer"] {
 		for k := range strings.SplitSeq(v, ",") {
 			k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
+			if !httpguts.ValidTrailerHeader(k) {
+				continue
+			}
 			for _, v := range w.header[k] {
-				fs = append(fs, field{lowerName(k), v})
+				if httpguts.ValidHeaderFieldValue(v) {
+					fs = append(fs, field{lowerName(k), v})
+				}
 			}
 		}
 	}
 	for k, vs := range w.header {
-		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && httpguts.ValidHeaderFieldName(name) && httpguts.ValidTrailerHeader(textproto.CanonicalMIMEHeaderKey(name)) {
 			for _, v := range vs {
-				fs = append(fs, field{strings.ToLower(name), v})
+				if httpguts.ValidHeaderFieldValue(v) {
+					fs = append(fs, field{strings.ToLower(name), v})
+				}
 			}
 		}
 	}
@@ -249,6 +256,7 @@ var dateCache struct {
 func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []field, end bool) error {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
+	sc.o.room()
 	if err := sc.sendable(st); err != nil {
 		return err
 	}
@@ -317,5 +325,6 @@ func (sc *serverConn) abort(st *stream) {
 	}
 	sc.removeLocked(st)
 	sc.o.rstStream(st.id, http2.ErrCodeInternal)
+	sc.rememberReset(st.id)
 	sc.o.flush()
 }

@@ -98,6 +98,28 @@ type serverConn struct {
 	idle       *time.Timer
 
 	flood resetCount // read loop only
+	// resetIDs are the last streams reset or ignored by this side, whose
+	// frames still in flight are ignored (RFC 9113 §5.1). Guarded by mu.
+	resetIDs [64]uint32
+	resetAt  int
+}
+
+// rememberReset notes a stream reset or ignored by this side. Called with
+// mu held.
+func (sc *serverConn) rememberReset(id uint32) {
+	sc.resetIDs[sc.resetAt%len(sc.resetIDs)] = id
+	sc.resetAt++
+}
+
+// wasReset reports a stream this side recently reset or ignored. Called
+// with mu held.
+func (sc *serverConn) wasReset(id uint32) bool {
+	for _, r := range sc.resetIDs {
+		if r == id {
+			return true
+		}
+	}
+	return false
 }
 
 func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
@@ -294,13 +316,21 @@ func (sc *serverConn) startDrain() {
 	}
 }
 
-// idleOut closes a connection without requests.
+// idleOut closes a connection without requests. The check and the GOAWAY
+// are one step under the lock: a request arriving after them is beyond
+// the GOAWAY's last stream, which its client knows to send again.
 func (sc *serverConn) idleOut() {
 	sc.mu.Lock()
-	busy := sc.running > 0
+	idle := sc.running == 0 && !sc.closed && !sc.goAway
+	if idle && sc.o.err == nil {
+		sc.goAway = true
+		sc.o.goAway(sc.maxID, http2.ErrCodeNo, "idle")
+		sc.conn.SetWriteDeadline(time.Now().Add(closeWait))
+		sc.o.flush()
+	}
 	sc.mu.Unlock()
-	if !busy {
-		sc.goAwayAndClose(http2.ErrCodeNo, "idle", false)
+	if idle {
+		sc.close()
 	}
 }
 
@@ -321,7 +351,7 @@ func (sc *serverConn) process(f http2.Frame) error {
 		if !f.IsAck() {
 			sc.mu.Lock()
 			sc.o.pingAck(f.Data)
-			err := sc.control()
+			err := sc.control(17)
 			sc.mu.Unlock()
 			return err
 		}
@@ -337,18 +367,13 @@ func (sc *serverConn) process(f http2.Frame) error {
 	return nil
 }
 
-// maxControlBacklog bounds the output a client makes the connection owe
-// (acknowledgements, resets, window updates) while it does not read: a
-// client that sends PINGs or SETTINGS without reading the answers is
-// closed.
-const maxControlBacklog = maxBuffered + 256<<10
-
-// control writes the control frames just queued. Called with mu held.
-func (sc *serverConn) control() error {
-	if len(sc.o.out) > maxControlBacklog {
+// control has the control frames just queued (n bytes) written. Called
+// with mu held, from the reading goroutine.
+func (sc *serverConn) control(n int) error {
+	if sc.o.controlled(n) {
 		return connError(http2.ErrCodeEnhanceYourCalm, "the client does not read its control frames")
 	}
-	sc.o.flush()
+	sc.o.kick()
 	return nil
 }
 
@@ -384,7 +409,7 @@ func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
 		return err
 	}
 	sc.o.settingsAck()
-	return sc.control()
+	return sc.control(9)
 }
 
 func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -456,7 +481,8 @@ func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) {
 		sc.maxID = id // a stream refused as it opened is closed
 	}
 	sc.o.rstStream(id, code)
-	err := sc.control()
+	sc.rememberReset(id)
+	err := sc.control(13)
 	sc.mu.Unlock()
 	if st != nil {
 		st.cancel(errStreamReset)
@@ -536,6 +562,7 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 	}
 	if pad := n - int64(len(data)); pad > 0 {
 		sc.refundLocked(st, pad)
+		sc.o.kick()
 	}
 	if end {
 		st.remoteDone = true
@@ -546,7 +573,10 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 	sc.mu.Unlock()
 	if len(data) > 0 {
 		if dropped := st.body.write(data); dropped > 0 {
-			sc.refund(st, dropped)
+			sc.mu.Lock()
+			sc.refundLocked(st, dropped)
+			sc.o.kick()
+			sc.mu.Unlock()
 		}
 	}
 	if end {

@@ -43,11 +43,16 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return sc.processTrailers(st, f)
 	}
 	if id <= sc.maxID {
+		reset := sc.wasReset(id)
 		sc.mu.Unlock()
+		if reset {
+			return nil // trailers of a stream this side reset, in flight (RFC 9113 §5.1)
+		}
 		return connError(http2.ErrCodeProtocol, "HEADERS on a closed stream")
 	}
 	sc.maxID = id
 	if sc.goAway {
+		sc.rememberReset(id)
 		sc.mu.Unlock()
 		return nil // beyond the GOAWAY's last stream: ignored, as the client knows
 	}
@@ -98,8 +103,8 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 	if f.PseudoValue("protocol") != "" || f.PseudoValue("status") != "" {
 		return nil, malformed // no extended CONNECT (not announced); a response's field
 	}
-	if !httpguts.ValidHeaderFieldName(method) {
-		return nil, malformed // not a token
+	if !httpguts.ValidHeaderFieldName(method) || !httpguts.ValidHostHeader(authority) {
+		return nil, malformed // not a token; not a host
 	}
 	var u *url.URL
 	requestURI := path
@@ -196,7 +201,7 @@ func (sc *serverConn) processTrailers(st *stream, f *http2.MetaHeadersFrame) err
 		sc.mu.Unlock()
 		return streamError(st.id, http2.ErrCodeStreamClosed)
 	}
-	if !f.StreamEnded() || len(f.PseudoFields()) > 0 || st.declared >= 0 && st.received != st.declared {
+	if !f.StreamEnded() || f.Truncated || len(f.PseudoFields()) > 0 || st.declared >= 0 && st.received != st.declared {
 		sc.mu.Unlock()
 		return streamError(st.id, http2.ErrCodeProtocol) // RFC 9113 §8.1
 	}
@@ -247,6 +252,7 @@ func (sc *serverConn) handlerDone(st *stream) {
 	sc.mu.Lock()
 	if !st.reset && !st.remoteDone {
 		sc.o.rstStream(st.id, http2.ErrCodeNo)
+		sc.rememberReset(st.id)
 		sc.o.flush()
 	}
 	sc.removeLocked(st)
