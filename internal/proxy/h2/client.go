@@ -206,8 +206,7 @@ func (cc *ClientConn) goAwayAndClose(code http2.ErrCode, reason string) {
 	cc.mu.Lock()
 	if cc.err == nil && cc.o.err == nil {
 		cc.o.goAway(0, code, reason)
-		cc.conn.SetWriteDeadline(time.Now().Add(closeWait))
-		cc.o.flush()
+		cc.o.settle()
 	}
 	cc.mu.Unlock()
 	cc.fail(fmt.Errorf("%w: %v: %s", ErrConnLost, code, reason))

@@ -95,23 +95,42 @@ func (o *output) writeAll() {
 		o.drained.Broadcast()
 	}
 	o.writing = false
+	o.drained.Broadcast() // settle waits for this
 }
 
-// wait blocks a producer while too much output is queued. Called with mu
-// held.
-func (o *output) wait() {
-	for len(o.out) >= maxBuffered && o.err == nil {
+// settle writes what is queued, or waits for the writer under way to, for
+// up to closeWait: a connection about to close keeps what it queued last
+// (a response, a GOAWAY). Called with mu held.
+func (o *output) settle() {
+	if o.err != nil {
+		return
+	}
+	o.conn.SetWriteDeadline(time.Now().Add(closeWait))
+	o.flush()
+	for o.writing && o.err == nil {
 		o.drained.Wait()
 	}
 }
 
+// wait blocks a producer while too much output is queued, as long as ok
+// says it may still send. Called with mu held.
+func (o *output) wait(ok func() error) error {
+	for len(o.out) >= maxBuffered && o.err == nil && ok() == nil {
+		o.drained.Wait()
+	}
+	if o.err != nil {
+		return o.err
+	}
+	return ok()
+}
+
 // room waits, before a producer queues more, while the backlog is full.
 // Called with mu held.
-func (o *output) room() {
+func (o *output) room(ok func() error) error {
 	if len(o.out) >= maxBuffered {
 		o.flush()
-		o.wait()
 	}
+	return o.wait(ok)
 }
 
 // controlled accounts for n bytes of control frames the reading goroutine
@@ -253,10 +272,8 @@ func (o *output) sendData(id uint32, p []byte, end bool, stream, conn *int64, ok
 		*stream -= n
 		*conn -= n
 		p = p[n:]
-		if len(o.out) >= maxBuffered && len(p) > 0 {
-			o.flush()
-			o.wait()
-			if err := ok(); err != nil {
+		if len(p) > 0 {
+			if err := o.room(ok); err != nil {
 				return err
 			}
 		}

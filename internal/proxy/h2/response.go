@@ -167,12 +167,14 @@ func (w *responseWriter) interim(code int) []field {
 // Trailer, and those set with http.TrailerPrefix.
 func (w *responseWriter) trailers() []field {
 	var fs []field
+	seen := map[string]bool{}
 	for _, v := range w.head["Trailer"] {
 		for k := range strings.SplitSeq(v, ",") {
 			k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
-			if !httpguts.ValidTrailerHeader(k) {
+			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidTrailerHeader(k) || seen[k] {
 				continue
 			}
+			seen[k] = true
 			for _, v := range w.header[k] {
 				if httpguts.ValidHeaderFieldValue(v) {
 					fs = append(fs, field{lowerName(k), v})
@@ -256,8 +258,7 @@ var dateCache struct {
 func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []field, end bool) error {
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	sc.o.room()
-	if err := sc.sendable(st); err != nil {
+	if err := sc.o.room(func() error { return sc.sendable(st) }); err != nil {
 		return err
 	}
 	if head != nil {

@@ -100,13 +100,16 @@ type serverConn struct {
 	flood resetCount // read loop only
 	// resetIDs are the last streams reset or ignored by this side, whose
 	// frames still in flight are ignored (RFC 9113 §5.1). Guarded by mu.
-	resetIDs [64]uint32
+	resetIDs [256]uint32
 	resetAt  int
 }
 
 // rememberReset notes a stream reset or ignored by this side. Called with
 // mu held.
 func (sc *serverConn) rememberReset(id uint32) {
+	if sc.wasReset(id) {
+		return
+	}
 	sc.resetIDs[sc.resetAt%len(sc.resetIDs)] = id
 	sc.resetAt++
 }
@@ -253,8 +256,7 @@ func (sc *serverConn) goAwayAndClose(code http2.ErrCode, reason string, reader b
 	if !sc.closed && sc.o.err == nil {
 		sc.goAway = true
 		sc.o.goAway(sc.maxID, code, reason)
-		sc.conn.SetWriteDeadline(time.Now().Add(closeWait))
-		sc.o.flush()
+		sc.o.settle()
 		sent = sc.o.err == nil
 	}
 	sc.mu.Unlock()
@@ -277,6 +279,7 @@ func (sc *serverConn) close() {
 		return
 	}
 	sc.closed = true
+	sc.o.settle()
 	if sc.o.err == nil {
 		sc.o.err = errClosed
 	}
@@ -325,8 +328,6 @@ func (sc *serverConn) idleOut() {
 	if idle && sc.o.err == nil {
 		sc.goAway = true
 		sc.o.goAway(sc.maxID, http2.ErrCodeNo, "idle")
-		sc.conn.SetWriteDeadline(time.Now().Add(closeWait))
-		sc.o.flush()
 	}
 	sc.mu.Unlock()
 	if idle {
@@ -538,6 +539,12 @@ func (sc *serverConn) processData(f *http2.DataFrame) error {
 		return connError(http2.ErrCodeFlowControl, "DATA beyond the connection's window")
 	}
 	st := sc.streams[id]
+	if st == nil && sc.wasReset(id) {
+		sc.refundLocked(nil, n) // in flight when this side reset it: ignored (RFC 9113 §5.1)
+		sc.o.kick()
+		sc.mu.Unlock()
+		return nil
+	}
 	if st == nil || st.remoteDone {
 		idle := st == nil && sc.idleStream(id)
 		sc.refundLocked(nil, n)

@@ -146,7 +146,7 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 		header["Cookie"] = []string{strings.Join(cookies, "; ")}
 	}
 	if hosts := header["Host"]; len(hosts) > 0 {
-		if authority == "" {
+		if authority == "" && httpguts.ValidHostHeader(hosts[0]) {
 			authority = hosts[0]
 		} else if len(hosts) > 1 || hosts[0] != authority {
 			return nil, malformed // RFC 9113 §8.3.1: Host and :authority name one target
