@@ -301,7 +301,7 @@ func (cc *ClientConn) process(f http2.Frame) error {
 		if !f.IsAck() {
 			cc.mu.Lock()
 			cc.o.pingAck(f.Data)
-			err := cc.control(17)
+			err := cc.o.controlFrames(17)
 			cc.mu.Unlock()
 			return err
 		}
@@ -319,46 +319,20 @@ func (cc *ClientConn) processSettings(f *http2.SettingsFrame) error {
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
+	return cc.o.settingsFrom(f, &cc.peerWindow, func(yield func(*int64) bool) {
+		for _, cs := range cc.streams {
+			if !yield(&cs.sendWindow) {
+				return
+			}
 		}
+	}, func(s http2.Setting) {
 		switch s.ID {
 		case http2.SettingMaxConcurrentStreams:
 			cc.maxStreams = s.Val
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - int64(cc.peerWindow)
-			cc.peerWindow = int32(s.Val)
-			for _, cs := range cc.streams {
-				if cs.sendWindow += delta; cs.sendWindow > maxWindow {
-					return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
-				}
-			}
-			cc.o.drained.Broadcast()
-		case http2.SettingMaxFrameSize:
-			cc.o.maxFrame = int(s.Val)
-		case http2.SettingHeaderTableSize:
-			cc.o.enc.SetMaxDynamicTableSizeLimit(s.Val)
 		case http2.SettingMaxHeaderListSize:
 			cc.peerMaxList = s.Val
 		}
-		return nil
 	})
-	if err != nil {
-		return err
-	}
-	cc.o.settingsAck()
-	return cc.control(9)
-}
-
-// control has the control frames just queued (n bytes) written. Called
-// with mu held, from the reading goroutine.
-func (cc *ClientConn) control(n int) error {
-	if cc.o.controlled(n) {
-		return connError(http2.ErrCodeEnhanceYourCalm, "the server does not read its control frames")
-	}
-	cc.o.kick()
-	return nil
 }
 
 func (cc *ClientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -409,7 +383,7 @@ func (cc *ClientConn) resetStream(id uint32, code http2.ErrCode, err error) {
 		cc.becameIdleLocked()
 	}
 	cc.o.rstStream(id, code)
-	flood := cc.control(13)
+	flood := cc.o.controlFrames(13)
 	cc.mu.Unlock()
 	if cs != nil {
 		cs.end(err)

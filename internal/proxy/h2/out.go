@@ -133,12 +133,52 @@ func (o *output) room(ok func() error) error {
 	return o.wait(ok)
 }
 
-// controlled accounts for n bytes of control frames the reading goroutine
-// queued, and reports whether the peer makes the connection owe too many
-// (acknowledgements, resets, window updates it does not read: a flood).
-func (o *output) controlled(n int) bool {
-	o.control += n
-	return o.control > maxControlBacklog
+// controlFrames has the n bytes of control frames the reading goroutine
+// just queued written, or fails the connection when the peer makes it owe
+// too many (acknowledgements, resets, window updates it does not read: a
+// flood). Called with mu held.
+func (o *output) controlFrames(n int) error {
+	if o.control += n; o.control > maxControlBacklog {
+		return connError(http2.ErrCodeEnhanceYourCalm, "the peer does not read its control frames")
+	}
+	o.kick()
+	return nil
+}
+
+// settingsFrom applies a peer's SETTINGS to what this side sends — the
+// initial stream window (its change applies to every stream's window, so
+// streams gives each one's), the largest frame, the HPACK table — hands
+// every other setting to other, and acknowledges the frame. Called with mu
+// held, from the reading goroutine.
+func (o *output) settingsFrom(f *http2.SettingsFrame, initial *int32, streams func(yield func(*int64) bool), other func(http2.Setting)) error {
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingInitialWindowSize:
+			delta := int64(s.Val) - int64(*initial)
+			*initial = int32(s.Val)
+			for w := range streams {
+				if *w += delta; *w > maxWindow {
+					return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
+				}
+			}
+			o.drained.Broadcast()
+		case http2.SettingMaxFrameSize:
+			o.maxFrame = int(s.Val)
+		case http2.SettingHeaderTableSize:
+			o.enc.SetMaxDynamicTableSizeLimit(s.Val)
+		default:
+			other(s)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	o.settingsAck()
+	return o.controlFrames(9)
 }
 
 // maxControlBacklog bounds the control frames queued since the last write

@@ -352,7 +352,7 @@ func (sc *serverConn) process(f http2.Frame) error {
 		if !f.IsAck() {
 			sc.mu.Lock()
 			sc.o.pingAck(f.Data)
-			err := sc.control(17)
+			err := sc.o.controlFrames(17)
 			sc.mu.Unlock()
 			return err
 		}
@@ -368,49 +368,19 @@ func (sc *serverConn) process(f http2.Frame) error {
 	return nil
 }
 
-// control has the control frames just queued (n bytes) written. Called
-// with mu held, from the reading goroutine.
-func (sc *serverConn) control(n int) error {
-	if sc.o.controlled(n) {
-		return connError(http2.ErrCodeEnhanceYourCalm, "the client does not read its control frames")
-	}
-	sc.o.kick()
-	return nil
-}
-
 func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
 	if f.IsAck() {
 		return nil
 	}
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	err := f.ForeachSetting(func(s http2.Setting) error {
-		if err := s.Valid(); err != nil {
-			return err
-		}
-		switch s.ID {
-		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - int64(sc.peerWindow)
-			sc.peerWindow = int32(s.Val)
-			for _, st := range sc.streams {
-				st.sendWindow += delta
-				if st.sendWindow > maxWindow {
-					return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
-				}
+	return sc.o.settingsFrom(f, &sc.peerWindow, func(yield func(*int64) bool) {
+		for _, st := range sc.streams {
+			if !yield(&st.sendWindow) {
+				return
 			}
-			sc.o.drained.Broadcast()
-		case http2.SettingMaxFrameSize:
-			sc.o.maxFrame = int(s.Val)
-		case http2.SettingHeaderTableSize:
-			sc.o.enc.SetMaxDynamicTableSizeLimit(s.Val)
 		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	sc.o.settingsAck()
-	return sc.control(9)
+	}, func(http2.Setting) {})
 }
 
 func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
@@ -483,7 +453,7 @@ func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) {
 	}
 	sc.o.rstStream(id, code)
 	sc.rememberReset(id)
-	err := sc.control(13)
+	err := sc.o.controlFrames(13)
 	sc.mu.Unlock()
 	if st != nil {
 		st.cancel(errStreamReset)
