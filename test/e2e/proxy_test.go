@@ -249,13 +249,11 @@ func (w *memWatch) growthKB(t *testing.T) (int64, string) {
 	return peak - w.baseKB, fmt.Sprintf("%s peak %d kB, VmRSS before %d kB", how, peak, w.baseKB)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that nothing listens on now.
+// freePort returns a TCP port on 127.0.0.1 that nothing listens on now,
+// outside the ephemeral range (see testkit.FreeAddr).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	_, port, _ := net.SplitHostPort(testkit.FreeAddr(t))
+	p, _ := strconv.Atoi(port)
+	return p
 }

@@ -77,10 +77,12 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		}
 		src := clientAddr(c)
 		if reason := ll.lim.admit(src.Addr().Unmap()); reason != "" {
-			c.Close()
+			// Counted before closed: a client that saw the close and
+			// then reads the metrics finds its refusal counted.
 			if ll.refused != nil {
 				ll.refused(reason, src)
 			}
+			c.Close()
 			continue
 		}
 		return &limitedConn{Conn: c, release: sync.OnceFunc(func() { ll.lim.release(src.Addr().Unmap()) })}, nil

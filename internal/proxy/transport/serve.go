@@ -59,10 +59,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, dir Direction, h Ha
 		delay = 0
 		src := clientAddr(c)
 		if reason := lim.admit(src.Addr().Unmap()); reason != "" {
-			c.Close()
-			if s.OnRefused != nil {
+			if s.OnRefused != nil { // counted before closed, as in LimitListener
 				s.OnRefused(dir, reason, src)
 			}
+			c.Close()
 			continue
 		}
 		s.wg.Add(1)
