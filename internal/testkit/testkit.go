@@ -45,17 +45,19 @@ func Command(t testing.TB, env string, args ...string) *exec.Cmd {
 }
 
 // FreeAddr returns a loopback address with a port nobody listens on now,
-// for something the test starts to bind. The port is below Linux's
-// ephemeral range (32768 and up), from which the kernel picks the source
-// port of every connection the machine opens: one from there could be
-// taken by another test's connection before the caller binds it (seen
-// under load: "bind: address already in use"); and below Kubernetes'
-// NodePorts (30000 and up), which the test cluster's kube-proxy rules
-// take on every local address. A port is handed out once per process.
+// for something the test starts to bind. The port is between 11000 and
+// 20000: below Linux's ephemeral range (32768 and up), from which the
+// kernel picks the source port of every connection the machine opens (one
+// from there could be taken by another test's connection before the
+// caller binds it; seen under load: "bind: address already in use");
+// below the 20000-30000 that `trellis demo` picks its applications' ports
+// from (a demo another test runs could take it); below Kubernetes'
+// NodePorts (30000 and up); above the test cluster's own ports (10250 and
+// around). A port is handed out once per process.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	for range 1000 {
-		p := 20000 + rand.IntN(10000)
+		p := 11000 + rand.IntN(9000)
 		if _, taken := handedOut.LoadOrStore(p, true); taken {
 			continue
 		}

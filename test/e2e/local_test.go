@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -588,15 +586,7 @@ func TestConcurrentRunsStart(t *testing.T) {
 	up.waitOutput(t, regexp.MustCompile(`control plane serving`), 20*time.Second)
 	// The applications' ports, as a user picks them: below the ephemeral
 	// range the proxies' own ports come from.
-	appPort := func() int {
-		for {
-			p := 20000 + rand.IntN(10000)
-			if ln, err := net.Listen("tcp", loopback(p)); err == nil {
-				ln.Close()
-				return p
-			}
-		}
-	}
+	appPort := func() int { return freePort(t) } // (which other tests' ports are kept from)
 	var runs []*trellisProc
 	first := appPort()
 	for i := range 10 {
