@@ -31,6 +31,9 @@ type ClientConfig struct {
 	// requests are in flight, and PingTimeout closes the connection if
 	// nothing arrives within that after it; 0 disables the check.
 	PingAfter, PingTimeout time.Duration
+	// WriteTimeout closes the connection when the server takes nothing
+	// written to it for that long (it stopped reading); default 60 s.
+	WriteTimeout time.Duration
 	// ExpectContinueWait is how long a request announcing "Expect:
 	// 100-continue" holds its body back for the server's 100 (default 1 s).
 	ExpectContinueWait time.Duration
@@ -103,7 +106,7 @@ func NewClientConn(c net.Conn, cfg ClientConfig) (*ClientConn, error) {
 		maxStreams: initialMaxStreams, peerWindow: initialWindow, sendWindow: initialWindow,
 		recv: inflow{avail: int64(cfg.ConnWindow)},
 	}
-	cc.o.init(c, &cc.mu)
+	cc.o.init(c, &cc.mu, cfg.WriteTimeout)
 	cc.fr = http2.NewFramer(nil, bufio.NewReaderSize(c, readBuffer))
 	cc.fr.SetMaxReadFrameSize(maxReadFrame)
 	cc.fr.MaxHeaderListSize = cfg.MaxHeaderBytes

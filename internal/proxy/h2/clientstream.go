@@ -33,6 +33,12 @@ type clientStream struct {
 	body    *body         // the response's, once its head arrived (set under mu)
 	cont    chan struct{} // closed at a 100 (Continue) response
 	gotCont bool          // read loop only
+	// interim holds the 1xx responses the reading goroutine received for
+	// the trace's Got1xxResponse, which RoundTrip's goroutine calls (it may
+	// write to a slow client: the connection's reading goroutine must not
+	// wait on that); interimc tells RoundTrip there are some.
+	interim  []interimResponse // guarded by mu
+	interimc chan struct{}
 	stopFn  func() bool   // stops the request context's watch (set under mu)
 
 	sendWindow int64
@@ -65,7 +71,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	hasBody := req.Body != http.NoBody
 	cs := &clientStream{cc: cc, req: req, respc: make(chan struct{}), declared: -1,
-		trace: httptrace.ContextClientTrace(req.Context())}
+		trace: httptrace.ContextClientTrace(req.Context()), interimc: make(chan struct{}, 1)}
 	if hasBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		cs.cont = make(chan struct{})
 	}
@@ -116,11 +122,48 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	if !endStream {
 		go cs.writeBody()
 	}
-	<-cs.respc
+	for {
+		select {
+		case <-cs.interimc:
+			cs.relayInterim()
+			continue
+		case <-cs.respc:
+		}
+		break
+	}
 	if cs.err != nil {
 		return nil, cs.err
 	}
+	cs.relayInterim() // those that came just before the response
 	return cs.resp, nil
+}
+
+// interimResponse is a 1xx response.
+type interimResponse struct {
+	status int
+	header textproto.MIMEHeader
+}
+
+// maxInterim bounds the 1xx responses waiting for RoundTrip to relay them:
+// a server sending more than that ahead of a slow client fails the request.
+const maxInterim = 16
+
+// relayInterim hands the queued 1xx responses to the trace, in order; one
+// it refuses cancels the request.
+func (cs *clientStream) relayInterim() {
+	for {
+		cs.cc.mu.Lock()
+		if len(cs.interim) == 0 {
+			cs.cc.mu.Unlock()
+			return
+		}
+		r := cs.interim[0]
+		cs.interim = cs.interim[1:]
+		cs.cc.mu.Unlock()
+		if err := cs.trace.Got1xxResponse(r.status, r.header); err != nil {
+			cs.cancel(err)
+		}
+	}
 }
 
 // requestFields are req's head as HTTP/2 fields (RFC 9113 §8.3.1):
@@ -451,8 +494,18 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 			cs.gotCont = true
 		}
 		if cs.trace != nil && cs.trace.Got1xxResponse != nil {
-			if err := cs.trace.Got1xxResponse(status, textproto.MIMEHeader(header)); err != nil {
-				cs.cancel(err)
+			cc.mu.Lock()
+			queued := len(cs.interim)
+			if queued < maxInterim {
+				cs.interim = append(cs.interim, interimResponse{status, textproto.MIMEHeader(header)})
+			}
+			cc.mu.Unlock()
+			if queued == maxInterim {
+				return streamError(f.StreamID, http2.ErrCodeEnhanceYourCalm)
+			}
+			select {
+			case cs.interimc <- struct{}{}:
+			default: // RoundTrip is already told
 			}
 		}
 		return nil

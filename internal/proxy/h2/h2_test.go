@@ -16,6 +16,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // The tests drive each side against net/http's HTTP/2 (h2c), the
@@ -194,6 +197,54 @@ func TestInterimResponses(t *testing.T) {
 	resp.Body.Close()
 	if len(interim) != 2 || interim[0] != 100 || interim[1] != 103 || time.Since(start) > 5*time.Second {
 		t.Fatalf("interim responses %v after %v; want [100 103] well before the 10 s wait", interim, time.Since(start))
+	}
+}
+
+// A 1xx response whose relay waits (on a slow client of the proxy's)
+// holds up only its own request: the connection's other responses still
+// arrive.
+func TestSlowInterimRelayHoldsOnlyItsRequest(t *testing.T) {
+	srv := h2cServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hints" {
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+	})
+	cc := dialClient(t, srv.Listener.Addr().String(), ClientConfig{})
+	release := make(chan struct{})
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(int, textproto.MIMEHeader) error {
+		<-release
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", srv.URL+"/hints", nil)
+	hinted := make(chan error, 1)
+	go func() {
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		hinted <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the 103 arrives and its relay waits
+	other, _ := http.NewRequest("GET", srv.URL+"/other", nil)
+	got := make(chan error, 1)
+	go func() {
+		resp, err := cc.RoundTrip(other)
+		if err == nil {
+			resp.Body.Close()
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiting 1xx relay holds up the connection's other responses")
+	}
+	close(release)
+	if err := <-hinted; err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -415,7 +466,7 @@ func TestNegativeWindow(t *testing.T) {
 	go io.Copy(io.Discard, server)
 	var mu sync.Mutex
 	var o output
-	o.init(client, &mu)
+	o.init(client, &mu, 0)
 	mu.Lock()
 	defer mu.Unlock()
 	stream, conn := int64(-10), int64(100)
@@ -426,3 +477,102 @@ func TestNegativeWindow(t *testing.T) {
 		t.Fatalf("queued %d bytes, window %d; want one empty DATA frame, window -10", len(o.out), stream)
 	}
 }
+
+// rawPeer is the far end of a connection that grants this side every
+// window, then never reads again: a peer that stopped reading. client
+// says which side it plays (sending the preface and a GET first).
+func rawPeer(t *testing.T, c net.Conn, client bool) {
+	t.Helper()
+	if client {
+		if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fr := http2.NewFramer(c, nil)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: maxWindow})
+	fr.WriteWindowUpdate(0, maxWindow-initialWindow)
+	if client {
+		var block bytes.Buffer
+		enc := hpack.NewEncoder(&block)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "stall.test"}, {":path", "/"}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+	}
+}
+
+// A client that stops reading costs the server its connection after the
+// write timeout, not for ever: the handler's write fails and the
+// connection closes.
+func TestStalledClientIsDropped(t *testing.T) {
+	wrote := make(chan error, 1)
+	addr := ourServer(t, &Server{WriteTimeout: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 1<<20)
+		for range 1 << 10 { // 1 GiB: far beyond what the sockets buffer
+			if _, err := w.Write(chunk); err != nil {
+				wrote <- err
+				return
+			}
+		}
+		wrote <- nil
+	})}, nil)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rawPeer(t, c, true)
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("1 GiB was written to a client that reads nothing")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the handler still writes to a client that stopped reading")
+	}
+}
+
+// A server that stops reading fails the client's connection after the
+// write timeout: the request with a body it does not take ends.
+func TestStalledServerIsDropped(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		t.Cleanup(func() { c.Close() })
+		rawPeer(t, c, false)
+	}()
+	cc := dialClient(t, ln.Addr().String(), ClientConfig{WriteTimeout: 200 * time.Millisecond})
+	body := io.LimitReader(zeros{}, 1<<30)
+	req, _ := http.NewRequest("POST", "http://stall.test/", body)
+	req.ContentLength = -1 // unknown: sent until EOF
+	done := make(chan error, 1)
+	go func() {
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a request got an answer from a server that sends none")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the request still waits on a server that stopped reading")
+	}
+	if cc.Err() == nil {
+		t.Fatal("the connection to a server that stopped reading is still usable")
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }

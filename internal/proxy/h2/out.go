@@ -28,6 +28,13 @@ type output struct {
 	control int   // bytes of control frames queued since the last write began
 	err     error // the first write error, or errClosed: nothing more is written
 
+	// timeout bounds each write: a peer that takes nothing for that long
+	// (stopped reading) fails the connection. armed is when the deadline
+	// was last set; final is set once settle gave the last writes theirs.
+	timeout time.Duration
+	armed   time.Time
+	final   bool
+
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
 
@@ -41,10 +48,19 @@ const maxBuffered = 1 << 20
 // closeWait bounds the last write (a GOAWAY) of a connection that ends.
 const closeWait = time.Second
 
+// defaultWriteTimeout is how long a write may wait on a peer that does not
+// read before the connection is given up, unless configured (nginx's
+// send_timeout is the same).
+const defaultWriteTimeout = 60 * time.Second
+
 var errClosed = errors.New("http2: connection closed")
 
-func (o *output) init(c net.Conn, mu *sync.Mutex) {
+func (o *output) init(c net.Conn, mu *sync.Mutex, timeout time.Duration) {
 	o.conn, o.mu = c, mu
+	o.timeout = timeout
+	if o.timeout <= 0 {
+		o.timeout = defaultWriteTimeout
+	}
 	o.drained.L = mu
 	o.enc = hpack.NewEncoder(&o.encBuf)
 	o.maxFrame = 16 << 10
@@ -77,17 +93,20 @@ func (o *output) kick() {
 	}()
 }
 
-// writeAll is the writer's loop; writing is set. Called with mu held.
+// writeAll is the writer's loop; writing is set. Called with mu held. A
+// write that fails closes the connection: its reading goroutine ends it.
 func (o *output) writeAll() {
+	failed := false
 	for len(o.out) > 0 && o.err == nil {
 		b := o.out
 		o.out, o.spare = o.spare[:0], nil
 		o.control = 0
+		o.arm()
 		o.mu.Unlock()
 		_, err := o.conn.Write(b)
 		o.mu.Lock()
 		if err != nil && o.err == nil {
-			o.err = err
+			o.err, failed = err, true
 		}
 		if cap(b) <= 4*maxBuffered {
 			o.spare = b[:0]
@@ -96,6 +115,21 @@ func (o *output) writeAll() {
 	}
 	o.writing = false
 	o.drained.Broadcast() // settle waits for this
+	if failed {
+		o.mu.Unlock()
+		o.conn.Close()
+		o.mu.Lock()
+	}
+}
+
+// arm gives the write about to start at least half of timeout: the
+// deadline moves only when less than that is left, not on every write.
+// Called with mu held, by the writer.
+func (o *output) arm() {
+	if now := time.Now(); !o.final && now.Sub(o.armed) > o.timeout/2 {
+		o.conn.SetWriteDeadline(now.Add(o.timeout))
+		o.armed = now
+	}
 }
 
 // settle writes what is queued, or waits for the writer under way to, for
@@ -105,6 +139,7 @@ func (o *output) settle() {
 	if o.err != nil {
 		return
 	}
+	o.final = true
 	o.conn.SetWriteDeadline(time.Now().Add(closeWait))
 	o.flush()
 	for o.writing && o.err == nil {

@@ -37,6 +37,9 @@ type Server struct {
 	// IdleTimeout closes a connection without requests for that long
 	// (GOAWAY first); 0 means never.
 	IdleTimeout time.Duration
+	// WriteTimeout closes a connection whose client takes nothing written
+	// to it for that long (it stopped reading); default 60 s.
+	WriteTimeout time.Duration
 	// Log takes handler panics and protocol errors (at debug level).
 	Log *slog.Logger
 	// ResetFlood, if set, is called for each connection closed as a
@@ -141,7 +144,7 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 	}
 	sc.recv.avail = int64(sc.connWindow)
 	sc.ctx, sc.cancel = context.WithCancel(ctx)
-	sc.o.init(c, &sc.mu)
+	sc.o.init(c, &sc.mu, s.WriteTimeout)
 	sc.in = bufio.NewReaderSize(c, readBuffer)
 	sc.fr = http2.NewFramer(nil, sc.in)
 	sc.fr.SetMaxReadFrameSize(maxReadFrame)
