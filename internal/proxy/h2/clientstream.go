@@ -39,7 +39,7 @@ type clientStream struct {
 	// wait on that); interimc tells RoundTrip there are some.
 	interim  []interimResponse // guarded by mu
 	interimc chan struct{}
-	stopFn  func() bool   // stops the request context's watch (set under mu)
+	stopFn   func() bool // stops the request context's watch (set under mu)
 
 	sendWindow int64
 	recv       inflow
