@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -68,11 +69,20 @@ func (o *output) init(c net.Conn, mu *sync.Mutex, timeout time.Duration) {
 
 // flush writes out until it is empty, unless another goroutine is at it.
 // Called with mu held; returns with mu held.
+//
+// Before writing it lets the goroutines ready to run go first: those that
+// queue frames on this connection meanwhile find a write under way and
+// leave theirs to this one, so one system call carries what several
+// streams sent (with GOMAXPROCS=1 each would otherwise find the write
+// done and make its own). With nothing else ready to run, it writes at once.
 func (o *output) flush() {
 	if o.writing {
 		return
 	}
 	o.writing = true
+	o.mu.Unlock()
+	runtime.Gosched()
+	o.mu.Lock()
 	o.writeAll()
 }
 
