@@ -454,7 +454,7 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		return nil // a stream this side reset
 	}
-	malformed := streamError(f.StreamID, http2.ErrCodeProtocol)
+	malformed := http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol} // (an error only where returned: no allocation otherwise)
 	cc.mu.Lock()
 	done := cs.remoteDone
 	cc.mu.Unlock()

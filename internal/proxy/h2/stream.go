@@ -98,7 +98,7 @@ var headerTooLarge = http.HandlerFunc(func(w http.ResponseWriter, r *http.Reques
 // request makes the http.Request of a stream's request head, or a stream
 // error for a malformed one (RFC 9113 §8.1.1).
 func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
-	malformed := streamError(st.id, http2.ErrCodeProtocol)
+	malformed := http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol} // (an error only where returned: no allocation otherwise)
 	method, scheme, path, authority := f.PseudoValue("method"), f.PseudoValue("scheme"), f.PseudoValue("path"), f.PseudoValue("authority")
 	if f.PseudoValue("protocol") != "" || f.PseudoValue("status") != "" {
 		return nil, malformed // no extended CONNECT (not announced); a response's field
