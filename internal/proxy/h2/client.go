@@ -96,7 +96,7 @@ const (
 // sent before the server's SETTINGS arrive.
 func NewClientConn(c net.Conn, cfg ClientConfig) (*ClientConn, error) {
 	cfg.StreamWindow = orDefault(cfg.StreamWindow, defaultClientStreamWindow)
-	cfg.ConnWindow = orDefault(cfg.ConnWindow, defaultClientConnWindow)
+	cfg.ConnWindow = max(orDefault(cfg.ConnWindow, defaultClientConnWindow), initialWindow) // a connection's window starts there
 	cfg.MaxHeaderBytes = orDefault(cfg.MaxHeaderBytes, defaultClientMaxHeader)
 	if cfg.ExpectContinueWait <= 0 {
 		cfg.ExpectContinueWait = time.Second
@@ -118,7 +118,9 @@ func NewClientConn(c net.Conn, cfg ClientConfig) (*ClientConn, error) {
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(cfg.StreamWindow)},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: cfg.MaxHeaderBytes},
 	)
-	cc.o.windowUpdate(0, uint32(cfg.ConnWindow-initialWindow))
+	if cfg.ConnWindow > initialWindow {
+		cc.o.windowUpdate(0, uint32(cfg.ConnWindow-initialWindow))
+	}
 	cc.o.flush()
 	err := cc.o.err
 	cc.mu.Unlock()
@@ -189,6 +191,7 @@ func (cc *ClientConn) fail(err error) {
 	streams := make([]*clientStream, 0, len(cc.streams))
 	for _, cs := range cc.streams {
 		streams = append(streams, cs)
+		cs.flow.wake.Signal()
 	}
 	clear(cc.streams)
 	if cc.idle != nil {
@@ -322,9 +325,9 @@ func (cc *ClientConn) processSettings(f *http2.SettingsFrame) error {
 	}
 	cc.mu.Lock()
 	defer cc.mu.Unlock()
-	return cc.o.settingsFrom(f, &cc.peerWindow, func(yield func(*int64) bool) {
+	return cc.o.settingsFrom(f, &cc.peerWindow, func(yield func(*sendFlow) bool) {
 		for _, cs := range cc.streams {
-			if !yield(&cs.sendWindow) {
+			if !yield(&cs.flow) {
 				return
 			}
 		}
@@ -346,12 +349,13 @@ func (cc *ClientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		if cc.sendWindow += inc; cc.sendWindow > maxWindow {
 			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
 		}
+		cc.o.nextInLine(&cc.sendWindow)
 	} else if cs := cc.streams[f.StreamID]; cs != nil {
-		if cs.sendWindow += inc; cs.sendWindow > maxWindow {
+		if cs.flow.window += inc; cs.flow.window > maxWindow {
 			return streamError(f.StreamID, http2.ErrCodeFlowControl)
 		}
+		cs.flow.grew()
 	}
-	cc.o.drained.Broadcast()
 	return nil
 }
 

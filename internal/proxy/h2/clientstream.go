@@ -41,7 +41,7 @@ type clientStream struct {
 	interimc chan struct{}
 	stopFn   func() bool // stops the request context's watch (set under mu)
 
-	sendWindow int64
+	flow       sendFlow
 	recv       inflow
 	declared   int64 // the response's Content-Length, -1 if none
 	received   int64
@@ -98,7 +98,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	cs.id = cc.nextID
 	cc.nextID += 2
-	cs.sendWindow, cs.recv.avail = int64(cc.peerWindow), int64(cc.cfg.StreamWindow)
+	cs.flow.window, cs.recv.avail = int64(cc.peerWindow), int64(cc.cfg.StreamWindow)
 	cc.streams[cs.id] = cs
 	if cc.idle != nil {
 		cc.idle.Stop()
@@ -345,7 +345,12 @@ func (cs *clientStream) send(p []byte, end bool) error {
 	if err := cs.sendable(); err != nil {
 		return err
 	}
-	if err := cc.o.sendData(cs.id, p, end, &cs.sendWindow, &cc.sendWindow, cs.sendable); err != nil {
+	if err := cc.o.sendData(cs.id, p, end, &cs.flow, &cc.sendWindow, cs.sendable); err != nil {
+		if err == errStalled {
+			cc.mu.Unlock()
+			cs.cancel(err)
+			cc.mu.Lock()
+		}
 		return err
 	}
 	if end {
@@ -407,6 +412,7 @@ func (cs *clientStream) end(err error) {
 	cs.ended = true
 	b, stop := cs.body, cs.stopFn
 	cs.cc.o.drained.Broadcast()
+	cs.flow.wake.Signal()
 	cs.cc.mu.Unlock()
 	cs.deliver(nil, err)
 	b.finish(err, nil)

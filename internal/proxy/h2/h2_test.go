@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -469,12 +470,12 @@ func TestNegativeWindow(t *testing.T) {
 	o.init(client, &mu, 0)
 	mu.Lock()
 	defer mu.Unlock()
-	stream, conn := int64(-10), int64(100)
+	stream, conn := sendFlow{window: -10}, int64(100)
 	if err := o.sendData(1, nil, true, &stream, &conn, func() error { return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if len(o.out) != 9 || stream != -10 {
-		t.Fatalf("queued %d bytes, window %d; want one empty DATA frame, window -10", len(o.out), stream)
+	if len(o.out) != 9 || stream.window != -10 {
+		t.Fatalf("queued %d bytes, window %d; want one empty DATA frame, window -10", len(o.out), stream.window)
 	}
 }
 
@@ -576,3 +577,90 @@ func TestStalledServerIsDropped(t *testing.T) {
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// Many streams waiting for small windows, both ways, all finish: a
+// connection window update wakes the first stream in line, which hands
+// what it leaves to the next.
+func TestStreamsShareSmallWindows(t *testing.T) {
+	const streams, size = 40, 256 << 10
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(echo), StreamWindow: initialWindow, ConnWindow: initialWindow}, nil)
+	cc := dialClient(t, addr, ClientConfig{StreamWindow: initialWindow, ConnWindow: initialWindow})
+	body := bytes.Repeat([]byte("w"), size)
+	sum := sha256.Sum256(body)
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for range streams {
+		wg.Go(func() {
+			req, _ := http.NewRequest("POST", "http://"+addr+"/", bytes.NewReader(body))
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if err != nil || !bytes.HasSuffix(b, sum[:]) {
+				errs <- fmt.Errorf("response %d bytes, %v", len(b), err)
+			}
+		})
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("streams sharing small windows stalled")
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
+
+// A client that gives a stream no window for the write timeout gets it
+// reset, and the handler's write fails: the stream does not wait for ever.
+func TestStalledWindowResetsTheStream(t *testing.T) {
+	wrote := make(chan error, 1)
+	addr := ourServer(t, &Server{WriteTimeout: 200 * time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("x"))
+		w.(http.Flusher).Flush()
+		_, err := w.Write(bytes.Repeat([]byte("y"), 1<<10))
+		if err == nil {
+			w.(http.Flusher).Flush()
+			_, err = w.Write([]byte("z")) // a write after a failed flush reports it
+		}
+		wrote <- err
+	})}, nil)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "stall.test"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no RST_STREAM for a stream given no window: %v", err)
+		}
+		if rst, ok := f.(*http2.RSTStreamFrame); ok && rst.StreamID == 1 {
+			break
+		}
+	}
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Fatal("the handler's writes all succeeded on a stream given no window")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the handler still waits for window")
+	}
+}

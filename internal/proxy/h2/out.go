@@ -39,6 +39,12 @@ type output struct {
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
 
+	// inLine are the streams waiting for the connection's send window, in
+	// the order they began to wait: a connection WINDOW_UPDATE wakes the
+	// first, which wakes the next if it leaves window over (one wake per
+	// update, not one per waiting stream).
+	inLine []*sendFlow
+
 	maxFrame int // the peer's SETTINGS_MAX_FRAME_SIZE
 }
 
@@ -194,22 +200,18 @@ func (o *output) controlFrames(n int) error {
 // initial stream window (its change applies to every stream's window, so
 // streams gives each one's), the largest frame, the HPACK table — hands
 // every other setting to other, and acknowledges the frame. Called with mu
-// held, from the reading goroutine.
-func (o *output) settingsFrom(f *http2.SettingsFrame, initial *int32, streams func(yield func(*int64) bool), other func(http2.Setting)) error {
+// held, from the reading goroutine. A frame may repeat a setting (the last
+// value counts): the streams' windows move once per frame, by the last
+// initial window's change, however many times the frame names it.
+func (o *output) settingsFrom(f *http2.SettingsFrame, initial *int32, streams func(yield func(*sendFlow) bool), other func(http2.Setting)) error {
+	newInitial := int64(-1)
 	err := f.ForeachSetting(func(s http2.Setting) error {
 		if err := s.Valid(); err != nil {
 			return err
 		}
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
-			delta := int64(s.Val) - int64(*initial)
-			*initial = int32(s.Val)
-			for w := range streams {
-				if *w += delta; *w > maxWindow {
-					return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
-				}
-			}
-			o.drained.Broadcast()
+			newInitial = int64(s.Val)
 		case http2.SettingMaxFrameSize:
 			o.maxFrame = int(s.Val)
 		case http2.SettingHeaderTableSize:
@@ -221,6 +223,18 @@ func (o *output) settingsFrom(f *http2.SettingsFrame, initial *int32, streams fu
 	})
 	if err != nil {
 		return err
+	}
+	if newInitial >= 0 {
+		delta := newInitial - int64(*initial)
+		*initial = int32(newInitial)
+		for f := range streams {
+			if f.window += delta; f.window > maxWindow {
+				return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
+			}
+			if delta > 0 && f.window > 0 {
+				f.wake.Signal()
+			}
+		}
 	}
 	o.settingsAck()
 	return o.controlFrames(9)
@@ -335,26 +349,39 @@ var commonLower = func() map[string]string {
 	return m
 }()
 
+// sendFlow is a stream's send window and its place in line for the
+// connection's. Guarded by the connection's mu.
+type sendFlow struct {
+	window int64     // what the peer lets the stream send
+	wake   sync.Cond // its window grew, it is first in line, or it is gone
+	queued bool      // in the connection's line
+}
+
+// grew wakes the stream once its window, grown by the peer, lets it send.
+// Called with mu held.
+func (f *sendFlow) grew() {
+	if f.window > 0 {
+		f.wake.Signal()
+	}
+}
+
 // sendData appends p as DATA frames of stream id within the stream's and
 // the connection's send windows (both decremented), the last one ending
 // the stream if end. Where a window is spent, or the output backlog is
 // full, it writes what is queued and waits; ok says whether the stream may
 // still send (checked after every wait). Called with mu held.
-func (o *output) sendData(id uint32, p []byte, end bool, stream, conn *int64, ok func() error) error {
+func (o *output) sendData(id uint32, p []byte, end bool, f *sendFlow, conn *int64, ok func() error) error {
+	defer o.nextInLine(conn)
 	for first := true; first || len(p) > 0; first = false {
-		n := max(0, min(int64(len(p)), int64(o.maxFrame), *stream, *conn)) // a window may be negative (RFC 9113 §6.9.2)
+		n := max(0, min(int64(len(p)), int64(o.maxFrame), f.window, *conn)) // a window may be negative (RFC 9113 §6.9.2)
 		if n <= 0 && len(p) > 0 {
-			o.flush() // releases mu while it writes: check again after
-			for ok() == nil && min(*stream, *conn) <= 0 {
-				o.drained.Wait()
-			}
-			if err := ok(); err != nil {
+			if err := o.awaitWindow(f, conn, ok); err != nil {
 				return err
 			}
 			continue
 		}
 		o.data(id, p[:n], end && int(n) == len(p))
-		*stream -= n
+		f.window -= n
 		*conn -= n
 		p = p[n:]
 		if len(p) > 0 {
@@ -364,6 +391,73 @@ func (o *output) sendData(id uint32, p []byte, end bool, stream, conn *int64, ok
 		}
 	}
 	return nil
+}
+
+// errStalled is a stream the peer gave no send window for the write
+// timeout.
+var errStalled = errors.New("http2: the peer gave the stream no flow-control window for the write timeout")
+
+// awaitWindow writes what is queued and waits until both of f's windows
+// let it send, it may not send any more (ok), or the peer has given it no
+// window for the write timeout. Called with mu held.
+func (o *output) awaitWindow(f *sendFlow, conn *int64, ok func() error) error {
+	o.flush() // releases mu while it writes: check again after
+	f.wake.L = o.mu
+	stalled := false
+	t := time.AfterFunc(o.timeout, func() {
+		o.mu.Lock()
+		stalled = true
+		f.wake.Signal()
+		o.mu.Unlock()
+	})
+	defer t.Stop()
+	for {
+		err := ok()
+		switch {
+		case err == nil && f.window > 0 && *conn > 0:
+			return nil
+		case err == nil && stalled:
+			err = errStalled
+		case err == nil:
+			if f.window <= 0 {
+				o.nextInLine(conn) // what it cannot take now goes to the next
+			} else if !f.queued {
+				f.queued = true
+				o.inLine = append(o.inLine, f)
+			}
+			f.wake.Wait()
+			continue
+		}
+		o.leaveLine(f)
+		return err
+	}
+}
+
+// nextInLine wakes the first stream waiting for the connection's window,
+// if there is window (conn) for it. Called with mu held.
+func (o *output) nextInLine(conn *int64) {
+	if *conn <= 0 || len(o.inLine) == 0 {
+		return
+	}
+	f := o.inLine[0]
+	o.inLine[0] = nil
+	o.inLine = o.inLine[1:]
+	f.queued = false
+	f.wake.Signal()
+}
+
+// leaveLine takes f out of the connection's line. Called with mu held.
+func (o *output) leaveLine(f *sendFlow) {
+	if !f.queued {
+		return
+	}
+	f.queued = false
+	for i, w := range o.inLine {
+		if w == f {
+			o.inLine = append(o.inLine[:i], o.inLine[i+1:]...)
+			return
+		}
+	}
 }
 
 // inflow is what the peer may still send on a stream or a connection, and

@@ -29,7 +29,8 @@ type responseWriter struct {
 	declared int64 // the response's Content-Length, -1 if none
 	written  int64
 	buf      []byte
-	done     bool // the handler returned: nothing more is written
+	done     bool  // the handler returned: nothing more is written
+	err      error // why the stream took no more: later writes fail with it
 }
 
 const bufSize = 16 << 10
@@ -67,6 +68,9 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	if w.done {
 		return 0, errStreamClosed
 	}
+	if w.err != nil {
+		return 0, w.err
+	}
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -89,6 +93,7 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	}
 	w.buf = w.buf[:0]
 	if err := w.st.sc.send(w.st, w.pendingHead(false), data, nil, false); err != nil {
+		w.err = err
 		return 0, err
 	}
 	return len(p), nil
@@ -99,6 +104,9 @@ func (w *responseWriter) FlushError() error {
 	if w.done {
 		return errStreamClosed
 	}
+	if w.err != nil {
+		return w.err
+	}
 	if w.status == 0 {
 		w.WriteHeader(http.StatusOK)
 	}
@@ -106,9 +114,9 @@ func (w *responseWriter) FlushError() error {
 	if head == nil && len(w.buf) == 0 {
 		return nil
 	}
-	err := w.st.sc.send(w.st, head, w.buf, nil, false)
+	w.err = w.st.sc.send(w.st, head, w.buf, nil, false)
 	w.buf = w.buf[:0]
-	return err
+	return w.err
 }
 
 func (w *responseWriter) Flush() { w.FlushError() }
@@ -274,7 +282,13 @@ func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []fie
 		}
 	}
 	if len(data) > 0 || end && len(trailers) == 0 {
-		err := sc.o.sendData(st.id, data, end && len(trailers) == 0, &st.sendWindow, &sc.sendWindow, func() error { return sc.sendable(st) })
+		err := sc.o.sendData(st.id, data, end && len(trailers) == 0, &st.flow, &sc.sendWindow, func() error { return sc.sendable(st) })
+		if err == errStalled { // the client is told the stream is given up
+			sc.removeLocked(st)
+			sc.o.rstStream(st.id, http2.ErrCodeCancel)
+			sc.rememberReset(st.id)
+			sc.o.flush()
+		}
 		if err != nil {
 			return err
 		}

@@ -134,7 +134,7 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 		log:          s.Log,
 		maxStreams:   orDefault(s.MaxConcurrentStreams, defaultMaxStreams),
 		streamWindow: orDefault(s.StreamWindow, defaultStreamWindow),
-		connWindow:   orDefault(s.ConnWindow, defaultConnWindow),
+		connWindow:   max(orDefault(s.ConnWindow, defaultConnWindow), initialWindow), // a connection's window starts there
 		streams:      map[uint32]*stream{},
 		sendWindow:   initialWindow,
 		peerWindow:   initialWindow,
@@ -173,7 +173,9 @@ func (sc *serverConn) serve() {
 		http2.Setting{ID: http2.SettingInitialWindowSize, Val: uint32(sc.streamWindow)},
 		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: sc.fr.MaxHeaderListSize},
 	)
-	sc.o.windowUpdate(0, uint32(sc.connWindow-initialWindow))
+	if sc.connWindow > initialWindow {
+		sc.o.windowUpdate(0, uint32(sc.connWindow-initialWindow))
+	}
 	sc.o.flush()
 	if sc.srv.IdleTimeout > 0 {
 		sc.idle = time.AfterFunc(sc.srv.IdleTimeout, sc.idleOut)
@@ -293,6 +295,7 @@ func (sc *serverConn) close() {
 	streams := make([]*stream, 0, len(sc.streams))
 	for _, st := range sc.streams {
 		streams = append(streams, st)
+		st.flow.wake.Signal()
 	}
 	sc.mu.Unlock()
 	sc.cancel()
@@ -377,9 +380,9 @@ func (sc *serverConn) processSettings(f *http2.SettingsFrame) error {
 	}
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	return sc.o.settingsFrom(f, &sc.peerWindow, func(yield func(*int64) bool) {
+	return sc.o.settingsFrom(f, &sc.peerWindow, func(yield func(*sendFlow) bool) {
 		for _, st := range sc.streams {
-			if !yield(&st.sendWindow) {
+			if !yield(&st.flow) {
 				return
 			}
 		}
@@ -394,7 +397,7 @@ func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		if sc.sendWindow += inc; sc.sendWindow > maxWindow {
 			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
 		}
-		sc.o.drained.Broadcast()
+		sc.o.nextInLine(&sc.sendWindow)
 		return nil
 	}
 	st := sc.streams[f.StreamID]
@@ -404,10 +407,10 @@ func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		}
 		return nil // a closed stream
 	}
-	if st.sendWindow += inc; st.sendWindow > maxWindow {
+	if st.flow.window += inc; st.flow.window > maxWindow {
 		return streamError(f.StreamID, http2.ErrCodeFlowControl)
 	}
-	sc.o.drained.Broadcast()
+	st.flow.grew()
 	return nil
 }
 
@@ -476,7 +479,8 @@ func (sc *serverConn) removeLocked(st *stream) {
 	}
 	delete(sc.streams, st.id)
 	st.reset = true
-	sc.o.drained.Broadcast() // writers waiting for its window give up
+	sc.o.drained.Broadcast() // its writer, waiting for room, gives up
+	st.flow.wake.Signal()    // or waiting for window
 }
 
 // refund gives n bytes of window back to the client once they were

@@ -22,7 +22,7 @@ type stream struct {
 	cancel context.CancelCauseFunc
 	body   *body // nil for a request without a body
 
-	sendWindow int64  // what the client lets this stream send
+	flow       sendFlow // what the client lets this stream send
 	recv       inflow // what the client may still send on it
 	declared   int64  // the request's Content-Length, -1 if none
 	received   int64
@@ -65,7 +65,7 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		return streamError(id, http2.ErrCodeRefusedStream) // RFC 9113 §5.1.2
 	}
 	sc.flood.open()
-	st := &stream{sc: sc, id: id, sendWindow: int64(sc.peerWindow), recv: inflow{avail: int64(sc.streamWindow)}, declared: -1}
+	st := &stream{sc: sc, id: id, flow: sendFlow{window: int64(sc.peerWindow)}, recv: inflow{avail: int64(sc.streamWindow)}, declared: -1}
 	req, err := st.request(f)
 	if err != nil {
 		sc.mu.Unlock()
