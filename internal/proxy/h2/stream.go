@@ -23,8 +23,8 @@ type stream struct {
 	body   *body // nil for a request without a body
 
 	flow       sendFlow // what the client lets this stream send
-	recv       inflow // what the client may still send on it
-	declared   int64  // the request's Content-Length, -1 if none
+	recv       inflow   // what the client may still send on it
+	declared   int64    // the request's Content-Length, -1 if none
 	received   int64
 	remoteDone bool // the client ended its side (END_STREAM)
 	localDone  bool // the response ended
