@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
@@ -142,6 +143,12 @@ func Run(ctx context.Context, o Options) (err error) {
 			info.WebURL = "http://" + net.JoinHostPort(host, strconv.Itoa(ports["web"]))
 		}
 	}
+	if err := waitFrontEnd(ctx, info.WebURL+"/api/list"); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
+		return err
+	}
 	mode := "explicit mode (not root): proxies on loopback ports, apps told where to send traffic"
 	if transparent {
 		mode = "transparent mode: each instance in its own network namespace, traffic intercepted by iptables"
@@ -183,6 +190,38 @@ Press Ctrl-C to stop; everything it started is removed.
 			err = errors.New("a demo service stopped")
 		}
 		return err
+	}
+}
+
+// frontEndWait bounds waiting for the front end to answer once everything
+// started: the applications start after their proxies, and a slow machine
+// takes a while to start them.
+const frontEndWait = 60 * time.Second
+
+// waitFrontEnd waits until url (the web front end, which calls emoji over
+// the mesh) answers 200, so that the demo says it runs once the curl it
+// prints works.
+func waitFrontEnd(ctx context.Context, url string) error {
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}} // (never the user's HTTP_PROXY)
+	defer client.CloseIdleConnections()
+	deadline := time.Now().Add(frontEndWait)
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = errors.New(resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the web front end did not answer within %v (GET %s: %v)", frontEndWait, url, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 
