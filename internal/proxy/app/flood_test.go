@@ -33,9 +33,21 @@ func slowApp(t *testing.T, seen *atomic.Int64) string {
 }
 
 // An HTTP/2 rapid-reset flood (HEADERS then RST_STREAM, stream after
-// stream) gets GOAWAY ENHANCE_YOUR_CALM after a bounded number of streams,
-// is counted, and leaves no goroutine, file descriptor or CPU behind.
+// stream; or HEADERS then a frame the proxy must reset the stream for,
+// "MadeYouReset") gets GOAWAY ENHANCE_YOUR_CALM after a bounded number of
+// streams, is counted, and leaves no goroutine, file descriptor or CPU
+// behind.
 func TestRapidResetFloodGetsGoAway(t *testing.T) {
+	for name, reset := range map[string]func(fr *http2.Framer, id uint32) error{
+		"RST_STREAM": func(fr *http2.Framer, id uint32) error { return fr.WriteRSTStream(id, http2.ErrCodeCancel) },
+		// A stream window beyond 2^31-1: the proxy resets the stream.
+		"WINDOW_UPDATE overflow": func(fr *http2.Framer, id uint32) error { return fr.WriteWindowUpdate(id, 1<<31-1) },
+	} {
+		t.Run(name, func(t *testing.T) { rapidResetFlood(t, reset) })
+	}
+}
+
+func rapidResetFlood(t *testing.T, reset func(fr *http2.Framer, id uint32) error) {
 	var seen atomic.Int64
 	p := rawProxy(t, slowApp(t, &seen))
 	goroutines, fds := settledGoroutines(), testkit.OpenFDs(t)
@@ -81,7 +93,7 @@ func TestRapidResetFloodGetsGoAway(t *testing.T) {
 	sent := 0
 	for id := uint32(1); sent < attempts; id += 2 {
 		if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true}) != nil ||
-			fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+			reset(fr, id) != nil {
 			break
 		}
 		sent++

@@ -80,7 +80,7 @@ type ClientConn struct {
 	idle        *time.Timer
 
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
-	pinged   atomic.Bool  // a health PING is out: a read deadline is set
+	pinged   atomic.Bool  // a health PING is out: a read deadline is set (both changed under mu)
 	health   *time.Timer
 }
 
@@ -150,7 +150,8 @@ func (cc *ClientConn) Reserve() error {
 }
 
 func (cc *ClientConn) canOpenLocked() bool {
-	return cc.err == nil && !cc.goAway && uint32(len(cc.streams)+cc.reserved) < cc.maxStreams && cc.nextID < 1<<31-1
+	return cc.err == nil && cc.o.err == nil && !cc.goAway && uint32(len(cc.streams)+cc.reserved) < cc.maxStreams &&
+		uint64(cc.nextID)+2*uint64(cc.reserved) <= 1<<31-1 // (stream IDs end at 2^31-1: the reserved take theirs first)
 }
 
 // Err is why the connection ended, nil while it is open (a connection
@@ -242,8 +243,12 @@ func (cc *ClientConn) readLoop() {
 		f, err := cc.fr.ReadFrame()
 		if err == nil {
 			cc.lastRead.Store(time.Now().UnixNano())
-			if cc.pinged.CompareAndSwap(true, false) {
-				cc.conn.SetReadDeadline(time.Time{})
+			if cc.pinged.Load() {
+				cc.mu.Lock() // (checkHealth sets the flag and the deadline together under it)
+				if cc.pinged.CompareAndSwap(true, false) {
+					cc.conn.SetReadDeadline(time.Time{})
+				}
+				cc.mu.Unlock()
 			}
 			err = cc.process(f)
 		}

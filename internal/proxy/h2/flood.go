@@ -4,9 +4,11 @@ package h2
 // them at once: each costs the proxy a request forwarded upstream and
 // costs the client two frames. Bounding the streams in flight does not
 // stop a flood whose handlers end fast, so a connection on which most
-// recent streams were reset by the client before their response began is
-// closed with GOAWAY ENHANCE_YOUR_CALM, as Envoy's premature-reset check
-// and the h2 crate's pending-reset limit do.
+// recent streams were reset before their response began — by the client,
+// or by this side for a frame of the client's that required it
+// ("MadeYouReset", CVE-2025-8671) — is closed with GOAWAY
+// ENHANCE_YOUR_CALM, as Envoy's premature-reset check and the h2 crate's
+// pending-reset limit do.
 
 // Flood thresholds: a connection is a flood once, among the streams of the
 // current window, at least floodMinResets were reset by the client before
@@ -30,7 +32,7 @@ func (c *resetCount) open() {
 	}
 }
 
-// reset counts a stream the client reset, and reports whether the
+// reset counts a stream reset (see above), and reports whether the
 // connection has become a flood.
 func (c *resetCount) reset(answered bool) bool {
 	if answered {

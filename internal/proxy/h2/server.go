@@ -201,13 +201,13 @@ func (sc *serverConn) serve() {
 		}
 		var se http2.StreamError
 		if errors.As(err, &se) {
-			sc.resetStream(se.StreamID, se.Code)
+			err = sc.resetStream(se.StreamID, se.Code)
+		}
+		if err == nil {
 			continue
 		}
-		if err != nil {
-			sc.fail(err)
-			return
-		}
+		sc.fail(err)
+		return
 	}
 }
 
@@ -434,24 +434,37 @@ func (sc *serverConn) processReset(f *http2.RSTStreamFrame) error {
 	sc.mu.Unlock()
 	st.cancel(errStreamReset)
 	st.body.finish(errStreamReset, nil)
-	if sc.flood.reset(answered) {
-		sc.log.Warn("HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: the client reset most streams before their response (rapid reset)",
-			"client", sc.remote)
-		if sc.srv.ResetFlood != nil {
-			sc.srv.ResetFlood(sc.conn.RemoteAddr())
-		}
-		return connError(http2.ErrCodeEnhanceYourCalm, "rapid reset")
+	return sc.countReset(answered)
+}
+
+// countReset counts a stream ended by a reset, the client's or one its
+// frames made this side send (a window overflow, DATA beyond a window or a
+// Content-Length: "MadeYouReset", CVE-2025-8671, costs the proxy as much
+// as a reset the client sends), and fails the connection once most recent
+// streams ended so before their response began. Read loop only.
+func (sc *serverConn) countReset(answered bool) error {
+	if !sc.flood.reset(answered) {
+		return nil
 	}
-	return nil
+	sc.log.Warn("HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: most streams were reset before their response (rapid reset)",
+		"client", sc.remote)
+	if sc.srv.ResetFlood != nil {
+		sc.srv.ResetFlood(sc.conn.RemoteAddr())
+	}
+	return connError(http2.ErrCodeEnhanceYourCalm, "rapid reset")
 }
 
 var errStreamReset = errors.New("http2: the client reset the stream")
 
-// resetStream answers a stream error: the stream, if open, is reset.
-func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) {
+// resetStream answers a stream error: the stream, if open, is reset (and
+// counted as one the client had reset). An error ends the connection.
+// Read loop only.
+func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) error {
 	sc.mu.Lock()
 	st := sc.streams[id]
+	answered := true
 	if st != nil {
+		answered = st.answered
 		sc.removeLocked(st)
 	}
 	if id > sc.maxID && id%2 == 1 {
@@ -466,8 +479,9 @@ func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) {
 		st.body.finish(errStreamReset, nil)
 	}
 	if err != nil {
-		sc.fail(err)
+		return err
 	}
+	return sc.countReset(answered)
 }
 
 // removeLocked forgets a stream that is closed, or reset, and gives back

@@ -35,10 +35,14 @@ const ErrorHeader = "l5d-proxy-error"
 const UnprocessedHeader = "Trellis-Proxy-Unprocessed"
 
 // Unprocessed reports whether err means the request never left for its
-// upstream: connecting failed, or the mTLS handshake with the peer proxy.
+// upstream — connecting failed, or the mTLS handshake with the peer proxy
+// — or its HTTP/2 upstream provably did not process it (refused, beyond
+// its GOAWAY, or never sent on a connection that became unusable; RFC
+// 9113 §8.7), again after the pool's one retry.
 func Unprocessed(err error) bool {
 	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "dial" || errors.Is(err, mesh.ErrHandshake)
+	return errors.As(err, &oe) && oe.Op == "dial" || errors.Is(err, mesh.ErrHandshake) ||
+		errors.Is(err, h2.ErrRefused) || errors.Is(err, h2.ErrConnUnusable)
 }
 
 // mayRepeat reports whether the balance stage may send r to another

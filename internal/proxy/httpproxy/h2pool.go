@@ -2,7 +2,6 @@ package httpproxy
 
 import (
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -57,17 +56,10 @@ func (p *h2Pool) RoundTrip(r *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		resp, err := cc.RoundTrip(r)
-		if err == nil || attempt > 0 || !unprocessed(err) || !rewind(r) {
+		if err == nil || attempt > 0 || !Unprocessed(err) || !rewind(r) {
 			return resp, err
 		}
 	}
-}
-
-// unprocessed reports a stream the server never acted on: refused, above
-// a GOAWAY's last stream, or never sent on a connection that became
-// unusable.
-func unprocessed(err error) bool {
-	return errors.Is(err, h2.ErrRefused) || errors.Is(err, h2.ErrConnUnusable)
 }
 
 // rewind makes r's body ready to be sent again, if it can be.
