@@ -488,6 +488,9 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	regular := f.RegularFields()
 	header := make(http.Header, len(regular))
 	for _, hf := range regular {
+		if connectionSpecific(hf.Name) {
+			return malformed
+		}
 		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
 		header[k] = append(header[k], hf.Value)
 	}
@@ -520,12 +523,15 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		Status: strconv.Itoa(status) + " " + http.StatusText(status), StatusCode: status,
 		Proto: "HTTP/2.0", ProtoMajor: 2, Header: header, Request: cs.req, ContentLength: -1,
 	}
-	if cls := header["Content-Length"]; len(cls) == 1 {
-		if n, err := strconv.ParseInt(cls[0], 10, 64); err == nil && n >= 0 {
-			resp.ContentLength = n
-			if cs.req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
-				cs.declared = n // (RFC 9110 §8.6: the length a HEAD or 304 would have had)
-			}
+	if cls := header["Content-Length"]; len(cls) > 0 {
+		n, ok := declaredLength(cls)
+		if !ok {
+			return malformed // a client of the proxy's would frame the body by one of them
+		}
+		header["Content-Length"] = cls[:1]
+		resp.ContentLength = n
+		if cs.req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+			cs.declared = n // (RFC 9110 §8.6: the length a HEAD or 304 would have had)
 		}
 	}
 	for _, v := range header["Trailer"] {

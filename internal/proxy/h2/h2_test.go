@@ -664,3 +664,57 @@ func TestStalledWindowResetsTheStream(t *testing.T) {
 		t.Fatal("the handler still waits for window")
 	}
 }
+
+// A response head HTTP/2 does not allow — Content-Length fields that
+// differ or are not digits, a connection-specific field — fails its
+// request (the proxy answers 502) rather than being relayed, where a
+// client of the proxy's would frame the body by one of them.
+func TestMalformedResponseHeads(t *testing.T) {
+	for name, fields := range map[string][][2]string{
+		"two lengths":     {{"content-length", "5"}, {"content-length", "6"}},
+		"signed length":   {{"content-length", "+5"}},
+		"connection":      {{"connection", "close"}},
+		"transfer-coding": {{"transfer-encoding", "chunked"}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer c.Close()
+				io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
+				fr := http2.NewFramer(c, c)
+				fr.WriteSettings()
+				for {
+					f, err := fr.ReadFrame()
+					if err != nil {
+						return
+					}
+					if h, ok := f.(*http2.HeadersFrame); ok {
+						var block bytes.Buffer
+						enc := hpack.NewEncoder(&block)
+						enc.WriteField(hpack.HeaderField{Name: ":status", Value: "200"})
+						for _, f := range fields {
+							enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+						}
+						fr.WriteHeaders(http2.HeadersFrameParam{StreamID: h.StreamID, BlockFragment: block.Bytes(), EndHeaders: true})
+						fr.WriteData(h.StreamID, true, []byte("hello"))
+					}
+				}
+			}()
+			cc := dialClient(t, ln.Addr().String(), ClientConfig{})
+			req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+			resp, err := cc.RoundTrip(req)
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("a response with %v was taken: %v", fields, resp.Header)
+			}
+		})
+	}
+}

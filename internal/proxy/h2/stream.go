@@ -128,14 +128,14 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 	header := make(http.Header, len(regular))
 	var cookies []string
 	for _, hf := range regular {
-		switch hf.Name {
-		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-			return nil, malformed // connection-specific (RFC 9113 §8.2.2)
-		case "te":
+		switch {
+		case connectionSpecific(hf.Name):
+			return nil, malformed
+		case hf.Name == "te":
 			if hf.Value != "trailers" {
 				return nil, malformed
 			}
-		case "cookie":
+		case hf.Name == "cookie":
 			cookies = append(cookies, hf.Value) // joined below (RFC 9113 §8.2.3)
 			continue
 		}
@@ -146,22 +146,20 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 		header["Cookie"] = []string{strings.Join(cookies, "; ")}
 	}
 	if hosts := header["Host"]; len(hosts) > 0 {
-		if authority == "" && httpguts.ValidHostHeader(hosts[0]) {
+		switch {
+		case len(hosts) > 1:
+			return nil, malformed // RFC 9110 §7.2: one Host
+		case authority == "" && httpguts.ValidHostHeader(hosts[0]):
 			authority = hosts[0]
-		} else if len(hosts) > 1 || hosts[0] != authority {
+		case hosts[0] != authority:
 			return nil, malformed // RFC 9113 §8.3.1: Host and :authority name one target
 		}
 		delete(header, "Host")
 	}
 	if cls := header["Content-Length"]; len(cls) > 0 {
-		n, err := strconv.ParseInt(cls[0], 10, 64)
-		if err != nil || n < 0 || strings.ContainsAny(cls[0], "+-") {
+		n, ok := declaredLength(cls)
+		if !ok {
 			return nil, malformed
-		}
-		for _, v := range cls[1:] {
-			if v != cls[0] {
-				return nil, malformed
-			}
 		}
 		if f.StreamEnded() && n != 0 {
 			return nil, malformed // RFC 9113 §8.1.1
@@ -266,4 +264,30 @@ func (sc *serverConn) handlerDone(st *stream) {
 	if closing {
 		sc.close()
 	}
+}
+
+// declaredLength is the length a message's Content-Length fields declare:
+// digits only, and every field the same (RFC 9110 §8.6); false if they
+// are not.
+func declaredLength(fields []string) (int64, bool) {
+	n, err := strconv.ParseInt(fields[0], 10, 64)
+	if err != nil || n < 0 || strings.ContainsAny(fields[0], "+-") {
+		return 0, false
+	}
+	for _, v := range fields[1:] {
+		if v != fields[0] {
+			return 0, false
+		}
+	}
+	return n, true
+}
+
+// connectionSpecific reports a field HTTP/2 does not carry (RFC 9113
+// §8.2.2): a message with one is malformed.
+func connectionSpecific(name string) bool {
+	switch name {
+	case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
 }
