@@ -718,3 +718,52 @@ func TestMalformedResponseHeads(t *testing.T) {
 		})
 	}
 }
+
+// A connection closed gracefully (here idle) after its GOAWAY still reads
+// what the client sends meanwhile, then ends with a clean close: closing
+// with the client's frames unread would reset the connection, and the
+// reset can destroy the GOAWAY and the last responses before the client
+// reads them.
+func TestGracefulCloseReadsTheClientsLastFrames(t *testing.T) {
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), IdleTimeout: 100 * time.Millisecond}, nil)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, http2.ClientPreface)
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("no GOAWAY: %v", err)
+		}
+		if _, ok := f.(*http2.GoAwayFrame); ok {
+			break
+		}
+	}
+	// A request sent as the GOAWAY was on its way, and a PING.
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "late.test"}, {":path", "/"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // a reset, had the server closed with the request unread, arrives meanwhile
+	if err := fr.WritePing(false, [8]byte{}); err != nil {
+		t.Fatalf("the server reset the connection: %v", err)
+	}
+	for {
+		_, err := fr.ReadFrame()
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			t.Fatalf("the connection ended with %v, not a clean close", err)
+		}
+	}
+}

@@ -97,6 +97,7 @@ type serverConn struct {
 	running    int    // handlers running
 	handlers   sync.WaitGroup
 	goAway     bool // GOAWAY sent: no new streams
+	lingering  bool // closing gracefully: the client's last frames are read
 	closed     bool
 	idle       *time.Timer
 
@@ -321,7 +322,7 @@ func (sc *serverConn) startDrain() {
 	done := sc.running == 0
 	sc.mu.Unlock()
 	if done {
-		sc.close()
+		sc.closeGracefully()
 	}
 }
 
@@ -337,8 +338,31 @@ func (sc *serverConn) idleOut() {
 	}
 	sc.mu.Unlock()
 	if idle {
-		sc.close()
+		sc.closeGracefully()
 	}
+}
+
+// closeGracefully ends a connection that sent GOAWAY and has no request
+// left: what is queued (the last responses, the GOAWAY) is written, the
+// write side shut, and the reading goroutine reads what the client still
+// sends, for up to closeWait, before the connection closes (its read then
+// fails). Closing with unread input would reset the connection, and the
+// reset can overtake the responses and the GOAWAY: a client that sent a
+// request before it saw the GOAWAY would not learn that it may send it
+// again.
+func (sc *serverConn) closeGracefully() {
+	sc.mu.Lock()
+	if sc.closed || sc.lingering {
+		sc.mu.Unlock()
+		return
+	}
+	sc.lingering = true
+	sc.o.settle()
+	sc.mu.Unlock()
+	if cw, ok := sc.conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	sc.conn.SetReadDeadline(time.Now().Add(closeWait))
 }
 
 // process acts on one frame the client sent.

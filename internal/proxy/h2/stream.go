@@ -262,7 +262,7 @@ func (sc *serverConn) handlerDone(st *stream) {
 	closing := last && sc.goAway
 	sc.mu.Unlock()
 	if closing {
-		sc.close()
+		sc.closeGracefully()
 	}
 }
 
