@@ -149,6 +149,10 @@ func (cc *ClientConn) Reserve() error {
 	return nil
 }
 
+// idleStreamLocked reports a stream this side has not opened (RFC 9113
+// §5.1; a server opens none: push is off). Called with mu held.
+func (cc *ClientConn) idleStreamLocked(id uint32) bool { return id%2 == 0 || id >= cc.nextID }
+
 func (cc *ClientConn) canOpenLocked() bool {
 	return cc.err == nil && cc.o.err == nil && !cc.goAway && uint32(len(cc.streams)+cc.reserved) < cc.maxStreams &&
 		uint64(cc.nextID)+2*uint64(cc.reserved) <= 1<<31-1 // (stream IDs end at 2^31-1: the reserved take theirs first)
@@ -300,7 +304,11 @@ func (cc *ClientConn) process(f http2.Frame) error {
 			delete(cc.streams, cs.id)
 			cc.becameIdleLocked()
 		}
+		idle := cc.idleStreamLocked(f.StreamID)
 		cc.mu.Unlock()
+		if idle {
+			return connError(http2.ErrCodeProtocol, "RST_STREAM on an idle stream")
+		}
 		if cs != nil {
 			err := error(http2.StreamError{StreamID: f.StreamID, Code: f.ErrCode})
 			if f.ErrCode == http2.ErrCodeRefusedStream {
@@ -360,6 +368,8 @@ func (cc *ClientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 			return streamError(f.StreamID, http2.ErrCodeFlowControl)
 		}
 		cs.flow.grew()
+	} else if cc.idleStreamLocked(f.StreamID) {
+		return connError(http2.ErrCodeProtocol, "WINDOW_UPDATE on an idle stream")
 	}
 	return nil
 }

@@ -452,7 +452,7 @@ func (b responseBody) Close() error {
 func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	cc.mu.Lock()
 	cs := cc.streams[f.StreamID]
-	idle := f.StreamID%2 == 0 || f.StreamID >= cc.nextID
+	idle := cc.idleStreamLocked(f.StreamID)
 	cc.mu.Unlock()
 	if cs == nil {
 		if idle {
@@ -552,8 +552,9 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		if resp.ContentLength < 0 {
 			resp.ContentLength = 0
 		}
+		err := cc.remoteEnd(cs, nil) // first: a caller that has the response finds the stream closed
 		cs.deliver(resp, nil)
-		return cc.remoteEnd(cs, nil)
+		return err
 	}
 	cc.mu.Lock()
 	cs.body = newBody(cs, &resp.Trailer, false)
@@ -589,7 +590,7 @@ func (cc *ClientConn) processData(f *http2.DataFrame) error {
 	}
 	cs := cc.streams[id]
 	if cs == nil || cs.body == nil || cs.remoteDone || !cs.recv.take(n) {
-		idle := id%2 == 0 || id >= cc.nextID
+		idle := cc.idleStreamLocked(id)
 		cc.mu.Unlock()
 		cc.refund(nil, n, true)
 		switch {
