@@ -767,3 +767,62 @@ func TestGracefulCloseReadsTheClientsLastFrames(t *testing.T) {
 		}
 	}
 }
+
+// The header lists of a connection's requests in flight are bounded
+// together: beyond the budget (4 MiB here) new streams are refused, and
+// taken again once those in flight finish.
+func TestHeaderBudgetRefusesStreams(t *testing.T) {
+	release := make(chan struct{})
+	var running atomic.Int32
+	addr := ourServer(t, &Server{MaxHeaderBytes: 64 << 10, Handler: http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			running.Add(1)
+			<-release
+		}
+	})}, nil)
+	cc := dialClient(t, addr, ClientConfig{})
+	get := func(path string) error {
+		req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
+		req.Header.Set("X-Big", strings.Repeat("b", 30<<10))
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	if err := get("/"); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	errs := make(chan error, n)
+	for range n {
+		go func() { errs <- get("/hold") }()
+	}
+	refused := 0
+	waitFor(t, func() bool {
+		for {
+			select {
+			case err := <-errs:
+				if !errors.Is(err, ErrRefused) {
+					t.Errorf("a request beyond the budget: %v; want ErrRefused", err)
+				}
+				refused++
+				continue
+			default:
+			}
+			return int(running.Load())+refused == n
+		}
+	})
+	if r := running.Load(); r < 100 || r > 140 {
+		t.Errorf("%d requests of 30 KiB of fields in flight; want the ~136 a 4 MiB budget holds", r)
+	}
+	close(release)
+	for range int(running.Load()) {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if err := get("/"); err != nil {
+		t.Fatalf("after the requests in flight ended: %v", err)
+	}
+}

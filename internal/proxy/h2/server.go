@@ -57,6 +57,10 @@ const (
 	// initial 16 KiB, as nginx, Envoy and linkerd2-proxy announce.
 	maxReadFrame = 16 << 10
 	readBuffer   = 16 << 10
+	// minHeaderBudget is the least the header lists of one connection's
+	// requests in flight may take together (see serverConn.headerBytes):
+	// a thousand requests of 4 KiB of fields.
+	minHeaderBudget = 4 << 20
 )
 
 // ServeConn serves c until the client closes it, it idles out, or drain
@@ -95,11 +99,16 @@ type serverConn struct {
 	recv       inflow // what the client may send on the connection
 	peerWindow int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	running    int    // handlers running
-	handlers   sync.WaitGroup
-	goAway     bool // GOAWAY sent: no new streams
-	lingering  bool // closing gracefully: the client's last frames are read
-	closed     bool
-	idle       *time.Timer
+	// headerBytes is what the header lists of the running handlers'
+	// requests take; a stream that would take it beyond maxHeaderBytes is
+	// refused (HPACK lets a client send a 64 KiB list in a few bytes: a
+	// thousand streams would hold 64 MiB).
+	headerBytes, maxHeaderBytes int
+	handlers                    sync.WaitGroup
+	goAway                      bool // GOAWAY sent: no new streams
+	lingering                   bool // closing gracefully: the client's last frames are read
+	closed                      bool
+	idle                        *time.Timer
 
 	flood resetCount // read loop only
 	// resetIDs are the last streams reset or ignored by this side, whose
@@ -154,6 +163,7 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 		maxHeader = http.DefaultMaxHeaderBytes
 	}
 	sc.fr.MaxHeaderListSize = uint32(maxHeader)
+	sc.maxHeaderBytes = max(minHeaderBudget, 16*maxHeader)
 	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	return sc
 }

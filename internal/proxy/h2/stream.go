@@ -22,14 +22,17 @@ type stream struct {
 	cancel context.CancelCauseFunc
 	body   *body // nil for a request without a body
 
-	flow       sendFlow // what the client lets this stream send
-	recv       inflow   // what the client may still send on it
-	declared   int64    // the request's Content-Length, -1 if none
-	received   int64
-	remoteDone bool // the client ended its side (END_STREAM)
-	localDone  bool // the response ended
-	answered   bool // the response's head was sent
-	reset      bool // reset by either side, or the connection ended: nothing more is sent
+	flow     sendFlow // what the client lets this stream send
+	recv     inflow   // what the client may still send on it
+	declared int64    // the request's Content-Length, -1 if none
+	// headerBytes is what its header and trailer lists take (counted in
+	// the connection's headerBytes while its handler runs).
+	headerBytes int
+	received    int64
+	remoteDone  bool // the client ended its side (END_STREAM)
+	localDone   bool // the response ended
+	answered    bool // the response's head was sent
+	reset       bool // reset by either side, or the connection ended: nothing more is sent
 }
 
 func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
@@ -60,12 +63,13 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		sc.mu.Unlock()
 		return streamError(id, http2.ErrCodeProtocol) // RFC 9113 §5.3.1
 	}
-	if uint32(sc.running) >= sc.maxStreams {
+	size := headerListSize(f)
+	if uint32(sc.running) >= sc.maxStreams || sc.headerBytes+size > sc.maxHeaderBytes {
 		sc.mu.Unlock()
 		return streamError(id, http2.ErrCodeRefusedStream) // RFC 9113 §5.1.2
 	}
 	sc.flood.open()
-	st := &stream{sc: sc, id: id, flow: sendFlow{window: int64(sc.peerWindow)}, recv: inflow{avail: int64(sc.streamWindow)}, declared: -1}
+	st := &stream{sc: sc, id: id, flow: sendFlow{window: int64(sc.peerWindow)}, recv: inflow{avail: int64(sc.streamWindow)}, declared: -1, headerBytes: size}
 	req, err := st.request(f)
 	if err != nil {
 		sc.mu.Unlock()
@@ -76,6 +80,7 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	sc.streams[id] = st
 	sc.running++
+	sc.headerBytes += size
 	if sc.idle != nil {
 		sc.idle.Stop()
 	}
@@ -207,6 +212,9 @@ func (sc *serverConn) processTrailers(st *stream, f *http2.MetaHeadersFrame) err
 	if st.localDone {
 		sc.removeLocked(st)
 	}
+	size := headerListSize(f) // (counted, never refused: new streams are)
+	st.headerBytes += size
+	sc.headerBytes += size
 	sc.mu.Unlock()
 	trailers := make(http.Header)
 	for _, hf := range f.RegularFields() {
@@ -255,6 +263,7 @@ func (sc *serverConn) handlerDone(st *stream) {
 	}
 	sc.removeLocked(st)
 	sc.running--
+	sc.headerBytes -= st.headerBytes
 	last := sc.running == 0
 	if last && sc.idle != nil && !sc.closed {
 		sc.idle.Reset(sc.srv.IdleTimeout)
@@ -290,4 +299,14 @@ func connectionSpecific(name string) bool {
 		return true
 	}
 	return false
+}
+
+// headerListSize is a header block's size as SETTINGS_MAX_HEADER_LIST_SIZE
+// counts it (RFC 9113 §6.5.2): what its decoded fields take in memory.
+func headerListSize(f *http2.MetaHeadersFrame) int {
+	n := 0
+	for _, hf := range f.Fields {
+		n += int(hf.Size())
+	}
+	return n
 }
