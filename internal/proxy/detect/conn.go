@@ -1,6 +1,10 @@
 package detect
 
-import "net"
+import (
+	"net"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+)
 
 // Conn is a connection whose first bytes were read during detection and are
 // replayed to the next reader.
@@ -20,6 +24,9 @@ func (c *Conn) Read(p []byte) (int, error) {
 	}
 	return c.Conn.Read(p)
 }
+
+// CloseWrite half-closes the underlying connection, if it can be.
+func (c *Conn) CloseWrite() error { return transport.CloseWrite(c.Conn) }
 
 // Unwrap hands over the unread prefix and the underlying connection, so a
 // caller can write the prefix and then use the raw connection (for splice).

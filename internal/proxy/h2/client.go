@@ -362,7 +362,7 @@ func (cc *ClientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		if cc.sendWindow += inc; cc.sendWindow > maxWindow {
 			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
 		}
-		cc.o.nextInLine(&cc.sendWindow)
+		cc.o.connGrew(&cc.sendWindow)
 	} else if cs := cc.streams[f.StreamID]; cs != nil {
 		if cs.flow.window += inc; cs.flow.window > maxWindow {
 			return streamError(f.StreamID, http2.ErrCodeFlowControl)

@@ -99,6 +99,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	cs.id = cc.nextID
 	cc.nextID += 2
 	cs.flow.window, cs.recv.avail = int64(cc.peerWindow), int64(cc.cfg.StreamWindow)
+	cs.flow.wake.L = &cc.mu
 	cc.streams[cs.id] = cs
 	if cc.idle != nil {
 		cc.idle.Stop()
@@ -125,7 +126,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	for {
 		select {
 		case <-cs.interimc:
-			cs.relayInterim()
+			cs.relayInterim() // (a refused one cancels the request: respc follows)
 			continue
 		case <-cs.respc:
 		}
@@ -134,7 +135,10 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	if cs.err != nil {
 		return nil, cs.err
 	}
-	cs.relayInterim() // those that came just before the response
+	if err := cs.relayInterim(); err != nil { // those that came just before the response
+		cs.resp.Body.Close()
+		return nil, err
+	}
 	return cs.resp, nil
 }
 
@@ -149,19 +153,20 @@ type interimResponse struct {
 const maxInterim = 16
 
 // relayInterim hands the queued 1xx responses to the trace, in order; one
-// it refuses cancels the request.
-func (cs *clientStream) relayInterim() {
+// it refuses cancels the request, with the trace's error.
+func (cs *clientStream) relayInterim() error {
 	for {
 		cs.cc.mu.Lock()
 		if len(cs.interim) == 0 {
 			cs.cc.mu.Unlock()
-			return
+			return nil
 		}
 		r := cs.interim[0]
 		cs.interim = cs.interim[1:]
 		cs.cc.mu.Unlock()
 		if err := cs.trace.Got1xxResponse(r.status, r.header); err != nil {
 			cs.cancel(err)
+			return err
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -29,12 +30,13 @@ type output struct {
 	control int   // bytes of control frames queued since the last write began
 	err     error // the first write error, or errClosed: nothing more is written
 
-	// timeout bounds each write: a peer that takes nothing for that long
-	// (stopped reading) fails the connection. armed is when the deadline
-	// was last set; final is set once settle gave the last writes theirs.
-	timeout time.Duration
-	armed   time.Time
-	final   bool
+	// timeout bounds each write (of at most writeChunk): a peer that takes
+	// nothing for that long (stopped reading) fails the connection.
+	// deadline is the write deadline set last; final is set once settle
+	// gave the last writes theirs.
+	timeout  time.Duration
+	deadline time.Time
+	final    bool
 
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
@@ -43,7 +45,9 @@ type output struct {
 	// the order they began to wait: a connection WINDOW_UPDATE wakes the
 	// first, which wakes the next if it leaves window over (one wake per
 	// update, not one per waiting stream).
-	inLine []*sendFlow
+	inLine    []*sendFlow
+	connGrown uint64        // how many times the peer grew the connection's window
+	stall     time.Duration // a stream given no window for that long is reset
 
 	maxFrame int // the peer's SETTINGS_MAX_FRAME_SIZE
 }
@@ -60,6 +64,18 @@ const closeWait = time.Second
 // send_timeout is the same).
 const defaultWriteTimeout = 60 * time.Second
 
+// writeChunk is the most one write system call is given: each chunk of a
+// large write gets the timeout anew, so a peer reading slowly but steadily
+// (at least writeChunk per half timeout) is not given up.
+const writeChunk = 256 << 10
+
+// stallFactor: a stream to which the peer grows no flow-control window
+// (neither its own nor the connection's) for stallFactor times the write
+// timeout — five minutes by default, Envoy's stream idle timeout — is
+// reset. A peer that reads slowly keeps growing it; one that never does
+// would hold the stream, its handler and its upstream request for good.
+const stallFactor = 5
+
 var errClosed = errors.New("http2: connection closed")
 
 func (o *output) init(c net.Conn, mu *sync.Mutex, timeout time.Duration) {
@@ -68,6 +84,7 @@ func (o *output) init(c net.Conn, mu *sync.Mutex, timeout time.Duration) {
 	if o.timeout <= 0 {
 		o.timeout = defaultWriteTimeout
 	}
+	o.stall = stallFactor * o.timeout
 	o.drained.L = mu
 	o.enc = hpack.NewEncoder(&o.encBuf)
 	o.maxFrame = 16 << 10
@@ -119,7 +136,7 @@ func (o *output) writeAll() {
 		o.control = 0
 		o.arm()
 		o.mu.Unlock()
-		_, err := o.conn.Write(b)
+		err := o.write(b)
 		o.mu.Lock()
 		if err != nil && o.err == nil {
 			o.err, failed = err, true
@@ -138,13 +155,32 @@ func (o *output) writeAll() {
 	}
 }
 
-// arm gives the write about to start at least half of timeout: the
+// write writes b in chunks of at most writeChunk, each given the timeout
+// anew. Called by the writer, without mu.
+func (o *output) write(b []byte) error {
+	for len(b) > writeChunk {
+		if _, err := o.conn.Write(b[:writeChunk]); err != nil {
+			return err
+		}
+		b = b[writeChunk:]
+		o.mu.Lock()
+		o.arm()
+		o.mu.Unlock()
+	}
+	_, err := o.conn.Write(b)
+	return err
+}
+
+// arm gives the write about to start at least half the timeout: the
 // deadline moves only when less than that is left, not on every write.
 // Called with mu held, by the writer.
 func (o *output) arm() {
-	if now := time.Now(); !o.final && now.Sub(o.armed) > o.timeout/2 {
-		o.conn.SetWriteDeadline(now.Add(o.timeout))
-		o.armed = now
+	if o.final {
+		return
+	}
+	if now := time.Now(); o.deadline.Sub(now) < o.timeout/2 {
+		o.deadline = now.Add(o.timeout)
+		o.conn.SetWriteDeadline(o.deadline)
 	}
 }
 
@@ -231,8 +267,8 @@ func (o *output) settingsFrom(f *http2.SettingsFrame, initial *int32, streams fu
 			if f.window += delta; f.window > maxWindow {
 				return connError(http2.ErrCodeFlowControl, "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window")
 			}
-			if delta > 0 && f.window > 0 {
-				f.wake.Signal()
+			if delta > 0 {
+				f.grew()
 			}
 		}
 	}
@@ -353,16 +389,26 @@ var commonLower = func() map[string]string {
 // connection's. Guarded by the connection's mu.
 type sendFlow struct {
 	window int64     // what the peer lets the stream send
-	wake   sync.Cond // its window grew, it is first in line, or it is gone
+	wake   sync.Cond // its window grew, it is first in line, or it is gone (L: the connection's mu)
+	grown  uint64    // how many times the peer grew window
 	queued bool      // in the connection's line
+	popped bool      // woken as first in line: back to the front if it cannot send
 }
 
-// grew wakes the stream once its window, grown by the peer, lets it send.
-// Called with mu held.
+// grew counts window the peer gave the stream and wakes the stream if it
+// may send. Called with mu held.
 func (f *sendFlow) grew() {
+	f.grown++
 	if f.window > 0 {
 		f.wake.Signal()
 	}
+}
+
+// connGrew counts window the peer gave the connection (conn) and wakes
+// the first stream in line for it. Called with mu held.
+func (o *output) connGrew(conn *int64) {
+	o.connGrown++
+	o.nextInLine(conn)
 }
 
 // sendData appends p as DATA frames of stream id within the stream's and
@@ -393,44 +439,67 @@ func (o *output) sendData(id uint32, p []byte, end bool, f *sendFlow, conn *int6
 	return nil
 }
 
-// errStalled is a stream the peer gave no send window for the write
-// timeout.
-var errStalled = errors.New("http2: the peer gave the stream no flow-control window for the write timeout")
+// errStalled is a stream the peer gave no flow-control window, on it or
+// on the connection, for the stall timeout.
+var errStalled = errors.New("http2: the peer gave no flow-control window for the stall timeout")
 
 // awaitWindow writes what is queued and waits until both of f's windows
-// let it send, it may not send any more (ok), or the peer has given it no
-// window for the write timeout. Called with mu held.
+// let it send, it may not send any more (ok), or the peer has grown
+// neither window for the stall timeout. Called with mu held.
 func (o *output) awaitWindow(f *sendFlow, conn *int64, ok func() error) error {
 	o.flush() // releases mu while it writes: check again after
-	f.wake.L = o.mu
 	stalled := false
-	t := time.AfterFunc(o.timeout, func() {
+	seen := f.grown + o.connGrown
+	var t *time.Timer
+	t = time.AfterFunc(o.stall, func() {
 		o.mu.Lock()
+		defer o.mu.Unlock()
+		if grown := f.grown + o.connGrown; grown != seen {
+			seen = grown // window came meanwhile: the stall counts from now
+			t.Reset(o.stall)
+			return
+		}
 		stalled = true
 		f.wake.Signal()
-		o.mu.Unlock()
 	})
 	defer t.Stop()
 	for {
 		err := ok()
 		switch {
 		case err == nil && f.window > 0 && *conn > 0:
+			o.leaveLine(f)
 			return nil
 		case err == nil && stalled:
 			err = errStalled
+		case err == nil && f.window <= 0:
+			o.leaveLine(f)
+			o.nextInLine(conn) // what it cannot take now goes to the next
+			f.wake.Wait()
+			continue
 		case err == nil:
-			if f.window <= 0 {
-				o.nextInLine(conn) // what it cannot take now goes to the next
-			} else if !f.queued {
-				f.queued = true
-				o.inLine = append(o.inLine, f)
-			}
+			o.joinLine(f)
 			f.wake.Wait()
 			continue
 		}
 		o.leaveLine(f)
 		return err
 	}
+}
+
+// joinLine puts f in line for the connection's window: at the back, or
+// back at the front if it was woken as first and found the window taken.
+// Called with mu held.
+func (o *output) joinLine(f *sendFlow) {
+	if f.queued {
+		return
+	}
+	f.queued = true
+	if f.popped {
+		f.popped = false
+		o.inLine = slices.Insert(o.inLine, 0, f)
+		return
+	}
+	o.inLine = append(o.inLine, f)
 }
 
 // nextInLine wakes the first stream waiting for the connection's window,
@@ -442,21 +511,19 @@ func (o *output) nextInLine(conn *int64) {
 	f := o.inLine[0]
 	o.inLine[0] = nil
 	o.inLine = o.inLine[1:]
-	f.queued = false
+	f.queued, f.popped = false, true
 	f.wake.Signal()
 }
 
 // leaveLine takes f out of the connection's line. Called with mu held.
 func (o *output) leaveLine(f *sendFlow) {
+	f.popped = false
 	if !f.queued {
 		return
 	}
 	f.queued = false
-	for i, w := range o.inLine {
-		if w == f {
-			o.inLine = append(o.inLine[:i], o.inLine[i+1:]...)
-			return
-		}
+	if i := slices.Index(o.inLine, f); i >= 0 {
+		o.inLine = slices.Delete(o.inLine, i, i+1)
 	}
 }
 

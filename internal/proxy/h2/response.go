@@ -263,7 +263,13 @@ var dateCache struct {
 // nil) of st; end ends the stream with the last of them. It waits as flow
 // control and the connection's backlog require, and fails once the stream
 // or the connection is gone.
-func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []field, end bool) error {
+func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []field, end bool) (err error) {
+	defer func() {
+		if err == errStalled { // (after mu is released)
+			st.cancel(errStalled)
+			st.body.finish(errStalled, nil)
+		}
+	}()
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
 	if err := sc.o.room(func() error { return sc.sendable(st) }); err != nil {

@@ -368,6 +368,9 @@ func (sc *serverConn) closeGracefully() {
 	}
 	sc.lingering = true
 	sc.o.settle()
+	if sc.o.err == nil {
+		sc.o.err = errClosed // what the client's last frames would have answered is not written
+	}
 	sc.mu.Unlock()
 	if cw, ok := sc.conn.(interface{ CloseWrite() error }); ok {
 		cw.CloseWrite()
@@ -431,7 +434,7 @@ func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 		if sc.sendWindow += inc; sc.sendWindow > maxWindow {
 			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
 		}
-		sc.o.nextInLine(&sc.sendWindow)
+		sc.o.connGrew(&sc.sendWindow)
 		return nil
 	}
 	st := sc.streams[f.StreamID]

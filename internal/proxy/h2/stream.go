@@ -70,6 +70,7 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	sc.flood.open()
 	st := &stream{sc: sc, id: id, flow: sendFlow{window: int64(sc.peerWindow)}, recv: inflow{avail: int64(sc.streamWindow)}, declared: -1, headerBytes: size}
+	st.flow.wake.L = &sc.mu
 	req, err := st.request(f)
 	if err != nil {
 		sc.mu.Unlock()
@@ -200,6 +201,10 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 // processTrailers takes a request's trailers, which end its stream.
 func (sc *serverConn) processTrailers(st *stream, f *http2.MetaHeadersFrame) error {
 	sc.mu.Lock()
+	if sc.streams[st.id] != st { // its handler ended meanwhile, refusing the rest of the request
+		sc.mu.Unlock()
+		return nil
+	}
 	if st.remoteDone {
 		sc.mu.Unlock()
 		return streamError(st.id, http2.ErrCodeStreamClosed)

@@ -216,13 +216,7 @@ func (hc *h1Conn) rejectRequest(m *transport.Meta, err error) {
 // read what was sent before the socket goes away.
 func (hc *h1Conn) lingerClose() {
 	hc.bw.Flush()
-	if cw, ok := hc.c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	} else if u, ok := hc.c.(interface{ Unwrap() net.Conn }); ok {
-		if cw, ok := u.Unwrap().(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
-	}
+	transport.CloseWrite(hc.c)
 	hc.c.SetReadDeadline(time.Now().Add(lingerTimeout))
 	io.Copy(io.Discard, io.LimitReader(hc.c, maxDiscard))
 }

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 
@@ -56,3 +57,21 @@ func (c *MeteredConn) Close() error {
 // Unwrap returns the underlying connection, for zero-copy forwarding that
 // counts bytes itself.
 func (c *MeteredConn) Unwrap() net.Conn { return c.Conn }
+
+// CloseWrite half-closes the underlying connection, if it can be.
+func (c *MeteredConn) CloseWrite() error { return CloseWrite(c.Conn) }
+
+// CloseWrite half-closes c — sends FIN, or TLS close_notify — or the
+// connection it wraps (Unwrap), if one of them can be half-closed.
+func CloseWrite(c net.Conn) error {
+	for {
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			return cw.CloseWrite()
+		}
+		u, ok := c.(interface{ Unwrap() net.Conn })
+		if !ok {
+			return errors.ErrUnsupported
+		}
+		c = u.Unwrap()
+	}
+}
