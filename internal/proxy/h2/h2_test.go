@@ -479,27 +479,40 @@ func TestNegativeWindow(t *testing.T) {
 	}
 }
 
-// rawPeer is the far end of a connection that grants this side every
-// window, then never reads again: a peer that stopped reading. client
-// says which side it plays (sending the preface and a GET first).
-func rawPeer(t *testing.T, c net.Conn, client bool) {
+// rawClient dials addr as a hand-driven HTTP/2 client: the preface and
+// SETTINGS (with settings) are sent; frames are read and written with the
+// returned Framer.
+func rawClient(t *testing.T, addr string, settings ...http2.Setting) (net.Conn, *http2.Framer) {
 	t.Helper()
-	if client {
-		if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
-			t.Fatal(err)
-		}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
 	}
-	fr := http2.NewFramer(c, nil)
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(c, c)
+	fr.WriteSettings(settings...)
+	return c, fr
+}
+
+// writeGet sends a GET of path on stream id, ending the stream.
+func writeGet(fr *http2.Framer, id uint32, path string) error {
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "raw.test"}, {":path", path}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	return fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+}
+
+// grantAll gives the peer every window, stream and connection: a peer
+// that then stops reading has the other side write until its sockets are
+// full.
+func grantAll(fr *http2.Framer) {
 	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: maxWindow})
 	fr.WriteWindowUpdate(0, maxWindow-initialWindow)
-	if client {
-		var block bytes.Buffer
-		enc := hpack.NewEncoder(&block)
-		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "stall.test"}, {":path", "/"}} {
-			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-		}
-		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
-	}
 }
 
 // A client that stops reading costs the server its connection after the
@@ -517,12 +530,9 @@ func TestStalledClientIsDropped(t *testing.T) {
 		}
 		wrote <- nil
 	})}, nil)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	rawPeer(t, c, true)
+	_, fr := rawClient(t, addr)
+	grantAll(fr)
+	writeGet(fr, 1, "/") // and reads nothing
 	select {
 	case err := <-wrote:
 		if err == nil {
@@ -547,7 +557,7 @@ func TestStalledServerIsDropped(t *testing.T) {
 			return
 		}
 		t.Cleanup(func() { c.Close() })
-		rawPeer(t, c, false)
+		grantAll(http2.NewFramer(c, nil)) // and reads nothing
 	}()
 	cc := dialClient(t, ln.Addr().String(), ClientConfig{WriteTimeout: 200 * time.Millisecond})
 	body := io.LimitReader(zeros{}, 1<<30)
@@ -631,20 +641,8 @@ func TestStalledWindowResetsTheStream(t *testing.T) {
 		}
 		wrote <- err
 	})}, nil)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, http2.ClientPreface)
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "stall.test"}, {":path", "/"}} {
-		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+	c, fr := rawClient(t, addr, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+	writeGet(fr, 1, "/")
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
 		f, err := fr.ReadFrame()
@@ -726,14 +724,7 @@ func TestMalformedResponseHeads(t *testing.T) {
 // reads them.
 func TestGracefulCloseReadsTheClientsLastFrames(t *testing.T) {
 	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}), IdleTimeout: 100 * time.Millisecond}, nil)
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	io.WriteString(c, http2.ClientPreface)
-	fr := http2.NewFramer(c, c)
-	fr.WriteSettings()
+	c, fr := rawClient(t, addr)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	for {
 		f, err := fr.ReadFrame()
@@ -745,12 +736,7 @@ func TestGracefulCloseReadsTheClientsLastFrames(t *testing.T) {
 		}
 	}
 	// A request sent as the GOAWAY was on its way, and a PING.
-	var block bytes.Buffer
-	enc := hpack.NewEncoder(&block)
-	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "late.test"}, {":path", "/"}} {
-		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
-	}
-	if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+	if err := writeGet(fr, 1, "/"); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // a reset, had the server closed with the request unread, arrives meanwhile
