@@ -280,14 +280,7 @@ func TestCancelResetsTheStream(t *testing.T) {
 			if _, err := io.ReadAll(resp.Body); err == nil {
 				t.Fatal("the body of a cancelled request read to its end")
 			}
-			select {
-			case err := <-handlerDone:
-				if err == nil {
-					t.Fatal("handler context not done")
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("the server's handler did not see the reset")
-			}
+			wantError(t, handlerDone, 5*time.Second, "handler context not done", "the server's handler did not see the reset")
 		})
 	}
 }
@@ -391,6 +384,20 @@ func TestHeaderListLimits(t *testing.T) {
 }
 
 // Streams beyond the server's limit are refused (REFUSED_STREAM), which
+// wantError waits up to d for an error from errs: nil fails the test
+// with ifNil, none in time with ifNone.
+func wantError(t *testing.T, errs <-chan error, d time.Duration, ifNil, ifNone string) {
+	t.Helper()
+	select {
+	case err := <-errs:
+		if err == nil {
+			t.Fatal(ifNil)
+		}
+	case <-time.After(d):
+		t.Fatal(ifNone)
+	}
+}
+
 // the client reports as not processed.
 func TestStreamLimit(t *testing.T) {
 	release := make(chan struct{})
@@ -533,14 +540,7 @@ func TestStalledClientIsDropped(t *testing.T) {
 	_, fr := rawClient(t, addr)
 	grantAll(fr)
 	writeGet(fr, 1, "/") // and reads nothing
-	select {
-	case err := <-wrote:
-		if err == nil {
-			t.Fatal("1 GiB was written to a client that reads nothing")
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the handler still writes to a client that stopped reading")
-	}
+	wantError(t, wrote, 20*time.Second, "1 GiB was written to a client that reads nothing", "the handler still writes to a client that stopped reading")
 }
 
 // A server that stops reading fails the client's connection after the
@@ -571,14 +571,7 @@ func TestStalledServerIsDropped(t *testing.T) {
 		}
 		done <- err
 	}()
-	select {
-	case err := <-done:
-		if err == nil {
-			t.Fatal("a request got an answer from a server that sends none")
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("the request still waits on a server that stopped reading")
-	}
+	wantError(t, done, 20*time.Second, "a request got an answer from a server that sends none", "the request still waits on a server that stopped reading")
 	if cc.Err() == nil {
 		t.Fatal("the connection to a server that stopped reading is still usable")
 	}
@@ -653,14 +646,7 @@ func TestStalledWindowResetsTheStream(t *testing.T) {
 			break
 		}
 	}
-	select {
-	case err := <-wrote:
-		if err == nil {
-			t.Fatal("the handler's writes all succeeded on a stream given no window")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the handler still waits for window")
-	}
+	wantError(t, wrote, 5*time.Second, "the handler's writes all succeeded on a stream given no window", "the handler still waits for window")
 }
 
 // A response head HTTP/2 does not allow — Content-Length fields that
