@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // The tests drive each side against net/http's HTTP/2 (h2c), the
@@ -384,20 +386,6 @@ func TestHeaderListLimits(t *testing.T) {
 }
 
 // Streams beyond the server's limit are refused (REFUSED_STREAM), which
-// wantError waits up to d for an error from errs: nil fails the test
-// with ifNil, none in time with ifNone.
-func wantError(t *testing.T, errs <-chan error, d time.Duration, ifNil, ifNone string) {
-	t.Helper()
-	select {
-	case err := <-errs:
-		if err == nil {
-			t.Fatal(ifNil)
-		}
-	case <-time.After(d):
-		t.Fatal(ifNone)
-	}
-}
-
 // the client reports as not processed.
 func TestStreamLimit(t *testing.T) {
 	release := make(chan struct{})
@@ -440,6 +428,20 @@ func waitFor(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met within 5s")
 		}
+	}
+}
+
+// wantError waits up to d for an error from errs: nil fails the test
+// with ifNil, none in time with ifNone.
+func wantError(t *testing.T, errs <-chan error, d time.Duration, ifNil, ifNone string) {
+	t.Helper()
+	select {
+	case err := <-errs:
+		if err == nil {
+			t.Fatal(ifNil)
+		}
+	case <-time.After(d):
+		t.Fatal(ifNone)
 	}
 }
 
@@ -546,20 +548,11 @@ func TestStalledClientIsDropped(t *testing.T) {
 // A server that stops reading fails the client's connection after the
 // write timeout: the request with a body it does not take ends.
 func TestStalledServerIsDropped(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		t.Cleanup(func() { c.Close() })
+	addr := testkit.Serve(t, func(c net.Conn) {
 		grantAll(http2.NewFramer(c, nil)) // and reads nothing
-	}()
-	cc := dialClient(t, ln.Addr().String(), ClientConfig{WriteTimeout: 200 * time.Millisecond})
+		<-t.Context().Done()
+	})
+	cc := dialClient(t, addr, ClientConfig{WriteTimeout: 200 * time.Millisecond})
 	body := io.LimitReader(zeros{}, 1<<30)
 	req, _ := http.NewRequest("POST", "http://stall.test/", body)
 	req.ContentLength = -1 // unknown: sent until EOF
@@ -661,17 +654,7 @@ func TestMalformedResponseHeads(t *testing.T) {
 		"transfer-coding": {{"transfer-encoding", "chunked"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				defer c.Close()
+			addr := testkit.Serve(t, func(c net.Conn) {
 				io.ReadFull(c, make([]byte, len(http2.ClientPreface)))
 				fr := http2.NewFramer(c, c)
 				fr.WriteSettings()
@@ -691,9 +674,9 @@ func TestMalformedResponseHeads(t *testing.T) {
 						fr.WriteData(h.StreamID, true, []byte("hello"))
 					}
 				}
-			}()
-			cc := dialClient(t, ln.Addr().String(), ClientConfig{})
-			req, _ := http.NewRequest("GET", "http://"+ln.Addr().String()+"/", nil)
+			})
+			cc := dialClient(t, addr, ClientConfig{})
+			req, _ := http.NewRequest("GET", "http://"+addr+"/", nil)
 			resp, err := cc.RoundTrip(req)
 			if err == nil {
 				resp.Body.Close()
