@@ -781,3 +781,37 @@ func TestHeaderBudgetRefusesStreams(t *testing.T) {
 		t.Fatalf("after the requests in flight ended: %v", err)
 	}
 }
+
+// A client whose requests wait more than a second and are then given up
+// (deadlines expiring under load) is not a rapid-reset flood, however
+// many it cancels: its connection stays open.
+func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hold" {
+			<-r.Context().Done()
+		}
+	})}, nil)
+	cc := dialClient(t, addr, ClientConfig{})
+	get := func(ctx context.Context, path string) error {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+path, nil)
+		resp, err := cc.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range 2 * floodMinResets {
+		wg.Go(func() { get(ctx, "/hold") })
+	}
+	time.Sleep(prematureLifetime + 200*time.Millisecond)
+	cancel()
+	wg.Wait()
+	if err := get(context.Background(), "/"); err != nil {
+		t.Fatalf("after %d requests given up after a second: %v", 2*floodMinResets, err)
+	}
+	if err := cc.Err(); err != nil {
+		t.Fatalf("the connection was closed: %v", err)
+	}
+}

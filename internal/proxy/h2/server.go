@@ -466,21 +466,21 @@ func (sc *serverConn) processReset(f *http2.RSTStreamFrame) error {
 		}
 		return nil
 	}
-	answered := st.answered
+	premature := st.premature()
 	sc.removeLocked(st)
 	sc.mu.Unlock()
 	st.cancel(errStreamReset)
 	st.body.finish(errStreamReset, nil)
-	return sc.countReset(answered)
+	return sc.countReset(premature)
 }
 
 // countReset counts a stream ended by a reset, the client's or one its
 // frames made this side send (a window overflow, DATA beyond a window or a
 // Content-Length: "MadeYouReset", CVE-2025-8671, costs the proxy as much
 // as a reset the client sends), and fails the connection once most recent
-// streams ended so before their response began. Read loop only.
-func (sc *serverConn) countReset(answered bool) error {
-	if !sc.flood.reset(answered) {
+// streams ended so prematurely (see flood.go). Read loop only.
+func (sc *serverConn) countReset(premature bool) error {
+	if !sc.flood.reset(premature) {
 		return nil
 	}
 	sc.log.Warn("HTTP/2 connection closed with GOAWAY ENHANCE_YOUR_CALM: most streams were reset before their response (rapid reset)",
@@ -499,9 +499,9 @@ var errStreamReset = errors.New("http2: the client reset the stream")
 func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) error {
 	sc.mu.Lock()
 	st := sc.streams[id]
-	answered := true
+	premature := false
 	if st != nil {
-		answered = st.answered
+		premature = st.premature()
 		sc.removeLocked(st)
 	}
 	if id > sc.maxID && id%2 == 1 {
@@ -518,7 +518,7 @@ func (sc *serverConn) resetStream(id uint32, code http2.ErrCode) error {
 	if err != nil {
 		return err
 	}
-	return sc.countReset(answered)
+	return sc.countReset(premature)
 }
 
 // removeLocked forgets a stream that is closed, or reset, and gives back

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2"
@@ -32,6 +33,7 @@ type stream struct {
 	remoteDone  bool // the client ended its side (END_STREAM)
 	localDone   bool // the response ended
 	answered    bool // the response's head was sent
+	opened      time.Time
 	reset       bool // reset by either side, or the connection ended: nothing more is sent
 }
 
@@ -71,6 +73,7 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	sc.flood.open()
 	st := &stream{sc: sc, id: id, flow: sendFlow{window: int64(sc.peerWindow)}, recv: inflow{avail: int64(sc.streamWindow)}, declared: -1, headerBytes: size}
 	st.flow.wake.L = &sc.mu
+	st.opened = time.Now()
 	req, err := st.request(f)
 	if err != nil {
 		sc.mu.Unlock()
@@ -314,4 +317,10 @@ func headerListSize(f *http2.MetaHeadersFrame) int {
 		n += int(hf.Size())
 	}
 	return n
+}
+
+// premature reports a stream reset before its response began, within
+// prematureLifetime of opening (see flood.go). Called with mu held.
+func (st *stream) premature() bool {
+	return !st.answered && time.Since(st.opened) < prematureLifetime
 }
