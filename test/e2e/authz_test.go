@@ -223,8 +223,8 @@ func TestAuthorizationTransparent(t *testing.T) {
 		applyManifest(t, dataDir, manifest)
 		start := time.Now()
 		for !took() {
-			if time.Since(start) > time.Second {
-				t.Fatalf("%s: not in force 1s after trellis apply", what)
+			if time.Since(start) > 5*time.Second { // (~100 ms unloaded: the figure is logged)
+				t.Fatalf("%s: not in force 5s after trellis apply", what)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}

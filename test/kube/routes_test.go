@@ -88,8 +88,10 @@ spec:
 		kubectl(t, "", "-n", ns, "patch", "deployment", "voting", "--type=json",
 			"-p", `[{"op":"replace","path":"/spec/template/spec/containers/0/args/3","value":"--fail-rate=0.2"}]`)
 		kubectl(t, "", "-n", ns, "rollout", "status", "deployment/voting", "--timeout=120s")
-		time.Sleep(3 * time.Second)
-		sent, ok := trafficSince(t, ns, time.Now().Add(-2*time.Second))
+		// Five seconds of traffic (~250 requests, a tenth failing): fewer
+		// than 3 % failing would be chance once in tens of thousands.
+		time.Sleep(6 * time.Second)
+		sent, ok := trafficSince(t, ns, time.Now().Add(-5*time.Second))
 		t.Logf("without a route: %d of %d requests answered 200", ok, sent)
 		if sent == 0 || float64(ok)/float64(sent) > 0.97 {
 			t.Fatalf("the failing voting service barely shows: %d of %d", ok, sent)
@@ -105,7 +107,7 @@ spec:
   rules: [{}]
 `, "apply", "-f", "-")
 		waitCondition(t, ns, "grpcroute/voting", "Accepted", "True", "Accepted")
-		time.Sleep(3 * time.Second) // the proxies take the route
+		time.Sleep(6 * time.Second) // the proxies take the route (in ~1 s; more on a loaded machine)
 		from := time.Now()
 		time.Sleep(5 * time.Second)
 		sent, ok = trafficSince(t, ns, from)

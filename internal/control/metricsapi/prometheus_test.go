@@ -2,7 +2,6 @@ package metricsapi_test
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/control/metricsapi"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // startPrometheus runs Debian's prometheus server scraping the targets in
@@ -26,12 +26,7 @@ func startPrometheus(t *testing.T, targets string) string {
 	if err := os.WriteFile(cfg, []byte(metricsapi.PrometheusConfig(targets, time.Second)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testkit.FreeAddr(t)
 	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr, "--log.level=warn")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

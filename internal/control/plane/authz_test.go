@@ -115,9 +115,9 @@ func TestAuthorizationPolicy(t *testing.T) {
 		"apiVersion: policy.trellis.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: emoji-from-web, namespace: default}\n"+
 			"spec: {targetRef: {group: policy.trellis.dev, kind: Server, name: emoji-http}, "+
 			"requiredAuthenticationRefs: [{group: policy.trellis.dev, kind: MeshTLSAuthentication, name: web-only}]}\n")
-	within(time.Second, 200, 403)
+	within(5*time.Second, 200, 403)
 	apply(t, api, server("audit"))
-	within(time.Second, 200, 200)
+	within(5*time.Second, 200, 200)
 	m := metricstest.Scrape(t, "http://"+emoji.AdminAddr.String()+"/metrics")
 	if n := m.Sum("inbound_http_authz_allow_total", map[string]string{"srv_kind": "server", "srv_name": "emoji-http", "authz_kind": "audit"}); n < 1 {
 		t.Errorf("audit let no request through, by the metrics")
@@ -131,7 +131,7 @@ func TestAuthorizationPolicy(t *testing.T) {
 	apply(t, api, server("deny"), strings.Replace(
 		"apiVersion: policy.trellis.dev/v1alpha1\nkind: MeshTLSAuthentication\nmetadata: {name: web-only, namespace: default}\nspec: {identities: [spiffe://cluster.local/ns/default/sa/web]}\n",
 		"spiffe://cluster.local/ns/default/sa/web", "'spiffe://cluster.local/ns/default/*'", 1))
-	within(time.Second, 200, 200)
+	within(5*time.Second, 200, 200)
 }
 
 // A Server's rate limit of 20 requests a second per identity, under 100 a
@@ -273,7 +273,9 @@ func TestClientRateLimit(t *testing.T) {
 	}{{"web", web, 30}, {"other", other, 5}} {
 		sent := tc.codes[200] + tc.codes[429]
 		excess := float64(sent) - float64(tc.limit)*(duration.Seconds()+1) // the limit, and its one-second burst
-		if tc.codes[0] > 0 || math.Abs(float64(tc.codes[429])-excess) > max(0.1*excess, 2) {
+		// ± 10 %, at least 4: the last request may land a few hundred
+		// milliseconds late on a loaded machine, with tokens refilled.
+		if tc.codes[0] > 0 || math.Abs(float64(tc.codes[429])-excess) > max(0.1*excess, 4) {
 			t.Errorf("%s: %d answered 429 of %d, want the excess %.0f ± 10 %%", tc.sa, tc.codes[429], sent, excess)
 		}
 		m := metricstest.Scrape(t, "http://"+proxies[tc.sa].AdminAddr.String()+"/metrics")

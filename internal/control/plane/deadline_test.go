@@ -46,8 +46,9 @@ func (s *slowService) EmptyCall(context.Context, *testpb.Empty) (*testpb.Empty, 
 
 // gRPC calls whose deadline runs out are what they are: DEADLINE_EXCEEDED
 // to the client, the server told the deadline (grpc-timeout, no more than
-// the client's), and no endpoint blamed — forty in a row eject neither
-// instance, and the service answers at once afterwards.
+// the client's), and no endpoint blamed — twenty in a row (ten each, more
+// than the seven failures that eject one) eject neither instance, and the
+// service answers at once afterwards.
 func TestExpiredDeadlinesAreNotEndpointFailures(t *testing.T) {
 	p, api := startPlane(t)
 	svc := &slowService{given: make(chan time.Duration, 100)}
@@ -76,8 +77,9 @@ func TestExpiredDeadlinesAreNotEndpointFailures(t *testing.T) {
 	if _, err := tc.EmptyCall(warm, &testpb.Empty{}); err != nil { // discovery and connections in place
 		t.Fatal(err)
 	}
-	for i := range 40 {
-		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	const calls, deadline = 20, 200 * time.Millisecond
+	for i := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), deadline)
 		_, err := tc.UnaryCall(ctx, &testpb.SimpleRequest{})
 		cancel()
 		if status.Code(err) != codes.DeadlineExceeded {
@@ -85,14 +87,14 @@ func TestExpiredDeadlinesAreNotEndpointFailures(t *testing.T) {
 		}
 	}
 	// A call may run out of time before it reaches a server (on a busy
-	// machine); most do reach one.
+	// machine), or reach it with no time left; most reach one with time.
 	n := len(svc.given)
-	if n < 30 {
-		t.Fatalf("only %d of the 40 calls reached a server", n)
+	if n < calls*3/4 {
+		t.Fatalf("only %d of the %d calls reached a server", n, calls)
 	}
 	for range n {
-		if d := <-svc.given; d <= 0 || d > 50*time.Millisecond {
-			t.Fatalf("the server was given %v; want the time left of the client's 50ms", d)
+		if d := <-svc.given; d > deadline {
+			t.Fatalf("the server was given %v; want the time left of the client's %v", d, deadline)
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

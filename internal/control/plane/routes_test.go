@@ -244,8 +244,8 @@ func TestHTTPRoutes(t *testing.T) {
 	apply(t, api, webRoute(0, 100))
 	changed := time.Now()
 	for call(t, c, "GET", base+"/app", nil).body != "v2 yes" || !allV2(t, c, base) {
-		if time.Since(changed) > time.Second {
-			t.Fatal("new weights not in effect within 1s")
+		if time.Since(changed) > 5*time.Second { // (the figure is logged)
+			t.Fatal("new weights not in effect within 5s")
 		}
 	}
 	t.Logf("new weights in effect %v after apply", time.Since(changed).Round(time.Millisecond))
@@ -378,8 +378,9 @@ spec:
 			t.Errorf("accrual %s: the backend got %d requests for %d sent; the budget allows at most %.0f", run.accrual, downHits.Load(), sent, limit)
 		}
 		// Requests wait at most the 3 s fail-fast time for an endpoint (the
-		// first 3 s after the ejection), then the service fails fast.
-		if p50 > 100*time.Millisecond || p90 > 100*time.Millisecond || worst > 4*time.Second {
+		// first 3 s after the ejection), then the service fails fast: in
+		// milliseconds (500 ms allows for a loaded machine).
+		if p50 > 500*time.Millisecond || p90 > 500*time.Millisecond || worst > 4*time.Second {
 			t.Errorf("accrual %s: errors came back in p50 %v, p90 %v; want fast failures", run.accrual, p50, p90)
 		}
 	}
@@ -469,7 +470,8 @@ spec:
 }
 
 // 2% of requests stall for 1 s: hedging after 50 ms brings the client's
-// p99 under 200 ms for little more backend load.
+// p99 from 1 s to about 50 ms (under 500 ms however loaded the machine)
+// for little more backend load.
 func TestHedging(t *testing.T) {
 	p, api := startPlane(t)
 	var hits atomic.Int64
@@ -510,8 +512,8 @@ func TestHedging(t *testing.T) {
 	// The extra load is the 2% that stall plus the answers a busy machine
 	// slows past 50 ms (a few % under CPU contention), far from hedging
 	// everything and under the 20% budget.
-	if failed > 0 || p99 >= 200*time.Millisecond || extra > 0.10 {
-		t.Errorf("with hedging: %d failed, p99 %v (want < 200ms), extra load %.1f%% (want ≤ 10%%)", failed, p99, 100*extra)
+	if failed > 0 || p99 >= 500*time.Millisecond || extra > 0.10 {
+		t.Errorf("with hedging: %d failed, p99 %v (want < 500ms; 1 s without hedging), extra load %.1f%% (want ≤ 10%%)", failed, p99, 100*extra)
 	}
 }
 
@@ -526,13 +528,13 @@ func TestFaultsAndMirroring(t *testing.T) {
 	})
 	instance(t, p, api, "shadow", "shadow-0", func(w http.ResponseWriter, r *http.Request) {
 		shadow.Add(1)
-		time.Sleep(100 * time.Millisecond) // slow, with a different answer: the primary must not notice
+		time.Sleep(300 * time.Millisecond) // slow, with a different answer: the primary must not notice
 		fmt.Fprint(w, "shadow")
 	})
 	instance(t, p, api, "faulty", "faulty-0", func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })
 	apply(t, api,
 		routeYAML("app", "", `filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 8080}, percent: 30}}]`),
-		routeYAML("faulty", `fault.trellis.dev/abort: "503 10%", fault.trellis.dev/delay: "100ms 10%"`, `backendRefs: [{name: faulty, port: 8080}]`))
+		routeYAML("faulty", `fault.trellis.dev/abort: "503 10%", fault.trellis.dev/delay: "250ms 10%"`, `backendRefs: [{name: faulty, port: 8080}]`))
 	c := &http.Client{Timeout: 10 * time.Second}
 
 	faulty := "http://" + client(t, p, api, "faulty") + "/"
@@ -543,8 +545,10 @@ func TestFaultsAndMirroring(t *testing.T) {
 		}
 	}
 	lat, aborted := latencies(t, c, faulty, 2000)
-	delayed := len(lat) - sort.Search(len(lat), func(i int) bool { return lat[i] >= 100*time.Millisecond })
-	t.Logf("faults: %d of 2000 aborted, %d delayed ≥ 100ms", aborted, delayed)
+	// 250 ms: far beyond what a loaded machine adds to an answer that was
+	// not delayed.
+	delayed := len(lat) - sort.Search(len(lat), func(i int) bool { return lat[i] >= 250*time.Millisecond })
+	t.Logf("faults: %d of 2000 aborted, %d delayed ≥ 250ms", aborted, delayed)
 	if math.Abs(float64(aborted)/2000-0.10) > 0.03 || math.Abs(float64(delayed)/2000-0.10) > 0.03 {
 		t.Errorf("faults: %d aborted and %d delayed of 2000; want about 10%% each", aborted, delayed)
 	}
@@ -560,7 +564,7 @@ func TestFaultsAndMirroring(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // let the shadow's copies drain
 	primary.Store(0)
 	shadow.Store(0)
-	// Sequentially: about 30 copies in flight, under the bound of 256
+	// Sequentially: about 60 copies in flight, under the bound of 256
 	// beyond which copies are dropped.
 	var took []time.Duration
 	const n = 500
@@ -576,8 +580,8 @@ func TestFaultsAndMirroring(t *testing.T) {
 	p90 := took[n*9/10]
 	share := float64(shadow.Load()) / n
 	t.Logf("mirror: primary %d, shadow %d (%.1f%%), primary p90 %v", primary.Load(), shadow.Load(), 100*share, p90)
-	// Were copies waited for, 30% of the primary's answers would take 100 ms.
-	if primary.Load() != n || math.Abs(share-0.30) > 0.06 || p90 > 50*time.Millisecond {
+	// Were copies waited for, 30% of the primary's answers would take 300 ms.
+	if primary.Load() != n || math.Abs(share-0.30) > 0.06 || p90 > 150*time.Millisecond {
 		t.Errorf("mirror 30%%: primary got %d of %d, shadow %.1f%%, primary p90 %v", primary.Load(), n, 100*share, p90)
 	}
 }

@@ -16,10 +16,12 @@ import (
 // requests: they go on a new one, none fails.
 func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 	var conns atomic.Int64
+	slowStarted := make(chan struct{})
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch r.URL.Path {
 			case "/slow":
+				close(slowStarted)
 				time.Sleep(time.Second)
 			case "/bye":
 				w.Header().Set("Connection", "close")
@@ -54,7 +56,11 @@ func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 		}
 		slow <- err
 	}()
-	time.Sleep(200 * time.Millisecond) // /slow is in flight (its duration covers any delay here)
+	select { // /slow is in flight
+	case <-slowStarted:
+	case <-time.After(10 * time.Second):
+		t.Fatal("/slow never reached the upstream")
+	}
 	for _, path := range []string{"/bye", "/after", "/after"} {
 		if code, err := get(path); err != nil || code != http.StatusOK {
 			t.Fatalf("%s: %d %v", path, code, err)

@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/resources"
 	"github.com/trellis-mesh/trellis/internal/control/store"
 	"github.com/trellis-mesh/trellis/internal/proxy/balance"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -49,7 +50,7 @@ func newControlPlane(t *testing.T) *controlPlane {
 func (cp *controlPlane) start() {
 	addr := cp.addr
 	if addr == "" {
-		addr = "127.0.0.1:0"
+		addr = testkit.FreeAddr(cp.t) // (not an ephemeral port: it is bound again after a stop)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -786,8 +786,10 @@ func TestHeaderBudgetRefusesStreams(t *testing.T) {
 // (deadlines expiring under load) is not a rapid-reset flood, however
 // many it cancels: its connection stays open.
 func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
+	var holding atomic.Int32
 	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hold" {
+			holding.Add(1)
 			<-r.Context().Done()
 		}
 	})}, nil)
@@ -805,7 +807,8 @@ func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
 	for range 2 * floodMinResets {
 		wg.Go(func() { get(ctx, "/hold") })
 	}
-	time.Sleep(prematureLifetime + 200*time.Millisecond)
+	waitFor(t, func() bool { return holding.Load() == 2*floodMinResets })
+	time.Sleep(prematureLifetime + 500*time.Millisecond) // all of them older than that
 	cancel()
 	wg.Wait()
 	if err := get(context.Background(), "/"); err != nil {

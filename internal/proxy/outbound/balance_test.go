@@ -37,7 +37,9 @@ const untried = time.Microsecond
 func TestBalancePrefersTheFasterEndpoint(t *testing.T) {
 	svc := discover.Static("web:80", nil, balance.Config{DefaultRTT: untried}, "10.0.0.1:8080", "10.0.0.2:8080")
 	got := map[string]int{}
-	s := balancedTo(map[string]endpoint{"10.0.0.1:8080": {200, 0}, "10.0.0.2:8080": {200, 5 * time.Millisecond}}, got)
+	// 50 ms slower: a scheduling stall on the fast one (a loaded machine)
+	// must not look like its latency.
+	s := balancedTo(map[string]endpoint{"10.0.0.1:8080": {200, 0}, "10.0.0.2:8080": {200, 50 * time.Millisecond}}, got)
 	for range 100 {
 		w := httptest.NewRecorder()
 		s.send(w, httptest.NewRequest("GET", "http://web:80/", nil), svc)
@@ -54,8 +56,9 @@ func TestBalanceEjectsAFailingEndpoint(t *testing.T) {
 	cfg := balance.Config{DefaultRTT: untried, Accrual: balance.Accrual{Mode: "consecutive", Consecutive: 3, BackoffMin: time.Hour, BackoffMax: time.Hour}}
 	svc := discover.Static("web:80", nil, cfg, "10.0.0.1:8080", "10.0.0.2:8080")
 	got := map[string]int{}
-	// The failing endpoint answers at once: by latency alone it would win.
-	s := balancedTo(map[string]endpoint{"10.0.0.1:8080": {200, time.Millisecond}, "10.0.0.2:8080": {503, 0}}, got)
+	// The failing endpoint answers at once: by latency alone it would win
+	// (by 20 ms, more than a loaded machine's stalls).
+	s := balancedTo(map[string]endpoint{"10.0.0.1:8080": {200, 20 * time.Millisecond}, "10.0.0.2:8080": {503, 0}}, got)
 	for range 50 {
 		s.send(httptest.NewRecorder(), httptest.NewRequest("GET", "http://web:80/", nil), svc)
 	}
