@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"k8s.io/client-go/rest"
 
@@ -30,12 +32,33 @@ func (t *target) api(ctx context.Context) (c *localapi.Client, done func(), err 
 	if err != nil {
 		return nil, nil, err
 	}
-	f, err := forwardView(ctx, cfg)
-	if err != nil {
-		return nil, nil, err
+	// A Pod can be Ready with nothing answering on the port for a moment
+	// (its process restarting): the forward is tried with a status call,
+	// and opened again, to any ready Pod, for up to viewWait.
+	deadline := time.Now().Add(viewWait)
+	for {
+		f, err := forwardView(ctx, cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		c := localapi.NewTCPClient(f.Addr, "port-forward to "+f.Pod)
+		_, err = c.Status(ctx)
+		if err == nil {
+			return c, f.Close, nil
+		}
+		f.Close()
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("the control plane's API through a port-forward to %s: %w", f.Pod, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
-	return localapi.NewTCPClient(f.Addr, "port-forward to "+f.Pod), f.Close, nil
 }
+
+// viewWait bounds retrying a port-forward whose Pod does not answer yet.
+const viewWait = 10 * time.Second
 
 // forwardView port-forwards to the read-only API of a ready destination
 // Pod of the cluster's control plane.
