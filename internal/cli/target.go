@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -33,25 +34,26 @@ func (t *target) api(ctx context.Context) (c *localapi.Client, done func(), err 
 		return nil, nil, err
 	}
 	// A Pod can be Ready with nothing answering on the port for a moment
-	// (its process restarting): the forward is tried with a status call,
-	// and opened again, to any ready Pod, for up to viewWait.
+	// (its process restarting), or stop being ready as it restarts: the
+	// forward is tried with a status call, and opened again — to another
+	// ready Pod if there is one — for up to viewWait.
 	deadline := time.Now().Add(viewWait)
+	var failed []string // Pods that did not answer
 	for {
-		f, err := forwardView(ctx, cfg)
-		if err != nil {
-			return nil, nil, err
-		}
-		c := localapi.NewTCPClient(f.Addr, "port-forward to "+f.Pod)
-		_, err = c.Status(ctx)
+		c, f, err := tryView(ctx, cfg, failed)
 		if err == nil {
 			return c, f.Close, nil
 		}
-		f.Close()
-		if ctx.Err() != nil || time.Now().After(deadline) {
-			return nil, nil, fmt.Errorf("the control plane's API through a port-forward to %s: %w", f.Pod, err)
+		var answered *localapi.CallError
+		if errors.As(err, &answered) || ctx.Err() != nil || time.Now().After(deadline) {
+			return nil, nil, err
+		}
+		if f != nil {
+			failed = append(failed, f.Pod)
 		}
 		select {
 		case <-ctx.Done():
+			return nil, nil, err
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -60,8 +62,27 @@ func (t *target) api(ctx context.Context) (c *localapi.Client, done func(), err 
 // viewWait bounds retrying a port-forward whose Pod does not answer yet.
 const viewWait = 10 * time.Second
 
+// tryView port-forwards to the read-only API of a ready destination Pod of
+// the cluster's control plane, one not in avoid if it can, and checks that
+// it answers; on an error the forward, if it was opened, is closed and
+// returned for its Pod's name.
+func tryView(ctx context.Context, cfg *rest.Config, avoid []string) (*localapi.Client, *forward.Forward, error) {
+	f, err := forwardView(ctx, cfg, avoid...)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := localapi.NewTCPClient(f.Addr, "port-forward to "+f.Pod)
+	sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := c.Status(sctx); err != nil {
+		f.Close()
+		return nil, f, fmt.Errorf("the control plane's API through a port-forward to %s: %w", f.Pod, err)
+	}
+	return c, f, nil
+}
+
 // forwardView port-forwards to the read-only API of a ready destination
-// Pod of the cluster's control plane.
-func forwardView(ctx context.Context, cfg *rest.Config) (*forward.Forward, error) {
-	return forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort)
+// Pod of the cluster's control plane, one not in avoid if it can.
+func forwardView(ctx context.Context, cfg *rest.Config, avoid ...string) (*forward.Forward, error) {
+	return forward.Start(ctx, cfg, install.Namespace, "app.kubernetes.io/name=destination,app.kubernetes.io/part-of=trellis", install.ViewPort, avoid...)
 }

@@ -143,10 +143,33 @@ func Run(ctx context.Context, o Options) (err error) {
 			info.WebURL = "http://" + net.JoinHostPort(host, strconv.Itoa(ports["web"]))
 		}
 	}
-	if err := waitFrontEnd(ctx, info.WebURL+"/api/list"); err != nil {
-		if ctx.Err() != nil {
-			return nil // stopped while starting
+	waitErr := make(chan error, len(sets))
+	for _, s := range sets {
+		go func() { waitErr <- s.Wait(ctx) }()
+	}
+	// ended waits for the demo to end — Ctrl-C (no error), or a process of
+	// it stopping — or for also to deliver: done unless that is nil.
+	ended := func(also <-chan error) (done bool, err error) {
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case <-plane.Done():
+			return true, fmt.Errorf("the control plane stopped: %v", plane.Err())
+		case err := <-waitErr:
+			return true, cmp.Or(err, errors.New("a demo service stopped"))
+		case err := <-also:
+			if ctx.Err() != nil {
+				return true, nil
+			}
+			return err != nil, err
 		}
+	}
+	// It runs once its front end answers — or it ends before.
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan error, 1)
+	go func() { ready <- waitFrontEnd(wctx, info.WebURL+"/api/list") }()
+	if done, err := ended(ready); done {
 		return err
 	}
 	mode := "explicit mode (not root): proxies on loopback ports, apps told where to send traffic"
@@ -176,21 +199,8 @@ Press Ctrl-C to stop; everything it started is removed.
 	if o.Started != nil {
 		o.Started(info)
 	}
-	waitErr := make(chan error, len(sets))
-	for _, s := range sets {
-		go func() { waitErr <- s.Wait(ctx) }()
-	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case <-plane.Done():
-		return fmt.Errorf("the control plane stopped: %v", plane.Err())
-	case err := <-waitErr:
-		if err == nil {
-			err = errors.New("a demo service stopped")
-		}
-		return err
-	}
+	_, err = ended(nil)
+	return err
 }
 
 // frontEndWait bounds waiting for the front end to answer once everything
@@ -206,7 +216,11 @@ func waitFrontEnd(ctx context.Context, url string) error {
 	defer client.CloseIdleConnections()
 	deadline := time.Now().Add(frontEndWait)
 	for {
-		resp, err := client.Get(url)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -318,12 +318,13 @@ func checkTap(t *testing.T, dataDir, webURL string) {
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
+		client := &http.Client{Timeout: 5 * time.Second}
 		for i := 0; ; i++ {
 			path := fmt.Sprintf("%s%d", probe, i)
 			mu.Lock()
 			sentAt[path] = time.Now()
 			mu.Unlock()
-			if resp, err := http.Get(webURL + path); err == nil {
+			if resp, err := client.Get(webURL + path); err == nil {
 				resp.Body.Close()
 			}
 			select {

@@ -330,13 +330,13 @@ func TestFailingInstanceIsEjectedAndReadmitted(t *testing.T) {
 	}
 	failing.Store(false)
 	badHits.Store(0)
-	deadline := time.Now().Add(10 * time.Second) // the next backoff is at most 2 × the last (≤ 4 s here)
+	deadline := time.Now().Add(time.Duration(1<<probations)*time.Second + 2*time.Second) // the next backoff: at most 2^probations s
 	for badHits.Load() == 0 {
 		if get() != http.StatusOK {
 			t.Fatal("a request failed after echo-0 recovered")
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the recovered instance was not readmitted within 10s")
+			t.Fatalf("the recovered instance was not readmitted within %v", time.Duration(1<<probations)*time.Second+2*time.Second)
 		}
 	}
 	for range 20 {

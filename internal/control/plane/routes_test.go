@@ -512,8 +512,10 @@ func TestHedging(t *testing.T) {
 	// The extra load is the 2% that stall plus the answers a busy machine
 	// slows past 50 ms (a few % under CPU contention), far from hedging
 	// everything and under the 20% budget.
-	if failed > 0 || p99 >= 500*time.Millisecond || extra > 0.10 {
-		t.Errorf("with hedging: %d failed, p99 %v (want < 500ms; 1 s without hedging), extra load %.1f%% (want ≤ 10%%)", failed, p99, 100*extra)
+	// At least the 2 % that stall are hedged (a hedge firing late would
+	// still pass the p99 bound, not this one).
+	if failed > 0 || p99 >= 500*time.Millisecond || extra < 0.015 || extra > 0.10 {
+		t.Errorf("with hedging: %d failed, p99 %v (want < 500ms; 1 s without hedging), extra load %.1f%% (want 1.5–10%%)", failed, p99, 100*extra)
 	}
 }
 
@@ -564,11 +566,15 @@ func TestFaultsAndMirroring(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // let the shadow's copies drain
 	primary.Store(0)
 	shadow.Store(0)
-	// Sequentially: about 60 copies in flight, under the bound of 256
-	// beyond which copies are dropped.
+	// Paced at 500 a second: about 45 copies in flight (30 % of them, for
+	// 300 ms each), under the bound of 256 beyond which copies are dropped
+	// however fast the machine.
 	var took []time.Duration
 	const n = 500
+	tick := time.NewTicker(2 * time.Millisecond)
+	defer tick.Stop()
 	for range n {
+		<-tick.C
 		start := time.Now()
 		if r := call(t, c, "GET", app, nil); r.status != 200 || r.body != "ok" {
 			t.Fatalf("the primary answered %d %q", r.status, r.body)

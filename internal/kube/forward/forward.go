@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -32,8 +33,9 @@ type Forward struct {
 func (f *Forward) Close() { close(f.stop) }
 
 // Start forwards a local port to port of a Running, Ready Pod of namespace
-// matching selector.
-func Start(ctx context.Context, cfg *rest.Config, namespace, selector string, port int) (*Forward, error) {
+// matching selector: one not named in avoid (namespace/name) if there is
+// such a Pod.
+func Start(ctx context.Context, cfg *rest.Config, namespace, selector string, port int, avoid ...string) (*Forward, error) {
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -44,9 +46,9 @@ func Start(ctx context.Context, cfg *rest.Config, namespace, selector string, po
 	}
 	var pod *corev1.Pod
 	for i := range pods.Items {
-		if ready(&pods.Items[i]) {
-			pod = &pods.Items[i]
-			break
+		p := &pods.Items[i]
+		if ready(p) && (pod == nil || slices.Contains(avoid, pod.Namespace+"/"+pod.Name)) {
+			pod = p
 		}
 	}
 	if pod == nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,13 +17,17 @@ import (
 // requests: they go on a new one, none fails.
 func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 	var conns atomic.Int64
-	slowStarted := make(chan struct{})
+	slowStarted, othersDone := make(chan struct{}), make(chan struct{})
+	var started sync.Once
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			switch r.URL.Path {
-			case "/slow":
-				close(slowStarted)
-				time.Sleep(time.Second)
+			case "/slow": // open until the other requests are answered
+				started.Do(func() { close(slowStarted) })
+				select {
+				case <-othersDone:
+				case <-time.After(10 * time.Second):
+				}
 			case "/bye":
 				w.Header().Set("Connection", "close")
 			}
@@ -58,6 +63,8 @@ func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 	}()
 	select { // /slow is in flight
 	case <-slowStarted:
+	case err := <-slow:
+		t.Fatalf("/slow ended before it reached the upstream: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("/slow never reached the upstream")
 	}
@@ -66,6 +73,7 @@ func TestUpstreamGoAwayIsInvisible(t *testing.T) {
 			t.Fatalf("%s: %d %v", path, code, err)
 		}
 	}
+	close(othersDone)
 	if err := <-slow; err != nil {
 		t.Fatalf("the stream open during the GOAWAY: %v", err)
 	}

@@ -34,9 +34,16 @@ func TestTricklingResponseFlowsAsWritten(t *testing.T) {
 // each byte written as frame says.
 func testTrickle(t *testing.T, framing string, frame func(string) string) {
 	const step = 300 * time.Millisecond
-	wrote := make(chan time.Time, 8) // when the application wrote the head, then each byte
+	// When the application wrote the head, then each byte: per client, by
+	// the path it asks for.
+	wrote := map[string]chan time.Time{"/http1": make(chan time.Time, 8), "/h2c": make(chan time.Time, 8)}
 	app := rawApp(t, func(c net.Conn, br *bufio.Reader) {
-		if req, err := http.ReadRequest(br); err != nil || req.Method != "GET" { // (not the proxy's h2c probe)
+		req, err := http.ReadRequest(br)
+		if err != nil || req.Method != "GET" { // (not the proxy's h2c probe)
+			return
+		}
+		wrote := wrote[req.URL.Path]
+		if wrote == nil {
 			return
 		}
 		io.WriteString(c, "HTTP/1.1 200 OK\r\n"+framing+"\r\nContent-Type: text/plain\r\n\r\n")
@@ -51,10 +58,11 @@ func testTrickle(t *testing.T, framing string, frame func(string) string) {
 	entry, _, _, _ := meshPair(t, ids, app)
 	var h2 http.Protocols
 	h2.SetUnencryptedHTTP2(true)
-	for name, tr := range map[string]*http.Transport{"HTTP/1.1": {}, "h2c": {Protocols: &h2}} {
-		t.Run(name, func(t *testing.T) {
+	for path, tr := range map[string]*http.Transport{"/http1": {}, "/h2c": {Protocols: &h2}} {
+		wrote := wrote[path]
+		t.Run(path[1:], func(t *testing.T) {
 			defer tr.CloseIdleConnections()
-			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://" + entry + "/")
+			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://" + entry + path)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -803,6 +803,7 @@ func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	var wg sync.WaitGroup
 	for range 2 * floodMinResets {
 		wg.Go(func() { get(ctx, "/hold") })
