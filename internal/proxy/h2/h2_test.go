@@ -309,10 +309,11 @@ func TestAbortedResponseIsReset(t *testing.T) {
 // Draining sends GOAWAY: the request in flight finishes, new ones go to a
 // new connection, and the connection closes once idle.
 func TestDrain(t *testing.T) {
-	release := make(chan struct{})
+	release, arrived := make(chan struct{}), make(chan struct{})
 	drain, startDrain := context.WithCancel(context.Background())
 	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			close(arrived)
 			<-release
 		}
 		io.WriteString(w, "done")
@@ -331,7 +332,11 @@ func TestDrain(t *testing.T) {
 		}
 		got <- err
 	}()
-	waitFor(t, func() bool { return cc.InFlight() == 1 })
+	select { // the server has the request (before, its GOAWAY would rightly refuse it)
+	case <-arrived:
+	case err := <-got:
+		t.Fatalf("the request ended before it reached the server: %v", err)
+	}
 	startDrain()
 	waitFor(t, func() bool { return cc.Reserve() != nil }) // the GOAWAY arrived
 	close(release)
