@@ -713,7 +713,7 @@ func TestGracefulCloseReadsTheClientsLastFrames(t *testing.T) {
 	if err := writeGet(fr, 1, "/"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // a reset, had the server closed with the request unread, arrives meanwhile
+	time.Sleep(50 * time.Millisecond) // a reset, had the server closed with the request unread, arrives meanwhile
 	if err := fr.WritePing(false, [8]byte{}); err != nil {
 		t.Fatalf("the server reset the connection: %v", err)
 	}
