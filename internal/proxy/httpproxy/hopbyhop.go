@@ -6,19 +6,18 @@ import (
 	"strings"
 )
 
-// hopByHop are the fields that describe one connection rather than the
-// message (RFC 9110 §7.6.1), plus the non-standard Proxy-Connection that
-// clients still send. Proxies never forward them.
-var hopByHop = map[string]bool{
-	"Connection":          true,
-	"Proxy-Connection":    true,
-	"Keep-Alive":          true,
-	"Proxy-Authenticate":  true,
-	"Proxy-Authorization": true,
-	"Te":                  true,
-	"Trailer":             true,
-	"Transfer-Encoding":   true,
-	"Upgrade":             true,
+// hopByHop reports the fields that describe one connection rather than
+// the message (RFC 9110 §7.6.1), plus the non-standard Proxy-Connection
+// that clients still send. Proxies never forward them. (A switch, not a
+// map: it is asked for every field of every message, and a map lookup
+// hashes the name; BenchmarkServeH1.)
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
 }
 
 // hopFields says which fields of a message must not be forwarded: the
@@ -47,7 +46,7 @@ func connectionFields(h http.Header) hopFields {
 }
 
 // skip reports whether the field k stays on this hop.
-func (n hopFields) skip(k string) bool { return hopByHop[k] || n[k] }
+func (n hopFields) skip(k string) bool { return hopByHop(k) || n != nil && n[k] }
 
 // copyEndToEnd copies src's fields into dst, less those that stay on
 // src's hop. The values are shared, not copied.
