@@ -8,6 +8,9 @@
 // from net/http because a proxy must see the raw request head: it refuses
 // messages with both Content-Length and Transfer-Encoding (request smuggling,
 // RFC 9112 §6.1), which net/http silently accepts, and it owns the
-// connection's lifecycle for draining. Parsing itself is net/http's
-// (http.ReadRequest); HTTP/2 is golang.org/x/net/http2.
+// connection's lifecycle for draining. Heads of the common shape are parsed
+// here in one pass over the buffered bytes (parse.go); all others by
+// net/http's readers (http.ReadRequest, http.ReadResponse), to whose
+// results a differential fuzz test holds the fast parsers. HTTP/2 is
+// package h2's.
 package httpproxy

@@ -156,7 +156,7 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 			return nil, err
 		}
 		ex.received = true
-		_, br, err := peekHead(ex.uc.br, ex.uc.Conn, maxResponseHead)
+		head, br, err := peekHead(ex.uc.br, ex.uc.Conn, maxResponseHead)
 		ex.uc.br = br
 		if errors.Is(err, errHeadTooLarge) {
 			return nil, errResponseHeadTooLarge
@@ -164,10 +164,7 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		resp, err := http.ReadResponse(ex.uc.br, ex.r)
-		if err == nil {
-			err = validFields(resp.Header) // a proxy must not relay them (RFC 9112 §5.1)
-		}
+		resp, err := readResponse(head, br, ex.r)
 		if err != nil {
 			return nil, err
 		}

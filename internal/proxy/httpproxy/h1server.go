@@ -98,15 +98,9 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.HeaderReadTimeout))
 	head, br, err := peekHead(hc.br, hc.c, hc.cfg.MaxHeaderBytes)
 	hc.br = br
-	if err == nil {
-		err = checkFraming(head)
-	}
 	var req *http.Request
 	if err == nil {
-		req, err = http.ReadRequest(hc.br)
-	}
-	if err == nil {
-		err = checkFields(req)
+		req, err = readRequest(head, br)
 	}
 	if err != nil {
 		hc.rejectRequest(m, err)

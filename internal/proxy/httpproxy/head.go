@@ -104,21 +104,51 @@ func checkFraming(head []byte) error {
 	return nil
 }
 
-// checkFields refuses what net/http's own server refuses and ReadRequest
-// lets through: field names that are not tokens (whitespace before the
-// colon, RFC 9112 §5.1), values with control characters, and an HTTP/1.1
-// request without a valid Host (§3.2).
-func checkFields(r *http.Request) error {
-	if err := validFields(r.Header); err != nil {
-		return err
+// readRequest reads the request whose whole head br holds: by
+// parseRequestHead, or by net/http's reader with the checks it lacks.
+func readRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
+	r := parseRequestHead(head, br)
+	if r == nil {
+		if err := checkFraming(head); err != nil {
+			return nil, err
+		}
+		var err error
+		if r, err = http.ReadRequest(br); err != nil {
+			return nil, err
+		}
+		if err := validFields(r.Header); err != nil {
+			return nil, err
+		}
 	}
+	return r, checkHost(r)
+}
+
+// readResponse reads the response to req whose whole head br holds: by
+// parseResponseHead, or by net/http's reader with the field check it
+// lacks (a proxy must not relay invalid fields, RFC 9112 §5.1).
+func readResponse(head []byte, br *bufio.Reader, req *http.Request) (*http.Response, error) {
+	if resp := parseResponseHead(head, br, req); resp != nil {
+		return resp, nil
+	}
+	resp, err := http.ReadResponse(br, req)
+	if err == nil {
+		err = validFields(resp.Header)
+	}
+	return resp, err
+}
+
+// checkHost refuses what net/http's own server refuses and ReadRequest
+// lets through: an HTTP/1.1 request without a valid Host (RFC 9112 §3.2).
+func checkHost(r *http.Request) error {
 	if r.ProtoAtLeast(1, 1) && r.Method != http.MethodConnect && (r.Host == "" || !httpguts.ValidHostHeader(r.Host)) {
 		return errBadHost
 	}
 	return nil
 }
 
-// validFields checks a parsed head's field names and values.
+// validFields refuses what net/http's own server refuses and its readers
+// let through: field names that are not tokens (whitespace before the
+// colon, RFC 9112 §5.1) and values with control characters.
 func validFields(h http.Header) error {
 	for k, vs := range h {
 		if !httpguts.ValidHeaderFieldName(k) {
