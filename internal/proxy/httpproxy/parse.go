@@ -25,21 +25,29 @@ import (
 //
 // BenchmarkServeH1 justified them: net/http's readers were 45 % of the
 // proxy's user-space time per HTTP/1 request.
+//
+// A field value shares its head's memory, and some outlive the request (an
+// HTTP/2 connection's HPACK table keeps fields it indexed), so heads larger
+// than maxFastHead go to net/http, which copies each value; and a request's
+// method, target and Host, which metrics and decision logs keep, get memory
+// of their own.
+const maxFastHead = 4 << 10
 
 // parseRequestHead parses the request whose head br holds, as
 // http.ReadRequest would, and consumes the head from br; nil means it
 // declined and left br as it was.
 func parseRequestHead(head []byte, br *bufio.Reader) *http.Request {
-	s := string(head)
-	line, fields, _ := strings.Cut(s, "\r\n")
+	if len(head) > maxFastHead {
+		return nil
+	}
+	line, fields, ok := cutLine(string(head))
+	if !ok {
+		return nil
+	}
 	method, rest, _ := strings.Cut(line, " ")
 	target, proto, _ := strings.Cut(rest, " ")
 	major, minor, ok := parseVersion(proto)
 	if !ok || !httpguts.ValidHeaderFieldName(method) || !strings.HasPrefix(target, "/") {
-		return nil
-	}
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
 		return nil
 	}
 	h, ok := parseFields(fields)
@@ -50,14 +58,26 @@ func parseRequestHead(head []byte, br *bufio.Reader) *http.Request {
 	if !ok {
 		return nil
 	}
-	r := &http.Request{
-		Method: method, URL: u, RequestURI: target,
-		Proto: proto, ProtoMajor: major, ProtoMinor: minor,
-		Header: h, Host: u.Host,
-		Close: shouldClose(major, minor, h),
+	// The target and Host in one string of their own.
+	var host string
+	if hs := h["Host"]; hs != nil {
+		host = hs[0]
 	}
-	if host := h["Host"]; r.Host == "" && host != nil {
-		r.Host = host[0]
+	if host == "" {
+		target = strings.Clone(target)
+	} else {
+		own := target + host
+		target, host = own[:len(target)], own[len(target):]
+	}
+	u := requestURL(target)
+	if u == nil {
+		return nil
+	}
+	r := &http.Request{
+		Method: knownMethod(method), URL: u, RequestURI: target,
+		Proto: proto, ProtoMajor: major, ProtoMinor: minor,
+		Header: h, Host: host,
+		Close: shouldClose(major, minor, h),
 	}
 	delete(h, "Host")
 	switch {
@@ -75,11 +95,16 @@ func parseRequestHead(head []byte, br *bufio.Reader) *http.Request {
 // declined and left br as it was. Interim responses and bodies delimited
 // by the connection's end are left to net/http.
 func parseResponseHead(head []byte, br *bufio.Reader, req *http.Request) *http.Response {
-	s := string(head)
-	line, fields, _ := strings.Cut(s, "\r\n")
+	if len(head) > maxFastHead {
+		return nil
+	}
+	line, fields, ok := cutLine(string(head))
+	if !ok {
+		return nil
+	}
 	proto, status, _ := strings.Cut(line, " ")
 	major, minor, ok := parseVersion(proto)
-	if !ok || len(status) < 3 || len(status) > 3 && status[3] != ' ' || strings.IndexByte(status, '\n') >= 0 {
+	if !ok || len(status) < 3 || len(status) > 3 && status[3] != ' ' {
 		return nil
 	}
 	code := 0
@@ -122,6 +147,53 @@ func parseResponseHead(head []byte, br *bufio.Reader, req *http.Request) *http.R
 	return resp
 }
 
+// cutLine cuts s at its first LF, which must end a CRLF.
+func cutLine(s string) (line, rest string, ok bool) {
+	i := strings.IndexByte(s, '\n')
+	if i < 1 || s[i-1] != '\r' {
+		return "", "", false
+	}
+	return s[:i-1], s[i+1:], true
+}
+
+// trimBlanks trims the spaces and tabs around a field value.
+func trimBlanks(v string) string {
+	for v != "" && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return v
+}
+
+// requestURL is url.ParseRequestURI's result for an origin-form target:
+// made directly for a plain path (letters, digits, "-._~/"), which it
+// neither unescapes nor splits; nil if ParseRequestURI refuses it.
+func requestURL(target string) *url.URL {
+	for i := 0; i < len(target); i++ {
+		if c := target[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' || c == '/') {
+			u, err := url.ParseRequestURI(target)
+			if err != nil {
+				return nil
+			}
+			return u
+		}
+	}
+	return &url.URL{Path: target}
+}
+
+// knownMethod is method as a constant when it is a standard one, else a
+// copy.
+func knownMethod(method string) string {
+	for _, m := range [...]string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodHead, http.MethodOptions, http.MethodPatch, http.MethodConnect, http.MethodTrace} {
+		if method == m {
+			return m
+		}
+	}
+	return strings.Clone(method)
+}
+
 // parseVersion accepts the two HTTP/1 versions.
 func parseVersion(proto string) (major, minor int, ok bool) {
 	switch proto {
@@ -137,15 +209,15 @@ func parseVersion(proto string) (major, minor int, ok bool) {
 // ending in CRLF, none folded. Names are canonicalised and values trimmed
 // as net/textproto does; every value shares s's memory.
 func parseFields(s string) (http.Header, bool) {
-	lines := strings.Count(s, "\n") - 1
+	lines := min(strings.Count(s, "\n")-1, 100) // a hint, bounded as net/textproto bounds it
 	if lines < 0 {
 		return nil, false
 	}
 	h := make(http.Header, lines)
 	values := make([]string, lines)
 	for {
-		line, rest, ok := strings.Cut(s, "\r\n")
-		if !ok || strings.ContainsRune(line, '\n') {
+		line, rest, ok := cutLine(s)
+		if !ok {
 			return nil, false
 		}
 		if line == "" {
@@ -156,9 +228,9 @@ func parseFields(s string) (http.Header, bool) {
 		if !ok || !httpguts.ValidHeaderFieldName(name) || !httpguts.ValidHeaderFieldValue(value) {
 			return nil, false
 		}
-		value = strings.Trim(value, " \t")
+		value = trimBlanks(value)
 		name = textproto.CanonicalMIMEHeaderKey(name)
-		if vs := h[name]; vs != nil {
+		if vs := h[name]; vs != nil || len(values) == 0 {
 			h[name] = append(vs, value)
 			continue
 		}

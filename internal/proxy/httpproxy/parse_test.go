@@ -3,10 +3,15 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net/http"
+	"os"
 	"reflect"
+	"strings"
 	"testing"
+	"testing/iotest"
+	"unsafe"
 )
 
 // Heads the parsers must take themselves: what clients and servers send
@@ -18,6 +23,9 @@ var fastRequests = []string{
 	"POST /orders HTTP/1.1\r\nHost: api:8080\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"id\": 42}\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
 	"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\nHost: web\r\n\r\n",
 	"GET / HTTP/1.0\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nPragma: no-cache\r\nCache-Control: max-age=1\r\nX:\r\n\r\n",
+	"GET //double/slash/caf%C3%A9? HTTP/1.1\r\nHost: a\r\n\r\n",
+	"GET /a/b/../c/./d;p=1/~e_f-g.h HTTP/1.1\r\nHost: a\r\n\r\n",
 	"DELETE /x HTTP/1.1\r\nhost: a\r\nx-request-id: 1\r\nX-Request-Id: 2\r\nConnection: close\r\nPragma: no-cache\r\n\r\n",
 	"PUT /empty HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTrailer: X\r\nVal: \t obs-text \xff\xfe \t\r\n\r\n",
 }
@@ -31,6 +39,9 @@ var fastResponses = []string{
 	"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 4\r\n\r\ndown",
 	"HTTP/1.1 404\r\nContent-Length: 0\r\n\r\n",
 	"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+	"HTTP/1.1 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
+	"HTTP/1.1 200 O\rK\r\nContent-Length: 0\r\n\r\n",
+	"HTTP/1.1 304 X\r\nContent-Length: 99\r\n\r\nnext",
 }
 
 // Heads they must leave to net/http, which alone handles (or refuses) them.
@@ -56,6 +67,8 @@ var slowHeads = []string{
 	"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
 	"HTTP/1.1  200 OK\r\nContent-Length: 0\r\n\r\n",
 	"HTTP/1.0 200 \n0\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nX: " + strings.Repeat("\nx", 2000) + "\r\n\r\n",
+	"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + strings.Repeat("x", maxFastHead) + "\r\n\r\n",
 }
 
 func TestParseHeadTakesTheCommonHeads(t *testing.T) {
@@ -65,7 +78,7 @@ func TestParseHeadTakesTheCommonHeads(t *testing.T) {
 		}
 	}
 	for _, in := range fastResponses {
-		for _, method := range []string{http.MethodGet, http.MethodHead} {
+		for _, method := range responseTo {
 			if !compareResponse(t, []byte(in), method) {
 				t.Errorf("declined the response to %s %q", method, in)
 			}
@@ -80,6 +93,9 @@ func TestParseHeadLeavesTheRestToNetHTTP(t *testing.T) {
 		}
 	}
 }
+
+// responseTo are the methods whose responses are framed differently.
+var responseTo = []string{http.MethodGet, http.MethodHead, http.MethodConnect}
 
 // FuzzParseHead holds the parsers to net/http's readers: every head they
 // take must be one net/http takes too, read into the same message, with
@@ -98,8 +114,9 @@ func FuzzParseHead(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		compareRequest(t, in)
-		compareResponse(t, in, http.MethodGet)
-		compareResponse(t, in, http.MethodHead)
+		for _, method := range responseTo {
+			compareResponse(t, in, method)
+		}
 	})
 }
 
@@ -133,12 +150,12 @@ func compareRequest(t *testing.T, in []byte) bool {
 		URL                             any
 		Header                          http.Header
 		ContentLength                   int64
-		Close                           bool
+		Close, NoBody                   bool
 		TransferEncoding                []string
 		Trailer                         http.Header
 	}
 	of := func(r *http.Request) view {
-		return view{r.Method, r.RequestURI, r.Proto, r.Host, r.ProtoMajor, r.ProtoMinor, *r.URL, r.Header, r.ContentLength, r.Close, r.TransferEncoding, r.Trailer}
+		return view{r.Method, r.RequestURI, r.Proto, r.Host, r.ProtoMajor, r.ProtoMinor, *r.URL, r.Header, r.ContentLength, r.Close, r.Body == http.NoBody, r.TransferEncoding, r.Trailer}
 	}
 	if g, w := of(got), of(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("%q:\n got %+v\nwant %+v", in, g, w)
@@ -176,13 +193,13 @@ func compareResponse(t *testing.T, in []byte, method string) bool {
 		StatusCode, ProtoMajor, ProtoMinor int
 		Header                             http.Header
 		ContentLength                      int64
-		Close                              bool
+		Close, NoBody                      bool
 		TransferEncoding                   []string
 		Trailer                            http.Header
 		Request                            *http.Request
 	}
 	of := func(r *http.Response) view {
-		return view{r.Status, r.Proto, r.StatusCode, r.ProtoMajor, r.ProtoMinor, r.Header, r.ContentLength, r.Close, r.TransferEncoding, r.Trailer, r.Request}
+		return view{r.Status, r.Proto, r.StatusCode, r.ProtoMajor, r.ProtoMinor, r.Header, r.ContentLength, r.Close, r.Body == http.NoBody, r.TransferEncoding, r.Trailer, r.Request}
 	}
 	if g, w := of(got), of(want); !reflect.DeepEqual(g, w) {
 		t.Fatalf("%q (to %s):\n got %+v\nwant %+v", in, method, g, w)
@@ -224,5 +241,63 @@ func compareBodies(t *testing.T, in []byte, got, want io.Reader, gotConn, wantCo
 	wr, _ := io.ReadAll(wantConn)
 	if !bytes.Equal(gr, wr) {
 		t.Fatalf("%q: after the body %q; after net/http's %q", in, gr, wr)
+	}
+}
+
+// TestReadRequestChecks: what the fast parser takes still meets the
+// server's own checks, and what it leaves to net/http meets the others.
+func TestReadRequestChecks(t *testing.T) {
+	for in, want := range map[string]error{
+		"GET / HTTP/1.1\r\n\r\n":              errBadHost,
+		"GET / HTTP/1.1\r\nHost: a b\r\n\r\n": errBadHost,
+		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc": errSmuggling,
+		"GET / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n":                          errHTTP10TE,
+		"GET / HTTP/1.0\r\n\r\n": nil,
+	} {
+		head, br, _, ok := bufferHead([]byte(in))
+		if !ok {
+			t.Fatalf("%q: no head", in)
+		}
+		if _, err := readRequest(head, br); !errors.Is(err, want) {
+			t.Errorf("%q: %v, want %v", in, err, want)
+		}
+	}
+}
+
+// TestParsedRequestHoldsNoHead: what outlives a request (its method,
+// target and Host, kept by metrics and decision logs) must not keep its
+// whole head in memory.
+func TestParsedRequestHoldsNoHead(t *testing.T) {
+	in := "GET /p HTTP/1.1\r\nHost: api\r\nX-Pad: " + strings.Repeat("a", 3000) + "\r\n\r\n"
+	head, br, _, _ := bufferHead([]byte(in))
+	r := parseRequestHead(head, br)
+	if r == nil {
+		t.Fatal("declined")
+	}
+	pad := r.Header.Get("X-Pad")
+	start := uintptr(unsafe.Pointer(unsafe.StringData(pad))) - uintptr(strings.Index(in, "aaa"))
+	for _, s := range []string{r.Method, r.Host, r.RequestURI, r.URL.Path} {
+		if p := uintptr(unsafe.Pointer(unsafe.StringData(s))); p >= start && p < start+uintptr(len(in)) {
+			t.Errorf("%q shares the head's memory", s)
+		}
+	}
+}
+
+// TestFixedBody reads a Content-Length body in short reads, from a
+// connection that ends early, and from one that fails.
+func TestFixedBody(t *testing.T) {
+	body := func(src io.Reader, n int64) *fixedBody {
+		return &fixedBody{r: bufio.NewReaderSize(src, 16), n: n}
+	}
+	got, err := io.ReadAll(iotest.OneByteReader(body(iotest.HalfReader(strings.NewReader("0123456789next")), 10)))
+	if string(got) != "0123456789" || err != nil {
+		t.Errorf("short reads: %q, %v", got, err)
+	}
+	if got, err := io.ReadAll(body(strings.NewReader("01234"), 10)); string(got) != "01234" || err != io.ErrUnexpectedEOF {
+		t.Errorf("early end: %q, %v", got, err)
+	}
+	failing := io.MultiReader(strings.NewReader("01"), iotest.ErrReader(os.ErrDeadlineExceeded))
+	if got, err := io.ReadAll(body(failing, 10)); string(got) != "01" || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("failing connection: %q, %v", got, err)
 	}
 }
