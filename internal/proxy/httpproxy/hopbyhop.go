@@ -32,8 +32,7 @@ func connectionFields(h http.Header) hopFields {
 	for _, v := range h["Connection"] {
 		for f := range strings.SplitSeq(v, ",") {
 			f = textproto.TrimString(f)
-			switch strings.ToLower(f) {
-			case "", "close", "keep-alive", "upgrade":
+			if f == "" || strings.EqualFold(f, "close") || strings.EqualFold(f, "keep-alive") || strings.EqualFold(f, "upgrade") {
 				continue
 			}
 			if named == nil {
