@@ -116,8 +116,9 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	if m.Drain.Err() != nil {
 		w.closeAfter = true
 	}
-	body := &requestBody{r: req.Body, w: w}
+	var body *requestBody // nil for a request without a body
 	if req.Body != http.NoBody {
+		body = &requestBody{r: req.Body, w: w}
 		if !strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 			if req.Header.Get("Expect") != "" {
 				w.header.Set(ErrorHeader, "unsupported Expect")
@@ -145,7 +146,7 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	if !w.finish() {
 		return false
 	}
-	if req.Body != http.NoBody && !body.eof {
+	if body != nil && !body.eof {
 		if !body.continued {
 			return false // the client still waits for 100 Continue: it must not send the body now
 		}
