@@ -73,7 +73,6 @@ type ClientConn struct {
 	maxStreams  uint32 // the server's SETTINGS_MAX_CONCURRENT_STREAMS
 	peerWindow  int32  // the server's SETTINGS_INITIAL_WINDOW_SIZE
 	peerMaxList uint32 // the server's SETTINGS_MAX_HEADER_LIST_SIZE, 0 if none
-	sendWindow  int64
 	recv        inflow
 	goAway      bool  // the server sent GOAWAY: no new streams
 	err         error // why the connection ended, once it has
@@ -103,7 +102,7 @@ func NewClientConn(c net.Conn, cfg ClientConfig) (*ClientConn, error) {
 	}
 	cc := &ClientConn{
 		cfg: cfg, conn: c, streams: map[uint32]*clientStream{}, nextID: 1,
-		maxStreams: initialMaxStreams, peerWindow: initialWindow, sendWindow: initialWindow,
+		maxStreams: initialMaxStreams, peerWindow: initialWindow,
 		recv: inflow{avail: int64(cfg.ConnWindow)},
 	}
 	cc.o.init(c, &cc.mu, cfg.WriteTimeout)
@@ -359,10 +358,9 @@ func (cc *ClientConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	defer cc.mu.Unlock()
 	inc := int64(f.Increment)
 	if f.StreamID == 0 {
-		if cc.sendWindow += inc; cc.sendWindow > maxWindow {
-			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
+		if err := cc.o.connGrew(inc); err != nil {
+			return err
 		}
-		cc.o.connGrew(&cc.sendWindow)
 	} else if cs := cc.streams[f.StreamID]; cs != nil {
 		if cs.flow.window += inc; cs.flow.window > maxWindow {
 			return streamError(f.StreamID, http2.ErrCodeFlowControl)

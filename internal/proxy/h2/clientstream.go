@@ -350,7 +350,7 @@ func (cs *clientStream) send(p []byte, end bool) error {
 	if err := cs.sendable(); err != nil {
 		return err
 	}
-	if err := cc.o.sendData(cs.id, p, end, &cs.flow, &cc.sendWindow, cs.sendable); err != nil {
+	if err := cc.o.sendData(cs.id, p, end, &cs.flow, cs.sendable); err != nil {
 		if err == errStalled {
 			cc.mu.Unlock()
 			cs.cancel(err)

@@ -484,8 +484,8 @@ func TestNegativeWindow(t *testing.T) {
 	o.init(client, &mu, 0)
 	mu.Lock()
 	defer mu.Unlock()
-	stream, conn := sendFlow{window: -10}, int64(100)
-	if err := o.sendData(1, nil, true, &stream, &conn, func() error { return nil }); err != nil {
+	stream := sendFlow{window: -10}
+	if err := o.sendData(1, nil, true, &stream, func() error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if len(o.out) != 9 || stream.window != -10 {

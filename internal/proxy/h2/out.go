@@ -45,6 +45,7 @@ type output struct {
 	// the order they began to wait: a connection WINDOW_UPDATE wakes the
 	// first, which wakes the next if it leaves window over (one wake per
 	// update, not one per waiting stream).
+	window    int64 // what the peer lets the connection send
 	inLine    []*sendFlow
 	connGrown uint64        // how many times the peer grew the connection's window
 	stall     time.Duration // a stream given no window for that long is reset
@@ -88,6 +89,7 @@ func (o *output) init(c net.Conn, mu *sync.Mutex, timeout time.Duration) {
 	o.drained.L = mu
 	o.enc = hpack.NewEncoder(&o.encBuf)
 	o.maxFrame = 16 << 10
+	o.window = initialWindow
 }
 
 // flush writes out until it is empty, unless another goroutine is at it.
@@ -404,11 +406,16 @@ func (f *sendFlow) grew() {
 	}
 }
 
-// connGrew counts window the peer gave the connection (conn) and wakes
-// the first stream in line for it. Called with mu held.
-func (o *output) connGrew(conn *int64) {
+// connGrew adds the window the peer gave the connection (a WINDOW_UPDATE
+// of stream 0) and wakes the first stream in line for it; a window beyond
+// 2^31-1 is a connection error (RFC 9113 §6.9.1). Called with mu held.
+func (o *output) connGrew(inc int64) error {
+	if o.window += inc; o.window > maxWindow {
+		return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
+	}
 	o.connGrown++
-	o.nextInLine(conn)
+	o.nextInLine()
+	return nil
 }
 
 // sendData appends p as DATA frames of stream id within the stream's and
@@ -416,19 +423,19 @@ func (o *output) connGrew(conn *int64) {
 // the stream if end. Where a window is spent, or the output backlog is
 // full, it writes what is queued and waits; ok says whether the stream may
 // still send (checked after every wait). Called with mu held.
-func (o *output) sendData(id uint32, p []byte, end bool, f *sendFlow, conn *int64, ok func() error) error {
-	defer o.nextInLine(conn)
+func (o *output) sendData(id uint32, p []byte, end bool, f *sendFlow, ok func() error) error {
+	defer o.nextInLine()
 	for first := true; first || len(p) > 0; first = false {
-		n := max(0, min(int64(len(p)), int64(o.maxFrame), f.window, *conn)) // a window may be negative (RFC 9113 §6.9.2)
+		n := max(0, min(int64(len(p)), int64(o.maxFrame), f.window, o.window)) // a window may be negative (RFC 9113 §6.9.2)
 		if n <= 0 && len(p) > 0 {
-			if err := o.awaitWindow(f, conn, ok); err != nil {
+			if err := o.awaitWindow(f, ok); err != nil {
 				return err
 			}
 			continue
 		}
 		o.data(id, p[:n], end && int(n) == len(p))
 		f.window -= n
-		*conn -= n
+		o.window -= n
 		p = p[n:]
 		if len(p) > 0 {
 			if err := o.room(ok); err != nil {
@@ -446,7 +453,7 @@ var errStalled = errors.New("http2: the peer gave no flow-control window for the
 // awaitWindow writes what is queued and waits until both of f's windows
 // let it send, it may not send any more (ok), or the peer has grown
 // neither window for the stall timeout. Called with mu held.
-func (o *output) awaitWindow(f *sendFlow, conn *int64, ok func() error) error {
+func (o *output) awaitWindow(f *sendFlow, ok func() error) error {
 	o.flush() // releases mu while it writes: check again after
 	stalled := false
 	seen := f.grown + o.connGrown
@@ -466,14 +473,14 @@ func (o *output) awaitWindow(f *sendFlow, conn *int64, ok func() error) error {
 	for {
 		err := ok()
 		switch {
-		case err == nil && f.window > 0 && *conn > 0:
+		case err == nil && f.window > 0 && o.window > 0:
 			o.leaveLine(f)
 			return nil
 		case err == nil && stalled:
 			err = errStalled
 		case err == nil && f.window <= 0:
 			o.leaveLine(f)
-			o.nextInLine(conn) // what it cannot take now goes to the next
+			o.nextInLine() // what it cannot take now goes to the next
 			f.wake.Wait()
 			continue
 		case err == nil:
@@ -503,9 +510,9 @@ func (o *output) joinLine(f *sendFlow) {
 }
 
 // nextInLine wakes the first stream waiting for the connection's window,
-// if there is window (conn) for it. Called with mu held.
-func (o *output) nextInLine(conn *int64) {
-	if *conn <= 0 || len(o.inLine) == 0 {
+// if there is window for it. Called with mu held.
+func (o *output) nextInLine() {
+	if o.window <= 0 || len(o.inLine) == 0 {
 		return
 	}
 	f := o.inLine[0]

@@ -288,7 +288,7 @@ func (sc *serverConn) send(st *stream, head []field, data []byte, trailers []fie
 		}
 	}
 	if len(data) > 0 || end && len(trailers) == 0 {
-		err := sc.o.sendData(st.id, data, end && len(trailers) == 0, &st.flow, &sc.sendWindow, func() error { return sc.sendable(st) })
+		err := sc.o.sendData(st.id, data, end && len(trailers) == 0, &st.flow, func() error { return sc.sendable(st) })
 		if err == errStalled { // the client is told the stream is given up
 			sc.removeLocked(st)
 			sc.o.rstStream(st.id, http2.ErrCodeCancel)

@@ -95,7 +95,6 @@ type serverConn struct {
 	o          output
 	streams    map[uint32]*stream
 	maxID      uint32 // the highest stream the client opened
-	sendWindow int64  // what the client lets the connection send
 	recv       inflow // what the client may send on the connection
 	peerWindow int32  // the client's SETTINGS_INITIAL_WINDOW_SIZE
 	running    int    // handlers running
@@ -146,7 +145,6 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 		streamWindow: orDefault(s.StreamWindow, defaultStreamWindow),
 		connWindow:   max(orDefault(s.ConnWindow, defaultConnWindow), initialWindow), // a connection's window starts there
 		streams:      map[uint32]*stream{},
-		sendWindow:   initialWindow,
 		peerWindow:   initialWindow,
 	}
 	if sc.log == nil {
@@ -431,11 +429,7 @@ func (sc *serverConn) processWindowUpdate(f *http2.WindowUpdateFrame) error {
 	defer sc.mu.Unlock()
 	inc := int64(f.Increment)
 	if f.StreamID == 0 {
-		if sc.sendWindow += inc; sc.sendWindow > maxWindow {
-			return connError(http2.ErrCodeFlowControl, "connection window above 2^31-1")
-		}
-		sc.o.connGrew(&sc.sendWindow)
-		return nil
+		return sc.o.connGrew(inc)
 	}
 	st := sc.streams[f.StreamID]
 	if st == nil {
