@@ -46,7 +46,7 @@ func parseRequestHead(head []byte, br *bufio.Reader) *http.Request {
 	}
 	method, rest, _ := strings.Cut(line, " ")
 	target, proto, _ := strings.Cut(rest, " ")
-	major, minor, ok := parseVersion(proto)
+	proto, major, minor, ok := parseVersion(proto)
 	if !ok || !httpguts.ValidHeaderFieldName(method) || !strings.HasPrefix(target, "/") {
 		return nil
 	}
@@ -103,7 +103,7 @@ func parseResponseHead(head []byte, br *bufio.Reader, req *http.Request) *http.R
 		return nil
 	}
 	proto, status, _ := strings.Cut(line, " ")
-	major, minor, ok := parseVersion(proto)
+	proto, major, minor, ok := parseVersion(proto)
 	if !ok || len(status) < 3 || len(status) > 3 && status[3] != ' ' {
 		return nil
 	}
@@ -194,15 +194,15 @@ func knownMethod(method string) string {
 	return strings.Clone(method)
 }
 
-// parseVersion accepts the two HTTP/1 versions.
-func parseVersion(proto string) (major, minor int, ok bool) {
+// parseVersion accepts the two HTTP/1 versions (returned as constants).
+func parseVersion(proto string) (_ string, major, minor int, ok bool) {
 	switch proto {
 	case "HTTP/1.1":
-		return 1, 1, true
+		return "HTTP/1.1", 1, 1, true
 	case "HTTP/1.0":
-		return 1, 0, true
+		return "HTTP/1.0", 1, 0, true
 	}
-	return 0, 0, false
+	return "", 0, 0, false
 }
 
 // parseFields parses the field lines of a head up to its blank line, each

@@ -276,7 +276,7 @@ func TestParsedRequestHoldsNoHead(t *testing.T) {
 	}
 	pad := r.Header.Get("X-Pad")
 	start := uintptr(unsafe.Pointer(unsafe.StringData(pad))) - uintptr(strings.Index(in, "aaa"))
-	for _, s := range []string{r.Method, r.Host, r.RequestURI, r.URL.Path} {
+	for _, s := range []string{r.Method, r.Host, r.RequestURI, r.URL.Path, r.Proto} {
 		if p := uintptr(unsafe.Pointer(unsafe.StringData(s))); p >= start && p < start+uintptr(len(in)) {
 			t.Errorf("%q shares the head's memory", s)
 		}
