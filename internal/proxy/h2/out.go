@@ -41,11 +41,11 @@ type output struct {
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
 
-	// inLine are the streams waiting for the connection's send window, in
-	// the order they began to wait: a connection WINDOW_UPDATE wakes the
-	// first, which wakes the next if it leaves window over (one wake per
-	// update, not one per waiting stream).
-	window    int64 // what the peer lets the connection send
+	// window is what the peer lets the connection send. inLine are the
+	// streams waiting for it, in the order they began to wait: a
+	// connection WINDOW_UPDATE wakes the first, which wakes the next if it
+	// leaves window over (one wake per update, not one per waiting stream).
+	window    int64
 	inLine    []*sendFlow
 	connGrown uint64        // how many times the peer grew the connection's window
 	stall     time.Duration // a stream given no window for that long is reset
