@@ -98,19 +98,17 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.HeaderReadTimeout))
 	head, br, err := peekHead(hc.br, hc.c, hc.cfg.MaxHeaderBytes)
 	hc.br = br
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var req *http.Request
 	if err == nil {
-		req, err = readRequest(head, br)
+		req, err = readRequest(rctx, head, br)
 	}
 	if err != nil {
 		hc.rejectRequest(m, err)
 		return false
 	}
 	hc.c.SetReadDeadline(time.Time{})
-
-	rctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	req = req.WithContext(rctx)
 	req.RemoteAddr = hc.remote
 	w := newH1Writer(hc, req)
 	if m.Drain.Err() != nil {

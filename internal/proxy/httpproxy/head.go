@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -104,10 +105,11 @@ func checkFraming(head []byte) error {
 	return nil
 }
 
-// readRequest reads the request whose whole head br holds: by
-// parseRequestHead, or by net/http's reader with the checks it lacks.
-func readRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
-	r := parseRequestHead(head, br)
+// readRequest reads the request whose whole head br holds, with context
+// ctx: by parseRequestHead, or by net/http's reader with the checks it
+// lacks.
+func readRequest(ctx context.Context, head []byte, br *bufio.Reader) (*http.Request, error) {
+	r := parseRequestHead(ctx, head, br)
 	if r == nil {
 		if err := checkFraming(head); err != nil {
 			return nil, err
@@ -116,6 +118,7 @@ func readRequest(head []byte, br *bufio.Reader) (*http.Request, error) {
 		if r, err = http.ReadRequest(br); err != nil {
 			return nil, err
 		}
+		r = r.WithContext(ctx)
 		if err := validFields(r.Header); err != nil {
 			return nil, err
 		}

@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"bufio"
+	"context"
 	"io"
 	"net/http"
 	"net/textproto"
@@ -34,9 +35,9 @@ import (
 const maxFastHead = 4 << 10
 
 // parseRequestHead parses the request whose head br holds, as
-// http.ReadRequest would, and consumes the head from br; nil means it
-// declined and left br as it was.
-func parseRequestHead(head []byte, br *bufio.Reader) *http.Request {
+// http.ReadRequest would, with context ctx, and consumes the head from br;
+// nil means it declined and left br as it was.
+func parseRequestHead(ctx context.Context, head []byte, br *bufio.Reader) *http.Request {
 	if len(head) > maxFastHead {
 		return nil
 	}
@@ -73,12 +74,14 @@ func parseRequestHead(head []byte, br *bufio.Reader) *http.Request {
 	if u == nil {
 		return nil
 	}
-	r := &http.Request{
+	// Built in place and given its context by WithContext's one copy:
+	// http.Request's context can be set no other way.
+	r := (&http.Request{
 		Method: knownMethod(method), URL: u, RequestURI: target,
 		Proto: proto, ProtoMajor: major, ProtoMinor: minor,
 		Header: h, Host: host,
 		Close: shouldClose(major, minor, h),
-	}
+	}).WithContext(ctx)
 	delete(h, "Host")
 	switch {
 	case n > 0:

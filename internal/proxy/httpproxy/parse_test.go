@@ -3,6 +3,7 @@ package httpproxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -129,7 +130,7 @@ func compareRequest(t *testing.T, in []byte) bool {
 	if !ok {
 		return false
 	}
-	got := parseRequestHead(head, br)
+	got := parseRequestHead(context.Background(), head, br)
 	if got == nil {
 		if !bytes.HasPrefix(peekAll(br), head) {
 			t.Fatalf("declined %q but consumed its head", in)
@@ -258,7 +259,7 @@ func TestReadRequestChecks(t *testing.T) {
 		if !ok {
 			t.Fatalf("%q: no head", in)
 		}
-		if _, err := readRequest(head, br); !errors.Is(err, want) {
+		if _, err := readRequest(context.Background(), head, br); !errors.Is(err, want) {
 			t.Errorf("%q: %v, want %v", in, err, want)
 		}
 	}
@@ -270,7 +271,7 @@ func TestReadRequestChecks(t *testing.T) {
 func TestParsedRequestHoldsNoHead(t *testing.T) {
 	in := "GET /p HTTP/1.1\r\nHost: api\r\nX-Pad: " + strings.Repeat("a", 3000) + "\r\n\r\n"
 	head, br, _, _ := bufferHead([]byte(in))
-	r := parseRequestHead(head, br)
+	r := parseRequestHead(context.Background(), head, br)
 	if r == nil {
 		t.Fatal("declined")
 	}
