@@ -39,6 +39,17 @@ func newH1Writer(hc *h1Conn, req *http.Request) *h1Writer {
 
 func (w *h1Writer) Header() http.Header { return w.header }
 
+// takeHeader makes h the response's head (headerTaker).
+func (w *h1Writer) takeHeader(h http.Header) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.wroteHeader || len(w.header) > 0 {
+		return false
+	}
+	w.header = h
+	return true
+}
+
 // WriteHeader sends the response head. Informational (1xx) heads other
 // than 101 are sent at once and the final one may follow.
 func (w *h1Writer) WriteHeader(code int) {

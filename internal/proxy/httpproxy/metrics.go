@@ -101,6 +101,12 @@ func (r *recorder) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// takeHeader passes a head on to the writer it records, if that can take it.
+func (r *recorder) takeHeader(h http.Header) bool {
+	t, ok := r.ResponseWriter.(headerTaker)
+	return ok && t.takeHeader(h)
+}
+
 // GRPCStatus is a gRPC response's grpc-status (from trailers, or the head
 // of a trailers-only response), or -1 if it has none or is not gRPC. A code
 // gRPC does not define counts as UNKNOWN (2): upstreams cannot grow the

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -84,4 +85,67 @@ func (e *endReader) Read(p []byte) (int, error) {
 		e.end = nil
 	}
 	return n, err
+}
+
+// taker is a writer that can take a head's map (as h1Writer can).
+type taker struct {
+	http.ResponseWriter
+	h    http.Header
+	took bool
+}
+
+func (t *taker) Header() http.Header { return t.h }
+func (t *taker) takeHeader(h http.Header) bool {
+	if len(t.h) > 0 {
+		return false
+	}
+	t.h, t.took = h, true
+	return true
+}
+
+// endToEnd leaves a writer the same fields whether it takes the
+// upstream's map or has them copied: never a hop-by-hop field, nor one the
+// Connection field names; and a writer already holding fields keeps them.
+func TestEndToEnd(t *testing.T) {
+	upstream := func() http.Header {
+		return http.Header{
+			"Connection":   {"close, X-Hop"},
+			"X-Hop":        {"1"},
+			"Keep-Alive":   {"timeout=5"},
+			"Te":           {"trailers"},
+			"Content-Type": {"text/plain"},
+			"X-App":        {"a", "b"},
+		}
+	}
+	want := http.Header{"Content-Type": {"text/plain"}, "X-App": {"a", "b"}}
+	for _, tc := range []struct {
+		name     string
+		w        http.ResponseWriter
+		wantTook bool
+		want     http.Header
+	}{
+		{"taker", &taker{h: http.Header{}}, true, want},
+		{"taker holding a field", &taker{h: http.Header{"X-Stage": {"s"}}}, false,
+			http.Header{"Content-Type": {"text/plain"}, "X-App": {"a", "b"}, "X-Stage": {"s"}}},
+		{"through the metrics recorder", &recorder{ResponseWriter: &taker{h: http.Header{}}}, true, want},
+		{"a writer that cannot take", httptest.NewRecorder(), false, want},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := upstream()
+			h := endToEnd(tc.w, src)
+			if !reflect.DeepEqual(h, tc.want) || !reflect.DeepEqual(tc.w.Header(), tc.want) {
+				t.Errorf("writer's head %v (returned %v), want %v", tc.w.Header(), h, tc.want)
+			}
+			var tk *taker
+			switch w := tc.w.(type) {
+			case *taker:
+				tk = w
+			case *recorder:
+				tk = w.ResponseWriter.(*taker)
+			}
+			if tk != nil && tk.took != tc.wantTook {
+				t.Errorf("took the upstream's map: %v, want %v", tk.took, tc.wantTook)
+			}
+		})
+	}
 }
