@@ -58,7 +58,7 @@ type headerTaker interface {
 // A writer that can take src itself gets it, less its hop-by-hop fields:
 // no second map and no copy per response (BenchmarkServeH1).
 func endToEnd(w http.ResponseWriter, src http.Header) http.Header {
-	if t, ok := w.(headerTaker); ok && len(w.Header()) == 0 {
+	if t, ok := w.(headerTaker); ok && src != nil && len(w.Header()) == 0 {
 		hop := connectionFields(src)
 		for k := range src {
 			if hop.skip(k) {

@@ -149,3 +149,12 @@ func TestEndToEnd(t *testing.T) {
 		})
 	}
 }
+
+// A response without a header map leaves the writer its own (a nil map
+// would panic the next stage that sets a field).
+func TestEndToEndNilHeader(t *testing.T) {
+	w := &taker{h: http.Header{}}
+	if h := endToEnd(w, nil); h == nil || w.took {
+		t.Fatalf("endToEnd(nil) returned %v, took %v; want the writer's own map", h, w.took)
+	}
+}
