@@ -54,9 +54,10 @@ type headerTaker interface {
 }
 
 // endToEnd gives w the end-to-end fields of src, an upstream response's
-// head that nothing else uses once relayed, and returns w's header map.
-// A writer that can take src itself gets it, less its hop-by-hop fields:
-// no second map and no copy per response (BenchmarkServeH1).
+// head that nothing else uses once relayed (its hop-by-hop fields may be
+// deleted from it), and returns w's header map. A writer that can take
+// src itself gets it, less those fields: no second map and no copy per
+// response (BenchmarkServeH1).
 func endToEnd(w http.ResponseWriter, src http.Header) http.Header {
 	if t, ok := w.(headerTaker); ok && src != nil && len(w.Header()) == 0 {
 		hop := connectionFields(src)

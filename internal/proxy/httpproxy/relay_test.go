@@ -1,12 +1,19 @@
 package httpproxy
 
 import (
+	"bytes"
+	"context"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
 // headHolder is a stage's writer that keeps the head in a map of its own
@@ -156,5 +163,39 @@ func TestEndToEndNilHeader(t *testing.T) {
 	w := &taker{h: http.Header{}}
 	if h := endToEnd(w, nil); h == nil || w.took {
 		t.Fatalf("endToEnd(nil) returned %v, took %v; want the writer's own map", h, w.took)
+	}
+}
+
+// The writers on the HTTP/1 path take heads; a change of signature must
+// not silently turn taking back into copying.
+var (
+	_ headerTaker = (*h1Writer)(nil)
+	_ headerTaker = (*recorder)(nil)
+)
+
+// Through the real path — the HTTP/1 server, the metrics recorder, the
+// forwarder and an upstream connection — the client gets the upstream's
+// end-to-end fields and none that stay on the upstream's hop, the fields
+// its Connection field names included.
+func TestRelayThroughTheHTTP1Writer(t *testing.T) {
+	const response = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n" +
+		"X-App: a\r\nContent-Length: 2\r\n\r\nok"
+	up := &cannedConn{response: response}
+	dial := func(context.Context, string) (net.Conn, error) { return up, nil }
+	f := &Forwarder{log: slog.New(slog.DiscardHandler), pool: newH1Pool(dial, time.Minute), apps: newAppProtocols(nil, dial)}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		Observe(f, w, r.WithContext(WithTarget(r.Context(), "127.0.0.1:8080", "", "")), func(Outcome) {})
+	})
+	c := &scriptConn{in: bytes.NewReader([]byte("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"))}
+	ctx := transport.WithMeta(context.Background(), &transport.Meta{Direction: transport.Inbound, Drain: context.Background()})
+	serveH1(ctx, ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: time.Second}, slog.New(slog.DiscardHandler), h, c)
+	out := c.out.String()
+	if n := strings.Count(out, "HTTP/1.1 200 OK\r\n"); n != 2 || strings.Count(out, "X-App: a\r\n") != 2 || strings.Count(out, "\r\n\r\nok") != 2 {
+		t.Fatalf("want two 200s with X-App and their bodies, got:\n%s", out)
+	}
+	for _, hop := range []string{"X-Hop", "Keep-Alive"} {
+		if strings.Contains(out, hop) {
+			t.Errorf("the client got %s, a field of the upstream's hop:\n%s", hop, out)
+		}
 	}
 }
