@@ -29,13 +29,12 @@ func BenchmarkServeH1(b *testing.B) {
 		"Content-Type: application/octet-stream\r\nContent-Length: 64\r\nConnection: keep-alive\r\n\r\n" +
 		"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
 	up := &cannedConn{response: response}
-	dial := func(context.Context, string) (net.Conn, error) { return up, nil }
-	f := &Forwarder{log: slog.New(slog.DiscardHandler), pool: newH1Pool(dial, time.Minute), apps: newAppProtocols(nil, dial)}
+	f := cannedForwarder(up)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.ServeHTTP(w, r.WithContext(WithTarget(r.Context(), "127.0.0.1:8080", "", "")))
 	})
 	client := &benchConn{in: strings.NewReader(strings.Repeat(request, b.N))}
-	ctx := transport.WithMeta(context.Background(), &transport.Meta{Direction: transport.Inbound, Drain: context.Background()})
+	ctx := inboundConn()
 	b.ReportAllocs()
 	b.ResetTimer()
 	serveH1(ctx, ServerConfig{MaxHeaderBytes: 64 << 10, HeaderReadTimeout: time.Minute, IdleTimeout: time.Minute}, slog.New(slog.DiscardHandler), h, client)
@@ -43,6 +42,18 @@ func BenchmarkServeH1(b *testing.B) {
 	if up.answered != b.N || client.responses != b.N {
 		b.Fatalf("%d requests: the upstream answered %d, the client got %d responses", b.N, up.answered, client.responses)
 	}
+}
+
+// cannedForwarder is a Forwarder whose every upstream connection is up.
+func cannedForwarder(up net.Conn) *Forwarder {
+	dial := func(context.Context, string) (net.Conn, error) { return up, nil }
+	return &Forwarder{log: slog.New(slog.DiscardHandler), pool: newH1Pool(dial, time.Minute), apps: newAppProtocols(nil, dial)}
+}
+
+// inboundConn is the context serveH1 is given for an accepted inbound
+// connection that is not draining.
+func inboundConn() context.Context {
+	return transport.WithMeta(context.Background(), &transport.Meta{Direction: transport.Inbound, Drain: context.Background()})
 }
 
 // benchConn is a client connection that sends in and counts the

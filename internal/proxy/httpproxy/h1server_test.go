@@ -33,7 +33,7 @@ func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
 // serveScript runs the HTTP/1 server over script with an echoing handler.
 func serveScript(script []byte) string {
 	c := &scriptConn{in: bytes.NewReader(script)}
-	ctx := transport.WithMeta(context.Background(), &transport.Meta{Direction: transport.Inbound, Drain: context.Background()})
+	ctx := inboundConn()
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Trailer", "X-Sum")
 		n, _ := io.Copy(w, r.Body)

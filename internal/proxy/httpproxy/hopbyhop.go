@@ -47,6 +47,16 @@ func connectionFields(h http.Header) hopFields {
 // skip reports whether the field k stays on this hop.
 func (n hopFields) skip(k string) bool { return hopByHop(k) || n != nil && n[k] }
 
+// dropHopByHop deletes from h the fields that stay on its hop.
+func dropHopByHop(h http.Header) {
+	hop := connectionFields(h)
+	for k := range h {
+		if hop.skip(k) {
+			delete(h, k)
+		}
+	}
+}
+
 // copyEndToEnd copies src's fields into dst, less those that stay on
 // src's hop. The values are shared, not copied.
 func copyEndToEnd(dst, src http.Header) {

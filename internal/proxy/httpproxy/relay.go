@@ -60,12 +60,7 @@ type headerTaker interface {
 // response (BenchmarkServeH1).
 func endToEnd(w http.ResponseWriter, src http.Header) http.Header {
 	if t, ok := w.(headerTaker); ok && src != nil && len(w.Header()) == 0 {
-		hop := connectionFields(src)
-		for k := range src {
-			if hop.skip(k) {
-				delete(src, k)
-			}
-		}
+		dropHopByHop(src)
 		if t.takeHeader(src) {
 			return src
 		}

@@ -2,18 +2,14 @@ package httpproxy
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/trellis-mesh/trellis/internal/proxy/transport"
 )
 
 // headHolder is a stage's writer that keeps the head in a map of its own
@@ -180,15 +176,12 @@ var (
 func TestRelayThroughTheHTTP1Writer(t *testing.T) {
 	const response = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\n" +
 		"X-App: a\r\nContent-Length: 2\r\n\r\nok"
-	up := &cannedConn{response: response}
-	dial := func(context.Context, string) (net.Conn, error) { return up, nil }
-	f := &Forwarder{log: slog.New(slog.DiscardHandler), pool: newH1Pool(dial, time.Minute), apps: newAppProtocols(nil, dial)}
+	f := cannedForwarder(&cannedConn{response: response})
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		Observe(f, w, r.WithContext(WithTarget(r.Context(), "127.0.0.1:8080", "", "")), func(Outcome) {})
 	})
 	c := &scriptConn{in: bytes.NewReader([]byte("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"))}
-	ctx := transport.WithMeta(context.Background(), &transport.Meta{Direction: transport.Inbound, Drain: context.Background()})
-	serveH1(ctx, ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: time.Second}, slog.New(slog.DiscardHandler), h, c)
+	serveH1(inboundConn(), ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: time.Second}, slog.New(slog.DiscardHandler), h, c)
 	out := c.out.String()
 	if n := strings.Count(out, "HTTP/1.1 200 OK\r\n"); n != 2 || strings.Count(out, "X-App: a\r\n") != 2 || strings.Count(out, "\r\n\r\nok") != 2 {
 		t.Fatalf("want two 200s with X-App and their bodies, got:\n%s", out)
