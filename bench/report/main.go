@@ -63,7 +63,7 @@ var loads = []load{
 	{"h2-max-1024", "HTTP/2 (h2c), max rate, 1 KiB body", "h2load `-p h2c -c 4 -m 4` (16 streams in flight). HAProxy keeps h2 to the next hop (`proto h2`); nginx forwards as HTTP/1.1 keep-alive (its proxy_pass has no HTTP/2 upstream)"},
 	{"grpc-1k", "gRPC ping, 1,000 rps", "fortio `load -grpc -ping -qps 1000 -c 16` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
 	{"grpc-max", "gRPC ping, max rate", "fortio `load -grpc -ping -qps 0 -c 16` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
-	{connLoad, "New connections per second (TCP echo, one connection per request)", "`bench/connload -c 16`, max rate: 16 workers, each connects, sends 32 B, reads the echo from `fortio server`'s TCP echo and closes, so every request is a new connection through both proxies and, with mTLS, a new TLS handshake between them. Opaque TCP (`--opaque-ports`, no protocol detection). Latency is connect to echo received; ratios are to plaintext 2 hops"},
+	{connLoad, "New connections per second (TCP echo, one connection per request)", "`bench/connload -c 16`, max rate: 16 workers, each connects, sends 32 B, reads the echo from `fortio server`'s TCP echo and closes, so every request is a new connection through both proxies and, with mTLS, a new stream of the tunnel connection between them (opaque connections between two proxies are HTTP/2 CONNECT streams of one pooled mTLS connection: no handshake per connection). Opaque TCP (`--opaque-ports`, no protocol detection). Latency is connect to echo received; ratios are to plaintext 2 hops"},
 }
 
 // connLoad is the new-connections load; its table has its own columns.
@@ -790,11 +790,12 @@ const legend = `## Setup
   workers, max rate), *CPU µs/conn* both proxies' CPU time per connection.
   *A→B conns per conn* is how many connections proxy A opened to B per
   client connection (from A's ` + "`tcp_open_total`" + `; 1.00 = a fresh one every
-  time) and *mesh TLS handshakes/s* how many of those per second were mTLS:
-  the new-connection handshake rate. A keeps a TLS session cache, so after
-  the first few these are TLS 1.3 resumptions (when this was written, ~99%:
-  a fresh key exchange, no certificates sent, both proxies still check the
-  peer's identity).
+  time; 0.00 with mTLS, where connections are streams of A's pooled tunnel
+  connection to B) and *mesh TLS handshakes/s* how many of those per second
+  were mTLS: the new-connection handshake rate (a tunnel's one handshake
+  rounds to 0). A keeps a TLS session cache, so handshakes after the first
+  few are TLS 1.3 resumptions (a fresh key exchange, no certificates sent,
+  both proxies still check the peer's identity).
 - **other CPU %**: CPU time that processes other than the benchmark's own
   (plus hypervisor steal) took on the proxies' CPU / on the generator's CPU
   during the run, from ` + "`/proc/stat`" + `. Above a few percent the row is

@@ -127,7 +127,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Proxy, error) {
 		p.egress = egress.New(p.identity.ID().Namespace, p.reg, log)
 	}
 	out := outbound.New(cfg, p.reg, dialer, creds, res, p.egress, &p.decisions.Outbound, obs, log)
-	p.closers = append(p.closers, inFwd, out.Forwarder)
+	p.closers = append(p.closers, inFwd, out)
 
 	bind := func(setting, addr string, dir transport.Direction, h transport.Handler) (net.Addr, error) {
 		ln, err := net.Listen("tcp", addr)

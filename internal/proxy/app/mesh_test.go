@@ -182,25 +182,39 @@ func meshPair(t *testing.T, ids *meshtest.Identity, app string) (entry string, w
 
 // meshPairWith is meshPair with the server proxy's configuration edited.
 func meshPairWith(t *testing.T, ids *meshtest.Identity, app string, edit func(*config.Config)) (entry string, w *wire, client, server string) {
+	p := startMeshPair(t, ids, app, edit)
+	return p.entry, p.wire, p.client, p.server
+}
+
+// meshProxies are a client proxy and a server proxy in front of an
+// application, their mesh connections crossing a wire.
+type meshProxies struct {
+	entry          string // the client proxy's upstream port for the application
+	wire           *wire
+	client, server string // their identities
+	in             *proxytest.Proxy
+}
+
+func startMeshPair(t *testing.T, ids *meshtest.Identity, app string, edit func(*config.Config)) meshProxies {
 	in := proxytest.Config(t)
 	in.AppAddr = app
 	// The app's port is opaque on the server side, as databases' are by
 	// default: mTLS must still be terminated before the opaque rule applies.
 	in.OpaquePorts = map[uint16]bool{port(app): true}
-	server = ids.Join(t, in, "shop", "api")
+	server := ids.Join(t, in, "shop", "api")
 	if edit != nil {
 		edit(in)
 	}
 	b := proxytest.Start(t, in)
 
-	w = newWire(t, b.InboundAddr.String())
+	w := newWire(t, b.InboundAddr.String())
 	out := proxytest.Config(t)
-	client = ids.Join(t, out, "shop", "web")
+	client := ids.Join(t, out, "shop", "web")
 	out.MeshPort = w.port()
 	local := port(testkit.FreeAddr(t))
 	out.Upstreams = []config.Upstream{{Name: "api", LocalPort: local, Target: app, Identity: server}}
 	a := proxytest.Start(t, out)
-	return a.UpstreamAddrs["api"].String(), w, client, server
+	return meshProxies{entry: a.UpstreamAddrs["api"].String(), wire: w, client: client, server: server, in: b}
 }
 
 // identityEcho answers with who the mesh said the client is and what it
@@ -342,6 +356,49 @@ func TestMeshCarriesOpaqueTCPEncrypted(t *testing.T) {
 	}
 }
 
+// Opaque connections between two proxies are streams of one mTLS
+// connection, opened without a handshake each, encrypted, each counted
+// by the server proxy as a connection from the client's proven identity.
+func TestMeshTunnelsOpaqueConnections(t *testing.T) {
+	ids := meshtest.StartIdentity(t, time.Hour)
+	app := testkit.EchoServer(t)
+	p := startMeshPair(t, ids, app, nil)
+	const conns = 20
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", p.entry)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			msg := fmt.Sprintf("tunnelled-secret-%d", i)
+			io.WriteString(c, msg)
+			c.(*net.TCPConn).CloseWrite()
+			if got, err := io.ReadAll(c); err != nil || string(got) != msg {
+				t.Errorf("connection %d echoed %q, %v", i, got, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := p.wire.conns.Load(); n != 1 {
+		t.Errorf("%d opaque connections took %d connections between the proxies; want 1", conns, n)
+	}
+	if p.wire.contains("tunnelled-secret") {
+		t.Fatal("opaque payload crossed the wire in plaintext")
+	}
+	in := map[string]string{"direction": "inbound", "peer": "src", "tls": "true", "client_id": p.client, "target_addr": app}
+	var closed float64
+	for deadline := time.Now().Add(2 * time.Second); closed < conns && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		closed = sum(scrape(t, p.in.AdminAddr.String()), "tcp_close_total", in)
+	}
+	if closed != conns {
+		t.Errorf("the server proxy counted %v connections closed from %s to %s; want %d", closed, p.client, app, conns)
+	}
+}
+
 func TestMeshRefusesPeerFromAnotherTrustAnchor(t *testing.T) {
 	ours := meshtest.StartIdentity(t, time.Hour)
 	theirs := meshtest.StartIdentity(t, time.Hour)
@@ -455,4 +512,42 @@ func TestMeshKeepsThePathAsSent(t *testing.T) {
 			t.Errorf("sent %s; the application saw %s", target, body)
 		}
 	}
+}
+
+// A tunnel connection's streams count against the server proxy's
+// connection limits as connections from the peer: a peer cannot hold more
+// connections to the application through one tunnel than it could open.
+func TestMeshTunnelStreamsCountAgainstConnectionLimits(t *testing.T) {
+	p := startMeshPair(t, meshtest.StartIdentity(t, time.Hour), testkit.EchoServer(t), func(c *config.Config) {
+		c.MaxConnections, c.MaxConnectionsPerSource = 10, 3 // the tunnel itself and two streams
+	})
+	open := func() (net.Conn, error) {
+		c, err := net.Dial("tcp", p.entry)
+		if err != nil {
+			return nil, err
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "\x00not HTTP") // nothing for detection to wait on
+		_, err = io.ReadFull(c, make([]byte, 9))
+		return c, err
+	}
+	first, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open(); err == nil {
+		t.Fatal("a third stream was served beside the tunnel and two streams from one source; want it refused")
+	}
+	first.Close()
+	var err2 error
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, err2 = open(); err2 == nil {
+			return
+		}
+	}
+	t.Fatalf("a stream after one closed was still refused: %v", err2)
 }

@@ -3,7 +3,9 @@ package h2
 import (
 	"errors"
 	"net/http"
+	"os"
 	"sync"
+	"time"
 )
 
 // body is a message body as the peer sends it — a request's at the
@@ -24,6 +26,12 @@ type body struct {
 	trailer   *http.Header
 	announced bool
 	got       http.Header // the trailers received, copied by Read at the end
+	// expired: the read deadline passed, and Read fails with
+	// os.ErrDeadlineExceeded until another is set; timer sets it, and gen
+	// tells its own deadline from a later one.
+	expired bool
+	timer   *time.Timer
+	gen     uint64
 }
 
 // consumer is the stream a body belongs to, told of the bytes read.
@@ -75,12 +83,16 @@ func (b *body) finish(err error, trailers http.Header) {
 
 func (b *body) Read(p []byte) (int, error) {
 	b.mu.Lock()
-	for b.off == len(b.buf) && b.err == nil && !b.closed {
+	for b.off == len(b.buf) && b.err == nil && !b.closed && !b.expired {
 		b.cond.Wait()
 	}
 	if b.closed {
 		b.mu.Unlock()
 		return 0, errBodyClosed
+	}
+	if b.off == len(b.buf) && b.err == nil {
+		b.mu.Unlock()
+		return 0, os.ErrDeadlineExceeded
 	}
 	n := copy(p, b.buf[b.off:])
 	b.off += n
@@ -106,6 +118,37 @@ func (b *body) Read(p []byte) (int, error) {
 		b.st.consumed(int64(n))
 	}
 	return n, err
+}
+
+// SetReadDeadline makes Read fail with os.ErrDeadlineExceeded, once
+// nothing is buffered, from t on; a zero t means never. As net.Conn's, it
+// applies to a Read under way too.
+func (b *body) SetReadDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.gen++
+	if b.timer != nil {
+		b.timer.Stop()
+		b.timer = nil
+	}
+	b.expired = false
+	switch d := time.Until(t); {
+	case t.IsZero():
+	case d <= 0:
+		b.expired = true
+		b.cond.Broadcast()
+	default:
+		gen := b.gen
+		b.timer = time.AfterFunc(d, func() {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			if b.gen == gen {
+				b.expired = true
+				b.cond.Broadcast()
+			}
+		})
+	}
+	return nil
 }
 
 var errBodyClosed = errors.New("http2: read on a closed body")

@@ -166,6 +166,10 @@ func (cc *ClientConn) Err() error {
 	return cc.err
 }
 
+// LocalAddr and RemoteAddr are the connection's addresses.
+func (cc *ClientConn) LocalAddr() net.Addr  { return cc.conn.LocalAddr() }
+func (cc *ClientConn) RemoteAddr() net.Addr { return cc.conn.RemoteAddr() }
+
 // InFlight is how many requests the connection carries.
 func (cc *ClientConn) InFlight() int {
 	cc.mu.Lock()

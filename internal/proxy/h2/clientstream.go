@@ -442,6 +442,12 @@ type responseBody struct{ cs *clientStream }
 
 func (b responseBody) Read(p []byte) (int, error) { return b.cs.body.Read(p) }
 
+// SetReadDeadline bounds reading the response, as net.Conn's does (a
+// CONNECT tunnel's stream is read as a connection).
+func (b responseBody) SetReadDeadline(t time.Time) error {
+	return b.cs.body.SetReadDeadline(t)
+}
+
 func (b responseBody) Close() error {
 	cs := b.cs
 	cs.body.Close()

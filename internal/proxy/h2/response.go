@@ -140,6 +140,39 @@ func (w *responseWriter) finish() {
 	}
 }
 
+// CloseWrite ends the response (END_STREAM) while the handler may still
+// read the request: a CONNECT tunnel's half-close, as TCP's FIN. Later
+// writes fail.
+func (w *responseWriter) CloseWrite() error {
+	if w.done {
+		return errStreamClosed
+	}
+	if w.err != nil {
+		return w.err
+	}
+	w.finish()
+	return nil
+}
+
+// Reset ends the stream at once, both ways (RST_STREAM CANCEL): a CONNECT
+// tunnel's abort, as TCP's RST. Unlike the writer's other methods it may
+// be called from any goroutine: a read or write of the stream under way
+// fails.
+func (w *responseWriter) Reset() {
+	st := w.st
+	sc := st.sc
+	sc.mu.Lock()
+	if !st.reset && !sc.closed {
+		sc.removeLocked(st)
+		sc.o.rstStream(st.id, http2.ErrCodeCancel)
+		sc.rememberReset(st.id)
+		sc.o.flush()
+	}
+	sc.mu.Unlock()
+	st.cancel(errStreamClosed)
+	st.body.finish(errStreamClosed, nil)
+}
+
 // abort resets the stream (a handler that panicked, or broke off its
 // response).
 func (w *responseWriter) abort() {
@@ -160,7 +193,7 @@ func (w *responseWriter) pendingHead(whole bool) []field {
 	if _, ok := w.head["Date"]; !ok {
 		fs = append(fs, field{"date", httpDate()})
 	}
-	if whole && w.declared < 0 && !w.bodyless {
+	if whole && w.declared < 0 && !w.bodyless && w.req.Method != http.MethodConnect { // a tunnel has no length (RFC 9110 §8.6)
 		fs = append(fs, field{"content-length", strconv.Itoa(len(w.buf))})
 	}
 	return appendFields(fs, w.head, true)

@@ -131,10 +131,10 @@ func (f *Forwarder) fail(w http.ResponseWriter, r *http.Request, err error) {
 // CloseIdle closes idle pooled connections (used when draining).
 func (f *Forwarder) CloseIdle() {
 	f.pool.closeIdle(true)
-	f.h2.closeIdle()
+	f.h2.CloseIdle()
 	if f.meshH2 != nil {
 		f.meshH1.closeIdle(true)
-		f.meshH2.closeIdle()
+		f.meshH2.CloseIdle()
 	}
 }
 

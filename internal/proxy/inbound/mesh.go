@@ -21,12 +21,20 @@ import (
 //
 // allowed says which ports a peer may ask for: the application's, never
 // the proxy's own (a loop, or a way around its loopback-only endpoints).
-func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, allowed func(port uint16) bool, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
+// A tunnel connection's streams are opaque connections each, served as
+// one accepted from the peer would be.
+func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, allowed func(port uint16) bool, idle time.Duration, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
 	if creds == nil {
 		return opaque
 	}
 	cfg := creds.ServerConfig().Clone()
-	cfg.NextProtos = []string{mesh.ALPN}
+	cfg.NextProtos = []string{mesh.ALPNTunnels, mesh.ALPN}
+	tunnels := mesh.TunnelServer(allowed, func(ctx context.Context, port uint16, c net.Conn) {
+		m := *transport.MetaFrom(ctx) // the tunnel connection's, per stream
+		m.Target = net.JoinHostPort(appHost(&m), strconv.Itoa(int(port)))
+		m.Protocol = "opaque"
+		opaque.ServeConn(transport.WithMeta(ctx, &m), c)
+	}, idle, log)
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
 		if !slices.Contains(m.ALPN, mesh.ALPN) {
@@ -61,6 +69,12 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 		if err != nil {
 			log.Warn("mesh connection without a valid header", "client", m.Client.String(), "peer", peer.String(), "error", err)
 			tc.Close()
+			return
+		}
+		if h.Protocol == mesh.Tunnel {
+			m.TLS, m.NoTLSReason, m.ClientID = "true", "", peer.String()
+			m.Protocol = "tunnel"
+			tunnels.ServeConn(ctx, tc, m.Drain)
 			return
 		}
 		if !allowed(h.Port) {

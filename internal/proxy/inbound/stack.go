@@ -28,7 +28,8 @@ import (
 //	       → detect ─┬─ HTTP ───────────────────────────────┐
 //	                 ├─ TLS: mesh ALPN? terminate mTLS, read │
 //	                 │   the header (app port, protocol) ────┤
-//	                 │   else opaque ──────────────┐         │
+//	                 │   tunnel: per stream ───────┐         │
+//	                 │   else opaque ──────────────┤         │
 //	                 └─ opaque ────────────────────┤         │
 //	       tcp metrics → authz → TCP forward ◄─┘         │
 //	   tcp metrics → HTTP server → trace → http metrics     ◄┘
@@ -64,7 +65,7 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	return transport.Stack(
 		detect.Stage(detector, inboundOpaque(opaquePorts(cfg), authorizer.Opaque), connect, log, detect.Routes{
 			HTTP:   httpServer,
-			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), log, httpServer, opaque),
+			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), cfg.IdleTimeout, log, httpServer, opaque),
 			Opaque: opaque,
 		}),
 		target(cfg.AppAddr, creds != nil),

@@ -19,6 +19,12 @@ import (
 // ALPN marks a connection between Trellis proxies.
 const ALPN = "trellis.mesh/v1"
 
+// ALPNTunnels marks a connection between proxies that both speak ALPN's
+// protocol and one session protocol more, Tunnel. A proxy offers both and
+// accepts either; a peer that knows only ALPN chooses it, and opaque
+// connections to it take a mesh connection each, as before.
+const ALPNTunnels = "trellis.mesh/v2"
+
 // Protocol is the session protocol inside a mesh connection.
 type Protocol byte
 
@@ -31,6 +37,11 @@ const (
 	HTTP1 Protocol = 2
 	// Opaque carries the bytes of a TCP connection.
 	Opaque Protocol = 3
+	// Tunnel carries opaque TCP connections as the streams of one HTTP/2
+	// connection (RFC 9113 §8.5 CONNECT, each naming its application
+	// port), so a new connection between two workloads costs a stream,
+	// not a TLS handshake. Its header's port is 0. Only after ALPNTunnels.
+	Tunnel Protocol = 4
 )
 
 func (p Protocol) String() string {
@@ -41,6 +52,8 @@ func (p Protocol) String() string {
 		return "http/1.1"
 	case Opaque:
 		return "opaque"
+	case Tunnel:
+		return "tunnel"
 	}
 	return fmt.Sprintf("protocol(%d)", byte(p))
 }
@@ -93,6 +106,11 @@ func ParseHeader(b []byte) (Header, error) {
 	h := Header{Protocol: Protocol(b[5]), Port: binary.BigEndian.Uint16(b[6:])}
 	switch h.Protocol {
 	case HTTP2, HTTP1, Opaque:
+	case Tunnel:
+		if h.Port != 0 {
+			return Header{}, fmt.Errorf("%w: tunnel for port %d", errBadHeader, h.Port)
+		}
+		return h, nil
 	default:
 		return Header{}, fmt.Errorf("%w: %v", errBadHeader, h.Protocol)
 	}

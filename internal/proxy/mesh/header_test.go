@@ -9,7 +9,7 @@ import (
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
-	for _, h := range []Header{{Port: 8080, Protocol: HTTP2}, {Port: 5432, Protocol: Opaque}, {Port: 65535, Protocol: HTTP1}} {
+	for _, h := range []Header{{Port: 8080, Protocol: HTTP2}, {Port: 5432, Protocol: Opaque}, {Port: 65535, Protocol: HTTP1}, {Protocol: Tunnel}} {
 		wire := h.Append(nil)
 		r := bufio.NewReader(io.MultiReader(bytes.NewReader(wire), bytes.NewReader([]byte("payload"))))
 		got, err := ReadHeader(r)
@@ -28,6 +28,7 @@ func TestHeaderRejectsGarbage(t *testing.T) {
 		[]byte("GET / HTTP/1.1\r\n"),
 		Header{Port: 80, Protocol: 9}.Append(nil),
 		Header{Port: 0, Protocol: HTTP2}.Append(nil),
+		Header{Port: 5432, Protocol: Tunnel}.Append(nil), // a tunnel's streams name the ports
 		append([]byte("TRLS\x02"), 1, 0, 80),
 	} {
 		if _, err := ReadHeader(bufio.NewReader(bytes.NewReader(b))); !errors.Is(err, errBadHeader) {

@@ -27,7 +27,16 @@ import (
 type Stacks struct {
 	detect    transport.Handler
 	peers     *peers
+	up        *upstream
 	Forwarder *httpproxy.Forwarder
+}
+
+// CloseIdle closes idle pooled connections (used when draining).
+func (s *Stacks) CloseIdle() {
+	s.Forwarder.CloseIdle()
+	if s.up.mesh != nil {
+		s.up.mesh.CloseIdle()
+	}
 }
 
 // New builds the outbound stack, read top to bottom:
@@ -40,7 +49,8 @@ type Stacks struct {
 //	                 │        → span: route and endpoint
 //	                 │        → http metrics → tap → forward (meshed targets: HTTP/2 over mTLS)
 //	                 └─ TLS, opaque: tcp metrics → TCP forward, whose connect (upstream.connect)
-//	                          balances (one endpoint per connection) and dials (meshed targets: mTLS)
+//	                          balances (one endpoint per connection) and dials (meshed targets: a
+//	                          stream of a pooled mTLS tunnel connection to the peer proxy)
 //
 // creds is nil when the proxy has no identity; then no target is meshed.
 // res is nil without a control plane; then targets are used as addressed.
@@ -56,8 +66,9 @@ func New(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, cr
 		bal.res, svcs = res, res
 	}
 	up := &upstream{tcp: dialer, res: res, bal: bal}
+	s.up = up
 	if creds != nil {
-		up.mesh = &mesh.Dialer{TCP: dialer, Creds: creds, Port: cfg.MeshPort}
+		up.mesh = &mesh.Dialer{TCP: dialer, Creds: creds, Port: cfg.MeshPort, IdleTimeout: cfg.PoolIdleTimeout}
 		if res != nil {
 			up.mesh.PortOf = res.MeshPort
 		}

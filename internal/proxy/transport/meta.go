@@ -53,6 +53,22 @@ type Meta struct {
 	// Drain is done when the proxy stops accepting and starts draining:
 	// protocol servers finish in-flight work and close idle connections.
 	Drain context.Context
+
+	// admit counts one more connection from Client against the limits of
+	// the listener that accepted this one (nil: no limits).
+	admit func() (release func(), ok bool)
+}
+
+// Admit counts another connection from this connection's client against
+// the limits of the listener that accepted it — a tunnel connection's
+// streams are connections too, each holding one to the application — and
+// returns its release; false if a limit refuses it, which is reported as
+// a refused connection is.
+func (m *Meta) Admit() (release func(), ok bool) {
+	if m.admit == nil {
+		return func() {}, true
+	}
+	return m.admit()
 }
 
 // TargetPort is the port of Target, or 0 if it has none.

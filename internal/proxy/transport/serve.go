@@ -58,26 +58,33 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, dir Direction, h Ha
 		}
 		delay = 0
 		src := clientAddr(c)
-		if reason := lim.admit(src.Addr().Unmap()); reason != "" {
-			if s.OnRefused != nil { // counted before closed, as in LimitListener
-				s.OnRefused(dir, reason, src)
+		admit := func() (func(), bool) {
+			if reason := lim.admit(src.Addr().Unmap()); reason != "" {
+				if s.OnRefused != nil { // counted before closed, as in LimitListener
+					s.OnRefused(dir, reason, src)
+				}
+				return nil, false
 			}
+			return func() { lim.release(src.Addr().Unmap()) }, true
+		}
+		release, ok := admit()
+		if !ok {
 			c.Close()
 			continue
 		}
 		s.wg.Add(1)
 		go func() {
-			defer lim.release(src.Addr().Unmap())
-			s.serveConn(ctx, c, dir, h)
+			defer release()
+			s.serveConn(ctx, c, dir, h, admit)
 		}()
 	}
 }
 
-func (s *Server) serveConn(ctx context.Context, c net.Conn, dir Direction, h Handler) {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, dir Direction, h Handler, admit func() (func(), bool)) {
 	defer s.wg.Done()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	m := &Meta{Direction: dir, Drain: s.drain, TLS: "disabled"}
+	m := &Meta{Direction: dir, Drain: s.drain, TLS: "disabled", admit: admit}
 	if ra, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		m.Client = ra.AddrPort()
 	}
