@@ -55,6 +55,33 @@ type clientStream struct {
 // its own, so a server may answer before reading it (and gRPC streams
 // both ways). The request's context cancels it (RST_STREAM CANCEL).
 func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
+	cs, err := cc.start(req, false)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		select {
+		case <-cs.interimc:
+			cs.relayInterim() // (a refused one cancels the request: respc follows)
+			continue
+		case <-cs.respc:
+		}
+		break
+	}
+	if cs.err != nil {
+		return nil, cs.err
+	}
+	if err := cs.relayInterim(); err != nil { // those that came just before the response
+		cs.resp.Body.Close()
+		return nil, err
+	}
+	return cs.resp, nil
+}
+
+// start opens req's stream: its head is sent and its context watched;
+// its body is sent by a goroutine of its own unless the caller writes it
+// (callerWrites: a CONNECT tunnel's Stream).
+func (cc *ClientConn) start(req *http.Request, callerWrites bool) (*clientStream, error) {
 	fields, err := requestFields(req)
 	if err != nil {
 		cc.mu.Lock()
@@ -69,7 +96,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.Body == nil {
 		req.Body = http.NoBody // (trailers alone still take writeBody)
 	}
-	hasBody := req.Body != http.NoBody
+	hasBody := req.Body != http.NoBody || callerWrites
 	cs := &clientStream{cc: cc, req: req, respc: make(chan struct{}), declared: -1,
 		trace: httptrace.ContextClientTrace(req.Context()), interimc: make(chan struct{}, 1)}
 	if hasBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
@@ -120,26 +147,10 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 		cs.stopFn = stop
 		cc.mu.Unlock()
 	}
-	if !endStream {
+	if !endStream && !callerWrites {
 		go cs.writeBody()
 	}
-	for {
-		select {
-		case <-cs.interimc:
-			cs.relayInterim() // (a refused one cancels the request: respc follows)
-			continue
-		case <-cs.respc:
-		}
-		break
-	}
-	if cs.err != nil {
-		return nil, cs.err
-	}
-	if err := cs.relayInterim(); err != nil { // those that came just before the response
-		cs.resp.Body.Close()
-		return nil, err
-	}
-	return cs.resp, nil
+	return cs, nil
 }
 
 // interimResponse is a 1xx response.

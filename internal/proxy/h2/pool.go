@@ -71,18 +71,22 @@ func (p *Pool[K]) Get(ctx context.Context, key K) (*ClientConn, error) {
 				d.cc, d.err = NewClientConn(c, p.cfg)
 			}
 			cancel()
+			var reserveErr error
 			p.mu.Lock()
 			h.dialing = nil
 			if d.err == nil {
 				h.conns = append(h.conns, d.cc)
+				// The dialler's stream first, before the waiting callers
+				// take what the connection has to give.
+				reserveErr = d.cc.Reserve()
 			}
 			p.mu.Unlock()
 			close(d.ready)
 			if d.err != nil {
 				return nil, d.err
 			}
-			if err := d.cc.Reserve(); err != nil {
-				return nil, err // a new connection without a stream to give
+			if reserveErr != nil {
+				return nil, reserveErr // a new connection without a stream to give
 			}
 			return d.cc, nil
 		}

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -144,14 +145,8 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 	if !w.finish() {
 		return false
 	}
-	if body != nil && !body.eof {
-		if !body.continued {
-			return false // the client still waits for 100 Continue: it must not send the body now
-		}
-		n, err := io.CopyN(io.Discard, body.r, maxDiscard)
-		if err != io.EOF && !(err == nil && n == 0) {
-			return false
-		}
+	if body != nil && !body.finish() {
+		return false
 	}
 	return !w.closeAfter && !req.Close
 }
@@ -215,15 +210,26 @@ func (hc *h1Conn) lingerClose() {
 }
 
 // requestBody sends "100 Continue" before the first read when the client
-// asked for it, and notes when the body has been read to its end.
+// asked for it, and notes when the body has been read to its end. The
+// handler's upstream may still be reading it when the handler returns (an
+// http.RoundTripper may send a request's body, and close it, in a
+// goroutine of its own after the response came): reads are serialized
+// with the server's own end of the body (finish), and fail after it.
 type requestBody struct {
 	r         io.ReadCloser
 	w         *h1Writer
+	mu        sync.Mutex
 	continued bool
 	eof       bool
+	done      bool // finished: the connection's reader is the server's again
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return 0, http.ErrBodyReadAfterClose
+	}
 	if !b.continued {
 		b.continued = true
 		b.w.sendContinue()
@@ -233,6 +239,24 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		b.eof = true
 	}
 	return n, err
+}
+
+// finish takes the body back from the handler once it returned, and
+// reports whether the connection may carry another request: the rest of
+// the body the client is sending is read and dropped (up to maxDiscard),
+// one it was told to wait with (100 Continue never sent) is never read.
+func (b *requestBody) finish() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	if b.eof {
+		return true
+	}
+	if !b.continued {
+		return false // the client still waits for 100 Continue: it must not send the body now
+	}
+	n, err := io.CopyN(io.Discard, b.r, maxDiscard)
+	return err == io.EOF || err == nil && n == 0
 }
 
 func (b *requestBody) Close() error { return nil }

@@ -23,7 +23,7 @@ import (
 // the proxy's own (a loop, or a way around its loopback-only endpoints).
 // A tunnel connection's streams are opaque connections each, served as
 // one accepted from the peer would be.
-func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, allowed func(port uint16) bool, idle time.Duration, log *slog.Logger, http, opaque transport.Handler) transport.Handler {
+func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string, allowed func(port uint16) bool, idle time.Duration, resetFlood func(), log *slog.Logger, http, opaque transport.Handler) transport.Handler {
 	if creds == nil {
 		return opaque
 	}
@@ -34,7 +34,7 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 		m.Target = net.JoinHostPort(appHost(&m), strconv.Itoa(int(port)))
 		m.Protocol = "opaque"
 		opaque.ServeConn(transport.WithMeta(ctx, &m), c)
-	}, idle, log)
+	}, idle, func(net.Addr) { resetFlood() }, log)
 	return transport.HandlerFunc(func(ctx context.Context, c net.Conn) {
 		m := transport.MetaFrom(ctx)
 		if !slices.Contains(m.ALPN, mesh.ALPN) {
@@ -68,6 +68,11 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 		tc.SetReadDeadline(time.Time{})
 		if err != nil {
 			log.Warn("mesh connection without a valid header", "client", m.Client.String(), "peer", peer.String(), "error", err)
+			tc.Close()
+			return
+		}
+		if h.Protocol == mesh.Tunnel && tc.ConnectionState().NegotiatedProtocol != mesh.ALPNTunnels {
+			log.Warn("mesh tunnel on a connection that did not negotiate "+mesh.ALPNTunnels+"; closed", "client", m.Client.String(), "peer", peer.String())
 			tc.Close()
 			return
 		}

@@ -53,9 +53,10 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 		tap.Layer(obs.Tap, "inbound"),
 		obs.AccessLog.Layer, // after origProto: the line shows the protocol the client used
 	)
+	floods := httpproxy.CountResetFloods(reg, transport.Inbound)
 	httpServer := transport.Stack(httpproxy.NewServer(http, httpproxy.ServerConfig{
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderReadTimeout: cfg.HeaderReadTimeout, IdleTimeout: cfg.IdleTimeout,
-		ResetFloods: httpproxy.CountResetFloods(reg, transport.Inbound),
+		ResetFloods: floods,
 	}, log), transport.Meter(reg))
 	connect := func(ctx context.Context, m *transport.Meta) (net.Conn, error) {
 		return dialer.DialContext(ctx, m.Direction, m.Target)
@@ -65,7 +66,7 @@ func Stack(cfg *config.Config, reg *metrics.Registry, dialer *transport.Dialer, 
 	return transport.Stack(
 		detect.Stage(detector, inboundOpaque(opaquePorts(cfg), authorizer.Opaque), connect, log, detect.Routes{
 			HTTP:   httpServer,
-			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), cfg.IdleTimeout, log, httpServer, opaque),
+			TLS:    terminateMesh(creds, appHost(cfg.AppAddr), meshPorts(cfg), cfg.IdleTimeout, floods, log, httpServer, opaque),
 			Opaque: opaque,
 		}),
 		target(cfg.AppAddr, creds != nil),

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"sync"
 	"time"
@@ -21,10 +20,12 @@ import (
 // A Tunnel session carries opaque connections between two proxies as
 // HTTP/2 CONNECT streams of one mTLS connection, as HBONE does between
 // ztunnels: opening a connection costs a stream (a HEADERS frame each way)
-// instead of a TCP and TLS handshake — the handshake's key exchange was
-// three quarters of a new meshed connection's CPU. Bytes are DATA frames
-// under HTTP/2's flow control, one direction's end is END_STREAM (TCP's
-// FIN), an abort RST_STREAM (TCP's RST).
+// instead of a TCP and TLS handshake, whose key exchange was three
+// quarters of a new meshed connection's CPU. Bytes are DATA frames under
+// HTTP/2's flow control, one direction's end is END_STREAM (TCP's FIN),
+// an abort RST_STREAM (TCP's RST). The price: a tunnel's connections
+// share its fate — a peer that stops answering PINGs, or a GOAWAY, ends
+// them all, where each had been on its own.
 
 // tunnels is a Dialer's tunnel connections, and the peers found not to
 // take them.
@@ -48,11 +49,15 @@ var errNoTunnels = errors.New("mesh: the peer proxy takes no tunnels")
 // A tunnel's flow-control windows. A stream's bounds what one connection
 // whose reader lags holds buffered (256 KiB: 256 MB/s per stream at a
 // 1 ms round trip); the connection's, far above it, is what it takes for
-// lagging streams to stall the others (128 of them) and bounds a
-// tunnel's buffers.
+// lagging streams to stall the others, and bounds a tunnel's buffers.
 const (
 	tunnelStreamWindow = 256 << 10
 	tunnelConnWindow   = 32 << 20
+	// tunnelMaxStreams keeps lagging streams from stalling a tunnel: all
+	// of them full take half its window, leaving the rest for the others
+	// and for window updates held back in batches (a quarter window).
+	// Beyond it the dialer opens another tunnel connection.
+	tunnelMaxStreams = tunnelConnWindow / 2 / tunnelStreamWindow
 )
 
 // olderPeerRetry is how long opaque connections to a peer that chose ALPN
@@ -62,12 +67,7 @@ const olderPeerRetry = 5 * time.Minute
 // tunnel opens a stream to target's port on a tunnel connection to key's
 // proxy, or fails with errNoTunnels for a peer that takes none.
 func (d *Dialer) tunnel(ctx context.Context, key tunnelKey, target string) (net.Conn, error) {
-	t := &d.tunnels
-	t.once.Do(func() {
-		t.older = map[tunnelKey]time.Time{}
-		t.pool = h2.NewPool(d.dialTunnel, h2.ClientConfig{StreamWindow: tunnelStreamWindow, ConnWindow: tunnelConnWindow,
-			IdleTimeout: d.IdleTimeout, PingAfter: 30 * time.Second, PingTimeout: 15 * time.Second})
-	})
+	t := d.tunnelPool()
 	t.mu.Lock()
 	since, older := t.older[key]
 	if older && time.Since(since) > olderPeerRetry {
@@ -78,11 +78,34 @@ func (d *Dialer) tunnel(ctx context.Context, key tunnelKey, target string) (net.
 	if older {
 		return nil, errNoTunnels
 	}
-	cc, err := t.pool.Get(ctx, key)
-	if err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		cc, err := t.pool.Get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		octx, cancel := context.WithTimeout(ctx, openTimeout)
+		s, err := cc.Connect(octx, target)
+		cancel()
+		if err == nil {
+			return &tunnelConn{Stream: s, local: cc.LocalAddr(), remote: cc.RemoteAddr()}, nil
+		}
+		// A stream the peer provably did not take (refused, beyond its
+		// GOAWAY, or the connection closing) is asked for once more.
+		if attempt > 0 || !errors.Is(err, h2.ErrRefused) && !errors.Is(err, h2.ErrConnUnusable) {
+			return nil, fmt.Errorf("mesh: opening a tunnel stream to %s: %w", target, err)
+		}
 	}
-	return openStream(ctx, cc, target)
+}
+
+// tunnelPool returns the dialer's tunnels, set up on first use.
+func (d *Dialer) tunnelPool() *tunnels {
+	t := &d.tunnels
+	t.once.Do(func() {
+		t.older = map[tunnelKey]time.Time{}
+		t.pool = h2.NewPool(d.dialTunnel, h2.ClientConfig{StreamWindow: tunnelStreamWindow, ConnWindow: tunnelConnWindow,
+			IdleTimeout: d.IdleTimeout, PingAfter: 30 * time.Second, PingTimeout: 15 * time.Second})
+	})
+	return t
 }
 
 // dialTunnel opens a tunnel connection to key's proxy.
@@ -93,9 +116,16 @@ func (d *Dialer) dialTunnel(ctx context.Context, key tunnelKey) (net.Conn, error
 	}
 	if c.ConnectionState().NegotiatedProtocol != ALPNTunnels {
 		c.Close() // one handshake spent finding out, once per olderPeerRetry
-		d.tunnels.mu.Lock()
-		d.tunnels.older[key] = time.Now()
-		d.tunnels.mu.Unlock()
+		t := &d.tunnels
+		now := time.Now()
+		t.mu.Lock()
+		for k, since := range t.older { // (peers gone for good are forgotten)
+			if now.Sub(since) > olderPeerRetry {
+				delete(t.older, k)
+			}
+		}
+		t.older[key] = now
+		t.mu.Unlock()
 		return nil, errNoTunnels
 	}
 	if _, err := c.Write(Header{Protocol: Tunnel}.Append(nil)); err != nil {
@@ -106,75 +136,20 @@ func (d *Dialer) dialTunnel(ctx context.Context, key tunnelKey) (net.Conn, error
 }
 
 // CloseIdle closes the tunnel connections that carry no connection.
-func (d *Dialer) CloseIdle() {
-	if p := d.tunnels.pool; p != nil {
-		p.CloseIdle()
-	}
-}
+func (d *Dialer) CloseIdle() { d.tunnelPool().pool.CloseIdle() }
 
-// openTimeout bounds waiting for the peer to take a stream.
+// openTimeout bounds waiting for the peer to take a stream: to answer it
+// once its application took the connection.
 const openTimeout = HandshakeTimeout
-
-// openStream asks for a stream to target's port on cc (a stream is
-// reserved) and waits for the peer to take it. The stream lives until
-// the connection it returns is closed; ctx bounds only the wait.
-func openStream(ctx context.Context, cc *h2.ClientConn, target string) (net.Conn, error) {
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	octx, ocancel := context.WithTimeout(ctx, openTimeout)
-	defer ocancel()
-	stop := context.AfterFunc(octx, cancel)
-	pr, pw := io.Pipe()
-	req := (&http.Request{Method: http.MethodConnect, Host: target, URL: &url.URL{Host: target},
-		Header: http.Header{}, Body: pr, ContentLength: -1}).WithContext(sctx)
-	resp, err := cc.RoundTrip(req)
-	if !stop() { // the wait was given up on, or timed out: the stream is reset
-		if err == nil {
-			resp.Body.Close()
-		}
-		pw.Close()
-		return nil, fmt.Errorf("mesh: opening a tunnel stream to %s: %w", target, context.Cause(octx))
-	}
-	if err != nil {
-		cancel()
-		pw.Close()
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK {
-		resp.Body.Close()
-		cancel()
-		pw.Close()
-		return nil, fmt.Errorf("mesh: the peer proxy refused a tunnel stream to %s: %s", target, resp.Status)
-	}
-	return &tunnelConn{body: resp.Body, w: pw, cancel: cancel, local: cc.LocalAddr(), remote: cc.RemoteAddr()}, nil
-}
 
 // tunnelConn is the outbound end of a tunnel stream.
 type tunnelConn struct {
-	body          io.ReadCloser // the response's: what the peer sends
-	w             *io.PipeWriter
-	cancel        context.CancelFunc
+	*h2.Stream
 	local, remote net.Addr
-}
-
-func (c *tunnelConn) Read(p []byte) (int, error)  { return c.body.Read(p) }
-func (c *tunnelConn) Write(p []byte) (int, error) { return c.w.Write(p) }
-
-// CloseWrite ends this side's bytes (END_STREAM).
-func (c *tunnelConn) CloseWrite() error { return c.w.Close() }
-
-// Close ends this side's bytes and stops reading the peer's: a stream the
-// peer has not ended yet is reset.
-func (c *tunnelConn) Close() error {
-	c.w.Close()
-	c.body.Close()
-	c.cancel()
-	return nil
 }
 
 func (c *tunnelConn) LocalAddr() net.Addr  { return c.local }
 func (c *tunnelConn) RemoteAddr() net.Addr { return c.remote }
-
-func (c *tunnelConn) SetReadDeadline(t time.Time) error { return setReadDeadline(c.body, t) }
 
 // errNoWriteDeadline: a stream's writes wait for HTTP/2 flow control,
 // bounded by the tunnel connection's write timeout, not per stream.
@@ -189,18 +164,23 @@ func (c *tunnelConn) SetDeadline(t time.Time) error {
 
 // TunnelServer serves Tunnel sessions (after their header) with
 // tunnelHandler(allowed, serve), closing one that carried no connection
-// for idle.
-func TunnelServer(allowed func(port uint16) bool, serve func(ctx context.Context, port uint16, c net.Conn), idle time.Duration, log *slog.Logger) *h2.Server {
-	return &h2.Server{Handler: tunnelHandler(allowed, serve), StreamWindow: tunnelStreamWindow, ConnWindow: tunnelConnWindow,
-		IdleTimeout: idle, Log: log}
+// for idle; resetFlood, if set, is told of one closed as a rapid-reset
+// flood.
+func TunnelServer(allowed func(port uint16) bool, serve func(ctx context.Context, port uint16, c net.Conn), idle time.Duration, resetFlood func(net.Addr), log *slog.Logger) *h2.Server {
+	return &h2.Server{Handler: tunnelHandler(allowed, serve), MaxConcurrentStreams: tunnelMaxStreams,
+		StreamWindow: tunnelStreamWindow, ConnWindow: tunnelConnWindow, IdleTimeout: idle, ResetFlood: resetFlood, Log: log}
 }
 
 // tunnelHandler serves a Tunnel session's streams: each CONNECT names the
 // application port its connection is for, which allowed must accept, and
 // is a connection from the peer, which the limits of the listener that
 // accepted the tunnel must admit (transport.Meta.Admit); the stream is
-// then answered 200 and handed to serve as a connection, for as long as
-// serve runs.
+// then handed to serve as a connection, for as long as serve runs. It is
+// answered 200 when serve first reads or writes it — once serve has
+// connected to the application, as ztunnel answers — so a stream serve
+// refuses (the application unreachable, a policy's denial) is reset
+// before any answer: the peer learns it as a failed connect, and a peer
+// resetting streams faster than they are answered is a rapid-reset flood.
 func tunnelHandler(allowed func(port uint16) bool, serve func(ctx context.Context, port uint16, c net.Conn)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodConnect {
@@ -232,10 +212,6 @@ func tunnelHandler(allowed func(port uint16) bool, serve func(ctx context.Contex
 			defer release()
 			local, remote = net.TCPAddrFromAddrPort(m.Local), net.TCPAddrFromAddrPort(m.Client)
 		}
-		w.WriteHeader(http.StatusOK)
-		if err := sw.FlushError(); err != nil {
-			return
-		}
 		c := &tunnelStream{body: r.Body, w: sw, local: local, remote: remote}
 		defer c.Close()
 		serve(r.Context(), uint16(port), c)
@@ -256,12 +232,32 @@ type tunnelStream struct {
 	body          io.ReadCloser // the request's: what the peer sends
 	w             streamWriter
 	local, remote net.Addr
+	once          sync.Once
+	answerErr     error
 }
 
-func (c *tunnelStream) Read(p []byte) (int, error) { return c.body.Read(p) }
+// answer answers the CONNECT (200), once, before the stream's first read
+// or write.
+func (c *tunnelStream) answer() error {
+	c.once.Do(func() {
+		c.w.WriteHeader(http.StatusOK)
+		c.answerErr = c.w.FlushError()
+	})
+	return c.answerErr
+}
+
+func (c *tunnelStream) Read(p []byte) (int, error) {
+	if err := c.answer(); err != nil {
+		return 0, err
+	}
+	return c.body.Read(p)
+}
 
 // Write sends p at once: a tunnel's bytes are not held back.
 func (c *tunnelStream) Write(p []byte) (int, error) {
+	if err := c.answer(); err != nil {
+		return 0, err
+	}
 	n, err := c.w.Write(p)
 	if err == nil {
 		err = c.w.FlushError()
@@ -270,7 +266,12 @@ func (c *tunnelStream) Write(p []byte) (int, error) {
 }
 
 // CloseWrite ends this side's bytes (END_STREAM).
-func (c *tunnelStream) CloseWrite() error { return c.w.CloseWrite() }
+func (c *tunnelStream) CloseWrite() error {
+	if err := c.answer(); err != nil {
+		return err
+	}
+	return c.w.CloseWrite()
+}
 
 // Close resets a stream not ended both ways; it may be called while a
 // read or write is under way, which then fails.

@@ -99,7 +99,7 @@ func startPeer(t *testing.T, creds *testCreds, protos []string, allowed func(uin
 	p.port = uint16(n)
 	cfg := creds.ServerConfig()
 	cfg.NextProtos = protos
-	srv := TunnelServer(allowed, func(_ context.Context, port uint16, c net.Conn) { app(port, c) }, 0, nil)
+	srv := TunnelServer(allowed, func(_ context.Context, port uint16, c net.Conn) { app(port, c) }, 0, nil, nil)
 	go func() {
 		for {
 			raw, err := ln.Accept()
@@ -339,5 +339,70 @@ func TestOlderPeerGetsAConnectionPerSession(t *testing.T) {
 		if h != (Header{Port: 5432, Protocol: Opaque}) {
 			t.Errorf("an older peer read header %+v; want an opaque session for port 5432", h)
 		}
+	}
+}
+
+// A client that finishes sending after the application finished, and
+// closes at once, as a proxy does when both directions ended: everything
+// it wrote reaches the application, then a clean end — not a reset.
+func TestTunnelStreamCloseAfterCloseWriteLosesNothing(t *testing.T) {
+	creds := newTestCreds(t)
+	type result struct {
+		n   int
+		err error
+	}
+	got := make(chan result, 1)
+	peer := startPeer(t, creds, []string{ALPNTunnels, ALPN}, anyPort, func(_ uint16, c net.Conn) {
+		io.WriteString(c, "bye")
+		transport.CloseWrite(c)
+		time.Sleep(50 * time.Millisecond) // a slow reader: the client's last bytes wait on the window
+		b, err := io.ReadAll(c)
+		got <- result{len(b), err}
+	})
+	d := newDialer(creds, peer)
+	c, err := d.Dial(context.Background(), transport.Outbound, "127.0.0.1:5432", peerID, Opaque)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := io.ReadAll(c); err != nil || string(b) != "bye" {
+		t.Fatalf("read %q, %v", b, err)
+	}
+	const size = 1 << 20 // four stream windows
+	if _, err := c.Write(make([]byte, size)); err != nil {
+		t.Fatal(err)
+	}
+	if err := transport.CloseWrite(c); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	select {
+	case r := <-got:
+		if r.n != size || r.err != nil {
+			t.Errorf("the application read %d bytes, then %v; want %d, then the end", r.n, r.err, size)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the application never saw the end")
+	}
+}
+
+// A stream whose connection the peer's side does not take (its
+// application unreachable, a policy's denial) fails to open: it is reset
+// before it is answered.
+func TestTunnelStreamRefusedByTheApplicationSideFailsToOpen(t *testing.T) {
+	creds := newTestCreds(t)
+	peer := startPeer(t, creds, []string{ALPNTunnels, ALPN}, anyPort, func(port uint16, c net.Conn) {
+		if port == 1 {
+			c.Close() // never read nor written: refused
+			return
+		}
+		echo(port, c)
+	})
+	d := newDialer(creds, peer)
+	if c, err := d.Dial(context.Background(), transport.Outbound, "127.0.0.1:1", peerID, Opaque); err == nil {
+		c.Close()
+		t.Fatal("a stream its application side refused opened")
+	}
+	if got, err := roundTrip(d, "next"); err != nil || got != "next" {
+		t.Errorf("the tunnel after a refused stream echoed %q, %v", got, err)
 	}
 }
