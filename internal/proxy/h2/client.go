@@ -34,6 +34,11 @@ type ClientConfig struct {
 	// WriteTimeout closes the connection when the server takes nothing
 	// written to it for that long (it stopped reading); default 60 s.
 	WriteTimeout time.Duration
+	// MaxStreams, if set, bounds the streams the connection carries at
+	// once below the server's SETTINGS_MAX_CONCURRENT_STREAMS: a server
+	// counts a stream until its handler is done, a moment after the client
+	// saw it end, and refuses new ones meanwhile.
+	MaxStreams uint32
 	// ExpectContinueWait is how long a request announcing "Expect:
 	// 100-continue" holds its body back for the server's 100 (default 1 s).
 	ExpectContinueWait time.Duration
@@ -153,8 +158,17 @@ func (cc *ClientConn) Reserve() error {
 func (cc *ClientConn) idleStreamLocked(id uint32) bool { return id%2 == 0 || id >= cc.nextID }
 
 func (cc *ClientConn) canOpenLocked() bool {
-	return cc.err == nil && cc.o.err == nil && !cc.goAway && uint32(len(cc.streams)+cc.reserved) < cc.maxStreams &&
+	return cc.err == nil && cc.o.err == nil && !cc.goAway && uint32(len(cc.streams)+cc.reserved) < cc.streamLimit() &&
 		uint64(cc.nextID)+2*uint64(cc.reserved) <= 1<<31-1 // (stream IDs end at 2^31-1: the reserved take theirs first)
+}
+
+// streamLimit is how many streams the connection may carry at once: the
+// server's limit, or the configured one below it. Called with mu held.
+func (cc *ClientConn) streamLimit() uint32 {
+	if m := cc.cfg.MaxStreams; m > 0 && m < cc.maxStreams {
+		return m
+	}
+	return cc.maxStreams
 }
 
 // Err is why the connection ended, nil while it is open (a connection

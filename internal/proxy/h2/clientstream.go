@@ -84,12 +84,7 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 func (cc *ClientConn) start(req *http.Request, callerWrites bool) (*clientStream, error) {
 	fields, err := requestFields(req)
 	if err != nil {
-		cc.mu.Lock()
-		if cc.reserved > 0 {
-			cc.reserved-- // the caller's reservation
-			cc.becameIdleLocked()
-		}
-		cc.mu.Unlock()
+		cc.unreserve()
 		closeBody(req)
 		return nil, err
 	}
@@ -151,6 +146,16 @@ func (cc *ClientConn) start(req *http.Request, callerWrites bool) (*clientStream
 		go cs.writeBody()
 	}
 	return cs, nil
+}
+
+// unreserve gives back the stream a caller reserved and will not open.
+func (cc *ClientConn) unreserve() {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	if cc.reserved > 0 {
+		cc.reserved--
+		cc.becameIdleLocked()
+	}
 }
 
 // interimResponse is a 1xx response.
@@ -552,7 +557,8 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		header["Content-Length"] = cls[:1]
 		resp.ContentLength = n
-		if cs.req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified {
+		tunnel := cs.req.Method == http.MethodConnect && status/100 == 2 // its length is ignored (RFC 9110 §9.3.6)
+		if cs.req.Method != http.MethodHead && status != http.StatusNoContent && status != http.StatusNotModified && !tunnel {
 			cs.declared = n // (RFC 9110 §8.6: the length a HEAD or 304 would have had)
 		}
 	}

@@ -3,6 +3,7 @@ package h2
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"time"
@@ -19,6 +20,10 @@ type Stream struct{ cs *clientStream }
 // reserved, and returns it once the server answered 2xx; ctx bounds only
 // the wait: the stream lives until it is closed.
 func (cc *ClientConn) Connect(ctx context.Context, authority string) (*Stream, error) {
+	if ctx.Err() != nil { // a stream opened only to be reset would count as a rapid reset
+		cc.unreserve()
+		return nil, context.Cause(ctx)
+	}
 	req := &http.Request{Method: http.MethodConnect, Host: authority, URL: &url.URL{Host: authority},
 		Header: http.Header{}, Body: http.NoBody}
 	cs, err := cc.start(req, true)
@@ -39,6 +44,12 @@ func (cc *ClientConn) Connect(ctx context.Context, authority string) (*Stream, e
 		s.Close()
 		return nil, &ConnectError{Authority: authority, Status: cs.resp.Status}
 	}
+	cc.mu.Lock()
+	if cs.body == nil { // the server ended its side in its answer: reads see the end
+		cs.body = newBody(cs, &cs.resp.Trailer, false)
+		cs.body.finish(io.EOF, nil)
+	}
+	cc.mu.Unlock()
 	return s, nil
 }
 

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/proxy/h2"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
@@ -43,6 +45,12 @@ type tunnelKey struct {
 	peer identity.ID
 }
 
+// ErrPeerRefused is a connection the peer proxy would not take: it
+// answered, but its application was unreachable, a policy denied the
+// connection, or its limits were reached. It says nothing of the peer's
+// health: not a failure of the endpoint.
+var ErrPeerRefused = errors.New("mesh: the peer proxy refused the connection")
+
 // errNoTunnels is a peer that does not take tunnels.
 var errNoTunnels = errors.New("mesh: the peer proxy takes no tunnels")
 
@@ -58,6 +66,10 @@ const (
 	// and for window updates held back in batches (a quarter window).
 	// Beyond it the dialer opens another tunnel connection.
 	tunnelMaxStreams = tunnelConnWindow / 2 / tunnelStreamWindow
+	// tunnelClientStreams is what a dialer opens on a tunnel: below the
+	// server's limit, which counts a stream until its connection is torn
+	// down, a moment after the dialer saw it end.
+	tunnelClientStreams = tunnelMaxStreams * 3 / 4
 )
 
 // olderPeerRetry is how long opaque connections to a peer that chose ALPN
@@ -91,9 +103,15 @@ func (d *Dialer) tunnel(ctx context.Context, key tunnelKey, target string) (net.
 		}
 		// A stream the peer provably did not take (refused, beyond its
 		// GOAWAY, or the connection closing) is asked for once more.
-		if attempt > 0 || !errors.Is(err, h2.ErrRefused) && !errors.Is(err, h2.ErrConnUnusable) {
-			return nil, fmt.Errorf("mesh: opening a tunnel stream to %s: %w", target, err)
+		if attempt == 0 && (errors.Is(err, h2.ErrRefused) || errors.Is(err, h2.ErrConnUnusable)) {
+			continue
 		}
+		var reset http2.StreamError
+		var refused *h2.ConnectError
+		if errors.As(err, &reset) || errors.As(err, &refused) { // reset unanswered, or answered otherwise than 200
+			return nil, fmt.Errorf("%w: a tunnel stream to %s: %w", ErrPeerRefused, target, err)
+		}
+		return nil, fmt.Errorf("mesh: opening a tunnel stream to %s: %w", target, err)
 	}
 }
 
@@ -102,7 +120,7 @@ func (d *Dialer) tunnelPool() *tunnels {
 	t := &d.tunnels
 	t.once.Do(func() {
 		t.older = map[tunnelKey]time.Time{}
-		t.pool = h2.NewPool(d.dialTunnel, h2.ClientConfig{StreamWindow: tunnelStreamWindow, ConnWindow: tunnelConnWindow,
+		t.pool = h2.NewPool(d.dialTunnel, h2.ClientConfig{StreamWindow: tunnelStreamWindow, ConnWindow: tunnelConnWindow, MaxStreams: tunnelClientStreams,
 			IdleTimeout: d.IdleTimeout, PingAfter: 30 * time.Second, PingTimeout: 15 * time.Second})
 	})
 	return t

@@ -285,8 +285,8 @@ func TestTunnelStreamToARefusedPortFailsToOpen(t *testing.T) {
 	peer := startPeer(t, creds, []string{ALPNTunnels, ALPN}, func(p uint16) bool { return p == 5432 }, echo)
 	d := newDialer(creds, peer)
 	_, err := d.Dial(context.Background(), transport.Outbound, "127.0.0.1:9901", peerID, Opaque)
-	if err == nil || !strings.Contains(err.Error(), "403") {
-		t.Fatalf("a stream to a refused port: %v; want it refused (403)", err)
+	if !errors.Is(err, ErrPeerRefused) || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("a stream to a refused port: %v; want it refused by the peer (403)", err)
 	}
 	if got, err := roundTrip(d, "still usable"); err != nil || got != "still usable" {
 		t.Errorf("the tunnel after a refused stream echoed %q, %v", got, err)
@@ -398,9 +398,13 @@ func TestTunnelStreamRefusedByTheApplicationSideFailsToOpen(t *testing.T) {
 		echo(port, c)
 	})
 	d := newDialer(creds, peer)
-	if c, err := d.Dial(context.Background(), transport.Outbound, "127.0.0.1:1", peerID, Opaque); err == nil {
+	c, err := d.Dial(context.Background(), transport.Outbound, "127.0.0.1:1", peerID, Opaque)
+	if err == nil {
 		c.Close()
 		t.Fatal("a stream its application side refused opened")
+	}
+	if !errors.Is(err, ErrPeerRefused) {
+		t.Errorf("a stream its application side refused: %v; want it refused by the peer, not an endpoint failure", err)
 	}
 	if got, err := roundTrip(d, "next"); err != nil || got != "next" {
 		t.Errorf("the tunnel after a refused stream echoed %q, %v", got, err)

@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"net"
 
 	"github.com/trellis-mesh/trellis/internal/identity"
@@ -27,10 +28,20 @@ func (u *upstream) meshDial(ctx context.Context, target, peer string, proto mesh
 		return nil, err
 	}
 	c, err := u.mesh.Dial(ctx, transport.Outbound, target, id, proto)
-	if err != nil && u.res != nil && ctx.Err() == nil {
+	if endpointFault(err) != nil && u.res != nil && ctx.Err() == nil {
 		u.res.Failed(target) // not when the caller gave up
 	}
 	return c, err
+}
+
+// endpointFault is a dial's error unless the peer proxy answered and
+// refused the connection (its policy, its application): that says nothing
+// of the endpoint's health.
+func endpointFault(err error) error {
+	if errors.Is(err, mesh.ErrPeerRefused) {
+		return nil
+	}
+	return err
 }
 
 // connect is how opaque traffic (and protocol detection's server-first
@@ -47,6 +58,6 @@ func (u *upstream) connect(ctx context.Context, m *transport.Meta) (net.Conn, er
 	} else {
 		c, err = u.tcp.DialContext(ctx, m.Direction, target)
 	}
-	release(err)
+	release(endpointFault(err))
 	return c, err
 }
