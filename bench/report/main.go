@@ -750,13 +750,14 @@ const legend = `## Setup
   identity (` + "`--upstream bench=PORT:127.0.0.1:BACKEND@spiffe://…/sa/server`" + `)
   and reaches B's inbound port (` + "`--mesh-port`" + `) over TLS 1.3 with client
   certificates; HTTP/1.1, h2c and gRPC all travel between A and B as HTTP/2
-  on one multiplexed connection (HTTP/1 restored by B), opaque TCP as one TLS
-  connection per client connection.
+  on one multiplexed connection (HTTP/1 restored by B), opaque TCP as
+  streams of one tunnel connection (HTTP/2 CONNECT, one stream per client
+  connection).
 - **New connections**: ` + "`bench/connload`" + ` opens a new TCP connection for every
   request (connect, 32 B, read the echo, close) to ` + "`fortio server`" + `'s TCP echo,
   forwarded as opaque TCP (` + "`--opaque-ports`" + `), so every request costs a
-  connection setup and teardown on each hop and, with mTLS, a TLS handshake
-  between A and B.
+  connection setup and teardown on each hop and, with mTLS, a new stream of
+  the tunnel connection between A and B (no handshake of its own).
 - **Pinning**: load generator and backend on one CPU, all proxies under test
   on another (taskset); nginx ` + "`worker_processes 1`" + `, HAProxy ` + "`nbthread 1`" + `,
   trellis-proxy ` + "`GOMAXPROCS=1`" + `.
@@ -1147,7 +1148,7 @@ func mtlsSummary(runs map[string]*run, clk float64) string {
 		out = append(out, "- **mTLS CPU/req vs plaintext 2 hops** (trellis-proxy, HTTP/1.1, 64 B): "+strings.Join(parts, ", ")+".")
 	}
 	if p, m := mtlsPair(runs, connLoad); bothOK(p, m) {
-		out = append(out, fmt.Sprintf("- **New connections** (a mesh TLS handshake each with mTLS): %.0f/s mTLS vs %.0f/s plaintext (%.2f×), %.0f vs %.0f CPU µs per connection (%s).",
+		out = append(out, fmt.Sprintf("- **New connections** (with mTLS a stream of the proxies' tunnel connection each): %.0f/s mTLS vs %.0f/s plaintext (%.2f×), %.0f vs %.0f CPU µs per connection (%s).",
 			m.rps, p.rps, m.rps/p.rps, m.cpuPerReq(clk), p.cpuPerReq(clk), ratioCell(p, m, clk, false)))
 	}
 	return strings.Join(out, "\n")

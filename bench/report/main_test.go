@@ -259,7 +259,7 @@ func TestReportMTLS(t *testing.T) {
 		// Summary: the mTLS row and the line, without nginx ratios (not run).
 		"| trellis-proxy, 2 hops, mTLS | +2.000 | +2.000 | +2.000 |",
 		"- **mTLS CPU/req vs plaintext 2 hops** (trellis-proxy, HTTP/1.1, 64 B): **1.10×** (target ≤ 1.15×: met) at 1,000 rps.",
-		"- **New connections** (a mesh TLS handshake each with mTLS): 500/s mTLS vs 1000/s plaintext (0.50×), 3000 vs 1000 CPU µs per connection (3.00× ±0.05).",
+		"- **New connections** (with mTLS a stream of the proxies' tunnel connection each): 500/s mTLS vs 1000/s plaintext (0.50×), 3000 vs 1000 CPU µs per connection (3.00× ±0.05).",
 		"## mTLS cost (trellis-proxy, 2 hops)",
 		"| HTTP/1.1, 1,000 rps, 64 B body | 1000.0 | 1100.0 | **1.10×** (target ≤ 1.15×: met) | 1000 | 1000 (1.00×) | +1.000 | +2.000 | – |",
 		"| HTTP/1.1, max rate, 64 B body | ok | skipped | |",

@@ -64,6 +64,7 @@ func (p *Pool[K]) Get(ctx context.Context, key K) (*ClientConn, error) {
 		if d == nil {
 			d = &poolDial{ready: make(chan struct{})}
 			h.dialing = d
+			p.sweepLocked()
 			p.mu.Unlock()
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), poolDialTimeout)
 			var c net.Conn
@@ -98,6 +99,28 @@ func (p *Pool[K]) Get(ctx context.Context, key K) (*ClientConn, error) {
 		}
 		if d.err != nil {
 			return nil, d.err
+		}
+	}
+}
+
+// sweepLocked forgets the connections that ended (idled out, broke) and
+// the keys left with none: targets and peers come and go, and a key is
+// otherwise only looked at again when it is asked for. Once per dial, so
+// its cost is a dial's, not a request's. Called with the pool locked.
+func (p *Pool[K]) sweepLocked() {
+	for key, h := range p.hosts {
+		live := h.conns[:0]
+		for _, cc := range h.conns {
+			if cc.Err() == nil {
+				live = append(live, cc)
+			} else {
+				cc.Close()
+			}
+		}
+		clear(h.conns[len(live):])
+		h.conns = live
+		if len(live) == 0 && h.dialing == nil {
+			delete(p.hosts, key)
 		}
 	}
 }
