@@ -231,8 +231,14 @@ func (b *requestBody) Read(p []byte) (int, error) {
 		return 0, http.ErrBodyReadAfterClose
 	}
 	if !b.continued {
+		if !b.w.sendContinue() {
+			// The final response went out before the body was asked for:
+			// the client need not send it, and what it sends next may be
+			// its next request. Nothing is read; the connection closes
+			// after this exchange (finish).
+			return 0, io.EOF
+		}
 		b.continued = true
-		b.w.sendContinue()
 	}
 	n, err := b.r.Read(p)
 	if err == io.EOF {
@@ -243,8 +249,9 @@ func (b *requestBody) Read(p []byte) (int, error) {
 
 // finish takes the body back from the handler once it returned, and
 // reports whether the connection may carry another request: the rest of
-// the body the client is sending is read and dropped (up to maxDiscard),
-// one it was told to wait with (100 Continue never sent) is never read.
+// the body the client is sending is read and dropped (up to maxDiscard);
+// one it was told to wait with (100 Continue never sent) is never read,
+// and the connection closes.
 func (b *requestBody) finish() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()

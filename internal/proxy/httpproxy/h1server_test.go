@@ -114,3 +114,29 @@ func TestDrainEndsAnIdleConnectionWhateverTheOrder(t *testing.T) {
 		t.Fatal("an idle connection outlived the drain by more than 5s (the idle timeout is 30s)")
 	}
 }
+
+// A body whose client waits for 100 Continue is not read once the final
+// response went out without one: the client need not send it, and its
+// next bytes may be its next request, which must never be taken for the
+// body. The connection closes instead.
+func TestBodyNotAskedForIsNeverRead(t *testing.T) {
+	c := &scriptConn{in: bytes.NewReader([]byte("PUT /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n" +
+		"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"))}
+	var read string
+	var readErr error
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusForbidden) // an early final answer, as an upstream gives one
+		w.(http.Flusher).Flush()
+		b := make([]byte, 16)
+		n, err := r.Body.Read(b) // as the HTTP/2 client's body goroutine still may
+		read, readErr = string(b[:n]), err
+	})
+	serveH1(inboundConn(), ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Second, IdleTimeout: time.Second}, slog.New(slog.DiscardHandler), h, c)
+	if read != "" || readErr != io.EOF {
+		t.Errorf("the body read %q, %v after the final response; want nothing and the end", read, readErr)
+	}
+	out := c.out.String()
+	if strings.Contains(out, "100 Continue") || strings.Count(out, "HTTP/1.1 ") != 1 || !strings.HasPrefix(out, "HTTP/1.1 403") {
+		t.Errorf("want one response, the 403, and the connection closed; the client got:\n%s", out)
+	}
+}

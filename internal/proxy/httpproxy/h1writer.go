@@ -188,8 +188,9 @@ func (w *h1Writer) writeBody(p []byte) (int, error) {
 }
 
 // sendContinue tells a client waiting on "Expect: 100-continue" to send its
-// body, unless a final response already went out.
-func (w *h1Writer) sendContinue() {
+// body, unless a final response already went out, and reports whether the
+// client was told to.
+func (w *h1Writer) sendContinue() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.wroteHeader && !w.sent100 {
@@ -197,6 +198,7 @@ func (w *h1Writer) sendContinue() {
 		w.hc.bw.WriteString("HTTP/1.1 100 Continue\r\n\r\n")
 		w.hc.bw.Flush()
 	}
+	return w.sent100
 }
 
 // Flush sends everything buffered so far to the client.
