@@ -53,10 +53,15 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 	client.CloseIdleConnections()
 
 	// A response is counted when the proxy's handler returns, which may be
-	// a moment after the client read its last byte.
+	// a moment after the client read its last byte. A scrape renders
+	// response_total before response_latency_seconds, so a response counted
+	// in between shows in the second only: wait for both.
 	in := map[string]string{"direction": "inbound", "target_addr": b.Listener.Addr().String(), "tls": "disabled"}
+	counted := func(fams metricstest.Families) bool {
+		return sum(fams, "response_total", in) >= ok+failed && sum(fams, "response_latency_seconds", in) >= ok+failed
+	}
 	fams := scrape(t, p.AdminAddr.String())
-	for deadline := time.Now().Add(2 * time.Second); sum(fams, "response_latency_seconds", in) < ok+failed && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(2 * time.Second); !counted(fams) && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 		fams = scrape(t, p.AdminAddr.String())
 	}
