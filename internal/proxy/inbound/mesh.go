@@ -71,12 +71,12 @@ func terminateMesh(creds mesh.Credentials, appHost func(*transport.Meta) string,
 			tc.Close()
 			return
 		}
-		if h.Protocol == mesh.Tunnel && tc.ConnectionState().NegotiatedProtocol != mesh.ALPNTunnels {
-			log.Warn("mesh tunnel on a connection that did not negotiate "+mesh.ALPNTunnels+"; closed", "client", m.Client.String(), "peer", peer.String())
-			tc.Close()
-			return
-		}
 		if h.Protocol == mesh.Tunnel {
+			if tc.ConnectionState().NegotiatedProtocol != mesh.ALPNTunnels {
+				log.Warn("mesh tunnel on a connection that did not negotiate "+mesh.ALPNTunnels+"; closed", "client", m.Client.String(), "peer", peer.String())
+				tc.Close()
+				return
+			}
 			m.TLS, m.NoTLSReason, m.ClientID = "true", "", peer.String()
 			m.Protocol = "tunnel"
 			tunnels.ServeConn(ctx, tc, m.Drain)
