@@ -7,8 +7,12 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/trellis-mesh/trellis/internal/meshtest"
+	"github.com/trellis-mesh/trellis/internal/proxy/config"
 	"github.com/trellis-mesh/trellis/internal/proxy/proxytest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // BenchmarkHTTP1OneHop measures a keep-alive HTTP/1.1 request through one
@@ -30,6 +34,35 @@ func BenchmarkHTTP1OneHop(b *testing.B) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	url := "http://" + p.InboundAddr.String() + "/"
 	benchGets(b, client, url)
+}
+
+// BenchmarkHTTP1MeshTwoHops is BenchmarkHTTP1OneHop through two proxies
+// and the mesh between them: client → outbound proxy → HTTP/2 over mTLS →
+// inbound proxy → app. Its allocations per request are the GC's work that
+// bench/run's two-hop p99 at 1,000 rps pays for:
+//
+//	go test -run XXX -bench MeshTwoHops -benchmem -memprofile mem.out ./internal/proxy/app/
+func BenchmarkHTTP1MeshTwoHops(b *testing.B) {
+	payload := strings.Repeat("x", 64)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "64")
+		io.WriteString(w, payload)
+	}))
+	defer app.Close()
+	ids := meshtest.StartIdentity(b, time.Hour)
+	in := proxytest.Config(b)
+	in.AppAddr = app.Listener.Addr().String()
+	in.LogLevel = "warn"
+	server := ids.Join(b, in, "shop", "api")
+	p := proxytest.Start(b, in)
+	out := proxytest.Config(b)
+	out.LogLevel = "warn"
+	ids.Join(b, out, "shop", "web")
+	out.MeshPort = port(p.InboundAddr.String())
+	out.Upstreams = []config.Upstream{{Name: "api", LocalPort: port(testkit.FreeAddr(b)), Target: in.AppAddr, Identity: server}}
+	q := proxytest.Start(b, out)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	benchGets(b, client, "http://"+q.UpstreamAddrs["api"].String()+"/")
 }
 
 // BenchmarkH2OneHop is BenchmarkHTTP1OneHop over h2c: client and

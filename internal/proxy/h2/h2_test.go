@@ -824,3 +824,49 @@ func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
 		t.Fatalf("the connection was closed: %v", err)
 	}
 }
+
+// The head is the header as it was at WriteHeader: fields set after it
+// are not in it, but announced trailers and http.TrailerPrefix ones
+// follow the body; a taken map is the head as it is; an invalid
+// Content-Length is dropped, and a whole body without one gets its length.
+func TestResponseHeadIsTheHeaderAtWriteHeader(t *testing.T) {
+	var took atomic.Bool
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		upstream := http.Header{"X-Up": {"u"}, "Trailer": {"X-Announced"}}
+		if r.URL.Path == "/take" {
+			took.Store(w.(interface{ TakeHeader(http.Header) bool }).TakeHeader(upstream))
+		} else {
+			w.Header().Set("X-Own", "o")
+			w.Header().Set("Content-Length", "x1")
+		}
+		w.WriteHeader(http.StatusAccepted)
+		w.Header().Set("X-Late", "l")
+		w.Header().Set("X-Announced", "a")
+		w.Header().Set(http.TrailerPrefix+"X-Prefixed", "p")
+		io.WriteString(w, "body")
+	})}, nil)
+	client := h2cClient(t)
+	for _, tc := range []struct{ path, field, value string }{{"/take", "X-Up", "u"}, {"/own", "X-Own", "o"}} {
+		resp, err := client.Get("http://" + addr + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted || string(body) != "body" || resp.Header.Get(tc.field) != tc.value {
+			t.Errorf("%s: %d %q %v", tc.path, resp.StatusCode, body, resp.Header)
+		}
+		if resp.Header.Get("X-Late") != "" || resp.Header.Get("Date") == "" {
+			t.Errorf("%s: head %v; want it as at WriteHeader, with a Date", tc.path, resp.Header)
+		}
+		if tc.path == "/own" && resp.ContentLength != 4 {
+			t.Errorf("%s: Content-Length %d; want the invalid one dropped and the body's, 4", tc.path, resp.ContentLength)
+		}
+		if tc.path == "/take" && (resp.Trailer.Get("X-Announced") != "a" || resp.Trailer.Get("X-Prefixed") != "p") {
+			t.Errorf("%s: trailers %v; want X-Announced and X-Prefixed", tc.path, resp.Trailer)
+		}
+	}
+	if !took.Load() {
+		t.Error("the writer did not take a map while it held no fields")
+	}
+}

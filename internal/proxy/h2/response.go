@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +23,8 @@ type responseWriter struct {
 	st       *stream
 	req      *http.Request
 	header   http.Header // the handler's
-	head     http.Header // the final head, as it was at WriteHeader
+	head     []field     // the final head's fields, as they were at WriteHeader
+	trailer  []string    // the final head's Trailer values (announced trailers)
 	status   int         // the final status, 0 until WriteHeader
 	headSent bool
 	bodyless bool
@@ -39,6 +41,18 @@ var errStreamClosed = errors.New("http2: stream closed")
 
 func (w *responseWriter) Header() http.Header { return w.header }
 
+// TakeHeader makes h, a map of fields nothing else uses, the handler's
+// header as it is, instead of having its fields copied: a proxy relaying
+// an upstream's head allocates no second map. It takes it only while the
+// writer holds no fields and has sent no final head.
+func (w *responseWriter) TakeHeader(h http.Header) bool {
+	if w.done || w.status != 0 || len(w.header) > 0 {
+		return false
+	}
+	w.header = h
+	return true
+}
+
 func (w *responseWriter) WriteHeader(code int) {
 	if w.done || w.status != 0 {
 		return
@@ -53,14 +67,24 @@ func (w *responseWriter) WriteHeader(code int) {
 		return
 	}
 	w.status = code
-	w.head = w.header.Clone()
 	w.bodyless = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified
-	if cl := w.head.Get("Content-Length"); cl != "" {
+	if cl := w.header.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.declared = n
 		} else {
-			delete(w.head, "Content-Length")
+			delete(w.header, "Content-Length")
 		}
+	}
+	// The head is its fields as they are now (later changes to the map are
+	// the handler's trailers): taken once, here, not copied as a map.
+	w.head = make([]field, 0, len(w.header)+3)
+	w.head = append(w.head, field{":status", statusText(code)})
+	if _, ok := w.header["Date"]; !ok {
+		w.head = append(w.head, field{"date", httpDate()})
+	}
+	w.head = appendFields(w.head, w.header, true)
+	if t := w.header["Trailer"]; t != nil {
+		w.trailer = slices.Clone(t)
 	}
 }
 
@@ -188,15 +212,10 @@ func (w *responseWriter) pendingHead(whole bool) []field {
 		return nil
 	}
 	w.headSent = true
-	fs := make([]field, 0, len(w.head)+3)
-	fs = append(fs, field{":status", statusText(w.status)})
-	if _, ok := w.head["Date"]; !ok {
-		fs = append(fs, field{"date", httpDate()})
-	}
 	if whole && w.declared < 0 && !w.bodyless && w.req.Method != http.MethodConnect { // a tunnel has no length (RFC 9110 §8.6)
-		fs = append(fs, field{"content-length", strconv.Itoa(len(w.buf))})
+		return append(w.head, field{"content-length", strconv.Itoa(len(w.buf))})
 	}
-	return appendFields(fs, w.head, true)
+	return w.head
 }
 
 // interim is a 1xx response's fields: its status and the handler's header.
@@ -209,7 +228,7 @@ func (w *responseWriter) interim(code int) []field {
 func (w *responseWriter) trailers() []field {
 	var fs []field
 	seen := map[string]bool{}
-	for _, v := range w.head["Trailer"] {
+	for _, v := range w.trailer {
 		for k := range strings.SplitSeq(v, ",") {
 			k = textproto.CanonicalMIMEHeaderKey(textproto.TrimString(k))
 			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidTrailerHeader(k) || seen[k] {

@@ -110,3 +110,11 @@ func (f *flowWriter) FlushError() error {
 func (f *flowWriter) trailersOnly() bool { return f.Header().Get("Grpc-Status") != "" }
 
 func (f *flowWriter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
+
+// TakeHeader passes a head on to the writer it wraps, if that can take it.
+func (f *flowWriter) TakeHeader(h http.Header) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.ResponseWriter.(headerTaker)
+	return ok && t.TakeHeader(h)
+}

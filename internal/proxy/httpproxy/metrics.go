@@ -102,9 +102,9 @@ func (r *recorder) Write(p []byte) (int, error) {
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // takeHeader passes a head on to the writer it records, if that can take it.
-func (r *recorder) takeHeader(h http.Header) bool {
+func (r *recorder) TakeHeader(h http.Header) bool {
 	t, ok := r.ResponseWriter.(headerTaker)
-	return ok && t.takeHeader(h)
+	return ok && t.TakeHeader(h)
 }
 
 // GRPCStatus is a gRPC response's grpc-status (from trailers, or the head

@@ -50,7 +50,7 @@ func relayResponse(w http.ResponseWriter, r *http.Request, resp *http.Response, 
 // response head as it is, instead of having them copied into its own map:
 // it takes it only while it holds no fields and has sent no head.
 type headerTaker interface {
-	takeHeader(h http.Header) bool
+	TakeHeader(h http.Header) bool
 }
 
 // endToEnd gives w the end-to-end fields of src, an upstream response's
@@ -61,7 +61,7 @@ type headerTaker interface {
 func endToEnd(w http.ResponseWriter, src http.Header) http.Header {
 	if t, ok := w.(headerTaker); ok && src != nil && len(w.Header()) == 0 {
 		dropHopByHop(src)
-		if t.takeHeader(src) {
+		if t.TakeHeader(src) {
 			return src
 		}
 	}

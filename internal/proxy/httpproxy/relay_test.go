@@ -98,7 +98,7 @@ type taker struct {
 }
 
 func (t *taker) Header() http.Header { return t.h }
-func (t *taker) takeHeader(h http.Header) bool {
+func (t *taker) TakeHeader(h http.Header) bool {
 	if len(t.h) > 0 {
 		return false
 	}
@@ -162,11 +162,12 @@ func TestEndToEndNilHeader(t *testing.T) {
 	}
 }
 
-// The writers on the HTTP/1 path take heads; a change of signature must
+// The writers on the proxy's paths take heads; a change of signature must
 // not silently turn taking back into copying.
 var (
 	_ headerTaker = (*h1Writer)(nil)
 	_ headerTaker = (*recorder)(nil)
+	_ headerTaker = (*flowWriter)(nil)
 )
 
 // Through the real path — the HTTP/1 server, the metrics recorder, the
