@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // ClientConfig tunes a client connection.
@@ -69,6 +68,7 @@ type ClientConn struct {
 	cfg  ClientConfig
 	conn net.Conn
 	fr   *http2.Framer
+	hr   *headerReader // reads fr, header blocks whole
 
 	mu          sync.Mutex
 	o           output
@@ -114,7 +114,7 @@ func NewClientConn(c net.Conn, cfg ClientConfig) (*ClientConn, error) {
 	cc.fr = http2.NewFramer(nil, bufio.NewReaderSize(c, readBuffer))
 	cc.fr.SetMaxReadFrameSize(maxReadFrame)
 	cc.fr.MaxHeaderListSize = cfg.MaxHeaderBytes
-	cc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	cc.hr = newHeaderReader(cc.fr)
 	cc.mu.Lock()
 	cc.o.out = append(cc.o.out, clientPreface...)
 	cc.o.settings(
@@ -261,7 +261,7 @@ func (cc *ClientConn) checkHealth() {
 
 func (cc *ClientConn) readLoop() {
 	for {
-		f, err := cc.fr.ReadFrame()
+		f, err := cc.hr.readFrame()
 		if err == nil {
 			cc.lastRead.Store(time.Now().UnixNano())
 			if cc.pinged.Load() {

@@ -501,26 +501,26 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
 			return malformed
 		}
-		trailers := make(http.Header)
-		for _, hf := range f.RegularFields() {
-			k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-			trailers[k] = append(trailers[k], hf.Value)
+		regular := f.RegularFields()
+		trailers := newFieldMap(len(regular))
+		for _, hf := range regular {
+			trailers.add(textproto.CanonicalMIMEHeaderKey(hf.Name), hf.Value)
 		}
-		return cc.remoteEnd(cs, trailers)
+		return cc.remoteEnd(cs, trailers.h)
 	}
 	status := statusOf(f.PseudoValue("status"))
 	if status == 0 || len(f.PseudoFields()) != 1 || status == http.StatusSwitchingProtocols {
 		return malformed
 	}
 	regular := f.RegularFields()
-	header := make(http.Header, len(regular))
+	fields := newFieldMap(len(regular))
 	for _, hf := range regular {
 		if connectionSpecific(hf.Name) {
 			return malformed
 		}
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-		header[k] = append(header[k], hf.Value)
+		fields.add(textproto.CanonicalMIMEHeaderKey(hf.Name), hf.Value)
 	}
+	header := fields.h
 	if status < 200 {
 		if f.StreamEnded() {
 			return malformed

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/hpack"
 )
 
 // Server serves HTTP/2 connections whose client speaks first with the
@@ -81,6 +80,7 @@ type serverConn struct {
 	conn    net.Conn
 	in      *bufio.Reader // conn's input: frames read with one system call for many
 	fr      *http2.Framer
+	hr      *headerReader // reads fr, header blocks whole
 	ctx     context.Context
 	cancel  context.CancelFunc
 	remote  string
@@ -162,7 +162,7 @@ func newServerConn(s *Server, ctx context.Context, c net.Conn) *serverConn {
 	}
 	sc.fr.MaxHeaderListSize = uint32(maxHeader)
 	sc.maxHeaderBytes = max(minHeaderBudget, 16*maxHeader)
-	sc.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	sc.hr = newHeaderReader(sc.fr)
 	return sc
 }
 
@@ -198,7 +198,7 @@ func (sc *serverConn) serve() {
 	}
 	first := true
 	for {
-		f, err := sc.fr.ReadFrame()
+		f, err := sc.hr.readFrame()
 		if err == nil && first {
 			if _, ok := f.(*http2.SettingsFrame); !ok {
 				err = connError(http2.ErrCodeProtocol, "the first frame is not SETTINGS")

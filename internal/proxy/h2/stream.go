@@ -134,7 +134,7 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 		}
 	}
 	regular := f.RegularFields()
-	header := make(http.Header, len(regular))
+	fields := newFieldMap(len(regular))
 	var cookies []string
 	for _, hf := range regular {
 		switch {
@@ -148,9 +148,9 @@ func (st *stream) request(f *http2.MetaHeadersFrame) (*http.Request, error) {
 			cookies = append(cookies, hf.Value) // joined below (RFC 9113 §8.2.3)
 			continue
 		}
-		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
-		header[k] = append(header[k], hf.Value)
+		fields.add(textproto.CanonicalMIMEHeaderKey(hf.Name), hf.Value)
 	}
+	header := fields.h
 	if len(cookies) > 0 {
 		header["Cookie"] = []string{strings.Join(cookies, "; ")}
 	}
@@ -224,15 +224,16 @@ func (sc *serverConn) processTrailers(st *stream, f *http2.MetaHeadersFrame) err
 	st.headerBytes += size
 	sc.headerBytes += size
 	sc.mu.Unlock()
-	trailers := make(http.Header)
-	for _, hf := range f.RegularFields() {
+	regular := f.RegularFields()
+	trailers := newFieldMap(len(regular))
+	for _, hf := range regular {
 		k := textproto.CanonicalMIMEHeaderKey(hf.Name)
 		if !httpguts.ValidTrailerHeader(k) {
 			return streamError(st.id, http2.ErrCodeProtocol)
 		}
-		trailers[k] = append(trailers[k], hf.Value)
+		trailers.add(k, hf.Value)
 	}
-	st.body.finish(io.EOF, trailers)
+	st.body.finish(io.EOF, trailers.h)
 	return nil
 }
 
@@ -323,4 +324,26 @@ func headerListSize(f *http2.MetaHeadersFrame) int {
 // prematureLifetime of opening (see flood.go). Called with mu held.
 func (st *stream) premature() bool {
 	return !st.answered && time.Since(st.opened) < prematureLifetime
+}
+
+// fieldMap builds the header map of a block of n fields: one backing array
+// holds every name's first value, where appending each would allocate a
+// slice per field (as net/textproto's reader does).
+type fieldMap struct {
+	h    http.Header
+	vals []string
+}
+
+func newFieldMap(n int) fieldMap {
+	return fieldMap{h: make(http.Header, n), vals: make([]string, n)}
+}
+
+// add adds a value under a canonical name.
+func (m *fieldMap) add(k, v string) {
+	if vs := m.h[k]; vs != nil || len(m.vals) == 0 {
+		m.h[k] = append(vs, v)
+		return
+	}
+	m.vals[0] = v
+	m.h[k], m.vals = m.vals[:1:1], m.vals[1:]
 }
