@@ -2,6 +2,7 @@ package h2
 
 import (
 	"errors"
+	"io"
 	"strings"
 
 	"golang.org/x/net/http/httpguts"
@@ -34,16 +35,45 @@ func newHeaderReader(fr *http2.Framer) *headerReader {
 	return r
 }
 
-// readFrame reads the next frame; a header block is returned whole.
+// readFrame reads the next frame; a header block is returned whole. The
+// previous frame's user is done with it.
 func (r *headerReader) readFrame() (http2.Frame, error) {
-	f, err := r.fr.ReadFrame()
+	r.release()
+	fh, err := r.fr.ReadFrameHeader()
 	if err != nil {
+		return nil, err
+	}
+	f, err := r.fr.ReadFrameForHeader(fh)
+	var se http2.StreamError
+	switch {
+	case err == nil:
+	case fh.Type != http2.FrameHeaders:
+		return nil, err
+	case errors.As(err, &se):
+		// Its padding exceeds it: the block cannot be decoded, and a block
+		// not decoded leaves the two sides' HPACK tables apart (RFC 9113
+		// §4.3, §6.2).
+		return nil, connError(http2.ErrCodeProtocol, "HEADERS frame padding exceeds its payload")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, connError(http2.ErrCodeFrameSize, "HEADERS frame too short") // RFC 9113 §4.2
+	default:
 		return nil, err
 	}
 	if hf, ok := f.(*http2.HeadersFrame); ok {
 		return r.block(hf)
 	}
 	return f, nil
+}
+
+// release lets go of the last block's fields, which would otherwise keep
+// their strings for as long as the connection lasts; an unusually long
+// block's slice goes too.
+func (r *headerReader) release() {
+	clear(r.mh.Fields)
+	r.mh = http2.MetaHeadersFrame{Fields: r.mh.Fields[:0]}
+	if cap(r.mh.Fields) > 128 {
+		r.mh.Fields = nil
+	}
 }
 
 // listLimit is the header list size this side announced, as the Framer
@@ -58,7 +88,7 @@ func (r *headerReader) listLimit() uint32 {
 // block decodes the header block hf starts, reading its CONTINUATION
 // frames (the Framer guarantees that nothing else comes between them).
 func (r *headerReader) block(hf *http2.HeadersFrame) (http2.Frame, error) {
-	r.mh = http2.MetaHeadersFrame{HeadersFrame: hf, Fields: r.mh.Fields[:0]}
+	r.mh.HeadersFrame = hf
 	r.sawRegular, r.invalid = false, nil
 	r.remain, r.trailerLen = r.listLimit(), r.listLimit()
 	r.dec.SetEmitEnabled(true)
@@ -75,10 +105,10 @@ func (r *headerReader) block(hf *http2.HeadersFrame) (http2.Frame, error) {
 			return nil, connError(http2.ErrCodeProtocol, "header list too large")
 		case r.invalid != nil:
 			// More of a block already malformed: its size is no longer tracked.
-			return nil, connError(http2.ErrCodeProtocol, "invalid header field: "+r.invalid.Error())
+			return nil, connError(http2.ErrCodeProtocol, "a header block goes on after an invalid field")
 		}
 		if _, err := r.dec.Write(b); err != nil {
-			return nil, connError(http2.ErrCodeCompression, "header block: "+err.Error())
+			return nil, connError(http2.ErrCodeCompression, "a header block does not decode")
 		}
 		if frag.HeadersEnded() {
 			break
@@ -90,7 +120,7 @@ func (r *headerReader) block(hf *http2.HeadersFrame) (http2.Frame, error) {
 		frag = f.(*http2.ContinuationFrame) // (the Framer checked the frame order)
 	}
 	if err := r.dec.Close(); err != nil {
-		return nil, connError(http2.ErrCodeCompression, "header block: "+err.Error())
+		return nil, connError(http2.ErrCodeCompression, "a header block does not decode")
 	}
 	if r.invalid == nil {
 		r.invalid = checkPseudos(r.mh.PseudoFields())

@@ -2,7 +2,9 @@ package h2
 
 import (
 	"bytes"
+	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,11 +52,18 @@ func TestMalformedHeaderBlocks(t *testing.T) {
 		})
 	}
 
+	// (A peer's long invalid name is not sent back in the GOAWAY's debug
+	// data: a frame of at most 16 KiB, as SETTINGS_MAX_FRAME_SIZE allows.)
+	longName := "X" + strings.Repeat("y", 10_000)
 	for _, tc := range []struct {
 		name string
 		send func(fr *http2.Framer)
 		want http2.ErrCode
 	}{
+		{"continuation after a long invalid name", func(fr *http2.Framer) {
+			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: encode(with([2]string{longName, "1"})), EndStream: true})
+			fr.WriteContinuation(1, true, encode([][2]string{{"x-b", "2"}}))
+		}, http2.ErrCodeProtocol},
 		{"undecodable block", func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: []byte{0xff, 0xff, 0xff, 0xff}, EndStream: true, EndHeaders: true})
 		}, http2.ErrCodeCompression},
@@ -62,6 +71,12 @@ func TestMalformedHeaderBlocks(t *testing.T) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: encode(with([2]string{"X-Upper", "1"})), EndStream: true})
 			fr.WriteContinuation(1, true, encode([][2]string{{"x-b", "2"}}))
 		}, http2.ErrCodeProtocol},
+		{"padding beyond the frame", func(fr *http2.Framer) {
+			fr.WriteRawFrame(http2.FrameHeaders, http2.FlagHeadersPadded|http2.FlagHeadersEndHeaders|http2.FlagHeadersEndStream, 1, []byte{5})
+		}, http2.ErrCodeProtocol},
+		{"frame too short for its priority", func(fr *http2.Framer) {
+			fr.WriteRawFrame(http2.FrameHeaders, http2.FlagHeadersPriority|http2.FlagHeadersEndHeaders|http2.FlagHeadersEndStream, 1, []byte{0, 0})
+		}, http2.ErrCodeFrameSize},
 		{"truncated block", func(fr *http2.Framer) {
 			fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: encode(get)[:3], EndStream: true, EndHeaders: true})
 		}, http2.ErrCodeCompression},
@@ -144,6 +159,9 @@ func goAwayOf(t *testing.T, fr *http2.Framer) http2.ErrCode {
 	t.Helper()
 	for {
 		if g, ok := readFrame(t, fr).(*http2.GoAwayFrame); ok {
+			if len(g.DebugData()) > maxGoAwayDebug {
+				t.Errorf("GOAWAY with %d bytes of debug data", len(g.DebugData()))
+			}
 			return g.ErrCode
 		}
 	}
@@ -167,5 +185,87 @@ func readFrame(t *testing.T, fr *http2.Framer) http2.Frame {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no frame in 5 s")
 		return nil
+	}
+}
+
+// A field sent more than once keeps all its values in order, in heads and
+// trailers, both ways: the field maps share one array of first values.
+func TestRepeatedFields(t *testing.T) {
+	multi := func(h http.Header) string {
+		return strings.Join(h.Values("X-Multi"), ",") + "|" + h.Get("X-One") + "|" + strings.Join(h.Values("X-Two"), ",")
+	}
+	const want = "a,b,c|d|e,f"
+	fill := func(h http.Header, prefix string) {
+		for _, kv := range [][2]string{{"X-Multi", "a"}, {"X-Two", "e"}, {"X-Multi", "b"}, {"X-One", "d"}, {"X-Two", "f"}, {"X-Multi", "c"}} {
+			h.Add(prefix+kv[0], kv[1])
+		}
+	}
+	// Our server, net/http's client.
+	got := make(chan string, 2)
+	addr := ourServer(t, &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- multi(r.Header)
+		io.Copy(io.Discard, r.Body)
+		got <- multi(r.Trailer)
+	})}, nil)
+	req, _ := http.NewRequest("POST", "http://"+addr+"/", strings.NewReader("body"))
+	fill(req.Header, "")
+	req.Trailer = http.Header{}
+	fill(req.Trailer, "")
+	resp, err := h2cClient(t).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if h, tr := <-got, <-got; h != want || tr != want {
+		t.Errorf("our server read head %q, trailers %q; want %q", h, tr, want)
+	}
+	// Our client, net/http's server.
+	srv := h2cServer(t, func(w http.ResponseWriter, r *http.Request) {
+		fill(w.Header(), "")
+		w.WriteHeader(http.StatusOK)
+		io.WriteString(w, "body")
+		fill(w.Header(), http.TrailerPrefix)
+	})
+	cc := dialClient(t, srv.Listener.Addr().String(), ClientConfig{})
+	req, _ = http.NewRequest("GET", srv.URL, nil)
+	resp, err = cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if h, tr := multi(resp.Header), multi(resp.Trailer); h != want || tr != want {
+		t.Errorf("our client read head %q, trailers %q; want %q", h, tr, want)
+	}
+}
+
+// The reader lets go of a block's fields when it reads the next frame:
+// they are not kept, with their strings, for as long as the connection.
+func TestHeaderReaderReleasesFields(t *testing.T) {
+	var wire bytes.Buffer
+	w := http2.NewFramer(&wire, nil)
+	var block bytes.Buffer
+	enc := hpack.NewEncoder(&block)
+	for _, f := range [][2]string{{":method", "GET"}, {":scheme", "http"}, {":authority", "a"}, {":path", "/"}, {"x-secret", "s"}} {
+		enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+	}
+	w.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+	w.WritePing(false, [8]byte{})
+	r := newHeaderReader(http2.NewFramer(nil, &wire))
+	f, err := r.readFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := f.(*http2.MetaHeadersFrame).Fields
+	if len(fields) != 5 || fields[4].Value != "s" {
+		t.Fatalf("fields %v", fields)
+	}
+	if _, err := r.readFrame(); err != nil {
+		t.Fatal(err)
+	}
+	for _, hf := range fields {
+		if hf != (hpack.HeaderField{}) {
+			t.Fatalf("after the next frame the block's fields still hold %v", fields)
+		}
 	}
 }

@@ -312,7 +312,11 @@ func (o *output) rstStream(stream uint32, code http2.ErrCode) {
 	o.out = binary.BigEndian.AppendUint32(o.out, uint32(code))
 }
 
+// maxGoAwayDebug bounds a GOAWAY's debug data, which may quote the peer.
+const maxGoAwayDebug = 256
+
 func (o *output) goAway(last uint32, code http2.ErrCode, debug string) {
+	debug = debug[:min(len(debug), maxGoAwayDebug)]
 	o.header(8+len(debug), http2.FrameGoAway, 0, 0)
 	o.out = binary.BigEndian.AppendUint32(o.out, last)
 	o.out = binary.BigEndian.AppendUint32(o.out, uint32(code))

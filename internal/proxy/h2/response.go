@@ -46,7 +46,7 @@ func (w *responseWriter) Header() http.Header { return w.header }
 // an upstream's head allocates no second map. It takes it only while the
 // writer holds no fields and has sent no final head.
 func (w *responseWriter) TakeHeader(h http.Header) bool {
-	if w.done || w.status != 0 || len(w.header) > 0 {
+	if h == nil || w.done || w.status != 0 || len(w.header) > 0 {
 		return false
 	}
 	w.header = h
