@@ -39,7 +39,7 @@ func newH1Writer(hc *h1Conn, req *http.Request) *h1Writer {
 
 func (w *h1Writer) Header() http.Header { return w.header }
 
-// takeHeader makes h the response's head (headerTaker).
+// TakeHeader makes h the response's head (headerTaker).
 func (w *h1Writer) TakeHeader(h http.Header) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()

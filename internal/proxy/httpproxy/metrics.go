@@ -101,7 +101,7 @@ func (r *recorder) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush and Hijack.
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// takeHeader passes a head on to the writer it records, if that can take it.
+// TakeHeader passes a head on to the writer it records, if that can take it.
 func (r *recorder) TakeHeader(h http.Header) bool {
 	t, ok := r.ResponseWriter.(headerTaker)
 	return ok && t.TakeHeader(h)
