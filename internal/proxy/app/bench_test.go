@@ -21,14 +21,8 @@ import (
 //
 //	go test -run XXX -bench HTTP1OneHop -benchmem -cpuprofile cpu.out ./internal/proxy/app/
 func BenchmarkHTTP1OneHop(b *testing.B) {
-	payload := strings.Repeat("x", 64)
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "64")
-		io.WriteString(w, payload)
-	}))
-	defer app.Close()
 	cfg := proxytest.Config(b)
-	cfg.AppAddr = app.Listener.Addr().String()
+	cfg.AppAddr = smallAnswers(b)
 	cfg.LogLevel = "warn"
 	p := proxytest.Start(b, cfg)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
@@ -43,15 +37,9 @@ func BenchmarkHTTP1OneHop(b *testing.B) {
 //
 //	go test -run XXX -bench MeshTwoHops -benchmem -memprofile mem.out ./internal/proxy/app/
 func BenchmarkHTTP1MeshTwoHops(b *testing.B) {
-	payload := strings.Repeat("x", 64)
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Length", "64")
-		io.WriteString(w, payload)
-	}))
-	defer app.Close()
 	ids := meshtest.StartIdentity(b, time.Hour)
 	in := proxytest.Config(b)
-	in.AppAddr = app.Listener.Addr().String()
+	in.AppAddr = smallAnswers(b)
 	in.LogLevel = "warn"
 	server := ids.Join(b, in, "shop", "api")
 	p := proxytest.Start(b, in)
@@ -63,6 +51,18 @@ func BenchmarkHTTP1MeshTwoHops(b *testing.B) {
 	q := proxytest.Start(b, out)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
 	benchGets(b, client, "http://"+q.UpstreamAddrs["api"].String()+"/")
+}
+
+// smallAnswers starts an HTTP/1.1 application answering every request with
+// 64 bytes, until the benchmark ends, and returns its address.
+func smallAnswers(b *testing.B) string {
+	payload := strings.Repeat("x", 64)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "64")
+		io.WriteString(w, payload)
+	}))
+	b.Cleanup(app.Close)
+	return app.Listener.Addr().String()
 }
 
 // BenchmarkH2OneHop is BenchmarkHTTP1OneHop over h2c: client and
