@@ -807,6 +807,13 @@ func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
 		}
 		return err
 	}
+	// Until the server's SETTINGS arrive the client opens at most
+	// initialMaxStreams, fewer than this test needs at once.
+	waitFor(t, func() bool {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		return cc.maxStreams >= 2*floodMinResets
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
