@@ -55,13 +55,13 @@ type load struct {
 }
 
 var loads = []load{
-	{"h1-1k-64", "HTTP/1.1, 1,000 rps, 64 B body", "fortio `-qps 1000 -c 16`, keep-alive"},
-	{"h1-1k-1024", "HTTP/1.1, 1,000 rps, 1 KiB body", "fortio `-qps 1000 -c 16`, keep-alive"},
+	{"h1-1k-64", "HTTP/1.1, 1,000 rps, 64 B body", "fortio `-qps 1000 -c 16 -uniform` (requests spread evenly, not in bursts of 16), keep-alive"},
+	{"h1-1k-1024", "HTTP/1.1, 1,000 rps, 1 KiB body", "fortio `-qps 1000 -c 16 -uniform` (requests spread evenly, not in bursts of 16), keep-alive"},
 	{"h1-max-64", "HTTP/1.1, max rate, 64 B body", "fortio `-qps 0 -c 16`, keep-alive"},
 	{"h1-max-1024", "HTTP/1.1, max rate, 1 KiB body", "fortio `-qps 0 -c 16`, keep-alive"},
 	{"h2-max-64", "HTTP/2 (h2c), max rate, 64 B body", "h2load `-p h2c -c 4 -m 4` (16 streams in flight). HAProxy keeps h2 to the next hop (`proto h2`); nginx forwards as HTTP/1.1 keep-alive (its proxy_pass has no HTTP/2 upstream)"},
 	{"h2-max-1024", "HTTP/2 (h2c), max rate, 1 KiB body", "h2load `-p h2c -c 4 -m 4` (16 streams in flight). HAProxy keeps h2 to the next hop (`proto h2`); nginx forwards as HTTP/1.1 keep-alive (its proxy_pass has no HTTP/2 upstream)"},
-	{"grpc-1k", "gRPC ping, 1,000 rps", "fortio `load -grpc -ping -qps 1000 -c 16` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
+	{"grpc-1k", "gRPC ping, 1,000 rps", "fortio `load -grpc -ping -qps 1000 -c 16 -uniform` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
 	{"grpc-max", "gRPC ping, max rate", "fortio `load -grpc -ping -qps 0 -c 16` against `fortio server`; nginx uses `grpc_pass`, HAProxy `proto h2`"},
 	{connLoad, "New connections per second (TCP echo, one connection per request)", "`bench/connload -c 16`, max rate: 16 workers, each connects, sends 32 B, reads the echo from `fortio server`'s TCP echo and closes, so every request is a new connection through both proxies and, with mTLS, a new stream of the tunnel connection between them (opaque connections between two proxies are HTTP/2 CONNECT streams of one pooled mTLS connection: no handshake per connection). Opaque TCP (`--opaque-ports`, no protocol detection). Latency is connect to echo received; ratios are to plaintext 2 hops"},
 }

@@ -3,11 +3,11 @@ package httpproxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"net"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -175,9 +175,11 @@ func stillOpen(c net.Conn) bool {
 	}
 	open := false
 	err = raw.Read(func(fd uintptr) bool {
+		// A raw call, as the connection's reads and writes are
+		// (transport.MeteredConn): MSG_DONTWAIT, so it never blocks.
 		var b [1]byte
-		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		open = n < 0 && errors.Is(err, unix.EAGAIN)
+		_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
+		open = errno == unix.EAGAIN
 		return true // one attempt only: never wait
 	})
 	return err == nil && open

@@ -102,6 +102,8 @@ func unwrap(c net.Conn) side {
 				s.tcp = x.TCP
 			}
 			c = x.Unwrap()
+		case *transport.Socket: // splice needs the TCP connection itself
+			c = x.Unwrap()
 		default:
 			s.raw = c
 			return s

@@ -36,5 +36,5 @@ func (d *Dialer) DialLabeled(ctx context.Context, labels metrics.Labels, addr st
 	if err != nil {
 		return nil, err
 	}
-	return NewMeteredConn(c, d.Registry.TCP(labels, "dst")), nil
+	return NewMeteredConn(NewSocket(c), d.Registry.TCP(labels, "dst")), nil
 }

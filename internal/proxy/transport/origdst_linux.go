@@ -15,6 +15,9 @@ import (
 // REDIRECT rewrote it to the proxy, and whether it was redirected at all. A
 // connection that reached the proxy directly reports ok == false.
 func OriginalDst(c net.Conn) (addr netip.AddrPort, ok bool, err error) {
+	if s, isSocket := c.(*Socket); isSocket {
+		c = s.TCPConn
+	}
 	tc, isTCP := c.(*net.TCPConn)
 	if !isTCP {
 		return netip.AddrPort{}, false, nil

@@ -82,6 +82,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, dir Direction, h Ha
 
 func (s *Server) serveConn(ctx context.Context, c net.Conn, dir Direction, h Handler, admit func() (func(), bool)) {
 	defer s.wg.Done()
+	c = NewSocket(c)
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
 	m := &Meta{Direction: dir, Drain: s.drain, TLS: "disabled", admit: admit}
