@@ -176,7 +176,7 @@ func stillOpen(c net.Conn) bool {
 	open := false
 	err = raw.Read(func(fd uintptr) bool {
 		// A raw call, as the connection's reads and writes are
-		// (transport.MeteredConn): MSG_DONTWAIT, so it never blocks.
+		// (transport.Socket): MSG_DONTWAIT, so it never blocks.
 		var b [1]byte
 		_, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1, unix.MSG_PEEK|unix.MSG_DONTWAIT, 0, 0)
 		open = errno == unix.EAGAIN

@@ -7,7 +7,6 @@ import (
 	"os"
 	"sync"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,18 +64,25 @@ func NewSocket(c net.Conn) net.Conn {
 // (splice, linger, the original destination).
 func (s *Socket) Unwrap() net.Conn { return s.TCPConn }
 
+// File is not supported: the descriptor it would duplicate shares the
+// socket's non-blocking flag, which os.File.Fd clears, and a raw call on a
+// blocking socket would block the whole runtime.
+func (s *Socket) File() (*os.File, error) {
+	return nil, &net.OpError{Op: "file", Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: errors.ErrUnsupported}
+}
+
 // Read reads as net.Conn's Read does, with the same errors.
 func (s *Socket) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 { // as net.Conn: fails only if closed
+		return 0, s.opError("read", s.rc.Control(func(uintptr) {}))
 	}
 	return s.do(&s.r, "read", p[:min(len(p), maxRW)], s.rc.Read)
 }
 
 // Write writes all of p as net.Conn's Write does, with the same errors.
 func (s *Socket) Write(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
+	if len(p) == 0 { // as net.Conn: fails if closed or past the deadline
+		return 0, s.opError("write", s.rc.Write(func(uintptr) bool { return true }))
 	}
 	return s.do(&s.w, "write", p, s.rc.Write)
 }
@@ -91,20 +97,26 @@ func (s *Socket) do(c *rawCall, op string, p []byte, call func(func(uintptr) boo
 		err = c.err
 	}
 	c.p, c.err = nil, nil
+	return n, s.opError(op, err)
+}
+
+// opError wraps err as net.Conn's methods do: io.EOF as it is, anything
+// else in a *net.OpError naming op.
+func (s *Socket) opError(op string, err error) error {
 	if err == nil || err == io.EOF {
-		return n, err
+		return err
 	}
 	var oe *net.OpError
-	if errors.As(err, &oe) { // the RawConn's own: Op "raw-read" or "raw-write"
+	if errors.As(err, &oe) { // the RawConn's own: Op "raw-read", "raw-write", "raw-control"
 		err = oe.Err
 	}
-	return n, &net.OpError{Op: op, Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: s.LocalAddr(), Addr: s.RemoteAddr(), Err: err}
 }
 
 // readFD makes one read; false asks the poller to wait until readable.
 func (s *Socket) readFD(fd uintptr) bool {
 	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&s.r.p[0])), uintptr(len(s.r.p)))
+		n, errno := sysRead(fd, s.r.p)
 		switch errno {
 		case 0:
 			s.r.n = int(n)
@@ -127,7 +139,7 @@ func (s *Socket) readFD(fd uintptr) bool {
 func (s *Socket) writeFD(fd uintptr) bool {
 	for len(s.w.p) > 0 {
 		chunk := s.w.p[:min(len(s.w.p), maxRW)]
-		n, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&chunk[0])), uintptr(len(chunk)))
+		n, errno := sysWrite(fd, chunk)
 		switch errno {
 		case 0:
 			if n == 0 {

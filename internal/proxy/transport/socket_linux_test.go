@@ -126,7 +126,7 @@ func TestSocketErrorsAreNetConns(t *testing.T) {
 		// error and the byte count of the call that failed.
 		run  func(c net.Conn, peer *net.TCPConn) (int, error)
 		is   error
-		errn int // the byte count the failed call must return, -1: any
+		errn int // the byte count the failed call must return; -1: what reached the peer
 	}{
 		{"read after close", func(c net.Conn, _ *net.TCPConn) (int, error) {
 			c.Close()
@@ -136,6 +136,18 @@ func TestSocketErrorsAreNetConns(t *testing.T) {
 			c.Close()
 			return c.Write([]byte("x"))
 		}, net.ErrClosed, 0},
+		{"zero-length read after close", func(c net.Conn, _ *net.TCPConn) (int, error) {
+			c.Close()
+			return c.Read(nil)
+		}, net.ErrClosed, 0},
+		{"zero-length write after close", func(c net.Conn, _ *net.TCPConn) (int, error) {
+			c.Close()
+			return c.Write(nil)
+		}, net.ErrClosed, 0},
+		{"zero-length write past the deadline", func(c net.Conn, _ *net.TCPConn) (int, error) {
+			c.SetWriteDeadline(time.Now().Add(-time.Second))
+			return c.Write(nil)
+		}, os.ErrDeadlineExceeded, 0},
 		{"read closed while waiting", func(c net.Conn, _ *net.TCPConn) (int, error) {
 			time.AfterFunc(50*time.Millisecond, func() { c.Close() })
 			return c.Read(make([]byte, 10))
@@ -196,11 +208,25 @@ func TestSocketErrorsAreNetConns(t *testing.T) {
 			if sc.errn >= 0 && (sn != sc.errn || pn != sc.errn) {
 				t.Errorf("byte counts: Socket %d, net.Conn %d; want %d", sn, pn, sc.errn)
 			}
-			if sc.errn < 0 && sn <= 0 {
-				t.Errorf("a write cut short by its deadline reported %d bytes written; want what went out", sn)
+			if sc.errn < 0 {
+				if got := received(t, s, sPeer); got != sn {
+					t.Errorf("Socket's write reported %d bytes written; %d reached the peer", sn, got)
+				}
 			}
 		})
 	}
+}
+
+// received closes c and counts what its peer then reads.
+func received(t *testing.T, c net.Conn, peer net.Conn) int {
+	t.Helper()
+	c.Close()
+	peer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, peer)
+	if err != nil {
+		t.Fatalf("draining the peer: %v", err)
+	}
+	return int(n)
 }
 
 func TestSocketReadsZeroBytesAtOnce(t *testing.T) {
@@ -240,8 +266,15 @@ func TestServerAndDialerMakeSockets(t *testing.T) {
 		if _, ok := c.(*Socket); !ok {
 			t.Errorf("accepted connection is %T, want *Socket", c)
 		}
-		if _, redirected, err := OriginalDst(c); err != nil || redirected {
-			t.Errorf("OriginalDst(accepted Socket) = redirected %v, %v; want a direct connection", redirected, err)
+		// The Socket's answer is its TCP connection's (with conntrack
+		// loaded, the local address; else none).
+		addr, redirected, err := OriginalDst(c)
+		want, _, _ := OriginalDst(c.(*Socket).TCPConn)
+		if err != nil || redirected || addr != want {
+			t.Errorf("OriginalDst(accepted Socket) = %v, redirected %v, %v; want %v, a direct connection", addr, redirected, err, want)
+		}
+		if _, err := c.(*Socket).File(); !errors.Is(err, errors.ErrUnsupported) {
+			t.Errorf("Socket.File() error = %v; want ErrUnsupported (a duplicate's Fd would make the socket blocking)", err)
 		}
 		c.Close()
 	case <-time.After(5 * time.Second):
