@@ -44,6 +44,8 @@ type Server struct {
 	// ResetFlood, if set, is called for each connection closed as a
 	// rapid-reset flood.
 	ResetFlood func(remote net.Addr)
+
+	workers workers // the goroutines running stream handlers
 }
 
 const (

@@ -94,7 +94,7 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 		h = headerTooLarge
 	}
 	sc.handlers.Add(1)
-	go st.serve(req, h)
+	sc.srv.workers.run(job{st: st, req: req, h: h})
 	return nil
 }
 
