@@ -119,7 +119,7 @@ func (s *Socket) readFD(fd uintptr) bool {
 		n, errno := sysRead(fd, s.r.p)
 		switch errno {
 		case 0:
-			s.r.n = int(n)
+			s.r.n = n
 			if n == 0 {
 				s.r.err = io.EOF
 			}
@@ -146,7 +146,7 @@ func (s *Socket) writeFD(fd uintptr) bool {
 				s.w.err = io.ErrUnexpectedEOF
 				return true
 			}
-			s.w.n += int(n)
+			s.w.n += n
 			s.w.p = s.w.p[n:]
 		case unix.EINTR:
 		case unix.EAGAIN:
