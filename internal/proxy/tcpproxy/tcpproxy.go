@@ -102,7 +102,7 @@ func unwrap(c net.Conn) side {
 				s.tcp = x.TCP
 			}
 			c = x.Unwrap()
-		case *transport.Socket: // splice needs the TCP connection itself
+		case interface{ Unwrap() net.Conn }: // a transport.Socket: splice needs its TCP connection
 			c = x.Unwrap()
 		default:
 			s.raw = c

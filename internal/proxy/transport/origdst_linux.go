@@ -13,20 +13,19 @@ import (
 
 // OriginalDst returns the destination a connection had before an iptables
 // REDIRECT rewrote it to the proxy, and whether it was redirected at all. A
-// connection that reached the proxy directly reports ok == false.
+// connection that reached the proxy directly reports ok == false, as does
+// one that is not a TCP socket (a *net.TCPConn, or a Socket around one).
 func OriginalDst(c net.Conn) (addr netip.AddrPort, ok bool, err error) {
-	if s, isSocket := c.(*Socket); isSocket {
-		c = s.TCPConn
-	}
-	tc, isTCP := c.(*net.TCPConn)
-	if !isTCP {
+	sc, isSocket := c.(syscall.Conn)
+	la, isTCP := c.LocalAddr().(*net.TCPAddr)
+	if !isSocket || !isTCP {
 		return netip.AddrPort{}, false, nil
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return netip.AddrPort{}, false, err
 	}
-	local := tc.LocalAddr().(*net.TCPAddr).AddrPort()
+	local := la.AddrPort()
 	var sockErr error
 	ctrlErr := raw.Control(func(fd uintptr) {
 		if local.Addr().Unmap().Is4() {
