@@ -60,8 +60,9 @@ func NewSocket(c net.Conn) net.Conn {
 	return s
 }
 
-// Unwrap returns the TCP connection, for what needs its own methods
-// (splice, linger, the original destination).
+// Unwrap returns the TCP connection, for what needs it itself (splice,
+// linger, the idle pool's peek); the original destination is read through
+// the promoted SyscallConn.
 func (s *Socket) Unwrap() net.Conn { return s.TCPConn }
 
 // File is not supported: the descriptor it would duplicate shares the
