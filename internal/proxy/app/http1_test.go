@@ -341,26 +341,48 @@ func TestUpstreamRefusedIs502WithReason(t *testing.T) {
 	}
 }
 
+// TestClientHangupCancelsUpstreamRequest: a client that closes its
+// connection while its request waits on the application cancels the
+// application's request, whether the request is the connection's first or
+// follows a quick one (whose watch countdown is still running when the
+// long one starts).
 func TestClientHangupCancelsUpstreamRequest(t *testing.T) {
-	cancelled := make(chan struct{})
-	started := make(chan struct{})
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		close(started)
-		<-r.Context().Done() // a long poll: answers only when it must
-		close(cancelled)
-	}))
-	defer app.Close()
-	cfg := proxytest.Config(t)
-	cfg.AppAddr = app.Listener.Addr().String()
-	p := proxytest.Start(t, cfg)
-	c, _ := raw(t, p.InboundAddr.String(), "GET /poll HTTP/1.1\r\nHost: app\r\n\r\n")
-	<-started
-	time.Sleep(50 * time.Millisecond) // past the point where the proxy starts watching
-	c.Close()
-	select {
-	case <-cancelled:
-	case <-time.After(3 * time.Second):
-		t.Fatal("the application's request was not cancelled after the client hung up")
+	for _, quickFirst := range []bool{false, true} {
+		cancelled := make(chan struct{})
+		started := make(chan struct{})
+		app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/quick" {
+				io.WriteString(w, "ok")
+				return
+			}
+			close(started)
+			<-r.Context().Done() // a long poll: answers only when it must
+			close(cancelled)
+		}))
+		cfg := proxytest.Config(t)
+		cfg.AppAddr = app.Listener.Addr().String()
+		p := proxytest.Start(t, cfg)
+		const poll = "GET /poll HTTP/1.1\r\nHost: app\r\n\r\n"
+		first := poll
+		if quickFirst {
+			first = "GET /quick HTTP/1.1\r\nHost: app\r\n\r\n"
+		}
+		c, br := raw(t, p.InboundAddr.String(), first)
+		if quickFirst {
+			if resp, _ := readResponse(t, br, "GET"); resp.StatusCode != http.StatusOK {
+				t.Fatalf("quick request: %d", resp.StatusCode)
+			}
+			io.WriteString(c, poll)
+		}
+		<-started
+		time.Sleep(50 * time.Millisecond) // past the point where the proxy starts watching
+		c.Close()
+		select {
+		case <-cancelled:
+		case <-time.After(3 * time.Second):
+			t.Fatalf("quick request first %v: the application's request was not cancelled after the client hung up", quickFirst)
+		}
+		app.Close()
 	}
 }
 

@@ -38,6 +38,7 @@ type h1Conn struct {
 	hijacked bool
 	hangup   hangupWatch
 	remote   string // the client's address, as every request's RemoteAddr
+	deadline bool   // a read deadline (idle or head) is set on c
 }
 
 // serveH1 serves requests on c one after another (pipelined requests are
@@ -53,6 +54,7 @@ func serveH1(ctx context.Context, cfg ServerConfig, log *slog.Logger, h http.Han
 		}
 	})
 	defer stop()
+	defer hc.hangup.stop()
 	defer func() {
 		if !hc.hijacked {
 			c.Close()
@@ -85,7 +87,7 @@ func (hc *h1Conn) awaitRequest(drain context.Context) bool {
 	}
 	hc.idle.Store(true)
 	defer hc.idle.Store(false)
-	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.IdleTimeout))
+	hc.setReadDeadline(hc.cfg.IdleTimeout)
 	if drain.Err() != nil {
 		return false
 	}
@@ -96,7 +98,9 @@ func (hc *h1Conn) awaitRequest(drain context.Context) bool {
 // serveOne reads and answers one request and reports whether the
 // connection may carry another.
 func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
-	hc.c.SetReadDeadline(time.Now().Add(hc.cfg.HeaderReadTimeout))
+	if !headBuffered(hc.br) {
+		hc.setReadDeadline(hc.cfg.HeaderReadTimeout)
+	}
 	head, br, err := peekHead(hc.br, hc.c, hc.cfg.MaxHeaderBytes)
 	hc.br = br
 	rctx, cancel := context.WithCancel(ctx)
@@ -109,7 +113,10 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 		hc.rejectRequest(m, err)
 		return false
 	}
-	hc.c.SetReadDeadline(time.Time{})
+	if hc.deadline {
+		hc.c.SetReadDeadline(time.Time{})
+		hc.deadline = false
+	}
 	req.RemoteAddr = hc.remote
 	w := newH1Writer(hc, req)
 	if m.Drain.Err() != nil {
@@ -149,6 +156,16 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 		return false
 	}
 	return !w.closeAfter && !req.Close
+}
+
+// setReadDeadline bounds the connection's reads from now. Each deadline
+// is a runtime timer to move, so the server sets one only to wait: for the
+// next request (the idle timeout) and for the rest of a head that has not
+// all arrived (the header timeout). A head already buffered, as nearly
+// every request's is when its first byte is seen, is read without one.
+func (hc *h1Conn) setReadDeadline(d time.Duration) {
+	hc.c.SetReadDeadline(time.Now().Add(d))
+	hc.deadline = true
 }
 
 // runHandler calls the handler, turning a panic into a closed connection.

@@ -54,6 +54,13 @@ func peekHead(br *bufio.Reader, r io.Reader, max int) ([]byte, *bufio.Reader, er
 	}
 }
 
+// headBuffered reports whether br holds a whole request head already,
+// after the blank lines peekHead discards.
+func headBuffered(br *bufio.Reader) bool {
+	buf, _ := br.Peek(br.Buffered())
+	return headEnd(bytes.TrimLeft(buf, "\r\n")) >= 0
+}
+
 // headEnd returns the length of the head in buf including its terminating
 // blank line, or -1 if it is not complete yet.
 func headEnd(buf []byte) int {
