@@ -81,7 +81,12 @@ type ClientConn struct {
 	recv        inflow
 	goAway      bool  // the server sent GOAWAY: no new streams
 	err         error // why the connection ended, once it has
-	idle        *time.Timer
+	// idle counts down IdleTimeout from idleSince, the moment the last
+	// request ended; made when the connection first becomes idle and
+	// not moved per request after that (idleOut counts down what is left,
+	// or looks again later if requests run).
+	idle      *time.Timer
+	idleSince time.Time
 
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 	pinged   atomic.Bool  // a health PING is out: a read deadline is set (both changed under mu)
@@ -444,10 +449,9 @@ func (cc *ClientConn) becameIdleLocked() {
 	if cc.cfg.IdleTimeout <= 0 {
 		return
 	}
+	cc.idleSince = time.Now()
 	if cc.idle == nil {
 		cc.idle = time.AfterFunc(cc.cfg.IdleTimeout, cc.idleOut)
-	} else {
-		cc.idle.Reset(cc.cfg.IdleTimeout)
 	}
 }
 
@@ -455,14 +459,23 @@ func (cc *ClientConn) becameIdleLocked() {
 // from the moment it is found idle.
 func (cc *ClientConn) idleOut() {
 	cc.mu.Lock()
-	idle := len(cc.streams) == 0 && cc.reserved == 0 && cc.err == nil
-	if idle {
-		cc.goAway = true
+	if cc.err != nil || cc.goAway {
+		cc.mu.Unlock()
+		return
 	}
+	if len(cc.streams) > 0 || cc.reserved > 0 {
+		cc.idle.Reset(cc.cfg.IdleTimeout) // busy: look again later
+		cc.mu.Unlock()
+		return
+	}
+	if rest := cc.cfg.IdleTimeout - time.Since(cc.idleSince); rest > 0 {
+		cc.idle.Reset(rest)
+		cc.mu.Unlock()
+		return
+	}
+	cc.goAway = true
 	cc.mu.Unlock()
-	if idle {
-		cc.goAwayAndClose(http2.ErrCodeNo, "idle")
-	}
+	cc.goAwayAndClose(http2.ErrCodeNo, "idle")
 }
 
 // refund gives n consumed bytes of window back to the server: from the

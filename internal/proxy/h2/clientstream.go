@@ -123,9 +123,6 @@ func (cc *ClientConn) start(req *http.Request, callerWrites bool) (*clientStream
 	cs.flow.window, cs.recv.avail = int64(cc.peerWindow), int64(cc.cfg.StreamWindow)
 	cs.flow.wake.L = &cc.mu
 	cc.streams[cs.id] = cs
-	if cc.idle != nil {
-		cc.idle.Stop()
-	}
 	endStream := !hasBody && len(req.Trailer) == 0
 	writeFields(&cc.o, cs.id, fields, endStream)
 	cs.localDone = endStream

@@ -359,6 +359,38 @@ func TestIdleTimeout(t *testing.T) {
 	waitFor(t, func() bool { return cc.Err() != nil })
 }
 
+// The idle countdown, on either side, starts when the last request ends:
+// a connection carrying a request every 50 ms outlives several
+// IdleTimeouts of 200 ms, and closes no earlier than IdleTimeout after
+// its last request.
+func TestIdleTimeoutCountsFromTheLastRequest(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	for _, side := range []string{"server", "client"} {
+		srv, cfg := &Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}, ClientConfig{}
+		if side == "server" {
+			srv.IdleTimeout = idle
+		} else {
+			cfg.IdleTimeout = idle
+		}
+		addr := ourServer(t, srv, nil)
+		cc := dialClient(t, addr, cfg)
+		var last time.Time
+		for start := time.Now(); time.Since(start) < 3*idle; time.Sleep(idle / 4) {
+			req, _ := http.NewRequest("GET", "http://"+addr, nil)
+			resp, err := cc.RoundTrip(req)
+			if err != nil {
+				t.Fatalf("%s idle timeout: a request %v into a busy connection: %v", side, time.Since(start), err)
+			}
+			resp.Body.Close()
+			last = time.Now()
+		}
+		waitFor(t, func() bool { return cc.Err() != nil })
+		if after := time.Since(last); after < idle*3/4 {
+			t.Errorf("%s idle timeout: closed %v after the last request; want about %v", side, after, idle)
+		}
+	}
+}
+
 // Our client refuses to send a request header list beyond what the
 // server announced; our server answers one sent anyway with 431.
 func TestHeaderListLimits(t *testing.T) {

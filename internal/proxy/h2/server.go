@@ -109,7 +109,11 @@ type serverConn struct {
 	goAway                      bool // GOAWAY sent: no new streams
 	lingering                   bool // closing gracefully: the client's last frames are read
 	closed                      bool
-	idle                        *time.Timer
+	// idle counts down IdleTimeout from idleSince, the moment the last
+	// stream ended. It is not moved per request: when it fires it counts
+	// down what is left, or looks again later if streams run.
+	idle      *time.Timer
+	idleSince time.Time
 
 	flood resetCount // read loop only
 	// resetIDs are the last streams reset or ignored by this side, whose
@@ -189,6 +193,7 @@ func (sc *serverConn) serve() {
 	}
 	sc.o.flush()
 	if sc.srv.IdleTimeout > 0 {
+		sc.idleSince = time.Now()
 		sc.idle = time.AfterFunc(sc.srv.IdleTimeout, sc.idleOut)
 	}
 	sc.mu.Unlock()
@@ -341,15 +346,26 @@ func (sc *serverConn) startDrain() {
 // the GOAWAY's last stream, which its client knows to send again.
 func (sc *serverConn) idleOut() {
 	sc.mu.Lock()
-	idle := sc.running == 0 && !sc.closed && !sc.goAway
-	if idle && sc.o.err == nil {
+	if sc.closed || sc.goAway {
+		sc.mu.Unlock()
+		return
+	}
+	if sc.running > 0 {
+		sc.idle.Reset(sc.srv.IdleTimeout) // busy: look again later
+		sc.mu.Unlock()
+		return
+	}
+	if rest := sc.srv.IdleTimeout - time.Since(sc.idleSince); rest > 0 {
+		sc.idle.Reset(rest)
+		sc.mu.Unlock()
+		return
+	}
+	if sc.o.err == nil {
 		sc.goAway = true
 		sc.o.goAway(sc.maxID, http2.ErrCodeNo, "idle")
 	}
 	sc.mu.Unlock()
-	if idle {
-		sc.closeGracefully()
-	}
+	sc.closeGracefully()
 }
 
 // closeGracefully ends a connection that sent GOAWAY and has no request

@@ -85,9 +85,6 @@ func (sc *serverConn) processHeaders(f *http2.MetaHeadersFrame) error {
 	sc.streams[id] = st
 	sc.running++
 	sc.headerBytes += size
-	if sc.idle != nil {
-		sc.idle.Stop()
-	}
 	sc.mu.Unlock()
 	h := sc.handler
 	if f.Truncated {
@@ -274,8 +271,8 @@ func (sc *serverConn) handlerDone(st *stream) {
 	sc.running--
 	sc.headerBytes -= st.headerBytes
 	last := sc.running == 0
-	if last && sc.idle != nil && !sc.closed {
-		sc.idle.Reset(sc.srv.IdleTimeout)
+	if last {
+		sc.idleSince = time.Now()
 	}
 	closing := last && sc.goAway
 	sc.mu.Unlock()
