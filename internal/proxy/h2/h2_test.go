@@ -361,12 +361,18 @@ func TestIdleTimeout(t *testing.T) {
 
 // The idle countdown, on either side, starts when the last request ends:
 // a connection carrying a request every 50 ms outlives several
-// IdleTimeouts of 200 ms, and closes no earlier than IdleTimeout after
-// its last request.
+// IdleTimeouts of 200 ms, and so does one whose last request runs longer
+// than IdleTimeout; it closes IdleTimeout after that last request, not
+// sooner and not never.
 func TestIdleTimeoutCountsFromTheLastRequest(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	for _, side := range []string{"server", "client"} {
-		srv, cfg := &Server{Handler: http.HandlerFunc(func(http.ResponseWriter, *http.Request) {})}, ClientConfig{}
+		srv := &Server{Handler: http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/slow" {
+				time.Sleep(idle * 3 / 2)
+			}
+		})}
+		cfg := ClientConfig{}
 		if side == "server" {
 			srv.IdleTimeout = idle
 		} else {
@@ -375,15 +381,20 @@ func TestIdleTimeoutCountsFromTheLastRequest(t *testing.T) {
 		addr := ourServer(t, srv, nil)
 		cc := dialClient(t, addr, cfg)
 		var last time.Time
-		for start := time.Now(); time.Since(start) < 3*idle; time.Sleep(idle / 4) {
-			req, _ := http.NewRequest("GET", "http://"+addr, nil)
+		get := func(path string) {
+			t.Helper()
+			req, _ := http.NewRequest("GET", "http://"+addr+path, nil)
 			resp, err := cc.RoundTrip(req)
 			if err != nil {
-				t.Fatalf("%s idle timeout: a request %v into a busy connection: %v", side, time.Since(start), err)
+				t.Fatalf("%s idle timeout: %s on a connection in use: %v", side, path, err)
 			}
 			resp.Body.Close()
 			last = time.Now()
 		}
+		for start := time.Now(); time.Since(start) < 3*idle; time.Sleep(idle / 4) {
+			get("/")
+		}
+		get("/slow")
 		waitFor(t, func() bool { return cc.Err() != nil })
 		if after := time.Since(last); after < idle*3/4 {
 			t.Errorf("%s idle timeout: closed %v after the last request; want about %v", side, after, idle)

@@ -38,7 +38,10 @@ type h1Conn struct {
 	hijacked bool
 	hangup   hangupWatch
 	remote   string // the client's address, as every request's RemoteAddr
-	deadline bool   // a read deadline (idle or head) is set on c
+	// deadline notes a read deadline set on c since the last head was
+	// read: the server's own (idle, head) or a handler's (h1Writer's
+	// SetReadDeadline), which the next request must not inherit.
+	deadline atomic.Bool
 }
 
 // serveH1 serves requests on c one after another (pipelined requests are
@@ -113,9 +116,8 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 		hc.rejectRequest(m, err)
 		return false
 	}
-	if hc.deadline {
+	if hc.deadline.Swap(false) {
 		hc.c.SetReadDeadline(time.Time{})
-		hc.deadline = false
 	}
 	req.RemoteAddr = hc.remote
 	w := newH1Writer(hc, req)
@@ -164,8 +166,8 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 // all arrived (the header timeout). A head already buffered, as nearly
 // every request's is when its first byte is seen, is read without one.
 func (hc *h1Conn) setReadDeadline(d time.Duration) {
+	hc.deadline.Store(true)
 	hc.c.SetReadDeadline(time.Now().Add(d))
-	hc.deadline = true
 }
 
 // runHandler calls the handler, turning a panic into a closed connection.

@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -50,6 +51,44 @@ func TestServeScriptedConversation(t *testing.T) {
 	for _, w := range want {
 		if !strings.Contains(out, w) {
 			t.Errorf("output lacks %q:\n%s", w, out)
+		}
+	}
+}
+
+// A read deadline a handler set (http.ResponseController; the proxy's own
+// waitBody does it to a stuck body copy) ends with its request: the next
+// request on the connection, pipelined so that its head is read without a
+// deadline of the server's, still reads the body the client sends after.
+func TestHandlerReadDeadlineEndsWithItsRequest(t *testing.T) {
+	client, server := net.Pipe()
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/first" {
+			http.NewResponseController(w).SetReadDeadline(time.Now())
+			return
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Write(body)
+	})
+	go serveH1(inboundConn(), ServerConfig{MaxHeaderBytes: 4096, HeaderReadTimeout: time.Minute, IdleTimeout: time.Minute}, slog.New(slog.DiscardHandler), h, server)
+	defer client.Close()
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	go io.WriteString(client, "GET /first HTTP/1.1\r\nHost: x\r\n\r\nPOST /second HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+	br := bufio.NewReader(client)
+	for _, want := range []string{"", "abc"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want == "" {
+			go io.WriteString(client, "abc") // the second request's body, once the first is answered
+		}
+		got, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || string(got) != want {
+			t.Fatalf("response %d %q; want 200 %q", resp.StatusCode, got, want)
 		}
 	}
 }

@@ -216,7 +216,10 @@ func (w *h1Writer) FlushError() error {
 
 // SetReadDeadline bounds reading the request body (for
 // http.ResponseController): a handler that gives up on it unblocks the read.
-func (w *h1Writer) SetReadDeadline(t time.Time) error { return w.hc.c.SetReadDeadline(t) }
+func (w *h1Writer) SetReadDeadline(t time.Time) error {
+	w.hc.deadline.Store(true)
+	return w.hc.c.SetReadDeadline(t)
+}
 
 // Hijack hands the connection to the handler (protocol upgrades, CONNECT).
 func (w *h1Writer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
