@@ -79,14 +79,9 @@ type ClientConn struct {
 	peerWindow  int32  // the server's SETTINGS_INITIAL_WINDOW_SIZE
 	peerMaxList uint32 // the server's SETTINGS_MAX_HEADER_LIST_SIZE, 0 if none
 	recv        inflow
-	goAway      bool  // the server sent GOAWAY: no new streams
-	err         error // why the connection ended, once it has
-	// idle counts down IdleTimeout from idleSince, the moment the last
-	// request ended; made when the connection first becomes idle and
-	// not moved per request after that (idleOut counts down what is left,
-	// or looks again later if requests run).
-	idle      *time.Timer
-	idleSince time.Time
+	goAway      bool      // the server sent GOAWAY: no new streams
+	err         error     // why the connection ended, once it has
+	idle        idleTimer // armed when the connection first becomes idle
 
 	lastRead atomic.Int64 // unix nanoseconds of the last frame read
 	pinged   atomic.Bool  // a health PING is out: a read deadline is set (both changed under mu)
@@ -221,9 +216,7 @@ func (cc *ClientConn) fail(err error) {
 		cs.flow.wake.Signal()
 	}
 	clear(cc.streams)
-	if cc.idle != nil {
-		cc.idle.Stop()
-	}
+	cc.idle.stop()
 	if cc.health != nil {
 		cc.health.Stop()
 	}
@@ -449,10 +442,7 @@ func (cc *ClientConn) becameIdleLocked() {
 	if cc.cfg.IdleTimeout <= 0 {
 		return
 	}
-	cc.idleSince = time.Now()
-	if cc.idle == nil {
-		cc.idle = time.AfterFunc(cc.cfg.IdleTimeout, cc.idleOut)
-	}
+	cc.idle.start(cc.cfg.IdleTimeout, cc.idleOut)
 }
 
 // idleOut closes a connection without requests; it takes no new ones
@@ -463,13 +453,7 @@ func (cc *ClientConn) idleOut() {
 		cc.mu.Unlock()
 		return
 	}
-	if len(cc.streams) > 0 || cc.reserved > 0 {
-		cc.idle.Reset(cc.cfg.IdleTimeout) // busy: look again later
-		cc.mu.Unlock()
-		return
-	}
-	if rest := cc.cfg.IdleTimeout - time.Since(cc.idleSince); rest > 0 {
-		cc.idle.Reset(rest)
+	if cc.idle.again(len(cc.streams) > 0 || cc.reserved > 0, cc.cfg.IdleTimeout) {
 		cc.mu.Unlock()
 		return
 	}

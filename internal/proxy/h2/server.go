@@ -109,11 +109,7 @@ type serverConn struct {
 	goAway                      bool // GOAWAY sent: no new streams
 	lingering                   bool // closing gracefully: the client's last frames are read
 	closed                      bool
-	// idle counts down IdleTimeout from idleSince, the moment the last
-	// stream ended. It is not moved per request: when it fires it counts
-	// down what is left, or looks again later if streams run.
-	idle      *time.Timer
-	idleSince time.Time
+	idle                        idleTimer // armed at the start if IdleTimeout is set
 
 	flood resetCount // read loop only
 	// resetIDs are the last streams reset or ignored by this side, whose
@@ -193,8 +189,7 @@ func (sc *serverConn) serve() {
 	}
 	sc.o.flush()
 	if sc.srv.IdleTimeout > 0 {
-		sc.idleSince = time.Now()
-		sc.idle = time.AfterFunc(sc.srv.IdleTimeout, sc.idleOut)
+		sc.idle.start(sc.srv.IdleTimeout, sc.idleOut)
 	}
 	sc.mu.Unlock()
 
@@ -305,9 +300,7 @@ func (sc *serverConn) close() {
 		sc.o.err = errClosed
 	}
 	sc.o.drained.Broadcast()
-	if sc.idle != nil {
-		sc.idle.Stop()
-	}
+	sc.idle.stop()
 	streams := make([]*stream, 0, len(sc.streams))
 	for _, st := range sc.streams {
 		streams = append(streams, st)
@@ -350,13 +343,7 @@ func (sc *serverConn) idleOut() {
 		sc.mu.Unlock()
 		return
 	}
-	if sc.running > 0 {
-		sc.idle.Reset(sc.srv.IdleTimeout) // busy: look again later
-		sc.mu.Unlock()
-		return
-	}
-	if rest := sc.srv.IdleTimeout - time.Since(sc.idleSince); rest > 0 {
-		sc.idle.Reset(rest)
+	if sc.idle.again(sc.running > 0, sc.srv.IdleTimeout) {
 		sc.mu.Unlock()
 		return
 	}

@@ -272,7 +272,7 @@ func (sc *serverConn) handlerDone(st *stream) {
 	sc.headerBytes -= st.headerBytes
 	last := sc.running == 0
 	if last {
-		sc.idleSince = time.Now()
+		sc.idle.mark()
 	}
 	closing := last && sc.goAway
 	sc.mu.Unlock()
