@@ -156,7 +156,7 @@ func (ex *h1Exchange) readFinalResponse(expect bool) (*http.Response, error) {
 			return nil, err
 		}
 		ex.received = true
-		head, br, err := peekHead(ex.uc.br, ex.uc.Conn, maxResponseHead)
+		head, br, err := peekHead(ex.uc.br, ex.uc.Conn, maxResponseHead, nil)
 		ex.uc.br = br
 		if errors.Is(err, errHeadTooLarge) {
 			return nil, errResponseHeadTooLarge

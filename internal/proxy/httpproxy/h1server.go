@@ -101,10 +101,7 @@ func (hc *h1Conn) awaitRequest(drain context.Context) bool {
 // serveOne reads and answers one request and reports whether the
 // connection may carry another.
 func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
-	if !headBuffered(hc.br) {
-		hc.setReadDeadline(hc.cfg.HeaderReadTimeout)
-	}
-	head, br, err := peekHead(hc.br, hc.c, hc.cfg.MaxHeaderBytes)
+	head, br, err := peekHead(hc.br, hc.c, hc.cfg.MaxHeaderBytes, func() { hc.setReadDeadline(hc.cfg.HeaderReadTimeout) })
 	hc.br = br
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -163,8 +160,7 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 // setReadDeadline bounds the connection's reads from now. Each deadline
 // is a runtime timer to move, so the server sets one only to wait: for the
 // next request (the idle timeout) and for the rest of a head that has not
-// all arrived (the header timeout). A head already buffered, as nearly
-// every request's is when its first byte is seen, is read without one.
+// all arrived (the header timeout, which peekHead asks for only then).
 func (hc *h1Conn) setReadDeadline(d time.Duration) {
 	hc.deadline.Store(true)
 	hc.c.SetReadDeadline(time.Now().Add(d))

@@ -27,8 +27,11 @@ var (
 // without consuming it and returns it. Blank lines before the request line,
 // which RFC 9112 §2.2 tells servers to ignore, are discarded. If br's buffer
 // is smaller than the head, it returns a larger reader (twice as large each
-// time, up to max) holding the same bytes.
-func peekHead(br *bufio.Reader, r io.Reader, max int) ([]byte, *bufio.Reader, error) {
+// time, up to max) holding the same bytes. wait, if not nil, is called
+// once, before the first read that waits for more bytes: a head already
+// buffered, as nearly every request's is once its first byte is seen, is
+// returned without it.
+func peekHead(br *bufio.Reader, r io.Reader, max int, wait func()) ([]byte, *bufio.Reader, error) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if blank := len(buf) - len(bytes.TrimLeft(buf, "\r\n")); blank > 0 {
@@ -48,17 +51,14 @@ func peekHead(br *bufio.Reader, r io.Reader, max int) ([]byte, *bufio.Reader, er
 			continue
 		}
 		// Wait for at least one more byte.
+		if wait != nil {
+			wait()
+			wait = nil
+		}
 		if _, err := br.Peek(len(buf) + 1); err != nil {
 			return nil, br, err
 		}
 	}
-}
-
-// headBuffered reports whether br holds a whole request head already,
-// after the blank lines peekHead discards.
-func headBuffered(br *bufio.Reader) bool {
-	buf, _ := br.Peek(br.Buffered())
-	return headEnd(bytes.TrimLeft(buf, "\r\n")) >= 0
 }
 
 // headEnd returns the length of the head in buf including its terminating

@@ -26,7 +26,7 @@ func TestPeekHead(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			r := strings.NewReader(tt.in)
-			head, _, err := peekHead(bufio.NewReaderSize(r, 4096), r, tt.max)
+			head, _, err := peekHead(bufio.NewReaderSize(r, 4096), r, tt.max, nil)
 			if !errors.Is(err, tt.err) || string(head) != tt.head {
 				t.Fatalf("got %q, %v; want %q, %v", head, err, tt.head, tt.err)
 			}
@@ -59,7 +59,7 @@ func FuzzPeekHead(f *testing.F) {
 			return
 		}
 		r := bytes.NewReader(in)
-		head, _, err := peekHead(bufio.NewReaderSize(r, 16), r, max)
+		head, _, err := peekHead(bufio.NewReaderSize(r, 16), r, max, nil)
 		if err != nil {
 			return
 		}

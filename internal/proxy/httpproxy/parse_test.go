@@ -215,7 +215,7 @@ func compareResponse(t *testing.T, in []byte, method string) bool {
 // before it), for net/http's reader.
 func bufferHead(in []byte) (head []byte, br *bufio.Reader, rest []byte, ok bool) {
 	src := bytes.NewReader(in)
-	head, br, err := peekHead(bufio.NewReaderSize(src, 64), src, 1<<16)
+	head, br, err := peekHead(bufio.NewReaderSize(src, 64), src, 1<<16, nil)
 	if err != nil {
 		return nil, nil, nil, false
 	}
