@@ -57,7 +57,6 @@ func serveH1(ctx context.Context, cfg ServerConfig, log *slog.Logger, h http.Han
 		}
 	})
 	defer stop()
-	defer hc.hangup.stop()
 	defer func() {
 		if !hc.hijacked {
 			c.Close()
