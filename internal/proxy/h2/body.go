@@ -65,6 +65,13 @@ func (b *body) write(p []byte) (dropped int64) {
 	return 0
 }
 
+// ready reports that a Read would not wait.
+func (b *body) ready() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.buf) > b.off || b.err != nil || b.closed || b.expired
+}
+
 // finish ends the body with err; trailers (at io.EOF) fill the request's
 // announced ones when the handler reads the end, in its own goroutine (the
 // request's Trailer is the handler's to read as it likes until then).

@@ -21,10 +21,11 @@ import (
 // clientStream is one request on a ClientConn. Fields but the response
 // delivery are guarded by the connection's mu.
 type clientStream struct {
-	cc    *ClientConn
-	id    uint32
-	req   *http.Request
-	trace *httptrace.ClientTrace
+	cc  *ClientConn
+	id  uint32
+	req *http.Request
+	// got1xx receives the 1xx responses, if the caller wants them.
+	got1xx Interim
 
 	once    sync.Once
 	respc   chan struct{} // closed once resp or err is set
@@ -34,9 +35,9 @@ type clientStream struct {
 	cont    chan struct{} // closed at a 100 (Continue) response
 	gotCont bool          // read loop only
 	// interim holds the 1xx responses the reading goroutine received for
-	// the trace's Got1xxResponse, which RoundTrip's goroutine calls (it may
-	// write to a slow client: the connection's reading goroutine must not
-	// wait on that); interimc tells RoundTrip there are some.
+	// got1xx, which RoundTrip's goroutine calls (it may write to a slow
+	// client: the connection's reading goroutine must not wait on that);
+	// interimc tells RoundTrip there are some (nil without got1xx).
 	interim  []interimResponse // guarded by mu
 	interimc chan struct{}
 	stopFn   func() bool // stops the request context's watch (set under mu)
@@ -50,12 +51,35 @@ type clientStream struct {
 	ended      bool // reset, failed, or done: nothing more is sent
 }
 
+// Interim receives a request's interim (1xx) responses; an error cancels
+// the request.
+type Interim interface {
+	Got1xx(code int, header textproto.MIMEHeader) error
+}
+
+// traceInterim is an httptrace.ClientTrace's Got1xxResponse as an Interim.
+type traceInterim func(code int, header textproto.MIMEHeader) error
+
+func (f traceInterim) Got1xx(code int, header textproto.MIMEHeader) error { return f(code, header) }
+
 // RoundTrip sends req and returns the server's response once its head
 // arrives; the request body, if any, is sent meanwhile by a goroutine of
 // its own, so a server may answer before reading it (and gRPC streams
-// both ways). The request's context cancels it (RST_STREAM CANCEL).
+// both ways). The request's context cancels it (RST_STREAM CANCEL). 1xx
+// responses go to the Got1xxResponse of the context's
+// httptrace.ClientTrace, if it has one.
 func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
-	cs, err := cc.start(req, false)
+	var got1xx Interim
+	if trace := httptrace.ContextClientTrace(req.Context()); trace != nil && trace.Got1xxResponse != nil {
+		got1xx = traceInterim(trace.Got1xxResponse)
+	}
+	return cc.RoundTripInterim(req, got1xx)
+}
+
+// RoundTripInterim is RoundTrip with 1xx responses going to got1xx (none
+// if nil): a proxy relaying them needs no trace in the request's context.
+func (cc *ClientConn) RoundTripInterim(req *http.Request, got1xx Interim) (*http.Response, error) {
+	cs, err := cc.start(req, false, got1xx)
 	if err != nil {
 		return nil, err
 	}
@@ -80,8 +104,8 @@ func (cc *ClientConn) RoundTrip(req *http.Request) (*http.Response, error) {
 
 // start opens req's stream: its head is sent and its context watched;
 // its body is sent by a goroutine of its own unless the caller writes it
-// (callerWrites: a CONNECT tunnel's Stream).
-func (cc *ClientConn) start(req *http.Request, callerWrites bool) (*clientStream, error) {
+// (callerWrites: a CONNECT tunnel's Stream). 1xx responses go to got1xx.
+func (cc *ClientConn) start(req *http.Request, callerWrites bool, got1xx Interim) (*clientStream, error) {
 	fields, err := requestFields(req)
 	if err != nil {
 		cc.unreserve()
@@ -92,8 +116,10 @@ func (cc *ClientConn) start(req *http.Request, callerWrites bool) (*clientStream
 		req.Body = http.NoBody // (trailers alone still take writeBody)
 	}
 	hasBody := req.Body != http.NoBody || callerWrites
-	cs := &clientStream{cc: cc, req: req, respc: make(chan struct{}), declared: -1,
-		trace: httptrace.ContextClientTrace(req.Context()), interimc: make(chan struct{}, 1)}
+	cs := &clientStream{cc: cc, req: req, respc: make(chan struct{}), declared: -1, got1xx: got1xx}
+	if got1xx != nil {
+		cs.interimc = make(chan struct{}, 1)
+	}
 	if hasBody && strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 		cs.cont = make(chan struct{})
 	}
@@ -165,8 +191,8 @@ type interimResponse struct {
 // a server sending more than that ahead of a slow client fails the request.
 const maxInterim = 16
 
-// relayInterim hands the queued 1xx responses to the trace, in order; one
-// it refuses cancels the request, with the trace's error.
+// relayInterim hands the queued 1xx responses to got1xx, in order; one it
+// refuses cancels the request, with its error.
 func (cs *clientStream) relayInterim() error {
 	for {
 		cs.cc.mu.Lock()
@@ -177,7 +203,7 @@ func (cs *clientStream) relayInterim() error {
 		r := cs.interim[0]
 		cs.interim = cs.interim[1:]
 		cs.cc.mu.Unlock()
-		if err := cs.trace.Got1xxResponse(r.status, r.header); err != nil {
+		if err := cs.got1xx.Got1xx(r.status, r.header); err != nil {
 			cs.cancel(err)
 			return err
 		}
@@ -455,6 +481,10 @@ type responseBody struct{ cs *clientStream }
 
 func (b responseBody) Read(p []byte) (int, error) { return b.cs.body.Read(p) }
 
+// Ready reports that a Read would not wait: bytes of the body are here, or
+// its end.
+func (b responseBody) Ready() bool { return b.cs.body.ready() }
+
 // SetReadDeadline bounds reading the response, as net.Conn's does (a
 // CONNECT tunnel's stream is read as a connection).
 func (b responseBody) SetReadDeadline(t time.Time) error {
@@ -526,7 +556,7 @@ func (cc *ClientConn) processHeaders(f *http2.MetaHeadersFrame) error {
 			close(cs.cont)
 			cs.gotCont = true
 		}
-		if cs.trace != nil && cs.trace.Got1xxResponse != nil {
+		if cs.got1xx != nil {
 			cc.mu.Lock()
 			queued := len(cs.interim)
 			if queued < maxInterim {

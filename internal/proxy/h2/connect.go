@@ -26,7 +26,7 @@ func (cc *ClientConn) Connect(ctx context.Context, authority string) (*Stream, e
 	}
 	req := &http.Request{Method: http.MethodConnect, Host: authority, URL: &url.URL{Host: authority},
 		Header: http.Header{}, Body: http.NoBody}
-	cs, err := cc.start(req, true)
+	cs, err := cc.start(req, true, nil)
 	if err != nil {
 		return nil, err
 	}

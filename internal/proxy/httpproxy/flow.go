@@ -2,6 +2,7 @@ package httpproxy
 
 import (
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"sync"
 	"time"
@@ -12,7 +13,8 @@ import (
 // HTTP/2 exchange (h2forward.go), flushes:
 //
 //   - the head, headWait after it was written if no body byte followed
-//     (the upstream sent its head and is slow with the body);
+//     (the upstream sent its head and is slow with the body) — a timer
+//     armed only if none had arrived with the head;
 //   - after a write that leaves the body incomplete (a body of known
 //     length that trickles, or a large one arriving in pieces), and after
 //     every write of a body of unknown length (a stream: gRPC, server-sent
@@ -37,6 +39,7 @@ type flowWriter struct {
 	http.ResponseWriter
 	mu        sync.Mutex // the head timer flushes from its own goroutine
 	bodyless  bool       // the response ends with its head (set before WriteHeader)
+	bodyReady bool       // the body's first bytes or its end came with the head (set before WriteHeader)
 	length    int64      // the declared body length, -1 if none
 	final     bool       // the final head was written
 	written   int64
@@ -60,7 +63,7 @@ func (f *flowWriter) WriteHeader(code int) {
 	if n, err := strconv.ParseInt(f.Header().Get("Content-Length"), 10, 64); err == nil {
 		f.length = n
 	}
-	if !f.bodyless && f.length != 0 && !f.trailersOnly() {
+	if !f.bodyless && !f.bodyReady && f.length != 0 && !f.trailersOnly() {
 		f.timer = time.AfterFunc(headWait, f.flushHead)
 	}
 }
@@ -75,6 +78,12 @@ func (f *flowWriter) Write(p []byte) (int, error) {
 		err = http.NewResponseController(f.ResponseWriter).Flush()
 	}
 	return n, err
+}
+
+// Got1xx relays an interim (1xx) response to the client as it comes.
+func (f *flowWriter) Got1xx(code int, header textproto.MIMEHeader) error {
+	relay1xx(f, code, http.Header(header))
+	return nil
 }
 
 // flushHead sends a head no body byte followed within headWait.

@@ -2,8 +2,6 @@ package httpproxy
 
 import (
 	"net/http"
-	"net/http/httptrace"
-	"net/textproto"
 	"net/url"
 	"strings"
 )
@@ -18,13 +16,16 @@ import (
 func (f *Forwarder) forwardH2(w http.ResponseWriter, r *http.Request, target string, pool *h2Pool) {
 	fw := newFlowWriter(w)
 	defer fw.done()
-	resp, err := pool.RoundTrip(h2Request(r, target, fw))
+	resp, err := pool.RoundTrip(h2Request(r, target), fw)
 	if err != nil {
 		f.fail(fw, r, err)
 		return
 	}
 	defer resp.Body.Close()
 	fw.bodyless = resp.Body == http.NoBody || r.Method == http.MethodHead
+	if b, ok := resp.Body.(interface{ Ready() bool }); ok {
+		fw.bodyReady = b.Ready()
+	}
 	if err := relayResponse(fw, r, resp, nil); err != nil {
 		panic(http.ErrAbortHandler)
 	}
@@ -32,14 +33,9 @@ func (f *Forwarder) forwardH2(w http.ResponseWriter, r *http.Request, target str
 
 // h2Request is r as sent upstream to target: a shallow copy sharing the
 // body, its fields without hop-by-hop ones (but "TE: trailers", which
-// HTTP/2 keeps), an HTTP/1 request's version marked for a peer proxy, and
-// 1xx responses relayed to w as they come.
-func h2Request(r *http.Request, target string, w http.ResponseWriter) *http.Request {
-	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, header textproto.MIMEHeader) error {
-		relay1xx(w, code, http.Header(header))
-		return nil
-	}}
-	out := r.WithContext(httptrace.WithClientTrace(r.Context(), trace))
+// HTTP/2 keeps), and an HTTP/1 request's version marked for a peer proxy.
+func h2Request(r *http.Request, target string) *http.Request {
+	out := r.WithContext(r.Context()) // the copy
 	out.URL = upstreamURL(r, target)
 	out.RequestURI = ""
 	out.Close = false

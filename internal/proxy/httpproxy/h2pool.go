@@ -21,13 +21,13 @@ func newH2Pool(dial func(ctx context.Context, addr string) (net.Conn, error), cf
 // provably did not process — refused, or beyond a GOAWAY's last stream —
 // is sent once more on another connection if its body can be sent again
 // (RFC 9113 §8.7).
-func (p *h2Pool) RoundTrip(r *http.Request) (*http.Response, error) {
+func (p *h2Pool) RoundTrip(r *http.Request, got1xx h2.Interim) (*http.Response, error) {
 	for attempt := 0; ; attempt++ {
 		cc, err := p.Get(r.Context(), r.URL.Host)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := cc.RoundTrip(r)
+		resp, err := cc.RoundTripInterim(r, got1xx)
 		if err == nil || attempt > 0 || !Unprocessed(err) || !rewind(r) {
 			return resp, err
 		}
