@@ -106,7 +106,8 @@ func (cc *ClientConn) RoundTripInterim(req *http.Request, got1xx Interim) (*http
 // its body is sent by a goroutine of its own unless the caller writes it
 // (callerWrites: a CONNECT tunnel's Stream). 1xx responses go to got1xx.
 func (cc *ClientConn) start(req *http.Request, callerWrites bool, got1xx Interim) (*clientStream, error) {
-	fields, err := requestFields(req)
+	buf := fieldBufs.Get().(*[]field)
+	fields, err := requestFields(req, (*buf)[:0])
 	if err != nil {
 		cc.unreserve()
 		closeBody(req)
@@ -151,6 +152,9 @@ func (cc *ClientConn) start(req *http.Request, callerWrites bool, got1xx Interim
 	cc.streams[cs.id] = cs
 	endStream := !hasBody && len(req.Trailer) == 0
 	writeFields(&cc.o, cs.id, fields, endStream)
+	clear(fields)
+	*buf = fields[:0]
+	fieldBufs.Put(buf)
 	cs.localDone = endStream
 	cc.o.flush()
 	cc.mu.Unlock()
@@ -210,10 +214,15 @@ func (cs *clientStream) relayInterim() error {
 	}
 }
 
-// requestFields are req's head as HTTP/2 fields (RFC 9113 §8.3.1):
-// pseudo-fields first, names in lower case, no connection-specific fields
+// fieldBufs holds field lists to build requests' heads in: each is
+// encoded before start returns, and the list is not needed after.
+var fieldBufs = sync.Pool{New: func() any { return new([]field) }}
+
+// requestFields are req's head as HTTP/2 fields (RFC 9113 §8.3.1),
+// appended to fs: pseudo-fields first, names in lower case, no
+// connection-specific fields
 // but "te: trailers", an empty User-Agent left out.
-func requestFields(req *http.Request) ([]field, error) {
+func requestFields(req *http.Request, fs []field) ([]field, error) {
 	host := req.Host
 	if host == "" && req.URL != nil {
 		host = req.URL.Host
@@ -225,7 +234,6 @@ func requestFields(req *http.Request) ([]field, error) {
 	if method == "" {
 		method = http.MethodGet
 	}
-	fs := make([]field, 0, len(req.Header)+6)
 	fs = append(fs, field{":method", method})
 	if method == http.MethodConnect {
 		fs = append(fs, field{":authority", host})

@@ -24,6 +24,7 @@ type responseWriter struct {
 	req      *http.Request
 	header   http.Header // the handler's
 	head     []field     // the final head's fields, as they were at WriteHeader
+	headBuf  *[]field    // head's list, from fieldBufs, until the head is sent
 	trailer  []string    // the final head's Trailer values (announced trailers)
 	status   int         // the final status, 0 until WriteHeader
 	headSent bool
@@ -77,8 +78,8 @@ func (w *responseWriter) WriteHeader(code int) {
 	}
 	// The head is its fields as they are now (later changes to the map are
 	// the handler's trailers): taken once, here, not copied as a map.
-	w.head = make([]field, 0, len(w.header)+3)
-	w.head = append(w.head, field{":status", statusText(code)})
+	w.headBuf = fieldBufs.Get().(*[]field)
+	w.head = append((*w.headBuf)[:0], field{":status", statusText(code)})
 	if _, ok := w.header["Date"]; !ok {
 		w.head = append(w.head, field{"date", httpDate()})
 	}
@@ -116,7 +117,7 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		data = append(w.buf, p...)
 	}
 	w.buf = w.buf[:0]
-	if err := w.st.sc.send(w.st, w.pendingHead(false), data, nil, false); err != nil {
+	if err := w.send(w.pendingHead(false), data, nil, false); err != nil {
 		w.err = err
 		return 0, err
 	}
@@ -138,7 +139,7 @@ func (w *responseWriter) FlushError() error {
 	if head == nil && len(w.buf) == 0 {
 		return nil
 	}
-	w.err = w.st.sc.send(w.st, head, w.buf, nil, false)
+	w.err = w.send(head, w.buf, nil, false)
 	w.buf = w.buf[:0]
 	return w.err
 }
@@ -159,7 +160,7 @@ func (w *responseWriter) finish() {
 	}
 	head := w.pendingHead(true)
 	w.done = true
-	if err := w.st.sc.send(w.st, head, w.buf, w.trailers(), true); err != nil {
+	if err := w.send(head, w.buf, w.trailers(), true); err != nil {
 		w.st.sc.abort(w.st)
 	}
 }
@@ -202,6 +203,19 @@ func (w *responseWriter) Reset() {
 func (w *responseWriter) abort() {
 	w.done = true
 	w.st.sc.abort(w.st)
+}
+
+// send sends head (the final one, or nil), data and trailers; the head's
+// list goes back to fieldBufs once encoded.
+func (w *responseWriter) send(head []field, data []byte, trailers []field, end bool) error {
+	err := w.st.sc.send(w.st, head, data, trailers, end)
+	if head != nil && w.headBuf != nil {
+		clear(head)
+		*w.headBuf, w.head = head[:0], nil
+		fieldBufs.Put(w.headBuf)
+		w.headBuf = nil
+	}
+	return err
 }
 
 // pendingHead is the final head's fields if it was not sent yet. whole:
