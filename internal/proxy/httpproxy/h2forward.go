@@ -42,6 +42,10 @@ func h2Request(r *http.Request, target string) *http.Request {
 	if r.ContentLength == 0 {
 		out.Body = nil
 	}
+	if headerAsIs(r) {
+		out.Header = r.Header // read, not changed, by the HTTP/2 client
+		return out
+	}
 	h := make(http.Header, len(r.Header)+1)
 	copyEndToEnd(h, r.Header)
 	if wantsTrailers(r) {
@@ -55,6 +59,22 @@ func h2Request(r *http.Request, target string) *http.Request {
 	}
 	out.Header = h
 	return out
+}
+
+// headerAsIs reports a request whose fields h2Request would send as they
+// are, which it then shares instead of copying them into a map of its own:
+// with a User-Agent, without hop-by-hop fields but HTTP/2's own
+// "TE: trailers", and not an HTTP/1 request to mark for a peer proxy.
+func headerAsIs(r *http.Request) bool {
+	if r.Header["User-Agent"] == nil || r.ProtoMajor == 1 && Peer(r.Context()) != "" {
+		return false
+	}
+	for k, vs := range r.Header {
+		if hopByHop(k) && (k != "Te" || len(vs) != 1 || vs[0] != "trailers") {
+			return false
+		}
+	}
+	return true
 }
 
 // upstreamURL is r's URL pointed at target, with the path and query the
