@@ -22,7 +22,7 @@ import (
 type responseWriter struct {
 	st       *stream
 	req      *http.Request
-	header   http.Header // the handler's
+	header   http.Header // the handler's (nil until asked for or taken)
 	head     []field     // the final head's fields, as they were at WriteHeader
 	headBuf  *[]field    // head's list, from fieldBufs, until the head is sent
 	trailer  []string    // the final head's Trailer values (announced trailers)
@@ -31,16 +31,38 @@ type responseWriter struct {
 	bodyless bool
 	declared int64 // the response's Content-Length, -1 if none
 	written  int64
-	buf      []byte
-	done     bool  // the handler returned: nothing more is written
-	err      error // why the stream took no more: later writes fail with it
+	buf      []byte  // the body not sent yet
+	bufp     *[]byte // buf's array, from bodyBufs, until the response ends
+	done     bool    // the handler returned: nothing more is written
+	err      error   // why the stream took no more: later writes fail with it
 }
 
 const bufSize = 16 << 10
 
+// bodyBufs holds the arrays responses buffer their bodies in: a response's
+// goes back when it ends (its bytes were copied into the connection's
+// output by then).
+var bodyBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// releaseBuf gives the body's array back to bodyBufs.
+func (w *responseWriter) releaseBuf() {
+	if w.bufp != nil && cap(w.buf) <= 2*bufSize {
+		*w.bufp = w.buf[:0]
+		bodyBufs.Put(w.bufp)
+	}
+	w.bufp, w.buf = nil, nil
+}
+
 var errStreamClosed = errors.New("http2: stream closed")
 
-func (w *responseWriter) Header() http.Header { return w.header }
+// Header is the handler's map, made when first asked for: a proxy's
+// handler mostly gives one of its own (TakeHeader).
+func (w *responseWriter) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
 
 // TakeHeader makes h, a map of fields nothing else uses, the handler's
 // header as it is, instead of having its fields copied: a proxy relaying
@@ -108,6 +130,10 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		return 0, http.ErrContentLength
 	}
 	w.written += int64(len(p))
+	if w.bufp == nil {
+		w.bufp = bodyBufs.Get().(*[]byte)
+		w.buf = (*w.bufp)[:0]
+	}
 	if len(w.buf)+len(p) <= bufSize {
 		w.buf = append(w.buf, p...)
 		return len(p), nil
@@ -163,6 +189,7 @@ func (w *responseWriter) finish() {
 	if err := w.send(head, w.buf, w.trailers(), true); err != nil {
 		w.st.sc.abort(w.st)
 	}
+	w.releaseBuf()
 }
 
 // CloseWrite ends the response (END_STREAM) while the handler may still
@@ -203,6 +230,7 @@ func (w *responseWriter) Reset() {
 func (w *responseWriter) abort() {
 	w.done = true
 	w.st.sc.abort(w.st)
+	w.releaseBuf()
 }
 
 // send sends head (the final one, or nil), data and trailers; the head's

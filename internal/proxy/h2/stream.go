@@ -238,7 +238,7 @@ func (st *stream) consumed(n int64) { st.sc.refund(st, n) }
 
 // serve runs the handler of one request and ends its response.
 func (st *stream) serve(req *http.Request, h http.Handler) {
-	w := &responseWriter{st: st, req: req, header: http.Header{}, declared: -1}
+	w := &responseWriter{st: st, req: req, declared: -1}
 	defer st.sc.handlers.Done()
 	defer st.sc.handlerDone(st)
 	defer func() {
