@@ -218,10 +218,9 @@ func (cs *clientStream) relayInterim() error {
 // encoded before start returns, and the list is not needed after.
 var fieldBufs = sync.Pool{New: func() any { return new([]field) }}
 
-// requestFields are req's head as HTTP/2 fields (RFC 9113 §8.3.1),
-// appended to fs: pseudo-fields first, names in lower case, no
-// connection-specific fields
-// but "te: trailers", an empty User-Agent left out.
+// requestFields appends req's head to fs as HTTP/2 fields (RFC 9113
+// §8.3.1): pseudo-fields first, names in lower case, no connection-specific
+// fields but "te: trailers", an empty User-Agent left out.
 func requestFields(req *http.Request, fs []field) ([]field, error) {
 	host := req.Host
 	if host == "" && req.URL != nil {
