@@ -125,8 +125,8 @@ func (hc *h1Conn) serveOne(ctx context.Context, m *transport.Meta) bool {
 		body = &requestBody{r: req.Body, w: w}
 		if !strings.EqualFold(req.Header.Get("Expect"), "100-continue") {
 			if req.Header.Get("Expect") != "" {
-				w.header.Set(ErrorHeader, "unsupported Expect")
-				w.header.Set("Connection", "close")
+				w.Header().Set(ErrorHeader, "unsupported Expect")
+				w.Header().Set("Connection", "close")
 				w.WriteHeader(http.StatusExpectationFailed)
 				w.finish()
 				return false

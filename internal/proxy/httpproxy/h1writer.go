@@ -22,7 +22,7 @@ type h1Writer struct {
 	mu          sync.Mutex
 	hc          *h1Conn
 	req         *http.Request
-	header      http.Header
+	header      http.Header // nil until asked for or taken
 	status      int
 	wroteHeader bool
 	sent100     bool
@@ -34,10 +34,17 @@ type h1Writer struct {
 }
 
 func newH1Writer(hc *h1Conn, req *http.Request) *h1Writer {
-	return &h1Writer{hc: hc, req: req, header: make(http.Header), length: -1}
+	return &h1Writer{hc: hc, req: req, length: -1}
 }
 
-func (w *h1Writer) Header() http.Header { return w.header }
+// Header is the handler's map, made when first asked for: a proxy's
+// handler mostly gives one of its own (TakeHeader).
+func (w *h1Writer) Header() http.Header {
+	if w.header == nil {
+		w.header = http.Header{}
+	}
+	return w.header
+}
 
 // TakeHeader makes h the response's head (headerTaker).
 func (w *h1Writer) TakeHeader(h http.Header) bool {
@@ -81,6 +88,7 @@ func (w *h1Writer) writeHeader(code int) {
 	}
 	w.wroteHeader = true
 	w.status = code
+	w.Header() // the framing fields below are set in it
 	w.bodyless = w.req.Method == http.MethodHead || code == http.StatusNoContent || code == http.StatusNotModified || code < 200
 	if w.header.Get("Trailer") != "" && !w.bodyless && w.req.ProtoAtLeast(1, 1) {
 		// Announced trailers need chunked framing (RFC 9112 §7.1.2); a
