@@ -203,6 +203,17 @@ func OpenFDs(t testing.TB) int {
 	return len(entries)
 }
 
+// WaitFor polls cond every 5 ms until it holds, failing t after 10 s with
+// what it waited for.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
 // WaitOpenFDs waits until this process holds at most n file descriptors,
 // failing t after within.
 func WaitOpenFDs(t testing.TB, n int, within time.Duration) {

@@ -30,6 +30,7 @@ import (
 	meshid "github.com/trellis-mesh/trellis/internal/identity"
 	"github.com/trellis-mesh/trellis/internal/pki"
 	proxyid "github.com/trellis-mesh/trellis/internal/proxy/identity"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 func TestCertifyIssuesAVerifiableLeaf(t *testing.T) {
@@ -265,7 +266,7 @@ func TestAdminEndpointsAndGracefulStop(t *testing.T) {
 	}
 	// One request so the counter has a sample.
 	client.Certify(context.Background(), &identityv1.CertifyRequest{Identity: web.String()})
-	waitFor(t, func() bool { code, _ := get("/ready"); return code == 200 })
+	testkit.WaitFor(t, "a 200 from /ready", func() bool { code, _ := get("/ready"); return code == 200 })
 	_, body := get("/metrics")
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := parser.TextToMetricFamilies(strings.NewReader(body))
@@ -325,17 +326,6 @@ func TestOptionsNameTheFlag(t *testing.T) {
 	o.AdminAddr = ln.Addr().String()
 	if _, err := NewServer(o, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "--admin-addr") {
 		t.Errorf("admin port in use: %v", err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/control/tap"
 	proxytap "github.com/trellis-mesh/trellis/internal/proxy/tap"
 	"github.com/trellis-mesh/trellis/internal/proxy/tap/taptest"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // proxy is a real tap server in front of a hub that an HTTP server reports to.
@@ -47,17 +48,6 @@ func client(t *testing.T, p *taptest.PKI) *tap.Client {
 	return &tap.Client{
 		Roots:                p.Anchors(),
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil },
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -96,7 +86,7 @@ func TestObserveMergesProxies(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	events := client(t, p).Observe(ctx, targets, &tapv1.ObserveRequest{PathPrefix: "/tapped"})
-	waitFor(t, "both proxies to be tapped", func() bool { return web.hub.Active() && api.hub.Active() })
+	testkit.WaitFor(t, "both proxies to be tapped", func() bool { return web.hub.Active() && api.hub.Active() })
 	get(t, web.front+"/tapped/web")
 	get(t, web.front+"/other")
 	get(t, api.front+"/tapped/api")
@@ -147,7 +137,7 @@ func TestObserveMergesProxies(t *testing.T) {
 	cancel()
 	for range events { // closed once every stream has stopped
 	}
-	waitFor(t, "the proxies' streams to end", func() bool { return !web.hub.Active() && !api.hub.Active() })
+	testkit.WaitFor(t, "the proxies' streams to end", func() bool { return !web.hub.Active() && !api.hub.Active() })
 }
 
 func TestEventJSON(t *testing.T) {
@@ -238,16 +228,16 @@ func TestHandler(t *testing.T) {
 	}
 	// The handler answers before it taps: the proxy's subscription must
 	// exist before the stream ends, or it could outlive this check.
-	waitFor(t, "the proxy to be tapped", web.hub.Active)
+	testkit.WaitFor(t, "the proxy to be tapped", web.hub.Active)
 	resp.Body.Close()
-	waitFor(t, "the stream to end with the client", func() bool { return !web.hub.Active() })
+	testkit.WaitFor(t, "the stream to end with the client", func() bool { return !web.hub.Active() })
 
 	resp, err = http.Get(srv.URL + "?path=/a")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	waitFor(t, "the proxy to be tapped", web.hub.Active)
+	testkit.WaitFor(t, "the proxy to be tapped", web.hub.Active)
 	get(t, web.front+"/b")
 	get(t, web.front+"/a")
 	// Events that never come fail the test rather than hang it.
@@ -269,7 +259,7 @@ func TestHandler(t *testing.T) {
 		t.Errorf("events %v (%v)", types, lines.Err())
 	}
 	resp.Body.Close()
-	waitFor(t, "the stream to end with the client", func() bool { return !web.hub.Active() })
+	testkit.WaitFor(t, "the stream to end with the client", func() bool { return !web.hub.Active() })
 }
 
 func TestParseQuery(t *testing.T) {
@@ -298,14 +288,14 @@ func TestObserveLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	ctx, cancel := context.WithCancel(context.Background())
 	events := client(t, p).Observe(ctx, []tap.Target{web.target, api.target, dead}, &tapv1.ObserveRequest{})
-	waitFor(t, "both proxies to be tapped", func() bool { return web.hub.Active() && api.hub.Active() })
+	testkit.WaitFor(t, "both proxies to be tapped", func() bool { return web.hub.Active() && api.hub.Active() })
 	if e := <-events; e.Type != tap.TypeError || e.Workload != "gone" {
 		t.Fatalf("first event %+v, want the dead proxy's error", e)
 	}
 	cancel()
 	for range events {
 	}
-	waitFor(t, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+	testkit.WaitFor(t, "the goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 	if web.hub.Active() || api.hub.Active() {
 		t.Error("streams outlived the context")
 	}

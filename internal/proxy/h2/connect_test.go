@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // tunnelEcho answers a CONNECT and echoes the stream's bytes, half-closing
@@ -94,7 +96,7 @@ func TestConnectRefused(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Status != "403 Forbidden" {
 		t.Fatalf("Connect = %v; want a ConnectError with 403", err)
 	}
-	waitFor(t, func() bool { return cc.InFlight() == 0 })
+	testkit.WaitFor(t, "the stream to end", func() bool { return cc.InFlight() == 0 })
 }
 
 // A caller that gave up before the stream opened opens none: a stream

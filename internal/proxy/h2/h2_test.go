@@ -338,12 +338,12 @@ func TestDrain(t *testing.T) {
 		t.Fatalf("the request ended before it reached the server: %v", err)
 	}
 	startDrain()
-	waitFor(t, func() bool { return cc.Reserve() != nil }) // the GOAWAY arrived
+	testkit.WaitFor(t, "the GOAWAY", func() bool { return cc.Reserve() != nil })
 	close(release)
 	if err := <-got; err != nil {
 		t.Fatalf("the request in flight during the drain: %v", err)
 	}
-	waitFor(t, func() bool { return cc.Err() != nil }) // closed once idle
+	testkit.WaitFor(t, "the connection to close once idle", func() bool { return cc.Err() != nil })
 }
 
 // A connection without requests for IdleTimeout is closed with GOAWAY.
@@ -356,7 +356,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	waitFor(t, func() bool { return cc.Err() != nil })
+	testkit.WaitFor(t, "the connection to close", func() bool { return cc.Err() != nil })
 }
 
 // The idle countdown, on either side, starts when the last request ends:
@@ -395,7 +395,7 @@ func TestIdleTimeoutCountsFromTheLastRequest(t *testing.T) {
 			get("/")
 		}
 		get("/slow")
-		waitFor(t, func() bool { return cc.Err() != nil })
+		testkit.WaitFor(t, "the connection to close", func() bool { return cc.Err() != nil })
 		if after := time.Since(last); after < idle*3/4 {
 			t.Errorf("%s idle timeout: closed %v after the last request; want about %v", side, after, idle)
 		}
@@ -458,7 +458,7 @@ func TestStreamLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	go get("/hold")
-	waitFor(t, func() bool { return running.Load() == 1 })
+	testkit.WaitFor(t, "the handler to run", func() bool { return running.Load() == 1 })
 	if err := cc.Reserve(); !errors.Is(err, ErrConnUnusable) {
 		t.Fatalf("Reserve at the server's limit: %v", err)
 	}
@@ -467,15 +467,6 @@ func TestStreamLimit(t *testing.T) {
 	cc.mu.Unlock()
 	if err := get("/"); !errors.Is(err, ErrRefused) {
 		t.Fatalf("error %v; want a refused stream", err)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
 	}
 }
 
@@ -802,7 +793,7 @@ func TestHeaderBudgetRefusesStreams(t *testing.T) {
 		go func() { errs <- get("/hold") }()
 	}
 	refused := 0
-	waitFor(t, func() bool {
+	testkit.WaitFor(t, "every request to run or be refused", func() bool {
 		for {
 			select {
 			case err := <-errs:
@@ -852,7 +843,7 @@ func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
 	}
 	// Until the server's SETTINGS arrive the client opens at most
 	// initialMaxStreams, fewer than this test needs at once.
-	waitFor(t, func() bool {
+	testkit.WaitFor(t, "the server's SETTINGS", func() bool {
 		cc.mu.Lock()
 		defer cc.mu.Unlock()
 		return cc.maxStreams >= 2*floodMinResets
@@ -863,7 +854,7 @@ func TestLongWaitingCancelsAreNotAFlood(t *testing.T) {
 	for range 2 * floodMinResets {
 		wg.Go(func() { get(ctx, "/hold") })
 	}
-	waitFor(t, func() bool { return holding.Load() == 2*floodMinResets })
+	testkit.WaitFor(t, "every handler to hold", func() bool { return holding.Load() == 2*floodMinResets })
 	time.Sleep(prematureLifetime + 500*time.Millisecond) // all of them older than that
 	cancel()
 	wg.Wait()

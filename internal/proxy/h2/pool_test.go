@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // Requests arriving together for a key share one connection, dialled
@@ -46,7 +48,7 @@ func TestPoolDialsOnceAndForgetsEndedConnections(t *testing.T) {
 	p.mu.Lock()
 	cc := p.hosts["a"].conns[0]
 	p.mu.Unlock()
-	waitFor(t, func() bool { return cc.Err() != nil }) // idled out
+	testkit.WaitFor(t, "the connection to idle out", func() bool { return cc.Err() != nil })
 	get("b")
 	p.mu.Lock()
 	_, kept := p.hosts["a"]

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // goroutineID is the calling goroutine's number, from its stack header.
@@ -67,7 +69,7 @@ func TestStreamHandlersReuseGoroutines(t *testing.T) {
 	held.Wait()
 	close(release)
 	done.Wait()
-	waitFor(t, func() bool {
+	testkit.WaitFor(t, "maxIdleWorkers workers to wait idle", func() bool {
 		s.workers.mu.Lock()
 		defer s.workers.mu.Unlock()
 		return len(s.workers.idle) == maxIdleWorkers

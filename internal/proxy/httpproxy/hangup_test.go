@@ -6,6 +6,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 // TestHangupClock: the clock watches only requests still in flight after
@@ -37,34 +39,20 @@ func TestHangupClock(t *testing.T) {
 	}
 	// The other request in flight is watched too, by the same tick or, armed
 	// a little later, by the next.
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(watchAfter / 4) {
+	testkit.WaitFor(t, "the other request in flight to be watched", func() bool {
 		hangups.mu.Lock()
-		watching := conns[2].w.done != nil
-		hangups.mu.Unlock()
-		if watching {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the other request in flight is not watched")
-		}
-	}
+		defer hangups.mu.Unlock()
+		return conns[2].w.done != nil
+	})
 	conns[0].w.disarm()
 	conns[2].w.disarm() // its read is woken and ends: nothing reads the connection now
 	if conns[1].ctx.Err() != nil || conns[2].ctx.Err() != nil {
 		t.Fatal("a request whose client stayed was cancelled")
 	}
 
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testkit.WaitFor(t, "the clock's timer to stop with nothing armed", func() bool {
 		hangups.mu.Lock()
-		running, empty := hangups.running, hangups.head == nil
-		hangups.mu.Unlock()
-		if !running && empty {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("with nothing armed the clock's timer still runs (running %v, list empty %v)", running, empty)
-		}
-		time.Sleep(watchAfter / 2)
-	}
+		defer hangups.mu.Unlock()
+		return !hangups.running && hangups.head == nil
+	})
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/proxy/tap"
 	"github.com/trellis-mesh/trellis/internal/proxy/tap/taptest"
 	"github.com/trellis-mesh/trellis/internal/proxy/transport"
+	"github.com/trellis-mesh/trellis/internal/testkit"
 )
 
 var (
@@ -141,18 +142,6 @@ func dial(t *testing.T, anchors *x509.CertPool, cert *tls.Certificate, addr stri
 	return tapv1.NewTapClient(cc)
 }
 
-// waitFor polls cond until it holds, for at most 10 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // recv reads n events.
 func recv(t *testing.T, s grpc.ServerStreamingClient[tapv1.TapEvent], n int) []*tapv1.TapEvent {
 	t.Helper()
@@ -182,7 +171,7 @@ func TestObserveOverMTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the subscription", hub.Active)
+	testkit.WaitFor(t, "the subscription", hub.Active)
 
 	before := time.Now()
 	if code, body := get(t, front+"/hello?secret=1", "web.default.svc.cluster.local:8080"); code != http.StatusCreated || body != "hello world" {
@@ -231,7 +220,7 @@ func TestObserveOverMTLS(t *testing.T) {
 	}
 
 	cancel()
-	waitFor(t, "the stream to unsubscribe", func() bool { return !hub.Active() })
+	testkit.WaitFor(t, "the stream to unsubscribe", func() bool { return !hub.Active() })
 }
 
 func TestResponseErrors(t *testing.T) {
@@ -508,7 +497,7 @@ func TestFullQueueDoesNotBlock(t *testing.T) {
 	}
 	// The last request's end may still be on its way after its response.
 	var dropped uint64
-	waitFor(t, "every event to be counted", func() bool {
+	testkit.WaitFor(t, "every event to be counted", func() bool {
 		dropped += sub.TakeDropped()
 		return len(sub.Events())+int(dropped) == 3*requests
 	})
@@ -530,7 +519,7 @@ func TestSlowStreamIsToldWhatItMissed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the subscription", hub.Active)
+	testkit.WaitFor(t, "the subscription", hub.Active)
 	h := tap.Layer(hub, "inbound")(http.HandlerFunc(okHandler))
 	w := &noopWriter{h: http.Header{}}
 	const requests = 5000 // far more than the window holds
@@ -584,7 +573,7 @@ func TestStopEndsStreams(t *testing.T) {
 			errs <- err
 		}()
 	}
-	waitFor(t, "three subscriptions", func() bool { return hub.Subscribers() == 3 })
+	testkit.WaitFor(t, "three subscriptions", func() bool { return hub.Subscribers() == 3 })
 	srv.Stop()
 	if err := <-served; err != nil {
 		t.Errorf("Serve after Stop: %v", err)
